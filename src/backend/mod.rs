@@ -1,0 +1,152 @@
+//! Hardware backends that hold actor keys.
+//!
+//! The rest of the daemon sees only [`Backend`]: keys are named by an opaque [`KeyRef`],
+//! and the backend signs SHA-256 digests with them. A key's private half never crosses
+//! this boundary.
+
+pub mod pkcs11;
+
+use std::fmt;
+
+use p256::ecdsa::Signature;
+use serde::Serialize;
+
+/// Which kind of hardware holds a key. Its name appears in receipts and bundles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Pkcs11,
+    Tpm,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Pkcs11 => "pkcs11",
+            BackendKind::Tpm => "tpm",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "pkcs11" => Some(BackendKind::Pkcs11),
+            "tpm" => Some(BackendKind::Tpm),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A backend-specific name for a key (for PKCS#11, the hex CKA_ID), as stored in the
+/// daemon's state. Not secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyRef(pub String);
+
+impl fmt::Display for KeyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A key held by a backend, with its public half.
+#[derive(Debug, Clone)]
+pub struct HardwareKey {
+    pub key_ref: KeyRef,
+    pub public_key: p256::PublicKey,
+}
+
+/// How an operator names a key that already exists on the hardware.
+#[derive(Debug, Clone)]
+pub enum KeySelector {
+    Label(String),
+    Id(Vec<u8>),
+}
+
+impl fmt::Display for KeySelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySelector::Label(label) => write!(f, "label {label:?}"),
+            KeySelector::Id(id) => write!(f, "id {}", hex::encode(id)),
+        }
+    }
+}
+
+/// What the hardware says about a key, read back from it: the raw material of lineage.
+#[derive(Debug, Clone)]
+pub enum KeyEvidence {
+    Pkcs11(pkcs11::Pkcs11KeyFacts),
+}
+
+/// Errors from a backend. Messages name the token and key, never a PIN.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The hardware cannot be reached now (token absent or removed, device error). The
+    /// request may succeed later.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The token rejected the PIN or is locked: operator action needed.
+    #[error("login refused: {0}")]
+    Login(String),
+    #[error("no such key: {0}")]
+    KeyNotFound(String),
+    /// The key exists but is unfit for actseal; the reason says which property failed.
+    #[error("key refused: {0}")]
+    KeyRefused(String),
+    #[error("{operation} failed: {detail}")]
+    Failed {
+        operation: &'static str,
+        detail: String,
+    },
+}
+
+/// A hardware key store that signs SHA-256 digests with P-256 keys it never releases.
+///
+/// Implementations are blocking and thread-safe; callers on an async runtime use
+/// `spawn_blocking`. Each call may take a few milliseconds on real hardware.
+pub trait Backend: Send + Sync {
+    fn kind(&self) -> BackendKind;
+
+    /// Generates a new non-extractable P-256 signing key inside the hardware.
+    fn create_key(&self, label: &str) -> Result<HardwareKey, BackendError>;
+
+    /// Finds an existing key, checks that it is fit to be an actor key (generated in the
+    /// hardware, never extractable, able to sign) and proves it works by signing with it.
+    fn adopt_key(&self, selector: &KeySelector) -> Result<HardwareKey, BackendError>;
+
+    /// Signs a SHA-256 digest with a key; the signature is checked against the key's public
+    /// half before it is returned, so a faulty token cannot hand out a bad signature.
+    fn sign_digest(&self, key: &HardwareKey, digest: &[u8; 32]) -> Result<Signature, BackendError>;
+
+    /// Reads back what the hardware states about a key.
+    fn key_evidence(&self, key: &KeyRef) -> Result<KeyEvidence, BackendError>;
+
+    /// Destroys a key; used to undo a creation whose registration failed.
+    fn destroy_key(&self, key: &KeyRef) -> Result<(), BackendError>;
+
+    /// The backend's own device key, which signs lineage statements. Created on first use
+    /// when `create` is true.
+    fn device_key(&self, create: bool) -> Result<HardwareKey, BackendError>;
+
+    /// Checks that the hardware answers; cheap enough for a health probe.
+    fn health(&self) -> Result<(), BackendError>;
+}
+
+/// Checks a signature from the hardware before anyone relies on it.
+pub(crate) fn check_signature(
+    public_key: &p256::PublicKey,
+    digest: &[u8; 32],
+    signature: &Signature,
+) -> Result<(), BackendError> {
+    use p256::ecdsa::{VerifyingKey, signature::hazmat::PrehashVerifier};
+    VerifyingKey::from(public_key)
+        .verify_prehash(digest, signature)
+        .map_err(|_| BackendError::Failed {
+            operation: "sign",
+            detail: "the hardware returned a signature that does not verify under the key".into(),
+        })
+}

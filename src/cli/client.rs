@@ -1,0 +1,178 @@
+//! gRPC clients of the daemon: `actseal key …` and `actseal sign`.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result, bail};
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use super::{Connection, KeyCommand, SignArgs};
+use crate::api::{
+    ActorKey, AdoptKeyRequest, CreateKeyRequest, GetActorKeyRequest, ListKeysRequest, SignRequest,
+    adopt_key_request::Selector, key_admin_client::KeyAdminClient, sign_request::Action,
+    signer_client::SignerClient,
+};
+
+/// Opens a channel to the daemon over its Unix socket or a TCP endpoint.
+pub async fn connect(connection: &Connection) -> Result<Channel> {
+    if let Some(endpoint) = &connection.endpoint {
+        return Endpoint::from_shared(endpoint.clone())
+            .context("bad --endpoint")?
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the daemon at {endpoint}"));
+    }
+    let path = connection.socket.clone();
+    // The URI is required by the API but unused: the connector always dials the socket.
+    Endpoint::from_static("http://actseal.invalid")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .with_context(|| format!("cannot reach the daemon at {}", connection.socket.display()))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+fn print_key(key: &ActorKey) {
+    println!(
+        "{}  v{}  {}  {}  {}  {}  created {}",
+        key.actor, key.version, key.backend, key.state, key.origin, key.key_id, key.created_at
+    );
+}
+
+pub fn key(command: KeyCommand) -> Result<()> {
+    runtime()?.block_on(async move {
+        match command {
+            KeyCommand::Create { actor, connection } => {
+                let mut client = KeyAdminClient::new(connect(&connection).await?);
+                let key = client
+                    .create_key(CreateKeyRequest { actor })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                print_key(&key);
+            }
+            KeyCommand::List { actor, connection } => {
+                let mut client = KeyAdminClient::new(connect(&connection).await?);
+                let keys = client
+                    .list_keys(ListKeysRequest {
+                        actor: actor.unwrap_or_default(),
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner()
+                    .keys;
+                keys.iter().for_each(print_key);
+            }
+            KeyCommand::Show {
+                actor,
+                version,
+                connection,
+            } => {
+                let mut client = SignerClient::new(connect(&connection).await?);
+                let key = client
+                    .get_actor_key(GetActorKeyRequest { actor, version })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                print_key(&key);
+                let lineage: serde_json::Value =
+                    serde_json::from_str(&key.lineage_json).unwrap_or_default();
+                println!("{}", serde_json::to_string_pretty(&lineage).unwrap_or_default());
+            }
+            KeyCommand::Adopt {
+                actor,
+                label,
+                id,
+                connection,
+            } => {
+                let selector = match (label, id) {
+                    (Some(label), None) => Selector::Label(label),
+                    (None, Some(id)) => {
+                        Selector::CkaId(hex::decode(&id).context("--id must be hex")?)
+                    }
+                    _ => bail!("give exactly one of --label and --id"),
+                };
+                let mut client = KeyAdminClient::new(connect(&connection).await?);
+                let key = client
+                    .adopt_key(AdoptKeyRequest {
+                        actor,
+                        selector: Some(selector),
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                print_key(&key);
+            }
+        }
+        Ok(())
+    })
+}
+
+fn parse_context(entries: &[String]) -> Result<HashMap<String, String>> {
+    let mut context = HashMap::new();
+    for entry in entries {
+        let Some((key, value)) = entry.split_once('=') else {
+            bail!("--context {entry:?}: expected KEY=VALUE");
+        };
+        context.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(context)
+}
+
+pub fn sign(args: SignArgs) -> Result<()> {
+    let action = match (&args.document, &args.digest) {
+        (Some(path), None) => Action::Document(
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        (None, Some(digest)) => {
+            Action::DocumentSha256(hex::decode(digest).context("--digest must be hex")?)
+        }
+        _ => bail!("give exactly one of --document and --digest"),
+    };
+    let parent_action_sha256 = match &args.parent {
+        Some(parent) => hex::decode(parent).context("--parent must be hex")?,
+        None => Vec::new(),
+    };
+    let request = SignRequest {
+        actor: args.actor.clone(),
+        action_type: args.action_type.clone(),
+        target: args.target.clone(),
+        action: Some(action),
+        context: parse_context(&args.context)?,
+        parent_action_sha256,
+    };
+    let response = runtime()?.block_on(async {
+        let mut client = SignerClient::new(connect(&args.connection).await?);
+        client.sign(request).await.map_err(status_error)
+    })?;
+    let response = response.into_inner();
+    match &args.out {
+        Some(out) => {
+            std::fs::write(out, &response.bundle_json)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "signed: log index {}, sequence {}, key {}; bundle in {}",
+                response.log_index,
+                response.sequence,
+                response.key_id,
+                out.display()
+            );
+        }
+        None => println!("{}", response.bundle_json),
+    }
+    Ok(())
+}

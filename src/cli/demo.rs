@@ -1,0 +1,99 @@
+//! `actseal demo`: the whole path on fresh SoftHSM tokens, every step shown as the command an
+//! operator would type.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+
+use crate::lab::Lab;
+
+const ACTOR: &str = "spiffe://acme.example/agents/payments";
+
+/// The seed example: an AI agent's payment instruction with the prompt it acted on, the tool
+/// call it made and the approval that allowed it.
+const PAYMENT_INSTRUCTION: &str = r#"{
+  "prompt": "Pay Northwind Supplies invoice INV-2026-0042 (EUR 1,250.00, due 2026-11-30) from the operating account.",
+  "tool_call": {
+    "name": "bank.transfer",
+    "arguments": {
+      "from": "acct:DE89370400440532013000",
+      "to": "acct:GB29NWBK60161331926819",
+      "amount": "1250.00",
+      "currency": "EUR",
+      "reference": "INV-2026-0042"
+    }
+  },
+  "approval": {
+    "policy": "payments up to EUR 5,000 to known suppliers are pre-approved",
+    "approved_by": "spiffe://acme.example/policy/payments",
+    "ticket": "FIN-8812"
+  }
+}
+"#;
+
+const OPENSSL_SCRIPT: &str = include_str!("../../scripts/verify-with-openssl.sh");
+
+pub fn run(workdir: Option<PathBuf>) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the actseal binary")?;
+    let (dir, _temp) = match workdir {
+        Some(dir) => (dir, None),
+        None => {
+            let temp = tempfile::Builder::new().prefix("actseal-demo-").tempdir()?;
+            (temp.path().join("lab"), Some(temp))
+        }
+    };
+    println!("== Setting up a SoftHSM lab in {}", dir.display());
+    let mut lab = Lab::create(&exe, &dir, true)?;
+
+    println!("\n== Starting the daemon on the SoftHSM token");
+    lab.start_daemon()?;
+    let socket = lab.socket().display().to_string();
+    println!("daemon listening on {socket}");
+
+    println!("\n== Creating the agent's key inside the token");
+    lab.run_ok(&["key", "create", "--actor", ACTOR])?;
+
+    println!("\n== The agent pays an invoice; actseal signs the action");
+    let document = lab.dir.join("payment-instruction.json");
+    std::fs::write(&document, PAYMENT_INSTRUCTION)?;
+    let document = document.display().to_string();
+    let bundle = lab.path("payment.bundle.json");
+    lab.run_ok(&[
+        "sign", "--actor", ACTOR, "--type", "payment.initiate",
+        "--target", "acct:DE89370400440532013000", "--document", &document,
+        "--context", "model=acme-agent-7", "--context", "session=5f1c2a",
+        "--context", "invoice=INV-2026-0042", "--out", &bundle,
+    ])?;
+    lab.stop_daemon()?;
+    println!("daemon stopped: everything below is offline");
+
+    println!("\n== Verifying the proof bundle offline with actseal");
+    let anchor = lab.anchor().display().to_string();
+    let output = lab.run(&["verify", &bundle, "--trust", &anchor, "--document", &document])?;
+    if !output.status.success() {
+        bail!("the demo bundle did not verify");
+    }
+
+    println!("\n== Verifying the same bundle with openssl alone");
+    let script = lab.dir.join("verify-with-openssl.sh");
+    std::fs::write(&script, OPENSSL_SCRIPT)?;
+    println!("$ sh verify-with-openssl.sh {bundle} {anchor} {document}");
+    let status = std::process::Command::new("sh")
+        .arg(&script)
+        .args([&bundle, &anchor, &document])
+        .status()
+        .context("cannot run sh")?;
+    if !status.success() {
+        bail!("openssl did not verify the demo bundle");
+    }
+
+    println!(
+        "\n== Proved: the agent {ACTOR} (key generated in and never extractable from the \
+         token) signed exactly this payment instruction, and the token's device certificate \
+         chains to the operator's CA."
+    );
+    if _temp.is_none() {
+        println!("The lab stays in {} for you to explore.", lab.dir.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! The `actseal` command line: the daemon, its clients, the operator's tools, the verifier
+//! and the demo.
+
+mod client;
+mod demo;
+mod operator;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
+
+#[derive(Parser)]
+#[command(name = "actseal", version, about = "Per-action proof for non-human identities")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the signing daemon.
+    Serve {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Only check the configuration file and exit.
+        #[arg(long)]
+        check_config: bool,
+    },
+    /// Manage actor keys through the daemon.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Sign an action as an actor and write its proof bundle.
+    Sign(SignArgs),
+    /// Verify a proof bundle offline.
+    Verify {
+        /// The bundle (JSON) to verify.
+        bundle: PathBuf,
+        /// The operator's trust anchor: the CA certificate (PEM).
+        #[arg(long)]
+        trust: PathBuf,
+        /// The action document, to check that the receipt is about it.
+        #[arg(long)]
+        document: Option<PathBuf>,
+    },
+    /// The operator's certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// The token's device key and certificate.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Initialise a PKCS#11 token (PINs from files, never from the command line).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Run the whole path on a fresh SoftHSM token: daemon, key, sign, verify.
+    Demo {
+        /// Working directory for the demo's tokens, CA and state (a new temporary one if unset).
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+    },
+}
+
+/// How a client reaches the daemon.
+#[derive(Args, Clone)]
+pub struct Connection {
+    /// The daemon's Unix socket.
+    #[arg(long, env = "ACTSEAL_SOCKET", default_value = DEFAULT_SOCKET_PATH, global = true)]
+    socket: PathBuf,
+    /// A TCP endpoint instead, e.g. http://127.0.0.1:7443.
+    #[arg(long, env = "ACTSEAL_ENDPOINT", global = true)]
+    endpoint: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Generate a new key for an actor inside the backend.
+    Create {
+        #[arg(long)]
+        actor: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// List actor keys.
+    List {
+        #[arg(long)]
+        actor: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Show an actor's key and its lineage.
+    Show {
+        #[arg(long)]
+        actor: String,
+        /// Key version; the active one if unset.
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Register a key made on the token with other PKCS#11 tools.
+    Adopt {
+        #[arg(long)]
+        actor: String,
+        /// The private key's CKA_LABEL.
+        #[arg(long, conflicts_with = "id", required_unless_present = "id")]
+        label: Option<String>,
+        /// The private key's CKA_ID, hex.
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Args)]
+struct SignArgs {
+    #[arg(long)]
+    actor: String,
+    /// Action type, e.g. payment.initiate.
+    #[arg(long = "type")]
+    action_type: String,
+    /// The resource the action targets.
+    #[arg(long)]
+    target: String,
+    /// The action document; the daemon hashes it.
+    #[arg(long, conflicts_with = "digest", required_unless_present = "digest")]
+    document: Option<PathBuf>,
+    /// The document's SHA-256 (hex), when the document stays with the caller.
+    #[arg(long)]
+    digest: Option<String>,
+    /// Context entries, KEY=VALUE (repeatable).
+    #[arg(long = "context", value_name = "KEY=VALUE")]
+    context: Vec<String>,
+    /// SHA-256 (hex) of the parent action's document, for a delegated action.
+    #[arg(long)]
+    parent: Option<String>,
+    /// Where to write the bundle; standard output if unset.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a CA: its key (in a PKCS#11 token, or a key file if asked) and certificate.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "actseal operator CA")]
+        subject: String,
+        #[arg(long, default_value_t = 7300)]
+        days: u32,
+        /// PKCS#11 module holding the CA token.
+        #[arg(long, required_unless_present = "key_file")]
+        module: Option<PathBuf>,
+        /// Label of the CA's own token.
+        #[arg(long, required_unless_present = "key_file")]
+        token_label: Option<String>,
+        /// File holding the CA token's user PIN.
+        #[arg(long, conflicts_with = "pin_env")]
+        pin_file: Option<PathBuf>,
+        /// Environment variable holding the CA token's user PIN.
+        #[arg(long)]
+        pin_env: Option<String>,
+        /// Keep the CA key in this file instead of a token (software key: weaker).
+        #[arg(long, conflicts_with_all = ["module", "token_label", "pin_file", "pin_env"])]
+        key_file: Option<PathBuf>,
+    },
+    /// Issue a device certificate for a certificate request.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        csr: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1825)]
+        days: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Create the device key if needed and write a certificate request signed by it.
+    Csr {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Install the device certificate the CA issued.
+    Install {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        certificate: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Initialise a free slot's token with a label, SO PIN and user PIN.
+    Init {
+        #[arg(long)]
+        module: PathBuf,
+        #[arg(long)]
+        label: String,
+        #[arg(long)]
+        so_pin_file: PathBuf,
+        #[arg(long)]
+        pin_file: PathBuf,
+    },
+}
+
+fn init_logging(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ACTSEAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Entry point of the `actseal` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            config,
+            check_config,
+        } => operator::serve(&config, check_config),
+        Command::Verify {
+            bundle,
+            trust,
+            document,
+        } => {
+            init_logging("warn", false);
+            return operator::verify(&bundle, &trust, document.as_deref());
+        }
+        Command::Key(command) => {
+            init_logging("warn", false);
+            client::key(command)
+        }
+        Command::Sign(args) => {
+            init_logging("warn", false);
+            client::sign(args)
+        }
+        Command::Ca(command) => {
+            init_logging("warn", false);
+            operator::ca(command)
+        }
+        Command::Device(command) => {
+            init_logging("warn", false);
+            operator::device(command)
+        }
+        Command::Token(command) => {
+            init_logging("warn", false);
+            operator::token(command)
+        }
+        Command::Demo { workdir } => {
+            init_logging("warn", false);
+            demo::run(workdir)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("actseal: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Commands an operator or auditor runs on the machine itself: the daemon, the CA, the
+//! device certificate, token set-up and offline verification.
+
+use std::{path::Path, process::ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+use super::{CaCommand, DeviceCommand, TokenCommand};
+use crate::{
+    backend::{Backend, pkcs11},
+    config::{Config, LogFormat},
+    pki::{self, ca::NewCaKey},
+    secret::PinSource,
+    server,
+    verify::{TrustAnchors, verify_bundle},
+};
+
+pub fn serve(config_path: &Path, check_only: bool) -> Result<()> {
+    let config = Config::load(config_path)?;
+    if check_only {
+        println!("{}: OK", config_path.display());
+        return Ok(());
+    }
+    super::init_logging(&config.log.level, config.log.format == LogFormat::Json);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("actseal-worker")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(server::run(config))?;
+    Ok(())
+}
+
+/// Exit codes: 0 verified, 1 a check failed, 2 the inputs could not be read.
+pub fn verify(bundle: &Path, trust: &Path, document: Option<&Path>) -> ExitCode {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| eprintln!("actseal verify: cannot read {}: {e}", path.display()))
+    };
+    let (Ok(bundle_bytes), Ok(anchor_pem)) = (read(bundle), read(trust)) else {
+        return ExitCode::from(2);
+    };
+    let document = match document.map(read).transpose() {
+        Ok(document) => document,
+        Err(()) => return ExitCode::from(2),
+    };
+    let anchors = match TrustAnchors::from_pem(&anchor_pem) {
+        Ok(anchors) => anchors,
+        Err(e) => {
+            eprintln!("actseal verify: trust anchor {}: {e}", trust.display());
+            return ExitCode::from(2);
+        }
+    };
+    match verify_bundle(&bundle_bytes, &anchors, document.as_deref()) {
+        Ok(verified) => {
+            println!("VERIFIED {}", bundle.display());
+            println!("{verified}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("FAILED {}: {e}", bundle.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub fn ca(command: CaCommand) -> Result<()> {
+    match command {
+        CaCommand::Init {
+            dir,
+            subject,
+            days,
+            module,
+            token_label,
+            pin_file,
+            pin_env,
+            key_file,
+        } => {
+            let key = match (key_file, module, token_label) {
+                (Some(path), _, _) => {
+                    eprintln!(
+                        "warning: the CA key will be a software key in {}; a token is safer",
+                        path.display()
+                    );
+                    NewCaKey::File(path)
+                }
+                (None, Some(module), Some(token_label)) => NewCaKey::Pkcs11 {
+                    module,
+                    token_label,
+                    pin: pin_source(pin_file, pin_env)?,
+                },
+                _ => bail!("give --module and --token-label (or --key-file)"),
+            };
+            let cert = pki::ca::init(&dir, &subject, days, key)?;
+            println!("CA created; trust anchor: {}", cert.display());
+            Ok(())
+        }
+        CaCommand::Issue {
+            dir,
+            csr,
+            out,
+            days,
+        } => {
+            let request = std::fs::read_to_string(&csr)
+                .with_context(|| format!("cannot read {}", csr.display()))?;
+            let cert = pki::ca::issue(&dir, &request, days)?;
+            std::fs::write(&out, cert).with_context(|| format!("cannot write {}", out.display()))?;
+            println!("device certificate written to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+fn pin_source(file: Option<std::path::PathBuf>, env: Option<String>) -> Result<PinSource> {
+    match (file, env) {
+        (Some(file), None) => Ok(PinSource::File(file)),
+        (None, Some(env)) => Ok(PinSource::Env(env)),
+        _ => bail!("give exactly one of --pin-file and --pin-env"),
+    }
+}
+
+pub fn device(command: DeviceCommand) -> Result<()> {
+    match command {
+        DeviceCommand::Csr { config, out } => {
+            let config = Config::load(&config)?;
+            let backend = server::open_backend(&config)?;
+            let device_key = backend.device_key(true)?;
+            let request = pki::device::certificate_request(&backend, &device_key, backend.token())?;
+            std::fs::write(&out, request)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "certificate request for device key {} written to {}",
+                crate::proof::key_id(&device_key.public_key),
+                out.display()
+            );
+            Ok(())
+        }
+        DeviceCommand::Install {
+            config,
+            certificate,
+        } => {
+            let config = Config::load(&config)?;
+            let pem = std::fs::read_to_string(&certificate)
+                .with_context(|| format!("cannot read {}", certificate.display()))?;
+            let backend = server::open_backend(&config)?;
+            let device_key = backend.device_key(false)?;
+            std::fs::create_dir_all(&config.state.dir)
+                .with_context(|| format!("cannot create {}", config.state.dir.display()))?;
+            let destination = config.state.device_certificate();
+            let subject = pki::device::install_certificate(&pem, &device_key, &destination)?;
+            println!("installed device certificate \"{subject}\" at {}", destination.display());
+            Ok(())
+        }
+    }
+}
+
+pub fn token(command: TokenCommand) -> Result<()> {
+    match command {
+        TokenCommand::Init {
+            module,
+            label,
+            so_pin_file,
+            pin_file,
+        } => {
+            let so_pin = PinSource::File(so_pin_file).read()?;
+            let pin = PinSource::File(pin_file).read()?;
+            let ctx = pkcs11::load_module(&module)?;
+            let facts = pkcs11::init_token(&ctx, &label, &so_pin, &pin)?;
+            println!("token {:?} initialised (serial {})", facts.label, facts.serial);
+            Ok(())
+        }
+    }
+}

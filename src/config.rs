@@ -1,0 +1,216 @@
+//! The daemon's configuration file (TOML). Secrets are never in it: only where to read them.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::{
+    backend::pkcs11::{Pkcs11Settings, TokenSelector},
+    secret::PinSource,
+};
+
+/// Where the daemon looks for its configuration unless told otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/actseal/actseal.toml";
+/// Where clients look for the daemon's socket unless told otherwise.
+pub const DEFAULT_SOCKET_PATH: &str = "/run/actseal/actseal.sock";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub state: StateConfig,
+    pub pkcs11: Pkcs11Config,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Unix socket to listen on.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Permission bits of the socket file.
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: u32,
+    /// Optional TCP listener (plain gRPC; for loopback development only).
+    #[serde(default)]
+    pub tcp: Option<SocketAddr>,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET_PATH)
+}
+
+fn default_socket_mode() -> u32 {
+    0o660
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            socket: default_socket(),
+            socket_mode: default_socket_mode(),
+            tcp: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Holds `actseal.db` (keys and receipts) and `device.crt`.
+    pub dir: PathBuf,
+}
+
+impl StateConfig {
+    pub fn database(&self) -> PathBuf {
+        self.dir.join("actseal.db")
+    }
+
+    pub fn device_certificate(&self) -> PathBuf {
+        self.dir.join("device.crt")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    pub module: PathBuf,
+    #[serde(default)]
+    pub token_label: Option<String>,
+    #[serde(default)]
+    pub token_serial: Option<String>,
+    pub pin: PinSource,
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+    #[serde(default = "default_device_key_label")]
+    pub device_key_label: String,
+}
+
+fn default_sessions() -> usize {
+    4
+}
+
+fn default_device_key_label() -> String {
+    "actseal-device".into()
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `actseal=debug`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: default_log_level(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: path.display().to_string(),
+            reason,
+        };
+        let config: Config = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        config.pkcs11.token_selector().map_err(invalid)?;
+        if config.pkcs11.sessions == 0 || config.pkcs11.sessions > 256 {
+            return Err(invalid("pkcs11.sessions must be between 1 and 256".into()));
+        }
+        Ok(config)
+    }
+}
+
+impl Pkcs11Config {
+    pub fn token_selector(&self) -> Result<TokenSelector, String> {
+        match (&self.token_label, &self.token_serial) {
+            (Some(label), None) => Ok(TokenSelector::Label(label.clone())),
+            (None, Some(serial)) => Ok(TokenSelector::Serial(serial.clone())),
+            _ => Err("pkcs11: set exactly one of token_label and token_serial".into()),
+        }
+    }
+
+    pub fn settings(&self) -> Result<Pkcs11Settings, String> {
+        Ok(Pkcs11Settings {
+            module: self.module.clone(),
+            token: self.token_selector()?,
+            pin: self.pin.clone(),
+            sessions: self.sessions,
+            device_key_label: self.device_key_label.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [server]
+        socket = "/tmp/a.sock"
+        [state]
+        dir = "/tmp/state"
+        [pkcs11]
+        module = "/usr/lib/softhsm/libsofthsm2.so"
+        token_label = "actseal"
+        pin = { file = "/etc/actseal/pin" }
+    "#;
+
+    #[test]
+    fn parses_a_minimal_config_with_defaults() {
+        let config = Config::parse(GOOD, Path::new("t.toml")).unwrap();
+        assert_eq!(config.pkcs11.sessions, 4);
+        assert_eq!(config.pkcs11.pin, PinSource::File("/etc/actseal/pin".into()));
+        assert_eq!(config.server.socket_mode, 0o660);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_both_token_selectors() {
+        let unknown = GOOD.replace("[state]", "[state]\nbogus = 1");
+        assert!(Config::parse(&unknown, Path::new("t.toml")).is_err());
+        let both = GOOD.replace("token_label", "token_serial = \"1\"\ntoken_label");
+        let err = Config::parse(&both, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("exactly one"), "{err}");
+    }
+}

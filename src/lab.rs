@@ -1,0 +1,274 @@
+//! A SoftHSM2 lab in one directory: private tokens, an operator CA, a device certificate, a
+//! daemon configuration, and the daemon itself as a child process. The demo and the
+//! integration tests both stand on it, so what the tests prove is what the demo shows.
+//!
+//! Every step runs the real `actseal` binary, as an operator would.
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// SoftHSM2's PKCS#11 module on Debian.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// Label of the daemon's token in a lab.
+pub const TOKEN_LABEL: &str = "actseal-lab";
+/// Label of the CA's own token in a lab.
+pub const CA_TOKEN_LABEL: &str = "actseal-lab-ca";
+
+const SOFTHSM_CONF_TEMPLATE: &str = include_str!("../softhsm-fixtures/softhsm2.conf.in");
+const CONFIG_TEMPLATE: &str = include_str!("../softhsm-fixtures/actseal.toml.in");
+
+/// A lab directory and, while started, its daemon.
+pub struct Lab {
+    pub dir: PathBuf,
+    exe: PathBuf,
+    verbose: bool,
+    daemon: Option<Child>,
+}
+
+fn random_pin() -> String {
+    use rand_core::{OsRng, RngCore};
+    let mut bytes = [0u8; 12];
+    OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn write_secret(path: &Path, secret: &str) -> Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(file, "{secret}")?;
+    Ok(())
+}
+
+impl Lab {
+    /// Makes a complete lab in `dir` (which must be empty or absent) using the `actseal`
+    /// binary at `exe`: tokens, CA, device certificate and configuration. The daemon is not
+    /// started.
+    pub fn create(exe: &Path, dir: &Path, verbose: bool) -> Result<Lab> {
+        if dir.exists() && fs::read_dir(dir)?.next().is_some() {
+            bail!("{} is not empty", dir.display());
+        }
+        for sub in ["tokens", "secrets", "state", "ca"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        let dir = dir.canonicalize()?;
+        fs::set_permissions(
+            dir.join("secrets"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
+        fs::write(
+            dir.join("softhsm2.conf"),
+            SOFTHSM_CONF_TEMPLATE.replace("@TOKENDIR@", &dir.join("tokens").display().to_string()),
+        )?;
+        fs::write(
+            dir.join("actseal.toml"),
+            CONFIG_TEMPLATE
+                .replace("@DIR@", &dir.display().to_string())
+                .replace("@MODULE@", SOFTHSM_MODULE)
+                .replace("@TOKEN@", TOKEN_LABEL),
+        )?;
+        for name in ["token.so-pin", "token.pin", "ca.so-pin", "ca.pin"] {
+            write_secret(&dir.join("secrets").join(name), &random_pin())?;
+        }
+        let lab = Lab {
+            dir,
+            exe: exe.to_owned(),
+            verbose,
+            daemon: None,
+        };
+        let d = |p: &str| lab.path(p);
+        lab.run_ok(&[
+            "token", "init", "--module", SOFTHSM_MODULE, "--label", TOKEN_LABEL,
+            "--so-pin-file", &d("secrets/token.so-pin"), "--pin-file", &d("secrets/token.pin"),
+        ])?;
+        lab.run_ok(&[
+            "token", "init", "--module", SOFTHSM_MODULE, "--label", CA_TOKEN_LABEL,
+            "--so-pin-file", &d("secrets/ca.so-pin"), "--pin-file", &d("secrets/ca.pin"),
+        ])?;
+        lab.run_ok(&[
+            "ca", "init", "--dir", &d("ca"), "--subject", "actseal lab operator CA",
+            "--module", SOFTHSM_MODULE, "--token-label", CA_TOKEN_LABEL,
+            "--pin-file", &d("secrets/ca.pin"),
+        ])?;
+        lab.run_ok(&["device", "csr", "--config", &d("actseal.toml"), "--out", &d("device.csr")])?;
+        lab.run_ok(&[
+            "ca", "issue", "--dir", &d("ca"), "--csr", &d("device.csr"), "--out", &d("device.crt"),
+        ])?;
+        lab.run_ok(&["device", "install", "--config", &d("actseal.toml"), &d("device.crt")])?;
+        Ok(lab)
+    }
+
+    /// A path inside the lab, as a string for command lines.
+    pub fn path(&self, relative: &str) -> String {
+        self.dir.join(relative).display().to_string()
+    }
+
+    /// The trust anchor verifiers are given: the CA certificate.
+    pub fn anchor(&self) -> PathBuf {
+        self.dir.join("ca/ca.crt")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("actseal.sock")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("actseal.toml")
+    }
+
+    /// The daemon's log (stderr) of every start.
+    pub fn daemon_log(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+
+    /// The token's user PIN, for tests that must act as an operator with other tools.
+    pub fn token_pin(&self) -> Result<String> {
+        Ok(fs::read_to_string(self.dir.join("secrets/token.pin"))?
+            .trim()
+            .to_owned())
+    }
+
+    /// An `actseal` command set up for this lab (SoftHSM configuration, daemon socket).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.exe);
+        command
+            .args(args)
+            .env("SOFTHSM2_CONF", self.dir.join("softhsm2.conf"))
+            .env("ACTSEAL_SOCKET", self.socket())
+            .env_remove("ACTSEAL_ENDPOINT")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs an `actseal` command to completion and returns its output, whatever its status.
+    pub fn run(&self, args: &[&str]) -> Result<Output> {
+        if self.verbose {
+            println!("$ actseal {}", args.join(" "));
+        }
+        let output = self
+            .command(args)
+            .output()
+            .with_context(|| format!("cannot run {}", self.exe.display()))?;
+        if self.verbose {
+            print!("{}", String::from_utf8_lossy(&output.stdout));
+        }
+        Ok(output)
+    }
+
+    /// Runs an `actseal` command that must succeed; returns its standard output.
+    pub fn run_ok(&self, args: &[&str]) -> Result<String> {
+        let output = self.run(args)?;
+        if !output.status.success() {
+            bail!(
+                "`actseal {}` failed ({}): {}{}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Starts the daemon and waits until it accepts connections on its socket.
+    pub fn start_daemon(&mut self) -> Result<()> {
+        if self.daemon.is_some() {
+            bail!("the daemon is already running");
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.daemon_log())?;
+        let config = self.config().display().to_string();
+        if self.verbose {
+            println!("$ actseal serve --config {config} &");
+        }
+        let mut child = self
+            .command(&["serve", "--config", &config])
+            .env("ACTSEAL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start the daemon")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "the daemon exited at start-up ({status}); its log:\n{}",
+                    fs::read_to_string(self.daemon_log()).unwrap_or_default()
+                );
+            }
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("the daemon did not open its socket within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.daemon = Some(child);
+        Ok(())
+    }
+
+    /// Stops the daemon with SIGTERM (graceful) and waits for it.
+    pub fn stop_daemon(&mut self) -> Result<()> {
+        if let Some(mut child) = self.daemon.take() {
+            signal(&child, "TERM")?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    bail!("the daemon did not stop within 30 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would.
+    pub fn kill_daemon(&mut self) -> Result<()> {
+        if let Some(mut child) = self.daemon.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+}
+
+fn signal(child: &Child, name: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .context("cannot run kill")?;
+    if !status.success() {
+        bail!("kill -{name} {} failed", child.id());
+    }
+    Ok(())
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

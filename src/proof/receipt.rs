@@ -1,0 +1,85 @@
+//! The receipt: an in-toto Statement v1 about one action, signed as a DSSE envelope.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::IN_TOTO_STATEMENT_V1;
+
+/// Predicate type URI of receipts.
+pub const RECEIPT_PREDICATE_TYPE: &str = "https://actseal.dev/receipt/v1";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Digest {
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Subject {
+    pub name: String,
+    pub digest: Digest,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyRefInReceipt {
+    pub id: String,
+    pub version: u32,
+    pub backend: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Action {
+    #[serde(rename = "type")]
+    pub action_type: String,
+    pub target: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub parent_sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiptPredicate {
+    pub actor: String,
+    pub key: KeyRefInReceipt,
+    pub action: Action,
+    pub context: BTreeMap<String, String>,
+    pub signed_at: String,
+    pub sequence: u64,
+    pub previous_receipt: Option<Digest>,
+    pub log_index: u64,
+    pub mode: String,
+}
+
+/// The receipt statement, serialised once and signed as those exact bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiptStatement {
+    #[serde(rename = "_type")]
+    pub statement_type: String,
+    pub subject: Vec<Subject>,
+    pub predicate_type: String,
+    pub predicate: ReceiptPredicate,
+}
+
+impl ReceiptStatement {
+    pub fn new(document_sha256: &[u8; 32], predicate: ReceiptPredicate) -> Self {
+        ReceiptStatement {
+            statement_type: IN_TOTO_STATEMENT_V1.into(),
+            subject: vec![Subject {
+                name: predicate.action.target.clone(),
+                digest: Digest {
+                    sha256: hex::encode(document_sha256),
+                },
+            }],
+            predicate_type: RECEIPT_PREDICATE_TYPE.into(),
+            predicate,
+        }
+    }
+
+    /// The payload bytes to sign.
+    pub fn to_payload(&self) -> Vec<u8> {
+        // Serialising plain strings, maps and integers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}

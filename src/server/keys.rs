@@ -1,0 +1,201 @@
+//! The `KeyAdmin` service and key lineage: creating and adopting actor keys, each with the
+//! device's signed statement of what the hardware says about it.
+
+use std::sync::Arc;
+
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use tonic::{Request, Response, Status};
+
+use super::{DaemonState, blocking, validate};
+use crate::{
+    api::{
+        ActorKey, AdoptKeyRequest, CreateKeyRequest, ListKeysRequest, ListKeysResponse,
+        adopt_key_request::Selector, key_admin_server::KeyAdmin,
+    },
+    backend::{Backend, BackendError, HardwareKey, KeyEvidence, KeySelector},
+    ledger::{KeyRecord, KeyState},
+    pki::device::DeviceIdentity,
+    proof::{
+        IN_TOTO_PAYLOAD_TYPE,
+        dsse::{Envelope, signing_digest},
+        key_id,
+        lineage::{KeyOrigin, Lineage, Pkcs11LineagePredicate, pkcs11_statement_payload},
+        now_rfc3339, spki_der,
+    },
+};
+
+/// Has the device sign what the hardware states about a key.
+pub fn build_lineage(
+    backend: &dyn Backend,
+    device: &DeviceIdentity,
+    actor: &str,
+    version: u32,
+    key: &HardwareKey,
+    origin: KeyOrigin,
+    created_at: &str,
+) -> Result<Lineage, BackendError> {
+    let KeyEvidence::Pkcs11(facts) = backend.key_evidence(&key.key_ref)?;
+    let reasons = facts.attributes.unfit_reasons();
+    if !reasons.is_empty() {
+        return Err(BackendError::KeyRefused(reasons.join("; ")));
+    }
+    let id = key_id(&key.public_key);
+    let payload = pkcs11_statement_payload(&Pkcs11LineagePredicate {
+        actor,
+        key_version: version,
+        key_id: &id,
+        origin,
+        created_at,
+        token: &facts.token,
+        attributes: &facts.attributes,
+    });
+    let signature =
+        backend.sign_digest(&device.key, &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload))?;
+    Ok(Lineage {
+        backend: backend.kind().as_str().into(),
+        statement: Envelope::new(IN_TOTO_PAYLOAD_TYPE, &payload, &device.key_id, &signature),
+        device_certificate: B64.encode(&device.certificate_der),
+        certificate_chain: device.chain_der.iter().map(|c| B64.encode(c)).collect(),
+    })
+}
+
+pub(crate) fn to_api(key: &KeyRecord) -> ActorKey {
+    ActorKey {
+        actor: key.actor.clone(),
+        version: key.version,
+        backend: key.backend.as_str().into(),
+        key_id: key.key_id.clone(),
+        public_key_der: spki_der(&key.public_key),
+        state: key.state.as_str().into(),
+        created_at: key.created_at.clone(),
+        origin: key.origin.as_str().into(),
+        lineage_json: serde_json::to_string(&key.lineage).unwrap_or_default(),
+    }
+}
+
+pub struct KeyAdminService {
+    pub(crate) state: Arc<DaemonState>,
+}
+
+impl KeyAdminService {
+    /// Registers a key the backend holds as the actor's first version, undoing the key's
+    /// creation if registration fails so no orphan is left on the token.
+    async fn register(
+        &self,
+        actor: String,
+        origin: KeyOrigin,
+        obtain: impl FnOnce(&dyn Backend) -> Result<HardwareKey, BackendError> + Send + 'static,
+    ) -> Result<Response<ActorKey>, Status> {
+        validate::actor(&actor)?;
+        let state = Arc::clone(&self.state);
+        let lookup = actor.clone();
+        let existing = blocking(move || state.keys(Some(&lookup))).await??;
+        if !existing.is_empty() {
+            return Err(Status::already_exists(format!(
+                "actor {actor:?} has a key already (rotation comes with key versions)"
+            )));
+        }
+        let state = Arc::clone(&self.state);
+        let record_actor = actor.clone();
+        let record = blocking(move || {
+            let key = obtain(state.backend.as_ref())?;
+            let created_at = now_rfc3339();
+            let lineage = build_lineage(
+                state.backend.as_ref(),
+                &state.device,
+                &record_actor,
+                1,
+                &key,
+                origin,
+                &created_at,
+            )
+            .inspect_err(|_| {
+                if origin == KeyOrigin::Generated {
+                    let _ = state.backend.destroy_key(&key.key_ref);
+                }
+            })?;
+            Ok::<_, BackendError>(KeyRecord {
+                actor: record_actor,
+                version: 1,
+                backend: state.backend.kind(),
+                key_id: key_id(&key.public_key),
+                key_ref: key.key_ref,
+                public_key: key.public_key,
+                origin,
+                state: KeyState::Active,
+                created_at,
+                lineage,
+            })
+        })
+        .await??;
+        let answer = to_api(&record);
+        let key_ref = record.key_ref.clone();
+        if let Err(e) = self.state.sequencer.register_key(record).await {
+            if origin == KeyOrigin::Generated {
+                let state = Arc::clone(&self.state);
+                let _ = blocking(move || state.backend.destroy_key(&key_ref)).await;
+            }
+            return Err(e.into());
+        }
+        tracing::info!(actor = %actor, key_id = %answer.key_id, origin = origin.as_str(), "actor key registered");
+        Ok(Response::new(answer))
+    }
+}
+
+#[tonic::async_trait]
+impl KeyAdmin for KeyAdminService {
+    async fn create_key(
+        &self,
+        request: Request<CreateKeyRequest>,
+    ) -> Result<Response<ActorKey>, Status> {
+        let actor = request.into_inner().actor;
+        let label = format!("actseal {actor} v1");
+        self.register(actor, KeyOrigin::Generated, move |backend| {
+            backend.create_key(&label)
+        })
+        .await
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<ListKeysRequest>,
+    ) -> Result<Response<ListKeysResponse>, Status> {
+        let actor = request.into_inner().actor;
+        if !actor.is_empty() {
+            validate::actor(&actor)?;
+        }
+        let state = Arc::clone(&self.state);
+        let keys = blocking(move || state.keys((!actor.is_empty()).then_some(actor.as_str())))
+            .await??;
+        Ok(Response::new(ListKeysResponse {
+            keys: keys.iter().map(to_api).collect(),
+        }))
+    }
+
+    async fn adopt_key(
+        &self,
+        request: Request<AdoptKeyRequest>,
+    ) -> Result<Response<ActorKey>, Status> {
+        let request = request.into_inner();
+        let selector = match request.selector {
+            Some(Selector::Label(label)) if !label.is_empty() => KeySelector::Label(label),
+            Some(Selector::CkaId(id)) if !id.is_empty() => KeySelector::Id(id),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "selector: name the key by a non-empty label or cka_id",
+                ));
+            }
+        };
+        let device_key_id = self.state.device.key_id.clone();
+        self.register(request.actor, KeyOrigin::Adopted, move |backend| {
+            let key = backend.adopt_key(&selector)?;
+            if key_id(&key.public_key) == device_key_id {
+                return Err(BackendError::KeyRefused(
+                    "that is the token's device key; it cannot be an actor key".into(),
+                ));
+            }
+            Ok(key)
+        })
+        .await
+    }
+}

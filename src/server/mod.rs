@@ -1,0 +1,215 @@
+//! The daemon: opens the backend and the state, then serves gRPC on a Unix socket (and on
+//! TCP when configured) until SIGTERM or SIGINT.
+
+mod keys;
+pub mod sequencer;
+mod signer;
+mod status;
+pub mod validate;
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::{Status, transport::Server};
+
+pub use keys::build_lineage;
+
+use crate::{
+    api::{key_admin_server::KeyAdminServer, signer_server::SignerServer},
+    backend::{
+        Backend,
+        pkcs11::{Pkcs11Backend, load_module},
+    },
+    config::Config,
+    ledger::{KeyRecord, Store, StoreError},
+    pki::device::{DeviceIdentity, load_identity},
+};
+
+/// Largest gRPC message accepted: a maximal document plus the rest of a request.
+const MAX_MESSAGE: usize = validate::MAX_DOCUMENT_LEN + 64 * 1024;
+
+/// What every request handler shares.
+pub struct DaemonState {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) device: DeviceIdentity,
+    reader: Mutex<Store>,
+    pub(crate) sequencer: sequencer::SequencerHandle,
+}
+
+impl DaemonState {
+    fn keys(&self, actor: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+        self.reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys(actor)
+    }
+}
+
+/// Runs blocking work (token calls, SQLite reads) off the async runtime.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| Status::internal("worker task failed"))
+}
+
+/// Everything that can stop the daemon from starting, each with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("backend: {0}")]
+    Backend(#[from] crate::backend::BackendError),
+    #[error("device identity: {0}")]
+    Device(#[from] crate::pki::PkiError),
+    #[error("state: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Config(String),
+    #[error("listener {what}: {reason}")]
+    Listen { what: String, reason: String },
+}
+
+/// Opens the configured PKCS#11 token.
+pub fn open_backend(config: &Config) -> Result<Pkcs11Backend, StartError> {
+    let settings = config.pkcs11.settings().map_err(StartError::Config)?;
+    Ok(Pkcs11Backend::open(load_module(&settings.module)?, &settings)?)
+}
+
+fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
+    let err = |reason: String| StartError::Listen {
+        what: path.display().to_string(),
+        reason,
+    };
+    if path.exists() {
+        // Only a socket may be replaced, and only one nobody answers on (a stale one from a
+        // crash); anything else means a mistake in the configuration or a second daemon.
+        let meta = std::fs::symlink_metadata(path).map_err(|e| err(e.to_string()))?;
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(err("exists and is not a socket".into()));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(err("another daemon is listening on it".into()));
+        }
+        std::fs::remove_file(path).map_err(|e| err(e.to_string()))?;
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| err(e.to_string()))?;
+    Ok(listener)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing in-flight requests"),
+    }
+}
+
+/// Starts the daemon and serves until a shutdown signal.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    std::fs::create_dir_all(&config.state.dir).map_err(|e| {
+        StartError::Config(format!("state dir {}: {e}", config.state.dir.display()))
+    })?;
+    let backend = tokio::task::block_in_place(|| open_backend(&config))?;
+    let device_key = tokio::task::block_in_place(|| backend.device_key(false))?;
+    let device = load_identity(&config.state.device_certificate(), device_key)?;
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let database = config.state.database();
+    let (sequencer, sequencer_thread) =
+        sequencer::start(Store::open(&database)?, Arc::clone(&backend))?;
+    let state = Arc::new(DaemonState {
+        backend,
+        device,
+        reader: Mutex::new(Store::open(&database)?),
+        sequencer,
+    });
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<SignerServer<signer::SignerService>>()
+        .await;
+    health_reporter
+        .set_serving::<KeyAdminServer<keys::KeyAdminService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
+
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            SignerServer::new(signer::SignerService {
+                state: Arc::clone(&state),
+            })
+            .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            KeyAdminServer::new(keys::KeyAdminService {
+                state: Arc::clone(&state),
+            })
+            .max_decoding_message_size(MAX_MESSAGE),
+        );
+
+    let unix = bind_unix(&config.server.socket, config.server.socket_mode)?;
+    tracing::info!(socket = %config.server.socket.display(), device_key = %state.device.key_id, "actseal listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tcp_task = match config.server.tcp {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Listen {
+                    what: addr.to_string(),
+                    reason: e.to_string(),
+                })?;
+            tracing::warn!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                "plain TCP listener without TLS or caller authentication: loopback development only");
+            let mut stop = stop_rx.clone();
+            let tcp_router = router.clone();
+            Some(tokio::spawn(async move {
+                tcp_router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+            }))
+        }
+    };
+    let serve = router.serve_with_incoming_shutdown(UnixListenerStream::new(unix), async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let result = serve.await;
+    if let Some(task) = tcp_task {
+        let _ = task.await;
+    }
+    let _ = std::fs::remove_file(&config.server.socket);
+    // Dropping the last handles stops the sequencer after it has committed what it holds.
+    drop(state);
+    let _ = tokio::task::spawn_blocking(move || sequencer_thread.join()).await;
+    tracing::info!("actseal stopped");
+    result.map_err(|e| StartError::Listen {
+        what: "gRPC".into(),
+        reason: e.to_string(),
+    })
+}

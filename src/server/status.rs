@@ -1,0 +1,56 @@
+//! How internal errors become gRPC statuses. Messages are for the caller: they name the
+//! field or the key, never a PIN or internal paths of secrets.
+
+use tonic::Status;
+
+use super::{sequencer::SequencerError, validate::FieldError};
+use crate::{backend::BackendError, ledger::StoreError};
+
+impl From<FieldError> for Status {
+    fn from(e: FieldError) -> Self {
+        Status::invalid_argument(e.to_string())
+    }
+}
+
+impl From<BackendError> for Status {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Unavailable(_) | BackendError::Login(_) => {
+                tracing::warn!(error = %e, "backend unavailable");
+                Status::unavailable(e.to_string())
+            }
+            BackendError::KeyNotFound(_) => Status::not_found(e.to_string()),
+            BackendError::KeyRefused(_) => Status::failed_precondition(e.to_string()),
+            BackendError::Failed { .. } => {
+                tracing::error!(error = %e, "backend operation failed");
+                Status::internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(_) => Status::already_exists(e.to_string()),
+            StoreError::Sqlite(_) | StoreError::Corrupt(_) => {
+                tracing::error!(error = %e, "state database error");
+                Status::internal("state database error")
+            }
+        }
+    }
+}
+
+impl From<SequencerError> for Status {
+    fn from(e: SequencerError) -> Self {
+        match e {
+            SequencerError::UnknownActor(_) => Status::not_found(e.to_string()),
+            SequencerError::Backend(b) => b.into(),
+            SequencerError::Store(s) => s.into(),
+            SequencerError::NotStored(_) => {
+                Status::unavailable("the receipt could not be stored; nothing was signed for you")
+            }
+            SequencerError::Stopped => Status::unavailable("the daemon is shutting down"),
+        }
+    }
+}
