@@ -655,12 +655,21 @@ impl Backend for Pkcs11Backend {
 
     fn sign_digest(&self, key: &HardwareKey, digest: &[u8; 32]) -> Result<Signature, BackendError> {
         self.with_session("sign", |s| {
-            let handle = Self::private_key_handle(s, &key.key_ref)?;
+            // A registered key that cannot be found means the token is gone or was swapped:
+            // a fault of the hardware, not of the caller's request.
+            let vanished = |e: BackendError| match e {
+                BackendError::KeyNotFound(detail) => BackendError::Unavailable(format!(
+                    "{detail} (token {:?} removed or replaced?)",
+                    self.token.label
+                )),
+                other => other,
+            };
+            let handle = Self::private_key_handle(s, &key.key_ref).map_err(vanished)?;
             let raw = match s.session.sign(&Mechanism::Ecdsa, handle, digest) {
                 Err(CkError::Pkcs11(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid, _)) => {
                     // The cached handle went stale (the object was re-created): look again.
                     s.handles.remove(&key.key_ref.0);
-                    let handle = Self::private_key_handle(s, &key.key_ref)?;
+                    let handle = Self::private_key_handle(s, &key.key_ref).map_err(vanished)?;
                     s.session.sign(&Mechanism::Ecdsa, handle, digest)
                 }
                 other => other,

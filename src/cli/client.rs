@@ -22,7 +22,14 @@ pub async fn connect(connection: &Connection) -> Result<Channel> {
             .await
             .with_context(|| format!("cannot reach the daemon at {endpoint}"));
     }
-    let path = connection.socket.clone();
+    connect_unix(&connection.socket)
+        .await
+        .with_context(|| format!("cannot reach the daemon at {}", connection.socket.display()))
+}
+
+/// Opens a channel to the daemon's Unix socket.
+pub async fn connect_unix(path: &std::path::Path) -> Result<Channel, tonic::transport::Error> {
+    let path = path.to_owned();
     // The URI is required by the API but unused: the connector always dials the socket.
     Endpoint::from_static("http://actseal.invalid")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
@@ -32,7 +39,6 @@ pub async fn connect(connection: &Connection) -> Result<Channel> {
             }
         }))
         .await
-        .with_context(|| format!("cannot reach the daemon at {}", connection.socket.display()))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

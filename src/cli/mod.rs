@@ -9,6 +9,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
+pub use client::connect_unix;
+
 use crate::config::{DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
 
 #[derive(Parser)]

@@ -33,6 +33,9 @@ use crate::{
 /// Largest gRPC message accepted: a maximal document plus the rest of a request.
 const MAX_MESSAGE: usize = validate::MAX_DOCUMENT_LEN + 64 * 1024;
 
+/// How long in-flight requests may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What every request handler shares.
 pub struct DaemonState {
     pub(crate) backend: Arc<dyn Backend>,
@@ -148,15 +151,20 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     health_reporter
         .set_serving::<KeyAdminServer<keys::KeyAdminService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
+    // Both reflection versions: grpcurl and older tools still ask v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error = |e: tonic_reflection::server::Error| StartError::Config(format!("reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
     let router = Server::builder()
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             SignerServer::new(signer::SignerService {
                 state: Arc::clone(&state),
@@ -173,6 +181,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let unix = bind_unix(&config.server.socket, config.server.socket_mode)?;
     tracing::info!(socket = %config.server.socket.display(), device_key = %state.device.key_id, "actseal listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
     let tcp_task = match config.server.tcp {
         None => None,
         Some(addr) => {
@@ -184,24 +199,32 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 })?;
             tracing::warn!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
                 "plain TCP listener without TLS or caller authentication: loopback development only");
-            let mut stop = stop_rx.clone();
             let tcp_router = router.clone();
+            let stop = stopped(stop_rx.clone());
             Some(tokio::spawn(async move {
                 tcp_router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
                     .await
             }))
         }
     };
-    let serve = router.serve_with_incoming_shutdown(UnixListenerStream::new(unix), async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let result = serve.await;
+    let serve =
+        router.serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone()));
+    // In-flight requests get a grace period; a client that keeps its connection open past
+    // it is cut off (it was told nothing, so nothing it was told is lost).
+    let grace = async {
+        stopped(stop_rx.clone()).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        tracing::warn!("shutdown grace period over; closing the remaining connections");
+    };
+    let result = tokio::select! {
+        result = serve => result,
+        () = grace => Ok(()),
+    };
     if let Some(task) = tcp_task {
-        let _ = task.await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+            tracing::warn!("TCP listener did not drain within the grace period");
+        }
     }
     let _ = std::fs::remove_file(&config.server.socket);
     // Dropping the last handles stops the sequencer after it has committed what it holds.

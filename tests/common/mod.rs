@@ -1,0 +1,133 @@
+//! Shared set-up for the integration tests: a real SoftHSM lab with a running daemon, gRPC
+//! clients on its Unix socket, and readers of its state.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use actseal::{
+    api::{
+        CreateKeyRequest, SignRequest, key_admin_client::KeyAdminClient, sign_request::Action,
+        signer_client::SignerClient,
+    },
+    lab::Lab,
+    verify::{TrustAnchors, Verified, VerifyError, verify_bundle},
+};
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+pub const ACTOR: &str = "spiffe://acme.example/agents/payments";
+pub const DOCUMENT: &[u8] = br#"{"prompt":"pay invoice 42","tool_call":{"name":"bank.transfer","amount":"10.00"}}"#;
+
+/// A lab in its own temporary directory; removed (daemon killed) when dropped.
+pub struct TestLab {
+    pub lab: Lab,
+    _dir: TempDir,
+}
+
+impl std::ops::Deref for TestLab {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.lab
+    }
+}
+
+impl std::ops::DerefMut for TestLab {
+    fn deref_mut(&mut self) -> &mut Lab {
+        &mut self.lab
+    }
+}
+
+/// A new lab (tokens, CA, device certificate) with its daemon not yet started.
+pub fn new_lab() -> TestLab {
+    let dir = tempfile::Builder::new()
+        .prefix("actseal-test-")
+        .tempdir()
+        .expect("temp dir");
+    let lab = Lab::create(
+        Path::new(env!("CARGO_BIN_EXE_actseal")),
+        &dir.path().join("lab"),
+        false,
+    )
+    .expect("lab set-up");
+    TestLab { lab, _dir: dir }
+}
+
+/// A new lab with its daemon running.
+pub fn started_lab() -> TestLab {
+    let mut lab = new_lab();
+    lab.start_daemon().expect("daemon start");
+    lab
+}
+
+pub async fn channel(lab: &Lab) -> Channel {
+    actseal::cli::connect_unix(&lab.socket())
+        .await
+        .expect("connect to the daemon")
+}
+
+pub async fn signer(lab: &Lab) -> SignerClient<Channel> {
+    SignerClient::new(channel(lab).await)
+}
+
+pub async fn admin(lab: &Lab) -> KeyAdminClient<Channel> {
+    KeyAdminClient::new(channel(lab).await)
+}
+
+pub async fn create_key(lab: &Lab, actor: &str) -> actseal::api::ActorKey {
+    admin(lab)
+        .await
+        .create_key(CreateKeyRequest {
+            actor: actor.into(),
+        })
+        .await
+        .expect("create key")
+        .into_inner()
+}
+
+pub fn sign_request(actor: &str, document: &[u8]) -> SignRequest {
+    SignRequest {
+        actor: actor.into(),
+        action_type: "payment.initiate".into(),
+        target: "acct:DE89370400440532013000".into(),
+        action: Some(Action::Document(document.to_vec())),
+        context: [("ticket".to_string(), "FIN-8812".to_string())].into(),
+        parent_action_sha256: vec![],
+    }
+}
+
+pub fn verify(lab: &Lab, bundle_json: &str, document: Option<&[u8]>) -> Result<Verified, VerifyError> {
+    let anchor = std::fs::read(lab.anchor()).expect("anchor");
+    let anchors = TrustAnchors::from_pem(&anchor).expect("anchor parses");
+    verify_bundle(bundle_json.as_bytes(), &anchors, document)
+}
+
+/// The decoded receipt statement of a bundle.
+pub fn receipt_statement(bundle_json: &str) -> serde_json::Value {
+    let bundle: serde_json::Value = serde_json::from_str(bundle_json).expect("bundle JSON");
+    let payload = B64
+        .decode(bundle["receipt"]["payload"].as_str().expect("payload"))
+        .expect("payload base64");
+    serde_json::from_slice(&payload).expect("payload JSON")
+}
+
+/// SHA-256 (hex) of a bundle's receipt payload bytes.
+pub fn payload_sha256(bundle_json: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let bundle: serde_json::Value = serde_json::from_str(bundle_json).expect("bundle JSON");
+    let payload = B64
+        .decode(bundle["receipt"]["payload"].as_str().expect("payload"))
+        .expect("payload base64");
+    hex::encode(Sha256::digest(payload))
+}
+
+/// Receipts in the daemon's database, read directly from the file.
+pub fn receipt_count(lab: &Lab) -> u64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        lab.dir.join("state/actseal.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open state database");
+    conn.query_row("SELECT COUNT(*) FROM receipts", [], |row| row.get::<_, i64>(0))
+        .expect("count receipts") as u64
+}

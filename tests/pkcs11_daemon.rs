@@ -1,0 +1,498 @@
+//! The daemon end to end on a real SoftHSM2 token: gRPC over its Unix socket, proof bundles
+//! verified offline, bad input, token faults, restarts.
+
+mod common;
+
+use actseal::api::{
+    AdoptKeyRequest, CreateKeyRequest, GetActorKeyRequest, ListKeysRequest, adopt_key_request::Selector,
+    sign_request::Action,
+};
+use common::*;
+use sha2::{Digest, Sha256};
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_returns_a_bundle_that_verifies_offline() {
+    let lab = started_lab();
+    let key = create_key(&lab, ACTOR).await;
+    assert_eq!(key.version, 1);
+    assert_eq!(key.backend, "pkcs11");
+    assert_eq!(key.origin, "generated");
+
+    let mut signer = signer(&lab).await;
+    let response = signer
+        .sign(sign_request(ACTOR, DOCUMENT))
+        .await
+        .expect("sign")
+        .into_inner();
+    assert_eq!(response.key_id, key.key_id);
+    let verified = verify(&lab, &response.bundle_json, Some(DOCUMENT)).expect("bundle verifies");
+    assert_eq!(verified.actor, ACTOR);
+    assert_eq!(verified.key_id, key.key_id);
+    assert_eq!(verified.sequence, 1);
+    assert_eq!(verified.log_index, 0);
+    assert_eq!(verified.backend, "pkcs11");
+    assert_eq!(verified.origin, "generated");
+    assert!(verified.document_checked);
+    assert_eq!(verified.document_sha256, hex::encode(Sha256::digest(DOCUMENT)));
+    assert_eq!(verified.context.get("ticket").map(String::as_str), Some("FIN-8812"));
+
+    // A different document is not what the receipt is about.
+    let wrong = verify(&lab, &response.bundle_json, Some(b"another document")).unwrap_err();
+    assert_eq!(wrong.check.to_string(), "receipt.document");
+
+    // Signing a digest, with the document kept by the caller, proves the same thing.
+    let mut by_digest = sign_request(ACTOR, DOCUMENT);
+    by_digest.action = Some(Action::DocumentSha256(Sha256::digest(DOCUMENT).to_vec()));
+    let response = signer.sign(by_digest).await.expect("sign digest").into_inner();
+    let verified = verify(&lab, &response.bundle_json, Some(DOCUMENT)).expect("verifies");
+    assert_eq!(verified.sequence, 2);
+
+    // `actseal verify` on the command line: exit 0 and a summary.
+    let bundle_path = lab.dir.join("b.json");
+    std::fs::write(&bundle_path, &response.bundle_json).unwrap();
+    let document_path = lab.dir.join("doc.json");
+    std::fs::write(&document_path, DOCUMENT).unwrap();
+    let output = lab
+        .run(&[
+            "verify",
+            &bundle_path.display().to_string(),
+            "--trust",
+            &lab.anchor().display().to_string(),
+            "--document",
+            &document_path.display().to_string(),
+        ])
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("VERIFIED"), "{stdout}");
+    assert!(stdout.contains(ACTOR), "{stdout}");
+
+    // And a non-zero exit naming the failed check when the document differs.
+    std::fs::write(&document_path, b"tampered").unwrap();
+    let output = lab
+        .run(&[
+            "verify",
+            &bundle_path.display().to_string(),
+            "--trust",
+            &lab.anchor().display().to_string(),
+            "--document",
+            &document_path.display().to_string(),
+        ])
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("receipt.document"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_chain_per_actor_and_keys_survive_a_restart() {
+    let mut lab = started_lab();
+    let other = "spiffe://acme.example/agents/procurement";
+    create_key(&lab, ACTOR).await;
+    create_key(&lab, other).await;
+
+    let mut signer = signer(&lab).await;
+    let mut bundles = Vec::new();
+    for i in 0..3 {
+        let document = format!("action {i}");
+        bundles.push(
+            signer
+                .sign(sign_request(ACTOR, document.as_bytes()))
+                .await
+                .unwrap()
+                .into_inner()
+                .bundle_json,
+        );
+    }
+    let other_bundle = signer
+        .sign(sign_request(other, b"other"))
+        .await
+        .unwrap()
+        .into_inner()
+        .bundle_json;
+    assert_eq!(receipt_statement(&other_bundle)["predicate"]["sequence"], 1);
+    assert_eq!(receipt_statement(&other_bundle)["predicate"]["logIndex"], 3);
+    assert!(receipt_statement(&other_bundle)["predicate"]["previousReceipt"].is_null());
+
+    // A graceful restart: the same keys, the chain continues where it stopped.
+    lab.stop_daemon().unwrap();
+    lab.start_daemon().unwrap();
+    let mut signer = common::signer(&lab).await;
+    bundles.push(
+        signer
+            .sign(sign_request(ACTOR, b"after restart"))
+            .await
+            .expect("sign after restart")
+            .into_inner()
+            .bundle_json,
+    );
+    let mut previous: Option<String> = None;
+    for (i, bundle) in bundles.iter().enumerate() {
+        verify(&lab, bundle, None).expect("verifies");
+        let predicate = &receipt_statement(bundle)["predicate"];
+        assert_eq!(predicate["sequence"], i as u64 + 1);
+        match &previous {
+            None => assert!(predicate["previousReceipt"].is_null()),
+            Some(digest) => assert_eq!(predicate["previousReceipt"]["sha256"], *digest.as_str()),
+        }
+        previous = Some(payload_sha256(bundle));
+    }
+    assert_eq!(receipt_statement(&bundles[3])["predicate"]["logIndex"], 4);
+
+    let key = signer
+        .get_actor_key(GetActorKeyRequest {
+            actor: ACTOR.into(),
+            version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(key.state, "active");
+    let listed = admin(&lab)
+        .await
+        .list_keys(ListKeysRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert_eq!(listed.len(), 2);
+    assert_eq!(receipt_count(&lab), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_precise_statuses_and_change_nothing() {
+    let lab = started_lab();
+    create_key(&lab, ACTOR).await;
+    let mut signer = signer(&lab).await;
+    signer.sign(sign_request(ACTOR, DOCUMENT)).await.unwrap();
+    let before = receipt_count(&lab);
+
+    let unknown = signer
+        .sign(sign_request("spiffe://acme.example/agents/nobody", DOCUMENT))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+
+    let cases: Vec<(&str, actseal::api::SignRequest)> = vec![
+        ("actor", actseal::api::SignRequest { actor: String::new(), ..sign_request(ACTOR, DOCUMENT) }),
+        ("action_type", actseal::api::SignRequest { action_type: String::new(), ..sign_request(ACTOR, DOCUMENT) }),
+        ("action_type", actseal::api::SignRequest { action_type: "x".repeat(129), ..sign_request(ACTOR, DOCUMENT) }),
+        ("target", actseal::api::SignRequest { target: String::new(), ..sign_request(ACTOR, DOCUMENT) }),
+        ("target", actseal::api::SignRequest { target: "t".repeat(1025), ..sign_request(ACTOR, DOCUMENT) }),
+        ("action", actseal::api::SignRequest { action: None, ..sign_request(ACTOR, DOCUMENT) }),
+        ("document", sign_request(ACTOR, b"")),
+        ("document", sign_request(ACTOR, &vec![b'a'; (1 << 20) + 1])),
+        ("document_sha256", actseal::api::SignRequest {
+            action: Some(Action::DocumentSha256(vec![0xab; 31])),
+            ..sign_request(ACTOR, DOCUMENT)
+        }),
+        ("document_sha256", actseal::api::SignRequest {
+            action: Some(Action::DocumentSha256(vec![])),
+            ..sign_request(ACTOR, DOCUMENT)
+        }),
+        ("parent_action_sha256", actseal::api::SignRequest {
+            parent_action_sha256: vec![1; 20],
+            ..sign_request(ACTOR, DOCUMENT)
+        }),
+        ("context", actseal::api::SignRequest {
+            context: [("k".to_string(), "v".repeat(1025))].into(),
+            ..sign_request(ACTOR, DOCUMENT)
+        }),
+        ("context", actseal::api::SignRequest {
+            context: (0..33).map(|i| (format!("k{i}"), "v".to_string())).collect(),
+            ..sign_request(ACTOR, DOCUMENT)
+        }),
+    ];
+    for (field, request) in cases {
+        let status = signer.sign(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(
+            status.message().starts_with(&format!("{field}:")),
+            "message should name {field}: {}",
+            status.message()
+        );
+    }
+
+    let mut admin = admin(&lab).await;
+    let duplicate = admin
+        .create_key(CreateKeyRequest { actor: ACTOR.into() })
+        .await
+        .unwrap_err();
+    assert_eq!(duplicate.code(), Code::AlreadyExists);
+    let bad_actor = admin
+        .create_key(CreateKeyRequest { actor: "two words".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_actor.code(), Code::InvalidArgument);
+    let no_selector = admin
+        .adopt_key(AdoptKeyRequest { actor: "spiffe://x/y".into(), selector: None })
+        .await
+        .unwrap_err();
+    assert_eq!(no_selector.code(), Code::InvalidArgument);
+    let no_key = signer
+        .get_actor_key(GetActorKeyRequest { actor: "spiffe://x/none".into(), version: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(no_key.code(), Code::NotFound);
+    let no_version = signer
+        .get_actor_key(GetActorKeyRequest { actor: ACTOR.into(), version: 9 })
+        .await
+        .unwrap_err();
+    assert_eq!(no_version.code(), Code::NotFound);
+
+    assert_eq!(receipt_count(&lab), before, "rejected requests must write nothing");
+    // The log continues without a gap after all those rejections.
+    let next = signer.sign(sign_request(ACTOR, DOCUMENT)).await.unwrap().into_inner();
+    assert_eq!(next.log_index, before);
+    assert_eq!(next.sequence, before + 1);
+}
+
+/// Runs pkcs11-tool as an operator would, with the PIN from the environment (not argv).
+fn pkcs11_tool(lab: &actseal::lab::Lab, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new("pkcs11-tool")
+        .args(["--module", actseal::lab::SOFTHSM_MODULE, "--token-label", actseal::lab::TOKEN_LABEL])
+        .args(["--login", "--pin", "env:ACTSEAL_TEST_PIN"])
+        .args(extra)
+        .env("SOFTHSM2_CONF", lab.dir.join("softhsm2.conf"))
+        .env("ACTSEAL_TEST_PIN", lab.token_pin().unwrap())
+        .output()
+        .expect("pkcs11-tool (package opensc) must be installed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopts_a_key_made_by_pkcs11_tool_and_refuses_unfit_ones() {
+    let lab = started_lab();
+    let made = pkcs11_tool(
+        &lab,
+        &["--keypairgen", "--key-type", "EC:prime256v1", "--label", "ops-agent", "--id", "a1b2c3", "--usage-sign"],
+    );
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let extractable = pkcs11_tool(
+        &lab,
+        &[
+            "--keypairgen", "--key-type", "EC:prime256v1", "--label", "leaky", "--id", "0bad",
+            "--usage-sign", "--extractable",
+        ],
+    );
+    assert!(extractable.status.success(), "{}", String::from_utf8_lossy(&extractable.stderr));
+
+    let mut admin = admin(&lab).await;
+    let adopter = "spiffe://acme.example/pipelines/deploy";
+    let adopted = admin
+        .adopt_key(AdoptKeyRequest {
+            actor: adopter.into(),
+            selector: Some(Selector::Label("ops-agent".into())),
+        })
+        .await
+        .expect("adopt a sound key")
+        .into_inner();
+    assert_eq!(adopted.origin, "adopted");
+    let response = signer(&lab)
+        .await
+        .sign(sign_request(adopter, DOCUMENT))
+        .await
+        .unwrap()
+        .into_inner();
+    let verified = verify(&lab, &response.bundle_json, Some(DOCUMENT)).expect("verifies");
+    assert_eq!(verified.origin, "adopted");
+
+    let refused = admin
+        .adopt_key(AdoptKeyRequest {
+            actor: "spiffe://acme.example/agents/leaky".into(),
+            selector: Some(Selector::CkaId(vec![0x0b, 0xad])),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("CKA_EXTRACTABLE is true"), "{}", refused.message());
+    assert!(refused.message().contains("CKA_NEVER_EXTRACTABLE is false"), "{}", refused.message());
+
+    let again = admin
+        .adopt_key(AdoptKeyRequest {
+            actor: "spiffe://acme.example/agents/second".into(),
+            selector: Some(Selector::Label("ops-agent".into())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+    let missing = admin
+        .adopt_key(AdoptKeyRequest {
+            actor: "spiffe://acme.example/agents/third".into(),
+            selector: Some(Selector::Label("no-such-key".into())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    let device = admin
+        .adopt_key(AdoptKeyRequest {
+            actor: "spiffe://acme.example/agents/fourth".into(),
+            selector: Some(Selector::Label("actseal-device".into())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(device.code(), Code::FailedPrecondition, "{device:?}");
+    let listed = admin.list_keys(ListKeysRequest::default()).await.unwrap().into_inner().keys;
+    assert_eq!(listed.len(), 1, "refused adoptions register nothing");
+}
+
+fn serve_once(lab: &actseal::lab::Lab) -> (bool, String) {
+    let output = lab
+        .command(&["serve", "--config", &lab.config().display().to_string()])
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
+    )
+}
+
+#[test]
+fn startup_fails_clearly_without_the_token_or_with_a_wrong_pin() {
+    let lab = new_lab();
+    let config = std::fs::read_to_string(lab.config()).unwrap();
+    let real_pin = lab.token_pin().unwrap();
+
+    std::fs::write(lab.config(), config.replace("token_label = \"actseal-lab\"", "token_label = \"absent\"")).unwrap();
+    let (ok, output) = serve_once(&lab);
+    assert!(!ok);
+    assert!(output.contains("no token labelled \"absent\" is present"), "{output}");
+
+    std::fs::write(lab.config(), &config).unwrap();
+    let pin_file = lab.dir.join("secrets/token.pin");
+    std::fs::write(&pin_file, "wrong-pin-4711\n").unwrap();
+    let (ok, output) = serve_once(&lab);
+    assert!(!ok);
+    assert!(output.contains("refused the PIN"), "{output}");
+    assert!(!output.contains("wrong-pin-4711") && !output.contains(&real_pin), "PIN leaked: {output}");
+
+    std::fs::remove_file(&pin_file).unwrap();
+    let (ok, output) = serve_once(&lab);
+    assert!(!ok);
+    assert!(output.contains("cannot read PIN from file"), "{output}");
+
+    let (ok, output) = {
+        let out = lab.command(&["serve", "--config", "/nonexistent/actseal.toml"]).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert!(!ok);
+    assert!(output.contains("/nonexistent/actseal.toml"), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_token_gives_unavailable_and_loses_nothing() {
+    let lab = started_lab();
+    create_key(&lab, ACTOR).await;
+    let mut signer = signer(&lab).await;
+    let kept = signer.sign(sign_request(ACTOR, DOCUMENT)).await.unwrap().into_inner();
+    let before = receipt_count(&lab);
+
+    // Pull the token: its storage disappears under the running daemon.
+    let tokens = lab.dir.join("tokens");
+    let away = lab.dir.join("tokens-removed");
+    std::fs::rename(&tokens, &away).unwrap();
+    for _ in 0..3 {
+        let status = signer.sign(sign_request(ACTOR, DOCUMENT)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    std::fs::rename(&away, &tokens).unwrap();
+
+    // The daemon is still up and serving reads; nothing was written.
+    assert!(lab.daemon_pid().is_some());
+    signer
+        .get_actor_key(GetActorKeyRequest { actor: ACTOR.into(), version: 0 })
+        .await
+        .expect("daemon still answers");
+    assert_eq!(receipt_count(&lab), before);
+    verify(&lab, &kept.bundle_json, Some(DOCUMENT)).expect("earlier proof still verifies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_are_served() {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let lab = started_lab();
+    let channel = channel(&lab).await;
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest { service: "actseal.v1.Signer".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for expected in ["actseal.v1.Signer", "actseal.v1.KeyAdmin", "grpc.health.v1.Health"] {
+        assert!(names.contains(&expected), "{names:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_listener_serves_when_configured() {
+    let mut lab = new_lab();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = std::fs::read_to_string(lab.config()).unwrap();
+    std::fs::write(
+        lab.config(),
+        config.replace("socket_mode = 0o600", &format!("socket_mode = 0o600\ntcp = \"127.0.0.1:{port}\"")),
+    )
+    .unwrap();
+    lab.start_daemon().unwrap();
+    create_key(&lab, ACTOR).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("TCP listener");
+    let response = actseal::api::signer_client::SignerClient::new(channel)
+        .sign(sign_request(ACTOR, DOCUMENT))
+        .await
+        .unwrap()
+        .into_inner();
+    verify(&lab, &response.bundle_json, Some(DOCUMENT)).unwrap();
+    let log = std::fs::read_to_string(lab.daemon_log()).unwrap();
+    assert!(log.contains("plain TCP listener"), "the daemon must warn loudly: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_logs_outputs_or_command_lines() {
+    let mut lab = started_lab();
+    create_key(&lab, ACTOR).await;
+    signer(&lab).await.sign(sign_request(ACTOR, DOCUMENT)).await.unwrap();
+    let pid = lab.daemon_pid().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    lab.stop_daemon().unwrap();
+
+    let mut secrets = vec![lab.token_pin().unwrap()];
+    for name in ["token.so-pin", "ca.pin", "ca.so-pin"] {
+        secrets.push(std::fs::read_to_string(lab.dir.join("secrets").join(name)).unwrap().trim().to_owned());
+    }
+    let log = std::fs::read_to_string(lab.daemon_log()).unwrap();
+    assert!(log.contains("receipt signed"), "the log records the signing: {log}");
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    for secret in &secrets {
+        assert!(!log.contains(secret.as_str()), "a PIN is in the daemon log");
+        assert!(!cmdline.contains(secret.as_str()), "a PIN is on the daemon's command line");
+    }
+    // No file outside secrets/ and the token store holds a PIN.
+    for entry in ["actseal.toml", "ca/ca.toml", "ca/ca.crt", "device.crt"] {
+        let text = std::fs::read_to_string(lab.dir.join(entry)).unwrap();
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "a PIN is in {entry}");
+        }
+    }
+}
