@@ -1,1 +1,162 @@
-fn main(){}
+//! Sign throughput through the daemon over its Unix socket (1 and 8 concurrent clients),
+//! beside the token's raw ECDSA P-256 sign rate measured in the same run.
+//!
+//! Run: `cargo bench --bench sign_throughput` (set ACTSEAL_BENCH_SECONDS to change the
+//! duration of each phase; default 5).
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use actseal::{
+    api::{CreateKeyRequest, SignRequest, key_admin_client::KeyAdminClient, sign_request::Action, signer_client::SignerClient},
+    lab::{Lab, SOFTHSM_MODULE, TOKEN_LABEL},
+};
+use cryptoki::{
+    mechanism::Mechanism,
+    object::{Attribute, ObjectClass},
+    session::UserType,
+    types::AuthPin,
+};
+
+const ACTOR: &str = "spiffe://acme.example/agents/bench";
+
+fn phase_seconds() -> Duration {
+    let secs = std::env::var("ACTSEAL_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
+    Duration::from_secs_f64(secs)
+}
+
+/// Raw C_Sign rate of the token with `sessions` threads, each with its own session.
+fn raw_token_rate(lab: &Lab, ctx: &cryptoki::context::Pkcs11, key_id: &[u8], sessions: usize) -> f64 {
+    let pin = lab.token_pin().unwrap();
+    let slot = ctx
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label() == TOKEN_LABEL)
+        .expect("lab token");
+    let duration = phase_seconds();
+    let total: u64 = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..sessions)
+            .map(|_| {
+                let pin = pin.clone();
+                scope.spawn(move || {
+                    let session = ctx.open_rw_session(slot).unwrap();
+                    match session.login(UserType::User, Some(&AuthPin::from(pin))) {
+                        Ok(()) | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {}
+                        Err(e) => panic!("login: {e}"),
+                    }
+                    let key = session
+                        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(key_id.to_vec())])
+                        .unwrap()[0];
+                    let digest = [0x5a; 32];
+                    let start = Instant::now();
+                    let mut n = 0u64;
+                    while start.elapsed() < duration {
+                        session.sign(&Mechanism::Ecdsa, key, &digest).unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    total as f64 / duration.as_secs_f64()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Sign calls per second with `clients` concurrent clients, each on its own connection.
+async fn daemon_rate(lab: &Lab, clients: usize) -> (f64, Duration, Duration) {
+    let duration = phase_seconds();
+    let document = Arc::new(vec![b'x'; 512]);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let channel = actseal::cli::connect_unix(&lab.socket()).await.unwrap();
+        let document = Arc::clone(&document);
+        tasks.push(tokio::spawn(async move {
+            let mut client = SignerClient::new(channel);
+            let mut latencies = Vec::new();
+            let start = Instant::now();
+            while start.elapsed() < duration {
+                let t = Instant::now();
+                client
+                    .sign(SignRequest {
+                        actor: ACTOR.into(),
+                        action_type: "bench.action".into(),
+                        target: "bench:target".into(),
+                        action: Some(Action::Document(document.to_vec())),
+                        context: Default::default(),
+                        parent_action_sha256: vec![],
+                    })
+                    .await
+                    .unwrap();
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all.sort();
+    (
+        all.len() as f64 / duration.as_secs_f64(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+    )
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else to parse.
+    let dir = tempfile::Builder::new().prefix("actseal-bench-").tempdir().unwrap();
+    let mut lab = Lab::create(Path::new(env!("CARGO_BIN_EXE_actseal")), &dir.path().join("lab"), false)
+        .expect("lab set-up");
+    // SAFETY: set before any thread is started; the module reads it at C_Initialize.
+    unsafe { std::env::set_var("SOFTHSM2_CONF", lab.dir.join("softhsm2.conf")) };
+    lab.start_daemon().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let key = runtime.block_on(async {
+        let channel = actseal::cli::connect_unix(&lab.socket()).await.unwrap();
+        KeyAdminClient::new(channel)
+            .create_key(CreateKeyRequest { actor: ACTOR.into() })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    let lineage: serde_json::Value = serde_json::from_str(&key.lineage_json).unwrap();
+    let payload = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(lineage["statement"]["payload"].as_str().unwrap())
+            .unwrap()
+    };
+    let statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    let cka_id = hex::decode(statement["predicate"]["attributes"]["id"].as_str().unwrap()).unwrap();
+
+    let ctx = actseal::backend::pkcs11::load_module(Path::new(SOFTHSM_MODULE)).unwrap();
+    println!("phase length: {:?}; cores: {}", phase_seconds(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+    let raw1 = raw_token_rate(&lab, &ctx, &cka_id, 1);
+    println!("token raw C_Sign (ECDSA P-256), 1 session : {raw1:>8.0} signs/s");
+    let raw2 = raw_token_rate(&lab, &ctx, &cka_id, 2);
+    println!("token raw C_Sign (ECDSA P-256), 2 sessions: {raw2:>8.0} signs/s");
+    for clients in [1, 8] {
+        let (rate, p50, p99) = runtime.block_on(daemon_rate(&lab, clients));
+        println!(
+            "daemon Sign over Unix socket, {clients} client(s): {rate:>8.0} calls/s  (p50 {:.2} ms, p99 {:.2} ms; {:.1}% of raw 1-session rate)",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            100.0 * rate / raw1
+        );
+    }
+    lab.stop_daemon().unwrap();
+}

@@ -20,7 +20,7 @@ pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// Label of the daemon's token in a lab.
 pub const TOKEN_LABEL: &str = "actseal-lab";
 /// Label of the CA's own token in a lab.
-pub const CA_TOKEN_LABEL: &str = "actseal-lab-ca";
+pub const CA_TOKEN_LABEL: &str = "actseal-ca";
 
 const SOFTHSM_CONF_TEMPLATE: &str = include_str!("../softhsm-fixtures/softhsm2.conf.in");
 const CONFIG_TEMPLATE: &str = include_str!("../softhsm-fixtures/actseal.toml.in");

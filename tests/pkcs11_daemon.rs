@@ -248,6 +248,7 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
 }
 
 /// Runs pkcs11-tool as an operator would, with the PIN from the environment (not argv).
+/// (pkcs11-tool matches --token-label as a prefix, so lab token labels are prefix-free.)
 fn pkcs11_tool(lab: &actseal::lab::Lab, extra: &[&str]) -> std::process::Output {
     std::process::Command::new("pkcs11-tool")
         .args(["--module", actseal::lab::SOFTHSM_MODULE, "--token-label", actseal::lab::TOKEN_LABEL])

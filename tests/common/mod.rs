@@ -2,6 +2,8 @@
 //! clients on its Unix socket, and readers of its state.
 #![allow(dead_code)]
 
+pub mod openssl;
+
 use std::path::Path;
 
 use actseal::{

@@ -1,0 +1,400 @@
+//! The signed statements' contents: `receipt.statement` (FORMAT.md §3) and `lineage.statement`
+//! (§4).
+//!
+//! Both payloads are parsed twice on purpose: first only `_type` and `predicateType`, so a
+//! statement of another kind is reported as such rather than as a missing member; then in full.
+//! Parsing happens only after the signature has verified, so these bytes are the signer's.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use time::PrimitiveDateTime;
+use time::format_description::FormatItem;
+use time::macros::format_description;
+
+use super::digest::require_sha256_hex;
+use super::dsse::{Envelope, IN_TOTO_PAYLOAD_TYPE};
+
+const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
+const RECEIPT_PREDICATE: &str = "https://actseal.dev/receipt/v1";
+const LINEAGE_PREDICATE: &str = "https://actseal.dev/lineage/pkcs11-attributes/v1";
+const BACKENDS: [&str; 2] = ["pkcs11", "tpm"];
+/// The only backend for which a lineage statement is specified (FORMAT.md §4).
+const LINEAGE_BACKEND: &str = "pkcs11";
+const ORIGINS: [&str; 2] = ["generated", "adopted"];
+
+/// RFC 3339 UTC with second precision: `2026-11-26T17:51:36Z`, nothing else.
+const TIME_FORMAT: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatementHead {
+    #[serde(rename = "_type")]
+    statement_type: String,
+    predicate_type: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Statement<P> {
+    #[serde(rename = "_type")]
+    _statement_type: IgnoredAny,
+    subject: Vec<Subject>,
+    #[serde(rename = "predicateType")]
+    _predicate_type: IgnoredAny,
+    predicate: P,
+}
+
+#[derive(Deserialize)]
+struct Subject {
+    name: String,
+    digest: SubjectDigest,
+}
+
+#[derive(Deserialize)]
+struct SubjectDigest {
+    sha256: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReceiptPredicate {
+    actor: String,
+    key: KeyRef,
+    action: Action,
+    context: UniqueStringMap,
+    signed_at: String,
+    sequence: u64,
+    /// Required, and may be `null`: `deserialize_with` stops serde from treating a missing
+    /// member as `None`.
+    #[serde(deserialize_with = "present_or_null")]
+    previous_receipt: Option<PreviousReceipt>,
+    log_index: u64,
+    mode: String,
+}
+
+#[derive(Deserialize)]
+struct KeyRef {
+    id: String,
+    version: u64,
+    backend: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Action {
+    #[serde(rename = "type")]
+    action_type: String,
+    target: String,
+    #[serde(default)]
+    parent_sha256: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PreviousReceipt {
+    sha256: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LineagePredicate {
+    actor: String,
+    key_version: u64,
+    key_id: String,
+    origin: String,
+    created_at: String,
+    token: TokenInfo,
+    attributes: Attributes,
+}
+
+#[derive(Deserialize)]
+struct TokenInfo {
+    #[serde(rename = "manufacturer")]
+    _manufacturer: String,
+    #[serde(rename = "model")]
+    _model: String,
+    serial: String,
+    #[serde(rename = "label")]
+    _label: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Attributes {
+    key_type: String,
+    curve: String,
+    #[serde(rename = "id")]
+    _id: String,
+    #[serde(rename = "label")]
+    _label: String,
+    #[serde(rename = "token")]
+    _token: bool,
+    #[serde(rename = "private")]
+    _private: bool,
+    sensitive: bool,
+    always_sensitive: bool,
+    extractable: bool,
+    never_extractable: bool,
+    local: bool,
+    sign: bool,
+}
+
+fn present_or_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer)
+}
+
+/// A JSON object of strings that rejects duplicate keys, which a plain map would resolve
+/// silently (last one wins) and differently from other JSON readers.
+struct UniqueStringMap(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for UniqueStringMap {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UniqueVisitor;
+        impl<'de> Visitor<'de> for UniqueVisitor {
+            type Value = UniqueStringMap;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of string values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((key, value)) = map.next_entry::<String, String>()? {
+                    if out.contains_key(&key) {
+                        return Err(de::Error::custom(format!("duplicate context key {key:?}")));
+                    }
+                    out.insert(key, value);
+                }
+                Ok(UniqueStringMap(out))
+            }
+        }
+        deserializer.deserialize_map(UniqueVisitor)
+    }
+}
+
+/// What a verified receipt says, for the later checks and the summary.
+#[derive(Debug)]
+pub(crate) struct Receipt {
+    pub(crate) actor: String,
+    pub(crate) key_version: u64,
+    pub(crate) backend: String,
+    pub(crate) action_type: String,
+    pub(crate) target: String,
+    pub(crate) document_sha256: String,
+    pub(crate) context: BTreeMap<String, String>,
+    pub(crate) signed_at: String,
+    /// `signedAt` as Unix seconds: the instant certificates must be valid at.
+    pub(crate) signed_at_unix: i64,
+    pub(crate) sequence: u64,
+    pub(crate) log_index: u64,
+}
+
+/// What a verified lineage statement says.
+#[derive(Debug)]
+pub(crate) struct Lineage {
+    pub(crate) token_serial: String,
+    pub(crate) origin: String,
+}
+
+/// Parses an RFC 3339 UTC second-precision time into Unix seconds. The text must be the one
+/// canonical spelling of that instant (it is formatted back and compared).
+pub(crate) fn parse_time(what: &str, text: &str) -> Result<i64, String> {
+    let invalid =
+        || format!("{what} {text:?} is not an RFC 3339 UTC time like 2026-11-26T17:51:36Z");
+    let parsed = PrimitiveDateTime::parse(text, TIME_FORMAT).map_err(|_| invalid())?;
+    let canonical = parsed.format(TIME_FORMAT).map_err(|_| invalid())?;
+    if canonical != text {
+        return Err(invalid());
+    }
+    Ok(parsed.assume_utc().unix_timestamp())
+}
+
+fn require_eq(what: &str, got: &str, want: &str) -> Result<(), String> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("{what} is {got:?}, expected {want:?}"))
+    }
+}
+
+/// Parses an in-toto Statement v1 with the given predicate type and returns its only subject
+/// and its predicate.
+fn parse_statement<P: for<'de> Deserialize<'de>>(
+    envelope: &Envelope,
+    predicate_type: &str,
+) -> Result<(Subject, P), String> {
+    require_eq("payloadType", &envelope.payload_type, IN_TOTO_PAYLOAD_TYPE)?;
+    let head: StatementHead = serde_json::from_slice(&envelope.payload)
+        .map_err(|e| format!("payload is not an in-toto statement: {e}"))?;
+    require_eq("_type", &head.statement_type, STATEMENT_TYPE)?;
+    require_eq("predicateType", &head.predicate_type, predicate_type)?;
+    let statement: Statement<P> = serde_json::from_slice(&envelope.payload)
+        .map_err(|e| format!("payload is not a valid {predicate_type} statement: {e}"))?;
+    let [subject] = <[Subject; 1]>::try_from(statement.subject)
+        .map_err(|s| format!("subject must hold exactly one entry, found {}", s.len()))?;
+    Ok((subject, statement.predicate))
+}
+
+/// The `receipt.statement` check. `key_id` is the actor key id already bound to the signature.
+pub(crate) fn check_receipt(envelope: &Envelope, key_id: &str) -> Result<Receipt, String> {
+    let (subject, p) = parse_statement::<ReceiptPredicate>(envelope, RECEIPT_PREDICATE)?;
+    require_sha256_hex("subject[0].digest.sha256", &subject.digest.sha256)?;
+    require_eq("subject[0].name", &subject.name, &p.action.target)?;
+    require_eq("predicate.key.id", &p.key.id, key_id)?;
+    if p.key.version == 0 {
+        return Err("predicate.key.version must be 1 or more".to_string());
+    }
+    if !BACKENDS.contains(&p.key.backend.as_str()) {
+        return Err(format!(
+            "predicate.key.backend {:?} is not one of {BACKENDS:?}",
+            p.key.backend
+        ));
+    }
+    if let Some(parent) = &p.action.parent_sha256 {
+        require_sha256_hex("predicate.action.parentSha256", parent)?;
+    }
+    check_sequence(p.sequence, p.previous_receipt.as_ref())?;
+    let signed_at_unix = parse_time("predicate.signedAt", &p.signed_at)?;
+    require_eq("predicate.mode", &p.mode, "single")?;
+    Ok(Receipt {
+        actor: p.actor,
+        key_version: p.key.version,
+        backend: p.key.backend,
+        action_type: p.action.action_type,
+        target: p.action.target,
+        document_sha256: subject.digest.sha256,
+        context: p.context.0,
+        signed_at: p.signed_at,
+        signed_at_unix,
+        sequence: p.sequence,
+        log_index: p.log_index,
+    })
+}
+
+/// `sequence` ≥ 1, and `previousReceipt` is `null` exactly when `sequence` is 1.
+fn check_sequence(sequence: u64, previous: Option<&PreviousReceipt>) -> Result<(), String> {
+    match (sequence, previous) {
+        (0, _) => Err("predicate.sequence must be 1 or more".to_string()),
+        (1, None) => Ok(()),
+        (1, Some(_)) => {
+            Err("predicate.previousReceipt must be null when sequence is 1".to_string())
+        }
+        (_, None) => Err(format!(
+            "predicate.previousReceipt is null but sequence is {sequence}"
+        )),
+        (_, Some(prev)) => require_sha256_hex("predicate.previousReceipt.sha256", &prev.sha256),
+    }
+}
+
+/// The `lineage.statement` check: the statement speaks of this actor's key, at this version,
+/// from the bundle's backend, and the attributes say it was generated in the token and cannot
+/// leave it.
+pub(crate) fn check_lineage(
+    envelope: &Envelope,
+    bundle_backend: &str,
+    key_id: &str,
+    receipt: &Receipt,
+) -> Result<Lineage, String> {
+    require_eq("lineage.backend", bundle_backend, &receipt.backend)?;
+    require_eq("lineage.backend", bundle_backend, LINEAGE_BACKEND)?;
+    let (subject, p) = parse_statement::<LineagePredicate>(envelope, LINEAGE_PREDICATE)?;
+    require_eq("subject[0].digest.sha256", &subject.digest.sha256, key_id)?;
+    require_eq("predicate.keyId", &p.key_id, key_id)?;
+    require_eq("predicate.actor", &p.actor, &receipt.actor)?;
+    if p.key_version != receipt.key_version {
+        return Err(format!(
+            "predicate.keyVersion is {}, the receipt's key version is {}",
+            p.key_version, receipt.key_version
+        ));
+    }
+    let expected_name = format!("{}#{}", receipt.actor, receipt.key_version);
+    require_eq("subject[0].name", &subject.name, &expected_name)?;
+    if !ORIGINS.contains(&p.origin.as_str()) {
+        return Err(format!(
+            "predicate.origin {:?} is not one of {ORIGINS:?}",
+            p.origin
+        ));
+    }
+    parse_time("predicate.createdAt", &p.created_at)?;
+    check_attributes(&p.attributes)?;
+    Ok(Lineage {
+        token_serial: p.token.serial,
+        origin: p.origin,
+    })
+}
+
+/// FORMAT.md §4: sensitive, alwaysSensitive, neverExtractable, local, sign true; extractable
+/// false; and the key is the EC P-256 key the receipt was verified with.
+fn check_attributes(a: &Attributes) -> Result<(), String> {
+    require_eq("predicate.attributes.keyType", &a.key_type, "EC")?;
+    require_eq("predicate.attributes.curve", &a.curve, "P-256")?;
+    let required = [
+        ("sensitive", a.sensitive, true),
+        ("alwaysSensitive", a.always_sensitive, true),
+        ("extractable", a.extractable, false),
+        ("neverExtractable", a.never_extractable, true),
+        ("local", a.local, true),
+        ("sign", a.sign, true),
+    ];
+    for (name, got, want) in required {
+        if got != want {
+            return Err(format!(
+                "predicate.attributes.{name} is {got}, must be {want}: the key may have left the token"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_parses_only_the_canonical_form() {
+        assert_eq!(parse_time("t", "2026-11-26T17:51:36Z"), Ok(1_795_715_496));
+        assert_eq!(parse_time("t", "1970-01-01T00:00:00Z"), Ok(0));
+        for bad in [
+            "2026-11-26T17:51:36.000Z",
+            "2026-11-26T17:51:36+00:00",
+            "2026-11-26 17:51:36Z",
+            "2026-11-26T17:51:36z",
+            "2026-11-26T17:51:60Z",
+            "2026-02-30T00:00:00Z",
+            "+2026-11-26T17:51:36Z",
+            "2026-11-26T17:51:36Z ",
+            "",
+        ] {
+            assert!(parse_time("t", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn sequence_and_previous_receipt_agree() {
+        let prev = PreviousReceipt {
+            sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
+        };
+        assert!(check_sequence(1, None).is_ok());
+        assert!(check_sequence(2, Some(&prev)).is_ok());
+        assert!(check_sequence(0, None).is_err());
+        assert!(check_sequence(1, Some(&prev)).is_err());
+        assert!(check_sequence(2, None).is_err());
+        let bad = PreviousReceipt {
+            sha256: "00".into(),
+        };
+        assert!(check_sequence(2, Some(&bad)).is_err());
+    }
+
+    #[test]
+    fn context_rejects_duplicate_keys() {
+        let dup: Result<UniqueStringMap, _> = serde_json::from_str(r#"{"a":"1","a":"2"}"#);
+        assert!(dup.is_err());
+        let ok: Result<UniqueStringMap, _> = serde_json::from_str(r#"{"a":"1","b":"2"}"#);
+        assert!(ok.is_ok_and(|m| m.0.len() == 2));
+    }
+}

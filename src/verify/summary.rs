@@ -1,0 +1,83 @@
+//! What a verified bundle proves, and its short human summary.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// What a verified bundle proves (for the human summary).
+///
+/// Every string comes from signed content or from the certificates, but several (the target,
+/// the context) were supplied by the caller the daemon signed for: `Display` escapes them so a
+/// summary printed to a terminal cannot be forged with newlines or control sequences.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub actor: String,
+    pub action_type: String,
+    pub target: String,
+    pub document_sha256: String,
+    /// True when the auditor supplied the action document and its digest matched.
+    pub document_checked: bool,
+    pub key_id: String,
+    pub key_version: u64,
+    pub backend: String,
+    pub sequence: u64,
+    pub log_index: u64,
+    pub signed_at: String,
+    pub device_subject: String,
+    pub anchor_subject: String,
+    pub token_serial: String,
+    pub origin: String,
+    pub context: BTreeMap<String, String>,
+}
+
+/// Writes a string with control characters, quotes and non-ASCII escaped.
+struct Esc<'a>(&'a str);
+
+impl fmt::Display for Esc<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.escape_default())
+    }
+}
+
+impl fmt::Display for Verified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "OK: {} performed {} on {}",
+            Esc(&self.actor),
+            Esc(&self.action_type),
+            Esc(&self.target)
+        )?;
+        writeln!(
+            f,
+            "  receipt #{} (log index {}) signed at {} by key {} v{} ({})",
+            self.sequence,
+            self.log_index,
+            Esc(&self.signed_at),
+            Esc(&self.key_id),
+            self.key_version,
+            Esc(&self.backend)
+        )?;
+        let checked = if self.document_checked {
+            "matches the given document"
+        } else {
+            "NOT checked: no document given"
+        };
+        writeln!(
+            f,
+            "  document sha256 {} ({checked})",
+            Esc(&self.document_sha256)
+        )?;
+        write!(
+            f,
+            "  key {} in token serial {}; device certificate \"{}\" under anchor \"{}\"",
+            Esc(&self.origin),
+            Esc(&self.token_serial),
+            Esc(&self.device_subject),
+            Esc(&self.anchor_subject)
+        )?;
+        for (key, value) in &self.context {
+            write!(f, "\n  context {} = {}", Esc(key), Esc(value))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! Cross-checks the committed vector with the `openssl` CLI alone (FORMAT.md §8), and checks
+//! that the CLI and the crate's verifier agree on a set of good and bad variants.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use actseal::verify::{TrustAnchors, verify_bundle};
+use common::openssl::{require_openssl, verify_with_openssl};
+use serde_json::json;
+use support::make_bundle::*;
+
+fn vectors() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+}
+
+#[test]
+fn committed_vector_verifies_with_openssl_alone() {
+    require_openssl();
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = std::fs::read_to_string(vectors().join("bundle-v1.json")).unwrap();
+    let document = std::fs::read(vectors().join("document.json")).unwrap();
+    let anchor = vectors().join("anchor.pem");
+    verify_with_openssl(&bundle, &anchor, Some(&document), dir.path()).unwrap();
+    verify_with_openssl(&bundle, &anchor, None, dir.path()).unwrap();
+}
+
+#[test]
+fn openssl_rejects_tampered_copies() {
+    require_openssl();
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(vectors().join("bundle-v1.json")).unwrap();
+    let document = std::fs::read(vectors().join("document.json")).unwrap();
+    let anchor = vectors().join("anchor.pem");
+    let original: serde_json::Value = serde_json::from_str(&text).unwrap();
+
+    let flip_last = |pointer: &str| {
+        let mut b = original.clone();
+        let mut bytes = unb64(b.pointer(pointer).unwrap().as_str().unwrap());
+        *bytes.last_mut().unwrap() ^= 1;
+        *b.pointer_mut(pointer).unwrap() = json!(b64(&bytes));
+        serde_json::to_string(&b).unwrap()
+    };
+    for pointer in [
+        "/receipt/signatures/0/sig",
+        "/receipt/payload",
+        "/lineage/deviceCertificate",
+        "/lineage/statement/signatures/0/sig",
+        "/lineage/statement/payload",
+    ] {
+        let bad = flip_last(pointer);
+        assert!(
+            verify_with_openssl(&bad, &anchor, Some(&document), dir.path()).is_err(),
+            "{pointer}"
+        );
+    }
+    assert!(verify_with_openssl(&text, &anchor, Some(b"another document"), dir.path()).is_err());
+}
+
+/// The CLI and the crate agree on variants chosen to exercise each kind of check.
+#[test]
+fn openssl_and_the_verifier_agree() {
+    require_openssl();
+    let mid = || Some(CaSpec::new("actseal test intermediate", 2));
+    let mut cases: Vec<(&str, Options, bool)> = vec![
+        ("default", Options::default(), true),
+        (
+            "intermediate",
+            Options {
+                intermediate: mid(),
+                ..Options::default()
+            },
+            true,
+        ),
+        (
+            "expired device",
+            Options {
+                device_not_after: day(2026, 6, 1),
+                ..Options::default()
+            },
+            false,
+        ),
+        (
+            "device not yet valid",
+            Options {
+                device_not_before: day(2027, 1, 1),
+                ..Options::default()
+            },
+            false,
+        ),
+        (
+            "device is a CA",
+            Options {
+                device_is_ca: true,
+                ..Options::default()
+            },
+            false,
+        ),
+        (
+            "extractable",
+            Options {
+                attribute_overrides: vec![("extractable".into(), json!(true))],
+                ..Options::default()
+            },
+            false,
+        ),
+        (
+            "other actor in lineage",
+            Options {
+                lineage_actor: Some("spiffe://x/y".into()),
+                ..Options::default()
+            },
+            false,
+        ),
+    ];
+    let mut not_ca = CaSpec::new("actseal test intermediate", 2);
+    not_ca.is_ca = false;
+    cases.push((
+        "intermediate not a CA",
+        Options {
+            intermediate: Some(not_ca),
+            ..Options::default()
+        },
+        false,
+    ));
+
+    for (name, o, valid) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let g = generate(&o);
+        let anchor_path = dir.path().join("anchor.pem");
+        std::fs::write(&anchor_path, &g.anchor_pem).unwrap();
+        let by_openssl =
+            verify_with_openssl(&g.bundle_json, &anchor_path, Some(&g.document), dir.path());
+        let anchors = TrustAnchors::from_pem(g.anchor_pem.as_bytes()).unwrap();
+        let by_crate = verify_bundle(g.bundle_json.as_bytes(), &anchors, Some(&g.document));
+        assert_eq!(by_openssl.is_ok(), valid, "{name}: openssl {by_openssl:?}");
+        assert_eq!(
+            by_crate.is_ok(),
+            valid,
+            "{name}: crate {:?}",
+            by_crate.err()
+        );
+
+        // And every variant fails under another CA's anchor, for both.
+        let other_anchor = dir.path().join("other.pem");
+        std::fs::write(
+            &other_anchor,
+            generate(&Options {
+                ca: CaSpec::new("another CA", 9),
+                ..Options::default()
+            })
+            .anchor_pem,
+        )
+        .unwrap();
+        assert!(
+            verify_with_openssl(&g.bundle_json, &other_anchor, Some(&g.document), dir.path())
+                .is_err(),
+            "{name}"
+        );
+    }
+}
+
+/// Runs the shell steps of FORMAT.md §8, verbatim, on the committed vector, so the document
+/// cannot drift from what works. Ignored by default because it also needs `jq`, `bash` and GNU
+/// `date`: run it with `cargo test --test verify_openssl -- --ignored`.
+#[test]
+#[ignore = "needs jq, bash and GNU date besides openssl"]
+fn format_md_section_8_script_verifies_the_committed_vector() {
+    require_openssl();
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/FORMAT.md"))
+        .unwrap();
+    let section = doc
+        .split("## 8. Verifying with openssl alone")
+        .nth(1)
+        .expect("FORMAT.md has §8");
+    let script = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|s| s.split("\n```").next())
+        .expect("§8 has a ```sh block");
+    let run = |document: &[u8]| {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["bundle-v1.json", "anchor.pem"] {
+            std::fs::copy(vectors().join(name), dir.path().join(name)).unwrap();
+        }
+        std::fs::write(dir.path().join("document.json"), document).unwrap();
+        std::process::Command::new("bash")
+            .args(["-c", script])
+            .current_dir(dir.path())
+            .output()
+            .expect("bash runs")
+    };
+    let good = run(&std::fs::read(vectors().join("document.json")).unwrap());
+    assert!(
+        good.status.success() && String::from_utf8_lossy(&good.stdout).contains("bundle verified"),
+        "§8 script failed: {}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(!run(b"another document").status.success());
+}
