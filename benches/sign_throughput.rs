@@ -11,7 +11,10 @@ use std::{
 };
 
 use actseal::{
-    api::{CreateKeyRequest, SignRequest, key_admin_client::KeyAdminClient, sign_request::Action, signer_client::SignerClient},
+    api::{
+        CreateKeyRequest, SignRequest, key_admin_client::KeyAdminClient, sign_request::Action,
+        signer_client::SignerClient,
+    },
     lab::{Lab, SOFTHSM_MODULE, TOKEN_LABEL},
 };
 use cryptoki::{
@@ -32,7 +35,12 @@ fn phase_seconds() -> Duration {
 }
 
 /// Raw C_Sign rate of the token with `sessions` threads, each with its own session.
-fn raw_token_rate(lab: &Lab, ctx: &cryptoki::context::Pkcs11, key_id: &[u8], sessions: usize) -> f64 {
+fn raw_token_rate(
+    lab: &Lab,
+    ctx: &cryptoki::context::Pkcs11,
+    key_id: &[u8],
+    sessions: usize,
+) -> f64 {
     let pin = lab.token_pin().unwrap();
     let slot = ctx
         .get_slots_with_initialized_token()
@@ -48,11 +56,18 @@ fn raw_token_rate(lab: &Lab, ctx: &cryptoki::context::Pkcs11, key_id: &[u8], ses
                 scope.spawn(move || {
                     let session = ctx.open_rw_session(slot).unwrap();
                     match session.login(UserType::User, Some(&AuthPin::from(pin))) {
-                        Ok(()) | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {}
+                        Ok(())
+                        | Err(cryptoki::error::Error::Pkcs11(
+                            cryptoki::error::RvError::UserAlreadyLoggedIn,
+                            _,
+                        )) => {}
                         Err(e) => panic!("login: {e}"),
                     }
                     let key = session
-                        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(key_id.to_vec())])
+                        .find_objects(&[
+                            Attribute::Class(ObjectClass::PRIVATE_KEY),
+                            Attribute::Id(key_id.to_vec()),
+                        ])
                         .unwrap()[0];
                     let digest = [0x5a; 32];
                     let start = Instant::now();
@@ -118,17 +133,29 @@ async fn daemon_rate(lab: &Lab, clients: usize) -> (f64, Duration, Duration) {
 
 fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
-    let dir = tempfile::Builder::new().prefix("actseal-bench-").tempdir().unwrap();
-    let mut lab = Lab::create(Path::new(env!("CARGO_BIN_EXE_actseal")), &dir.path().join("lab"), false)
-        .expect("lab set-up");
+    let dir = tempfile::Builder::new()
+        .prefix("actseal-bench-")
+        .tempdir()
+        .unwrap();
+    let mut lab = Lab::create(
+        Path::new(env!("CARGO_BIN_EXE_actseal")),
+        &dir.path().join("lab"),
+        false,
+    )
+    .expect("lab set-up");
     // SAFETY: set before any thread is started; the module reads it at C_Initialize.
     unsafe { std::env::set_var("SOFTHSM2_CONF", lab.dir.join("softhsm2.conf")) };
     lab.start_daemon().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let key = runtime.block_on(async {
         let channel = actseal::cli::connect_unix(&lab.socket()).await.unwrap();
         KeyAdminClient::new(channel)
-            .create_key(CreateKeyRequest { actor: ACTOR.into() })
+            .create_key(CreateKeyRequest {
+                actor: ACTOR.into(),
+            })
             .await
             .unwrap()
             .into_inner()
@@ -144,7 +171,11 @@ fn main() {
     let cka_id = hex::decode(statement["predicate"]["attributes"]["id"].as_str().unwrap()).unwrap();
 
     let ctx = actseal::backend::pkcs11::load_module(Path::new(SOFTHSM_MODULE)).unwrap();
-    println!("phase length: {:?}; cores: {}", phase_seconds(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "phase length: {:?}; cores: {}",
+        phase_seconds(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     let raw1 = raw_token_rate(&lab, &ctx, &cka_id, 1);
     println!("token raw C_Sign (ECDSA P-256), 1 session : {raw1:>8.0} signs/s");
     let raw2 = raw_token_rate(&lab, &ctx, &cka_id, 2);

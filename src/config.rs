@@ -201,7 +201,10 @@ mod tests {
     fn parses_a_minimal_config_with_defaults() {
         let config = Config::parse(GOOD, Path::new("t.toml")).unwrap();
         assert_eq!(config.pkcs11.sessions, 4);
-        assert_eq!(config.pkcs11.pin, PinSource::File("/etc/actseal/pin".into()));
+        assert_eq!(
+            config.pkcs11.pin,
+            PinSource::File("/etc/actseal/pin".into())
+        );
         assert_eq!(config.server.socket_mode, 0o660);
     }
 
@@ -210,7 +213,9 @@ mod tests {
         let unknown = GOOD.replace("[state]", "[state]\nbogus = 1");
         assert!(Config::parse(&unknown, Path::new("t.toml")).is_err());
         let both = GOOD.replace("token_label", "token_serial = \"1\"\ntoken_label");
-        let err = Config::parse(&both, Path::new("t.toml")).unwrap_err().to_string();
+        let err = Config::parse(&both, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("exactly one"), "{err}");
     }
 }

@@ -89,23 +89,68 @@ impl Lab {
         };
         let d = |p: &str| lab.path(p);
         lab.run_ok(&[
-            "token", "init", "--module", SOFTHSM_MODULE, "--label", TOKEN_LABEL,
-            "--so-pin-file", &d("secrets/token.so-pin"), "--pin-file", &d("secrets/token.pin"),
+            "token",
+            "init",
+            "--module",
+            SOFTHSM_MODULE,
+            "--label",
+            TOKEN_LABEL,
+            "--so-pin-file",
+            &d("secrets/token.so-pin"),
+            "--pin-file",
+            &d("secrets/token.pin"),
         ])?;
         lab.run_ok(&[
-            "token", "init", "--module", SOFTHSM_MODULE, "--label", CA_TOKEN_LABEL,
-            "--so-pin-file", &d("secrets/ca.so-pin"), "--pin-file", &d("secrets/ca.pin"),
+            "token",
+            "init",
+            "--module",
+            SOFTHSM_MODULE,
+            "--label",
+            CA_TOKEN_LABEL,
+            "--so-pin-file",
+            &d("secrets/ca.so-pin"),
+            "--pin-file",
+            &d("secrets/ca.pin"),
         ])?;
         lab.run_ok(&[
-            "ca", "init", "--dir", &d("ca"), "--subject", "actseal lab operator CA",
-            "--module", SOFTHSM_MODULE, "--token-label", CA_TOKEN_LABEL,
-            "--pin-file", &d("secrets/ca.pin"),
+            "ca",
+            "init",
+            "--dir",
+            &d("ca"),
+            "--subject",
+            "actseal lab operator CA",
+            "--module",
+            SOFTHSM_MODULE,
+            "--token-label",
+            CA_TOKEN_LABEL,
+            "--pin-file",
+            &d("secrets/ca.pin"),
         ])?;
-        lab.run_ok(&["device", "csr", "--config", &d("actseal.toml"), "--out", &d("device.csr")])?;
         lab.run_ok(&[
-            "ca", "issue", "--dir", &d("ca"), "--csr", &d("device.csr"), "--out", &d("device.crt"),
+            "device",
+            "csr",
+            "--config",
+            &d("actseal.toml"),
+            "--out",
+            &d("device.csr"),
         ])?;
-        lab.run_ok(&["device", "install", "--config", &d("actseal.toml"), &d("device.crt")])?;
+        lab.run_ok(&[
+            "ca",
+            "issue",
+            "--dir",
+            &d("ca"),
+            "--csr",
+            &d("device.csr"),
+            "--out",
+            &d("device.crt"),
+        ])?;
+        lab.run_ok(&[
+            "device",
+            "install",
+            "--config",
+            &d("actseal.toml"),
+            &d("device.crt"),
+        ])?;
         Ok(lab)
     }
 

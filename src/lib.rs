@@ -20,5 +20,6 @@ pub mod api {
     tonic::include_proto!("actseal.v1");
 
     /// Serialized file descriptors, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("actseal_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("actseal_descriptor");
 }

@@ -37,12 +37,12 @@ impl PinSource {
     /// Reads the PIN. The returned buffer is wiped when dropped.
     pub fn read(&self) -> Result<Zeroizing<String>, PinError> {
         let raw = match self {
-            PinSource::File(path) => Zeroizing::new(fs::read_to_string(path).map_err(|e| {
-                PinError::Unreadable {
+            PinSource::File(path) => {
+                Zeroizing::new(fs::read_to_string(path).map_err(|e| PinError::Unreadable {
                     source_name: self.to_string(),
                     reason: e.kind().to_string(),
-                }
-            })?),
+                })?)
+            }
             PinSource::Env(name) => {
                 Zeroizing::new(std::env::var(name).map_err(|_| PinError::Unreadable {
                     source_name: self.to_string(),
@@ -67,7 +67,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pin");
         fs::write(&path, "s3cret-pin\n").unwrap();
-        assert_eq!(PinSource::File(path.clone()).read().unwrap().as_str(), "s3cret-pin");
+        assert_eq!(
+            PinSource::File(path.clone()).read().unwrap().as_str(),
+            "s3cret-pin"
+        );
 
         fs::write(&path, "\n").unwrap();
         let err = PinSource::File(path).read().unwrap_err().to_string();

@@ -4,8 +4,8 @@
 mod common;
 
 use actseal::api::{
-    AdoptKeyRequest, CreateKeyRequest, GetActorKeyRequest, ListKeysRequest, adopt_key_request::Selector,
-    sign_request::Action,
+    AdoptKeyRequest, CreateKeyRequest, GetActorKeyRequest, ListKeysRequest,
+    adopt_key_request::Selector, sign_request::Action,
 };
 use common::*;
 use sha2::{Digest, Sha256};
@@ -34,8 +34,14 @@ async fn sign_returns_a_bundle_that_verifies_offline() {
     assert_eq!(verified.backend, "pkcs11");
     assert_eq!(verified.origin, "generated");
     assert!(verified.document_checked);
-    assert_eq!(verified.document_sha256, hex::encode(Sha256::digest(DOCUMENT)));
-    assert_eq!(verified.context.get("ticket").map(String::as_str), Some("FIN-8812"));
+    assert_eq!(
+        verified.document_sha256,
+        hex::encode(Sha256::digest(DOCUMENT))
+    );
+    assert_eq!(
+        verified.context.get("ticket").map(String::as_str),
+        Some("FIN-8812")
+    );
 
     // A different document is not what the receipt is about.
     let wrong = verify(&lab, &response.bundle_json, Some(b"another document")).unwrap_err();
@@ -44,7 +50,11 @@ async fn sign_returns_a_bundle_that_verifies_offline() {
     // Signing a digest, with the document kept by the caller, proves the same thing.
     let mut by_digest = sign_request(ACTOR, DOCUMENT);
     by_digest.action = Some(Action::DocumentSha256(Sha256::digest(DOCUMENT).to_vec()));
-    let response = signer.sign(by_digest).await.expect("sign digest").into_inner();
+    let response = signer
+        .sign(by_digest)
+        .await
+        .expect("sign digest")
+        .into_inner();
     let verified = verify(&lab, &response.bundle_json, Some(DOCUMENT)).expect("verifies");
     assert_eq!(verified.sequence, 2);
 
@@ -168,40 +178,96 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     let before = receipt_count(&lab);
 
     let unknown = signer
-        .sign(sign_request("spiffe://acme.example/agents/nobody", DOCUMENT))
+        .sign(sign_request(
+            "spiffe://acme.example/agents/nobody",
+            DOCUMENT,
+        ))
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
 
     let cases: Vec<(&str, actseal::api::SignRequest)> = vec![
-        ("actor", actseal::api::SignRequest { actor: String::new(), ..sign_request(ACTOR, DOCUMENT) }),
-        ("action_type", actseal::api::SignRequest { action_type: String::new(), ..sign_request(ACTOR, DOCUMENT) }),
-        ("action_type", actseal::api::SignRequest { action_type: "x".repeat(129), ..sign_request(ACTOR, DOCUMENT) }),
-        ("target", actseal::api::SignRequest { target: String::new(), ..sign_request(ACTOR, DOCUMENT) }),
-        ("target", actseal::api::SignRequest { target: "t".repeat(1025), ..sign_request(ACTOR, DOCUMENT) }),
-        ("action", actseal::api::SignRequest { action: None, ..sign_request(ACTOR, DOCUMENT) }),
+        (
+            "actor",
+            actseal::api::SignRequest {
+                actor: String::new(),
+                ..sign_request(ACTOR, DOCUMENT)
+            },
+        ),
+        (
+            "action_type",
+            actseal::api::SignRequest {
+                action_type: String::new(),
+                ..sign_request(ACTOR, DOCUMENT)
+            },
+        ),
+        (
+            "action_type",
+            actseal::api::SignRequest {
+                action_type: "x".repeat(129),
+                ..sign_request(ACTOR, DOCUMENT)
+            },
+        ),
+        (
+            "target",
+            actseal::api::SignRequest {
+                target: String::new(),
+                ..sign_request(ACTOR, DOCUMENT)
+            },
+        ),
+        (
+            "target",
+            actseal::api::SignRequest {
+                target: "t".repeat(1025),
+                ..sign_request(ACTOR, DOCUMENT)
+            },
+        ),
+        (
+            "action",
+            actseal::api::SignRequest {
+                action: None,
+                ..sign_request(ACTOR, DOCUMENT)
+            },
+        ),
         ("document", sign_request(ACTOR, b"")),
         ("document", sign_request(ACTOR, &vec![b'a'; (1 << 20) + 1])),
-        ("document_sha256", actseal::api::SignRequest {
-            action: Some(Action::DocumentSha256(vec![0xab; 31])),
-            ..sign_request(ACTOR, DOCUMENT)
-        }),
-        ("document_sha256", actseal::api::SignRequest {
-            action: Some(Action::DocumentSha256(vec![])),
-            ..sign_request(ACTOR, DOCUMENT)
-        }),
-        ("parent_action_sha256", actseal::api::SignRequest {
-            parent_action_sha256: vec![1; 20],
-            ..sign_request(ACTOR, DOCUMENT)
-        }),
-        ("context", actseal::api::SignRequest {
-            context: [("k".to_string(), "v".repeat(1025))].into(),
-            ..sign_request(ACTOR, DOCUMENT)
-        }),
-        ("context", actseal::api::SignRequest {
-            context: (0..33).map(|i| (format!("k{i}"), "v".to_string())).collect(),
-            ..sign_request(ACTOR, DOCUMENT)
-        }),
+        (
+            "document_sha256",
+            actseal::api::SignRequest {
+                action: Some(Action::DocumentSha256(vec![0xab; 31])),
+                ..sign_request(ACTOR, DOCUMENT)
+            },
+        ),
+        (
+            "document_sha256",
+            actseal::api::SignRequest {
+                action: Some(Action::DocumentSha256(vec![])),
+                ..sign_request(ACTOR, DOCUMENT)
+            },
+        ),
+        (
+            "parent_action_sha256",
+            actseal::api::SignRequest {
+                parent_action_sha256: vec![1; 20],
+                ..sign_request(ACTOR, DOCUMENT)
+            },
+        ),
+        (
+            "context",
+            actseal::api::SignRequest {
+                context: [("k".to_string(), "v".repeat(1025))].into(),
+                ..sign_request(ACTOR, DOCUMENT)
+            },
+        ),
+        (
+            "context",
+            actseal::api::SignRequest {
+                context: (0..33)
+                    .map(|i| (format!("k{i}"), "v".to_string()))
+                    .collect(),
+                ..sign_request(ACTOR, DOCUMENT)
+            },
+        ),
     ];
     for (field, request) in cases {
         let status = signer.sign(request).await.unwrap_err();
@@ -215,34 +281,55 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
 
     let mut admin = admin(&lab).await;
     let duplicate = admin
-        .create_key(CreateKeyRequest { actor: ACTOR.into() })
+        .create_key(CreateKeyRequest {
+            actor: ACTOR.into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(duplicate.code(), Code::AlreadyExists);
     let bad_actor = admin
-        .create_key(CreateKeyRequest { actor: "two words".into() })
+        .create_key(CreateKeyRequest {
+            actor: "two words".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(bad_actor.code(), Code::InvalidArgument);
     let no_selector = admin
-        .adopt_key(AdoptKeyRequest { actor: "spiffe://x/y".into(), selector: None })
+        .adopt_key(AdoptKeyRequest {
+            actor: "spiffe://x/y".into(),
+            selector: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(no_selector.code(), Code::InvalidArgument);
     let no_key = signer
-        .get_actor_key(GetActorKeyRequest { actor: "spiffe://x/none".into(), version: 0 })
+        .get_actor_key(GetActorKeyRequest {
+            actor: "spiffe://x/none".into(),
+            version: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(no_key.code(), Code::NotFound);
     let no_version = signer
-        .get_actor_key(GetActorKeyRequest { actor: ACTOR.into(), version: 9 })
+        .get_actor_key(GetActorKeyRequest {
+            actor: ACTOR.into(),
+            version: 9,
+        })
         .await
         .unwrap_err();
     assert_eq!(no_version.code(), Code::NotFound);
 
-    assert_eq!(receipt_count(&lab), before, "rejected requests must write nothing");
+    assert_eq!(
+        receipt_count(&lab),
+        before,
+        "rejected requests must write nothing"
+    );
     // The log continues without a gap after all those rejections.
-    let next = signer.sign(sign_request(ACTOR, DOCUMENT)).await.unwrap().into_inner();
+    let next = signer
+        .sign(sign_request(ACTOR, DOCUMENT))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(next.log_index, before);
     assert_eq!(next.sequence, before + 1);
 }
@@ -251,7 +338,12 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
 /// (pkcs11-tool matches --token-label as a prefix, so lab token labels are prefix-free.)
 fn pkcs11_tool(lab: &actseal::lab::Lab, extra: &[&str]) -> std::process::Output {
     std::process::Command::new("pkcs11-tool")
-        .args(["--module", actseal::lab::SOFTHSM_MODULE, "--token-label", actseal::lab::TOKEN_LABEL])
+        .args([
+            "--module",
+            actseal::lab::SOFTHSM_MODULE,
+            "--token-label",
+            actseal::lab::TOKEN_LABEL,
+        ])
         .args(["--login", "--pin", "env:ACTSEAL_TEST_PIN"])
         .args(extra)
         .env("SOFTHSM2_CONF", lab.dir.join("softhsm2.conf"))
@@ -265,17 +357,41 @@ async fn adopts_a_key_made_by_pkcs11_tool_and_refuses_unfit_ones() {
     let lab = started_lab();
     let made = pkcs11_tool(
         &lab,
-        &["--keypairgen", "--key-type", "EC:prime256v1", "--label", "ops-agent", "--id", "a1b2c3", "--usage-sign"],
+        &[
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            "ops-agent",
+            "--id",
+            "a1b2c3",
+            "--usage-sign",
+        ],
     );
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let extractable = pkcs11_tool(
         &lab,
         &[
-            "--keypairgen", "--key-type", "EC:prime256v1", "--label", "leaky", "--id", "0bad",
-            "--usage-sign", "--extractable",
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            "leaky",
+            "--id",
+            "0bad",
+            "--usage-sign",
+            "--extractable",
         ],
     );
-    assert!(extractable.status.success(), "{}", String::from_utf8_lossy(&extractable.stderr));
+    assert!(
+        extractable.status.success(),
+        "{}",
+        String::from_utf8_lossy(&extractable.stderr)
+    );
 
     let mut admin = admin(&lab).await;
     let adopter = "spiffe://acme.example/pipelines/deploy";
@@ -305,8 +421,16 @@ async fn adopts_a_key_made_by_pkcs11_tool_and_refuses_unfit_ones() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    assert!(refused.message().contains("CKA_EXTRACTABLE is true"), "{}", refused.message());
-    assert!(refused.message().contains("CKA_NEVER_EXTRACTABLE is false"), "{}", refused.message());
+    assert!(
+        refused.message().contains("CKA_EXTRACTABLE is true"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused.message().contains("CKA_NEVER_EXTRACTABLE is false"),
+        "{}",
+        refused.message()
+    );
 
     let again = admin
         .adopt_key(AdoptKeyRequest {
@@ -332,7 +456,12 @@ async fn adopts_a_key_made_by_pkcs11_tool_and_refuses_unfit_ones() {
         .await
         .unwrap_err();
     assert_eq!(device.code(), Code::FailedPrecondition, "{device:?}");
-    let listed = admin.list_keys(ListKeysRequest::default()).await.unwrap().into_inner().keys;
+    let listed = admin
+        .list_keys(ListKeysRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
     assert_eq!(listed.len(), 1, "refused adoptions register nothing");
 }
 
@@ -343,7 +472,11 @@ fn serve_once(lab: &actseal::lab::Lab) -> (bool, String) {
         .unwrap();
     (
         output.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
     )
 }
 
@@ -353,10 +486,17 @@ fn startup_fails_clearly_without_the_token_or_with_a_wrong_pin() {
     let config = std::fs::read_to_string(lab.config()).unwrap();
     let real_pin = lab.token_pin().unwrap();
 
-    std::fs::write(lab.config(), config.replace("token_label = \"actseal-lab\"", "token_label = \"absent\"")).unwrap();
+    std::fs::write(
+        lab.config(),
+        config.replace("token_label = \"actseal-lab\"", "token_label = \"absent\""),
+    )
+    .unwrap();
     let (ok, output) = serve_once(&lab);
     assert!(!ok);
-    assert!(output.contains("no token labelled \"absent\" is present"), "{output}");
+    assert!(
+        output.contains("no token labelled \"absent\" is present"),
+        "{output}"
+    );
 
     std::fs::write(lab.config(), &config).unwrap();
     let pin_file = lab.dir.join("secrets/token.pin");
@@ -364,7 +504,10 @@ fn startup_fails_clearly_without_the_token_or_with_a_wrong_pin() {
     let (ok, output) = serve_once(&lab);
     assert!(!ok);
     assert!(output.contains("refused the PIN"), "{output}");
-    assert!(!output.contains("wrong-pin-4711") && !output.contains(&real_pin), "PIN leaked: {output}");
+    assert!(
+        !output.contains("wrong-pin-4711") && !output.contains(&real_pin),
+        "PIN leaked: {output}"
+    );
 
     std::fs::remove_file(&pin_file).unwrap();
     let (ok, output) = serve_once(&lab);
@@ -372,8 +515,14 @@ fn startup_fails_clearly_without_the_token_or_with_a_wrong_pin() {
     assert!(output.contains("cannot read PIN from file"), "{output}");
 
     let (ok, output) = {
-        let out = lab.command(&["serve", "--config", "/nonexistent/actseal.toml"]).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = lab
+            .command(&["serve", "--config", "/nonexistent/actseal.toml"])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     assert!(!ok);
     assert!(output.contains("/nonexistent/actseal.toml"), "{output}");
@@ -384,7 +533,11 @@ async fn a_vanished_token_gives_unavailable_and_loses_nothing() {
     let lab = started_lab();
     create_key(&lab, ACTOR).await;
     let mut signer = signer(&lab).await;
-    let kept = signer.sign(sign_request(ACTOR, DOCUMENT)).await.unwrap().into_inner();
+    let kept = signer
+        .sign(sign_request(ACTOR, DOCUMENT))
+        .await
+        .unwrap()
+        .into_inner();
     let before = receipt_count(&lab);
 
     // Pull the token: its storage disappears under the running daemon.
@@ -392,7 +545,10 @@ async fn a_vanished_token_gives_unavailable_and_loses_nothing() {
     let away = lab.dir.join("tokens-removed");
     std::fs::rename(&tokens, &away).unwrap();
     for _ in 0..3 {
-        let status = signer.sign(sign_request(ACTOR, DOCUMENT)).await.unwrap_err();
+        let status = signer
+            .sign(sign_request(ACTOR, DOCUMENT))
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
     std::fs::rename(&away, &tokens).unwrap();
@@ -400,7 +556,10 @@ async fn a_vanished_token_gives_unavailable_and_loses_nothing() {
     // The daemon is still up and serving reads; nothing was written.
     assert!(lab.daemon_pid().is_some());
     signer
-        .get_actor_key(GetActorKeyRequest { actor: ACTOR.into(), version: 0 })
+        .get_actor_key(GetActorKeyRequest {
+            actor: ACTOR.into(),
+            version: 0,
+        })
         .await
         .expect("daemon still answers");
     assert_eq!(receipt_count(&lab), before);
@@ -409,7 +568,9 @@ async fn a_vanished_token_gives_unavailable_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_are_served() {
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
@@ -417,7 +578,9 @@ async fn health_and_reflection_are_served() {
     let lab = started_lab();
     let channel = channel(&lab).await;
     let health = HealthClient::new(channel.clone())
-        .check(HealthCheckRequest { service: "actseal.v1.Signer".into() })
+        .check(HealthCheckRequest {
+            service: "actseal.v1.Signer".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -437,7 +600,11 @@ async fn health_and_reflection_are_served() {
         panic!("unexpected reflection answer");
     };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    for expected in ["actseal.v1.Signer", "actseal.v1.KeyAdmin", "grpc.health.v1.Health"] {
+    for expected in [
+        "actseal.v1.Signer",
+        "actseal.v1.KeyAdmin",
+        "grpc.health.v1.Health",
+    ] {
         assert!(names.contains(&expected), "{names:?}");
     }
 }
@@ -445,11 +612,18 @@ async fn health_and_reflection_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_listener_serves_when_configured() {
     let mut lab = new_lab();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = std::fs::read_to_string(lab.config()).unwrap();
     std::fs::write(
         lab.config(),
-        config.replace("socket_mode = 0o600", &format!("socket_mode = 0o600\ntcp = \"127.0.0.1:{port}\"")),
+        config.replace(
+            "socket_mode = 0o600",
+            &format!("socket_mode = 0o600\ntcp = \"127.0.0.1:{port}\""),
+        ),
     )
     .unwrap();
     lab.start_daemon().unwrap();
@@ -466,28 +640,46 @@ async fn tcp_listener_serves_when_configured() {
         .into_inner();
     verify(&lab, &response.bundle_json, Some(DOCUMENT)).unwrap();
     let log = std::fs::read_to_string(lab.daemon_log()).unwrap();
-    assert!(log.contains("plain TCP listener"), "the daemon must warn loudly: {log}");
+    assert!(
+        log.contains("plain TCP listener"),
+        "the daemon must warn loudly: {log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_logs_outputs_or_command_lines() {
     let mut lab = started_lab();
     create_key(&lab, ACTOR).await;
-    signer(&lab).await.sign(sign_request(ACTOR, DOCUMENT)).await.unwrap();
+    signer(&lab)
+        .await
+        .sign(sign_request(ACTOR, DOCUMENT))
+        .await
+        .unwrap();
     let pid = lab.daemon_pid().unwrap();
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     lab.stop_daemon().unwrap();
 
     let mut secrets = vec![lab.token_pin().unwrap()];
     for name in ["token.so-pin", "ca.pin", "ca.so-pin"] {
-        secrets.push(std::fs::read_to_string(lab.dir.join("secrets").join(name)).unwrap().trim().to_owned());
+        secrets.push(
+            std::fs::read_to_string(lab.dir.join("secrets").join(name))
+                .unwrap()
+                .trim()
+                .to_owned(),
+        );
     }
     let log = std::fs::read_to_string(lab.daemon_log()).unwrap();
-    assert!(log.contains("receipt signed"), "the log records the signing: {log}");
+    assert!(
+        log.contains("receipt signed"),
+        "the log records the signing: {log}"
+    );
     let cmdline = String::from_utf8_lossy(&cmdline);
     for secret in &secrets {
         assert!(!log.contains(secret.as_str()), "a PIN is in the daemon log");
-        assert!(!cmdline.contains(secret.as_str()), "a PIN is on the daemon's command line");
+        assert!(
+            !cmdline.contains(secret.as_str()),
+            "a PIN is on the daemon's command line"
+        );
     }
     // No file outside secrets/ and the token store holds a PIN.
     for entry in ["actseal.toml", "ca/ca.toml", "ca/ca.crt", "device.crt"] {
@@ -496,4 +688,176 @@ async fn secrets_never_reach_logs_outputs_or_command_lines() {
             assert!(!text.contains(secret.as_str()), "a PIN is in {entry}");
         }
     }
+}
+
+/// Every leaf of a JSON value, as a path of object keys and array indexes.
+fn leaf_paths(value: &serde_json::Value, prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let mut p = prefix.clone();
+                p.push(k.clone());
+                leaf_paths(v, p, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                let mut p = prefix.clone();
+                p.push(i.to_string());
+                leaf_paths(v, p, out);
+            }
+        }
+        _ => out.push(prefix),
+    }
+}
+
+fn leaf_mut<'a>(value: &'a mut serde_json::Value, path: &[String]) -> &'a mut serde_json::Value {
+    path.iter().fold(value, |v, key| match v {
+        serde_json::Value::Array(items) => &mut items[key.parse::<usize>().unwrap()],
+        other => &mut other[key.as_str()],
+    })
+}
+
+fn altered(leaf: &serde_json::Value) -> serde_json::Value {
+    match leaf {
+        serde_json::Value::String(s) if s.is_empty() => "x".into(),
+        serde_json::Value::String(s) => {
+            // Change one character, keeping hex hex and the length the same.
+            let mut chars: Vec<char> = s.chars().collect();
+            let last = chars.len() - 1;
+            chars[last] = if chars[last] == '0' { '1' } else { '0' };
+            chars.into_iter().collect::<String>().into()
+        }
+        serde_json::Value::Number(n) => (n.as_u64().unwrap_or(0) + 1).into(),
+        serde_json::Value::Bool(b) => (!b).into(),
+        serde_json::Value::Null => serde_json::json!({"sha256": "00".repeat(32)}),
+        other => other.clone(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_bundles_verify_with_openssl_and_any_tampering_fails() {
+    use base64::{Engine, engine::general_purpose::STANDARD as B64};
+    let lab = started_lab();
+    create_key(&lab, ACTOR).await;
+    let mut signer = signer(&lab).await;
+    signer.sign(sign_request(ACTOR, b"first")).await.unwrap();
+    let mut request = sign_request(ACTOR, DOCUMENT);
+    request.parent_action_sha256 = Sha256::digest(b"first").to_vec();
+    let bundle_json = signer.sign(request).await.unwrap().into_inner().bundle_json;
+    verify(&lab, &bundle_json, Some(DOCUMENT)).expect("untouched bundle verifies");
+
+    // openssl alone, from Rust and with the documented script.
+    let work = tempfile::tempdir().unwrap();
+    common::openssl::verify_with_openssl(&bundle_json, &lab.anchor(), Some(DOCUMENT), work.path())
+        .expect("openssl verifies the real bundle");
+    let bundle_path = work.path().join("bundle.json");
+    std::fs::write(&bundle_path, &bundle_json).unwrap();
+    let document_path = work.path().join("document.json");
+    std::fs::write(&document_path, DOCUMENT).unwrap();
+    let script = std::process::Command::new("sh")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/verify-with-openssl.sh"
+        ))
+        .args([&bundle_path, &lab.anchor(), &document_path])
+        .output()
+        .unwrap();
+    assert!(
+        script.status.success(),
+        "{}",
+        String::from_utf8_lossy(&script.stderr)
+    );
+
+    let bundle: serde_json::Value = serde_json::from_str(&bundle_json).unwrap();
+    let mut tried = 0;
+    let mut expect_failure = |tampered: &serde_json::Value, what: &str| {
+        tried += 1;
+        let text = serde_json::to_string(tampered).unwrap();
+        assert!(
+            verify(&lab, &text, Some(DOCUMENT)).is_err(),
+            "verifier accepted: {what}"
+        );
+    };
+
+    // Every field of the bundle itself and of both signed payloads.
+    let mut paths = Vec::new();
+    leaf_paths(&bundle, vec![], &mut paths);
+    for path in &paths {
+        let mut tampered = bundle.clone();
+        let leaf = leaf_mut(&mut tampered, path);
+        *leaf = altered(leaf);
+        expect_failure(&tampered, &path.join("."));
+    }
+    for envelope in [vec!["receipt"], vec!["lineage", "statement"]] {
+        let at = |b: &mut serde_json::Value| -> serde_json::Value {
+            envelope.iter().fold(b.clone(), |v, k| v[*k].clone())
+        };
+        let mut copy = bundle.clone();
+        let payload = B64
+            .decode(at(&mut copy)["payload"].as_str().unwrap())
+            .unwrap();
+        let statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        let mut payload_paths = Vec::new();
+        leaf_paths(&statement, vec![], &mut payload_paths);
+        assert!(payload_paths.len() > 10);
+        for path in payload_paths {
+            let mut changed = statement.clone();
+            let leaf = leaf_mut(&mut changed, &path);
+            *leaf = altered(leaf);
+            let mut tampered = bundle.clone();
+            let target = envelope.iter().fold(&mut tampered, |v, k| &mut v[*k]);
+            target["payload"] = B64.encode(serde_json::to_vec(&changed).unwrap()).into();
+            expect_failure(
+                &tampered,
+                &format!("{}: {}", envelope.join("."), path.join(".")),
+            );
+        }
+    }
+    // Byte flips inside every base64 blob.
+    for path in [
+        vec!["receipt", "signatures", "0", "sig"],
+        vec!["actorKey", "publicKey"],
+        vec!["lineage", "statement", "signatures", "0", "sig"],
+        vec!["lineage", "deviceCertificate"],
+        vec!["receipt", "payload"],
+        vec!["lineage", "statement", "payload"],
+    ] {
+        let path: Vec<String> = path.into_iter().map(String::from).collect();
+        let original = B64
+            .decode(leaf_mut(&mut bundle.clone(), &path).as_str().unwrap())
+            .unwrap();
+        for position in [0, original.len() / 2, original.len() - 1] {
+            let mut bytes = original.clone();
+            bytes[position] ^= 0x01;
+            let mut tampered = bundle.clone();
+            *leaf_mut(&mut tampered, &path) = B64.encode(&bytes).into();
+            expect_failure(&tampered, &format!("{} byte {position}", path.join(".")));
+        }
+    }
+    assert!(tried > 60, "tampered {tried} ways");
+
+    // The right bundle under someone else's trust anchor.
+    let other_anchor = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/vectors/anchor.pem"
+    ))
+    .unwrap();
+    let anchors = actseal::verify::TrustAnchors::from_pem(&other_anchor).unwrap();
+    let err = actseal::verify::verify_bundle(bundle_json.as_bytes(), &anchors, Some(DOCUMENT))
+        .unwrap_err();
+    assert_eq!(err.check.to_string(), "lineage.certificate");
+    // openssl agrees on a tampered receipt.
+    let mut tampered = bundle.clone();
+    tampered["receipt"]["signatures"][0]["sig"] =
+        bundle["lineage"]["statement"]["signatures"][0]["sig"].clone();
+    assert!(
+        common::openssl::verify_with_openssl(
+            &serde_json::to_string(&tampered).unwrap(),
+            &lab.anchor(),
+            Some(DOCUMENT),
+            work.path()
+        )
+        .is_err()
+    );
 }

@@ -105,7 +105,10 @@ impl KeyAttributes {
             (self.always_sensitive, "CKA_ALWAYS_SENSITIVE is false"),
             (!self.extractable, "CKA_EXTRACTABLE is true"),
             (self.never_extractable, "CKA_NEVER_EXTRACTABLE is false"),
-            (self.local, "CKA_LOCAL is false (not generated on the token)"),
+            (
+                self.local,
+                "CKA_LOCAL is false (not generated on the token)",
+            ),
             (self.sign, "CKA_SIGN is false"),
         ];
         checks
@@ -159,7 +162,10 @@ impl std::fmt::Debug for Pkcs11Backend {
 /// Loads and initialises a PKCS#11 module. Do this once per process and module.
 pub fn load_module(module: &std::path::Path) -> Result<Pkcs11, BackendError> {
     let ctx = Pkcs11::new(module).map_err(|e| {
-        BackendError::Unavailable(format!("cannot load PKCS#11 module {}: {e}", module.display()))
+        BackendError::Unavailable(format!(
+            "cannot load PKCS#11 module {}: {e}",
+            module.display()
+        ))
     })?;
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .map_err(|e| {
@@ -200,7 +206,9 @@ fn find_token(ctx: &Pkcs11, selector: &TokenSelector) -> Result<(Slot, TokenFact
         }
     }
     match found.len() {
-        0 => Err(BackendError::Unavailable(format!("no {selector} is present"))),
+        0 => Err(BackendError::Unavailable(format!(
+            "no {selector} is present"
+        ))),
         1 => Ok(found.remove(0)),
         n => Err(BackendError::Unavailable(format!(
             "{n} tokens match: {selector} is ambiguous; select the token by serial"
@@ -263,7 +271,10 @@ fn decode_signature(raw: &[u8]) -> Result<Signature, BackendError> {
         .or_else(|_| Signature::from_der(raw))
         .map_err(|_| BackendError::Failed {
             operation: "sign",
-            detail: format!("token returned a {}-byte signature that is not P-256", raw.len()),
+            detail: format!(
+                "token returned a {}-byte signature that is not P-256",
+                raw.len()
+            ),
         })
 }
 
@@ -555,7 +566,11 @@ impl Pkcs11Backend {
             Attribute::Id(id.clone()),
         ];
         let (public_handle, private_handle) = session
-            .generate_key_pair(&Mechanism::EccKeyPairGen, &public_template, &private_template)
+            .generate_key_pair(
+                &Mechanism::EccKeyPairGen,
+                &public_template,
+                &private_template,
+            )
             .map_err(|e| classify("C_GenerateKeyPair", e))?;
         let point = session
             .get_attributes(public_handle, &[AttributeType::EcPoint])
@@ -666,7 +681,10 @@ impl Backend for Pkcs11Backend {
             };
             let handle = Self::private_key_handle(s, &key.key_ref).map_err(vanished)?;
             let raw = match s.session.sign(&Mechanism::Ecdsa, handle, digest) {
-                Err(CkError::Pkcs11(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid, _)) => {
+                Err(CkError::Pkcs11(
+                    RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid,
+                    _,
+                )) => {
                     // The cached handle went stale (the object was re-created): look again.
                     s.handles.remove(&key.key_ref.0);
                     let handle = Self::private_key_handle(s, &key.key_ref).map_err(vanished)?;
@@ -814,7 +832,13 @@ mod tests {
 
     #[test]
     fn ec_point_garbage_is_an_error_not_a_panic() {
-        for raw in [&[][..], &[0x04][..], &[0x04, 0x41, 0x04][..], &[0u8; 65][..], &[0xff; 67][..]] {
+        for raw in [
+            &[][..],
+            &[0x04][..],
+            &[0x04, 0x41, 0x04][..],
+            &[0u8; 65][..],
+            &[0xff; 67][..],
+        ] {
             assert!(decode_ec_point(raw).is_err());
         }
     }

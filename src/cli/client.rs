@@ -97,7 +97,10 @@ pub fn key(command: KeyCommand) -> Result<()> {
                 print_key(&key);
                 let lineage: serde_json::Value =
                     serde_json::from_str(&key.lineage_json).unwrap_or_default();
-                println!("{}", serde_json::to_string_pretty(&lineage).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&lineage).unwrap_or_default()
+                );
             }
             KeyCommand::Adopt {
                 actor,

@@ -59,17 +59,37 @@ pub fn run(workdir: Option<PathBuf>) -> Result<()> {
     let document = document.display().to_string();
     let bundle = lab.path("payment.bundle.json");
     lab.run_ok(&[
-        "sign", "--actor", ACTOR, "--type", "payment.initiate",
-        "--target", "acct:DE89370400440532013000", "--document", &document,
-        "--context", "model=acme-agent-7", "--context", "session=5f1c2a",
-        "--context", "invoice=INV-2026-0042", "--out", &bundle,
+        "sign",
+        "--actor",
+        ACTOR,
+        "--type",
+        "payment.initiate",
+        "--target",
+        "acct:DE89370400440532013000",
+        "--document",
+        &document,
+        "--context",
+        "model=acme-agent-7",
+        "--context",
+        "session=5f1c2a",
+        "--context",
+        "invoice=INV-2026-0042",
+        "--out",
+        &bundle,
     ])?;
     lab.stop_daemon()?;
     println!("daemon stopped: everything below is offline");
 
     println!("\n== Verifying the proof bundle offline with actseal");
     let anchor = lab.anchor().display().to_string();
-    let output = lab.run(&["verify", &bundle, "--trust", &anchor, "--document", &document])?;
+    let output = lab.run(&[
+        "verify",
+        &bundle,
+        "--trust",
+        &anchor,
+        "--document",
+        &document,
+    ])?;
     if !output.status.success() {
         bail!("the demo bundle did not verify");
     }

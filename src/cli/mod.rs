@@ -14,7 +14,11 @@ pub use client::connect_unix;
 use crate::config::{DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
 
 #[derive(Parser)]
-#[command(name = "actseal", version, about = "Per-action proof for non-human identities")]
+#[command(
+    name = "actseal",
+    version,
+    about = "Per-action proof for non-human identities"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

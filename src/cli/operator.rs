@@ -34,7 +34,8 @@ pub fn serve(config_path: &Path, check_only: bool) -> Result<()> {
 /// Exit codes: 0 verified, 1 a check failed, 2 the inputs could not be read.
 pub fn verify(bundle: &Path, trust: &Path, document: Option<&Path>) -> ExitCode {
     let read = |path: &Path| {
-        std::fs::read(path).map_err(|e| eprintln!("actseal verify: cannot read {}: {e}", path.display()))
+        std::fs::read(path)
+            .map_err(|e| eprintln!("actseal verify: cannot read {}: {e}", path.display()))
     };
     let (Ok(bundle_bytes), Ok(anchor_pem)) = (read(bundle), read(trust)) else {
         return ExitCode::from(2);
@@ -103,7 +104,8 @@ pub fn ca(command: CaCommand) -> Result<()> {
             let request = std::fs::read_to_string(&csr)
                 .with_context(|| format!("cannot read {}", csr.display()))?;
             let cert = pki::ca::issue(&dir, &request, days)?;
-            std::fs::write(&out, cert).with_context(|| format!("cannot write {}", out.display()))?;
+            std::fs::write(&out, cert)
+                .with_context(|| format!("cannot write {}", out.display()))?;
             println!("device certificate written to {}", out.display());
             Ok(())
         }
@@ -147,7 +149,10 @@ pub fn device(command: DeviceCommand) -> Result<()> {
                 .with_context(|| format!("cannot create {}", config.state.dir.display()))?;
             let destination = config.state.device_certificate();
             let subject = pki::device::install_certificate(&pem, &device_key, &destination)?;
-            println!("installed device certificate \"{subject}\" at {}", destination.display());
+            println!(
+                "installed device certificate \"{subject}\" at {}",
+                destination.display()
+            );
             Ok(())
         }
     }
@@ -165,7 +170,10 @@ pub fn token(command: TokenCommand) -> Result<()> {
             let pin = PinSource::File(pin_file).read()?;
             let ctx = pkcs11::load_module(&module)?;
             let facts = pkcs11::init_token(&ctx, &label, &so_pin, &pin)?;
-            println!("token {:?} initialised (serial {})", facts.label, facts.serial);
+            println!(
+                "token {:?} initialised (serial {})",
+                facts.label, facts.serial
+            );
             Ok(())
         }
     }

@@ -105,7 +105,8 @@ pub struct Store {
 }
 
 fn to_i64(value: u64, what: &str) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::Conflict(format!("{what} {value} is out of range")))
+    i64::try_from(value)
+        .map_err(|_| StoreError::Conflict(format!("{what} {value} is out of range")))
 }
 
 fn to_u64(value: i64, what: &str) -> Result<u64, StoreError> {
@@ -186,8 +187,18 @@ impl Store {
         })?;
         let mut keys = Vec::new();
         for row in rows {
-            let (actor, version, backend, key_ref, key_id, spki, origin, state, created_at, lineage) =
-                row?;
+            let (
+                actor,
+                version,
+                backend,
+                key_ref,
+                key_id,
+                spki,
+                origin,
+                state,
+                created_at,
+                lineage,
+            ) = row?;
             let corrupt = |what: &str| StoreError::Corrupt(format!("key {key_id}: bad {what}"));
             keys.push(KeyRecord {
                 backend: BackendKind::parse(&backend).ok_or_else(|| corrupt("backend"))?,
@@ -216,9 +227,9 @@ impl Store {
 
     /// Every actor's newest receipt.
     pub fn actor_heads(&self) -> Result<HashMap<String, ActorHead>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT actor, MAX(sequence), payload_sha256 FROM receipts GROUP BY actor",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT actor, MAX(sequence), payload_sha256 FROM receipts GROUP BY actor")?;
         let rows = stmt.query_map([], |row| {
             Ok((
                 row.get::<_, String>(0)?,
@@ -244,9 +255,9 @@ impl Store {
 
     /// The index the next appended receipt gets.
     pub fn next_log_index(&self) -> Result<u64, StoreError> {
-        let max: Option<i64> = self
-            .conn
-            .query_row("SELECT MAX(log_index) FROM receipts", [], |row| row.get(0))?;
+        let max: Option<i64> =
+            self.conn
+                .query_row("SELECT MAX(log_index) FROM receipts", [], |row| row.get(0))?;
         match max {
             None => Ok(0),
             Some(i) => Ok(to_u64(i, "log index")? + 1),

@@ -92,7 +92,11 @@ fn validity(params: &mut rcgen::CertificateParams, days: u32) {
     params.serial_number = Some(random_serial());
 }
 
-fn pkcs11_backend(module: &Path, token_label: &str, pin: &PinSource) -> Result<Pkcs11Backend, PkiError> {
+fn pkcs11_backend(
+    module: &Path,
+    token_label: &str,
+    pin: &PinSource,
+) -> Result<Pkcs11Backend, PkiError> {
     let settings = Pkcs11Settings {
         module: module.to_owned(),
         token: TokenSelector::Label(token_label.to_owned()),
@@ -138,7 +142,10 @@ pub fn init(dir: &Path, subject: &str, days: u32, key: NewCaKey) -> Result<PathB
         }
         NewCaKey::File(path) => {
             if path.exists() {
-                return Err(PkiError::Invalid(format!("{} exists already", path.display())));
+                return Err(PkiError::Invalid(format!(
+                    "{} exists already",
+                    path.display()
+                )));
             }
             let secret = p256::SecretKey::random(&mut rand_core::OsRng);
             let pem = {
@@ -190,7 +197,9 @@ fn checked_request(csr_pem: &str) -> Result<(x509_cert::name::Name, Vec<u8>), Pk
     let signature = Signature::from_der(request.signature.raw_bytes())
         .map_err(|_| PkiError::Invalid("request signature is not DER ECDSA".into()))?;
     key.verify(&info, &signature).map_err(|_| {
-        PkiError::Invalid("the request's signature does not verify: the requester does not hold the key".into())
+        PkiError::Invalid(
+            "the request's signature does not verify: the requester does not hold the key".into(),
+        )
     })?;
     let point = request
         .info
@@ -238,7 +247,9 @@ pub fn issue(dir: &Path, csr_pem: &str, days: u32) -> Result<String, PkiError> {
         .map_err(|_| PkiError::Invalid("the requested key is not a P-256 point".into()))?;
     let name = rcgen_name(&subject);
     if name.iter().next().is_none() {
-        return Err(PkiError::Invalid(format!("request subject \"{subject}\" has no CN")));
+        return Err(PkiError::Invalid(format!(
+            "request subject \"{subject}\" has no CN"
+        )));
     }
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = name;
@@ -261,7 +272,10 @@ pub fn issue(dir: &Path, csr_pem: &str, days: u32) -> Result<String, PkiError> {
                 key_ref: KeyRef(key_id.clone()),
                 public_key: ca_public,
             };
-            let issuer = rcgen::Issuer::new(ca_params(&config.subject, &ca_public), HardwareSigner::new(&backend, &ca_key));
+            let issuer = rcgen::Issuer::new(
+                ca_params(&config.subject, &ca_public),
+                HardwareSigner::new(&backend, &ca_key),
+            );
             params.signed_by(&subject_key, &issuer)?
         }
         CaKey::File { path } => {
@@ -275,7 +289,10 @@ pub fn issue(dir: &Path, csr_pem: &str, days: u32) -> Result<String, PkiError> {
                     path.display()
                 )));
             }
-            let issuer = rcgen::Issuer::new(ca_params(&config.subject, &ca_public), SoftwareSigner::new(secret.into()));
+            let issuer = rcgen::Issuer::new(
+                ca_params(&config.subject, &ca_public),
+                SoftwareSigner::new(secret.into()),
+            );
             params.signed_by(&subject_key, &issuer)?
         }
     };

@@ -41,13 +41,10 @@ impl rcgen::PublicKeyData for HardwareSigner<'_> {
 impl rcgen::SigningKey for HardwareSigner<'_> {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
         let digest: [u8; 32] = Sha256::digest(msg).into();
-        let signature: Signature = self
-            .backend
-            .sign_digest(self.key, &digest)
-            .map_err(|e| {
-                tracing::error!(error = %e, "hardware signing of a certificate failed");
-                rcgen::Error::RemoteKeyError
-            })?;
+        let signature: Signature = self.backend.sign_digest(self.key, &digest).map_err(|e| {
+            tracing::error!(error = %e, "hardware signing of a certificate failed");
+            rcgen::Error::RemoteKeyError
+        })?;
         Ok(signature.to_der().as_bytes().to_vec())
     }
 }
@@ -156,7 +153,11 @@ pub(crate) fn random_serial() -> rcgen::SerialNumber {
     rcgen::SerialNumber::from_slice(&bytes)
 }
 
-pub(crate) fn write_file(path: &std::path::Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+pub(crate) fn write_file(
+    path: &std::path::Path,
+    contents: &[u8],
+    mode: u32,
+) -> Result<(), PkiError> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
     let io = |e: std::io::Error| PkiError::Io {
         path: path.display().to_string(),

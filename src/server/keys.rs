@@ -165,8 +165,8 @@ impl KeyAdmin for KeyAdminService {
             validate::actor(&actor)?;
         }
         let state = Arc::clone(&self.state);
-        let keys = blocking(move || state.keys((!actor.is_empty()).then_some(actor.as_str())))
-            .await??;
+        let keys =
+            blocking(move || state.keys((!actor.is_empty()).then_some(actor.as_str()))).await??;
         Ok(Response::new(ListKeysResponse {
             keys: keys.iter().map(to_api).collect(),
         }))

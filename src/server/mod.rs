@@ -80,7 +80,10 @@ pub enum StartError {
 /// Opens the configured PKCS#11 token.
 pub fn open_backend(config: &Config) -> Result<Pkcs11Backend, StartError> {
     let settings = config.pkcs11.settings().map_err(StartError::Config)?;
-    Ok(Pkcs11Backend::open(load_module(&settings.module)?, &settings)?)
+    Ok(Pkcs11Backend::open(
+        load_module(&settings.module)?,
+        &settings,
+    )?)
 }
 
 fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
@@ -157,7 +160,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_error = |e: tonic_reflection::server::Error| StartError::Config(format!("reflection: {e}"));
+    let reflection_error =
+        |e: tonic_reflection::server::Error| StartError::Config(format!("reflection: {e}"));
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
@@ -208,8 +212,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             }))
         }
     };
-    let serve =
-        router.serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone()));
+    let serve = router
+        .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone()));
     // In-flight requests get a grace period; a client that keeps its connection open past
     // it is cut off (it was told nothing, so nothing it was told is lost).
     let grace = async {
@@ -221,10 +225,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         result = serve => result,
         () = grace => Ok(()),
     };
-    if let Some(task) = tcp_task {
-        if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
-            tracing::warn!("TCP listener did not drain within the grace period");
-        }
+    if let Some(task) = tcp_task
+        && tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err()
+    {
+        tracing::warn!("TCP listener did not drain within the grace period");
     }
     let _ = std::fs::remove_file(&config.server.socket);
     // Dropping the last handles stops the sequencer after it has committed what it holds.

@@ -52,7 +52,10 @@ pub enum SequencerError {
 }
 
 enum Command {
-    Sign(ValidAction, oneshot::Sender<Result<SignedReceipt, SequencerError>>),
+    Sign(
+        ValidAction,
+        oneshot::Sender<Result<SignedReceipt, SequencerError>>,
+    ),
     RegisterKey(Box<KeyRecord>, oneshot::Sender<Result<(), SequencerError>>),
 }
 
@@ -197,7 +200,10 @@ impl Sequencer {
 
     /// Signs the next receipt for an actor and advances its chain in memory; the database
     /// follows at commit (and memory is reloaded from it if the commit fails).
-    fn sign(&mut self, action: &ValidAction) -> Result<(ReceiptRow, SignedReceipt), SequencerError> {
+    fn sign(
+        &mut self,
+        action: &ValidAction,
+    ) -> Result<(ReceiptRow, SignedReceipt), SequencerError> {
         let chain = self
             .actors
             .get(&action.actor)

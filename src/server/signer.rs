@@ -42,7 +42,9 @@ impl Signer for SignerService {
         };
         match key {
             Some(key) => Ok(Response::new(to_api(key))),
-            None if keys.is_empty() => Err(Status::not_found(format!("actor {actor:?} has no key"))),
+            None if keys.is_empty() => {
+                Err(Status::not_found(format!("actor {actor:?} has no key")))
+            }
             None => Err(Status::not_found(format!(
                 "actor {actor:?} has no key version {version}"
             ))),

@@ -49,7 +49,10 @@ fn text(field: &'static str, value: &str, max: usize) -> Result<(), FieldError> 
         return Err(field_error(field, "must not be empty"));
     }
     if value.len() > max {
-        return Err(field_error(field, format!("is {} bytes; at most {max}", value.len())));
+        return Err(field_error(
+            field,
+            format!("is {} bytes; at most {max}", value.len()),
+        ));
     }
     if value.chars().any(char::is_control) {
         return Err(field_error(field, "must not contain control characters"));
@@ -89,11 +92,16 @@ fn digest(field: &'static str, bytes: &[u8]) -> Result<[u8; 32], FieldError> {
     })
 }
 
-fn context(entries: &std::collections::HashMap<String, String>) -> Result<BTreeMap<String, String>, FieldError> {
+fn context(
+    entries: &std::collections::HashMap<String, String>,
+) -> Result<BTreeMap<String, String>, FieldError> {
     if entries.len() > MAX_CONTEXT_ENTRIES {
         return Err(field_error(
             "context",
-            format!("has {} entries; at most {MAX_CONTEXT_ENTRIES}", entries.len()),
+            format!(
+                "has {} entries; at most {MAX_CONTEXT_ENTRIES}",
+                entries.len()
+            ),
         ));
     }
     let mut total = 0;
@@ -116,10 +124,16 @@ fn context(entries: &std::collections::HashMap<String, String>) -> Result<BTreeM
         if value.len() > MAX_CONTEXT_VALUE_LEN {
             return Err(field_error(
                 "context",
-                format!("value of {key:?} is {} bytes; at most {MAX_CONTEXT_VALUE_LEN}", value.len()),
+                format!(
+                    "value of {key:?} is {} bytes; at most {MAX_CONTEXT_VALUE_LEN}",
+                    value.len()
+                ),
             ));
         }
-        if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        if value
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
             return Err(field_error(
                 "context",
                 format!("value of {key:?} contains control characters"),
@@ -133,7 +147,10 @@ fn context(entries: &std::collections::HashMap<String, String>) -> Result<BTreeM
             format!("is {total} bytes in all; at most {MAX_CONTEXT_TOTAL}"),
         ));
     }
-    Ok(entries.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    Ok(entries
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect())
 }
 
 /// Checks a sign request and hashes the document if the caller sent it.
@@ -201,32 +218,109 @@ mod tests {
     #[test]
     fn accepts_a_good_request_and_hashes_the_document() {
         let valid = sign_request(&good()).unwrap();
-        assert_eq!(valid.document_sha256, <[u8; 32]>::from(Sha256::digest(b"{}")));
+        assert_eq!(
+            valid.document_sha256,
+            <[u8; 32]>::from(Sha256::digest(b"{}"))
+        );
     }
 
     #[test]
     fn each_bad_field_is_named() {
-        assert_eq!(field_of(SignRequest { actor: String::new(), ..good() }), "actor");
-        assert_eq!(field_of(SignRequest { actor: "a b".into(), ..good() }), "actor");
-        assert_eq!(field_of(SignRequest { actor: "x".repeat(MAX_ACTOR_LEN + 1), ..good() }), "actor");
-        assert_eq!(field_of(SignRequest { action_type: "pay ment".into(), ..good() }), "action_type");
-        assert_eq!(field_of(SignRequest { target: "a\nb".into(), ..good() }), "target");
-        assert_eq!(field_of(SignRequest { action: None, ..good() }), "action");
-        assert_eq!(field_of(SignRequest { action: Some(Action::Document(vec![])), ..good() }), "document");
         assert_eq!(
-            field_of(SignRequest { action: Some(Action::Document(vec![0; MAX_DOCUMENT_LEN + 1])), ..good() }),
+            field_of(SignRequest {
+                actor: String::new(),
+                ..good()
+            }),
+            "actor"
+        );
+        assert_eq!(
+            field_of(SignRequest {
+                actor: "a b".into(),
+                ..good()
+            }),
+            "actor"
+        );
+        assert_eq!(
+            field_of(SignRequest {
+                actor: "x".repeat(MAX_ACTOR_LEN + 1),
+                ..good()
+            }),
+            "actor"
+        );
+        assert_eq!(
+            field_of(SignRequest {
+                action_type: "pay ment".into(),
+                ..good()
+            }),
+            "action_type"
+        );
+        assert_eq!(
+            field_of(SignRequest {
+                target: "a\nb".into(),
+                ..good()
+            }),
+            "target"
+        );
+        assert_eq!(
+            field_of(SignRequest {
+                action: None,
+                ..good()
+            }),
+            "action"
+        );
+        assert_eq!(
+            field_of(SignRequest {
+                action: Some(Action::Document(vec![])),
+                ..good()
+            }),
             "document"
         );
         assert_eq!(
-            field_of(SignRequest { action: Some(Action::DocumentSha256(vec![0; 31])), ..good() }),
+            field_of(SignRequest {
+                action: Some(Action::Document(vec![0; MAX_DOCUMENT_LEN + 1])),
+                ..good()
+            }),
+            "document"
+        );
+        assert_eq!(
+            field_of(SignRequest {
+                action: Some(Action::DocumentSha256(vec![0; 31])),
+                ..good()
+            }),
             "document_sha256"
         );
-        assert_eq!(field_of(SignRequest { parent_action_sha256: vec![1; 33], ..good() }), "parent_action_sha256");
-        let many = (0..=MAX_CONTEXT_ENTRIES).map(|i| (format!("k{i}"), "v".to_string())).collect();
-        assert_eq!(field_of(SignRequest { context: many, ..good() }), "context");
+        assert_eq!(
+            field_of(SignRequest {
+                parent_action_sha256: vec![1; 33],
+                ..good()
+            }),
+            "parent_action_sha256"
+        );
+        let many = (0..=MAX_CONTEXT_ENTRIES)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
+        assert_eq!(
+            field_of(SignRequest {
+                context: many,
+                ..good()
+            }),
+            "context"
+        );
         let big = [("k".to_string(), "v".repeat(MAX_CONTEXT_VALUE_LEN + 1))].into();
-        assert_eq!(field_of(SignRequest { context: big, ..good() }), "context");
+        assert_eq!(
+            field_of(SignRequest {
+                context: big,
+                ..good()
+            }),
+            "context"
+        );
         let bad_key = [("k y".to_string(), "v".to_string())].into();
-        assert_eq!(field_of(SignRequest { context: bad_key, ..good() }), "context");
+        assert_eq!(
+            field_of(SignRequest {
+                context: bad_key,
+                ..good()
+            }),
+            "context"
+        );
     }
 }

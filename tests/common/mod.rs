@@ -19,7 +19,8 @@ use tempfile::TempDir;
 use tonic::transport::Channel;
 
 pub const ACTOR: &str = "spiffe://acme.example/agents/payments";
-pub const DOCUMENT: &[u8] = br#"{"prompt":"pay invoice 42","tool_call":{"name":"bank.transfer","amount":"10.00"}}"#;
+pub const DOCUMENT: &[u8] =
+    br#"{"prompt":"pay invoice 42","tool_call":{"name":"bank.transfer","amount":"10.00"}}"#;
 
 /// A lab in its own temporary directory; removed (daemon killed) when dropped.
 pub struct TestLab {
@@ -98,7 +99,11 @@ pub fn sign_request(actor: &str, document: &[u8]) -> SignRequest {
     }
 }
 
-pub fn verify(lab: &Lab, bundle_json: &str, document: Option<&[u8]>) -> Result<Verified, VerifyError> {
+pub fn verify(
+    lab: &Lab,
+    bundle_json: &str,
+    document: Option<&[u8]>,
+) -> Result<Verified, VerifyError> {
     let anchor = std::fs::read(lab.anchor()).expect("anchor");
     let anchors = TrustAnchors::from_pem(&anchor).expect("anchor parses");
     verify_bundle(bundle_json.as_bytes(), &anchors, document)
@@ -130,6 +135,8 @@ pub fn receipt_count(lab: &Lab) -> u64 {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .expect("open state database");
-    conn.query_row("SELECT COUNT(*) FROM receipts", [], |row| row.get::<_, i64>(0))
-        .expect("count receipts") as u64
+    conn.query_row("SELECT COUNT(*) FROM receipts", [], |row| {
+        row.get::<_, i64>(0)
+    })
+    .expect("count receipts") as u64
 }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian packages actseal builds, tests and demos with, when any is missing.
+# Safe to run repeatedly: it does nothing when everything is present.
+set -euo pipefail
+
+packages=(
+  softhsm2 opensc            # PKCS#11 test token and pkcs11-tool
+  swtpm swtpm-tools libtss2-dev tpm2-tools   # TPM 2.0 simulator and TSS
+  protobuf-compiler pkg-config               # build: protoc for the gRPC API
+  openssl jq ca-certificates                 # offline verification with openssl alone
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  echo "installing: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "cargo (Rust 1.88 or newer) is required: https://rustup.rs" >&2; exit 1; }
