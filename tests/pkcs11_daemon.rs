@@ -861,3 +861,78 @@ async fn real_bundles_verify_with_openssl_and_any_tampering_fails() {
         .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_signing_loses_no_acknowledged_receipt() {
+    let mut lab = started_lab();
+    create_key(&lab, ACTOR).await;
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let mut signer = signer(&lab).await;
+        clients.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0.. {
+                match signer
+                    .sign(sign_request(
+                        ACTOR,
+                        format!("client {c} action {i}").as_bytes(),
+                    ))
+                    .await
+                {
+                    Ok(response) => acknowledged.push(response.into_inner()),
+                    Err(_) => break,
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    lab.kill_daemon().unwrap();
+    let mut acknowledged = Vec::new();
+    for client in clients {
+        acknowledged.extend(client.await.unwrap());
+    }
+    assert!(
+        acknowledged.len() > 10,
+        "only {} signed before the kill",
+        acknowledged.len()
+    );
+
+    lab.start_daemon().unwrap();
+    let conn = rusqlite::Connection::open_with_flags(
+        lab.dir.join("state/actseal.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    for response in &acknowledged {
+        let stored: String = conn
+            .query_row(
+                "SELECT bundle FROM receipts WHERE log_index = ?1",
+                [response.log_index as i64],
+                |r| r.get(0),
+            )
+            .unwrap_or_else(|_| panic!("acknowledged receipt {} is missing", response.log_index));
+        assert_eq!(stored, response.bundle_json);
+    }
+    // The chain goes on from what is on disk: no gap, no fork.
+    let stored = receipt_count(&lab);
+    let next = common::signer(&lab)
+        .await
+        .sign(sign_request(ACTOR, DOCUMENT))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next.log_index, stored);
+    assert_eq!(next.sequence, stored + 1);
+    let last: String = conn
+        .query_row(
+            "SELECT bundle FROM receipts WHERE log_index = ?1",
+            [stored as i64 - 1],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        receipt_statement(&next.bundle_json)["predicate"]["previousReceipt"]["sha256"],
+        *payload_sha256(&last).as_str()
+    );
+}
