@@ -111,6 +111,7 @@ async fn daemon_rate(lab: &Lab, clients: usize) -> (f64, Duration, Duration) {
                         action: Some(Action::Document(document.to_vec())),
                         context: Default::default(),
                         parent_action_sha256: vec![],
+                        request_id: String::new(),
                     })
                     .await
                     .unwrap();

@@ -25,7 +25,18 @@ pub struct Config {
     pub state: StateConfig,
     pub pkcs11: Pkcs11Config,
     #[serde(default)]
+    pub ledger: LedgerConfig,
+    #[serde(default)]
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// The log's origin line in checkpoints (and the checkpoint key's name), fixed for the
+    /// life of the log. Default: `actseal/<token serial>`.
+    #[serde(default)]
+    pub origin: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

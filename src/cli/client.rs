@@ -163,6 +163,7 @@ pub fn sign(args: SignArgs) -> Result<()> {
         action: Some(action),
         context: parse_context(&args.context)?,
         parent_action_sha256,
+        request_id: args.request_id.clone().unwrap_or_default(),
     };
     let response = runtime()?.block_on(async {
         let mut client = SignerClient::new(connect(&args.connection).await?);

@@ -141,6 +141,9 @@ struct SignArgs {
     /// SHA-256 (hex) of the parent action's document, for a delegated action.
     #[arg(long)]
     parent: Option<String>,
+    /// A client request id: retrying with the same id returns the same bundle.
+    #[arg(long)]
+    request_id: Option<String>,
     /// Where to write the bundle; standard output if unset.
     #[arg(long)]
     out: Option<PathBuf>,

@@ -1,5 +1,12 @@
 //! The daemon's durable state: actor keys and the append-only receipt log (SQLite).
 
+pub mod checkpoint;
+pub mod entry;
+pub mod integrity;
+pub mod merkle;
 pub mod store;
 
-pub use store::{ActorHead, KeyRecord, KeyState, ReceiptRow, Store, StoreError};
+pub use store::{
+    ActorHead, Batch, CheckpointRow, EntryKind, EntryRow, KeyChange, KeyRecord, KeyState, ReceiptRow,
+    Store, StoreError,
+};

@@ -6,6 +6,7 @@ use std::{collections::HashMap, path::Path, time::Duration};
 use rusqlite::{Connection, OptionalExtension, params};
 use spki::DecodePublicKey;
 
+use super::merkle::{Hash, MerkleError, NodeReader};
 use crate::{
     backend::{BackendKind, KeyRef},
     proof::lineage::{KeyOrigin, Lineage},
@@ -23,10 +24,37 @@ CREATE TABLE IF NOT EXISTS actor_keys (
     state       TEXT    NOT NULL,
     created_at  TEXT    NOT NULL,
     lineage     TEXT    NOT NULL,
+    retired_at  TEXT,
     PRIMARY KEY (actor, version)
 );
+CREATE TABLE IF NOT EXISTS log_entries (
+    log_index   INTEGER PRIMARY KEY CHECK (log_index >= 0),
+    kind        TEXT    NOT NULL CHECK (kind IN ('receipt', 'rotation', 'retirement')),
+    actor       TEXT    NOT NULL,
+    entry       BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tree_nodes (
+    level   INTEGER NOT NULL,
+    idx     INTEGER NOT NULL,
+    hash    BLOB    NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size    INTEGER PRIMARY KEY CHECK (size >= 1),
+    root    BLOB    NOT NULL,
+    note    TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS requests (
+    request_id      TEXT    PRIMARY KEY,
+    request_sha256  BLOB    NOT NULL,
+    log_index       INTEGER NOT NULL REFERENCES receipts (log_index)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name    TEXT PRIMARY KEY,
+    value   TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS receipts (
-    log_index       INTEGER PRIMARY KEY CHECK (log_index >= 0),
+    log_index       INTEGER PRIMARY KEY CHECK (log_index >= 0) REFERENCES log_entries (log_index),
     actor           TEXT    NOT NULL,
     sequence        INTEGER NOT NULL CHECK (sequence >= 1),
     key_id          TEXT    NOT NULL REFERENCES actor_keys (key_id),
@@ -78,6 +106,8 @@ pub struct KeyRecord {
     pub state: KeyState,
     pub created_at: String,
     pub lineage: Lineage,
+    /// When the key stopped signing (rotation or retirement).
+    pub retired_at: Option<String>,
 }
 
 /// An actor's newest receipt: where its hash chain continues.
@@ -97,6 +127,70 @@ pub struct ReceiptRow {
     pub payload_sha256: [u8; 32],
     pub signed_at: String,
     pub bundle_json: String,
+}
+
+/// Kinds of log entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Receipt,
+    Rotation,
+    Retirement,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Receipt => "receipt",
+            EntryKind::Rotation => "rotation",
+            EntryKind::Retirement => "retirement",
+        }
+    }
+}
+
+/// One leaf of the log.
+#[derive(Debug, Clone)]
+pub struct EntryRow {
+    pub log_index: u64,
+    pub kind: EntryKind,
+    pub actor: String,
+    pub entry: Vec<u8>,
+}
+
+/// A signed checkpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRow {
+    pub size: u64,
+    pub root: Hash,
+    pub note: String,
+}
+
+/// A change to the key table.
+#[derive(Debug, Clone)]
+pub enum KeyChange {
+    Insert(Box<KeyRecord>),
+    Retire {
+        actor: String,
+        version: u32,
+        retired_at: String,
+    },
+}
+
+/// Everything one sequencer batch writes, committed in one transaction.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub keys: Vec<KeyChange>,
+    pub entries: Vec<EntryRow>,
+    pub nodes: Vec<(u8, u64, Hash)>,
+    pub receipts: Vec<ReceiptRow>,
+    /// (request id, request fingerprint, log index)
+    pub requests: Vec<(String, [u8; 32], u64)>,
+    pub checkpoint: Option<CheckpointRow>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.entries.is_empty()
+    }
 }
 
 /// A connection to the state database.
@@ -136,12 +230,12 @@ impl Store {
 
     /// Registers a key version. A second key for the same (actor, version) or the same key
     /// id is a [`StoreError::Conflict`].
-    pub fn insert_key(&mut self, key: &KeyRecord) -> Result<(), StoreError> {
+    fn insert_key(conn: &Connection, key: &KeyRecord) -> Result<(), StoreError> {
         let lineage = serde_json::to_string(&key.lineage)
             .map_err(|e| StoreError::Corrupt(format!("lineage does not serialise: {e}")))?;
-        let result = self.conn.execute(
-            "INSERT INTO actor_keys (actor, version, backend, key_ref, key_id, public_key, origin, state, created_at, lineage)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        let result = conn.execute(
+            "INSERT INTO actor_keys (actor, version, backend, key_ref, key_id, public_key, origin, state, created_at, lineage, retired_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 key.actor,
                 key.version,
@@ -153,6 +247,7 @@ impl Store {
                 key.state.as_str(),
                 key.created_at,
                 lineage,
+                key.retired_at,
             ],
         );
         match result {
@@ -168,7 +263,7 @@ impl Store {
     /// Key versions, oldest first; of one actor, or of all when `actor` is `None`.
     pub fn keys(&self, actor: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT actor, version, backend, key_ref, key_id, public_key, origin, state, created_at, lineage
+            "SELECT actor, version, backend, key_ref, key_id, public_key, origin, state, created_at, lineage, retired_at
              FROM actor_keys WHERE ?1 IS NULL OR actor = ?1 ORDER BY actor, version",
         )?;
         let rows = stmt.query_map(params![actor], |row| {
@@ -183,6 +278,7 @@ impl Store {
                 row.get::<_, String>(7)?,
                 row.get::<_, String>(8)?,
                 row.get::<_, String>(9)?,
+                row.get::<_, Option<String>>(10)?,
             ))
         })?;
         let mut keys = Vec::new();
@@ -198,6 +294,7 @@ impl Store {
                 state,
                 created_at,
                 lineage,
+                retired_at,
             ) = row?;
             let corrupt = |what: &str| StoreError::Corrupt(format!("key {key_id}: bad {what}"));
             keys.push(KeyRecord {
@@ -220,6 +317,7 @@ impl Store {
                 key_ref: KeyRef(key_ref),
                 key_id,
                 created_at,
+                retired_at,
             });
         }
         Ok(keys)
@@ -257,22 +355,59 @@ impl Store {
     pub fn next_log_index(&self) -> Result<u64, StoreError> {
         let max: Option<i64> =
             self.conn
-                .query_row("SELECT MAX(log_index) FROM receipts", [], |row| row.get(0))?;
+                .query_row("SELECT MAX(log_index) FROM log_entries", [], |row| row.get(0))?;
         match max {
             None => Ok(0),
             Some(i) => Ok(to_u64(i, "log index")? + 1),
         }
     }
 
-    /// Appends receipts in one transaction; when this returns Ok they are on disk.
-    pub fn append_receipts(&mut self, rows: &[ReceiptRow]) -> Result<(), StoreError> {
+    /// Writes a batch in one transaction; when this returns Ok it is on disk.
+    pub fn commit(&mut self, batch: &Batch) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
+        for change in &batch.keys {
+            match change {
+                KeyChange::Insert(key) => Self::insert_key(&tx, key)?,
+                KeyChange::Retire {
+                    actor,
+                    version,
+                    retired_at,
+                } => {
+                    let changed = tx.execute(
+                        "UPDATE actor_keys SET state = 'retired', retired_at = ?3
+                         WHERE actor = ?1 AND version = ?2 AND state = 'active'",
+                        params![actor, version, retired_at],
+                    )?;
+                    if changed != 1 {
+                        return Err(StoreError::Conflict(format!(
+                            "key {actor:?} v{version} is not active"
+                        )));
+                    }
+                }
+            }
+        }
         {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO log_entries (log_index, kind, actor, entry) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for e in &batch.entries {
+                stmt.execute(params![
+                    to_i64(e.log_index, "log index")?,
+                    e.kind.as_str(),
+                    e.actor,
+                    e.entry
+                ])?;
+            }
+            let mut stmt = tx
+                .prepare_cached("INSERT INTO tree_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")?;
+            for (level, index, hash) in &batch.nodes {
+                stmt.execute(params![level, to_i64(*index, "node index")?, hash.as_slice()])?;
+            }
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO receipts (log_index, actor, sequence, key_id, payload_sha256, signed_at, bundle)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            for row in rows {
+            for row in &batch.receipts {
                 stmt.execute(params![
                     to_i64(row.log_index, "log index")?,
                     row.actor,
@@ -283,9 +418,146 @@ impl Store {
                     row.bundle_json,
                 ])?;
             }
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO requests (request_id, request_sha256, log_index) VALUES (?1, ?2, ?3)",
+            )?;
+            for (id, fingerprint, index) in &batch.requests {
+                stmt.execute(params![id, fingerprint.as_slice(), to_i64(*index, "log index")?])?;
+            }
+        }
+        if let Some(c) = &batch.checkpoint {
+            tx.execute(
+                "INSERT INTO checkpoints (size, root, note) VALUES (?1, ?2, ?3)",
+                params![to_i64(c.size, "tree size")?, c.root.as_slice(), c.note],
+            )?;
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// A stored node of the Merkle tree.
+    pub fn node(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError> {
+        let hash: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT hash FROM tree_nodes WHERE level = ?1 AND idx = ?2")?
+            .query_row(params![level, to_i64(index, "node index")?], |row| row.get(0))
+            .optional()?;
+        hash.map(|h| {
+            <Hash>::try_from(h.as_slice())
+                .map_err(|_| StoreError::Corrupt(format!("tree node ({level}, {index})")))
+        })
+        .transpose()
+    }
+
+    fn checkpoint_query(&self, sql: &str, size: Option<u64>) -> Result<Option<CheckpointRow>, StoreError> {
+        let size = size.map(|s| to_i64(s, "tree size")).transpose()?;
+        let row = self
+            .conn
+            .prepare_cached(sql)?
+            .query_row(params![size], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?, row.get::<_, String>(2)?))
+            })
+            .optional()?;
+        row.map(|(size, root, note)| {
+            Ok(CheckpointRow {
+                size: to_u64(size, "tree size")?,
+                root: <Hash>::try_from(root.as_slice())
+                    .map_err(|_| StoreError::Corrupt(format!("checkpoint root at {size}")))?,
+                note,
+            })
+        })
+        .transpose()
+    }
+
+    /// The newest signed checkpoint.
+    pub fn latest_checkpoint(&self) -> Result<Option<CheckpointRow>, StoreError> {
+        self.checkpoint_query(
+            "SELECT size, root, note FROM checkpoints WHERE ?1 IS NULL ORDER BY size DESC LIMIT 1",
+            None,
+        )
+    }
+
+    /// The signed checkpoint of exactly `size`.
+    pub fn checkpoint(&self, size: u64) -> Result<Option<CheckpointRow>, StoreError> {
+        self.checkpoint_query("SELECT size, root, note FROM checkpoints WHERE size = ?1", Some(size))
+    }
+
+    /// A request id's fingerprint and the log index it produced.
+    pub fn request(&self, request_id: &str) -> Result<Option<([u8; 32], u64)>, StoreError> {
+        let row: Option<(Vec<u8>, i64)> = self
+            .conn
+            .prepare_cached("SELECT request_sha256, log_index FROM requests WHERE request_id = ?1")?
+            .query_row(params![request_id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        row.map(|(fingerprint, index)| {
+            Ok((
+                <[u8; 32]>::try_from(fingerprint.as_slice())
+                    .map_err(|_| StoreError::Corrupt(format!("request {request_id:?}")))?,
+                to_u64(index, "log index")?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// Calls `visit` with every log entry in index order (for start-up checks and export).
+    pub fn for_each_entry(
+        &self,
+        mut visit: impl FnMut(u64, EntryKind, &str, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT log_index, kind, actor, entry FROM log_entries ORDER BY log_index")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let index = to_u64(row.get(0)?, "log index")?;
+            let kind = match row.get_ref(1)?.as_str().unwrap_or_default() {
+                "receipt" => EntryKind::Receipt,
+                "rotation" => EntryKind::Rotation,
+                "retirement" => EntryKind::Retirement,
+                other => return Err(StoreError::Corrupt(format!("entry {index}: kind {other:?}"))),
+            };
+            let actor: String = row.get(2)?;
+            let entry = row.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
+            visit(index, kind, &actor, entry)?;
+        }
+        Ok(())
+    }
+
+    pub fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE name = ?1", params![name], |row| row.get(0))
+            .optional()?)
+    }
+
+    pub fn set_meta(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta (name, value) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            params![name, value],
+        )?;
+        Ok(())
+    }
+
+    /// Whether a key id belongs to any registered key version.
+    pub fn key_id_registered(&self, key_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM actor_keys WHERE key_id = ?1")?
+            .exists(params![key_id])?)
+    }
+
+    /// A stored receipt: (sequence, key id, bundle JSON).
+    pub fn receipt(&self, log_index: u64) -> Result<Option<(u64, String, String)>, StoreError> {
+        let row: Option<(i64, String, String)> = self
+            .conn
+            .prepare_cached("SELECT sequence, key_id, bundle FROM receipts WHERE log_index = ?1")?
+            .query_row(params![to_i64(log_index, "log index")?], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .optional()?;
+        row.map(|(sequence, key_id, bundle)| Ok((to_u64(sequence, "sequence")?, key_id, bundle)))
+            .transpose()
     }
 
     /// The stored bundle of a receipt, by log index.
@@ -306,5 +578,15 @@ impl Store {
             .conn
             .query_row("SELECT COUNT(*) FROM receipts", [], |row| row.get(0))?;
         to_u64(n, "count")
+    }
+}
+
+impl NodeReader for Store {
+    fn node(&self, level: u8, index: u64) -> Result<Hash, MerkleError> {
+        match Store::node(self, level, index) {
+            Ok(Some(hash)) => Ok(hash),
+            Ok(None) => Err(MerkleError::Read(format!("tree node ({level}, {index}) is missing"))),
+            Err(e) => Err(MerkleError::Read(e.to_string())),
+        }
     }
 }

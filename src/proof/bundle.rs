@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{dsse::Envelope, lineage::Lineage};
+use crate::ledger::merkle::Hash;
 
 pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.actseal.bundle.v1+json";
 
@@ -21,6 +22,46 @@ pub struct Bundle {
     pub receipt: Envelope,
     pub actor_key: ActorKeyInBundle,
     pub lineage: Lineage,
+    /// Where the receipt is in the log, proved against a signed checkpoint.
+    pub log: LogProof,
+}
+
+/// The log key: its public half and its lineage (attested like an actor key whose actor is
+/// the log's origin).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LogKeyInBundle {
+    /// The signed-note key name (the log's origin).
+    pub key_name: String,
+    pub key_id: String,
+    /// Base64 SubjectPublicKeyInfo DER.
+    pub public_key: String,
+    pub lineage: Lineage,
+}
+
+/// A receipt's inclusion in the log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LogProof {
+    pub index: u64,
+    pub tree_size: u64,
+    /// RFC 9162 inclusion proof, hex hashes, leaf side first.
+    pub inclusion_proof: Vec<String>,
+    /// The signed checkpoint (C2SP signed note) of `tree_size`.
+    pub checkpoint: String,
+    pub log_key: LogKeyInBundle,
+}
+
+impl LogProof {
+    pub fn new(index: u64, tree_size: u64, proof: &[Hash], checkpoint: String, log_key: LogKeyInBundle) -> Self {
+        LogProof {
+            index,
+            tree_size,
+            inclusion_proof: proof.iter().map(hex::encode).collect(),
+            checkpoint,
+            log_key,
+        }
+    }
 }
 
 impl Bundle {

@@ -63,14 +63,121 @@ pub fn pkcs11_statement_payload(predicate: &Pkcs11LineagePredicate<'_>) -> Vec<u
     serde_json::to_vec(&statement).unwrap_or_default()
 }
 
-/// A key's lineage as carried in bundles.
+/// What the hardware and the operator's PKI say about one key.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct Lineage {
+pub struct Attestation {
     pub backend: String,
+    /// The device's statement about the key (PKCS#11: its attributes).
     pub statement: Envelope,
     /// Base64 DER of the device certificate.
     pub device_certificate: String,
     /// Base64 DER of intermediate CA certificates, device side first.
     pub certificate_chain: Vec<String>,
+}
+
+/// An earlier version of the actor's key, as the lineage of a rotated key carries it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PredecessorKey {
+    pub version: u32,
+    pub key_id: String,
+    /// Base64 SubjectPublicKeyInfo DER.
+    pub public_key: String,
+    #[serde(flatten)]
+    pub attestation: Attestation,
+}
+
+/// A key's lineage as carried in bundles: its own attestation and, for a rotated key, every
+/// earlier version with the rotation statements that link them (version 1 first).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Lineage {
+    #[serde(flatten)]
+    pub attestation: Attestation,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub predecessors: Vec<PredecessorKey>,
+    /// Rotation statements, each signed by the version it retires: 1→2, 2→3, …
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rotations: Vec<Envelope>,
+}
+
+/// Predicate type URI of rotation statements.
+pub const ROTATION_PREDICATE_TYPE: &str = "https://actseal.dev/rotation/v1";
+/// Predicate type URI of retirement statements.
+pub const RETIREMENT_PREDICATE_TYPE: &str = "https://actseal.dev/retirement/v1";
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionRef<'a> {
+    pub version: u32,
+    pub key_id: &'a str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RotationPredicate<'a> {
+    actor: &'a str,
+    previous: VersionRef<'a>,
+    next: VersionRef<'a>,
+    next_backend: &'a str,
+    rotated_at: &'a str,
+}
+
+/// The payload of a rotation statement: the previous version names its successor.
+pub fn rotation_payload(
+    actor: &str,
+    previous: VersionRef<'_>,
+    next: VersionRef<'_>,
+    next_backend: &str,
+    rotated_at: &str,
+) -> Vec<u8> {
+    let statement = Statement {
+        statement_type: IN_TOTO_STATEMENT_V1,
+        subject: vec![Subject {
+            name: format!("{actor}#{}", next.version),
+            digest: Digest {
+                sha256: next.key_id.to_owned(),
+            },
+        }],
+        predicate_type: ROTATION_PREDICATE_TYPE,
+        predicate: RotationPredicate {
+            actor,
+            previous,
+            next,
+            next_backend,
+            rotated_at,
+        },
+    };
+    serde_json::to_vec(&statement).unwrap_or_default()
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RetirementPredicate<'a> {
+    actor: &'a str,
+    version: u32,
+    key_id: &'a str,
+    retired_at: &'a str,
+}
+
+/// The payload of a retirement statement, which the log key signs.
+pub fn retirement_payload(actor: &str, version: u32, key_id: &str, retired_at: &str) -> Vec<u8> {
+    let statement = Statement {
+        statement_type: IN_TOTO_STATEMENT_V1,
+        subject: vec![Subject {
+            name: format!("{actor}#{version}"),
+            digest: Digest {
+                sha256: key_id.to_owned(),
+            },
+        }],
+        predicate_type: RETIREMENT_PREDICATE_TYPE,
+        predicate: RetirementPredicate {
+            actor,
+            version,
+            key_id,
+            retired_at,
+        },
+    };
+    serde_json::to_vec(&statement).unwrap_or_default()
 }

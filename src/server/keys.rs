@@ -6,11 +6,11 @@ use std::sync::Arc;
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use tonic::{Request, Response, Status};
 
-use super::{DaemonState, blocking, validate};
+use super::{DaemonState, blocking, sequencer::RotationPlan, validate};
 use crate::{
     api::{
         ActorKey, AdoptKeyRequest, CreateKeyRequest, ListKeysRequest, ListKeysResponse,
-        adopt_key_request::Selector, key_admin_server::KeyAdmin,
+        RetireKeyRequest, RotateKeyRequest, adopt_key_request::Selector, key_admin_server::KeyAdmin,
     },
     backend::{Backend, BackendError, HardwareKey, KeyEvidence, KeySelector},
     ledger::{KeyRecord, KeyState},
@@ -19,13 +19,16 @@ use crate::{
         IN_TOTO_PAYLOAD_TYPE,
         dsse::{Envelope, signing_digest},
         key_id,
-        lineage::{KeyOrigin, Lineage, Pkcs11LineagePredicate, pkcs11_statement_payload},
+        lineage::{
+            Attestation, KeyOrigin, Lineage, Pkcs11LineagePredicate, PredecessorKey, VersionRef,
+            pkcs11_statement_payload, rotation_payload,
+        },
         now_rfc3339, spki_der,
     },
 };
 
 /// Has the device sign what the hardware states about a key.
-pub fn build_lineage(
+pub fn build_attestation(
     backend: &dyn Backend,
     device: &DeviceIdentity,
     actor: &str,
@@ -33,7 +36,7 @@ pub fn build_lineage(
     key: &HardwareKey,
     origin: KeyOrigin,
     created_at: &str,
-) -> Result<Lineage, BackendError> {
+) -> Result<Attestation, BackendError> {
     let KeyEvidence::Pkcs11(facts) = backend.key_evidence(&key.key_ref)?;
     let reasons = facts.attributes.unfit_reasons();
     if !reasons.is_empty() {
@@ -51,12 +54,21 @@ pub fn build_lineage(
     });
     let signature =
         backend.sign_digest(&device.key, &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload))?;
-    Ok(Lineage {
+    Ok(Attestation {
         backend: backend.kind().as_str().into(),
         statement: Envelope::new(IN_TOTO_PAYLOAD_TYPE, &payload, &device.key_id, &signature),
         device_certificate: B64.encode(&device.certificate_der),
         certificate_chain: device.chain_der.iter().map(|c| B64.encode(c)).collect(),
     })
+}
+
+/// The lineage of a first key version: its attestation alone.
+pub fn first_lineage(attestation: Attestation) -> Lineage {
+    Lineage {
+        attestation,
+        predecessors: Vec::new(),
+        rotations: Vec::new(),
+    }
 }
 
 pub(crate) fn to_api(key: &KeyRecord) -> ActorKey {
@@ -70,6 +82,7 @@ pub(crate) fn to_api(key: &KeyRecord) -> ActorKey {
         created_at: key.created_at.clone(),
         origin: key.origin.as_str().into(),
         lineage_json: serde_json::to_string(&key.lineage).unwrap_or_default(),
+        retired_at: key.retired_at.clone().unwrap_or_default(),
     }
 }
 
@@ -100,7 +113,7 @@ impl KeyAdminService {
         let record = blocking(move || {
             let key = obtain(state.backend.as_ref())?;
             let created_at = now_rfc3339();
-            let lineage = build_lineage(
+            let attestation = build_attestation(
                 state.backend.as_ref(),
                 &state.device,
                 &record_actor,
@@ -124,7 +137,8 @@ impl KeyAdminService {
                 origin,
                 state: KeyState::Active,
                 created_at,
-                lineage,
+                lineage: first_lineage(attestation),
+                retired_at: None,
             })
         })
         .await??;
@@ -198,4 +212,142 @@ impl KeyAdmin for KeyAdminService {
         })
         .await
     }
+
+    async fn rotate_key(
+        &self,
+        request: Request<RotateKeyRequest>,
+    ) -> Result<Response<ActorKey>, Status> {
+        let actor = request.into_inner().actor;
+        validate::actor(&actor)?;
+        let previous = self.active_key(&actor).await?;
+        let state = Arc::clone(&self.state);
+        let plan = blocking(move || plan_rotation(&state, previous)).await??;
+        let answer = to_api(&plan.new_key);
+        let new_ref = plan.new_key.key_ref.clone();
+        if let Err(e) = self.state.sequencer.rotate(plan).await {
+            let state = Arc::clone(&self.state);
+            let _ = blocking(move || state.backend.destroy_key(&new_ref)).await;
+            return Err(e.into());
+        }
+        tracing::info!(actor = %actor, version = answer.version, key_id = %answer.key_id, "actor key rotated");
+        Ok(Response::new(answer))
+    }
+
+    async fn retire_key(
+        &self,
+        request: Request<RetireKeyRequest>,
+    ) -> Result<Response<ActorKey>, Status> {
+        let RetireKeyRequest { actor, version } = request.into_inner();
+        validate::actor(&actor)?;
+        if version == 0 {
+            return Err(Status::invalid_argument("version: name the version to retire"));
+        }
+        self.state.sequencer.retire(actor.clone(), version).await?;
+        tracing::info!(actor = %actor, version, "actor key retired");
+        let state = Arc::clone(&self.state);
+        let lookup = actor.clone();
+        let keys = blocking(move || state.keys(Some(&lookup))).await??;
+        keys.iter()
+            .find(|k| k.version == version)
+            .map(|k| Response::new(to_api(k)))
+            .ok_or_else(|| Status::internal("retired key vanished"))
+    }
+}
+
+impl KeyAdminService {
+    async fn active_key(&self, actor: &str) -> Result<KeyRecord, Status> {
+        let state = Arc::clone(&self.state);
+        let lookup = actor.to_owned();
+        let keys = blocking(move || state.keys(Some(&lookup))).await??;
+        if keys.is_empty() {
+            return Err(Status::not_found(format!("actor {actor:?} has no key")));
+        }
+        keys.into_iter()
+            .filter(|k| k.state == KeyState::Active)
+            .max_by_key(|k| k.version)
+            .ok_or_else(|| {
+                Status::failed_precondition(format!("actor {actor:?} has no active key: it was retired"))
+            })
+    }
+}
+
+/// Generates the next key version, has the device attest it and the previous version sign
+/// the rotation statement naming it.
+fn plan_rotation(state: &DaemonState, previous: KeyRecord) -> Result<RotationPlan, BackendError> {
+    let backend = state.backend.as_ref();
+    let version = previous.version + 1;
+    let key = backend.create_key(&format!("actseal {} v{version}", previous.actor))?;
+    let created_at = now_rfc3339();
+    let new_key_id = key_id(&key.public_key);
+    let built = (|| {
+        let attestation = build_attestation(
+            backend,
+            &state.device,
+            &previous.actor,
+            version,
+            &key,
+            KeyOrigin::Generated,
+            &created_at,
+        )?;
+        let payload = rotation_payload(
+            &previous.actor,
+            VersionRef {
+                version: previous.version,
+                key_id: &previous.key_id,
+            },
+            VersionRef {
+                version,
+                key_id: &new_key_id,
+            },
+            backend.kind().as_str(),
+            &created_at,
+        );
+        let previous_key = HardwareKey {
+            key_ref: previous.key_ref.clone(),
+            public_key: previous.public_key,
+        };
+        let signature =
+            backend.sign_digest(&previous_key, &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload))?;
+        Ok::<_, BackendError>((
+            attestation,
+            Envelope::new(IN_TOTO_PAYLOAD_TYPE, &payload, &previous.key_id, &signature),
+        ))
+    })();
+    let (attestation, statement) = match built {
+        Ok(parts) => parts,
+        Err(e) => {
+            let _ = backend.destroy_key(&key.key_ref);
+            return Err(e);
+        }
+    };
+    let mut predecessors = previous.lineage.predecessors.clone();
+    predecessors.push(PredecessorKey {
+        version: previous.version,
+        key_id: previous.key_id.clone(),
+        public_key: B64.encode(spki_der(&previous.public_key)),
+        attestation: previous.lineage.attestation.clone(),
+    });
+    let mut rotations = previous.lineage.rotations.clone();
+    rotations.push(statement.clone());
+    Ok(RotationPlan {
+        previous_version: previous.version,
+        new_key: KeyRecord {
+            actor: previous.actor,
+            version,
+            backend: backend.kind(),
+            key_ref: key.key_ref,
+            key_id: new_key_id,
+            public_key: key.public_key,
+            origin: KeyOrigin::Generated,
+            state: KeyState::Active,
+            created_at,
+            lineage: Lineage {
+                attestation,
+                predecessors,
+                rotations,
+            },
+            retired_at: None,
+        },
+        statement,
+    })
 }

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::{Status, transport::Server};
 
-pub use keys::build_lineage;
+pub use keys::build_attestation;
 
 use crate::{
     api::{key_admin_server::KeyAdminServer, signer_server::SignerServer},
@@ -26,8 +26,9 @@ use crate::{
         pkcs11::{Pkcs11Backend, load_module},
     },
     config::Config,
-    ledger::{KeyRecord, Store, StoreError},
+    ledger::{KeyRecord, Store, StoreError, integrity},
     pki::device::{DeviceIdentity, load_identity},
+    proof::{key_id, lineage::KeyOrigin, now_rfc3339},
 };
 
 /// Largest gRPC message accepted: a maximal document plus the rest of a request.
@@ -42,14 +43,16 @@ pub struct DaemonState {
     pub(crate) device: DeviceIdentity,
     reader: Mutex<Store>,
     pub(crate) sequencer: sequencer::SequencerHandle,
+    pub(crate) log: sequencer::LogIdentity,
 }
 
 impl DaemonState {
     fn keys(&self, actor: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
-        self.reader
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys(actor)
+        self.reader().keys(actor)
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -72,6 +75,12 @@ pub enum StartError {
     #[error("state: {0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
+    Integrity(#[from] integrity::IntegrityError),
+    #[error("sequencer: {0}")]
+    Sequencer(#[from] sequencer::SequencerError),
+    #[error("log key: {0}")]
+    LogKey(String),
+    #[error("{0}")]
     Config(String),
     #[error("listener {what}: {reason}")]
     Listen { what: String, reason: String },
@@ -84,6 +93,84 @@ pub fn open_backend(config: &Config) -> Result<Pkcs11Backend, StartError> {
         load_module(&settings.module)?,
         &settings,
     )?)
+}
+
+const META_ORIGIN: &str = "log.origin";
+const META_KEY_REF: &str = "log.key_ref";
+const META_PUBLIC_KEY: &str = "log.public_key";
+const META_LINEAGE: &str = "log.lineage";
+
+/// Loads the log's identity, creating the log key (attested by the device like an actor key
+/// whose actor is the origin) on first start.
+fn open_log(
+    store: &Store,
+    backend: &dyn Backend,
+    device: &DeviceIdentity,
+    configured_origin: Option<&str>,
+    token_serial: &str,
+) -> Result<sequencer::LogIdentity, StartError> {
+    use base64::{Engine, engine::general_purpose::STANDARD as B64};
+    use spki::DecodePublicKey;
+    let bad = |what: &str| StartError::LogKey(format!("stored {what} is unreadable"));
+    if let Some(origin) = store.meta(META_ORIGIN)? {
+        if let Some(configured) = configured_origin
+            && configured != origin
+        {
+            return Err(StartError::Config(format!(
+                "ledger.origin is {configured:?} but this log's origin is {origin:?}; a log's origin never changes"
+            )));
+        }
+        let key_ref = store.meta(META_KEY_REF)?.ok_or_else(|| bad("key reference"))?;
+        let spki = B64
+            .decode(store.meta(META_PUBLIC_KEY)?.ok_or_else(|| bad("public key"))?)
+            .map_err(|_| bad("public key"))?;
+        let public_key = p256::PublicKey::from_public_key_der(&spki).map_err(|_| bad("public key"))?;
+        let lineage = serde_json::from_str(&store.meta(META_LINEAGE)?.ok_or_else(|| bad("lineage"))?)
+            .map_err(|_| bad("lineage"))?;
+        return Ok(sequencer::LogIdentity {
+            origin,
+            key_id: key_id(&public_key),
+            key: crate::backend::HardwareKey {
+                key_ref: crate::backend::KeyRef(key_ref),
+                public_key,
+            },
+            lineage,
+        });
+    }
+    let origin = configured_origin
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("actseal/{token_serial}"));
+    if origin.is_empty() || origin.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(StartError::Config(format!(
+            "ledger.origin {origin:?} must be non-empty, without spaces or control characters"
+        )));
+    }
+    let key = backend.create_key("actseal-log")?;
+    let attestation = build_attestation(
+        backend,
+        device,
+        &origin,
+        1,
+        &key,
+        KeyOrigin::Generated,
+        &now_rfc3339(),
+    )?;
+    let lineage = keys::first_lineage(attestation);
+    store.set_meta(META_KEY_REF, &key.key_ref.0)?;
+    store.set_meta(META_PUBLIC_KEY, &B64.encode(crate::proof::spki_der(&key.public_key)))?;
+    store.set_meta(
+        META_LINEAGE,
+        &serde_json::to_string(&lineage).map_err(|e| StartError::LogKey(e.to_string()))?,
+    )?;
+    // Written last: its presence means the identity is complete.
+    store.set_meta(META_ORIGIN, &origin)?;
+    tracing::info!(origin = %origin, key_id = %key_id(&key.public_key), "log key created");
+    Ok(sequencer::LogIdentity {
+        origin,
+        key_id: key_id(&key.public_key),
+        key,
+        lineage,
+    })
 }
 
 fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
@@ -136,15 +223,31 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let backend = tokio::task::block_in_place(|| open_backend(&config))?;
     let device_key = tokio::task::block_in_place(|| backend.device_key(false))?;
     let device = load_identity(&config.state.device_certificate(), device_key)?;
+    let token_serial = backend.token().serial.clone();
     let backend: Arc<dyn Backend> = Arc::new(backend);
     let database = config.state.database();
+    let reader = Store::open(&database)?;
+    let log = tokio::task::block_in_place(|| {
+        open_log(&reader, backend.as_ref(), &device, config.ledger.origin.as_deref(), &token_serial)
+    })?;
+    let status = tokio::task::block_in_place(|| {
+        let spki = log.spki_der();
+        integrity::check(&reader, &log.origin, |note| {
+            crate::verify::checkpoint::verify_checkpoint(note, &log.origin, &spki)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    })
+    .inspect_err(|e| tracing::error!(error = %e, "refusing to sign on a broken log"))?;
+    tracing::info!(origin = %log.origin, size = status.size, root = %hex::encode(status.root), "log verified");
     let (sequencer, sequencer_thread) =
-        sequencer::start(Store::open(&database)?, Arc::clone(&backend))?;
+        sequencer::start(Store::open(&database)?, Arc::clone(&backend), log.clone())?;
     let state = Arc::new(DaemonState {
         backend,
         device,
-        reader: Mutex::new(Store::open(&database)?),
+        reader: Mutex::new(reader),
         sequencer,
+        log,
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

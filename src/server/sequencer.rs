@@ -1,32 +1,70 @@
-//! The sequencer: the one place where receipts get their log index, per-actor sequence
-//! number and previous-receipt digest, are signed, and are committed.
+//! The sequencer: the one place where log entries get their index, receipts their per-actor
+//! sequence number and previous-receipt digest, and where the log grows.
 //!
-//! It is a single thread that owns the write connection. Requests that arrive while it works
-//! are taken as a batch: each is signed in order, and the batch is committed in one
-//! transaction before any caller in it is answered (group commit). Ordering is therefore
-//! never in doubt, and an fsync is shared by every receipt of a batch.
+//! It is a single thread that owns the write connection. Commands that arrive while it works
+//! are taken as a batch: each is signed in order and appended to the Merkle tree, then the
+//! log key signs a checkpoint of the new tree, every receipt of the batch gets its inclusion
+//! proof against it, and the whole batch is committed in one transaction before any caller
+//! is answered (group commit). Ordering is never in doubt, an fsync and a checkpoint
+//! signature are shared by the batch, and nobody is told "signed" before it is on disk.
 
-use std::{collections::HashMap, sync::Arc, thread};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    thread,
+};
 
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use super::validate::ValidAction;
 use crate::{
-    backend::{Backend, BackendError},
-    ledger::{ActorHead, KeyRecord, KeyState, ReceiptRow, Store, StoreError},
+    backend::{Backend, BackendError, HardwareKey},
+    ledger::{
+        ActorHead, Batch, CheckpointRow, EntryKind, EntryRow, KeyChange, KeyRecord, KeyState,
+        ReceiptRow, Store, StoreError,
+        checkpoint::Checkpoint,
+        entry,
+        merkle::{self, Frontier, Hash, MerkleError, NodeReader},
+    },
     proof::{
         IN_TOTO_PAYLOAD_TYPE,
-        bundle::{ActorKeyInBundle, BUNDLE_MEDIA_TYPE, Bundle},
+        bundle::{ActorKeyInBundle, BUNDLE_MEDIA_TYPE, Bundle, LogKeyInBundle, LogProof},
         dsse::{Envelope, signing_digest},
+        lineage::{Lineage, retirement_payload},
         now_rfc3339,
         receipt::{self, Action, KeyRefInReceipt, ReceiptPredicate, ReceiptStatement},
         spki_der,
     },
 };
 
-/// Most requests taken into one batch (one commit).
+/// Most commands taken into one batch (one commit, one checkpoint).
 const MAX_BATCH: usize = 256;
+
+/// The log's identity: its origin and the hardware key that signs its checkpoints.
+#[derive(Debug, Clone)]
+pub struct LogIdentity {
+    pub origin: String,
+    pub key: HardwareKey,
+    pub key_id: String,
+    pub lineage: Lineage,
+}
+
+impl LogIdentity {
+    pub fn spki_der(&self) -> Vec<u8> {
+        spki_der(&self.key.public_key)
+    }
+
+    pub fn in_bundle(&self) -> LogKeyInBundle {
+        LogKeyInBundle {
+            key_name: self.origin.clone(),
+            key_id: self.key_id.clone(),
+            public_key: B64.encode(self.spki_der()),
+            lineage: self.lineage.clone(),
+        }
+    }
+}
 
 /// A signed and durably stored receipt.
 #[derive(Debug, Clone)]
@@ -39,29 +77,45 @@ pub struct SignedReceipt {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SequencerError {
-    #[error("actor {0:?} has no active key")]
+    #[error("actor {0:?} has no key")]
     UnknownActor(String),
+    #[error("{0}")]
+    Precondition(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the receipt could not be stored: {0}")]
+    #[error("log: {0}")]
+    Log(#[from] MerkleError),
+    #[error("nothing was stored: {0}")]
     NotStored(String),
     #[error("the sequencer has stopped")]
     Stopped,
 }
 
-enum Command {
-    Sign(
-        ValidAction,
-        oneshot::Sender<Result<SignedReceipt, SequencerError>>,
-    ),
-    RegisterKey(Box<KeyRecord>, oneshot::Sender<Result<(), SequencerError>>),
+/// A rotation prepared by the key service: the new version with its lineage, and the
+/// rotation statement the previous version signed.
+#[derive(Debug)]
+pub struct RotationPlan {
+    pub previous_version: u32,
+    pub new_key: KeyRecord,
+    pub statement: Envelope,
 }
 
-/// Where an actor's next receipt goes.
+type Reply<T> = oneshot::Sender<Result<T, SequencerError>>;
+
+enum Command {
+    Sign(ValidAction, Option<String>, Reply<SignedReceipt>),
+    RegisterKey(Box<KeyRecord>, Reply<()>),
+    Rotate(Box<RotationPlan>, Reply<()>),
+    Retire(String, u32, Reply<()>),
+}
+
+/// Where an actor's next receipt goes. `key` is `None` once the actor's key is retired.
 struct ActorChain {
-    key: Arc<KeyRecord>,
+    key: Option<Arc<KeyRecord>>,
     head: Option<ActorHead>,
 }
 
@@ -72,150 +126,264 @@ pub struct SequencerHandle {
 }
 
 impl SequencerHandle {
-    pub async fn sign(&self, action: ValidAction) -> Result<SignedReceipt, SequencerError> {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SequencerError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Command::Sign(action, reply))
+            .send(make(reply))
             .await
             .map_err(|_| SequencerError::Stopped)?;
         answer.await.map_err(|_| SequencerError::Stopped)?
     }
 
-    /// Stores a new key version and makes it the actor's active key.
-    pub async fn register_key(&self, key: KeyRecord) -> Result<(), SequencerError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Command::RegisterKey(Box::new(key), reply))
-            .await
-            .map_err(|_| SequencerError::Stopped)?;
-        answer.await.map_err(|_| SequencerError::Stopped)?
+    /// Signs an action; with a request id, a retry returns the first answer.
+    pub async fn sign(
+        &self,
+        action: ValidAction,
+        request_id: Option<String>,
+    ) -> Result<SignedReceipt, SequencerError> {
+        self.call(|reply| Command::Sign(action, request_id, reply)).await
     }
+
+    /// Stores an actor's first key version.
+    pub async fn register_key(&self, key: KeyRecord) -> Result<(), SequencerError> {
+        self.call(|reply| Command::RegisterKey(Box::new(key), reply)).await
+    }
+
+    /// Retires the previous version and makes the new one active; a log entry.
+    pub async fn rotate(&self, plan: RotationPlan) -> Result<(), SequencerError> {
+        self.call(|reply| Command::Rotate(Box::new(plan), reply)).await
+    }
+
+    /// Retires an actor's active version; a log entry signed by the log key.
+    pub async fn retire(&self, actor: String, version: u32) -> Result<(), SequencerError> {
+        self.call(|reply| Command::Retire(actor, version, reply)).await
+    }
+}
+
+/// Tree nodes written by the batch in flight, over those already stored.
+struct Overlay<'a> {
+    store: &'a Store,
+    staged: &'a HashMap<(u8, u64), Hash>,
+}
+
+impl NodeReader for Overlay<'_> {
+    fn node(&self, level: u8, index: u64) -> Result<Hash, MerkleError> {
+        match self.staged.get(&(level, index)) {
+            Some(hash) => Ok(*hash),
+            None => NodeReader::node(self.store, level, index),
+        }
+    }
+}
+
+/// A receipt signed in this batch, waiting for its inclusion proof and the commit.
+struct PendingReceipt {
+    row: ReceiptRow,
+    bundle: Bundle,
+    reply: Option<Reply<SignedReceipt>>,
+}
+
+/// What one batch has staged so far.
+#[derive(Default)]
+struct Staged {
+    batch: Batch,
+    nodes: HashMap<(u8, u64), Hash>,
+    receipts: Vec<PendingReceipt>,
+    /// Retries of a request made earlier in the same batch: (log index, reply).
+    followers: Vec<(u64, Reply<SignedReceipt>)>,
+    requests: HashMap<String, ([u8; 32], u64)>,
+    key_replies: Vec<Reply<()>>,
 }
 
 struct Sequencer {
     store: Store,
     backend: Arc<dyn Backend>,
+    log: LogIdentity,
     actors: HashMap<String, ActorChain>,
-    next_index: u64,
-}
-
-/// A receipt signed but not yet committed, with the caller waiting for it.
-struct Pending {
-    row: ReceiptRow,
-    answer: SignedReceipt,
-    reply: oneshot::Sender<Result<SignedReceipt, SequencerError>>,
+    frontier: Frontier,
 }
 
 /// Starts the sequencer thread on `store`. It stops when every handle is dropped.
 pub fn start(
     store: Store,
     backend: Arc<dyn Backend>,
-) -> Result<(SequencerHandle, thread::JoinHandle<()>), StoreError> {
+    log: LogIdentity,
+) -> Result<(SequencerHandle, thread::JoinHandle<()>), SequencerError> {
     let mut sequencer = Sequencer {
         store,
         backend,
+        log,
         actors: HashMap::new(),
-        next_index: 0,
+        frontier: Frontier::default(),
     };
     sequencer.reload()?;
     let (tx, rx) = mpsc::channel(1024);
     let thread = thread::Builder::new()
         .name("actseal-sequencer".into())
         .spawn(move || sequencer.run(rx))
-        .map_err(|e| StoreError::Corrupt(format!("cannot start sequencer thread: {e}")))?;
+        .map_err(|e| SequencerError::NotStored(format!("cannot start sequencer thread: {e}")))?;
     Ok((SequencerHandle { tx }, thread))
 }
 
+fn receipt_answer(pending: &PendingReceipt, bundle_json: String) -> SignedReceipt {
+    SignedReceipt {
+        bundle_json,
+        log_index: pending.row.log_index,
+        sequence: pending.row.sequence,
+        key_id: pending.row.key_id.clone(),
+    }
+}
+
 impl Sequencer {
-    /// Rebuilds the in-memory chain heads from the database, the source of truth.
-    fn reload(&mut self) -> Result<(), StoreError> {
+    /// Rebuilds the in-memory state from the database, the source of truth.
+    fn reload(&mut self) -> Result<(), SequencerError> {
         let heads = self.store.actor_heads()?;
-        let mut actors = HashMap::new();
+        let mut actors: HashMap<String, ActorChain> = HashMap::new();
         for key in self.store.keys(None)? {
-            if key.state != KeyState::Active {
-                continue;
-            }
-            let head = heads.get(&key.actor).copied();
-            let actor = key.actor.clone();
-            let newer = actors
-                .get(&actor)
-                .is_none_or(|chain: &ActorChain| chain.key.version < key.version);
-            if newer {
-                actors.insert(
-                    actor,
-                    ActorChain {
-                        key: Arc::new(key),
-                        head,
-                    },
-                );
+            let chain = actors.entry(key.actor.clone()).or_insert(ActorChain {
+                key: None,
+                head: heads.get(&key.actor).copied(),
+            });
+            if key.state == KeyState::Active {
+                chain.key = Some(Arc::new(key));
             }
         }
         self.actors = actors;
-        self.next_index = self.store.next_log_index()?;
+        let size = self.store.next_log_index()?;
+        self.frontier = Frontier::from_reader(&self.store, size)?;
         Ok(())
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(first) = rx.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
+            let mut commands = vec![first];
+            while commands.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(command) => batch.push(command),
+                    Ok(command) => commands.push(command),
                     Err(_) => break,
                 }
             }
-            let mut pending = Vec::with_capacity(batch.len());
-            for command in batch {
-                match command {
-                    Command::Sign(action, reply) => match self.sign(&action) {
-                        Ok((row, answer)) => pending.push(Pending { row, answer, reply }),
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    },
-                    Command::RegisterKey(key, reply) => {
-                        // Keys are registered between commits so the order stays obvious.
-                        self.commit(std::mem::take(&mut pending));
-                        let _ = reply.send(self.register(*key));
-                    }
-                }
+            let mut staged = Staged::default();
+            for command in commands {
+                self.stage(&mut staged, command);
             }
-            self.commit(pending);
+            self.finish(staged);
         }
         tracing::debug!("sequencer stopped");
     }
 
-    fn register(&mut self, key: KeyRecord) -> Result<(), SequencerError> {
-        self.store.insert_key(&key)?;
-        let head = self.actors.get(&key.actor).and_then(|chain| chain.head);
-        self.actors.insert(
-            key.actor.clone(),
-            ActorChain {
-                key: Arc::new(key),
-                head,
+    fn stage(&mut self, staged: &mut Staged, command: Command) {
+        match command {
+            Command::Sign(action, request_id, reply) => {
+                if let Err(e) = self.stage_sign(staged, &action, request_id, reply) {
+                    // stage_sign answers on success paths itself; errors come back here.
+                    let (e, reply) = *e;
+                    let _ = reply.send(Err(e));
+                }
+            }
+            Command::RegisterKey(key, reply) => match self.stage_register(staged, *key) {
+                Ok(()) => staged.key_replies.push(reply),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
             },
-        );
-        Ok(())
+            Command::Rotate(plan, reply) => match self.stage_rotate(staged, *plan) {
+                Ok(()) => staged.key_replies.push(reply),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Retire(actor, version, reply) => {
+                match self.stage_retire(staged, &actor, version) {
+                    Ok(()) => staged.key_replies.push(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+        }
     }
 
-    /// Signs the next receipt for an actor and advances its chain in memory; the database
-    /// follows at commit (and memory is reloaded from it if the commit fails).
-    fn sign(
+    /// Appends an entry to the tree in memory and stages its row and nodes.
+    fn append_entry(&mut self, staged: &mut Staged, kind: EntryKind, actor: &str, bytes: Vec<u8>) -> u64 {
+        let index = self.frontier.size();
+        for (level, node_index, hash) in self.frontier.append(merkle::leaf_hash(&bytes)) {
+            staged.nodes.insert((level, node_index), hash);
+            staged.batch.nodes.push((level, node_index, hash));
+        }
+        staged.batch.entries.push(EntryRow {
+            log_index: index,
+            kind,
+            actor: actor.to_owned(),
+            entry: bytes,
+        });
+        index
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn stage_sign(
         &mut self,
+        staged: &mut Staged,
         action: &ValidAction,
-    ) -> Result<(ReceiptRow, SignedReceipt), SequencerError> {
-        let chain = self
-            .actors
-            .get(&action.actor)
-            .ok_or_else(|| SequencerError::UnknownActor(action.actor.clone()))?;
-        let key = Arc::clone(&chain.key);
+        request_id: Option<String>,
+        reply: Reply<SignedReceipt>,
+    ) -> Result<(), Box<(SequencerError, Reply<SignedReceipt>)>> {
+        macro_rules! fail {
+            ($e:expr) => {
+                return Err(Box::new(($e, reply)))
+            };
+        }
+        let fingerprint = action.fingerprint();
+        if let Some(id) = &request_id {
+            let earlier = match staged.requests.get(id).copied() {
+                Some(found) => Some(found),
+                None => match self.store.request(id) {
+                    Ok(found) => found,
+                    Err(e) => fail!(e.into()),
+                },
+            };
+            if let Some((earlier_fingerprint, index)) = earlier {
+                if earlier_fingerprint != fingerprint {
+                    fail!(SequencerError::Conflict(format!(
+                        "request_id {id:?} was used for a different request"
+                    )));
+                }
+                if staged.receipts.iter().any(|p| p.row.log_index == index) {
+                    staged.followers.push((index, reply));
+                    return Ok(());
+                }
+                match self.store.receipt(index) {
+                    Ok(Some((sequence, key_id, bundle_json))) => {
+                        let _ = reply.send(Ok(SignedReceipt {
+                            bundle_json,
+                            log_index: index,
+                            sequence,
+                            key_id,
+                        }));
+                        return Ok(());
+                    }
+                    Ok(None) => fail!(SequencerError::Store(StoreError::Corrupt(format!(
+                        "request {id:?} names missing receipt {index}"
+                    )))),
+                    Err(e) => fail!(e.into()),
+                }
+            }
+        }
+        let Some(chain) = self.actors.get(&action.actor) else {
+            fail!(SequencerError::UnknownActor(action.actor.clone()))
+        };
+        let Some(key) = chain.key.clone() else {
+            fail!(SequencerError::Precondition(format!(
+                "actor {:?} has no active key: it was retired",
+                action.actor
+            )))
+        };
         let sequence = chain.head.map_or(1, |h| h.sequence + 1);
         let previous_receipt = chain.head.map(|h| receipt::Digest {
             sha256: hex::encode(h.payload_sha256),
         });
-        let log_index = self.next_index;
+        let log_index = self.frontier.size();
         let signed_at = now_rfc3339();
-        let statement = ReceiptStatement::new(
+        let payload = ReceiptStatement::new(
             &action.document_sha256,
             ReceiptPredicate {
                 actor: action.actor.clone(),
@@ -236,85 +404,250 @@ impl Sequencer {
                 log_index,
                 mode: "single".into(),
             },
-        );
-        let payload = statement.to_payload();
-        let hardware_key = crate::backend::HardwareKey {
+        )
+        .to_payload();
+        let hardware_key = HardwareKey {
             key_ref: key.key_ref.clone(),
             public_key: key.public_key,
         };
-        let signature = self.backend.sign_digest(
-            &hardware_key,
-            &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload),
-        )?;
-        let bundle = Bundle {
-            media_type: BUNDLE_MEDIA_TYPE.into(),
-            receipt: Envelope::new(IN_TOTO_PAYLOAD_TYPE, &payload, &key.key_id, &signature),
-            actor_key: ActorKeyInBundle {
-                key_id: key.key_id.clone(),
-                public_key: {
-                    use base64::Engine;
-                    base64::engine::general_purpose::STANDARD.encode(spki_der(&key.public_key))
-                },
-            },
-            lineage: key.lineage.clone(),
+        let signature = match self
+            .backend
+            .sign_digest(&hardware_key, &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload))
+        {
+            Ok(signature) => signature,
+            Err(e) => fail!(e.into()),
         };
-        let bundle_json = bundle.to_json();
-        let payload_sha256: [u8; 32] = Sha256::digest(&payload).into();
+        let envelope = Envelope::new(IN_TOTO_PAYLOAD_TYPE, &payload, &key.key_id, &signature);
+        let bytes = match entry::encode(&envelope) {
+            Ok(bytes) => bytes,
+            Err(e) => fail!(SequencerError::NotStored(format!("entry encoding: {e}"))),
+        };
+        let appended = self.append_entry(staged, EntryKind::Receipt, &action.actor, bytes);
+        debug_assert_eq!(appended, log_index);
 
-        self.next_index += 1;
+        let payload_sha256: [u8; 32] = Sha256::digest(&payload).into();
         if let Some(chain) = self.actors.get_mut(&action.actor) {
             chain.head = Some(ActorHead {
                 sequence,
                 payload_sha256,
             });
         }
-        let row = ReceiptRow {
-            log_index,
-            actor: action.actor.clone(),
-            sequence,
-            key_id: key.key_id.clone(),
-            payload_sha256,
-            signed_at,
-            bundle_json: bundle_json.clone(),
-        };
-        let answer = SignedReceipt {
-            bundle_json,
-            log_index,
-            sequence,
-            key_id: key.key_id.clone(),
-        };
-        Ok((row, answer))
+        if let Some(id) = request_id {
+            staged.requests.insert(id.clone(), (fingerprint, log_index));
+            staged.batch.requests.push((id, fingerprint, log_index));
+        }
+        staged.receipts.push(PendingReceipt {
+            row: ReceiptRow {
+                log_index,
+                actor: action.actor.clone(),
+                sequence,
+                key_id: key.key_id.clone(),
+                payload_sha256,
+                signed_at,
+                bundle_json: String::new(),
+            },
+            bundle: Bundle {
+                media_type: BUNDLE_MEDIA_TYPE.into(),
+                receipt: envelope,
+                actor_key: ActorKeyInBundle {
+                    key_id: key.key_id.clone(),
+                    public_key: B64.encode(spki_der(&key.public_key)),
+                },
+                lineage: key.lineage.clone(),
+                // Filled in once the batch's checkpoint is signed.
+                log: LogProof::new(log_index, 0, &[], String::new(), self.log.in_bundle()),
+            },
+            reply: Some(reply),
+        });
+        Ok(())
     }
 
-    /// Commits a batch, then answers its callers: nobody hears "signed" before the receipt
-    /// is on disk.
-    fn commit(&mut self, pending: Vec<Pending>) {
-        if pending.is_empty() {
+    fn check_new_key(&self, staged: &Staged, key: &KeyRecord) -> Result<(), SequencerError> {
+        let taken = self.store.key_id_registered(&key.key_id)?
+            || staged.batch.keys.iter().any(
+                |change| matches!(change, KeyChange::Insert(k) if k.key_id == key.key_id),
+            )
+            || key.key_id == self.log.key_id;
+        if taken {
+            return Err(SequencerError::Conflict(format!(
+                "key {} is registered already",
+                key.key_id
+            )));
+        }
+        Ok(())
+    }
+
+    fn stage_register(&mut self, staged: &mut Staged, key: KeyRecord) -> Result<(), SequencerError> {
+        if self.actors.contains_key(&key.actor) {
+            return Err(SequencerError::Conflict(format!(
+                "actor {:?} has a key already; rotate it instead",
+                key.actor
+            )));
+        }
+        self.check_new_key(staged, &key)?;
+        let key = Arc::new(key);
+        self.actors.insert(
+            key.actor.clone(),
+            ActorChain {
+                key: Some(Arc::clone(&key)),
+                head: None,
+            },
+        );
+        staged.batch.keys.push(KeyChange::Insert(Box::new((*key).clone())));
+        Ok(())
+    }
+
+    fn active_version(&self, actor: &str, version: u32) -> Result<Arc<KeyRecord>, SequencerError> {
+        let chain = self
+            .actors
+            .get(actor)
+            .ok_or_else(|| SequencerError::UnknownActor(actor.to_owned()))?;
+        match &chain.key {
+            Some(key) if key.version == version => Ok(Arc::clone(key)),
+            Some(key) => Err(SequencerError::Precondition(format!(
+                "actor {actor:?}: version {version} is not the active version (v{} is)",
+                key.version
+            ))),
+            None => Err(SequencerError::Precondition(format!(
+                "actor {actor:?} has no active key: it was retired"
+            ))),
+        }
+    }
+
+    fn stage_rotate(&mut self, staged: &mut Staged, plan: RotationPlan) -> Result<(), SequencerError> {
+        let actor = plan.new_key.actor.clone();
+        self.active_version(&actor, plan.previous_version)?;
+        self.check_new_key(staged, &plan.new_key)?;
+        let bytes = entry::encode(&plan.statement)
+            .map_err(|e| SequencerError::NotStored(format!("entry encoding: {e}")))?;
+        self.append_entry(staged, EntryKind::Rotation, &actor, bytes);
+        let retired_at = plan.new_key.created_at.clone();
+        staged.batch.keys.push(KeyChange::Retire {
+            actor: actor.clone(),
+            version: plan.previous_version,
+            retired_at,
+        });
+        let new_key = Arc::new(plan.new_key);
+        staged.batch.keys.push(KeyChange::Insert(Box::new((*new_key).clone())));
+        if let Some(chain) = self.actors.get_mut(&actor) {
+            chain.key = Some(new_key);
+        }
+        Ok(())
+    }
+
+    fn stage_retire(&mut self, staged: &mut Staged, actor: &str, version: u32) -> Result<(), SequencerError> {
+        let key = self.active_version(actor, version)?;
+        let retired_at = now_rfc3339();
+        let payload = retirement_payload(actor, version, &key.key_id, &retired_at);
+        let signature = self
+            .backend
+            .sign_digest(&self.log.key, &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload))?;
+        let statement = Envelope::new(IN_TOTO_PAYLOAD_TYPE, &payload, &self.log.key_id, &signature);
+        let bytes = entry::encode(&statement)
+            .map_err(|e| SequencerError::NotStored(format!("entry encoding: {e}")))?;
+        self.append_entry(staged, EntryKind::Retirement, actor, bytes);
+        staged.batch.keys.push(KeyChange::Retire {
+            actor: actor.to_owned(),
+            version,
+            retired_at,
+        });
+        if let Some(chain) = self.actors.get_mut(actor) {
+            chain.key = None;
+        }
+        Ok(())
+    }
+
+    /// Signs the batch's checkpoint, proves each receipt against it, commits, then answers.
+    fn finish(&mut self, mut staged: Staged) {
+        if staged.batch.is_empty() {
             return;
         }
-        let rows: Vec<ReceiptRow> = pending.iter().map(|p| p.row.clone()).collect();
-        match self.store.append_receipts(&rows) {
+        match self.seal(&mut staged) {
             Ok(()) => {
-                for p in pending {
+                for pending in &staged.receipts {
                     tracing::info!(
-                        actor = %p.row.actor,
-                        sequence = p.row.sequence,
-                        log_index = p.row.log_index,
-                        key_id = %p.row.key_id,
+                        actor = %pending.row.actor,
+                        sequence = pending.row.sequence,
+                        log_index = pending.row.log_index,
+                        key_id = %pending.row.key_id,
                         "receipt signed"
                     );
-                    let _ = p.reply.send(Ok(p.answer));
+                }
+                let answers: HashMap<u64, SignedReceipt> = staged
+                    .receipts
+                    .iter()
+                    .map(|p| (p.row.log_index, receipt_answer(p, p.row.bundle_json.clone())))
+                    .collect();
+                for pending in staged.receipts {
+                    if let (Some(reply), Some(answer)) = (pending.reply, answers.get(&pending.row.log_index)) {
+                        let _ = reply.send(Ok(answer.clone()));
+                    }
+                }
+                for (index, reply) in staged.followers {
+                    let answer = answers
+                        .get(&index)
+                        .cloned()
+                        .ok_or_else(|| SequencerError::NotStored("retry lost its original".into()));
+                    let _ = reply.send(answer);
+                }
+                for reply in staged.key_replies {
+                    let _ = reply.send(Ok(()));
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, receipts = rows.len(), "commit failed; nothing in this batch was acknowledged");
-                for p in pending {
-                    let _ = p.reply.send(Err(SequencerError::NotStored(e.to_string())));
+                tracing::error!(error = %e, "batch failed; nothing in it was acknowledged");
+                let message = e.to_string();
+                for pending in staged.receipts {
+                    if let Some(reply) = pending.reply {
+                        let _ = reply.send(Err(SequencerError::NotStored(message.clone())));
+                    }
+                }
+                for (_, reply) in staged.followers {
+                    let _ = reply.send(Err(SequencerError::NotStored(message.clone())));
+                }
+                for reply in staged.key_replies {
+                    let _ = reply.send(Err(SequencerError::NotStored(message.clone())));
                 }
                 if let Err(e) = self.reload() {
-                    tracing::error!(error = %e, "cannot reload state after a failed commit");
+                    tracing::error!(error = %e, "cannot reload state after a failed batch");
                 }
             }
         }
+    }
+
+    fn seal(&mut self, staged: &mut Staged) -> Result<(), SequencerError> {
+        if !staged.batch.entries.is_empty() {
+            let checkpoint = Checkpoint {
+                origin: self.log.origin.clone(),
+                size: self.frontier.size(),
+                root: self.frontier.root(),
+            };
+            let note = checkpoint.signed_note(&self.log.origin, &self.log.spki_der(), |digest| {
+                self.backend.sign_digest(&self.log.key, digest)
+            })?;
+            let overlay = Overlay {
+                store: &self.store,
+                staged: &staged.nodes,
+            };
+            for pending in &mut staged.receipts {
+                let proof = merkle::inclusion_proof(&overlay, pending.row.log_index, checkpoint.size)?;
+                pending.bundle.log = LogProof::new(
+                    pending.row.log_index,
+                    checkpoint.size,
+                    &proof,
+                    note.clone(),
+                    self.log.in_bundle(),
+                );
+                pending.row.bundle_json = pending.bundle.to_json();
+                staged.batch.receipts.push(pending.row.clone());
+            }
+            staged.batch.checkpoint = Some(CheckpointRow {
+                size: checkpoint.size,
+                root: checkpoint.root,
+                note,
+            });
+        }
+        self.store.commit(&staged.batch)?;
+        Ok(())
     }
 }

@@ -1,21 +1,121 @@
-//! The `Signer` service: what services and agents call.
+//! The `Signer` service: what services and agents call, and what auditors ask the log.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::{DaemonState, blocking, keys::to_api, validate};
-use crate::api::{ActorKey, GetActorKeyRequest, SignRequest, SignResponse, signer_server::Signer};
+use crate::{
+    api::{
+        ActorKey, Checkpoint, ConsistencyProof, GetActorKeyRequest, GetCheckpointRequest,
+        GetConsistencyProofRequest, GetInclusionProofRequest, InclusionProof, SignRequest,
+        SignResponse, signer_server::Signer,
+    },
+    ledger::{CheckpointRow, Store, merkle},
+    proof::bundle::{Bundle, LogProof},
+};
 
 pub struct SignerService {
     pub(crate) state: Arc<DaemonState>,
+}
+
+/// The checkpoint a proof is made against: of `size`, or the newest when `size` is 0.
+fn checkpoint_for(store: &Store, size: u64, field: &str) -> Result<CheckpointRow, Status> {
+    let latest = store
+        .latest_checkpoint()?
+        .ok_or_else(|| Status::failed_precondition("the log is empty"))?;
+    if size == 0 || size == latest.size {
+        return Ok(latest);
+    }
+    if size > latest.size {
+        return Err(Status::out_of_range(format!(
+            "{field}: {size} is past the newest checkpoint ({})",
+            latest.size
+        )));
+    }
+    store.checkpoint(size)?.ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "{field}: no checkpoint was signed at size {size}; use 0 for the newest"
+        ))
+    })
+}
+
+fn merkle_status(e: merkle::MerkleError) -> Status {
+    match e {
+        merkle::MerkleError::OutOfRange(detail) => Status::out_of_range(detail),
+        other => {
+            tracing::error!(error = %other, "proof construction failed");
+            Status::internal("proof construction failed")
+        }
+    }
+}
+
+impl SignerService {
+    fn inclusion(&self, log_index: u64, tree_size: u64) -> Result<InclusionProof, Status> {
+        let store = self.state.reader();
+        let checkpoint = checkpoint_for(&store, tree_size, "tree_size")?;
+        if log_index >= checkpoint.size {
+            return Err(Status::out_of_range(format!(
+                "log_index: {log_index} is past the tree of size {}",
+                checkpoint.size
+            )));
+        }
+        let hashes = merkle::inclusion_proof(&*store, log_index, checkpoint.size).map_err(merkle_status)?;
+        // For a receipt, the refreshed bundle: the same receipt, proved against this checkpoint.
+        let bundle_json = match store.receipt(log_index)? {
+            Some((_, _, stored)) => {
+                let mut bundle: Bundle = serde_json::from_str(&stored)
+                    .map_err(|_| Status::internal("stored bundle is unreadable"))?;
+                bundle.log = LogProof::new(
+                    log_index,
+                    checkpoint.size,
+                    &hashes,
+                    checkpoint.note.clone(),
+                    self.state.log.in_bundle(),
+                );
+                bundle.to_json()
+            }
+            None => String::new(),
+        };
+        Ok(InclusionProof {
+            log_index,
+            tree_size: checkpoint.size,
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+            checkpoint: checkpoint.note,
+            bundle_json,
+        })
+    }
+
+    fn consistency(&self, old_size: u64, new_size: u64) -> Result<ConsistencyProof, Status> {
+        if old_size == 0 {
+            return Err(Status::invalid_argument("old_size: must be at least 1"));
+        }
+        let store = self.state.reader();
+        let new = checkpoint_for(&store, new_size, "new_size")?;
+        if old_size > new.size {
+            return Err(Status::invalid_argument(format!(
+                "old_size: {old_size} is larger than new_size {}",
+                new.size
+            )));
+        }
+        let old = checkpoint_for(&store, old_size, "old_size")?;
+        let hashes = merkle::consistency_proof(&*store, old.size, new.size).map_err(merkle_status)?;
+        Ok(ConsistencyProof {
+            old_size: old.size,
+            new_size: new.size,
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+            old_checkpoint: old.note,
+            new_checkpoint: new.note,
+        })
+    }
 }
 
 #[tonic::async_trait]
 impl Signer for SignerService {
     async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
         let action = validate::sign_request(request.get_ref())?;
-        let signed = self.state.sequencer.sign(action).await?;
+        let request_id = validate::request_id(&request.get_ref().request_id)?;
+        let signed = self.state.sequencer.sign(action, request_id).await?;
         Ok(Response::new(SignResponse {
             bundle_json: signed.bundle_json,
             log_index: signed.log_index,
@@ -42,12 +142,56 @@ impl Signer for SignerService {
         };
         match key {
             Some(key) => Ok(Response::new(to_api(key))),
-            None if keys.is_empty() => {
-                Err(Status::not_found(format!("actor {actor:?} has no key")))
-            }
+            None if keys.is_empty() => Err(Status::not_found(format!("actor {actor:?} has no key"))),
+            None if version == 0 => Err(Status::failed_precondition(format!(
+                "actor {actor:?} has no active key: it was retired"
+            ))),
             None => Err(Status::not_found(format!(
                 "actor {actor:?} has no key version {version}"
             ))),
         }
+    }
+
+    async fn get_checkpoint(
+        &self,
+        _request: Request<GetCheckpointRequest>,
+    ) -> Result<Response<Checkpoint>, Status> {
+        let state = Arc::clone(&self.state);
+        let latest = blocking(move || state.reader().latest_checkpoint()).await??;
+        let latest = latest.ok_or_else(|| Status::failed_precondition("the log is empty"))?;
+        Ok(Response::new(Checkpoint {
+            note: latest.note,
+            size: latest.size,
+            root_hash: latest.root.to_vec(),
+        }))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<GetInclusionProofRequest>,
+    ) -> Result<Response<InclusionProof>, Status> {
+        let GetInclusionProofRequest {
+            log_index,
+            tree_size,
+        } = request.into_inner();
+        let service = SignerService {
+            state: Arc::clone(&self.state),
+        };
+        Ok(Response::new(
+            blocking(move || service.inclusion(log_index, tree_size)).await??,
+        ))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<GetConsistencyProofRequest>,
+    ) -> Result<Response<ConsistencyProof>, Status> {
+        let GetConsistencyProofRequest { old_size, new_size } = request.into_inner();
+        let service = SignerService {
+            state: Arc::clone(&self.state),
+        };
+        Ok(Response::new(
+            blocking(move || service.consistency(old_size, new_size)).await??,
+        ))
     }
 }

@@ -45,10 +45,17 @@ impl From<SequencerError> for Status {
     fn from(e: SequencerError) -> Self {
         match e {
             SequencerError::UnknownActor(_) => Status::not_found(e.to_string()),
+            SequencerError::Precondition(_) => Status::failed_precondition(e.to_string()),
+            SequencerError::Conflict(_) => Status::already_exists(e.to_string()),
+            SequencerError::Log(_) => {
+                tracing::error!(error = %e, "log error");
+                Status::internal("log error")
+            }
             SequencerError::Backend(b) => b.into(),
             SequencerError::Store(s) => s.into(),
             SequencerError::NotStored(_) => {
-                Status::unavailable("the receipt could not be stored; nothing was signed for you")
+                tracing::error!(error = %e, "batch not stored");
+                Status::unavailable("the request could not be stored; nothing was done")
             }
             SequencerError::Stopped => Status::unavailable("the daemon is shutting down"),
         }

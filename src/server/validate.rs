@@ -15,6 +15,7 @@ pub const MAX_CONTEXT_ENTRIES: usize = 32;
 pub const MAX_CONTEXT_KEY_LEN: usize = 128;
 pub const MAX_CONTEXT_VALUE_LEN: usize = 1024;
 pub const MAX_CONTEXT_TOTAL: usize = 8 * 1024;
+pub const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// A field that failed validation, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +41,28 @@ pub struct ValidAction {
     pub document_sha256: [u8; 32],
     pub context: BTreeMap<String, String>,
     pub parent_sha256: Option<[u8; 32]>,
+}
+
+impl ValidAction {
+    /// A digest of everything the request asks to be signed, to tell a retry (same request id,
+    /// same content) from a reuse of the id for something else.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            hash.update((bytes.len() as u64).to_be_bytes());
+            hash.update(bytes);
+        };
+        field(self.actor.as_bytes());
+        field(self.action_type.as_bytes());
+        field(self.target.as_bytes());
+        field(&self.document_sha256);
+        field(self.parent_sha256.as_ref().map_or(&[][..], |p| &p[..]));
+        for (key, value) in &self.context {
+            field(key.as_bytes());
+            field(value.as_bytes());
+        }
+        hash.finalize().into()
+    }
 }
 
 /// Printable text: no control characters, which would let a caller forge lines in logs and
@@ -153,6 +176,20 @@ fn context(
         .collect())
 }
 
+/// The optional client request id: printable ASCII without spaces, at most 128 bytes.
+pub fn request_id(value: &str) -> Result<Option<String>, FieldError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value.len() > MAX_REQUEST_ID_LEN || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(field_error(
+            "request_id",
+            format!("must be 1 to {MAX_REQUEST_ID_LEN} printable ASCII characters without spaces"),
+        ));
+    }
+    Ok(Some(value.to_owned()))
+}
+
 /// Checks a sign request and hashes the document if the caller sent it.
 pub fn sign_request(request: &SignRequest) -> Result<ValidAction, FieldError> {
     actor(&request.actor)?;
@@ -208,6 +245,7 @@ mod tests {
             action: Some(Action::Document(b"{}".to_vec())),
             context: [("ticket".to_string(), "OPS-1".to_string())].into(),
             parent_action_sha256: vec![],
+            request_id: String::new(),
         }
     }
 

@@ -17,6 +17,7 @@
 )]
 
 mod anchors;
+pub mod checkpoint;
 mod bundle;
 mod digest;
 mod dsse;

@@ -96,6 +96,7 @@ pub fn sign_request(actor: &str, document: &[u8]) -> SignRequest {
         action: Some(Action::Document(document.to_vec())),
         context: [("ticket".to_string(), "FIN-8812".to_string())].into(),
         parent_action_sha256: vec![],
+        request_id: String::new(),
     }
 }
 
