@@ -6,11 +6,12 @@ use anyhow::{Context, Result, bail};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::{Connection, KeyCommand, SignArgs};
+use super::{Connection, KeyCommand, LogCommand, SignArgs};
 use crate::api::{
-    ActorKey, AdoptKeyRequest, CreateKeyRequest, GetActorKeyRequest, ListKeysRequest, SignRequest,
-    adopt_key_request::Selector, key_admin_client::KeyAdminClient, sign_request::Action,
-    signer_client::SignerClient,
+    ActorKey, AdoptKeyRequest, CreateKeyRequest, GetActorKeyRequest, GetCheckpointRequest,
+    GetConsistencyProofRequest, GetInclusionProofRequest, ListKeysRequest, RetireKeyRequest,
+    RotateKeyRequest, SignRequest, adopt_key_request::Selector, key_admin_client::KeyAdminClient,
+    sign_request::Action, signer_client::SignerClient,
 };
 
 /// Opens a channel to the daemon over its Unix socket or a TCP endpoint.
@@ -102,6 +103,28 @@ pub fn key(command: KeyCommand) -> Result<()> {
                     serde_json::to_string_pretty(&lineage).unwrap_or_default()
                 );
             }
+            KeyCommand::Rotate { actor, connection } => {
+                let mut client = KeyAdminClient::new(connect(&connection).await?);
+                let key = client
+                    .rotate_key(RotateKeyRequest { actor })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                print_key(&key);
+            }
+            KeyCommand::Retire {
+                actor,
+                version,
+                connection,
+            } => {
+                let mut client = KeyAdminClient::new(connect(&connection).await?);
+                let key = client
+                    .retire_key(RetireKeyRequest { actor, version })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                print_key(&key);
+            }
             KeyCommand::Adopt {
                 actor,
                 label,
@@ -126,6 +149,93 @@ pub fn key(command: KeyCommand) -> Result<()> {
                     .into_inner();
                 print_key(&key);
             }
+        }
+        Ok(())
+    })
+}
+
+fn write_out(out: &std::path::Path, text: &str) -> Result<()> {
+    std::fs::write(out, text).with_context(|| format!("cannot write {}", out.display()))
+}
+
+pub fn log(command: LogCommand) -> Result<()> {
+    runtime()?.block_on(async move {
+        match command {
+            LogCommand::Checkpoint { connection } => {
+                let mut client = SignerClient::new(connect(&connection).await?);
+                let checkpoint = client
+                    .get_checkpoint(GetCheckpointRequest {})
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                print!("{}", checkpoint.note);
+            }
+            LogCommand::Proof {
+                index,
+                size,
+                out,
+                connection,
+            } => {
+                let mut client = SignerClient::new(connect(&connection).await?);
+                let proof = client
+                    .get_inclusion_proof(GetInclusionProofRequest {
+                        log_index: index,
+                        tree_size: size,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                let text = if proof.bundle_json.is_empty() {
+                    serde_json::json!({
+                        "logIndex": proof.log_index,
+                        "treeSize": proof.tree_size,
+                        "inclusionProof": proof.hashes.iter().map(hex::encode).collect::<Vec<_>>(),
+                        "checkpoint": proof.checkpoint,
+                    })
+                    .to_string()
+                } else {
+                    proof.bundle_json
+                };
+                write_out(&out, &text)?;
+                println!(
+                    "entry {} proved in the tree of {} entries; written to {}",
+                    proof.log_index,
+                    proof.tree_size,
+                    out.display()
+                );
+            }
+            LogCommand::Consistency {
+                old,
+                new,
+                out,
+                connection,
+            } => {
+                let mut client = SignerClient::new(connect(&connection).await?);
+                let proof = client
+                    .get_consistency_proof(GetConsistencyProofRequest {
+                        old_size: old,
+                        new_size: new,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                let text = serde_json::json!({
+                    "oldSize": proof.old_size,
+                    "newSize": proof.new_size,
+                    "hashes": proof.hashes.iter().map(hex::encode).collect::<Vec<_>>(),
+                    "oldCheckpoint": proof.old_checkpoint,
+                    "newCheckpoint": proof.new_checkpoint,
+                })
+                .to_string();
+                write_out(&out, &text)?;
+                println!(
+                    "consistency of {} → {} written to {}",
+                    proof.old_size,
+                    proof.new_size,
+                    out.display()
+                );
+            }
+            LogCommand::Export { .. } => unreachable!("export runs offline"),
         }
         Ok(())
     })

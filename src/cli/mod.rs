@@ -50,6 +50,26 @@ enum Command {
         #[arg(long)]
         document: Option<PathBuf>,
     },
+    /// Check that an older signed checkpoint's tree is a prefix of a newer one's, offline.
+    VerifyLog {
+        /// A consistency proof written by `actseal log consistency`.
+        proof: PathBuf,
+        /// Any bundle from the log: it names (and attests) the log key.
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        trust: PathBuf,
+    },
+    /// Replay a whole exported log offline and confirm every entry.
+    Audit {
+        /// A log export written by `actseal log export`.
+        export: PathBuf,
+        #[arg(long)]
+        trust: PathBuf,
+    },
+    /// The daemon's log: checkpoints, proofs, export.
+    #[command(subcommand)]
+    Log(LogCommand),
     /// The operator's certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -104,6 +124,22 @@ enum KeyCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Create the actor's next key version; the previous one signs the hand-over and retires.
+    Rotate {
+        #[arg(long)]
+        actor: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Retire the actor's active key version: it signs nothing more.
+    Retire {
+        #[arg(long)]
+        actor: String,
+        #[arg(long)]
+        version: u32,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Register a key made on the token with other PKCS#11 tools.
     Adopt {
         #[arg(long)]
@@ -149,6 +185,46 @@ struct SignArgs {
     out: Option<PathBuf>,
     #[command(flatten)]
     connection: Connection,
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Print the newest signed checkpoint.
+    Checkpoint {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Fetch an inclusion proof; for a receipt, write its bundle proved against the checkpoint.
+    Proof {
+        #[arg(long)]
+        index: u64,
+        /// Tree size to prove against (a checkpointed size); the newest if unset.
+        #[arg(long, default_value_t = 0)]
+        size: u64,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Fetch a consistency proof between two checkpointed sizes.
+    Consistency {
+        #[arg(long)]
+        old: u64,
+        /// The newest if unset.
+        #[arg(long, default_value_t = 0)]
+        new: u64,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Export the whole log from the state database (offline; no token needed).
+    Export {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -251,6 +327,26 @@ pub fn main() -> ExitCode {
         } => {
             init_logging("warn", false);
             return operator::verify(&bundle, &trust, document.as_deref());
+        }
+        Command::VerifyLog {
+            proof,
+            bundle,
+            trust,
+        } => {
+            init_logging("warn", false);
+            return operator::verify_log(&proof, &bundle, &trust);
+        }
+        Command::Audit { export, trust } => {
+            init_logging("warn", false);
+            return operator::audit(&export, &trust);
+        }
+        Command::Log(LogCommand::Export { config, out }) => {
+            init_logging("warn", false);
+            operator::export_log(&config, &out)
+        }
+        Command::Log(command) => {
+            init_logging("warn", false);
+            client::log(command)
         }
         Command::Key(command) => {
             init_logging("warn", false);

@@ -64,6 +64,83 @@ pub fn verify(bundle: &Path, trust: &Path, document: Option<&Path>) -> ExitCode 
     }
 }
 
+/// Reads the inputs of an offline check; exit code 2 when one cannot be read.
+fn read_inputs<const N: usize>(command: &str, paths: [&Path; N]) -> Result<[Vec<u8>; N], ExitCode> {
+    let mut out = Vec::with_capacity(N);
+    for path in paths {
+        match std::fs::read(path) {
+            Ok(bytes) => out.push(bytes),
+            Err(e) => {
+                eprintln!("actseal {command}: cannot read {}: {e}", path.display());
+                return Err(ExitCode::from(2));
+            }
+        }
+    }
+    out.try_into().map_err(|_| ExitCode::from(2))
+}
+
+fn anchors(command: &str, pem: &[u8]) -> Result<TrustAnchors, ExitCode> {
+    TrustAnchors::from_pem(pem).map_err(|e| {
+        eprintln!("actseal {command}: trust anchor: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// Exit codes as for `verify`: 0 consistent, 1 not, 2 unreadable inputs.
+pub fn verify_log(proof: &Path, bundle: &Path, trust: &Path) -> ExitCode {
+    let [proof, bundle, anchor] = match read_inputs("verify-log", [proof, bundle, trust]) {
+        Ok(inputs) => inputs,
+        Err(code) => return code,
+    };
+    let anchors = match anchors("verify-log", &anchor) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    match crate::verify::consistency::verify_log_consistency(&proof, &bundle, &anchors) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("FAILED: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Exit codes as for `verify`: 0 the log checks out, 1 a problem (named), 2 unreadable inputs.
+pub fn audit(export: &Path, trust: &Path) -> ExitCode {
+    let [export, anchor] = match read_inputs("audit", [export, trust]) {
+        Ok(inputs) => inputs,
+        Err(code) => return code,
+    };
+    let anchors = match anchors("audit", &anchor) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    match crate::verify::audit::audit_log(&export, &anchors) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("FAILED: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub fn export_log(config: &Path, out: &Path) -> Result<()> {
+    let config = Config::load(config)?;
+    let store = crate::ledger::Store::open(&config.state.database())?;
+    let log = server::stored_log_identity(&store)?
+        .ok_or_else(|| anyhow::anyhow!("this daemon has no log yet"))?;
+    let json = crate::ledger::export::export(&store, log.in_bundle())?;
+    std::fs::write(out, json).with_context(|| format!("cannot write {}", out.display()))?;
+    println!("log exported to {}", out.display());
+    Ok(())
+}
+
 pub fn ca(command: CaCommand) -> Result<()> {
     match command {
         CaCommand::Init {

@@ -64,12 +64,9 @@ pub fn check(
                     "the entries' Merkle root differs from the newest signed checkpoint's".into(),
                 ));
             }
-            let body = Checkpoint {
-                origin: origin.to_owned(),
-                size,
-                root,
-            }
-            .body();
+            let body = Checkpoint::new(origin, size, root)
+                .map_err(|e| IntegrityError::Corrupt(format!("checkpoint: {e}")))?
+                .body();
             if !checkpoint.note.starts_with(&body) {
                 return Err(IntegrityError::Corrupt(
                     "the newest checkpoint's note does not state the stored tree head".into(),

@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod entry;
+pub mod export;
 pub mod integrity;
 pub mod merkle;
 pub mod store;

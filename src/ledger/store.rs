@@ -585,8 +585,12 @@ impl NodeReader for Store {
     fn node(&self, level: u8, index: u64) -> Result<Hash, MerkleError> {
         match Store::node(self, level, index) {
             Ok(Some(hash)) => Ok(hash),
-            Ok(None) => Err(MerkleError::Read(format!("tree node ({level}, {index}) is missing"))),
-            Err(e) => Err(MerkleError::Read(e.to_string())),
+            Ok(None) => Err(MerkleError::OutOfRange { level, index }),
+            Err(e) => Err(MerkleError::Reader {
+                level,
+                index,
+                source: Box::new(e),
+            }),
         }
     }
 }

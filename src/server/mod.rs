@@ -100,6 +100,32 @@ const META_KEY_REF: &str = "log.key_ref";
 const META_PUBLIC_KEY: &str = "log.public_key";
 const META_LINEAGE: &str = "log.lineage";
 
+/// The log identity recorded in the state database, if the log has been set up.
+pub fn stored_log_identity(store: &Store) -> Result<Option<sequencer::LogIdentity>, StartError> {
+    use base64::{Engine, engine::general_purpose::STANDARD as B64};
+    use spki::DecodePublicKey;
+    let bad = |what: &str| StartError::LogKey(format!("stored {what} is unreadable"));
+    let Some(origin) = store.meta(META_ORIGIN)? else {
+        return Ok(None);
+    };
+    let key_ref = store.meta(META_KEY_REF)?.ok_or_else(|| bad("key reference"))?;
+    let spki = B64
+        .decode(store.meta(META_PUBLIC_KEY)?.ok_or_else(|| bad("public key"))?)
+        .map_err(|_| bad("public key"))?;
+    let public_key = p256::PublicKey::from_public_key_der(&spki).map_err(|_| bad("public key"))?;
+    let lineage = serde_json::from_str(&store.meta(META_LINEAGE)?.ok_or_else(|| bad("lineage"))?)
+        .map_err(|_| bad("lineage"))?;
+    Ok(Some(sequencer::LogIdentity {
+        origin,
+        key_id: key_id(&public_key),
+        key: crate::backend::HardwareKey {
+            key_ref: crate::backend::KeyRef(key_ref),
+            public_key,
+        },
+        lineage,
+    }))
+}
+
 /// Loads the log's identity, creating the log key (attested by the device like an actor key
 /// whose actor is the origin) on first start.
 fn open_log(
@@ -110,39 +136,26 @@ fn open_log(
     token_serial: &str,
 ) -> Result<sequencer::LogIdentity, StartError> {
     use base64::{Engine, engine::general_purpose::STANDARD as B64};
-    use spki::DecodePublicKey;
-    let bad = |what: &str| StartError::LogKey(format!("stored {what} is unreadable"));
-    if let Some(origin) = store.meta(META_ORIGIN)? {
+    if let Some(log) = stored_log_identity(store)? {
         if let Some(configured) = configured_origin
-            && configured != origin
+            && configured != log.origin
         {
             return Err(StartError::Config(format!(
-                "ledger.origin is {configured:?} but this log's origin is {origin:?}; a log's origin never changes"
+                "ledger.origin is {configured:?} but this log's origin is {:?}; a log's origin never changes",
+                log.origin
             )));
         }
-        let key_ref = store.meta(META_KEY_REF)?.ok_or_else(|| bad("key reference"))?;
-        let spki = B64
-            .decode(store.meta(META_PUBLIC_KEY)?.ok_or_else(|| bad("public key"))?)
-            .map_err(|_| bad("public key"))?;
-        let public_key = p256::PublicKey::from_public_key_der(&spki).map_err(|_| bad("public key"))?;
-        let lineage = serde_json::from_str(&store.meta(META_LINEAGE)?.ok_or_else(|| bad("lineage"))?)
-            .map_err(|_| bad("lineage"))?;
-        return Ok(sequencer::LogIdentity {
-            origin,
-            key_id: key_id(&public_key),
-            key: crate::backend::HardwareKey {
-                key_ref: crate::backend::KeyRef(key_ref),
-                public_key,
-            },
-            lineage,
-        });
+        return Ok(log);
     }
     let origin = configured_origin
         .map(str::to_owned)
         .unwrap_or_else(|| format!("actseal/{token_serial}"));
-    if origin.is_empty() || origin.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    // The origin doubles as the checkpoint key name: both rules apply.
+    crate::ledger::checkpoint::Checkpoint::new(origin.clone(), 0, crate::ledger::merkle::empty_root())
+        .map_err(|e| StartError::Config(format!("ledger.origin: {e}")))?;
+    if origin.contains([' ', '+']) {
         return Err(StartError::Config(format!(
-            "ledger.origin {origin:?} must be non-empty, without spaces or control characters"
+            "ledger.origin {origin:?} must not contain spaces or '+' (it is also the checkpoint key name)"
         )));
     }
     let key = backend.create_key("actseal-log")?;
@@ -233,7 +246,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let status = tokio::task::block_in_place(|| {
         let spki = log.spki_der();
         integrity::check(&reader, &log.origin, |note| {
-            crate::verify::checkpoint::verify_checkpoint(note, &log.origin, &spki)
+            crate::verify::checkpoint::verify_checkpoint(note.as_bytes(), &log.origin, &spki)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         })

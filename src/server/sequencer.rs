@@ -89,6 +89,8 @@ pub enum SequencerError {
     Store(#[from] StoreError),
     #[error("log: {0}")]
     Log(#[from] MerkleError),
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] crate::ledger::checkpoint::CheckpointError),
     #[error("nothing was stored: {0}")]
     NotStored(String),
     #[error("the sequencer has stopped")]
@@ -617,23 +619,24 @@ impl Sequencer {
 
     fn seal(&mut self, staged: &mut Staged) -> Result<(), SequencerError> {
         if !staged.batch.entries.is_empty() {
-            let checkpoint = Checkpoint {
-                origin: self.log.origin.clone(),
-                size: self.frontier.size(),
-                root: self.frontier.root(),
-            };
-            let note = checkpoint.signed_note(&self.log.origin, &self.log.spki_der(), |digest| {
-                self.backend.sign_digest(&self.log.key, digest)
-            })?;
+            let checkpoint =
+                Checkpoint::new(self.log.origin.clone(), self.frontier.size(), self.frontier.root())?;
+            let note = checkpoint.signed_note(
+                &self.log.origin,
+                &self.log.spki_der(),
+                |digest| -> Result<_, SequencerError> {
+                    Ok(self.backend.sign_digest(&self.log.key, digest)?)
+                },
+            )?;
             let overlay = Overlay {
                 store: &self.store,
                 staged: &staged.nodes,
             };
             for pending in &mut staged.receipts {
-                let proof = merkle::inclusion_proof(&overlay, pending.row.log_index, checkpoint.size)?;
+                let proof = merkle::inclusion_proof(&overlay, pending.row.log_index, checkpoint.size())?;
                 pending.bundle.log = LogProof::new(
                     pending.row.log_index,
-                    checkpoint.size,
+                    checkpoint.size(),
                     &proof,
                     note.clone(),
                     self.log.in_bundle(),
@@ -642,8 +645,8 @@ impl Sequencer {
                 staged.batch.receipts.push(pending.row.clone());
             }
             staged.batch.checkpoint = Some(CheckpointRow {
-                size: checkpoint.size,
-                root: checkpoint.root,
+                size: checkpoint.size(),
+                root: *checkpoint.root(),
                 note,
             });
         }

@@ -41,8 +41,12 @@ fn checkpoint_for(store: &Store, size: u64, field: &str) -> Result<CheckpointRow
 }
 
 fn merkle_status(e: merkle::MerkleError) -> Status {
+    use merkle::MerkleError as E;
     match e {
-        merkle::MerkleError::OutOfRange(detail) => Status::out_of_range(detail),
+        E::IndexOutOfRange { .. } | E::OutOfRange { .. } => Status::out_of_range(e.to_string()),
+        E::OldSizeAfterNew { .. } | E::EmptyOldTree { .. } | E::InvalidRange { .. } => {
+            Status::invalid_argument(e.to_string())
+        }
         other => {
             tracing::error!(error = %other, "proof construction failed");
             Status::internal("proof construction failed")

@@ -31,18 +31,50 @@ struct BundleJson {
     receipt: EnvelopeJson,
     actor_key: ActorKeyJson,
     lineage: LineageJson,
+    log: LogJson,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct EnvelopeJson {
+struct LogJson {
+    index: u64,
+    tree_size: u64,
+    inclusion_proof: Vec<String>,
+    checkpoint: String,
+    log_key: LogKeyJson,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LogKeyJson {
+    pub(crate) key_name: String,
+    pub(crate) key_id: String,
+    pub(crate) public_key: String,
+    pub(crate) lineage: LineageJson,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PredecessorJson {
+    version: u64,
+    key_id: String,
+    public_key: String,
+    backend: String,
+    statement: EnvelopeJson,
+    device_certificate: String,
+    certificate_chain: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct EnvelopeJson {
     payload_type: String,
     payload: String,
     signatures: Vec<SignatureJson>,
 }
 
 #[derive(Deserialize)]
-struct SignatureJson {
+pub(crate) struct SignatureJson {
     keyid: String,
     sig: String,
 }
@@ -56,11 +88,15 @@ struct ActorKeyJson {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct LineageJson {
+pub(crate) struct LineageJson {
     backend: String,
     statement: EnvelopeJson,
     device_certificate: String,
     certificate_chain: Vec<String>,
+    #[serde(default)]
+    predecessors: Vec<PredecessorJson>,
+    #[serde(default)]
+    rotations: Vec<EnvelopeJson>,
 }
 
 /// A bundle with every blob decoded.
@@ -69,6 +105,27 @@ pub(crate) struct Bundle {
     pub(crate) receipt: Envelope,
     pub(crate) actor_key: ActorKey,
     pub(crate) lineage: Lineage,
+    pub(crate) log: Log,
+}
+
+/// `log`, decoded.
+#[derive(Debug)]
+pub(crate) struct Log {
+    pub(crate) index: u64,
+    pub(crate) tree_size: u64,
+    pub(crate) inclusion_proof: Vec<[u8; 32]>,
+    pub(crate) checkpoint: String,
+    pub(crate) key_name: String,
+    pub(crate) key: ActorKey,
+    pub(crate) key_lineage: Lineage,
+}
+
+/// An earlier version of the actor's key, decoded.
+#[derive(Debug)]
+pub(crate) struct Predecessor {
+    pub(crate) version: u64,
+    pub(crate) key: ActorKey,
+    pub(crate) attestation: Lineage,
 }
 
 /// `actorKey`: the claimed key id and the SubjectPublicKeyInfo DER it should be the hash of.
@@ -85,6 +142,8 @@ pub(crate) struct Lineage {
     pub(crate) statement: Envelope,
     pub(crate) device: ParsedCert,
     pub(crate) chain: Vec<ParsedCert>,
+    pub(crate) predecessors: Vec<Predecessor>,
+    pub(crate) rotations: Vec<Envelope>,
 }
 
 /// Parses and decodes a bundle; the error is the `bundle.parse` detail.
@@ -105,20 +164,71 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Bundle, String> {
     }
     Ok(Bundle {
         receipt: decode_envelope("receipt", json.receipt)?,
-        actor_key: decode_actor_key(json.actor_key)?,
-        lineage: decode_lineage(json.lineage)?,
+        actor_key: decode_actor_key("actorKey", json.actor_key.key_id, &json.actor_key.public_key)?,
+        lineage: decode_lineage("lineage", json.lineage)?,
+        log: decode_log(json.log)?,
+    })
+}
+
+/// Bounds the lineage a bundle may carry: far more key versions than any actor will have.
+const MAX_KEY_VERSIONS: usize = 1024;
+/// An inclusion proof in a tree of at most 2^64 leaves has at most 64 hashes.
+const MAX_PROOF_HASHES: usize = 64;
+
+/// Decodes a log key as bundles and log exports carry it.
+pub(crate) fn decode_log_key(json: LogKeyJson) -> Result<(String, ActorKey, Lineage), String> {
+    let key_lineage = decode_lineage("logKey.lineage", json.lineage)?;
+    if !key_lineage.predecessors.is_empty() || !key_lineage.rotations.is_empty() {
+        return Err("logKey.lineage must not carry rotations".into());
+    }
+    Ok((
+        json.key_name,
+        decode_actor_key("logKey", json.key_id, &json.public_key)?,
+        key_lineage,
+    ))
+}
+
+fn decode_log(json: LogJson) -> Result<Log, String> {
+    if json.inclusion_proof.len() > MAX_PROOF_HASHES {
+        return Err(format!(
+            "log.inclusionProof holds {} hashes, more than {MAX_PROOF_HASHES}",
+            json.inclusion_proof.len()
+        ));
+    }
+    let inclusion_proof = json
+        .inclusion_proof
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let bytes = hex::decode(h)
+                .ok()
+                .filter(|_| h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+                .ok_or_else(|| format!("log.inclusionProof[{i}] is not lowercase hex"))?;
+            <[u8; 32]>::try_from(bytes.as_slice())
+                .map_err(|_| format!("log.inclusionProof[{i}] is not 32 bytes"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (key_name, key, key_lineage) = decode_log_key(json.log_key)?;
+    Ok(Log {
+        index: json.index,
+        tree_size: json.tree_size,
+        inclusion_proof,
+        checkpoint: json.checkpoint,
+        key_name,
+        key,
+        key_lineage,
     })
 }
 
 /// Standard base64 with padding, canonical (RFC 4648 §4): no whitespace, no loose bits.
-fn base64(what: &str, text: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn base64(what: &str, text: &str) -> Result<Vec<u8>, String> {
     STANDARD
         .decode(text)
         .map_err(|e| format!("{what} is not standard padded base64: {e}"))
 }
 
 /// Decodes an envelope; it must carry exactly one signature (FORMAT.md §2).
-fn decode_envelope(what: &str, json: EnvelopeJson) -> Result<Envelope, String> {
+pub(crate) fn decode_envelope(what: &str, json: EnvelopeJson) -> Result<Envelope, String> {
     let [signature] = <[SignatureJson; 1]>::try_from(json.signatures).map_err(|sigs| {
         format!(
             "{what}.signatures must hold exactly one signature, found {}",
@@ -134,42 +244,81 @@ fn decode_envelope(what: &str, json: EnvelopeJson) -> Result<Envelope, String> {
         payload,
         keyid: signature.keyid,
         signature: signature_value,
+        signature_der: sig_der,
     })
 }
 
 /// Decodes `actorKey`; the key must at least be a DER SubjectPublicKeyInfo here. That it is a
 /// P-256 key is part of `receipt.signature`.
-fn decode_actor_key(json: ActorKeyJson) -> Result<ActorKey, String> {
-    let spki_der = base64("actorKey.publicKey", &json.public_key)?;
+pub(crate) fn decode_actor_key(what: &str, key_id: String, public_key: &str) -> Result<ActorKey, String> {
+    let spki_der = base64(&format!("{what}.publicKey"), public_key)?;
     SubjectPublicKeyInfoRef::from_der(&spki_der)
-        .map_err(|e| format!("actorKey.publicKey is not a DER SubjectPublicKeyInfo: {e}"))?;
-    Ok(ActorKey {
-        key_id: json.key_id,
-        spki_der,
-    })
+        .map_err(|e| format!("{what}.publicKey is not a DER SubjectPublicKeyInfo: {e}"))?;
+    Ok(ActorKey { key_id, spki_der })
 }
 
-fn decode_lineage(json: LineageJson) -> Result<Lineage, String> {
-    if json.certificate_chain.len() > MAX_CHAIN_LEN {
+/// Decodes one key's attestation: backend, device statement, device certificate and chain.
+fn decode_attestation(
+    what: &str,
+    backend: String,
+    statement: EnvelopeJson,
+    device_certificate: &str,
+    certificate_chain: &[String],
+) -> Result<Lineage, String> {
+    if certificate_chain.len() > MAX_CHAIN_LEN {
         return Err(format!(
-            "lineage.certificateChain holds {} certificates, more than the {MAX_CHAIN_LEN} accepted",
-            json.certificate_chain.len()
+            "{what}.certificateChain holds {} certificates, more than the {MAX_CHAIN_LEN} accepted",
+            certificate_chain.len()
         ));
     }
-    let statement = decode_envelope("lineage.statement", json.statement)?;
-    let device = decode_cert("lineage.deviceCertificate", &json.device_certificate)?;
-    let chain = json
-        .certificate_chain
+    let statement = decode_envelope(&format!("{what}.statement"), statement)?;
+    let device = decode_cert(&format!("{what}.deviceCertificate"), device_certificate)?;
+    let chain = certificate_chain
         .iter()
         .enumerate()
-        .map(|(i, text)| decode_cert(&format!("lineage.certificateChain[{i}]"), text))
+        .map(|(i, text)| decode_cert(&format!("{what}.certificateChain[{i}]"), text))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Lineage {
-        backend: json.backend,
+        backend,
         statement,
         device,
         chain,
+        predecessors: Vec::new(),
+        rotations: Vec::new(),
     })
+}
+
+pub(crate) fn decode_lineage(what: &str, json: LineageJson) -> Result<Lineage, String> {
+    if json.predecessors.len() > MAX_KEY_VERSIONS || json.rotations.len() > MAX_KEY_VERSIONS {
+        return Err(format!("{what} carries more than {MAX_KEY_VERSIONS} key versions"));
+    }
+    let mut lineage = decode_attestation(
+        what,
+        json.backend,
+        json.statement,
+        &json.device_certificate,
+        &json.certificate_chain,
+    )?;
+    for (i, p) in json.predecessors.into_iter().enumerate() {
+        let at = format!("{what}.predecessors[{i}]");
+        lineage.predecessors.push(Predecessor {
+            version: p.version,
+            key: decode_actor_key(&at, p.key_id, &p.public_key)?,
+            attestation: decode_attestation(
+                &at,
+                p.backend,
+                p.statement,
+                &p.device_certificate,
+                &p.certificate_chain,
+            )?,
+        });
+    }
+    for (i, r) in json.rotations.into_iter().enumerate() {
+        lineage
+            .rotations
+            .push(decode_envelope(&format!("{what}.rotations[{i}]"), r)?);
+    }
+    Ok(lineage)
 }
 
 fn decode_cert(what: &str, text: &str) -> Result<ParsedCert, String> {

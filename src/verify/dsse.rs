@@ -19,6 +19,8 @@ pub(crate) struct Envelope {
     pub(crate) keyid: String,
     /// The DER `Ecdsa-Sig-Value`, decoded.
     pub(crate) signature: Signature,
+    /// The signature's DER bytes exactly as carried (they are part of the log entry).
+    pub(crate) signature_der: Vec<u8>,
 }
 
 /// `PAE(type, body) = "DSSEv1" SP LEN(type) SP type SP LEN(body) SP body`.

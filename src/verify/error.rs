@@ -22,6 +22,15 @@ pub enum Check {
     LineageSignature,
     /// `lineage.statement`: the lineage statement vouches for this actor key as non-extractable.
     LineageStatement,
+    /// `lineage.rotation`: every earlier key version is attested and signed over to the next,
+    /// back to version 1, with no break and no fork.
+    LineageRotation,
+    /// `log.key`: the log key is a P-256 key attested by a device under a trust anchor.
+    LogKey,
+    /// `log.checkpoint`: the checkpoint is a signed note by the log key for the claimed size.
+    LogCheckpoint,
+    /// `log.inclusion`: the receipt is the leaf at its log index under the checkpoint's root.
+    LogInclusion,
 }
 
 impl Check {
@@ -35,6 +44,10 @@ impl Check {
             Check::LineageCertificate => "lineage.certificate",
             Check::LineageSignature => "lineage.signature",
             Check::LineageStatement => "lineage.statement",
+            Check::LineageRotation => "lineage.rotation",
+            Check::LogKey => "log.key",
+            Check::LogCheckpoint => "log.checkpoint",
+            Check::LogInclusion => "log.inclusion",
         }
     }
 }

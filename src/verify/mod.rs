@@ -17,11 +17,16 @@
 )]
 
 mod anchors;
+pub mod audit;
 pub mod checkpoint;
 mod bundle;
+pub mod consistency;
 mod digest;
 mod dsse;
 mod error;
+mod log;
+pub mod merkle;
+mod rotation;
 mod statement;
 mod summary;
 mod x509;
@@ -68,10 +73,24 @@ pub fn verify_bundle(
     )
     .map_err(under(Check::LineageCertificate))?;
 
-    check_lineage_signature(&bundle).map_err(under(Check::LineageSignature))?;
+    check_attestation_signature(lineage).map_err(under(Check::LineageSignature))?;
 
-    let facts = statement::check_lineage(&lineage.statement, &lineage.backend, &key_id, &receipt)
+    let claim = statement::KeyClaim {
+        actor: &receipt.actor,
+        version: receipt.key_version,
+        key_id: &key_id,
+        backend: &receipt.backend,
+    };
+    let facts = statement::check_lineage(&lineage.statement, &lineage.backend, &claim)
         .map_err(under(Check::LineageStatement))?;
+
+    rotation::check_chain(lineage, &key_id, &receipt, anchors)
+        .map_err(under(Check::LineageRotation))?;
+
+    log::check_log_key(&bundle.log, anchors, receipt.signed_at_unix)
+        .map_err(under(Check::LogKey))?;
+    let tree = log::check_checkpoint(&bundle.log).map_err(under(Check::LogCheckpoint))?;
+    log::check_inclusion(&bundle, &receipt, &tree).map_err(under(Check::LogInclusion))?;
 
     Ok(Verified {
         actor: receipt.actor,
@@ -90,6 +109,8 @@ pub fn verify_bundle(
         token_serial: facts.token_serial,
         origin: facts.origin,
         context: receipt.context,
+        log_origin: bundle.log.key_name.clone(),
+        tree_size: tree.size,
     })
 }
 
@@ -131,13 +152,12 @@ fn check_document(document: &[u8], expected: &str) -> Result<(), String> {
     }
 }
 
-/// `lineage.signature`: the lineage statement verifies under the device certificate's key, and
-/// its `keyid` is that key's id.
+/// `lineage.signature`: a key's attestation statement verifies under its device
+/// certificate's key, and its `keyid` is that key's id.
 ///
 /// FORMAT.md §2 defines `keyid` as the signing key's id for every envelope. It is not covered by
 /// the signature, so it is checked rather than left as a member anyone could rewrite unnoticed.
-fn check_lineage_signature(bundle: &bundle::Bundle) -> Result<(), String> {
-    let lineage = &bundle.lineage;
+pub(crate) fn check_attestation_signature(lineage: &bundle::Lineage) -> Result<(), String> {
     let device_spki = lineage
         .device
         .public_key_der()

@@ -20,6 +20,8 @@ use super::dsse::{Envelope, IN_TOTO_PAYLOAD_TYPE};
 const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 const RECEIPT_PREDICATE: &str = "https://actseal.dev/receipt/v1";
 const LINEAGE_PREDICATE: &str = "https://actseal.dev/lineage/pkcs11-attributes/v1";
+const ROTATION_PREDICATE: &str = "https://actseal.dev/rotation/v1";
+const RETIREMENT_PREDICATE: &str = "https://actseal.dev/retirement/v1";
 const BACKENDS: [&str; 2] = ["pkcs11", "tpm"];
 /// The only backend for which a lineage statement is specified (FORMAT.md §4).
 const LINEAGE_BACKEND: &str = "pkcs11";
@@ -192,6 +194,8 @@ pub(crate) struct Receipt {
     pub(crate) signed_at_unix: i64,
     pub(crate) sequence: u64,
     pub(crate) log_index: u64,
+    /// `previousReceipt.sha256`, when there is one.
+    pub(crate) previous_sha256: Option<String>,
 }
 
 /// What a verified lineage statement says.
@@ -273,6 +277,7 @@ pub(crate) fn check_receipt(envelope: &Envelope, key_id: &str) -> Result<Receipt
         signed_at_unix,
         sequence: p.sequence,
         log_index: p.log_index,
+        previous_sha256: p.previous_receipt.map(|prev| prev.sha256),
     })
 }
 
@@ -294,25 +299,32 @@ fn check_sequence(sequence: u64, previous: Option<&PreviousReceipt>) -> Result<(
 /// The `lineage.statement` check: the statement speaks of this actor's key, at this version,
 /// from the bundle's backend, and the attributes say it was generated in the token and cannot
 /// leave it.
+/// Which key a lineage statement must be about.
+pub(crate) struct KeyClaim<'a> {
+    pub(crate) actor: &'a str,
+    pub(crate) version: u64,
+    pub(crate) key_id: &'a str,
+    pub(crate) backend: &'a str,
+}
+
 pub(crate) fn check_lineage(
     envelope: &Envelope,
     bundle_backend: &str,
-    key_id: &str,
-    receipt: &Receipt,
+    claim: &KeyClaim<'_>,
 ) -> Result<Lineage, String> {
-    require_eq("lineage.backend", bundle_backend, &receipt.backend)?;
+    require_eq("lineage.backend", bundle_backend, claim.backend)?;
     require_eq("lineage.backend", bundle_backend, LINEAGE_BACKEND)?;
     let (subject, p) = parse_statement::<LineagePredicate>(envelope, LINEAGE_PREDICATE)?;
-    require_eq("subject[0].digest.sha256", &subject.digest.sha256, key_id)?;
-    require_eq("predicate.keyId", &p.key_id, key_id)?;
-    require_eq("predicate.actor", &p.actor, &receipt.actor)?;
-    if p.key_version != receipt.key_version {
+    require_eq("subject[0].digest.sha256", &subject.digest.sha256, claim.key_id)?;
+    require_eq("predicate.keyId", &p.key_id, claim.key_id)?;
+    require_eq("predicate.actor", &p.actor, claim.actor)?;
+    if p.key_version != claim.version {
         return Err(format!(
-            "predicate.keyVersion is {}, the receipt's key version is {}",
-            p.key_version, receipt.key_version
+            "predicate.keyVersion is {}, expected key version {}",
+            p.key_version, claim.version
         ));
     }
-    let expected_name = format!("{}#{}", receipt.actor, receipt.key_version);
+    let expected_name = format!("{}#{}", claim.actor, claim.version);
     require_eq("subject[0].name", &subject.name, &expected_name)?;
     if !ORIGINS.contains(&p.origin.as_str()) {
         return Err(format!(
@@ -325,6 +337,99 @@ pub(crate) fn check_lineage(
     Ok(Lineage {
         token_serial: p.token.serial,
         origin: p.origin,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RetirementPredicate {
+    actor: String,
+    version: u64,
+    key_id: String,
+    retired_at: String,
+}
+
+/// What a retirement statement says (its signature by the log key is checked by the caller).
+#[derive(Debug)]
+pub(crate) struct Retirement {
+    pub(crate) actor: String,
+    pub(crate) version: u64,
+    pub(crate) key_id: String,
+    pub(crate) retired_at_unix: i64,
+}
+
+pub(crate) fn check_retirement(envelope: &Envelope) -> Result<Retirement, String> {
+    let (subject, p) = parse_statement::<RetirementPredicate>(envelope, RETIREMENT_PREDICATE)?;
+    require_eq("subject[0].digest.sha256", &subject.digest.sha256, &p.key_id)?;
+    require_eq("subject[0].name", &subject.name, &format!("{}#{}", p.actor, p.version))?;
+    Ok(Retirement {
+        retired_at_unix: parse_time("predicate.retiredAt", &p.retired_at)?,
+        actor: p.actor,
+        version: p.version,
+        key_id: p.key_id,
+    })
+}
+
+/// The predicate type of an envelope's statement, to tell log entries apart.
+pub(crate) fn predicate_type(envelope: &Envelope) -> Result<String, String> {
+    require_eq("payloadType", &envelope.payload_type, IN_TOTO_PAYLOAD_TYPE)?;
+    let head: StatementHead = serde_json::from_slice(&envelope.payload)
+        .map_err(|e| format!("payload is not an in-toto statement: {e}"))?;
+    Ok(head.predicate_type)
+}
+
+pub(crate) const RECEIPT_PREDICATE_TYPE: &str = RECEIPT_PREDICATE;
+pub(crate) const ROTATION_PREDICATE_TYPE: &str = ROTATION_PREDICATE;
+pub(crate) const RETIREMENT_PREDICATE_TYPE: &str = RETIREMENT_PREDICATE;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VersionRefJson {
+    version: u64,
+    key_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RotationPredicate {
+    actor: String,
+    previous: VersionRefJson,
+    next: VersionRefJson,
+    next_backend: String,
+    rotated_at: String,
+}
+
+/// What a rotation statement says: version `from` hands over to version `to`.
+#[derive(Debug)]
+pub(crate) struct Rotation {
+    pub(crate) from_version: u64,
+    pub(crate) from_key_id: String,
+    pub(crate) to_version: u64,
+    pub(crate) to_key_id: String,
+    pub(crate) to_backend: String,
+    pub(crate) rotated_at_unix: i64,
+}
+
+/// Parses a rotation statement about `actor` (its signature is checked by the caller).
+pub(crate) fn check_rotation(envelope: &Envelope, actor: &str) -> Result<Rotation, String> {
+    let (subject, p) = parse_statement::<RotationPredicate>(envelope, ROTATION_PREDICATE)?;
+    require_eq("predicate.actor", &p.actor, actor)?;
+    require_eq("subject[0].digest.sha256", &subject.digest.sha256, &p.next.key_id)?;
+    require_eq(
+        "subject[0].name",
+        &subject.name,
+        &format!("{actor}#{}", p.next.version),
+    )?;
+    if !BACKENDS.contains(&p.next_backend.as_str()) {
+        return Err(format!("predicate.nextBackend {:?} is unknown", p.next_backend));
+    }
+    Ok(Rotation {
+        rotated_at_unix: parse_time("predicate.rotatedAt", &p.rotated_at)?,
+        from_version: p.previous.version,
+        from_key_id: p.previous.key_id,
+        to_version: p.next.version,
+        to_key_id: p.next.key_id,
+        to_backend: p.next_backend,
     })
 }
 

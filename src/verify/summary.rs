@@ -27,6 +27,10 @@ pub struct Verified {
     pub token_serial: String,
     pub origin: String,
     pub context: BTreeMap<String, String>,
+    /// The log's origin (and checkpoint key name).
+    pub log_origin: String,
+    /// Size of the tree the receipt was proved to be in.
+    pub tree_size: u64,
 }
 
 /// Writes a string with control characters, quotes and non-ASCII escaped.
@@ -74,6 +78,13 @@ impl fmt::Display for Verified {
             Esc(&self.token_serial),
             Esc(&self.device_subject),
             Esc(&self.anchor_subject)
+        )?;
+        write!(
+            f,
+            "\n  in log {} at index {} of a signed tree of {} entries",
+            Esc(&self.log_origin),
+            self.log_index,
+            self.tree_size
         )?;
         for (key, value) in &self.context {
             write!(f, "\n  context {} = {}", Esc(key), Esc(value))?;

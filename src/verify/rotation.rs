@@ -1,0 +1,120 @@
+//! `lineage.rotation`: the signing key's ancestry back to the actor's first key.
+//!
+//! Version 1 is attested by a device; each later version is attested by a device too *and*
+//! named by a rotation statement signed by the version before it. The chain must be complete
+//! (versions 1..v, one rotation between each pair: no break, no fork) and in time order, and
+//! the receipt must be signed after its key came into service.
+
+use p256::ecdsa::VerifyingKey;
+use p256::pkcs8::DecodePublicKey;
+
+use super::anchors::TrustAnchors;
+use super::bundle::Lineage;
+use super::statement::{self, KeyClaim, Receipt};
+use super::{check_attestation_signature, digest, dsse, x509};
+
+pub(crate) fn check_chain(
+    lineage: &Lineage,
+    key_id: &str,
+    receipt: &Receipt,
+    anchors: &TrustAnchors,
+) -> Result<(), String> {
+    let earlier = receipt
+        .key_version
+        .checked_sub(1)
+        .ok_or("the key version is 0")?;
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    if count(lineage.predecessors.len()) != earlier || count(lineage.rotations.len()) != earlier {
+        return Err(format!(
+            "key version {} needs {earlier} earlier versions and {earlier} rotations; \
+             the lineage has {} and {}",
+            receipt.key_version,
+            lineage.predecessors.len(),
+            lineage.rotations.len()
+        ));
+    }
+    let mut last_rotation = i64::MIN;
+    for (i, (predecessor, rotation_envelope)) in lineage
+        .predecessors
+        .iter()
+        .zip(&lineage.rotations)
+        .enumerate()
+    {
+        let version = count(i).saturating_add(1);
+        if predecessor.version != version {
+            return Err(format!(
+                "predecessors[{i}] is version {}, expected {version}",
+                predecessor.version
+            ));
+        }
+        let spki = &predecessor.key.spki_der;
+        let key = VerifyingKey::from_public_key_der(spki)
+            .map_err(|e| format!("version {version}: not an EC P-256 key: {e}"))?;
+        let id = digest::key_id(spki);
+        if predecessor.key.key_id != id {
+            return Err(format!("version {version}: keyId is not the SHA-256 of its key"));
+        }
+
+        let rotation = statement::check_rotation(rotation_envelope, &receipt.actor)
+            .map_err(|e| format!("rotation {version}→{}: {e}", version.saturating_add(1)))?;
+        let next_id = match lineage.predecessors.get(i.saturating_add(1)) {
+            Some(next) => next.key.key_id.as_str(),
+            None => key_id,
+        };
+        let next_backend = match lineage.predecessors.get(i.saturating_add(1)) {
+            Some(next) => next.attestation.backend.as_str(),
+            None => receipt.backend.as_str(),
+        };
+        if rotation.from_version != version
+            || rotation.from_key_id != id
+            || rotation.to_version != version.saturating_add(1)
+            || rotation.to_key_id != next_id
+            || rotation.to_backend != next_backend
+        {
+            return Err(format!(
+                "rotation {i} links v{} {} → v{} {}, but the chain needs v{version} {id} → v{} {next_id}: \
+                 a break or a fork",
+                rotation.from_version,
+                rotation.from_key_id,
+                rotation.to_version,
+                rotation.to_key_id,
+                version.saturating_add(1)
+            ));
+        }
+        if rotation_envelope.keyid != id {
+            return Err(format!("rotation {version}: keyid is not version {version}'s key id"));
+        }
+        dsse::verify(rotation_envelope, &key)
+            .map_err(|e| format!("rotation {version}: not signed by version {version}: {e}"))?;
+        if rotation.rotated_at_unix < last_rotation {
+            return Err(format!("rotation {version} is dated before the rotation preceding it"));
+        }
+        last_rotation = rotation.rotated_at_unix;
+
+        // The earlier key was in hardware too: its own attestation, valid when it rotated.
+        let attestation = &predecessor.attestation;
+        x509::verify_path(
+            &attestation.device,
+            &attestation.chain,
+            &anchors.certs,
+            rotation.rotated_at_unix,
+        )
+        .map_err(|e| format!("version {version}: device certificate: {e}"))?;
+        check_attestation_signature(attestation).map_err(|e| format!("version {version}: {e}"))?;
+        statement::check_lineage(
+            &attestation.statement,
+            &attestation.backend,
+            &KeyClaim {
+                actor: &receipt.actor,
+                version,
+                key_id: &id,
+                backend: &attestation.backend,
+            },
+        )
+        .map_err(|e| format!("version {version}: {e}"))?;
+    }
+    if receipt.signed_at_unix < last_rotation {
+        return Err("the receipt is dated before its key came into service".into());
+    }
+    Ok(())
+}
