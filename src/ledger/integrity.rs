@@ -23,8 +23,9 @@ pub struct LogStatus {
 }
 
 /// Recomputes the tree from every stored entry (O(n) hashing, no proofs trusted) and checks
-/// it against the stored nodes and the newest checkpoint, whose note must carry the same
-/// tree head. `checkpoint_ok` verifies the note's signature.
+/// every stored node against it (future proofs are built from them), and the tree head against
+/// the newest checkpoint, whose note must carry it. `checkpoint_ok` verifies the note's
+/// signature.
 pub fn check(
     store: &Store,
     origin: &str,
@@ -32,16 +33,29 @@ pub fn check(
 ) -> Result<LogStatus, IntegrityError> {
     let mut frontier = Frontier::default();
     let mut expected = 0u64;
+    let mut nodes = 0u64;
     store.for_each_entry(|index, _kind, _actor, entry| {
         if index != expected {
             return Err(StoreError::Corrupt(format!(
                 "log entry {expected} is missing (next stored is {index})"
             )));
         }
-        frontier.append(merkle::leaf_hash(entry));
+        for (level, node_index, hash) in frontier.append(merkle::leaf_hash(entry)) {
+            if store.node(level, node_index)? != Some(hash) {
+                return Err(StoreError::Corrupt(format!(
+                    "tree node ({level}, {node_index}) does not match the entries"
+                )));
+            }
+            nodes += 1;
+        }
         expected += 1;
         Ok(())
     })?;
+    if store.node_count()? != nodes {
+        return Err(IntegrityError::Corrupt(
+            "the tree holds nodes that no entry accounts for".into(),
+        ));
+    }
     let size = frontier.size();
     let root = frontier.root();
     let latest = store.latest_checkpoint()?;

@@ -539,6 +539,14 @@ impl Store {
         Ok(())
     }
 
+    /// Number of stored tree nodes.
+    pub fn node_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM tree_nodes", [], |row| row.get(0))?;
+        to_u64(n, "count")
+    }
+
     /// Whether a key id belongs to any registered key version.
     pub fn key_id_registered(&self, key_id: &str) -> Result<bool, StoreError> {
         Ok(self
