@@ -162,18 +162,29 @@ impl SequencerHandle {
     }
 }
 
-/// Tree nodes written by the batch in flight, over those already stored.
+/// Most tree nodes kept in memory; past it the cache starts afresh (recent nodes, which new
+/// receipts' proofs mostly need, come back at once).
+const NODE_CACHE_LIMIT: usize = 1 << 18;
+
+/// Tree nodes written by the batch in flight, over a cache of nodes recently written or
+/// read, over those stored: proofs for new receipts rarely touch SQLite.
 struct Overlay<'a> {
     store: &'a Store,
     staged: &'a HashMap<(u8, u64), Hash>,
+    cache: &'a std::cell::RefCell<HashMap<(u8, u64), Hash>>,
 }
 
 impl NodeReader for Overlay<'_> {
     fn node(&self, level: u8, index: u64) -> Result<Hash, MerkleError> {
-        match self.staged.get(&(level, index)) {
-            Some(hash) => Ok(*hash),
-            None => NodeReader::node(self.store, level, index),
+        if let Some(hash) = self.staged.get(&(level, index)) {
+            return Ok(*hash);
         }
+        if let Some(hash) = self.cache.borrow().get(&(level, index)) {
+            return Ok(*hash);
+        }
+        let hash = NodeReader::node(self.store, level, index)?;
+        self.cache.borrow_mut().insert((level, index), hash);
+        Ok(hash)
     }
 }
 
@@ -202,6 +213,8 @@ struct Sequencer {
     log: LogIdentity,
     actors: HashMap<String, ActorChain>,
     frontier: Frontier,
+    /// Committed tree nodes recently written or read (never uncommitted ones).
+    node_cache: std::cell::RefCell<HashMap<(u8, u64), Hash>>,
 }
 
 /// Starts the sequencer thread on `store`. It stops when every handle is dropped.
@@ -216,6 +229,7 @@ pub fn start(
         log,
         actors: HashMap::new(),
         frontier: Frontier::default(),
+        node_cache: std::cell::RefCell::new(HashMap::new()),
     };
     sequencer.reload()?;
     let (tx, rx) = mpsc::channel(1024);
@@ -250,6 +264,7 @@ impl Sequencer {
             }
         }
         self.actors = actors;
+        self.node_cache.borrow_mut().clear();
         let size = self.store.next_log_index()?;
         self.frontier = Frontier::from_reader(&self.store, size)?;
         Ok(())
@@ -631,6 +646,7 @@ impl Sequencer {
             let overlay = Overlay {
                 store: &self.store,
                 staged: &staged.nodes,
+                cache: &self.node_cache,
             };
             for pending in &mut staged.receipts {
                 let proof = merkle::inclusion_proof(&overlay, pending.row.log_index, checkpoint.size())?;
@@ -651,6 +667,11 @@ impl Sequencer {
             });
         }
         self.store.commit(&staged.batch)?;
+        let mut cache = self.node_cache.borrow_mut();
+        if cache.len() > NODE_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.extend(staged.nodes.drain());
         Ok(())
     }
 }
