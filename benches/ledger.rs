@@ -22,7 +22,10 @@ use actseal::{
 const ACTOR: &str = "spiffe://acme.example/agents/ledger-bench";
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn request(i: u64) -> SignRequest {
@@ -30,7 +33,9 @@ fn request(i: u64) -> SignRequest {
         actor: ACTOR.into(),
         action_type: "bench.action".into(),
         target: format!("bench:target:{i}"),
-        action: Some(Action::Document(format!("action document {i} {}", "x".repeat(400)).into_bytes())),
+        action: Some(Action::Document(
+            format!("action document {i} {}", "x".repeat(400)).into_bytes(),
+        )),
         context: [("run".to_string(), "ledger-bench".to_string())].into(),
         parent_action_sha256: vec![],
         request_id: String::new(),
@@ -39,7 +44,12 @@ fn request(i: u64) -> SignRequest {
 
 /// Signs with `clients` concurrent clients until `deadline` or until the log reaches `until`
 /// entries; returns the calls made.
-async fn sign_load(lab: &Lab, clients: usize, duration: Option<Duration>, until: Option<u64>) -> u64 {
+async fn sign_load(
+    lab: &Lab,
+    clients: usize,
+    duration: Option<Duration>,
+    until: Option<u64>,
+) -> u64 {
     let start = Instant::now();
     let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -90,15 +100,27 @@ async fn measure(lab: &Lab, label: &str) {
 
 fn main() {
     let large: u64 = env_or("ACTSEAL_BENCH_LOG_SIZE", 1_000_000);
-    let dir = tempfile::Builder::new().prefix("actseal-ledger-bench-").tempdir().unwrap();
-    let mut lab = Lab::create(Path::new(env!("CARGO_BIN_EXE_actseal")), &dir.path().join("lab"), false)
-        .expect("lab set-up");
+    let dir = tempfile::Builder::new()
+        .prefix("actseal-ledger-bench-")
+        .tempdir()
+        .unwrap();
+    let mut lab = Lab::create(
+        Path::new(env!("CARGO_BIN_EXE_actseal")),
+        &dir.path().join("lab"),
+        false,
+    )
+    .expect("lab set-up");
     lab.start_daemon().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let channel = actseal::cli::connect_unix(&lab.socket()).await.unwrap();
         KeyAdminClient::new(channel)
-            .create_key(CreateKeyRequest { actor: ACTOR.into() })
+            .create_key(CreateKeyRequest {
+                actor: ACTOR.into(),
+            })
             .await
             .unwrap();
         sign_load(&lab, 8, None, Some(1000)).await;
@@ -114,12 +136,19 @@ fn main() {
             }
             sign_load(&lab, 8, Some(Duration::from_secs(30)), Some(large)).await;
             if last.elapsed() > Duration::from_secs(60) {
-                eprintln!("  … {} entries after {:.0} s", log_size(&lab).await, fill.elapsed().as_secs_f64());
+                eprintln!(
+                    "  … {} entries after {:.0} s",
+                    log_size(&lab).await,
+                    fill.elapsed().as_secs_f64()
+                );
                 last = Instant::now();
             }
         }
         let size = log_size(&lab).await;
-        println!("filled to {size} entries in {:.0} s", fill.elapsed().as_secs_f64());
+        println!(
+            "filled to {size} entries in {:.0} s",
+            fill.elapsed().as_secs_f64()
+        );
         measure(&lab, &format!("log of ~{}k entries", size / 1000)).await;
     });
 
@@ -144,7 +173,10 @@ fn main() {
     let build = Instant::now();
     for i in 0..count {
         let index = (i * step) % checkpoint.size;
-        proofs.push((index, merkle::inclusion_proof(&store, index, checkpoint.size).unwrap()));
+        proofs.push((
+            index,
+            merkle::inclusion_proof(&store, index, checkpoint.size).unwrap(),
+        ));
     }
     let built = build.elapsed();
     store
@@ -158,8 +190,14 @@ fn main() {
     let leaf_of: std::collections::HashMap<u64, [u8; 32]> = leaves.into_iter().collect();
     let verify = Instant::now();
     for (index, proof) in &proofs {
-        actseal::verify::merkle::verify_inclusion(&leaf_of[index], *index, checkpoint.size, proof, &checkpoint.root)
-            .expect("proof verifies");
+        actseal::verify::merkle::verify_inclusion(
+            &leaf_of[index],
+            *index,
+            checkpoint.size,
+            proof,
+            &checkpoint.root,
+        )
+        .expect("proof verifies");
     }
     let verified = verify.elapsed();
     println!(
@@ -169,6 +207,11 @@ fn main() {
         verified.as_secs_f64(),
         verified.as_secs_f64() * 1e6 / count as f64
     );
-    let db_bytes = std::fs::metadata(lab.dir.join("state/actseal.db")).map(|m| m.len()).unwrap_or(0);
-    println!("state database: {:.0} MiB", db_bytes as f64 / (1024.0 * 1024.0));
+    let db_bytes = std::fs::metadata(lab.dir.join("state/actseal.db"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!(
+        "state database: {:.0} MiB",
+        db_bytes as f64 / (1024.0 * 1024.0)
+    );
 }

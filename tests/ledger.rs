@@ -68,7 +68,10 @@ async fn every_receipt_is_proved_in_a_growing_log_with_consistent_checkpoints() 
     assert_eq!(newest.size, 60);
     for index in [0u64, 1, 31, 59] {
         let proof = signer
-            .get_inclusion_proof(GetInclusionProofRequest { log_index: index, tree_size: 0 })
+            .get_inclusion_proof(GetInclusionProofRequest {
+                log_index: index,
+                tree_size: 0,
+            })
             .await
             .unwrap()
             .into_inner();
@@ -83,7 +86,10 @@ async fn every_receipt_is_proved_in_a_growing_log_with_consistent_checkpoints() 
     let early_size = early["log"]["treeSize"].as_u64().unwrap();
     assert!(early_size < 60);
     let consistency = signer
-        .get_consistency_proof(GetConsistencyProofRequest { old_size: early_size, new_size: 0 })
+        .get_consistency_proof(GetConsistencyProofRequest {
+            old_size: early_size,
+            new_size: 0,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -96,50 +102,113 @@ async fn every_receipt_is_proved_in_a_growing_log_with_consistent_checkpoints() 
     });
     let bundle_path = write(&lab, "first.bundle.json", &first.bundle_json);
     let proof_path = write(&lab, "consistency.json", &proof_json.to_string());
-    let out = lab.run(&["verify-log", &proof_path, "--bundle", &bundle_path, "--trust", &anchor(&lab)]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = lab
+        .run(&[
+            "verify-log",
+            &proof_path,
+            "--bundle",
+            &bundle_path,
+            "--trust",
+            &anchor(&lab),
+        ])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // The same through the client commands.
     let cli_proof = lab.path("cli-consistency.json");
-    lab.run_ok(&["log", "consistency", "--old", &early_size.to_string(), "--out", &cli_proof]).unwrap();
-    lab.run_ok(&["verify-log", &cli_proof, "--bundle", &bundle_path, "--trust", &anchor(&lab)]).unwrap();
+    lab.run_ok(&[
+        "log",
+        "consistency",
+        "--old",
+        &early_size.to_string(),
+        "--out",
+        &cli_proof,
+    ])
+    .unwrap();
+    lab.run_ok(&[
+        "verify-log",
+        &cli_proof,
+        "--bundle",
+        &bundle_path,
+        "--trust",
+        &anchor(&lab),
+    ])
+    .unwrap();
     // A forged proof fails.
     let mut forged = proof_json.clone();
     forged["hashes"][0] = serde_json::Value::String("00".repeat(32));
     let forged_path = write(&lab, "forged.json", &forged.to_string());
-    let out = lab.run(&["verify-log", &forged_path, "--bundle", &bundle_path, "--trust", &anchor(&lab)]).unwrap();
+    let out = lab
+        .run(&[
+            "verify-log",
+            &forged_path,
+            "--bundle",
+            &bundle_path,
+            "--trust",
+            &anchor(&lab),
+        ])
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
 
     // Proof requests past the tree are refused precisely.
     let past = signer
-        .get_inclusion_proof(GetInclusionProofRequest { log_index: 60, tree_size: 0 })
+        .get_inclusion_proof(GetInclusionProofRequest {
+            log_index: 60,
+            tree_size: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(past.code(), Code::OutOfRange, "{past:?}");
     let past = signer
-        .get_inclusion_proof(GetInclusionProofRequest { log_index: 0, tree_size: 61 })
+        .get_inclusion_proof(GetInclusionProofRequest {
+            log_index: 0,
+            tree_size: 61,
+        })
         .await
         .unwrap_err();
     assert_eq!(past.code(), Code::OutOfRange, "{past:?}");
     let past = signer
-        .get_consistency_proof(GetConsistencyProofRequest { old_size: 1, new_size: 1000 })
+        .get_consistency_proof(GetConsistencyProofRequest {
+            old_size: 1,
+            new_size: 1000,
+        })
         .await
         .unwrap_err();
     assert_eq!(past.code(), Code::OutOfRange, "{past:?}");
     let backwards = signer
-        .get_consistency_proof(GetConsistencyProofRequest { old_size: 60, new_size: early_size })
+        .get_consistency_proof(GetConsistencyProofRequest {
+            old_size: 60,
+            new_size: early_size,
+        })
         .await
         .unwrap_err();
     assert_eq!(backwards.code(), Code::InvalidArgument, "{backwards:?}");
     let zero = signer
-        .get_consistency_proof(GetConsistencyProofRequest { old_size: 0, new_size: 0 })
+        .get_consistency_proof(GetConsistencyProofRequest {
+            old_size: 0,
+            new_size: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(zero.code(), Code::InvalidArgument, "{zero:?}");
 
     // The whole log replays offline.
     let export = lab.path("log-export.json");
-    lab.run_ok(&["log", "export", "--config", &lab.config().display().to_string(), "--out", &export]).unwrap();
-    let audit = lab.run_ok(&["audit", &export, "--trust", &anchor(&lab)]).unwrap();
+    lab.run_ok(&[
+        "log",
+        "export",
+        "--config",
+        &lab.config().display().to_string(),
+        "--out",
+        &export,
+    ])
+    .unwrap();
+    let audit = lab
+        .run_ok(&["audit", &export, "--trust", &anchor(&lab)])
+        .unwrap();
     assert!(audit.contains("60 receipts of 2 actors"), "{audit}");
 }
 
@@ -149,26 +218,64 @@ async fn rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stop
     let v1 = create_key(&lab, ACTOR).await;
     let mut signer = signer(&lab).await;
     let mut admin = admin(&lab).await;
-    let mut bundles = vec![signer.sign(sign_request(ACTOR, b"v1 action")).await.unwrap().into_inner()];
-    let v2 = admin.rotate_key(RotateKeyRequest { actor: ACTOR.into() }).await.unwrap().into_inner();
+    let mut bundles = vec![
+        signer
+            .sign(sign_request(ACTOR, b"v1 action"))
+            .await
+            .unwrap()
+            .into_inner(),
+    ];
+    let v2 = admin
+        .rotate_key(RotateKeyRequest {
+            actor: ACTOR.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(v2.version, 2);
-    bundles.push(signer.sign(sign_request(ACTOR, b"v2 action")).await.unwrap().into_inner());
-    let v3 = admin.rotate_key(RotateKeyRequest { actor: ACTOR.into() }).await.unwrap().into_inner();
+    bundles.push(
+        signer
+            .sign(sign_request(ACTOR, b"v2 action"))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let v3 = admin
+        .rotate_key(RotateKeyRequest {
+            actor: ACTOR.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(v3.version, 3);
-    bundles.push(signer.sign(sign_request(ACTOR, b"v3 action")).await.unwrap().into_inner());
+    bundles.push(
+        signer
+            .sign(sign_request(ACTOR, b"v3 action"))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
 
-    for (bundle, (key, document)) in bundles
-        .iter()
-        .zip([(&v1, "v1 action"), (&v2, "v2 action"), (&v3, "v3 action")])
+    for (bundle, (key, document)) in
+        bundles
+            .iter()
+            .zip([(&v1, "v1 action"), (&v2, "v2 action"), (&v3, "v3 action")])
     {
-        let verified = verify(&lab, &bundle.bundle_json, Some(document.as_bytes())).expect("verifies");
+        let verified =
+            verify(&lab, &bundle.bundle_json, Some(document.as_bytes())).expect("verifies");
         assert_eq!(verified.key_id, key.key_id);
         assert_eq!(verified.key_version, u64::from(key.version));
     }
     // The sequence runs on across key versions.
-    assert_eq!(receipt_statement(&bundles[2].bundle_json)["predicate"]["sequence"], 3);
+    assert_eq!(
+        receipt_statement(&bundles[2].bundle_json)["predicate"]["sequence"],
+        3
+    );
     let old = signer
-        .get_actor_key(GetActorKeyRequest { actor: ACTOR.into(), version: 1 })
+        .get_actor_key(GetActorKeyRequest {
+            actor: ACTOR.into(),
+            version: 1,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -178,7 +285,10 @@ async fn rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stop
     // A lineage with a break or a fork is rejected.
     let v3_bundle: serde_json::Value = serde_json::from_str(&bundles[2].bundle_json).unwrap();
     let mut broken = v3_bundle.clone();
-    broken["lineage"]["rotations"].as_array_mut().unwrap().remove(0);
+    broken["lineage"]["rotations"]
+        .as_array_mut()
+        .unwrap()
+        .remove(0);
     let err = verify(&lab, &broken.to_string(), None).unwrap_err();
     assert_eq!(err.check.to_string(), "lineage.rotation");
     let mut forked = v3_bundle.clone();
@@ -193,17 +303,31 @@ async fn rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stop
 
     // Retirement: no more signing; rotation from a retired key is refused; both are logged.
     let retired = admin
-        .retire_key(RetireKeyRequest { actor: ACTOR.into(), version: 3 })
+        .retire_key(RetireKeyRequest {
+            actor: ACTOR.into(),
+            version: 3,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(retired.state, "retired");
-    let refused = signer.sign(sign_request(ACTOR, b"after retirement")).await.unwrap_err();
+    let refused = signer
+        .sign(sign_request(ACTOR, b"after retirement"))
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    let refused = admin.rotate_key(RotateKeyRequest { actor: ACTOR.into() }).await.unwrap_err();
+    let refused = admin
+        .rotate_key(RotateKeyRequest {
+            actor: ACTOR.into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     let wrong = admin
-        .retire_key(RetireKeyRequest { actor: ACTOR.into(), version: 1 })
+        .retire_key(RetireKeyRequest {
+            actor: ACTOR.into(),
+            version: 1,
+        })
         .await
         .unwrap_err();
     assert_eq!(wrong.code(), Code::FailedPrecondition, "{wrong:?}");
@@ -211,9 +335,22 @@ async fn rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stop
         verify(&lab, &bundle.bundle_json, None).expect("old proofs stay verifiable");
     }
     let export = lab.path("log-export.json");
-    lab.run_ok(&["log", "export", "--config", &lab.config().display().to_string(), "--out", &export]).unwrap();
-    let audit = lab.run_ok(&["audit", &export, "--trust", &anchor(&lab)]).unwrap();
-    assert!(audit.contains("3 receipts of 1 actors, 2 rotations, 1 retirements"), "{audit}");
+    lab.run_ok(&[
+        "log",
+        "export",
+        "--config",
+        &lab.config().display().to_string(),
+        "--out",
+        &export,
+    ])
+    .unwrap();
+    let audit = lab
+        .run_ok(&["audit", &export, "--trust", &anchor(&lab)])
+        .unwrap();
+    assert!(
+        audit.contains("3 receipts of 1 actors, 2 rotations, 1 retirements"),
+        "{audit}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +372,10 @@ async fn retries_with_a_request_id_return_the_same_bundle_and_append_nothing() {
     assert_eq!(conflict.code(), Code::AlreadyExists, "{conflict:?}");
     let mut bad = request.clone();
     bad.request_id = "has spaces".into();
-    assert_eq!(signer.sign(bad).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(
+        signer.sign(bad).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
 
     // Concurrent duplicates (likely in one batch) get one receipt between them.
     let mut duplicate = request.clone();
@@ -244,13 +384,19 @@ async fn retries_with_a_request_id_return_the_same_bundle_and_append_nothing() {
     for _ in 0..6 {
         let mut signer = common::signer(&lab).await;
         let duplicate = duplicate.clone();
-        tasks.push(tokio::spawn(async move { signer.sign(duplicate).await.unwrap().into_inner() }));
+        tasks.push(tokio::spawn(async move {
+            signer.sign(duplicate).await.unwrap().into_inner()
+        }));
     }
     let mut answers = Vec::new();
     for task in tasks {
         answers.push(task.await.unwrap());
     }
-    assert!(answers.iter().all(|a| a.bundle_json == answers[0].bundle_json));
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.bundle_json == answers[0].bundle_json)
+    );
     assert_eq!(receipt_count(&lab), 2);
 }
 
@@ -265,7 +411,10 @@ async fn a_damaged_database_is_caught_at_start_up_and_by_audit() {
     create_key(&lab, ACTOR).await;
     let mut signer = signer(&lab).await;
     for i in 0..5 {
-        signer.sign(sign_request(ACTOR, format!("action {i}").as_bytes())).await.unwrap();
+        signer
+            .sign(sign_request(ACTOR, format!("action {i}").as_bytes()))
+            .await
+            .unwrap();
     }
     drop(signer);
     lab.stop_daemon().unwrap();
@@ -273,17 +422,49 @@ async fn a_damaged_database_is_caught_at_start_up_and_by_audit() {
     let pristine = lab.dir.join("pristine.db");
     std::fs::copy(&database, &pristine).unwrap();
     let export = lab.path("good-export.json");
-    lab.run_ok(&["log", "export", "--config", &lab.config().display().to_string(), "--out", &export]).unwrap();
+    lab.run_ok(&[
+        "log",
+        "export",
+        "--config",
+        &lab.config().display().to_string(),
+        "--out",
+        &export,
+    ])
+    .unwrap();
 
     // (what, damage, whether the entries themselves are damaged: then audit must fail too)
     let damages = [
-        ("a changed byte in an entry", true, "UPDATE log_entries SET entry = CAST(replace(CAST(entry AS TEXT), 'action', 'actioN') AS BLOB) WHERE log_index = 2;"),
-        ("a deleted entry", true, "DELETE FROM requests; DELETE FROM receipts WHERE log_index = 4; DELETE FROM log_entries WHERE log_index = 4;"),
-        ("a deleted middle entry", true, "DELETE FROM receipts WHERE log_index = 1; DELETE FROM log_entries WHERE log_index = 1;"),
+        (
+            "a changed byte in an entry",
+            true,
+            "UPDATE log_entries SET entry = CAST(replace(CAST(entry AS TEXT), 'action', 'actioN') AS BLOB) WHERE log_index = 2;",
+        ),
+        (
+            "a deleted entry",
+            true,
+            "DELETE FROM requests; DELETE FROM receipts WHERE log_index = 4; DELETE FROM log_entries WHERE log_index = 4;",
+        ),
+        (
+            "a deleted middle entry",
+            true,
+            "DELETE FROM receipts WHERE log_index = 1; DELETE FROM log_entries WHERE log_index = 1;",
+        ),
         // Entries intact, so an audit of them passes; start-up still refuses the bad node.
-        ("a changed tree node", false, "UPDATE tree_nodes SET hash = zeroblob(32) WHERE level = 1 AND idx = 0;"),
-        ("a checkpoint row that disagrees with its note", false, "UPDATE checkpoints SET root = zeroblob(32) WHERE size = (SELECT MAX(size) FROM checkpoints);"),
-        ("an edited checkpoint note", true, "UPDATE checkpoints SET note = replace(note, char(10) || '5' || char(10), char(10) || '4' || char(10)) WHERE size = 5;"),
+        (
+            "a changed tree node",
+            false,
+            "UPDATE tree_nodes SET hash = zeroblob(32) WHERE level = 1 AND idx = 0;",
+        ),
+        (
+            "a checkpoint row that disagrees with its note",
+            false,
+            "UPDATE checkpoints SET root = zeroblob(32) WHERE size = (SELECT MAX(size) FROM checkpoints);",
+        ),
+        (
+            "an edited checkpoint note",
+            true,
+            "UPDATE checkpoints SET note = replace(note, char(10) || '5' || char(10), char(10) || '4' || char(10)) WHERE size = 5;",
+        ),
     ];
     for (what, entries_damaged, sql) in damages {
         std::fs::copy(&pristine, &database).unwrap();
@@ -292,28 +473,56 @@ async fn a_damaged_database_is_caught_at_start_up_and_by_audit() {
         sqlite(&lab, &format!("PRAGMA foreign_keys = OFF; {sql}"));
         let err = lab.start_daemon().expect_err(what);
         let text = err.to_string();
-        assert!(text.contains("log is corrupt") || text.contains("corrupt"), "{what}: {text}");
+        assert!(
+            text.contains("log is corrupt") || text.contains("corrupt"),
+            "{what}: {text}"
+        );
 
         // audit catches it in an export of the damaged database too (where one can be made).
         let damaged = lab.path("damaged-export.json");
-        let exported = lab.run(&["log", "export", "--config", &lab.config().display().to_string(), "--out", &damaged]).unwrap();
+        let exported = lab
+            .run(&[
+                "log",
+                "export",
+                "--config",
+                &lab.config().display().to_string(),
+                "--out",
+                &damaged,
+            ])
+            .unwrap();
         if exported.status.success() {
-            let out = lab.run(&["audit", &damaged, "--trust", &anchor(&lab)]).unwrap();
+            let out = lab
+                .run(&["audit", &damaged, "--trust", &anchor(&lab)])
+                .unwrap();
             let expected = if entries_damaged { 1 } else { 0 };
-            assert_eq!(out.status.code(), Some(expected), "{what}: {}", String::from_utf8_lossy(&out.stdout));
+            assert_eq!(
+                out.status.code(),
+                Some(expected),
+                "{what}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
     }
     // A tampered export (an entry's byte changed) fails the audit; the pristine one passes.
-    lab.run_ok(&["audit", &export, "--trust", &anchor(&lab)]).unwrap();
-    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&export).unwrap()).unwrap();
+    lab.run_ok(&["audit", &export, "--trust", &anchor(&lab)])
+        .unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&export).unwrap()).unwrap();
     json["entries"].as_array_mut().unwrap().swap(1, 2);
     let swapped = write(&lab, "swapped-export.json", &json.to_string());
-    let out = lab.run(&["audit", &swapped, "--trust", &anchor(&lab)]).unwrap();
+    let out = lab
+        .run(&["audit", &swapped, "--trust", &anchor(&lab)])
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
 
     // Restored, it starts and signs on.
     std::fs::copy(&pristine, &database).unwrap();
     lab.start_daemon().unwrap();
-    let next = common::signer(&lab).await.sign(sign_request(ACTOR, DOCUMENT)).await.unwrap().into_inner();
+    let next = common::signer(&lab)
+        .await
+        .sign(sign_request(ACTOR, DOCUMENT))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(next.log_index, 5);
 }

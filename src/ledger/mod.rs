@@ -8,6 +8,6 @@ pub mod merkle;
 pub mod store;
 
 pub use store::{
-    ActorHead, Batch, CheckpointRow, EntryKind, EntryRow, KeyChange, KeyRecord, KeyState, ReceiptRow,
-    Store, StoreError,
+    ActorHead, Batch, CheckpointRow, EntryKind, EntryRow, KeyChange, KeyRecord, KeyState,
+    ReceiptRow, Store, StoreError, StoredReceipt,
 };

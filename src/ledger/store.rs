@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS receipts (
     key_id          TEXT    NOT NULL REFERENCES actor_keys (key_id),
     payload_sha256  BLOB    NOT NULL,
     signed_at       TEXT    NOT NULL,
-    bundle          TEXT    NOT NULL,
+    proof_size      INTEGER NOT NULL REFERENCES checkpoints (size),
+    proof           BLOB    NOT NULL,
     UNIQUE (actor, sequence)
 );
 ";
@@ -126,7 +127,19 @@ pub struct ReceiptRow {
     pub key_id: String,
     pub payload_sha256: [u8; 32],
     pub signed_at: String,
-    pub bundle_json: String,
+    /// The checkpoint (tree size) the stored inclusion proof is against: the receipt's batch.
+    pub proof_size: u64,
+    pub proof: Vec<Hash>,
+}
+
+/// A stored receipt's own facts; the bundle is assembled from these, the log entry, the key's
+/// lineage and the checkpoint, so that per-key and per-batch data is stored once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReceipt {
+    pub sequence: u64,
+    pub key_id: String,
+    pub proof_size: u64,
+    pub proof: Vec<Hash>,
 }
 
 /// Kinds of log entries.
@@ -355,7 +368,9 @@ impl Store {
     pub fn next_log_index(&self) -> Result<u64, StoreError> {
         let max: Option<i64> =
             self.conn
-                .query_row("SELECT MAX(log_index) FROM log_entries", [], |row| row.get(0))?;
+                .query_row("SELECT MAX(log_index) FROM log_entries", [], |row| {
+                    row.get(0)
+                })?;
         match max {
             None => Ok(0),
             Some(i) => Ok(to_u64(i, "log index")? + 1),
@@ -398,14 +413,25 @@ impl Store {
                     e.entry
                 ])?;
             }
-            let mut stmt = tx
-                .prepare_cached("INSERT INTO tree_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")?;
+            let mut stmt =
+                tx.prepare_cached("INSERT INTO tree_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")?;
             for (level, index, hash) in &batch.nodes {
-                stmt.execute(params![level, to_i64(*index, "node index")?, hash.as_slice()])?;
+                stmt.execute(params![
+                    level,
+                    to_i64(*index, "node index")?,
+                    hash.as_slice()
+                ])?;
+            }
+            // Before the receipts, whose proofs refer to it.
+            if let Some(c) = &batch.checkpoint {
+                tx.execute(
+                    "INSERT INTO checkpoints (size, root, note) VALUES (?1, ?2, ?3)",
+                    params![to_i64(c.size, "tree size")?, c.root.as_slice(), c.note],
+                )?;
             }
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO receipts (log_index, actor, sequence, key_id, payload_sha256, signed_at, bundle)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO receipts (log_index, actor, sequence, key_id, payload_sha256, signed_at, proof_size, proof)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for row in &batch.receipts {
                 stmt.execute(params![
@@ -415,21 +441,20 @@ impl Store {
                     row.key_id,
                     row.payload_sha256.as_slice(),
                     row.signed_at,
-                    row.bundle_json,
+                    to_i64(row.proof_size, "tree size")?,
+                    row.proof.concat(),
                 ])?;
             }
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO requests (request_id, request_sha256, log_index) VALUES (?1, ?2, ?3)",
             )?;
             for (id, fingerprint, index) in &batch.requests {
-                stmt.execute(params![id, fingerprint.as_slice(), to_i64(*index, "log index")?])?;
+                stmt.execute(params![
+                    id,
+                    fingerprint.as_slice(),
+                    to_i64(*index, "log index")?
+                ])?;
             }
-        }
-        if let Some(c) = &batch.checkpoint {
-            tx.execute(
-                "INSERT INTO checkpoints (size, root, note) VALUES (?1, ?2, ?3)",
-                params![to_i64(c.size, "tree size")?, c.root.as_slice(), c.note],
-            )?;
         }
         tx.commit()?;
         Ok(())
@@ -440,7 +465,9 @@ impl Store {
         let hash: Option<Vec<u8>> = self
             .conn
             .prepare_cached("SELECT hash FROM tree_nodes WHERE level = ?1 AND idx = ?2")?
-            .query_row(params![level, to_i64(index, "node index")?], |row| row.get(0))
+            .query_row(params![level, to_i64(index, "node index")?], |row| {
+                row.get(0)
+            })
             .optional()?;
         hash.map(|h| {
             <Hash>::try_from(h.as_slice())
@@ -449,13 +476,21 @@ impl Store {
         .transpose()
     }
 
-    fn checkpoint_query(&self, sql: &str, size: Option<u64>) -> Result<Option<CheckpointRow>, StoreError> {
+    fn checkpoint_query(
+        &self,
+        sql: &str,
+        size: Option<u64>,
+    ) -> Result<Option<CheckpointRow>, StoreError> {
         let size = size.map(|s| to_i64(s, "tree size")).transpose()?;
         let row = self
             .conn
             .prepare_cached(sql)?
             .query_row(params![size], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?, row.get::<_, String>(2)?))
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, Vec<u8>>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
             })
             .optional()?;
         row.map(|(size, root, note)| {
@@ -479,7 +514,10 @@ impl Store {
 
     /// The signed checkpoint of exactly `size`.
     pub fn checkpoint(&self, size: u64) -> Result<Option<CheckpointRow>, StoreError> {
-        self.checkpoint_query("SELECT size, root, note FROM checkpoints WHERE size = ?1", Some(size))
+        self.checkpoint_query(
+            "SELECT size, root, note FROM checkpoints WHERE size = ?1",
+            Some(size),
+        )
     }
 
     /// A request id's fingerprint and the log index it produced.
@@ -514,7 +552,11 @@ impl Store {
                 "receipt" => EntryKind::Receipt,
                 "rotation" => EntryKind::Rotation,
                 "retirement" => EntryKind::Retirement,
-                other => return Err(StoreError::Corrupt(format!("entry {index}: kind {other:?}"))),
+                other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "entry {index}: kind {other:?}"
+                    )));
+                }
             };
             let actor: String = row.get(2)?;
             let entry = row.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
@@ -526,7 +568,11 @@ impl Store {
     pub fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT value FROM meta WHERE name = ?1", params![name], |row| row.get(0))
+            .query_row(
+                "SELECT value FROM meta WHERE name = ?1",
+                params![name],
+                |row| row.get(0),
+            )
             .optional()?)
     }
 
@@ -555,29 +601,55 @@ impl Store {
             .exists(params![key_id])?)
     }
 
-    /// A stored receipt: (sequence, key id, bundle JSON).
-    pub fn receipt(&self, log_index: u64) -> Result<Option<(u64, String, String)>, StoreError> {
-        let row: Option<(i64, String, String)> = self
+    /// A stored receipt, by log index.
+    pub fn receipt(&self, log_index: u64) -> Result<Option<StoredReceipt>, StoreError> {
+        let row: Option<(i64, String, i64, Vec<u8>)> = self
             .conn
-            .prepare_cached("SELECT sequence, key_id, bundle FROM receipts WHERE log_index = ?1")?
+            .prepare_cached(
+                "SELECT sequence, key_id, proof_size, proof FROM receipts WHERE log_index = ?1",
+            )?
             .query_row(params![to_i64(log_index, "log index")?], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
             })
             .optional()?;
-        row.map(|(sequence, key_id, bundle)| Ok((to_u64(sequence, "sequence")?, key_id, bundle)))
-            .transpose()
+        row.map(|(sequence, key_id, proof_size, proof)| {
+            let (hashes, rest) = proof.as_chunks::<32>();
+            if !rest.is_empty() {
+                return Err(StoreError::Corrupt(format!("proof of receipt {log_index}")));
+            }
+            Ok(StoredReceipt {
+                sequence: to_u64(sequence, "sequence")?,
+                key_id,
+                proof_size: to_u64(proof_size, "tree size")?,
+                proof: hashes.to_vec(),
+            })
+        })
+        .transpose()
     }
 
-    /// The stored bundle of a receipt, by log index.
-    pub fn bundle(&self, log_index: u64) -> Result<Option<String>, StoreError> {
+    /// A log entry's bytes, by index.
+    pub fn entry(&self, log_index: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT bundle FROM receipts WHERE log_index = ?1",
-                params![to_i64(log_index, "log index")?],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT entry FROM log_entries WHERE log_index = ?1")?
+            .query_row(params![to_i64(log_index, "log index")?], |row| row.get(0))
             .optional()?)
+    }
+
+    /// The key version with this key id.
+    pub fn key_by_id(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let actor: Option<String> = self
+            .conn
+            .prepare_cached("SELECT actor FROM actor_keys WHERE key_id = ?1")?
+            .query_row(params![key_id], |row| row.get(0))
+            .optional()?;
+        match actor {
+            None => Ok(None),
+            Some(actor) => Ok(self
+                .keys(Some(&actor))?
+                .into_iter()
+                .find(|k| k.key_id == key_id)),
+        }
     }
 
     /// Number of receipts in the log.

@@ -53,7 +53,13 @@ pub struct LogProof {
 }
 
 impl LogProof {
-    pub fn new(index: u64, tree_size: u64, proof: &[Hash], checkpoint: String, log_key: LogKeyInBundle) -> Self {
+    pub fn new(
+        index: u64,
+        tree_size: u64,
+        proof: &[Hash],
+        checkpoint: String,
+        log_key: LogKeyInBundle,
+    ) -> Self {
         LogProof {
             index,
             tree_size,

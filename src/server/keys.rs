@@ -10,7 +10,8 @@ use super::{DaemonState, blocking, sequencer::RotationPlan, validate};
 use crate::{
     api::{
         ActorKey, AdoptKeyRequest, CreateKeyRequest, ListKeysRequest, ListKeysResponse,
-        RetireKeyRequest, RotateKeyRequest, adopt_key_request::Selector, key_admin_server::KeyAdmin,
+        RetireKeyRequest, RotateKeyRequest, adopt_key_request::Selector,
+        key_admin_server::KeyAdmin,
     },
     backend::{Backend, BackendError, HardwareKey, KeyEvidence, KeySelector},
     ledger::{KeyRecord, KeyState},
@@ -240,7 +241,9 @@ impl KeyAdmin for KeyAdminService {
         let RetireKeyRequest { actor, version } = request.into_inner();
         validate::actor(&actor)?;
         if version == 0 {
-            return Err(Status::invalid_argument("version: name the version to retire"));
+            return Err(Status::invalid_argument(
+                "version: name the version to retire",
+            ));
         }
         self.state.sequencer.retire(actor.clone(), version).await?;
         tracing::info!(actor = %actor, version, "actor key retired");
@@ -266,7 +269,9 @@ impl KeyAdminService {
             .filter(|k| k.state == KeyState::Active)
             .max_by_key(|k| k.version)
             .ok_or_else(|| {
-                Status::failed_precondition(format!("actor {actor:?} has no active key: it was retired"))
+                Status::failed_precondition(format!(
+                    "actor {actor:?} has no active key: it was retired"
+                ))
             })
     }
 }
@@ -306,8 +311,10 @@ fn plan_rotation(state: &DaemonState, previous: KeyRecord) -> Result<RotationPla
             key_ref: previous.key_ref.clone(),
             public_key: previous.public_key,
         };
-        let signature =
-            backend.sign_digest(&previous_key, &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload))?;
+        let signature = backend.sign_digest(
+            &previous_key,
+            &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload),
+        )?;
         Ok::<_, BackendError>((
             attestation,
             Envelope::new(IN_TOTO_PAYLOAD_TYPE, &payload, &previous.key_id, &signature),

@@ -1,6 +1,7 @@
 //! The daemon: opens the backend and the state, then serves gRPC on a Unix socket (and on
 //! TCP when configured) until SIGTERM or SIGINT.
 
+mod bundles;
 mod keys;
 pub mod sequencer;
 mod signer;
@@ -108,9 +109,15 @@ pub fn stored_log_identity(store: &Store) -> Result<Option<sequencer::LogIdentit
     let Some(origin) = store.meta(META_ORIGIN)? else {
         return Ok(None);
     };
-    let key_ref = store.meta(META_KEY_REF)?.ok_or_else(|| bad("key reference"))?;
+    let key_ref = store
+        .meta(META_KEY_REF)?
+        .ok_or_else(|| bad("key reference"))?;
     let spki = B64
-        .decode(store.meta(META_PUBLIC_KEY)?.ok_or_else(|| bad("public key"))?)
+        .decode(
+            store
+                .meta(META_PUBLIC_KEY)?
+                .ok_or_else(|| bad("public key"))?,
+        )
         .map_err(|_| bad("public key"))?;
     let public_key = p256::PublicKey::from_public_key_der(&spki).map_err(|_| bad("public key"))?;
     let lineage = serde_json::from_str(&store.meta(META_LINEAGE)?.ok_or_else(|| bad("lineage"))?)
@@ -151,8 +158,12 @@ fn open_log(
         .map(str::to_owned)
         .unwrap_or_else(|| format!("actseal/{token_serial}"));
     // The origin doubles as the checkpoint key name: both rules apply.
-    crate::ledger::checkpoint::Checkpoint::new(origin.clone(), 0, crate::ledger::merkle::empty_root())
-        .map_err(|e| StartError::Config(format!("ledger.origin: {e}")))?;
+    crate::ledger::checkpoint::Checkpoint::new(
+        origin.clone(),
+        0,
+        crate::ledger::merkle::empty_root(),
+    )
+    .map_err(|e| StartError::Config(format!("ledger.origin: {e}")))?;
     if origin.contains([' ', '+']) {
         return Err(StartError::Config(format!(
             "ledger.origin {origin:?} must not contain spaces or '+' (it is also the checkpoint key name)"
@@ -170,7 +181,10 @@ fn open_log(
     )?;
     let lineage = keys::first_lineage(attestation);
     store.set_meta(META_KEY_REF, &key.key_ref.0)?;
-    store.set_meta(META_PUBLIC_KEY, &B64.encode(crate::proof::spki_der(&key.public_key)))?;
+    store.set_meta(
+        META_PUBLIC_KEY,
+        &B64.encode(crate::proof::spki_der(&key.public_key)),
+    )?;
     store.set_meta(
         META_LINEAGE,
         &serde_json::to_string(&lineage).map_err(|e| StartError::LogKey(e.to_string()))?,
@@ -241,7 +255,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let database = config.state.database();
     let reader = Store::open(&database)?;
     let log = tokio::task::block_in_place(|| {
-        open_log(&reader, backend.as_ref(), &device, config.ledger.origin.as_deref(), &token_serial)
+        open_log(
+            &reader,
+            backend.as_ref(),
+            &device,
+            config.ledger.origin.as_deref(),
+            &token_serial,
+        )
     })?;
     let status = tokio::task::block_in_place(|| {
         let spki = log.spki_der();

@@ -8,17 +8,13 @@
 //! is answered (group commit). Ordering is never in doubt, an fsync and a checkpoint
 //! signature are shared by the batch, and nobody is told "signed" before it is on disk.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    thread,
-};
+use std::{collections::HashMap, sync::Arc, thread};
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use super::validate::ValidAction;
+use super::{bundles, validate::ValidAction};
 use crate::{
     backend::{Backend, BackendError, HardwareKey},
     ledger::{
@@ -30,7 +26,7 @@ use crate::{
     },
     proof::{
         IN_TOTO_PAYLOAD_TYPE,
-        bundle::{ActorKeyInBundle, BUNDLE_MEDIA_TYPE, Bundle, LogKeyInBundle, LogProof},
+        bundle::LogKeyInBundle,
         dsse::{Envelope, signing_digest},
         lineage::{Lineage, retirement_payload},
         now_rfc3339,
@@ -143,22 +139,26 @@ impl SequencerHandle {
         action: ValidAction,
         request_id: Option<String>,
     ) -> Result<SignedReceipt, SequencerError> {
-        self.call(|reply| Command::Sign(action, request_id, reply)).await
+        self.call(|reply| Command::Sign(action, request_id, reply))
+            .await
     }
 
     /// Stores an actor's first key version.
     pub async fn register_key(&self, key: KeyRecord) -> Result<(), SequencerError> {
-        self.call(|reply| Command::RegisterKey(Box::new(key), reply)).await
+        self.call(|reply| Command::RegisterKey(Box::new(key), reply))
+            .await
     }
 
     /// Retires the previous version and makes the new one active; a log entry.
     pub async fn rotate(&self, plan: RotationPlan) -> Result<(), SequencerError> {
-        self.call(|reply| Command::Rotate(Box::new(plan), reply)).await
+        self.call(|reply| Command::Rotate(Box::new(plan), reply))
+            .await
     }
 
     /// Retires an actor's active version; a log entry signed by the log key.
     pub async fn retire(&self, actor: String, version: u32) -> Result<(), SequencerError> {
-        self.call(|reply| Command::Retire(actor, version, reply)).await
+        self.call(|reply| Command::Retire(actor, version, reply))
+            .await
     }
 }
 
@@ -191,7 +191,9 @@ impl NodeReader for Overlay<'_> {
 /// A receipt signed in this batch, waiting for its inclusion proof and the commit.
 struct PendingReceipt {
     row: ReceiptRow,
-    bundle: Bundle,
+    envelope: Envelope,
+    key: Arc<KeyRecord>,
+    bundle_json: String,
     reply: Option<Reply<SignedReceipt>>,
 }
 
@@ -240,9 +242,9 @@ pub fn start(
     Ok((SequencerHandle { tx }, thread))
 }
 
-fn receipt_answer(pending: &PendingReceipt, bundle_json: String) -> SignedReceipt {
+fn receipt_answer(pending: &PendingReceipt) -> SignedReceipt {
     SignedReceipt {
-        bundle_json,
+        bundle_json: pending.bundle_json.clone(),
         log_index: pending.row.log_index,
         sequence: pending.row.sequence,
         key_id: pending.row.key_id.clone(),
@@ -321,7 +323,13 @@ impl Sequencer {
     }
 
     /// Appends an entry to the tree in memory and stages its row and nodes.
-    fn append_entry(&mut self, staged: &mut Staged, kind: EntryKind, actor: &str, bytes: Vec<u8>) -> u64 {
+    fn append_entry(
+        &mut self,
+        staged: &mut Staged,
+        kind: EntryKind,
+        actor: &str,
+        bytes: Vec<u8>,
+    ) -> u64 {
         let index = self.frontier.size();
         for (level, node_index, hash) in self.frontier.append(merkle::leaf_hash(&bytes)) {
             staged.nodes.insert((level, node_index), hash);
@@ -368,14 +376,9 @@ impl Sequencer {
                     staged.followers.push((index, reply));
                     return Ok(());
                 }
-                match self.store.receipt(index) {
-                    Ok(Some((sequence, key_id, bundle_json))) => {
-                        let _ = reply.send(Ok(SignedReceipt {
-                            bundle_json,
-                            log_index: index,
-                            sequence,
-                            key_id,
-                        }));
+                match bundles::stored(&self.store, &self.log, index, None) {
+                    Ok(Some(answer)) => {
+                        let _ = reply.send(Ok(answer));
                         return Ok(());
                     }
                     Ok(None) => fail!(SequencerError::Store(StoreError::Corrupt(format!(
@@ -427,10 +430,10 @@ impl Sequencer {
             key_ref: key.key_ref.clone(),
             public_key: key.public_key,
         };
-        let signature = match self
-            .backend
-            .sign_digest(&hardware_key, &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload))
-        {
+        let signature = match self.backend.sign_digest(
+            &hardware_key,
+            &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload),
+        ) {
             Ok(signature) => signature,
             Err(e) => fail!(e.into()),
         };
@@ -461,19 +464,13 @@ impl Sequencer {
                 key_id: key.key_id.clone(),
                 payload_sha256,
                 signed_at,
-                bundle_json: String::new(),
-            },
-            bundle: Bundle {
-                media_type: BUNDLE_MEDIA_TYPE.into(),
-                receipt: envelope,
-                actor_key: ActorKeyInBundle {
-                    key_id: key.key_id.clone(),
-                    public_key: B64.encode(spki_der(&key.public_key)),
-                },
-                lineage: key.lineage.clone(),
                 // Filled in once the batch's checkpoint is signed.
-                log: LogProof::new(log_index, 0, &[], String::new(), self.log.in_bundle()),
+                proof_size: 0,
+                proof: Vec::new(),
             },
+            envelope,
+            key,
+            bundle_json: String::new(),
             reply: Some(reply),
         });
         Ok(())
@@ -481,9 +478,11 @@ impl Sequencer {
 
     fn check_new_key(&self, staged: &Staged, key: &KeyRecord) -> Result<(), SequencerError> {
         let taken = self.store.key_id_registered(&key.key_id)?
-            || staged.batch.keys.iter().any(
-                |change| matches!(change, KeyChange::Insert(k) if k.key_id == key.key_id),
-            )
+            || staged
+                .batch
+                .keys
+                .iter()
+                .any(|change| matches!(change, KeyChange::Insert(k) if k.key_id == key.key_id))
             || key.key_id == self.log.key_id;
         if taken {
             return Err(SequencerError::Conflict(format!(
@@ -494,7 +493,11 @@ impl Sequencer {
         Ok(())
     }
 
-    fn stage_register(&mut self, staged: &mut Staged, key: KeyRecord) -> Result<(), SequencerError> {
+    fn stage_register(
+        &mut self,
+        staged: &mut Staged,
+        key: KeyRecord,
+    ) -> Result<(), SequencerError> {
         if self.actors.contains_key(&key.actor) {
             return Err(SequencerError::Conflict(format!(
                 "actor {:?} has a key already; rotate it instead",
@@ -510,7 +513,10 @@ impl Sequencer {
                 head: None,
             },
         );
-        staged.batch.keys.push(KeyChange::Insert(Box::new((*key).clone())));
+        staged
+            .batch
+            .keys
+            .push(KeyChange::Insert(Box::new((*key).clone())));
         Ok(())
     }
 
@@ -531,7 +537,11 @@ impl Sequencer {
         }
     }
 
-    fn stage_rotate(&mut self, staged: &mut Staged, plan: RotationPlan) -> Result<(), SequencerError> {
+    fn stage_rotate(
+        &mut self,
+        staged: &mut Staged,
+        plan: RotationPlan,
+    ) -> Result<(), SequencerError> {
         let actor = plan.new_key.actor.clone();
         self.active_version(&actor, plan.previous_version)?;
         self.check_new_key(staged, &plan.new_key)?;
@@ -545,20 +555,29 @@ impl Sequencer {
             retired_at,
         });
         let new_key = Arc::new(plan.new_key);
-        staged.batch.keys.push(KeyChange::Insert(Box::new((*new_key).clone())));
+        staged
+            .batch
+            .keys
+            .push(KeyChange::Insert(Box::new((*new_key).clone())));
         if let Some(chain) = self.actors.get_mut(&actor) {
             chain.key = Some(new_key);
         }
         Ok(())
     }
 
-    fn stage_retire(&mut self, staged: &mut Staged, actor: &str, version: u32) -> Result<(), SequencerError> {
+    fn stage_retire(
+        &mut self,
+        staged: &mut Staged,
+        actor: &str,
+        version: u32,
+    ) -> Result<(), SequencerError> {
         let key = self.active_version(actor, version)?;
         let retired_at = now_rfc3339();
         let payload = retirement_payload(actor, version, &key.key_id, &retired_at);
-        let signature = self
-            .backend
-            .sign_digest(&self.log.key, &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload))?;
+        let signature = self.backend.sign_digest(
+            &self.log.key,
+            &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload),
+        )?;
         let statement = Envelope::new(IN_TOTO_PAYLOAD_TYPE, &payload, &self.log.key_id, &signature);
         let bytes = entry::encode(&statement)
             .map_err(|e| SequencerError::NotStored(format!("entry encoding: {e}")))?;
@@ -593,10 +612,12 @@ impl Sequencer {
                 let answers: HashMap<u64, SignedReceipt> = staged
                     .receipts
                     .iter()
-                    .map(|p| (p.row.log_index, receipt_answer(p, p.row.bundle_json.clone())))
+                    .map(|p| (p.row.log_index, receipt_answer(p)))
                     .collect();
                 for pending in staged.receipts {
-                    if let (Some(reply), Some(answer)) = (pending.reply, answers.get(&pending.row.log_index)) {
+                    if let (Some(reply), Some(answer)) =
+                        (pending.reply, answers.get(&pending.row.log_index))
+                    {
                         let _ = reply.send(Ok(answer.clone()));
                     }
                 }
@@ -634,8 +655,11 @@ impl Sequencer {
 
     fn seal(&mut self, staged: &mut Staged) -> Result<(), SequencerError> {
         if !staged.batch.entries.is_empty() {
-            let checkpoint =
-                Checkpoint::new(self.log.origin.clone(), self.frontier.size(), self.frontier.root())?;
+            let checkpoint = Checkpoint::new(
+                self.log.origin.clone(),
+                self.frontier.size(),
+                self.frontier.root(),
+            )?;
             let note = checkpoint.signed_note(
                 &self.log.origin,
                 &self.log.spki_der(),
@@ -649,15 +673,19 @@ impl Sequencer {
                 cache: &self.node_cache,
             };
             for pending in &mut staged.receipts {
-                let proof = merkle::inclusion_proof(&overlay, pending.row.log_index, checkpoint.size())?;
-                pending.bundle.log = LogProof::new(
+                let proof =
+                    merkle::inclusion_proof(&overlay, pending.row.log_index, checkpoint.size())?;
+                pending.bundle_json = bundles::bundle_json(
+                    pending.envelope.clone(),
+                    &pending.key,
+                    &self.log,
                     pending.row.log_index,
                     checkpoint.size(),
                     &proof,
                     note.clone(),
-                    self.log.in_bundle(),
                 );
-                pending.row.bundle_json = pending.bundle.to_json();
+                pending.row.proof_size = checkpoint.size();
+                pending.row.proof = proof;
                 staged.batch.receipts.push(pending.row.clone());
             }
             staged.batch.checkpoint = Some(CheckpointRow {

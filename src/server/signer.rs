@@ -12,7 +12,6 @@ use crate::{
         SignResponse, signer_server::Signer,
     },
     ledger::{CheckpointRow, Store, merkle},
-    proof::bundle::{Bundle, LogProof},
 };
 
 pub struct SignerService {
@@ -64,23 +63,17 @@ impl SignerService {
                 checkpoint.size
             )));
         }
-        let hashes = merkle::inclusion_proof(&*store, log_index, checkpoint.size).map_err(merkle_status)?;
+        let hashes =
+            merkle::inclusion_proof(&*store, log_index, checkpoint.size).map_err(merkle_status)?;
         // For a receipt, the refreshed bundle: the same receipt, proved against this checkpoint.
-        let bundle_json = match store.receipt(log_index)? {
-            Some((_, _, stored)) => {
-                let mut bundle: Bundle = serde_json::from_str(&stored)
-                    .map_err(|_| Status::internal("stored bundle is unreadable"))?;
-                bundle.log = LogProof::new(
-                    log_index,
-                    checkpoint.size,
-                    &hashes,
-                    checkpoint.note.clone(),
-                    self.state.log.in_bundle(),
-                );
-                bundle.to_json()
-            }
-            None => String::new(),
-        };
+        let bundle_json = super::bundles::stored(
+            &store,
+            &self.state.log,
+            log_index,
+            Some((checkpoint.size, hashes.clone())),
+        )?
+        .map(|r| r.bundle_json)
+        .unwrap_or_default();
         Ok(InclusionProof {
             log_index,
             tree_size: checkpoint.size,
@@ -103,7 +96,8 @@ impl SignerService {
             )));
         }
         let old = checkpoint_for(&store, old_size, "old_size")?;
-        let hashes = merkle::consistency_proof(&*store, old.size, new.size).map_err(merkle_status)?;
+        let hashes =
+            merkle::consistency_proof(&*store, old.size, new.size).map_err(merkle_status)?;
         Ok(ConsistencyProof {
             old_size: old.size,
             new_size: new.size,
@@ -146,7 +140,9 @@ impl Signer for SignerService {
         };
         match key {
             Some(key) => Ok(Response::new(to_api(key))),
-            None if keys.is_empty() => Err(Status::not_found(format!("actor {actor:?} has no key"))),
+            None if keys.is_empty() => {
+                Err(Status::not_found(format!("actor {actor:?} has no key")))
+            }
             None if version == 0 => Err(Status::failed_precondition(format!(
                 "actor {actor:?} has no active key: it was retired"
             ))),

@@ -126,8 +126,8 @@ fn decode_entry(entry: &[u8]) -> Result<Envelope, String> {
     let [payload_type, payload, sig] = <[&[u8]; 3]>::try_from(fields).map_err(|_| "entry shape")?;
     let payload_type =
         String::from_utf8(payload_type.to_vec()).map_err(|_| "payload type is not UTF-8")?;
-    let signature = p256::ecdsa::Signature::from_der(sig)
-        .map_err(|_| "signature is not DER ECDSA P-256")?;
+    let signature =
+        p256::ecdsa::Signature::from_der(sig).map_err(|_| "signature is not DER ECDSA P-256")?;
     Ok(Envelope {
         payload_type,
         payload: payload.to_vec(),
@@ -179,12 +179,18 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
     if checkpoint.size != size {
         return Err(fail(
             None,
-            format!("{size} entries, but the checkpoint covers {}", checkpoint.size),
+            format!(
+                "{size} entries, but the checkpoint covers {}",
+                checkpoint.size
+            ),
         ));
     }
     let root = root_of(&leaves);
     if root != checkpoint.root {
-        return Err(fail(None, "the entries' Merkle root is not the checkpoint's root"));
+        return Err(fail(
+            None,
+            "the entries' Merkle root is not the checkpoint's root",
+        ));
     }
 
     let mut keys: HashMap<String, Key> = HashMap::new();
@@ -195,7 +201,10 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
         let verifying = VerifyingKey::from_public_key_der(&key.spki_der)
             .map_err(|e| fail(None, format!("{at}: {e}")))?;
         if key.key_id != digest::key_id(&key.spki_der) {
-            return Err(fail(None, format!("{at}: keyId is not the hash of its key")));
+            return Err(fail(
+                None,
+                format!("{at}: keyId is not the hash of its key"),
+            ));
         }
         let lineage = bundle::decode_lineage(&at, k.lineage).map_err(|e| fail(None, e))?;
         keys.insert(
@@ -232,12 +241,16 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
                     .get_mut(&key_id)
                     .ok_or_else(|| fail(at, format!("receipt signed by unknown key {key_id}")))?;
                 dsse::verify(&envelope, &key.verifying).map_err(|e| fail(at, e))?;
-                let receipt = statement::check_receipt(&envelope, &key_id).map_err(|e| fail(at, e))?;
+                let receipt =
+                    statement::check_receipt(&envelope, &key_id).map_err(|e| fail(at, e))?;
                 if receipt.actor != key.actor || receipt.key_version != key.version {
                     return Err(fail(at, "receipt's actor or key version is not its key's"));
                 }
                 if receipt.log_index != index {
-                    return Err(fail(at, format!("receipt says logIndex {}", receipt.log_index)));
+                    return Err(fail(
+                        at,
+                        format!("receipt says logIndex {}", receipt.log_index),
+                    ));
                 }
                 key.first_use.get_or_insert(receipt.signed_at_unix);
                 last_time = last_time.max(receipt.signed_at_unix);
@@ -248,22 +261,40 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
                 match &state.active {
                     None if key.version == 1 => state.active = Some(key_id.clone()),
                     None => {
-                        return Err(fail(at, format!("key version {} was never rotated in", key.version)));
+                        return Err(fail(
+                            at,
+                            format!("key version {} was never rotated in", key.version),
+                        ));
                     }
                     Some(active) if *active != key_id => {
-                        return Err(fail(at, "signed by a key version that is not in service: a retired key after its retirement, or a fork"));
+                        return Err(fail(
+                            at,
+                            "signed by a key version that is not in service: a retired key after its retirement, or a fork",
+                        ));
                     }
                     Some(_) => {}
                 }
-                let expected = state.sequence.checked_add(1).ok_or_else(|| fail(at, "sequence overflow"))?;
+                let expected = state
+                    .sequence
+                    .checked_add(1)
+                    .ok_or_else(|| fail(at, "sequence overflow"))?;
                 if receipt.sequence != expected {
                     return Err(fail(
                         at,
-                        format!("{}: sequence {} where {expected} was due (a gap or a fork)", receipt.actor, receipt.sequence),
+                        format!(
+                            "{}: sequence {} where {expected} was due (a gap or a fork)",
+                            receipt.actor, receipt.sequence
+                        ),
                     ));
                 }
                 if receipt.previous_sha256 != state.previous_sha256 {
-                    return Err(fail(at, format!("{}: previousReceipt does not name the previous receipt", receipt.actor)));
+                    return Err(fail(
+                        at,
+                        format!(
+                            "{}: previousReceipt does not name the previous receipt",
+                            receipt.actor
+                        ),
+                    ));
                 }
                 state.sequence = expected;
                 state.previous_sha256 = Some(digest::sha256_hex(&envelope.payload));
@@ -272,14 +303,23 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
             statement::ROTATION_PREDICATE_TYPE => {
                 let actor: String = serde_json::from_slice::<serde_json::Value>(&envelope.payload)
                     .ok()
-                    .and_then(|v| v.pointer("/predicate/actor").and_then(|a| a.as_str()).map(str::to_owned))
+                    .and_then(|v| {
+                        v.pointer("/predicate/actor")
+                            .and_then(|a| a.as_str())
+                            .map(str::to_owned)
+                    })
                     .ok_or_else(|| fail(at, "rotation names no actor"))?;
-                let rotation = statement::check_rotation(&envelope, &actor).map_err(|e| fail(at, e))?;
+                let rotation =
+                    statement::check_rotation(&envelope, &actor).map_err(|e| fail(at, e))?;
                 let previous = keys
                     .get_mut(&rotation.from_key_id)
                     .ok_or_else(|| fail(at, "rotation from an unknown key"))?;
-                dsse::verify(&envelope, &previous.verifying)
-                    .map_err(|e| fail(at, format!("rotation not signed by the version it retires: {e}")))?;
+                dsse::verify(&envelope, &previous.verifying).map_err(|e| {
+                    fail(
+                        at,
+                        format!("rotation not signed by the version it retires: {e}"),
+                    )
+                })?;
                 previous.first_use.get_or_insert(rotation.rotated_at_unix);
                 let next = keys
                     .get(&rotation.to_key_id)
@@ -291,7 +331,12 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
                 match &state.active {
                     Some(active) if *active == rotation.from_key_id && !state.retired => {}
                     None if rotation.from_version == 1 && !state.retired => {}
-                    _ => return Err(fail(at, "rotation from a version that is not in service (a fork)")),
+                    _ => {
+                        return Err(fail(
+                            at,
+                            "rotation from a version that is not in service (a fork)",
+                        ));
+                    }
                 }
                 state.active = Some(rotation.to_key_id.clone());
                 last_time = last_time.max(rotation.rotated_at_unix);
@@ -324,23 +369,40 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
         let lineage = &key.lineage;
         x509::verify_path(&lineage.device, &lineage.chain, &anchors.certs, when)
             .map_err(|e| fail(None, format!("key {key_id}: device certificate: {e}")))?;
-        check_attestation_signature(lineage).map_err(|e| fail(None, format!("key {key_id}: {e}")))?;
+        check_attestation_signature(lineage)
+            .map_err(|e| fail(None, format!("key {key_id}: {e}")))?;
         statement::check_lineage(
             &lineage.statement,
             &lineage.backend,
-            &KeyClaim { actor: &key.actor, version: key.version, key_id, backend: &lineage.backend },
+            &KeyClaim {
+                actor: &key.actor,
+                version: key.version,
+                key_id,
+                backend: &lineage.backend,
+            },
         )
         .map_err(|e| fail(None, format!("key {key_id}: {e}")))?;
     }
     // And so was the log key.
     let when = if last_time == i64::MIN { 0 } else { last_time };
-    x509::verify_path(&log_key_lineage.device, &log_key_lineage.chain, &anchors.certs, when)
-        .map_err(|e| fail(None, format!("log key: device certificate: {e}")))?;
-    check_attestation_signature(&log_key_lineage).map_err(|e| fail(None, format!("log key: {e}")))?;
+    x509::verify_path(
+        &log_key_lineage.device,
+        &log_key_lineage.chain,
+        &anchors.certs,
+        when,
+    )
+    .map_err(|e| fail(None, format!("log key: device certificate: {e}")))?;
+    check_attestation_signature(&log_key_lineage)
+        .map_err(|e| fail(None, format!("log key: {e}")))?;
     statement::check_lineage(
         &log_key_lineage.statement,
         &log_key_lineage.backend,
-        &KeyClaim { actor: &origin, version: 1, key_id: &log_key_id, backend: &log_key_lineage.backend },
+        &KeyClaim {
+            actor: &origin,
+            version: 1,
+            key_id: &log_key_id,
+            backend: &log_key_lineage.backend,
+        },
     )
     .map_err(|e| fail(None, format!("log key: {e}")))?;
 

@@ -164,7 +164,11 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Bundle, String> {
     }
     Ok(Bundle {
         receipt: decode_envelope("receipt", json.receipt)?,
-        actor_key: decode_actor_key("actorKey", json.actor_key.key_id, &json.actor_key.public_key)?,
+        actor_key: decode_actor_key(
+            "actorKey",
+            json.actor_key.key_id,
+            &json.actor_key.public_key,
+        )?,
         lineage: decode_lineage("lineage", json.lineage)?,
         log: decode_log(json.log)?,
     })
@@ -202,7 +206,10 @@ fn decode_log(json: LogJson) -> Result<Log, String> {
         .map(|(i, h)| {
             let bytes = hex::decode(h)
                 .ok()
-                .filter(|_| h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+                .filter(|_| {
+                    h.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                })
                 .ok_or_else(|| format!("log.inclusionProof[{i}] is not lowercase hex"))?;
             <[u8; 32]>::try_from(bytes.as_slice())
                 .map_err(|_| format!("log.inclusionProof[{i}] is not 32 bytes"))
@@ -250,7 +257,11 @@ pub(crate) fn decode_envelope(what: &str, json: EnvelopeJson) -> Result<Envelope
 
 /// Decodes `actorKey`; the key must at least be a DER SubjectPublicKeyInfo here. That it is a
 /// P-256 key is part of `receipt.signature`.
-pub(crate) fn decode_actor_key(what: &str, key_id: String, public_key: &str) -> Result<ActorKey, String> {
+pub(crate) fn decode_actor_key(
+    what: &str,
+    key_id: String,
+    public_key: &str,
+) -> Result<ActorKey, String> {
     let spki_der = base64(&format!("{what}.publicKey"), public_key)?;
     SubjectPublicKeyInfoRef::from_der(&spki_der)
         .map_err(|e| format!("{what}.publicKey is not a DER SubjectPublicKeyInfo: {e}"))?;
@@ -290,7 +301,9 @@ fn decode_attestation(
 
 pub(crate) fn decode_lineage(what: &str, json: LineageJson) -> Result<Lineage, String> {
     if json.predecessors.len() > MAX_KEY_VERSIONS || json.rotations.len() > MAX_KEY_VERSIONS {
-        return Err(format!("{what} carries more than {MAX_KEY_VERSIONS} key versions"));
+        return Err(format!(
+            "{what} carries more than {MAX_KEY_VERSIONS} key versions"
+        ));
     }
     let mut lineage = decode_attestation(
         what,

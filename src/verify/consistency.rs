@@ -50,10 +50,18 @@ pub fn verify_log_consistency(
     let log = bundle::parse(bundle_json)?.log;
     let proof: ProofJson =
         serde_json::from_slice(proof_json).map_err(|e| format!("not a consistency proof: {e}"))?;
-    let old = verify_checkpoint(proof.old_checkpoint.as_bytes(), &log.key_name, &log.key.spki_der)
-        .map_err(|e| format!("old checkpoint: {e}"))?;
-    let new = verify_checkpoint(proof.new_checkpoint.as_bytes(), &log.key_name, &log.key.spki_der)
-        .map_err(|e| format!("new checkpoint: {e}"))?;
+    let old = verify_checkpoint(
+        proof.old_checkpoint.as_bytes(),
+        &log.key_name,
+        &log.key.spki_der,
+    )
+    .map_err(|e| format!("old checkpoint: {e}"))?;
+    let new = verify_checkpoint(
+        proof.new_checkpoint.as_bytes(),
+        &log.key_name,
+        &log.key.spki_der,
+    )
+    .map_err(|e| format!("new checkpoint: {e}"))?;
     if old.size != proof.old_size || new.size != proof.new_size {
         return Err("the proof's sizes are not the checkpoints' sizes".into());
     }

@@ -19,7 +19,9 @@ pub(crate) fn check_log_key(log: &Log, anchors: &TrustAnchors, at_unix: i64) -> 
         .map_err(|e| format!("log key is not an EC P-256 key: {e}"))?;
     let id = digest::key_id(&log.key.spki_der);
     if log.key.key_id != id {
-        return Err(format!("log.logKey.keyId is not the SHA-256 of the log key ({id})"));
+        return Err(format!(
+            "log.logKey.keyId is not the SHA-256 of the log key ({id})"
+        ));
     }
     let lineage = &log.key_lineage;
     x509::verify_path(&lineage.device, &lineage.chain, &anchors.certs, at_unix)
@@ -96,6 +98,12 @@ pub(crate) fn check_inclusion(
         ));
     }
     let leaf = leaf_hash(&entry_bytes(&bundle.receipt)?);
-    merkle::verify_inclusion(&leaf, log.index, checkpoint.size, &log.inclusion_proof, &checkpoint.root)
-        .map_err(|e| e.to_string())
+    merkle::verify_inclusion(
+        &leaf,
+        log.index,
+        checkpoint.size,
+        &log.inclusion_proof,
+        &checkpoint.root,
+    )
+    .map_err(|e| e.to_string())
 }

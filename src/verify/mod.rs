@@ -18,8 +18,8 @@
 
 mod anchors;
 pub mod audit;
-pub mod checkpoint;
 mod bundle;
+pub mod checkpoint;
 pub mod consistency;
 mod digest;
 mod dsse;

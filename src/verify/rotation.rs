@@ -52,7 +52,9 @@ pub(crate) fn check_chain(
             .map_err(|e| format!("version {version}: not an EC P-256 key: {e}"))?;
         let id = digest::key_id(spki);
         if predecessor.key.key_id != id {
-            return Err(format!("version {version}: keyId is not the SHA-256 of its key"));
+            return Err(format!(
+                "version {version}: keyId is not the SHA-256 of its key"
+            ));
         }
 
         let rotation = statement::check_rotation(rotation_envelope, &receipt.actor)
@@ -82,12 +84,16 @@ pub(crate) fn check_chain(
             ));
         }
         if rotation_envelope.keyid != id {
-            return Err(format!("rotation {version}: keyid is not version {version}'s key id"));
+            return Err(format!(
+                "rotation {version}: keyid is not version {version}'s key id"
+            ));
         }
         dsse::verify(rotation_envelope, &key)
             .map_err(|e| format!("rotation {version}: not signed by version {version}: {e}"))?;
         if rotation.rotated_at_unix < last_rotation {
-            return Err(format!("rotation {version} is dated before the rotation preceding it"));
+            return Err(format!(
+                "rotation {version} is dated before the rotation preceding it"
+            ));
         }
         last_rotation = rotation.rotated_at_unix;
 

@@ -315,7 +315,11 @@ pub(crate) fn check_lineage(
     require_eq("lineage.backend", bundle_backend, claim.backend)?;
     require_eq("lineage.backend", bundle_backend, LINEAGE_BACKEND)?;
     let (subject, p) = parse_statement::<LineagePredicate>(envelope, LINEAGE_PREDICATE)?;
-    require_eq("subject[0].digest.sha256", &subject.digest.sha256, claim.key_id)?;
+    require_eq(
+        "subject[0].digest.sha256",
+        &subject.digest.sha256,
+        claim.key_id,
+    )?;
     require_eq("predicate.keyId", &p.key_id, claim.key_id)?;
     require_eq("predicate.actor", &p.actor, claim.actor)?;
     if p.key_version != claim.version {
@@ -360,8 +364,16 @@ pub(crate) struct Retirement {
 
 pub(crate) fn check_retirement(envelope: &Envelope) -> Result<Retirement, String> {
     let (subject, p) = parse_statement::<RetirementPredicate>(envelope, RETIREMENT_PREDICATE)?;
-    require_eq("subject[0].digest.sha256", &subject.digest.sha256, &p.key_id)?;
-    require_eq("subject[0].name", &subject.name, &format!("{}#{}", p.actor, p.version))?;
+    require_eq(
+        "subject[0].digest.sha256",
+        &subject.digest.sha256,
+        &p.key_id,
+    )?;
+    require_eq(
+        "subject[0].name",
+        &subject.name,
+        &format!("{}#{}", p.actor, p.version),
+    )?;
     Ok(Retirement {
         retired_at_unix: parse_time("predicate.retiredAt", &p.retired_at)?,
         actor: p.actor,
@@ -414,14 +426,21 @@ pub(crate) struct Rotation {
 pub(crate) fn check_rotation(envelope: &Envelope, actor: &str) -> Result<Rotation, String> {
     let (subject, p) = parse_statement::<RotationPredicate>(envelope, ROTATION_PREDICATE)?;
     require_eq("predicate.actor", &p.actor, actor)?;
-    require_eq("subject[0].digest.sha256", &subject.digest.sha256, &p.next.key_id)?;
+    require_eq(
+        "subject[0].digest.sha256",
+        &subject.digest.sha256,
+        &p.next.key_id,
+    )?;
     require_eq(
         "subject[0].name",
         &subject.name,
         &format!("{actor}#{}", p.next.version),
     )?;
     if !BACKENDS.contains(&p.next_backend.as_str()) {
-        return Err(format!("predicate.nextBackend {:?} is unknown", p.next_backend));
+        return Err(format!(
+            "predicate.nextBackend {:?} is unknown",
+            p.next_backend
+        ));
     }
     Ok(Rotation {
         rotated_at_unix: parse_time("predicate.rotatedAt", &p.rotated_at)?,
