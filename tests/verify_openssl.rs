@@ -59,6 +59,73 @@ fn openssl_rejects_tampered_copies() {
     assert!(verify_with_openssl(&text, &anchor, Some(b"another document"), dir.path()).is_err());
 }
 
+/// The committed vector's checkpoint note checked with openssl alone (FORMAT.md §10): the
+/// signature over the note text under the log key, and the key id as the SPKI hash prefix.
+#[test]
+fn committed_checkpoint_verifies_with_openssl_alone() {
+    require_openssl();
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(vectors().join("bundle-v1.json")).unwrap();
+    let b: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let note = b["log"]["checkpoint"].as_str().unwrap();
+    let (body, sig_line) = note.split_once("\n\n").unwrap();
+    let origin = b["log"]["logKey"]["keyName"].as_str().unwrap();
+    let blob_b64 = sig_line
+        .strip_prefix(&format!("\u{2014} {origin} "))
+        .and_then(|rest| rest.strip_suffix('\n'))
+        .unwrap();
+    let blob = unb64(blob_b64);
+    let spki = unb64(b["log"]["logKey"]["publicKey"].as_str().unwrap());
+    assert_eq!(blob[..4], hex::decode(sha256_hex(&spki)).unwrap()[..4]);
+
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(path("text"), format!("{body}\n")).unwrap();
+    std::fs::write(path("sig.der"), &blob[4..]).unwrap();
+    std::fs::write(path("key.der"), &spki).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let p = |name: &str| path(name).to_str().unwrap().to_string();
+    let (ok, _) = openssl(&[
+        "pkey",
+        "-pubin",
+        "-inform",
+        "DER",
+        "-in",
+        &p("key.der"),
+        "-out",
+        &p("key.pem"),
+    ]);
+    assert!(ok);
+    let verify = || {
+        openssl(&[
+            "dgst",
+            "-sha256",
+            "-verify",
+            &p("key.pem"),
+            "-signature",
+            &p("sig.der"),
+            &p("text"),
+        ])
+    };
+    let (ok, out) = verify();
+    assert!(ok && out.trim() == "Verified OK", "{out}");
+    // The size line changed: the signature no longer verifies.
+    std::fs::write(
+        path("text"),
+        format!("{body}\n").replacen("\n6\n", "\n7\n", 1),
+    )
+    .unwrap();
+    assert!(!verify().0);
+}
+
 /// The CLI and the crate agree on variants chosen to exercise each kind of check.
 #[test]
 fn openssl_and_the_verifier_agree() {
@@ -115,6 +182,35 @@ fn openssl_and_the_verifier_agree() {
             false,
         ),
     ];
+    // The openssl steps check the signing key's own attestation, not the rotation lineage or
+    // the log: these variants exercise them only where both verifiers must agree.
+    cases.push(("key version 3 (two rotations)", rotated(3), true));
+    cases.push((
+        "key version 2 under an intermediate, log key on a second device",
+        Options {
+            intermediate: mid(),
+            log_device: Some(DeviceSpec::second()),
+            ..rotated(2)
+        },
+        true,
+    ));
+    cases.push((
+        "log of one entry",
+        Options {
+            log_index: 0,
+            log_tree_size: 1,
+            ..Options::default()
+        },
+        true,
+    ));
+    cases.push((
+        "high-S receipt signature",
+        Options {
+            receipt_high_s: true,
+            ..Options::default()
+        },
+        true,
+    ));
     let mut not_ca = CaSpec::new("actseal test intermediate", 2);
     not_ca.is_ca = false;
     cases.push((

@@ -68,10 +68,23 @@ fn set(v: &mut Value, pointer: &str, new: Value) {
     *v.pointer_mut(pointer).unwrap() = new;
 }
 
-/// The bundle with its receipt replaced by `payload` signed by `key` (keyid = that key's id).
+/// The bundle with its receipt replaced by `payload` signed by `key` (keyid = that key's id),
+/// and the log rebuilt around the new receipt (at the same position), so that the check the
+/// change aims at is the one reached.
 fn with_receipt(g: &Generated, payload: &[u8], key: &SoftKey) -> Value {
     let mut b = g.bundle.clone();
     b["receipt"] = envelope(key, payload);
+    relog(g, &mut b);
+    b
+}
+
+/// The bundle with the envelope at `env` replaced by `payload` signed by `key`, keeping the
+/// envelope's `keyid`.
+fn resign(g: &Generated, env: &str, payload: &[u8], key: &SoftKey) -> Value {
+    let mut b = g.bundle.clone();
+    let keyid = str_at(&b, &format!("{env}/signatures/0/keyid")).to_string();
+    let sig = key.sign_der(&pae(IN_TOTO, payload));
+    set(&mut b, env, envelope_with_sig(&keyid, payload, &sig));
     b
 }
 
@@ -108,7 +121,8 @@ fn generated_bundle_verifies_and_reports_what_it_proves() {
     assert_eq!(v.key_id, g.actor_key.key_id());
     assert_eq!(v.key_version, 1);
     assert_eq!(v.backend, "pkcs11");
-    assert_eq!((v.sequence, v.log_index), (1, 0));
+    assert_eq!((v.sequence, v.log_index), (1, 3));
+    assert_eq!((v.log_origin.as_str(), v.tree_size), (LOG_ORIGIN, 6));
     assert_eq!(v.signed_at, "2026-11-26T17:51:36Z");
     assert_eq!(
         v.device_subject,
@@ -126,6 +140,17 @@ fn generated_bundle_verifies_and_reports_what_it_proves() {
         text.starts_with("OK: spiffe://acme.example/agents/payments performed payment.initiate")
     );
     assert!(text.contains("matches the given document"));
+    assert!(
+        text.contains("in log log.acme.example/actseal at index 3 of a signed tree of 6 entries"),
+        "{text}"
+    );
+    // The generated log really is a tree of 6 with the receipt at 3: a non-trivial proof.
+    assert_eq!(g.log_entries.len(), 6);
+    assert_eq!(g.log_entries[3], entry_bytes(&g.bundle["receipt"]));
+    assert_eq!(
+        g.bundle["log"]["inclusionProof"].as_array().unwrap().len(),
+        3
+    );
 }
 
 #[test]
@@ -154,6 +179,7 @@ fn variants_that_must_verify() {
                 o.sequence = 2;
                 o.previous_receipt = Some(prev.clone());
                 o.log_index = 17;
+                o.log_tree_size = 40;
             }),
         ),
         (
@@ -162,11 +188,90 @@ fn variants_that_must_verify() {
         ),
         (
             "key version 2, adopted key",
+            Options {
+                origin: "adopted".into(),
+                ..rotated(2)
+            },
+        ),
+        ("key version 3 (two rotations)", rotated(3)),
+        ("key version 5", rotated(5)),
+        (
+            "key version 3, version 1 on a second device, with an intermediate CA",
+            {
+                let mut o = rotated(3);
+                o.predecessors[0].device = Some(DeviceSpec::second());
+                o.intermediate = Some(CaSpec::new("actseal test intermediate", 2));
+                o
+            },
+        ),
+        (
+            "key version 2, old device expired since, valid when the key rotated",
+            {
+                let mut o = rotated(2);
+                let mut old = DeviceSpec::second();
+                old.not_after = day(2026, 3, 1);
+                o.predecessors[0].device = Some(old);
+                o.predecessors[0].rotated_at = "2026-02-28T23:59:59Z".into();
+                o
+            },
+        ),
+        (
+            "rotations at the same instant, the receipt signed at that instant",
+            {
+                let mut o = rotated(3);
+                for p in &mut o.predecessors {
+                    p.rotated_at = o.signed_at.clone();
+                }
+                o
+            },
+        ),
+        (
+            "log of one entry (empty inclusion proof)",
             with(|o| {
-                o.key_version = 2;
-                o.actor_key_label = "actseal test actor key payments v2".into();
-                o.origin = "adopted".into();
+                o.log_index = 0;
+                o.log_tree_size = 1;
             }),
+        ),
+        (
+            "first of 8 entries",
+            with(|o| {
+                o.log_index = 0;
+                o.log_tree_size = 8;
+            }),
+        ),
+        (
+            "last of 7 entries",
+            with(|o| {
+                o.log_index = 6;
+                o.log_tree_size = 7;
+            }),
+        ),
+        ("index 5 of 6", with(|o| o.log_index = 5)),
+        (
+            "index 700 of 1001",
+            with(|o| {
+                o.log_index = 700;
+                o.log_tree_size = 1001;
+            }),
+        ),
+        (
+            "log key on a second device",
+            with(|o| o.log_device = Some(DeviceSpec::second())),
+        ),
+        (
+            "log key on a second device under an intermediate CA",
+            with(|o| {
+                o.log_device = Some(DeviceSpec::second());
+                o.intermediate = Some(CaSpec::new("actseal test intermediate", 2));
+            }),
+        ),
+        (
+            "another log origin",
+            with(|o| o.log_origin = "transparency.example.net/actseal-7".into()),
+        ),
+        (
+            "high-S receipt signature, logged as such",
+            with(|o| o.receipt_high_s = true),
         ),
         ("empty context", with(|o| o.context.clear())),
         (
@@ -213,7 +318,17 @@ fn unknown_members_are_ignored() {
     b["receipt"]["signatures"][0]["note"] = json!("ignored");
     b["lineage"]["extra"] = json!(1);
     b["actorKey"]["algorithm"] = json!("ES256");
+    b["log"]["witnesses"] = json!([]);
+    b["log"]["logKey"]["comment"] = json!("ignored");
+    b["log"]["logKey"]["lineage"]["extra"] = json!(true);
     assert_ok(run(&g, &b, Some(&g.document)));
+
+    let g3 = generate(&rotated(3));
+    let mut b = g3.bundle.clone();
+    b["lineage"]["predecessors"][0]["note"] = json!("ignored");
+    b["lineage"]["predecessors"][1]["predecessors"] = json!("not read here");
+    b["lineage"]["rotations"][1]["extra"] = json!({});
+    assert_ok(run(&g3, &b, Some(&g3.document)));
 
     let mut payload: Value = serde_json::from_slice(&g.receipt_payload).unwrap();
     payload["predicate"]["future"] = json!({"x": 1});
@@ -224,21 +339,32 @@ fn unknown_members_are_ignored() {
 
 #[test]
 fn high_s_signatures_are_accepted() {
-    use p256::elliptic_curve::ops::Neg;
     let g = default_bundle();
     let der = unb64(str_at(&g.bundle, "/receipt/signatures/0/sig"));
-    let sig = p256::ecdsa::Signature::from_der(&der).unwrap();
-    let (r, s) = sig.split_scalars();
-    let high = p256::ecdsa::Signature::from_scalars(r, s.as_ref().neg()).unwrap();
+    let twin = other_s(&der);
+    let is_high = |d: &[u8]| {
+        p256::ecdsa::Signature::from_der(d)
+            .unwrap()
+            .normalize_s()
+            .is_some()
+    };
     // Exactly one of (s, n - s) is high; the hardware may produce either.
-    assert_ne!(sig.normalize_s().is_some(), high.normalize_s().is_some());
+    assert_ne!(is_high(&der), is_high(&twin));
     let mut b = g.bundle.clone();
-    set(
-        &mut b,
-        "/receipt/signatures/0/sig",
-        json!(b64(high.to_der().as_bytes())),
-    );
+    set(&mut b, "/receipt/signatures/0/sig", json!(b64(&twin)));
+    // The log entry holds the signature bytes: the twin is another entry, not in the log...
+    assert_fails(run(&g, &b, Some(&g.document)), Check::LogInclusion);
+    // ...and verifies once it is the one logged.
+    relog(&g, &mut b);
     assert_ok(run(&g, &b, Some(&g.document)));
+    // Same for the lineage statements, which are not logged.
+    for env in ["/lineage/statement", "/log/logKey/lineage/statement"] {
+        let mut b = g.bundle.clone();
+        let sig = format!("{env}/signatures/0/sig");
+        let twin = other_s(&unb64(str_at(&b, &sig)));
+        set(&mut b, &sig, json!(b64(&twin)));
+        assert_ok(run(&g, &b, Some(&g.document)));
+    }
 }
 
 #[test]
@@ -270,6 +396,10 @@ fn check_names_are_those_of_format_md() {
         Check::LineageCertificate,
         Check::LineageSignature,
         Check::LineageStatement,
+        Check::LineageRotation,
+        Check::LogKey,
+        Check::LogCheckpoint,
+        Check::LogInclusion,
     ]
     .iter()
     .map(ToString::to_string)
@@ -283,7 +413,11 @@ fn check_names_are_those_of_format_md() {
             "receipt.document",
             "lineage.certificate",
             "lineage.signature",
-            "lineage.statement"
+            "lineage.statement",
+            "lineage.rotation",
+            "log.key",
+            "log.checkpoint",
+            "log.inclusion"
         ]
     );
     let g = default_bundle();
@@ -402,7 +536,8 @@ fn receipt_member_check(pointer: &str) -> Option<Check> {
         | "/predicate/mode" => Some(ReceiptStatement),
         "/subject/0/digest/sha256" => Some(ReceiptDocument),
         "/predicate/actor" | "/predicate/key/version" => Some(LineageStatement),
-        "/predicate/action/type" | "/predicate/logIndex" => None,
+        "/predicate/logIndex" => Some(LogInclusion),
+        "/predicate/action/type" => None,
         other => panic!("unclassified receipt member {other}"),
     }
 }
@@ -498,46 +633,133 @@ fn every_receipt_member_is_covered_by_the_signature_and_the_checks() {
     }
 }
 
-#[test]
-fn every_lineage_member_is_covered_by_the_signature_and_the_checks() {
-    let g = default_bundle();
+/// Tampers with every member of the statement in the envelope at `env`, which `key` signed:
+/// changed and not re-signed, `unsigned` fails; changed and re-signed by `key`, the check
+/// `changed(pointer)` fails (`None`: it verifies); removed and re-signed, `removed` fails.
+#[allow(clippy::too_many_arguments)]
+fn tamper_statement(
+    g: &Generated,
+    env: &str,
+    payload: &[u8],
+    key: &SoftKey,
+    unsigned: Check,
+    changed: impl Fn(&str) -> Option<Check>,
+    removed: Check,
+    min_leaves: usize,
+) {
     let doc = Some(g.document.as_slice());
-    let original = decode_payload(&g.lineage_payload);
+    let original = decode_payload(payload);
     let (mut leaves, mut members) = (Vec::new(), Vec::new());
     walk(&original, String::new(), &mut leaves, &mut members);
-    assert!(leaves.len() >= 20, "{leaves:?}");
+    assert!(leaves.len() >= min_leaves, "{env}: {leaves:?}");
+    // The untouched payload re-signed (RFC 6979: the same signature) still verifies.
+    assert_ok(run(g, &resign(g, env, payload, key), doc));
 
     for pointer in &leaves {
         let mut v = original.clone();
         let old = v.pointer(pointer).unwrap().clone();
         set(&mut v, pointer, tamper_value(&old));
         let payload = serde_json::to_vec(&v).unwrap();
-        let unsigned = with_payload_unsigned(&g, "/lineage/statement", &payload);
+        let not_resigned = with_payload_unsigned(g, env, &payload);
         expect(
-            run(&g, &unsigned, doc),
-            Some(Check::LineageSignature),
-            &format!("{pointer} (not re-signed)"),
+            run(g, &not_resigned, doc),
+            Some(unsigned),
+            &format!("{env}: {pointer} (not re-signed)"),
         );
         expect(
-            run(&g, &with_lineage(&g, &payload), doc),
-            lineage_member_check(pointer),
-            &format!("{pointer} (re-signed)"),
+            run(g, &resign(g, env, &payload, key), doc),
+            changed(pointer),
+            &format!("{env}: {pointer} (re-signed)"),
         );
     }
     for pointer in &members {
         let mut v = original.clone();
         remove(&mut v, pointer);
         let payload = serde_json::to_vec(&v).unwrap();
-        let unsigned = with_payload_unsigned(&g, "/lineage/statement", &payload);
+        let not_resigned = with_payload_unsigned(g, env, &payload);
         expect(
-            run(&g, &unsigned, doc),
-            Some(Check::LineageSignature),
-            &format!("without {pointer} (not re-signed)"),
+            run(g, &not_resigned, doc),
+            Some(unsigned),
+            &format!("{env}: without {pointer} (not re-signed)"),
         );
         expect(
-            run(&g, &with_lineage(&g, &payload), doc),
-            Some(Check::LineageStatement),
-            &format!("without {pointer} (re-signed)"),
+            run(g, &resign(g, env, &payload, key), doc),
+            Some(removed),
+            &format!("{env}: without {pointer} (re-signed)"),
+        );
+    }
+}
+
+#[test]
+fn every_lineage_member_is_covered_by_the_signature_and_the_checks() {
+    let g = default_bundle();
+    assert_eq!(
+        with_lineage(&g, &g.lineage_payload),
+        g.bundle,
+        "deterministic signatures"
+    );
+    tamper_statement(
+        &g,
+        "/lineage/statement",
+        &g.lineage_payload,
+        &g.device_key,
+        Check::LineageSignature,
+        lineage_member_check,
+        Check::LineageStatement,
+        20,
+    );
+}
+
+/// The log key's lineage statement is held to the same rules, as the statement about the key
+/// of actor `<log origin>`, version 1; every failure is `log.key`.
+#[test]
+fn every_log_key_lineage_member_is_covered() {
+    let g = default_bundle();
+    tamper_statement(
+        &g,
+        "/log/logKey/lineage/statement",
+        &g.log_lineage_payload,
+        &g.log_device_key,
+        Check::LogKey,
+        |p| lineage_member_check(p).map(|_| Check::LogKey),
+        Check::LogKey,
+        20,
+    );
+}
+
+/// The lineage statements of earlier key versions: every failure is `lineage.rotation`.
+#[test]
+fn every_predecessor_lineage_member_is_covered() {
+    let g = generate(&rotated(3));
+    for i in 0..2 {
+        tamper_statement(
+            &g,
+            &format!("/lineage/predecessors/{i}/statement"),
+            &g.predecessor_payloads[i],
+            &g.predecessor_device_keys[i],
+            Check::LineageRotation,
+            |p| lineage_member_check(p).map(|_| Check::LineageRotation),
+            Check::LineageRotation,
+            20,
+        );
+    }
+}
+
+/// Every member of a rotation statement is checked: any change, re-signed by the retiring key
+/// or not, fails `lineage.rotation`.
+#[test]
+fn every_rotation_member_is_covered() {
+    let g = generate(&rotated(3));
+    for i in 0..2 {
+        tamper_statement(
+            &g,
+            &format!("/lineage/rotations/{i}"),
+            &g.rotation_payloads[i],
+            &g.predecessor_keys[i],
+            Check::LineageRotation,
+            |_| Some(Check::LineageRotation),
+            Check::LineageRotation,
+            11,
         );
     }
 }
@@ -552,7 +774,8 @@ fn re_signed_receipts_with_malformed_values_fail_the_statement_check() {
         ("\"sequence\":1", "\"sequence\":-1"),
         ("\"sequence\":1", "\"sequence\":0"),
         ("\"sequence\":1", "\"sequence\":\"1\""),
-        ("\"logIndex\":0", "\"logIndex\":1e400"),
+        ("\"logIndex\":3", "\"logIndex\":1e400"),
+        ("\"logIndex\":3", "\"logIndex\":-3"),
         ("\"version\":1", "\"version\":0"),
         (
             "\"mode\":\"single\"",
@@ -660,6 +883,14 @@ fn flipping_the_last_or_first_byte_of_each_blob() {
             LineageSignature,
             LineageSignature,
         ),
+        ("/log/logKey/publicKey", LogKey, BundleParse),
+        ("/log/logKey/lineage/deviceCertificate", LogKey, BundleParse),
+        (
+            "/log/logKey/lineage/statement/signatures/0/sig",
+            LogKey,
+            BundleParse,
+        ),
+        ("/log/logKey/lineage/statement/payload", LogKey, LogKey),
     ];
     for (pointer, last_check, first_check) in cases {
         let last = blob_len(&g.bundle, pointer) - 1;
@@ -674,7 +905,14 @@ fn flipping_the_last_or_first_byte_of_each_blob() {
 #[test]
 fn flipping_any_byte_of_the_der_blobs() {
     use Check::*;
-    let o = with(|o| o.intermediate = Some(CaSpec::new("actseal test intermediate", 2)));
+    let mut o = rotated(2);
+    o.intermediate = Some(CaSpec::new("actseal test intermediate", 2));
+    o.log_device = Some(DeviceSpec::second());
+    o.predecessors[0].device = Some(DeviceSpec::new(
+        "actseal test device key 3",
+        "actseal device softhsm-0003",
+        4444,
+    ));
     let g = generate(&o);
     let cases = [
         ("/receipt/signatures/0/sig", ReceiptSignature),
@@ -682,6 +920,16 @@ fn flipping_any_byte_of_the_der_blobs() {
         ("/lineage/deviceCertificate", LineageCertificate),
         ("/lineage/certificateChain/0", LineageCertificate),
         ("/lineage/statement/signatures/0/sig", LineageSignature),
+        ("/lineage/predecessors/0/publicKey", LineageRotation),
+        ("/lineage/predecessors/0/deviceCertificate", LineageRotation),
+        (
+            "/lineage/predecessors/0/statement/signatures/0/sig",
+            LineageRotation,
+        ),
+        ("/lineage/rotations/0/signatures/0/sig", LineageRotation),
+        ("/log/logKey/publicKey", LogKey),
+        ("/log/logKey/lineage/deviceCertificate", LogKey),
+        ("/log/logKey/lineage/statement/signatures/0/sig", LogKey),
     ];
     for (pointer, check) in cases {
         for i in 0..blob_len(&g.bundle, pointer) {
@@ -946,7 +1194,11 @@ fn wrong_document() {
 
 fn parse_fails(bytes: &[u8], what: &str) {
     let g = default_bundle();
-    match verify_bundle(bytes, &anchors(&g.anchor_pem), Some(&g.document)) {
+    parse_fails_under(&anchors(&g.anchor_pem), bytes, what);
+}
+
+fn parse_fails_under(anchors: &TrustAnchors, bytes: &[u8], what: &str) {
+    match verify_bundle(bytes, anchors, Some(DOCUMENT)) {
         Err(e) if e.check == Check::BundleParse => {}
         other => panic!("{what}: {other:?}"),
     }
@@ -989,9 +1241,10 @@ fn garbage_is_a_parse_error() {
 #[test]
 fn every_truncation_is_a_parse_error() {
     let g = default_bundle();
+    let a = anchors(&g.anchor_pem);
     let bytes = g.bundle_json.trim_end().as_bytes();
     for len in 0..bytes.len() {
-        parse_fails(&bytes[..len], &format!("truncated to {len} bytes"));
+        parse_fails_under(&a, &bytes[..len], &format!("truncated to {len} bytes"));
     }
 }
 
@@ -1003,6 +1256,9 @@ fn huge_numbers_where_strings_belong() {
         "/receipt/payload",
         "/actorKey/keyId",
         "/lineage/certificateChain",
+        "/log/checkpoint",
+        "/log/inclusionProof",
+        "/log/logKey/keyName",
     ] {
         let text = serde_json::to_string(&g.bundle).unwrap();
         let old = serde_json::to_string(g.bundle.pointer(pointer).unwrap()).unwrap();
@@ -1019,17 +1275,110 @@ fn huge_numbers_where_strings_belong() {
     }
 }
 
+/// Which check rejects a bundle without the member at `pointer`. Object members are all
+/// required (`bundle.parse`), except the lineage's `predecessors` and `rotations` (absent means
+/// none); removing an array element leaves a well-formed bundle that a later check rejects.
+fn removal_check(pointer: &str) -> Check {
+    use Check::*;
+    let array_element = pointer
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()));
+    if pointer.ends_with("/signatures/0") {
+        // The only signature: an empty list is a parse error.
+        return BundleParse;
+    }
+    if pointer == "/lineage/predecessors" || pointer == "/lineage/rotations" {
+        return LineageRotation;
+    }
+    if !array_element {
+        return BundleParse;
+    }
+    if pointer.starts_with("/lineage/predecessors/") || pointer.starts_with("/lineage/rotations/") {
+        LineageRotation
+    } else if pointer.starts_with("/lineage/certificateChain/") {
+        LineageCertificate
+    } else if pointer.starts_with("/log/logKey/") {
+        LogKey
+    } else if pointer.starts_with("/log/inclusionProof/") {
+        LogInclusion
+    } else {
+        panic!("unclassified array element {pointer}")
+    }
+}
+
 #[test]
 fn every_bundle_member_is_required() {
-    let g = default_bundle();
-    let (mut leaves, mut members) = (Vec::new(), Vec::new());
-    walk(&g.bundle, String::new(), &mut leaves, &mut members);
-    for pointer in members {
-        let mut b = g.bundle.clone();
-        remove(&mut b, &pointer);
-        let e = run(&g, &b, Some(&g.document));
-        // Removing the only signature leaves an empty list: also a parse error.
-        expect(e, Some(Check::BundleParse), &format!("without {pointer}"));
+    let mut v3 = rotated(3);
+    v3.intermediate = Some(CaSpec::new("actseal test intermediate", 2));
+    for o in [Options::default(), v3] {
+        let g = generate(&o);
+        let (mut leaves, mut members) = (Vec::new(), Vec::new());
+        walk(&g.bundle, String::new(), &mut leaves, &mut members);
+        for pointer in members {
+            let mut b = g.bundle.clone();
+            remove(&mut b, &pointer);
+            let e = run(&g, &b, Some(&g.document));
+            expect(
+                e,
+                Some(removal_check(&pointer)),
+                &format!("v{} without {pointer}", o.key_version),
+            );
+        }
+    }
+}
+
+/// Which check rejects a bundle whose leaf at `pointer` was changed by [`tamper_value`]
+/// (base64 blobs then no longer decode).
+fn bundle_leaf_check(pointer: &str) -> Check {
+    use Check::*;
+    let blob = ["/payload", "/sig", "/publicKey", "/deviceCertificate"]
+        .iter()
+        .any(|end| pointer.ends_with(end))
+        || pointer.contains("/certificateChain/");
+    if blob || pointer == "/mediaType" {
+        return BundleParse;
+    }
+    let prefixes = [
+        ("/receipt/", ReceiptSignature),
+        ("/actorKey/", ReceiptSignature),
+        ("/lineage/statement/", LineageSignature),
+        ("/lineage/backend", LineageStatement),
+        ("/lineage/predecessors/", LineageRotation),
+        ("/lineage/rotations/", LineageRotation),
+        ("/log/logKey/", LogKey),
+        ("/log/index", LogInclusion),
+        ("/log/inclusionProof/", LogInclusion),
+        ("/log/treeSize", LogCheckpoint),
+        ("/log/checkpoint", LogCheckpoint),
+    ];
+    prefixes
+        .iter()
+        .find(|(prefix, _)| pointer.starts_with(prefix))
+        .map(|(_, check)| *check)
+        .unwrap_or_else(|| panic!("unclassified bundle member {pointer}"))
+}
+
+/// Every leaf of the bundle (outside the signed payloads, which have tables of their own) is
+/// read and checked: changing it fails the check it belongs to.
+#[test]
+fn every_bundle_leaf_is_checked() {
+    let mut v3 = rotated(3);
+    v3.intermediate = Some(CaSpec::new("actseal test intermediate", 2));
+    for o in [Options::default(), v3] {
+        let g = generate(&o);
+        let (mut leaves, mut members) = (Vec::new(), Vec::new());
+        walk(&g.bundle, String::new(), &mut leaves, &mut members);
+        for pointer in leaves {
+            let mut b = g.bundle.clone();
+            let old = b.pointer(&pointer).unwrap().clone();
+            set(&mut b, &pointer, tamper_value(&old));
+            expect(
+                run(&g, &b, Some(&g.document)),
+                Some(bundle_leaf_check(&pointer)),
+                &format!("v{} {pointer} changed", o.key_version),
+            );
+        }
     }
 }
 
@@ -1094,6 +1443,88 @@ fn bundle_shape_errors() {
         set(&mut b, pointer, json!(bad));
         cases.push(("bad base64", b));
     }
+    let proof0 = str_at(&g.bundle, "/log/inclusionProof/0").to_string();
+    let log_cases: [(&str, &str, Value); 11] = [
+        (
+            "proof hash in uppercase hex",
+            "/log/inclusionProof/0",
+            json!(proof0.to_uppercase()),
+        ),
+        (
+            "proof hash of 31 bytes",
+            "/log/inclusionProof/0",
+            json!(&proof0[2..]),
+        ),
+        (
+            "proof hash of 33 bytes",
+            "/log/inclusionProof/0",
+            json!(format!("{proof0}00")),
+        ),
+        (
+            "proof hash in base64",
+            "/log/inclusionProof/0",
+            json!(b64(&hex::decode(&proof0).unwrap())),
+        ),
+        (
+            "65 proof hashes",
+            "/log/inclusionProof",
+            json!(vec![proof0.clone(); 65]),
+        ),
+        ("negative index", "/log/index", json!(-1)),
+        ("index as a string", "/log/index", json!("3")),
+        ("fractional tree size", "/log/treeSize", json!(6.5)),
+        ("checkpoint as an object", "/log/checkpoint", json!({})),
+        (
+            "log key lineage with rotations",
+            "/log/logKey/lineage/rotations",
+            json!([g.bundle["receipt"].clone()]),
+        ),
+        (
+            "log key lineage with predecessors",
+            "/log/logKey/lineage/predecessors",
+            json!([{
+                "version": 1,
+                "keyId": g.log_key.key_id(),
+                "publicKey": b64(&g.log_key.spki_der()),
+                "backend": "pkcs11",
+                "statement": g.bundle["log"]["logKey"]["lineage"]["statement"].clone(),
+                "deviceCertificate": g.bundle["log"]["logKey"]["lineage"]["deviceCertificate"].clone(),
+                "certificateChain": [],
+            }]),
+        ),
+    ];
+    for (what, pointer, value) in log_cases {
+        let mut b = g.bundle.clone();
+        match b.pointer_mut(pointer) {
+            Some(slot) => *slot = value,
+            None => {
+                let (parent, name) = pointer.rsplit_once('/').unwrap();
+                b.pointer_mut(parent).unwrap()[name] = value;
+            }
+        }
+        cases.push((what, b));
+    }
+    let mut b = g.bundle.clone();
+    set(&mut b, "/log/logKey/publicKey", json!("AAAA"));
+    cases.push(("log key not DER", b));
+    let g3 = generate(&rotated(3));
+    let mut b = g3.bundle.clone();
+    set(&mut b, "/lineage/predecessors/0/version", json!(-1));
+    cases.push(("negative predecessor version", b));
+    let mut b = g3.bundle.clone();
+    let chain = vec![b["lineage"]["deviceCertificate"].clone(); 9];
+    set(
+        &mut b,
+        "/lineage/predecessors/1/certificateChain",
+        json!(chain),
+    );
+    cases.push(("predecessor chain too long", b));
+    let mut b = g3.bundle.clone();
+    b["lineage"]["rotations"][0]["signatures"] = json!([]);
+    cases.push(("rotation without a signature", b));
+    let mut b = g3.bundle.clone();
+    set(&mut b, "/lineage/rotations", json!({}));
+    cases.push(("rotations not a list", b));
     for (what, b) in cases {
         expect(
             run(&g, &b, Some(&g.document)),
@@ -1152,6 +1583,834 @@ fn lineage_keyid_must_name_the_device_key() {
         str_at(&g.bundle, "/lineage/statement/signatures/0/keyid"),
         g.device_key.key_id()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// the log: inclusion proof, checkpoint, log key
+
+/// Verifies each variant and expects `check` to fail.
+#[track_caller]
+fn variants_fail(check: Check, cases: Vec<(&str, Options)>) {
+    for (name, o) in cases {
+        match verify_variant(&o) {
+            Err(e) if e.check == check => {}
+            other => panic!("{name}: expected {check} to fail, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn wrong_inclusion_proof_hash() {
+    let g = default_bundle();
+    let proof = g.bundle["log"]["inclusionProof"].as_array().unwrap().len();
+    for i in 0..proof {
+        for flip in [0, 31] {
+            let pointer = format!("/log/inclusionProof/{i}");
+            let mut hash = hex::decode(str_at(&g.bundle, &pointer)).unwrap();
+            hash[flip] ^= 1;
+            let mut b = g.bundle.clone();
+            set(&mut b, &pointer, json!(hex::encode(hash)));
+            assert_fails(run(&g, &b, Some(&g.document)), Check::LogInclusion);
+        }
+    }
+    // Hashes swapped, one missing, one too many, and the proof of a neighbouring leaf.
+    let mut b = g.bundle.clone();
+    b["log"]["inclusionProof"]
+        .as_array_mut()
+        .unwrap()
+        .swap(0, 1);
+    assert_fails(run(&g, &b, Some(&g.document)), Check::LogInclusion);
+    let mut b = g.bundle.clone();
+    b["log"]["inclusionProof"].as_array_mut().unwrap().pop();
+    assert_fails(run(&g, &b, Some(&g.document)), Check::LogInclusion);
+    let mut b = g.bundle.clone();
+    b["log"]["inclusionProof"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("00".repeat(32)));
+    assert_fails(run(&g, &b, Some(&g.document)), Check::LogInclusion);
+    let leaves: Vec<Hash> = g.log_entries.iter().map(|e| leaf_hash(e)).collect();
+    let mut b = g.bundle.clone();
+    let neighbour: Vec<String> = inclusion_path(2, &leaves).iter().map(hex::encode).collect();
+    set(&mut b, "/log/inclusionProof", json!(neighbour));
+    assert_fails(run(&g, &b, Some(&g.document)), Check::LogInclusion);
+    // A one-entry log needs an empty proof.
+    let g1 = generate(&with(|o| {
+        o.log_index = 0;
+        o.log_tree_size = 1;
+    }));
+    assert_eq!(g1.bundle["log"]["inclusionProof"], json!([]));
+    let mut b = g1.bundle.clone();
+    set(&mut b, "/log/inclusionProof", json!(["00".repeat(32)]));
+    assert_fails(run(&g1, &b, Some(&g1.document)), Check::LogInclusion);
+}
+
+#[test]
+fn wrong_log_index() {
+    let g = default_bundle();
+    let doc = Some(g.document.as_slice());
+    // log.index is not the receipt's logIndex (the proof is still that of index 3).
+    for index in [0, 2, 4, 5, 6, 7, u64::MAX] {
+        let mut b = g.bundle.clone();
+        set(&mut b, "/log/index", json!(index));
+        assert_fails(run(&g, &b, doc), Check::LogInclusion);
+    }
+    // Both say 2 (the receipt re-signed), but the receipt is the leaf at 3.
+    let mut payload = decode_payload(&g.receipt_payload);
+    payload["predicate"]["logIndex"] = json!(2);
+    let mut b = g.bundle.clone();
+    b["receipt"] = envelope(&g.actor_key, &serde_json::to_vec(&payload).unwrap());
+    relog(&g, &mut b);
+    set(&mut b, "/log/index", json!(2));
+    assert_fails(run(&g, &b, doc), Check::LogInclusion);
+    // ...and index 3 of the log holds another entry.
+    set(&mut b, "/log/index", json!(3));
+    assert_fails(run(&g, &b, doc), Check::LogInclusion);
+    // The receipt says it is at 3 but the log has it at 4: a proof for 4 does not prove 3.
+    let at4 = generate(&with(|o| o.log_index = 4));
+    let mut b = g.bundle.clone();
+    b["log"] = at4.bundle["log"].clone();
+    assert_fails(run(&g, &b, doc), Check::LogInclusion);
+    // An index at or past the tree size (a note for 6 entries, signed by the log key).
+    let g7 = generate(&with(|o| {
+        o.log_index = 6;
+        o.log_tree_size = 7;
+        o.checkpoint_size = Some(6);
+    }));
+    let mut b = g7.bundle.clone();
+    set(&mut b, "/log/treeSize", json!(6));
+    let e = assert_fails(run(&g7, &b, doc), Check::LogInclusion);
+    assert!(e.detail.contains("not in a tree of size 6"), "{e}");
+}
+
+#[test]
+fn tree_size_must_be_that_of_the_checkpoint() {
+    let g = default_bundle();
+    let doc = Some(g.document.as_slice());
+    for size in [0, 4, 5, 7, 8, u64::MAX] {
+        let mut b = g.bundle.clone();
+        set(&mut b, "/log/treeSize", json!(size));
+        assert_fails(run(&g, &b, doc), Check::LogCheckpoint);
+    }
+    // The note signed for another size than the tree's (root of 6, note says 7)...
+    variants_fail(
+        Check::LogCheckpoint,
+        vec![("note says 7", with(|o| o.checkpoint_size = Some(7)))],
+    );
+    // ...with treeSize agreeing with the note: the proof is for a tree of 6, not 7. (Only
+    // where the two trees' paths differ in shape: for a leaf of the full left subtree, here
+    // 0..3, the same proof fits both sizes, and only the log key's signature binds the size to
+    // the root.)
+    let g7 = generate(&with(|o| {
+        o.log_index = 5;
+        o.checkpoint_size = Some(7);
+    }));
+    let mut b = g7.bundle.clone();
+    set(&mut b, "/log/treeSize", json!(7));
+    assert_fails(run(&g7, &b, doc), Check::LogInclusion);
+    // A note for size 4 (smaller than the index) with the matching treeSize.
+    let g4 = generate(&with(|o| o.checkpoint_size = Some(4)));
+    let mut b = g4.bundle.clone();
+    set(&mut b, "/log/treeSize", json!(4));
+    assert_fails(run(&g4, &b, doc), Check::LogInclusion);
+}
+
+#[test]
+fn checkpoint_signed_by_another_key() {
+    variants_fail(
+        Check::LogCheckpoint,
+        vec![
+            // The log key's key id on the line, another key's signature.
+            (
+                "signed by another key",
+                with(|o| o.checkpoint_signer = Some("someone else's log key".into())),
+            ),
+            (
+                "signed by the actor key",
+                with(|o| o.checkpoint_signer = Some(o.actor_key_label.clone())),
+            ),
+            (
+                "signed by the device key",
+                with(|o| o.checkpoint_signer = Some(o.device_key_label.clone())),
+            ),
+        ],
+    );
+    // A note wholly by another key (its own key id), under the log key's name.
+    let g = default_bundle();
+    let other = SoftKey::from_label("someone else's log key");
+    let body = checkpoint_body(
+        LOG_ORIGIN,
+        6,
+        &tree_root(
+            &g.log_entries
+                .iter()
+                .map(|e| leaf_hash(e))
+                .collect::<Vec<_>>(),
+        ),
+    );
+    let mut b = g.bundle.clone();
+    set(
+        &mut b,
+        "/log/checkpoint",
+        json!(signed_note(&body, LOG_ORIGIN, &other, &other)),
+    );
+    let e = assert_fails(run(&g, &b, Some(&g.document)), Check::LogCheckpoint);
+    assert!(e.detail.contains("no signature"), "{e}");
+    // The same note by the log key verifies (the body above is the generator's).
+    set(
+        &mut b,
+        "/log/checkpoint",
+        json!(signed_note(&body, LOG_ORIGIN, &g.log_key, &g.log_key)),
+    );
+    assert_eq!(b, g.bundle);
+    // That other key put in logKey, consistently: its lineage does not vouch for it.
+    let mut b = g.bundle.clone();
+    set(
+        &mut b,
+        "/log/checkpoint",
+        json!(signed_note(&body, LOG_ORIGIN, &other, &other)),
+    );
+    set(
+        &mut b,
+        "/log/logKey/publicKey",
+        json!(b64(&other.spki_der())),
+    );
+    set(&mut b, "/log/logKey/keyId", json!(other.key_id()));
+    assert_fails(run(&g, &b, Some(&g.document)), Check::LogKey);
+}
+
+#[test]
+fn checkpoint_note_lines() {
+    let g = default_bundle();
+    let doc = Some(g.document.as_slice());
+    let note = str_at(&g.bundle, "/log/checkpoint").to_string();
+    let (body, line) = note.split_once("\n\n").unwrap();
+    let body = format!("{body}\n");
+    assert!(
+        line.starts_with("\u{2014} log.acme.example/actseal "),
+        "{line}"
+    );
+    let blob = unb64(line.trim_end().rsplit_once(' ').unwrap().1);
+    assert_eq!(blob[..4], note_key_id(&g.log_key.spki_der()));
+    // Signatures by other keys are ignored (signed-note: witnesses may cosign).
+    let other = SoftKey::from_label("a witness");
+    let cosigned = format!(
+        "{note}{}",
+        signed_note(&body, "witness.example", &other, &other)
+            .split_once("\n\n")
+            .unwrap()
+            .1
+    );
+    let mut b = g.bundle.clone();
+    set(&mut b, "/log/checkpoint", json!(cosigned));
+    assert_ok(run(&g, &b, doc));
+    // A second line under the log key's name and id that does not verify is refused.
+    let mut bad = blob.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    let twice = format!("{note}\u{2014} {LOG_ORIGIN} {}\n", b64(&bad));
+    let mut b = g.bundle.clone();
+    set(&mut b, "/log/checkpoint", json!(twice));
+    assert_fails(run(&g, &b, doc), Check::LogCheckpoint);
+    // Malformed notes.
+    let malformed = [
+        note.replace('\n', "\r\n"),
+        note.replacen("\u{2014} ", "- ", 1),
+        note.trim_end().to_string(),
+        note.replacen("\n\n", "\n", 1),
+        format!("{body}\n"),
+        note.replacen("\n6\n", "\n06\n", 1),
+        note.replacen(LOG_ORIGIN, &format!("{LOG_ORIGIN}\nextension line"), 1),
+        String::new(),
+    ];
+    for text in malformed {
+        assert_ne!(text, note);
+        let mut b = g.bundle.clone();
+        set(&mut b, "/log/checkpoint", json!(text));
+        assert_fails(run(&g, &b, doc), Check::LogCheckpoint);
+    }
+}
+
+#[test]
+fn checkpoint_of_another_origin_or_key_name() {
+    variants_fail(
+        Check::LogCheckpoint,
+        vec![
+            (
+                "note origin differs (signed by the log key)",
+                with(|o| o.checkpoint_origin = Some("log.other.example/actseal".into())),
+            ),
+            (
+                "signature line under another key name",
+                with(|o| o.checkpoint_key_name = Some("log.other.example/actseal".into())),
+            ),
+        ],
+    );
+    // Origin and signature name both another's, with logKey.keyName following them: the log
+    // key's lineage is about the log it belongs to.
+    let o = with(|o| {
+        o.checkpoint_origin = Some("log.other.example/actseal".into());
+        o.checkpoint_key_name = Some("log.other.example/actseal".into());
+    });
+    let g = generate(&o);
+    let mut b = g.bundle.clone();
+    set(
+        &mut b,
+        "/log/logKey/keyName",
+        json!("log.other.example/actseal"),
+    );
+    assert_fails(run(&g, &b, Some(&g.document)), Check::LogKey);
+}
+
+#[test]
+fn log_key_lineage_problems() {
+    let mut foreign = DeviceSpec::second();
+    foreign.foreign_ca = Some(CaSpec::new("another CA", 9));
+    let mut expired = DeviceSpec::second();
+    expired.not_after = day(2026, 6, 1);
+    let mut not_ca_usage = DeviceSpec::second();
+    not_ca_usage.is_ca = true;
+    variants_fail(
+        Check::LogKey,
+        vec![
+            (
+                "lineage for another actor",
+                with(|o| o.log_lineage_actor = Some(o.actor.clone())),
+            ),
+            (
+                "lineage for version 2",
+                with(|o| o.log_lineage_key_version = Some(2)),
+            ),
+            (
+                "extractable log key",
+                with(|o| o.log_attribute_overrides = vec![("extractable".into(), json!(true))]),
+            ),
+            (
+                "log key not generated on the token",
+                with(|o| o.log_attribute_overrides = vec![("local".into(), json!(false))]),
+            ),
+            (
+                "log device from another CA",
+                with(|o| o.log_device = Some(foreign.clone())),
+            ),
+            (
+                "log device expired at signedAt",
+                with(|o| o.log_device = Some(expired.clone())),
+            ),
+            (
+                "log device certificate is a CA",
+                with(|o| o.log_device = Some(not_ca_usage.clone())),
+            ),
+        ],
+    );
+    let g = default_bundle();
+    let doc = Some(g.document.as_slice());
+    // The log key's lineage signed by the log key itself, or by the actor key.
+    for key in [&g.log_key, &g.actor_key] {
+        let mut b = g.bundle.clone();
+        b["log"]["logKey"]["lineage"]["statement"] = envelope(key, &g.log_lineage_payload);
+        assert_fails(run(&g, &b, doc), Check::LogKey);
+    }
+    // The actor key's lineage passed off as the log key's, and the actor key as the log key.
+    let mut b = g.bundle.clone();
+    b["log"]["logKey"]["lineage"]["statement"] = b["lineage"]["statement"].clone();
+    assert_fails(run(&g, &b, doc), Check::LogKey);
+    let mut b = g.bundle.clone();
+    b["log"]["logKey"]["publicKey"] = b["actorKey"]["publicKey"].clone();
+    b["log"]["logKey"]["keyId"] = b["actorKey"]["keyId"].clone();
+    assert_fails(run(&g, &b, doc), Check::LogKey);
+    // tpm backend: no lineage format.
+    let mut b = g.bundle.clone();
+    set(&mut b, "/log/logKey/lineage/backend", json!("tpm"));
+    assert_fails(run(&g, &b, doc), Check::LogKey);
+    // Not a P-256 key.
+    let ed25519 = hex::decode(
+        "302a300506032b657003210019bf44096984cdfe8541bac167dc3b96c85086aa30b6b6cb0c5c38ad703166e1",
+    )
+    .unwrap();
+    let mut b = g.bundle.clone();
+    set(&mut b, "/log/logKey/publicKey", json!(b64(&ed25519)));
+    set(&mut b, "/log/logKey/keyId", json!(sha256_hex(&ed25519)));
+    assert_fails(run(&g, &b, doc), Check::LogKey);
+    // The log key's lineage from a second device verifies, as does the whole bundle under an
+    // anchor file that also holds another CA.
+    let g2 = generate(&with(|o| o.log_device = Some(DeviceSpec::second())));
+    assert_ok(run(&g2, &g2.bundle, Some(&g2.document)));
+}
+
+/// The bundle's log with `entry` in place of entry 3 (the receipt's), re-proved and re-signed
+/// by the log key.
+fn log_with_entry_3(g: &Generated, entry: &[u8]) -> Value {
+    let mut leaves: Vec<Hash> = g.log_entries.iter().map(|e| leaf_hash(e)).collect();
+    leaves[3] = leaf_hash(entry);
+    let body = checkpoint_body(LOG_ORIGIN, 6, &tree_root(&leaves));
+    let mut b = g.bundle.clone();
+    let proof: Vec<String> = inclusion_path(3, &leaves).iter().map(hex::encode).collect();
+    set(&mut b, "/log/inclusionProof", json!(proof));
+    set(
+        &mut b,
+        "/log/checkpoint",
+        json!(signed_note(&body, LOG_ORIGIN, &g.log_key, &g.log_key)),
+    );
+    b
+}
+
+/// The leaf is the envelope's length-prefixed encoding (FORMAT.md): a log that holds the same
+/// receipt in another encoding does not prove it, and neither does one holding another receipt.
+#[test]
+fn the_log_entry_is_the_exact_envelope() {
+    let g = default_bundle();
+    let doc = Some(g.document.as_slice());
+    let entry = entry_bytes(&g.bundle["receipt"]);
+    assert_eq!(log_with_entry_3(&g, &entry), g.bundle);
+    let sig = unb64(str_at(&g.bundle, "/receipt/signatures/0/sig"));
+    let payload_type = IN_TOTO.as_bytes();
+    let other_encodings = [
+        g.receipt_payload.clone(),
+        pae(IN_TOTO, &g.receipt_payload),
+        [payload_type, &g.receipt_payload, &sig].concat(),
+        // Little-endian lengths.
+        [
+            &(payload_type.len() as u32).to_le_bytes()[..],
+            payload_type,
+            &(g.receipt_payload.len() as u32).to_le_bytes(),
+            &g.receipt_payload,
+            &(sig.len() as u32).to_le_bytes(),
+            &sig,
+        ]
+        .concat(),
+        // The envelope's JSON.
+        serde_json::to_vec(&g.bundle["receipt"]).unwrap(),
+        // The base64 payload and signature instead of their bytes.
+        {
+            let p = str_at(&g.bundle, "/receipt/payload").as_bytes();
+            let s = str_at(&g.bundle, "/receipt/signatures/0/sig").as_bytes();
+            let mut out = Vec::new();
+            for field in [payload_type, p, s] {
+                out.extend_from_slice(&(field.len() as u32).to_be_bytes());
+                out.extend_from_slice(field);
+            }
+            out
+        },
+        // The leaf hash input without the 0x00 prefix cannot be told apart here; the node
+        // prefix can: an entry that is a 0x01-prefixed pair is still a leaf.
+        [&[0u8][..], &entry].concat(),
+    ];
+    for (i, other) in other_encodings.iter().enumerate() {
+        assert_ne!(other, &entry);
+        let b = log_with_entry_3(&g, other);
+        expect(
+            run(&g, &b, doc),
+            Some(Check::LogInclusion),
+            &format!("encoding {i}"),
+        );
+    }
+    // Another receipt moved into the bundle without its own log proof.
+    let g2 = generate(&with(|o| o.target = "payments://acme.example/other".into()));
+    let mut b = g.bundle.clone();
+    b["receipt"] = g2.bundle["receipt"].clone();
+    assert_fails(run(&g, &b, None), Check::LogInclusion);
+    // An interior node presented as the receipt's leaf: a proof one level short, for the
+    // subtree of entries 2 and 3, does not verify.
+    let leaves: Vec<Hash> = g.log_entries.iter().map(|e| leaf_hash(e)).collect();
+    let mut b = g.bundle.clone();
+    let short: Vec<String> = inclusion_path(3, &leaves)[1..]
+        .iter()
+        .map(hex::encode)
+        .collect();
+    set(&mut b, "/log/inclusionProof", json!(short));
+    assert_fails(run(&g, &b, doc), Check::LogInclusion);
+}
+
+// ---------------------------------------------------------------------------------------------
+// rotation lineage
+
+#[test]
+fn a_v3_key_with_two_rotations_verifies() {
+    let g = generate(&rotated(3));
+    let v = assert_ok(run(&g, &g.bundle, Some(&g.document)));
+    assert_eq!(v.key_version, 3);
+    assert_eq!(v.key_id, g.actor_key.key_id());
+    let lineage = &g.bundle["lineage"];
+    assert_eq!(lineage["predecessors"].as_array().unwrap().len(), 2);
+    assert_eq!(lineage["rotations"].as_array().unwrap().len(), 2);
+    for k in 0..2 {
+        assert_eq!(lineage["predecessors"][k]["version"], json!(k + 1));
+        assert_eq!(
+            lineage["rotations"][k]["signatures"][0]["keyid"],
+            json!(g.predecessor_keys[k].key_id())
+        );
+    }
+    let last: Value = serde_json::from_slice(&g.rotation_payloads[1]).unwrap();
+    assert_eq!(last["predicate"]["next"]["keyId"], json!(v.key_id));
+    assert_eq!(
+        last["subject"][0]["name"],
+        json!("spiffe://acme.example/agents/payments#3")
+    );
+}
+
+/// A bundle from `rotated(3)` with `f` applied to its lineage.
+fn v3_edited(f: impl FnOnce(&Generated, &mut Value)) -> (Generated, Value) {
+    let g = generate(&rotated(3));
+    let mut b = g.bundle.clone();
+    f(&g, &mut b);
+    (g, b)
+}
+
+#[track_caller]
+fn rotation_fails(f: impl FnOnce(&Generated, &mut Value)) -> VerifyError {
+    let (g, b) = v3_edited(f);
+    assert_fails(run(&g, &b, Some(&g.document)), Check::LineageRotation)
+}
+
+#[test]
+fn a_missing_rotation_is_a_break() {
+    // A v2 or v3 key without any lineage of earlier versions.
+    variants_fail(
+        Check::LineageRotation,
+        vec![
+            (
+                "v2 without predecessors",
+                with(|o| {
+                    o.key_version = 2;
+                    o.actor_key_label = "actseal test actor key payments v2".into();
+                }),
+            ),
+            ("v3 with the lineage of v2", {
+                let mut o = rotated(3);
+                o.predecessors.pop();
+                o
+            }),
+            ("v1 with a predecessor", {
+                let mut o = rotated(2);
+                o.key_version = 1;
+                o
+            }),
+        ],
+    );
+    // One rotation missing; one predecessor missing; both of the same step missing.
+    rotation_fails(|_, b| {
+        b["lineage"]["rotations"].as_array_mut().unwrap().remove(1);
+    });
+    rotation_fails(|_, b| {
+        b["lineage"]["rotations"].as_array_mut().unwrap().remove(0);
+    });
+    rotation_fails(|_, b| {
+        b["lineage"]["predecessors"]
+            .as_array_mut()
+            .unwrap()
+            .remove(0);
+    });
+    let e = rotation_fails(|_, b| {
+        b["lineage"]["predecessors"]
+            .as_array_mut()
+            .unwrap()
+            .remove(1);
+        b["lineage"]["rotations"].as_array_mut().unwrap().remove(1);
+    });
+    assert!(e.detail.contains("needs 2 earlier versions"), "{e}");
+    // The gap bridged: v1 signs a rotation straight to v3 in place of v2 → v3.
+    let e = rotation_fails(|g, b| {
+        let payload = serde_json::to_vec(&rotation_statement(
+            &g.options.actor,
+            (1, &g.predecessor_keys[0].key_id()),
+            (3, &g.actor_key.key_id()),
+            "pkcs11",
+            "2026-03-01T09:00:00Z",
+        ))
+        .unwrap();
+        b["lineage"]["rotations"][1] = envelope(&g.predecessor_keys[0], &payload);
+    });
+    assert!(e.detail.contains("a break or a fork"), "{e}");
+}
+
+#[test]
+fn a_duplicated_or_forked_rotation_is_rejected() {
+    // The first rotation twice.
+    rotation_fails(|_, b| {
+        b["lineage"]["rotations"][1] = b["lineage"]["rotations"][0].clone();
+    });
+    // The first version twice.
+    rotation_fails(|_, b| {
+        b["lineage"]["predecessors"][1] = b["lineage"]["predecessors"][0].clone();
+    });
+    // The rotations in the wrong order, and the predecessors.
+    rotation_fails(|_, b| {
+        b["lineage"]["rotations"].as_array_mut().unwrap().swap(0, 1);
+    });
+    rotation_fails(|_, b| {
+        b["lineage"]["predecessors"]
+            .as_array_mut()
+            .unwrap()
+            .swap(0, 1);
+    });
+    // A fork: v1 hands over to another v2 key than the one the chain continues with (a valid
+    // rotation, signed by v1).
+    let fork = SoftKey::from_label("actseal test actor key payments v2 (fork)").key_id();
+    let mut o = rotated(3);
+    o.predecessors[0].rotation_overrides = vec![
+        ("/predicate/next/keyId".into(), json!(fork)),
+        ("/subject/0/digest/sha256".into(), json!(fork)),
+    ];
+    variants_fail(Check::LineageRotation, vec![("fork at v2", o)]);
+    // A fork at the end: the last rotation names another v3 key than the signing key.
+    let mut o = rotated(3);
+    o.predecessors[1].rotation_overrides = vec![
+        ("/predicate/next/keyId".into(), json!(fork)),
+        ("/subject/0/digest/sha256".into(), json!(fork)),
+    ];
+    variants_fail(Check::LineageRotation, vec![("fork at v3", o)]);
+    // The v2 key rotated to itself: the chain then names v2, not the signing key.
+    let (g, b) = v3_edited(|g, b| {
+        let v2 = g.predecessor_keys[1].key_id();
+        let payload = serde_json::to_vec(&rotation_statement(
+            &g.options.actor,
+            (2, &v2),
+            (3, &v2),
+            "pkcs11",
+            "2026-03-01T09:00:00Z",
+        ))
+        .unwrap();
+        b["lineage"]["rotations"][1] = envelope(&g.predecessor_keys[1], &payload);
+    });
+    assert_fails(run(&g, &b, Some(&g.document)), Check::LineageRotation);
+}
+
+#[test]
+fn rotations_out_of_time_order() {
+    let mut o = rotated(3);
+    o.predecessors[0].rotated_at = "2026-05-01T09:00:00Z".into();
+    o.predecessors[1].rotated_at = "2026-04-30T09:00:00Z".into();
+    let mut one_second = rotated(3);
+    one_second.predecessors[0].rotated_at = "2026-05-01T09:00:00Z".into();
+    one_second.predecessors[1].rotated_at = "2026-05-01T08:59:59Z".into();
+    let mut bad_time = rotated(2);
+    bad_time.predecessors[0].rotated_at = "2026-05-01 09:00:00Z".into();
+    variants_fail(
+        Check::LineageRotation,
+        vec![
+            ("v2→v3 a day before v1→v2", o),
+            ("v2→v3 a second before v1→v2", one_second),
+            ("rotatedAt not RFC 3339", bad_time),
+        ],
+    );
+}
+
+#[test]
+fn rotation_signed_by_the_wrong_key() {
+    let signer = |i: usize, label: &str| {
+        let mut o = rotated(3);
+        o.predecessors[i].rotation_signer = Some(label.into());
+        o
+    };
+    variants_fail(
+        Check::LineageRotation,
+        vec![
+            (
+                "v1→v2 signed by v2",
+                signer(0, "actseal test actor key payments v2"),
+            ),
+            (
+                "v2→v3 signed by v3",
+                signer(1, "actseal test actor key payments v3"),
+            ),
+            (
+                "v2→v3 signed by v1",
+                signer(1, "actseal test actor key payments v1"),
+            ),
+            (
+                "v1→v2 signed by the device key",
+                signer(0, "actseal test device key"),
+            ),
+            (
+                "v1→v2 signed by the log key",
+                signer(0, "actseal test log key"),
+            ),
+        ],
+    );
+    // Signed by v2 and saying so (keyid = v2's id): the keyid is not version 1's.
+    let e = rotation_fails(|g, b| {
+        b["lineage"]["rotations"][0] = envelope(&g.predecessor_keys[1], &g.rotation_payloads[0]);
+    });
+    assert!(e.detail.contains("keyid"), "{e}");
+}
+
+#[test]
+fn receipt_dated_before_its_key_rotated_in() {
+    let mut o = rotated(2);
+    o.predecessors[0].rotated_at = "2026-11-26T17:51:37Z".into();
+    let mut v3 = rotated(3);
+    v3.predecessors[1].rotated_at = "2026-12-01T00:00:00Z".into();
+    variants_fail(
+        Check::LineageRotation,
+        vec![
+            ("v2 rotated in a second after signedAt", o),
+            ("v3 rotated in after signedAt", v3),
+        ],
+    );
+    let mut o = rotated(2);
+    o.predecessors[0].rotated_at = o.signed_at.clone();
+    assert_ok(verify_variant(&o));
+}
+
+#[test]
+fn predecessor_attestation_problems() {
+    let mut foreign = DeviceSpec::second();
+    foreign.foreign_ca = Some(CaSpec::new("another CA", 9));
+    let mut impostor_ca = CaSpec::new("impostor key", 1);
+    impostor_ca.name = Some("actseal test CA".into());
+    let mut impostor = DeviceSpec::second();
+    impostor.foreign_ca = Some(impostor_ca);
+    let mut expired = DeviceSpec::second();
+    expired.not_after = day(2026, 2, 1);
+    let mut late = DeviceSpec::second();
+    late.not_before = day(2026, 3, 1);
+    let device = |i: usize, d: &DeviceSpec| {
+        let mut o = rotated(3);
+        o.predecessors[i].device = Some(d.clone());
+        o
+    };
+    let attr = |i: usize, name: &str, value: Value| {
+        let mut o = rotated(3);
+        o.predecessors[i].attribute_overrides = vec![(name.into(), value)];
+        o
+    };
+    variants_fail(
+        Check::LineageRotation,
+        vec![
+            ("v1 on a device of another CA", device(0, &foreign)),
+            ("v2 on a device of another CA", device(1, &foreign)),
+            ("v1 on a device of an impostor CA", device(0, &impostor)),
+            (
+                "v1's device expired before the rotation",
+                device(0, &expired),
+            ),
+            (
+                "v1's device valid only after the rotation",
+                device(0, &late),
+            ),
+            ("v1 extractable", attr(0, "extractable", json!(true))),
+            ("v2 not sensitive", attr(1, "sensitive", json!(false))),
+        ],
+    );
+    // A predecessor's statement about another actor, version or key, signed by its device.
+    let g = generate(&rotated(3));
+    let doc = Some(g.document.as_slice());
+    let original = decode_payload(&g.predecessor_payloads[0]);
+    for (pointer, value) in [
+        (
+            "/predicate/actor",
+            json!("spiffe://acme.example/agents/other"),
+        ),
+        ("/predicate/keyVersion", json!(2)),
+        ("/predicate/keyId", json!(g.predecessor_keys[1].key_id())),
+    ] {
+        let mut v = original.clone();
+        set(&mut v, pointer, value);
+        let payload = serde_json::to_vec(&v).unwrap();
+        let b = resign(
+            &g,
+            "/lineage/predecessors/0/statement",
+            &payload,
+            &g.predecessor_device_keys[0],
+        );
+        assert_fails(run(&g, &b, doc), Check::LineageRotation);
+    }
+    // Signed by the key it is about, rather than by its device.
+    let b = resign(
+        &g,
+        "/lineage/predecessors/0/statement",
+        &g.predecessor_payloads[0],
+        &g.predecessor_keys[0],
+    );
+    assert_fails(run(&g, &b, doc), Check::LineageRotation);
+    // Another v1 key put in place, consistently keyed: the rotation was not signed by it.
+    let other = SoftKey::from_label("another v1");
+    let mut b = g.bundle.clone();
+    set(
+        &mut b,
+        "/lineage/predecessors/0/publicKey",
+        json!(b64(&other.spki_der())),
+    );
+    set(
+        &mut b,
+        "/lineage/predecessors/0/keyId",
+        json!(other.key_id()),
+    );
+    assert_fails(run(&g, &b, doc), Check::LineageRotation);
+    // Only the public key replaced: its id no longer matches.
+    let mut b = g.bundle.clone();
+    set(
+        &mut b,
+        "/lineage/predecessors/0/publicKey",
+        json!(b64(&other.spki_der())),
+    );
+    assert_fails(run(&g, &b, doc), Check::LineageRotation);
+}
+
+#[test]
+fn rotation_statement_problems() {
+    let over = |i: usize, pointer: &str, value: Value| {
+        let mut o = rotated(3);
+        o.predecessors[i].rotation_overrides = vec![(pointer.into(), value)];
+        o
+    };
+    variants_fail(
+        Check::LineageRotation,
+        vec![
+            (
+                "another actor",
+                over(
+                    0,
+                    "/predicate/actor",
+                    json!("spiffe://acme.example/agents/other"),
+                ),
+            ),
+            (
+                "next backend tpm",
+                over(1, "/predicate/nextBackend", json!("tpm")),
+            ),
+            (
+                "next backend of v2 tpm",
+                over(0, "/predicate/nextBackend", json!("tpm")),
+            ),
+            (
+                "previous version 0",
+                over(0, "/predicate/previous/version", json!(0)),
+            ),
+            (
+                "next version 4",
+                over(1, "/predicate/next/version", json!(4)),
+            ),
+            (
+                "retirement predicate",
+                over(
+                    0,
+                    "/predicateType",
+                    json!("https://actseal.dev/retirement/v1"),
+                ),
+            ),
+            (
+                "lineage predicate",
+                over(
+                    0,
+                    "/predicateType",
+                    json!("https://actseal.dev/lineage/pkcs11-attributes/v1"),
+                ),
+            ),
+        ],
+    );
+    // A rotation with another payload type, properly signed.
+    let e = rotation_fails(|g, b| {
+        let sig = g.predecessor_keys[0].sign_der(&pae("application/json", &g.rotation_payloads[0]));
+        let mut env = envelope_with_sig(
+            &g.predecessor_keys[0].key_id(),
+            &g.rotation_payloads[0],
+            &sig,
+        );
+        env["payloadType"] = json!("application/json");
+        b["lineage"]["rotations"][0] = env;
+    });
+    assert!(e.detail.contains("payloadType"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------------
