@@ -89,6 +89,7 @@ pub fn verify_bundle(
         token_serial: facts.token_serial,
         origin: facts.origin,
         context: receipt.context,
+        caller: receipt.caller,
     })
 }
 

@@ -27,6 +27,9 @@ pub struct Verified {
     pub token_serial: String,
     pub origin: String,
     pub context: BTreeMap<String, String>,
+    /// Who obtained the receipt from the daemon, e.g. `unix uid=1000 gid=1000 pid=4242` or
+    /// `x509 spiffe://acme.example/agents/payments (subject "CN=payments")`.
+    pub caller: String,
 }
 
 /// Writes a string with control characters, quotes and non-ASCII escaped.
@@ -67,6 +70,7 @@ impl fmt::Display for Verified {
             "  document sha256 {} ({checked})",
             Esc(&self.document_sha256)
         )?;
+        writeln!(f, "  requested by {}", Esc(&self.caller))?;
         write!(
             f,
             "  key {} in token serial {}; device certificate \"{}\" under anchor \"{}\"",
