@@ -4,7 +4,10 @@
 use std::fmt;
 
 use der::{Decode, oid::AssociatedOid};
-use tonic::{Request, Status, transport::server::UdsConnectInfo};
+use tonic::{
+    Request, Status,
+    transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo},
+};
 use x509_cert::{
     Certificate,
     ext::pkix::{SubjectAltName, name::GeneralName},
@@ -64,9 +67,24 @@ impl Caller {
                 pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
             });
         }
-        if let Some(address) = request.remote_addr() {
+        if request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .is_some()
+        {
+            // A TLS connection without a verified client certificate is nobody, never a
+            // development caller.
+            return Err(Status::unauthenticated(
+                "the TLS connection carries no client certificate",
+            ));
+        }
+        if let Some(address) = request
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr)
+        {
             // Only the plain listener, which exists only on loopback when configured so,
-            // delivers TCP requests without certificates.
+            // delivers TCP requests without TLS.
             return Ok(Caller::InsecureTcp {
                 address: address.to_string(),
             });
