@@ -8,6 +8,7 @@ packages=(
   swtpm swtpm-tools libtss2-dev tpm2-tools   # TPM 2.0 simulator and TSS
   protobuf-compiler pkg-config               # build: protoc for the gRPC API
   openssl jq ca-certificates                 # offline verification with openssl alone
+  systemd util-linux passwd                  # systemd-analyze (unit tests), setpriv, useradd
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -16,6 +16,8 @@ use crate::{
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/actseal/actseal.toml";
 /// Where clients look for the daemon's socket unless told otherwise.
 pub const DEFAULT_SOCKET_PATH: &str = "/run/actseal/actseal.sock";
+/// Where the daemon reads its policy unless the configuration names another file.
+pub const DEFAULT_POLICY_PATH: &str = "/etc/actseal/policy.toml";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,9 +50,36 @@ pub struct ServerConfig {
     /// Permission bits of the socket file.
     #[serde(default = "default_socket_mode")]
     pub socket_mode: u32,
-    /// Optional TCP listener (plain gRPC; for loopback development only).
+    /// Optional TCP listener: mTLS (`tls`) unless `tcp_insecure_loopback`.
     #[serde(default)]
     pub tcp: Option<SocketAddr>,
+    /// Serve `tcp` without TLS or caller authentication: loopback development only.
+    #[serde(default)]
+    pub tcp_insecure_loopback: bool,
+    /// TLS of the TCP listener: server certificate and key, the CAs of client certificates.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The policy file: who may sign as which actor, and who administers keys.
+    #[serde(default = "default_policy")]
+    pub policy: PathBuf,
+    /// Prometheus metrics over plain HTTP, on a loopback address.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate (PEM), followed by its intermediates.
+    pub cert: PathBuf,
+    /// The server's private key (PEM, PKCS#8 or SEC1). Keep it mode 0600.
+    pub key: PathBuf,
+    /// CA certificates (PEM files) that client certificates must chain to.
+    pub client_ca: Vec<PathBuf>,
+}
+
+fn default_policy() -> PathBuf {
+    PathBuf::from(DEFAULT_POLICY_PATH)
 }
 
 fn default_socket() -> PathBuf {
@@ -67,6 +96,10 @@ impl Default for ServerConfig {
             socket: default_socket(),
             socket_mode: default_socket_mode(),
             tcp: None,
+            tcp_insecure_loopback: false,
+            tls: None,
+            policy: default_policy(),
+            metrics: None,
         }
     }
 }
@@ -169,7 +202,63 @@ impl Config {
         if config.pkcs11.sessions == 0 || config.pkcs11.sessions > 256 {
             return Err(invalid("pkcs11.sessions must be between 1 and 256".into()));
         }
+        config.server.check().map_err(invalid)?;
         Ok(config)
+    }
+}
+
+impl ServerConfig {
+    /// The listener rules: TCP is mTLS, or plain on loopback when explicitly asked for;
+    /// metrics only on loopback.
+    fn check(&self) -> Result<(), String> {
+        if self.socket_mode & !0o777 != 0 {
+            return Err(format!(
+                "server.socket_mode {:#o} holds more than permission bits",
+                self.socket_mode
+            ));
+        }
+        match (&self.tcp, &self.tls, self.tcp_insecure_loopback) {
+            (None, Some(_), _) => {
+                return Err("server.tls is set but server.tcp is not: name the address".into());
+            }
+            (None, None, true) => {
+                return Err("server.tcp_insecure_loopback is set but server.tcp is not".into());
+            }
+            (Some(_), Some(_), true) => {
+                return Err(
+                    "server.tcp_insecure_loopback and server.tls exclude each other: \
+                     the TCP listener is either mTLS or plain loopback development"
+                        .into(),
+                );
+            }
+            (Some(addr), None, false) => {
+                return Err(format!(
+                    "server.tcp = \"{addr}\" needs server.tls (mTLS: cert, key, client_ca); \
+                     plain TCP without caller authentication only with \
+                     server.tcp_insecure_loopback = true on a loopback address"
+                ));
+            }
+            (Some(addr), None, true) if !addr.ip().is_loopback() => {
+                return Err(format!(
+                    "server.tcp = \"{addr}\" is not a loopback address: \
+                     server.tcp_insecure_loopback serves only 127.0.0.0/8 or ::1"
+                ));
+            }
+            _ => {}
+        }
+        if let Some(tls) = &self.tls
+            && tls.client_ca.is_empty()
+        {
+            return Err("server.tls.client_ca must name at least one CA file".into());
+        }
+        if let Some(addr) = &self.metrics
+            && !addr.ip().is_loopback()
+        {
+            return Err(format!(
+                "server.metrics = \"{addr}\" is not a loopback address (metrics name actors)"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -228,5 +317,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("exactly one"), "{err}");
+    }
+
+    fn server_error(extra: &str) -> String {
+        let text = GOOD.replace("[server]", &format!("[server]\n{extra}"));
+        match Config::parse(&text, Path::new("t.toml")) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn tcp_is_mtls_or_explicit_loopback_development() {
+        let tls = "[server.tls]\ncert = \"/c\"\nkey = \"/k\"\nclient_ca = [\"/ca\"]\n[state]";
+        let with_tls = |extra: &str| {
+            let text = GOOD
+                .replace("[server]", &format!("[server]\n{extra}"))
+                .replace("[state]", tls);
+            Config::parse(&text, Path::new("t.toml")).map(|_| ())
+        };
+        assert!(with_tls("tcp = \"0.0.0.0:7443\"").is_ok());
+        assert!(
+            with_tls("")
+                .unwrap_err()
+                .to_string()
+                .contains("server.tcp is not")
+        );
+        assert!(
+            with_tls("tcp = \"127.0.0.1:1\"\ntcp_insecure_loopback = true")
+                .unwrap_err()
+                .to_string()
+                .contains("exclude each other")
+        );
+        assert!(server_error("tcp = \"127.0.0.1:7443\"").contains("needs server.tls"));
+        assert!(server_error("tcp = \"127.0.0.1:7443\"\ntcp_insecure_loopback = true").is_empty());
+        assert!(server_error("tcp = \"[::1]:7443\"\ntcp_insecure_loopback = true").is_empty());
+        assert!(
+            server_error("tcp = \"0.0.0.0:7443\"\ntcp_insecure_loopback = true")
+                .contains("not a loopback address")
+        );
+        assert!(server_error("tcp_insecure_loopback = true").contains("server.tcp is not"));
+        assert!(server_error("metrics = \"10.0.0.1:9464\"").contains("not a loopback"));
+        assert!(server_error("metrics = \"127.0.0.1:9464\"").is_empty());
+        assert!(server_error("socket_mode = 0o4777").contains("permission bits"));
     }
 }

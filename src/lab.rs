@@ -24,6 +24,7 @@ pub const CA_TOKEN_LABEL: &str = "actseal-ca";
 
 const SOFTHSM_CONF_TEMPLATE: &str = include_str!("../softhsm-fixtures/softhsm2.conf.in");
 const CONFIG_TEMPLATE: &str = include_str!("../softhsm-fixtures/actseal.toml.in");
+const POLICY_TEMPLATE: &str = include_str!("../softhsm-fixtures/policy.toml.in");
 
 /// A lab directory and, while started, its daemon.
 pub struct Lab {
@@ -77,6 +78,12 @@ impl Lab {
                 .replace("@DIR@", &dir.display().to_string())
                 .replace("@MODULE@", SOFTHSM_MODULE)
                 .replace("@TOKEN@", TOKEN_LABEL),
+        )?;
+        // The lab directory was just created by this process: its owner is our user id.
+        let uid = std::os::unix::fs::MetadataExt::uid(&fs::metadata(&dir)?);
+        fs::write(
+            dir.join("policy.toml"),
+            POLICY_TEMPLATE.replace("@UID@", &uid.to_string()),
         )?;
         for name in ["token.so-pin", "token.pin", "ca.so-pin", "ca.pin"] {
             write_secret(&dir.join("secrets").join(name), &random_pin())?;
@@ -172,6 +179,11 @@ impl Lab {
         self.dir.join("actseal.toml")
     }
 
+    /// The daemon's policy file (reloaded on SIGHUP).
+    pub fn policy(&self) -> PathBuf {
+        self.dir.join("policy.toml")
+    }
+
     /// The daemon's log (stderr) of every start.
     pub fn daemon_log(&self) -> PathBuf {
         self.dir.join("daemon.log")
@@ -228,6 +240,12 @@ impl Lab {
 
     /// Starts the daemon and waits until it accepts connections on its socket.
     pub fn start_daemon(&mut self) -> Result<()> {
+        self.start_daemon_with(|_| {})
+    }
+
+    /// Starts the daemon with its command adjusted by `configure` (e.g. its environment) and
+    /// waits until it accepts connections on its socket.
+    pub fn start_daemon_with(&mut self, configure: impl FnOnce(&mut Command)) -> Result<()> {
         if self.daemon.is_some() {
             bail!("the daemon is already running");
         }
@@ -239,13 +257,14 @@ impl Lab {
         if self.verbose {
             println!("$ actseal serve --config {config} &");
         }
-        let mut child = self
-            .command(&["serve", "--config", &config])
+        let mut command = self.command(&["serve", "--config", &config]);
+        command
             .env("ACTSEAL_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start the daemon")?;
+            .stderr(log);
+        configure(&mut command);
+        let mut child = command.spawn().context("cannot start the daemon")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait()? {
@@ -290,6 +309,14 @@ impl Lab {
             child.wait()?;
         }
         Ok(())
+    }
+
+    /// Sends the daemon a signal by name (`HUP`, `TERM`, …).
+    pub fn signal_daemon(&self, name: &str) -> Result<()> {
+        match &self.daemon {
+            Some(child) => signal(child, name),
+            None => bail!("the daemon is not running"),
+        }
     }
 
     /// The daemon's process id, while it runs.

@@ -622,10 +622,18 @@ async fn tcp_listener_serves_when_configured() {
         lab.config(),
         config.replace(
             "socket_mode = 0o600",
-            &format!("socket_mode = 0o600\ntcp = \"127.0.0.1:{port}\""),
+            &format!(
+                "socket_mode = 0o600\ntcp = \"127.0.0.1:{port}\"\ntcp_insecure_loopback = true"
+            ),
         ),
     )
     .unwrap();
+    // Development callers are unauthenticated: the policy must name them to let them sign.
+    let mut policy = std::fs::read_to_string(lab.policy()).unwrap();
+    policy.push_str(
+        "\n[[sign]]\ncallers = [\"insecure-tcp\"]\nactors = [\"*\"]\nactions = [\"*\"]\n",
+    );
+    std::fs::write(lab.policy(), policy).unwrap();
     lab.start_daemon().unwrap();
     create_key(&lab, ACTOR).await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
@@ -638,10 +646,15 @@ async fn tcp_listener_serves_when_configured() {
         .await
         .unwrap()
         .into_inner();
-    verify(&lab, &response.bundle_json, Some(DOCUMENT)).unwrap();
+    let verified = verify(&lab, &response.bundle_json, Some(DOCUMENT)).unwrap();
+    assert!(
+        verified.caller.starts_with("insecure-tcp 127.0.0.1:"),
+        "{}",
+        verified.caller
+    );
     let log = std::fs::read_to_string(lab.daemon_log()).unwrap();
     assert!(
-        log.contains("plain TCP listener"),
+        log.contains("INSECURE: plain TCP listener"),
         "the daemon must warn loudly: {log}"
     );
 }

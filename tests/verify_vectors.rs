@@ -135,9 +135,14 @@ fn generated_bundle_verifies_and_reports_what_it_proves() {
         v.context.get("ticket").map(String::as_str),
         Some("OPS-1142")
     );
+    assert_eq!(v.caller, "unix uid=1000 gid=1000 pid=4242");
     let text = v.to_string();
     assert!(
         text.starts_with("OK: spiffe://acme.example/agents/payments performed payment.initiate")
+    );
+    assert!(
+        text.contains("requested by unix uid=1000 gid=1000 pid=4242"),
+        "{text}"
     );
     assert!(text.contains("matches the given document"));
     assert!(
@@ -274,6 +279,21 @@ fn variants_that_must_verify() {
             with(|o| o.receipt_high_s = true),
         ),
         ("empty context", with(|o| o.context.clear())),
+        (
+            "mTLS caller with a SPIFFE ID",
+            with(|o| {
+                o.caller = json!({"kind": "x509", "spiffeId": "spiffe://acme.example/agents/payments",
+                    "subject": "CN=payments,O=Acme"})
+            }),
+        ),
+        (
+            "mTLS caller without a SPIFFE ID",
+            with(|o| o.caller = json!({"kind": "x509", "spiffeId": null, "subject": "CN=ops"})),
+        ),
+        (
+            "development caller",
+            with(|o| o.caller = json!({"kind": "insecure-tcp", "address": "127.0.0.1:50123"})),
+        ),
         (
             "device certificate without keyUsage",
             with(|o| o.device_key_usage.clear()),
@@ -436,6 +456,50 @@ fn check_names_are_those_of_format_md() {
 }
 
 #[test]
+fn the_caller_is_required_and_checked() {
+    let bad = [
+        ("no caller", json!(null)),
+        ("unknown kind", json!({"kind": "telepathy", "uid": 1})),
+        (
+            "unix without pid",
+            json!({"kind": "unix", "uid": 1, "gid": 1}),
+        ),
+        (
+            "unix uid as text",
+            json!({"kind": "unix", "uid": "1", "gid": 1, "pid": 1}),
+        ),
+        (
+            "x509 without spiffeId member",
+            json!({"kind": "x509", "subject": "CN=a"}),
+        ),
+        (
+            "x509 spiffeId not spiffe://",
+            json!({"kind": "x509", "spiffeId": "https://a/b", "subject": "CN=a"}),
+        ),
+        (
+            "x509 naming nobody",
+            json!({"kind": "x509", "spiffeId": null, "subject": ""}),
+        ),
+        (
+            "insecure-tcp without address",
+            json!({"kind": "insecure-tcp"}),
+        ),
+    ];
+    for (what, caller) in bad {
+        let o = with(|o| o.caller = caller);
+        let e = verify_variant(&o).unwrap_err();
+        assert_eq!(e.check, Check::ReceiptStatement, "{what}: {e}");
+    }
+    let spiffe = with(|o| {
+        o.caller = json!({"kind": "x509", "spiffeId": "spiffe://acme.example/a", "subject": "CN=a"})
+    });
+    assert_eq!(
+        assert_ok(verify_variant(&spiffe)).caller,
+        "x509 spiffe://acme.example/a (subject \"CN=a\")"
+    );
+}
+
+#[test]
 fn summary_escapes_caller_supplied_text() {
     let o = with(|o| {
         o.target = "t\nOK: forged line\u{1b}[2J".into();
@@ -535,9 +599,13 @@ fn receipt_member_check(pointer: &str) -> Option<Check> {
         | "/predicate/previousReceipt"
         | "/predicate/mode" => Some(ReceiptStatement),
         "/subject/0/digest/sha256" => Some(ReceiptDocument),
+        "/predicate/caller/kind" => Some(ReceiptStatement),
         "/predicate/actor" | "/predicate/key/version" => Some(LineageStatement),
         "/predicate/logIndex" => Some(LogInclusion),
-        "/predicate/action/type" => None,
+        "/predicate/action/type"
+        | "/predicate/caller/uid"
+        | "/predicate/caller/gid"
+        | "/predicate/caller/pid" => None,
         other => panic!("unclassified receipt member {other}"),
     }
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result, bail};
 use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
 use super::{Connection, KeyCommand, LogCommand, SignArgs};
 use crate::api::{
@@ -17,8 +17,13 @@ use crate::api::{
 /// Opens a channel to the daemon over its Unix socket or a TCP endpoint.
 pub async fn connect(connection: &Connection) -> Result<Channel> {
     if let Some(endpoint) = &connection.endpoint {
-        return Endpoint::from_shared(endpoint.clone())
-            .context("bad --endpoint")?
+        let mut channel = Endpoint::from_shared(endpoint.clone()).context("bad --endpoint")?;
+        if endpoint.starts_with("https://") {
+            channel = channel
+                .tls_config(client_tls(connection)?)
+                .context("TLS settings")?;
+        }
+        return channel
             .connect()
             .await
             .with_context(|| format!("cannot reach the daemon at {endpoint}"));
@@ -26,6 +31,25 @@ pub async fn connect(connection: &Connection) -> Result<Channel> {
     connect_unix(&connection.socket)
         .await
         .with_context(|| format!("cannot reach the daemon at {}", connection.socket.display()))
+}
+
+/// The client side of mTLS: the CA to check the daemon with, and our certificate and key.
+fn client_tls(connection: &Connection) -> Result<ClientTlsConfig> {
+    let read = |what: &str, path: &Option<std::path::PathBuf>| -> Result<Vec<u8>> {
+        let Some(path) = path else {
+            bail!(
+                "an https endpoint needs --{what} (or ACTSEAL_{})",
+                what.to_uppercase().replace('-', "_")
+            );
+        };
+        std::fs::read(path).with_context(|| format!("cannot read --{what} {}", path.display()))
+    };
+    let ca = read("tls-ca", &connection.tls_ca)?;
+    let cert = read("tls-cert", &connection.tls_cert)?;
+    let key = zeroize::Zeroizing::new(read("tls-key", &connection.tls_key)?);
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key.as_slice())))
 }
 
 /// Opens a channel to the daemon's Unix socket.

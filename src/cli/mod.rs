@@ -93,9 +93,19 @@ pub struct Connection {
     /// The daemon's Unix socket.
     #[arg(long, env = "ACTSEAL_SOCKET", default_value = DEFAULT_SOCKET_PATH, global = true)]
     socket: PathBuf,
-    /// A TCP endpoint instead, e.g. http://127.0.0.1:7443.
+    /// A TCP endpoint instead: https://HOST:PORT (mTLS), or http://127.0.0.1:PORT for a
+    /// development listener.
     #[arg(long, env = "ACTSEAL_ENDPOINT", global = true)]
     endpoint: Option<String>,
+    /// CA certificate (PEM) that the daemon's server certificate must chain to (https).
+    #[arg(long, env = "ACTSEAL_TLS_CA", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM) for mTLS (https).
+    #[arg(long, env = "ACTSEAL_TLS_CERT", global = true)]
+    tls_cert: Option<PathBuf>,
+    /// This client's private key (PEM file; never on the command line) for mTLS (https).
+    #[arg(long, env = "ACTSEAL_TLS_KEY", global = true)]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

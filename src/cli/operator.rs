@@ -18,7 +18,13 @@ use crate::{
 pub fn serve(config_path: &Path, check_only: bool) -> Result<()> {
     let config = Config::load(config_path)?;
     if check_only {
+        let policy = server::check(&config)?;
+        let (sign, admin) = policy.rule_counts();
         println!("{}: OK", config_path.display());
+        println!(
+            "{}: OK ({sign} sign rules, {admin} admin rules)",
+            config.server.policy.display()
+        );
         return Ok(());
     }
     super::init_logging(&config.log.level, config.log.format == LogFormat::Json);

@@ -627,6 +627,15 @@ impl Store {
         .transpose()
     }
 
+    /// The actor a log entry is about, by index.
+    pub fn entry_actor(&self, log_index: u64) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT actor FROM log_entries WHERE log_index = ?1")?
+            .query_row(params![to_i64(log_index, "log index")?], |row| row.get(0))
+            .optional()?)
+    }
+
     /// A log entry's bytes, by index.
     pub fn entry(&self, log_index: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self

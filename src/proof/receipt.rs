@@ -37,6 +37,25 @@ pub struct Action {
     pub parent_sha256: Option<String>,
 }
 
+/// Who asked the daemon for the receipt, as the daemon authenticated it (FORMAT.md §3).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind")]
+pub enum CallerInReceipt {
+    /// A local process, by its kernel-reported credentials.
+    #[serde(rename = "unix")]
+    Unix { uid: u32, gid: u32, pid: u32 },
+    /// An mTLS client, by its certificate.
+    #[serde(rename = "x509")]
+    X509 {
+        #[serde(rename = "spiffeId")]
+        spiffe_id: Option<String>,
+        subject: String,
+    },
+    /// A client of the unauthenticated loopback TCP listener (development only).
+    #[serde(rename = "insecure-tcp")]
+    InsecureTcp { address: String },
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ReceiptPredicate {
@@ -44,6 +63,7 @@ pub struct ReceiptPredicate {
     pub key: KeyRefInReceipt,
     pub action: Action,
     pub context: BTreeMap<String, String>,
+    pub caller: CallerInReceipt,
     pub signed_at: String,
     pub sequence: u64,
     pub previous_receipt: Option<Digest>,

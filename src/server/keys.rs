@@ -6,7 +6,7 @@ use std::sync::Arc;
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use tonic::{Request, Response, Status};
 
-use super::{DaemonState, blocking, sequencer::RotationPlan, validate};
+use super::{DaemonState, auth::Caller, blocking, sequencer::RotationPlan, validate};
 use crate::{
     api::{
         ActorKey, AdoptKeyRequest, CreateKeyRequest, ListKeysRequest, ListKeysResponse,
@@ -96,11 +96,17 @@ impl KeyAdminService {
     /// creation if registration fails so no orphan is left on the token.
     async fn register(
         &self,
+        caller: &Caller,
         actor: String,
         origin: KeyOrigin,
         obtain: impl FnOnce(&dyn Backend) -> Result<HardwareKey, BackendError> + Send + 'static,
     ) -> Result<Response<ActorKey>, Status> {
         validate::actor(&actor)?;
+        let operation = match origin {
+            KeyOrigin::Generated => "create",
+            KeyOrigin::Adopted => "adopt",
+        };
+        self.state.authorize_admin(caller, &actor, operation)?;
         let state = Arc::clone(&self.state);
         let lookup = actor.clone();
         let existing = blocking(move || state.keys(Some(&lookup))).await??;
@@ -152,7 +158,7 @@ impl KeyAdminService {
             }
             return Err(e.into());
         }
-        tracing::info!(actor = %actor, key_id = %answer.key_id, origin = origin.as_str(), "actor key registered");
+        tracing::info!(actor = %actor, key_id = %answer.key_id, origin = origin.as_str(), caller = %caller, "actor key registered");
         Ok(Response::new(answer))
     }
 }
@@ -163,34 +169,78 @@ impl KeyAdmin for KeyAdminService {
         &self,
         request: Request<CreateKeyRequest>,
     ) -> Result<Response<ActorKey>, Status> {
-        let actor = request.into_inner().actor;
-        let label = format!("actseal {actor} v1");
-        self.register(actor, KeyOrigin::Generated, move |backend| {
-            backend.create_key(&label)
-        })
-        .await
+        let result = async {
+            let caller = Caller::of(&request)?;
+            let actor = request.into_inner().actor;
+            let label = format!("actseal {actor} v1");
+            self.register(&caller, actor, KeyOrigin::Generated, move |backend| {
+                backend.create_key(&label)
+            })
+            .await
+        }
+        .await;
+        self.state.metrics.observe("CreateKey", result)
     }
 
     async fn list_keys(
         &self,
         request: Request<ListKeysRequest>,
     ) -> Result<Response<ListKeysResponse>, Status> {
-        let actor = request.into_inner().actor;
-        if !actor.is_empty() {
-            validate::actor(&actor)?;
+        let result = async {
+            let caller = Caller::of(&request)?;
+            let actor = request.into_inner().actor;
+            if !actor.is_empty() {
+                validate::actor(&actor)?;
+                self.state.authorize_read(&caller, &actor)?;
+            }
+            let state = Arc::clone(&self.state);
+            let keys = blocking(move || state.keys((!actor.is_empty()).then_some(actor.as_str())))
+                .await??;
+            // Everyone sees the keys of the actors they sign as or administer, and no others.
+            let policy = self.state.policy();
+            Ok(Response::new(ListKeysResponse {
+                keys: keys
+                    .iter()
+                    .filter(|k| policy.may_read(&caller, &k.actor))
+                    .map(to_api)
+                    .collect(),
+            }))
         }
-        let state = Arc::clone(&self.state);
-        let keys =
-            blocking(move || state.keys((!actor.is_empty()).then_some(actor.as_str()))).await??;
-        Ok(Response::new(ListKeysResponse {
-            keys: keys.iter().map(to_api).collect(),
-        }))
+        .await;
+        self.state.metrics.observe("ListKeys", result)
     }
 
     async fn adopt_key(
         &self,
         request: Request<AdoptKeyRequest>,
     ) -> Result<Response<ActorKey>, Status> {
+        let result = self.adopt_key_as_caller(request).await;
+        self.state.metrics.observe("AdoptKey", result)
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<RotateKeyRequest>,
+    ) -> Result<Response<ActorKey>, Status> {
+        let result = self.rotate_key_as_caller(request).await;
+        self.state.metrics.observe("RotateKey", result)
+    }
+
+    async fn retire_key(
+        &self,
+        request: Request<RetireKeyRequest>,
+    ) -> Result<Response<ActorKey>, Status> {
+        let result = self.retire_key_as_caller(request).await;
+        self.state.metrics.observe("RetireKey", result)
+    }
+}
+
+impl KeyAdminService {
+    async fn adopt_key_as_caller(
+        &self,
+        request: Request<AdoptKeyRequest>,
+    ) -> Result<Response<ActorKey>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let selector = match request.selector {
             Some(Selector::Label(label)) if !label.is_empty() => KeySelector::Label(label),
@@ -202,7 +252,7 @@ impl KeyAdmin for KeyAdminService {
             }
         };
         let device_key_id = self.state.device.key_id.clone();
-        self.register(request.actor, KeyOrigin::Adopted, move |backend| {
+        self.register(&caller, request.actor, KeyOrigin::Adopted, move |backend| {
             let key = backend.adopt_key(&selector)?;
             if key_id(&key.public_key) == device_key_id {
                 return Err(BackendError::KeyRefused(
@@ -214,12 +264,14 @@ impl KeyAdmin for KeyAdminService {
         .await
     }
 
-    async fn rotate_key(
+    async fn rotate_key_as_caller(
         &self,
         request: Request<RotateKeyRequest>,
     ) -> Result<Response<ActorKey>, Status> {
+        let caller = Caller::of(&request)?;
         let actor = request.into_inner().actor;
         validate::actor(&actor)?;
+        self.state.authorize_admin(&caller, &actor, "rotate")?;
         let previous = self.active_key(&actor).await?;
         let state = Arc::clone(&self.state);
         let plan = blocking(move || plan_rotation(&state, previous)).await??;
@@ -230,23 +282,25 @@ impl KeyAdmin for KeyAdminService {
             let _ = blocking(move || state.backend.destroy_key(&new_ref)).await;
             return Err(e.into());
         }
-        tracing::info!(actor = %actor, version = answer.version, key_id = %answer.key_id, "actor key rotated");
+        tracing::info!(actor = %actor, version = answer.version, key_id = %answer.key_id, caller = %caller, "actor key rotated");
         Ok(Response::new(answer))
     }
 
-    async fn retire_key(
+    async fn retire_key_as_caller(
         &self,
         request: Request<RetireKeyRequest>,
     ) -> Result<Response<ActorKey>, Status> {
+        let caller = Caller::of(&request)?;
         let RetireKeyRequest { actor, version } = request.into_inner();
         validate::actor(&actor)?;
+        self.state.authorize_admin(&caller, &actor, "retire")?;
         if version == 0 {
             return Err(Status::invalid_argument(
                 "version: name the version to retire",
             ));
         }
         self.state.sequencer.retire(actor.clone(), version).await?;
-        tracing::info!(actor = %actor, version, "actor key retired");
+        tracing::info!(actor = %actor, version, caller = %caller, "actor key retired");
         let state = Arc::clone(&self.state);
         let lookup = actor.clone();
         let keys = blocking(move || state.keys(Some(&lookup))).await??;

@@ -1,32 +1,41 @@
 //! The daemon: opens the backend and the state, then serves gRPC on a Unix socket (and on
-//! TCP when configured) until SIGTERM or SIGINT.
+//! TCP with mTLS when configured) until SIGTERM or SIGINT. Every request is checked against
+//! the policy (reloaded on SIGHUP) for the caller the connection authenticated.
 
+pub mod auth;
 mod bundles;
 mod keys;
+pub mod metrics;
+pub mod policy;
 pub mod sequencer;
 mod signer;
 mod status;
+pub mod systemd;
 pub mod validate;
 
 use std::{
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{MetadataExt, PermissionsExt},
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tonic::{Status, transport::Server};
+use tonic::{
+    Status,
+    transport::{Certificate, Identity, Server, ServerTlsConfig},
+};
 
 pub use keys::build_attestation;
 
+use self::{auth::Caller, metrics::Metrics, policy::Policy};
 use crate::{
     api::{key_admin_server::KeyAdminServer, signer_server::SignerServer},
     backend::{
         Backend,
         pkcs11::{Pkcs11Backend, load_module},
     },
-    config::Config,
+    config::{Config, TlsConfig},
     ledger::{KeyRecord, Store, StoreError, integrity},
     pki::device::{DeviceIdentity, load_identity},
     proof::{key_id, lineage::KeyOrigin, now_rfc3339},
@@ -45,9 +54,63 @@ pub struct DaemonState {
     reader: Mutex<Store>,
     pub(crate) sequencer: sequencer::SequencerHandle,
     pub(crate) log: sequencer::LogIdentity,
+    policy: RwLock<Arc<Policy>>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl DaemonState {
+    /// The policy in force.
+    pub(crate) fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.policy.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn set_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
+
+    /// PERMISSION_DENIED unless the policy lets `caller` sign `action_type` as `actor`.
+    pub(crate) fn authorize_sign(
+        &self,
+        caller: &Caller,
+        actor: &str,
+        action_type: &str,
+    ) -> Result<(), Status> {
+        if self.policy().may_sign(caller, actor, action_type) {
+            return Ok(());
+        }
+        tracing::warn!(caller = %caller, actor, action_type, "permission denied: sign");
+        Err(Status::permission_denied(format!(
+            "{caller} may not sign {action_type:?} as {actor:?}"
+        )))
+    }
+
+    /// PERMISSION_DENIED unless the policy makes `caller` an admin of `actor`.
+    pub(crate) fn authorize_admin(
+        &self,
+        caller: &Caller,
+        actor: &str,
+        operation: &str,
+    ) -> Result<(), Status> {
+        if self.policy().may_administer(caller, actor) {
+            return Ok(());
+        }
+        tracing::warn!(caller = %caller, actor, operation, "permission denied: admin");
+        Err(Status::permission_denied(format!(
+            "{caller} may not {operation} keys of {actor:?}"
+        )))
+    }
+
+    /// PERMISSION_DENIED unless `caller` signs as or administers `actor`.
+    pub(crate) fn authorize_read(&self, caller: &Caller, actor: &str) -> Result<(), Status> {
+        if self.policy().may_read(caller, actor) {
+            return Ok(());
+        }
+        tracing::warn!(caller = %caller, actor, "permission denied: read key");
+        Err(Status::permission_denied(format!(
+            "{caller} may not read the keys of {actor:?}"
+        )))
+    }
+
     fn keys(&self, actor: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
         self.reader().keys(actor)
     }
@@ -85,6 +148,64 @@ pub enum StartError {
     Config(String),
     #[error("listener {what}: {reason}")]
     Listen { what: String, reason: String },
+    #[error("policy: {0}")]
+    Policy(#[from] policy::PolicyError),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Reads the TLS listener's certificate, key and client CAs. The key's bytes never reach an
+/// error message or the log.
+pub fn load_tls(tls: &TlsConfig) -> Result<ServerTlsConfig, StartError> {
+    let read = |what: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| StartError::Tls(format!("{what} {}: {e}", path.display())))
+    };
+    let cert = read("server.tls.cert", &tls.cert)?;
+    if !String::from_utf8_lossy(&cert).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(StartError::Tls(format!(
+            "server.tls.cert {}: no PEM certificate in it",
+            tls.cert.display()
+        )));
+    }
+    let key = zeroize::Zeroizing::new(read("server.tls.key", &tls.key)?);
+    if let Ok(meta) = std::fs::metadata(&tls.key)
+        && meta.mode() & 0o077 != 0
+    {
+        tracing::warn!(key = %tls.key.display(), mode = format!("{:o}", meta.mode() & 0o777),
+            "the TLS server key is readable by other users; make it mode 0600");
+    }
+    let mut roots = Vec::new();
+    for path in &tls.client_ca {
+        let pem = read("server.tls.client_ca", path)?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(StartError::Tls(format!(
+                "server.tls.client_ca {}: no PEM certificate in it",
+                path.display()
+            )));
+        }
+        roots.extend_from_slice(&pem);
+        roots.push(b'\n');
+    }
+    let config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert, key.as_slice()))
+        .client_ca_root(Certificate::from_pem(roots))
+        .client_auth_optional(false)
+        .timeout(std::time::Duration::from_secs(10));
+    // Building the acceptor parses everything now rather than at the first connection.
+    Server::builder()
+        .tls_config(config.clone())
+        .map_err(|e| StartError::Tls(format!("server.tls: {e}")))?;
+    Ok(config)
+}
+
+/// What `actseal serve --check-config` checks beyond the configuration file's own syntax:
+/// the policy and the TLS files.
+pub fn check(config: &Config) -> Result<Policy, StartError> {
+    let policy = Policy::load(&config.server.policy)?;
+    if let Some(tls) = &config.server.tls {
+        load_tls(tls)?;
+    }
+    Ok(policy)
 }
 
 /// Opens the configured PKCS#11 token.
@@ -227,15 +348,37 @@ fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
     Ok(listener)
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
-        return std::future::pending().await;
-    };
+/// Reloads the policy on each SIGHUP; a policy with an error is rejected and the old one
+/// stays in force.
+async fn reload_on_hangup(
+    state: Arc<DaemonState>,
+    path: std::path::PathBuf,
+    mut hup: tokio::signal::unix::Signal,
+) {
+    while hup.recv().await.is_some() {
+        systemd::notify("RELOADING=1");
+        let load = path.clone();
+        match tokio::task::spawn_blocking(move || Policy::load(&load)).await {
+            Ok(Ok(policy)) => {
+                let (sign, admin) = policy.rule_counts();
+                state.set_policy(policy);
+                state.metrics.reload("applied");
+                tracing::info!(policy = %path.display(), sign_rules = sign, admin_rules = admin, "policy reloaded");
+            }
+            Ok(Err(e)) => {
+                state.metrics.reload("rejected");
+                tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
+            }
+            Err(_) => tracing::error!("policy reload failed; the previous policy stays in force"),
+        }
+        systemd::notify("READY=1");
+    }
+}
+
+async fn shutdown_signal(
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
         _ = int.recv() => tracing::info!("SIGINT: finishing in-flight requests"),
@@ -244,6 +387,8 @@ async fn shutdown_signal() {
 
 /// Starts the daemon and serves until a shutdown signal.
 pub async fn run(config: Config) -> Result<(), StartError> {
+    let policy = Policy::load(&config.server.policy)?;
+    let tls = config.server.tls.as_ref().map(load_tls).transpose()?;
     std::fs::create_dir_all(&config.state.dir).map_err(|e| {
         StartError::Config(format!("state dir {}: {e}", config.state.dir.display()))
     })?;
@@ -281,7 +426,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         reader: Mutex::new(reader),
         sequencer,
         log,
+        policy: RwLock::new(Arc::new(policy)),
+        metrics: Arc::new(Metrics::default()),
     });
+    let (sign_rules, admin_rules) = state.policy().rule_counts();
+    tracing::info!(policy = %config.server.policy.display(), sign_rules, admin_rules, "policy loaded");
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -301,28 +450,39 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
-    let router = Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            SignerServer::new(signer::SignerService {
-                state: Arc::clone(&state),
-            })
-            .max_decoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            KeyAdminServer::new(keys::KeyAdminService {
-                state: Arc::clone(&state),
-            })
-            .max_decoding_message_size(MAX_MESSAGE),
-        );
+    let signer_service = SignerServer::new(signer::SignerService {
+        state: Arc::clone(&state),
+    })
+    .max_decoding_message_size(MAX_MESSAGE);
+    let admin_service = KeyAdminServer::new(keys::KeyAdminService {
+        state: Arc::clone(&state),
+    })
+    .max_decoding_message_size(MAX_MESSAGE);
+    let routes = |mut builder: Server| {
+        builder
+            .add_service(health_service.clone())
+            .add_service(reflection_v1.clone())
+            .add_service(reflection_v1alpha.clone())
+            .add_service(signer_service.clone())
+            .add_service(admin_service.clone())
+    };
+    let router = routes(Server::builder());
 
+    // Signal handlers before the socket exists: a client that sees the socket may signal.
+    let signal = |kind: tokio::signal::unix::SignalKind| {
+        tokio::signal::unix::signal(kind)
+            .map_err(|e| StartError::Config(format!("cannot install a signal handler: {e}")))
+    };
+    use tokio::signal::unix::SignalKind;
+    let term = signal(SignalKind::terminate())?;
+    let int = signal(SignalKind::interrupt())?;
+    let hup = signal(SignalKind::hangup())?;
     let unix = bind_unix(&config.server.socket, config.server.socket_mode)?;
     tracing::info!(socket = %config.server.socket.display(), device_key = %state.device.key_id, "actseal listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        shutdown_signal(term, int).await;
+        systemd::notify("STOPPING=1");
         let _ = stop_tx.send(true);
     });
     let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
@@ -337,9 +497,29 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                     what: addr.to_string(),
                     reason: e.to_string(),
                 })?;
-            tracing::warn!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-                "plain TCP listener without TLS or caller authentication: loopback development only");
-            let tcp_router = router.clone();
+            let bound = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let tcp_router = match &tls {
+                Some(tls) => {
+                    tracing::info!(address = %bound, "mTLS listener: callers are their client certificates");
+                    routes(
+                        Server::builder()
+                            .tls_config(tls.clone())
+                            .map_err(|e| StartError::Tls(format!("server.tls: {e}")))?,
+                    )
+                }
+                None => {
+                    // Config::parse allows this only with tcp_insecure_loopback on loopback.
+                    for _ in 0..3 {
+                        tracing::warn!(address = %bound,
+                            "INSECURE: plain TCP listener without TLS or caller authentication \
+                             (server.tcp_insecure_loopback): loopback development only");
+                    }
+                    router.clone()
+                }
+            };
             let stop = stopped(stop_rx.clone());
             Some(tokio::spawn(async move {
                 tcp_router
@@ -348,6 +528,31 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             }))
         }
     };
+    let metrics_task = match config.server.metrics {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Listen {
+                    what: format!("metrics {addr}"),
+                    reason: e.to_string(),
+                })?;
+            tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                "Prometheus metrics at /metrics");
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                Arc::clone(&state.metrics),
+                Arc::clone(&state.backend),
+            )))
+        }
+    };
+    let reload_task = tokio::spawn(reload_on_hangup(
+        Arc::clone(&state),
+        config.server.policy.clone(),
+        hup,
+    ));
+    // Backend, ledger and listeners are open: the service manager may send traffic.
+    systemd::notify("READY=1");
     let serve = router
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone()));
     // In-flight requests get a grace period; a client that keeps its connection open past
@@ -366,6 +571,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     {
         tracing::warn!("TCP listener did not drain within the grace period");
     }
+    // Every holder of the state lets go, so the sequencer sees its last handle dropped.
+    reload_task.abort();
+    let _ = reload_task.await;
+    if let Some(task) = metrics_task {
+        task.abort();
+        let _ = task.await;
+    }
+    drop(signer_service);
+    drop(admin_service);
     let _ = std::fs::remove_file(&config.server.socket);
     // Dropping the last handles stops the sequencer after it has committed what it holds.
     drop(state);

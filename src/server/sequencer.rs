@@ -418,6 +418,7 @@ impl Sequencer {
                     parent_sha256: action.parent_sha256.map(hex::encode),
                 },
                 context: action.context.clone(),
+                caller: (*action.caller).clone(),
                 signed_at: signed_at.clone(),
                 sequence,
                 previous_receipt,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{DaemonState, blocking, keys::to_api, validate};
+use super::{DaemonState, auth::Caller, blocking, keys::to_api, validate};
 use crate::{
     api::{
         ActorKey, Checkpoint, ConsistencyProof, GetActorKeyRequest, GetCheckpointRequest,
@@ -111,23 +111,112 @@ impl SignerService {
 #[tonic::async_trait]
 impl Signer for SignerService {
     async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
-        let action = validate::sign_request(request.get_ref())?;
-        let request_id = validate::request_id(&request.get_ref().request_id)?;
-        let signed = self.state.sequencer.sign(action, request_id).await?;
-        Ok(Response::new(SignResponse {
-            bundle_json: signed.bundle_json,
-            log_index: signed.log_index,
-            sequence: signed.sequence,
-            key_id: signed.key_id,
-        }))
+        let started = std::time::Instant::now();
+        let result = self.sign_as_caller(request).await;
+        if let Ok((actor, backend, _)) = &result {
+            self.state.metrics.signed(actor, backend, started.elapsed());
+        }
+        let (_, _, response) = self.state.metrics.observe("Sign", result)?;
+        Ok(Response::new(response))
     }
 
     async fn get_actor_key(
         &self,
         request: Request<GetActorKeyRequest>,
     ) -> Result<Response<ActorKey>, Status> {
+        let result = self.get_actor_key_as_caller(request).await;
+        self.state.metrics.observe("GetActorKey", result)
+    }
+
+    async fn get_checkpoint(
+        &self,
+        request: Request<GetCheckpointRequest>,
+    ) -> Result<Response<Checkpoint>, Status> {
+        // Checkpoints are public: any authenticated caller may have them.
+        Caller::of(&request)?;
+        let state = Arc::clone(&self.state);
+        let latest = blocking(move || state.reader().latest_checkpoint()).await??;
+        let latest = latest.ok_or_else(|| Status::failed_precondition("the log is empty"))?;
+        Ok(Response::new(Checkpoint {
+            note: latest.note,
+            size: latest.size,
+            root_hash: latest.root.to_vec(),
+        }))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<GetInclusionProofRequest>,
+    ) -> Result<Response<InclusionProof>, Status> {
+        let caller = Caller::of(&request)?;
+        let GetInclusionProofRequest {
+            log_index,
+            tree_size,
+        } = request.into_inner();
+        // The proof carries the entry's bundle: only callers who may read the actor get it.
+        let state = Arc::clone(&self.state);
+        let actor = blocking(move || state.reader().entry_actor(log_index)).await??;
+        if let Some(actor) = actor {
+            self.state.authorize_read(&caller, &actor)?;
+        }
+        let service = SignerService {
+            state: Arc::clone(&self.state),
+        };
+        let result = blocking(move || service.inclusion(log_index, tree_size)).await?;
+        Ok(Response::new(
+            self.state.metrics.observe("GetInclusionProof", result)?,
+        ))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<GetConsistencyProofRequest>,
+    ) -> Result<Response<ConsistencyProof>, Status> {
+        Caller::of(&request)?;
+        let GetConsistencyProofRequest { old_size, new_size } = request.into_inner();
+        let service = SignerService {
+            state: Arc::clone(&self.state),
+        };
+        Ok(Response::new(
+            blocking(move || service.consistency(old_size, new_size)).await??,
+        ))
+    }
+}
+
+impl SignerService {
+    /// Authenticates, validates, authorizes, signs: returns the actor and backend (for the
+    /// metrics) with the answer.
+    async fn sign_as_caller(
+        &self,
+        request: Request<SignRequest>,
+    ) -> Result<(String, String, SignResponse), Status> {
+        let caller = Caller::of(&request)?;
+        let action = validate::sign_request(request.get_ref(), caller.to_receipt())?;
+        let request_id = validate::request_id(&request.get_ref().request_id)?;
+        self.state
+            .authorize_sign(&caller, &action.actor, &action.action_type)?;
+        let actor = action.actor.clone();
+        let signed = self.state.sequencer.sign(action, request_id).await?;
+        Ok((
+            actor,
+            self.state.backend.kind().as_str().to_owned(),
+            SignResponse {
+                bundle_json: signed.bundle_json,
+                log_index: signed.log_index,
+                sequence: signed.sequence,
+                key_id: signed.key_id,
+            },
+        ))
+    }
+
+    async fn get_actor_key_as_caller(
+        &self,
+        request: Request<GetActorKeyRequest>,
+    ) -> Result<Response<ActorKey>, Status> {
+        let caller = Caller::of(&request)?;
         let GetActorKeyRequest { actor, version } = request.into_inner();
         validate::actor(&actor)?;
+        self.state.authorize_read(&caller, &actor)?;
         let state = Arc::clone(&self.state);
         let lookup = actor.clone();
         let keys = blocking(move || state.keys(Some(&lookup))).await??;
@@ -150,48 +239,5 @@ impl Signer for SignerService {
                 "actor {actor:?} has no key version {version}"
             ))),
         }
-    }
-
-    async fn get_checkpoint(
-        &self,
-        _request: Request<GetCheckpointRequest>,
-    ) -> Result<Response<Checkpoint>, Status> {
-        let state = Arc::clone(&self.state);
-        let latest = blocking(move || state.reader().latest_checkpoint()).await??;
-        let latest = latest.ok_or_else(|| Status::failed_precondition("the log is empty"))?;
-        Ok(Response::new(Checkpoint {
-            note: latest.note,
-            size: latest.size,
-            root_hash: latest.root.to_vec(),
-        }))
-    }
-
-    async fn get_inclusion_proof(
-        &self,
-        request: Request<GetInclusionProofRequest>,
-    ) -> Result<Response<InclusionProof>, Status> {
-        let GetInclusionProofRequest {
-            log_index,
-            tree_size,
-        } = request.into_inner();
-        let service = SignerService {
-            state: Arc::clone(&self.state),
-        };
-        Ok(Response::new(
-            blocking(move || service.inclusion(log_index, tree_size)).await??,
-        ))
-    }
-
-    async fn get_consistency_proof(
-        &self,
-        request: Request<GetConsistencyProofRequest>,
-    ) -> Result<Response<ConsistencyProof>, Status> {
-        let GetConsistencyProofRequest { old_size, new_size } = request.into_inner();
-        let service = SignerService {
-            state: Arc::clone(&self.state),
-        };
-        Ok(Response::new(
-            blocking(move || service.consistency(old_size, new_size)).await??,
-        ))
     }
 }

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::api::{SignRequest, sign_request::Action};
+use crate::{
+    api::{SignRequest, sign_request::Action},
+    proof::receipt::CallerInReceipt,
+};
 
 pub const MAX_ACTOR_LEN: usize = 256;
 pub const MAX_ACTION_TYPE_LEN: usize = 128;
@@ -41,6 +44,9 @@ pub struct ValidAction {
     pub document_sha256: [u8; 32],
     pub context: BTreeMap<String, String>,
     pub parent_sha256: Option<[u8; 32]>,
+    /// Who asked for it (recorded in the receipt); boxed to keep the sequencer's queue
+    /// entries small.
+    pub caller: Box<CallerInReceipt>,
 }
 
 impl ValidAction {
@@ -191,7 +197,10 @@ pub fn request_id(value: &str) -> Result<Option<String>, FieldError> {
 }
 
 /// Checks a sign request and hashes the document if the caller sent it.
-pub fn sign_request(request: &SignRequest) -> Result<ValidAction, FieldError> {
+pub fn sign_request(
+    request: &SignRequest,
+    caller: CallerInReceipt,
+) -> Result<ValidAction, FieldError> {
     actor(&request.actor)?;
     action_type(&request.action_type)?;
     text("target", &request.target, MAX_TARGET_LEN)?;
@@ -230,6 +239,7 @@ pub fn sign_request(request: &SignRequest) -> Result<ValidAction, FieldError> {
         document_sha256,
         context: context(&request.context)?,
         parent_sha256,
+        caller: Box::new(caller),
     })
 }
 
@@ -249,13 +259,21 @@ mod tests {
         }
     }
 
+    fn caller() -> CallerInReceipt {
+        CallerInReceipt::Unix {
+            uid: 1000,
+            gid: 1000,
+            pid: 42,
+        }
+    }
+
     fn field_of(request: SignRequest) -> &'static str {
-        sign_request(&request).unwrap_err().field
+        sign_request(&request, caller()).unwrap_err().field
     }
 
     #[test]
     fn accepts_a_good_request_and_hashes_the_document() {
-        let valid = sign_request(&good()).unwrap();
+        let valid = sign_request(&good(), caller()).unwrap();
         assert_eq!(
             valid.document_sha256,
             <[u8; 32]>::from(Sha256::digest(b"{}"))

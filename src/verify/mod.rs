@@ -111,6 +111,7 @@ pub fn verify_bundle(
         context: receipt.context,
         log_origin: bundle.log.key_name.clone(),
         tree_size: tree.size,
+        caller: receipt.caller,
     })
 }
 

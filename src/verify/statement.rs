@@ -68,6 +68,7 @@ struct ReceiptPredicate {
     key: KeyRef,
     action: Action,
     context: UniqueStringMap,
+    caller: CallerDoc,
     signed_at: String,
     sequence: u64,
     /// Required, and may be `null`: `deserialize_with` stops serde from treating a missing
@@ -93,6 +94,50 @@ struct Action {
     target: String,
     #[serde(default)]
     parent_sha256: Option<String>,
+}
+
+/// Who obtained the receipt (FORMAT.md §3), as the daemon authenticated it.
+#[derive(Deserialize)]
+#[serde(tag = "kind")]
+enum CallerDoc {
+    #[serde(rename = "unix")]
+    Unix { uid: u32, gid: u32, pid: u32 },
+    #[serde(rename = "x509")]
+    X509 {
+        #[serde(rename = "spiffeId", deserialize_with = "present_or_null")]
+        spiffe_id: Option<String>,
+        subject: String,
+    },
+    #[serde(rename = "insecure-tcp")]
+    InsecureTcp { address: String },
+}
+
+impl CallerDoc {
+    /// Checks the values and says who it was in one line.
+    fn summary(&self) -> Result<String, String> {
+        match self {
+            CallerDoc::Unix { uid, gid, pid } => Ok(format!("unix uid={uid} gid={gid} pid={pid}")),
+            CallerDoc::X509 { spiffe_id, subject } => {
+                if let Some(id) = spiffe_id
+                    && !id.starts_with("spiffe://")
+                {
+                    return Err(format!(
+                        "predicate.caller.spiffeId {id:?} is not a spiffe:// URI"
+                    ));
+                }
+                match (spiffe_id, subject.is_empty()) {
+                    (None, true) => {
+                        Err("predicate.caller names neither a SPIFFE ID nor a subject".to_string())
+                    }
+                    (Some(id), _) => Ok(format!("x509 {id} (subject {subject:?})")),
+                    (None, false) => Ok(format!("x509 subject {subject:?}")),
+                }
+            }
+            CallerDoc::InsecureTcp { address } => Ok(format!(
+                "insecure-tcp {address} (UNAUTHENTICATED development listener)"
+            )),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -189,6 +234,7 @@ pub(crate) struct Receipt {
     pub(crate) target: String,
     pub(crate) document_sha256: String,
     pub(crate) context: BTreeMap<String, String>,
+    pub(crate) caller: String,
     pub(crate) signed_at: String,
     /// `signedAt` as Unix seconds: the instant certificates must be valid at.
     pub(crate) signed_at_unix: i64,
@@ -265,6 +311,7 @@ pub(crate) fn check_receipt(envelope: &Envelope, key_id: &str) -> Result<Receipt
     check_sequence(p.sequence, p.previous_receipt.as_ref())?;
     let signed_at_unix = parse_time("predicate.signedAt", &p.signed_at)?;
     require_eq("predicate.mode", &p.mode, "single")?;
+    let caller = p.caller.summary()?;
     Ok(Receipt {
         actor: p.actor,
         key_version: p.key.version,
@@ -273,6 +320,7 @@ pub(crate) fn check_receipt(envelope: &Envelope, key_id: &str) -> Result<Receipt
         target: p.action.target,
         document_sha256: subject.digest.sha256,
         context: p.context.0,
+        caller,
         signed_at: p.signed_at,
         signed_at_unix,
         sequence: p.sequence,

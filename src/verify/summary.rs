@@ -31,6 +31,9 @@ pub struct Verified {
     pub log_origin: String,
     /// Size of the tree the receipt was proved to be in.
     pub tree_size: u64,
+    /// Who obtained the receipt from the daemon, e.g. `unix uid=1000 gid=1000 pid=4242` or
+    /// `x509 spiffe://acme.example/agents/payments (subject "CN=payments")`.
+    pub caller: String,
 }
 
 /// Writes a string with control characters, quotes and non-ASCII escaped.
@@ -71,6 +74,7 @@ impl fmt::Display for Verified {
             "  document sha256 {} ({checked})",
             Esc(&self.document_sha256)
         )?;
+        writeln!(f, "  requested by {}", Esc(&self.caller))?;
         write!(
             f,
             "  key {} in token serial {}; device certificate \"{}\" under anchor \"{}\"",

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod openssl;
+pub mod pki;
 
 use std::path::Path;
 
@@ -140,4 +141,50 @@ pub fn receipt_count(lab: &Lab) -> u64 {
         row.get::<_, i64>(0)
     })
     .expect("count receipts") as u64
+}
+
+/// A TCP port on loopback that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until the daemon's log holds `needle` at least `count` times.
+pub fn wait_for_log(lab: &Lab, needle: &str, count: usize) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(lab.daemon_log()).unwrap_or_default();
+        if log.matches(needle).count() >= count {
+            return log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never logged {needle:?} {count} times:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Replaces the lab's policy file.
+pub fn write_policy(lab: &Lab, text: &str) {
+    std::fs::write(lab.policy(), text).expect("write policy");
+}
+
+/// Adds lines under `[server]` of the lab's configuration.
+pub fn configure_server(lab: &Lab, lines: &str) {
+    let config = std::fs::read_to_string(lab.config()).unwrap();
+    std::fs::write(
+        lab.config(),
+        config.replacen("[server]\n", &format!("[server]\n{lines}\n"), 1),
+    )
+    .unwrap();
+}
+
+/// The uid of this test process (the lab's own user, whom the default policy allows).
+pub fn own_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").unwrap().uid()
 }
