@@ -2522,3 +2522,17 @@ fn committed_vectors() {
     assert_eq!(v.key_id, g.actor_key.key_id());
     assert!(v.document_checked);
 }
+
+#[test]
+fn a_key_cannot_succeed_itself_or_come_back_in_a_lineage() {
+    // v1 and v2 are the same key (A→A).
+    let mut same = rotated(2);
+    same.predecessors[0].key_label = same.actor_key_label.clone();
+    let e = assert_fails(verify_variant(&same), Check::LineageRotation);
+    assert!(e.detail.contains("appears twice"), "{e}");
+    // v3 is v1's key again (A→B→A).
+    let mut back = rotated(3);
+    back.actor_key_label = back.predecessors[0].key_label.clone();
+    let e = assert_fails(verify_variant(&back), Check::LineageRotation);
+    assert!(e.detail.contains("appears twice"), "{e}");
+}

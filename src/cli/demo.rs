@@ -107,10 +107,16 @@ pub fn run(workdir: Option<PathBuf>) -> Result<()> {
         bail!("openssl did not verify the demo bundle");
     }
 
+    println!("\n== Auditing the whole log offline: every entry, chain and checkpoint");
+    let export = lab.path("log-export.json");
+    let config = lab.config().display().to_string();
+    lab.run_ok(&["log", "export", "--config", &config, "--out", &export])?;
+    lab.run_ok(&["audit", &export, "--trust", &anchor])?;
+
     println!(
         "\n== Proved: the agent {ACTOR} (key generated in and never extractable from the \
-         token) signed exactly this payment instruction, and the token's device certificate \
-         chains to the operator's CA."
+         token) signed exactly this payment instruction, the token's device certificate \
+         chains to the operator's CA, and the receipt is in the daemon's signed, tamper-evident log."
     );
     if _temp.is_none() {
         println!("The lab stays in {} for you to explore.", lab.dir.display());

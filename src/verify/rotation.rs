@@ -33,6 +33,20 @@ pub(crate) fn check_chain(
             lineage.rotations.len()
         ));
     }
+    // Each version is a different key: a key cannot succeed itself (A→A) or come back (A→B→A).
+    let mut seen = std::collections::BTreeSet::new();
+    for id in lineage
+        .predecessors
+        .iter()
+        .map(|p| p.key.key_id.as_str())
+        .chain(std::iter::once(key_id))
+    {
+        if !seen.insert(id) {
+            return Err(format!(
+                "key {id} appears twice in the lineage: a version must be a new key"
+            ));
+        }
+    }
     let mut last_rotation = i64::MIN;
     for (i, (predecessor, rotation_envelope)) in lineage
         .predecessors
