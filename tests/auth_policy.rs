@@ -286,6 +286,30 @@ actors = ["*"]
                 .map(String::from)
                 .to_vec(),
         ),
+        (
+            "alice RotateKey (not an admin)",
+            alice,
+            alice_gid,
+            ["key", "rotate", "--actor", PAYMENTS]
+                .map(String::from)
+                .to_vec(),
+        ),
+        (
+            "alice RetireKey (not an admin)",
+            alice,
+            alice_gid,
+            ["key", "retire", "--actor", PAYMENTS, "--version", "1"]
+                .map(String::from)
+                .to_vec(),
+        ),
+        (
+            "unknown uid fetches the proof (and bundle) of alice's receipt",
+            mallory,
+            mallory_gid,
+            ["log", "proof", "--index", "0", "--out", "/nonexistent/proof.json"]
+                .map(String::from)
+                .to_vec(),
+        ),
     ];
     for (what, uid, gid, args) in &denied {
         let (ok, out, err) = run_as(&bin, &lab, *uid, *gid, &as_strs(args));
