@@ -92,6 +92,44 @@ async fn sign_returns_a_bundle_that_verifies_offline() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stdout).contains("receipt.document"));
+
+    // Pinning the log: the right origin passes, another fails.
+    let bundle = bundle_path.display().to_string();
+    let anchor = lab.anchor().display().to_string();
+    let origin = verified.log_origin.clone();
+    assert!(
+        lab.run(&[
+            "verify",
+            &bundle,
+            "--trust",
+            &anchor,
+            "--log-origin",
+            &origin
+        ])
+        .unwrap()
+        .status
+        .success()
+    );
+    let other = lab
+        .run(&[
+            "verify",
+            &bundle,
+            "--trust",
+            &anchor,
+            "--log-origin",
+            "log.elsewhere.example",
+        ])
+        .unwrap();
+    assert_eq!(other.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&other.stdout).contains("log.origin"));
+    // Unreadable inputs are exit code 2.
+    assert_eq!(
+        lab.run(&["verify", "/nonexistent.json", "--trust", &anchor])
+            .unwrap()
+            .status
+            .code(),
+        Some(2)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

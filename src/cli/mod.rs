@@ -49,6 +49,9 @@ enum Command {
         /// The action document, to check that the receipt is about it.
         #[arg(long)]
         document: Option<PathBuf>,
+        /// Require the bundle to come from the log with this origin.
+        #[arg(long)]
+        log_origin: Option<String>,
     },
     /// Check that an older signed checkpoint's tree is a prefix of a newer one's, offline.
     VerifyLog {
@@ -334,9 +337,10 @@ pub fn main() -> ExitCode {
             bundle,
             trust,
             document,
+            log_origin,
         } => {
             init_logging("warn", false);
-            return operator::verify(&bundle, &trust, document.as_deref());
+            return operator::verify(&bundle, &trust, document.as_deref(), log_origin.as_deref());
         }
         Command::VerifyLog {
             proof,

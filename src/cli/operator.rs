@@ -37,103 +37,97 @@ pub fn serve(config_path: &Path, check_only: bool) -> Result<()> {
     Ok(())
 }
 
-/// Exit codes: 0 verified, 1 a check failed, 2 the inputs could not be read.
-pub fn verify(bundle: &Path, trust: &Path, document: Option<&Path>) -> ExitCode {
-    let read = |path: &Path| {
-        std::fs::read(path)
-            .map_err(|e| eprintln!("actseal verify: cannot read {}: {e}", path.display()))
-    };
-    let (Ok(bundle_bytes), Ok(anchor_pem)) = (read(bundle), read(trust)) else {
-        return ExitCode::from(2);
-    };
-    let document = match document.map(read).transpose() {
-        Ok(document) => document,
-        Err(()) => return ExitCode::from(2),
-    };
-    let anchors = match TrustAnchors::from_pem(&anchor_pem) {
-        Ok(anchors) => anchors,
-        Err(e) => {
-            eprintln!("actseal verify: trust anchor {}: {e}", trust.display());
-            return ExitCode::from(2);
-        }
-    };
-    match verify_bundle(&bundle_bytes, &anchors, document.as_deref()) {
-        Ok(verified) => {
-            println!("VERIFIED {}", bundle.display());
-            println!("{verified}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            println!("FAILED {}: {e}", bundle.display());
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// Reads the inputs of an offline check; exit code 2 when one cannot be read.
-fn read_inputs<const N: usize>(command: &str, paths: [&Path; N]) -> Result<[Vec<u8>; N], ExitCode> {
-    let mut out = Vec::with_capacity(N);
+/// Runs an offline check on files: exit code 0 when `check` passes (its report printed), 1 when
+/// it fails (the reason printed), 2 when an input cannot be read or the anchor is unusable.
+/// `paths` are the inputs; the trust anchor is the last of them.
+fn offline_check<const N: usize, R: std::fmt::Display>(
+    command: &str,
+    paths: [&Path; N],
+    check: impl FnOnce(&[Vec<u8>], &TrustAnchors) -> Result<R, String>,
+) -> ExitCode {
+    let mut inputs = Vec::with_capacity(N);
     for path in paths {
         match std::fs::read(path) {
-            Ok(bytes) => out.push(bytes),
+            Ok(bytes) => inputs.push(bytes),
             Err(e) => {
                 eprintln!("actseal {command}: cannot read {}: {e}", path.display());
-                return Err(ExitCode::from(2));
+                return ExitCode::from(2);
             }
         }
     }
-    out.try_into().map_err(|_| ExitCode::from(2))
+    let Some((anchor_pem, rest)) = inputs.split_last() else {
+        return ExitCode::from(2);
+    };
+    let anchors = match TrustAnchors::from_pem(anchor_pem) {
+        Ok(anchors) => anchors,
+        Err(e) => {
+            eprintln!("actseal {command}: trust anchor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match check(rest, &anchors) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            println!("FAILED: {reason}");
+            ExitCode::from(1)
+        }
+    }
 }
 
-fn anchors(command: &str, pem: &[u8]) -> Result<TrustAnchors, ExitCode> {
-    TrustAnchors::from_pem(pem).map_err(|e| {
-        eprintln!("actseal {command}: trust anchor: {e}");
-        ExitCode::from(2)
+/// `actseal verify`. With `log_origin`, the bundle must also come from that log: any key the
+/// anchor attests could otherwise pose as a log key for an origin of its choosing.
+pub fn verify(
+    bundle: &Path,
+    trust: &Path,
+    document: Option<&Path>,
+    log_origin: Option<&str>,
+) -> ExitCode {
+    let document = match document.map(std::fs::read).transpose() {
+        Ok(document) => document,
+        Err(e) => {
+            eprintln!("actseal verify: cannot read the document: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    offline_check("verify", [bundle, trust], |inputs, anchors| {
+        let [bundle_bytes] = inputs else {
+            return Err("internal: wrong inputs".into());
+        };
+        let verified =
+            verify_bundle(bundle_bytes, anchors, document.as_deref()).map_err(|e| e.to_string())?;
+        if let Some(origin) = log_origin
+            && verified.log_origin != origin
+        {
+            return Err(format!(
+                "log.origin: the bundle is from log {:?}, not {origin:?}",
+                verified.log_origin
+            ));
+        }
+        Ok(format!("VERIFIED {}\n{verified}", bundle.display()))
     })
 }
 
-/// Exit codes as for `verify`: 0 consistent, 1 not, 2 unreadable inputs.
+/// `actseal verify-log`: 0 consistent, 1 not, 2 unreadable inputs.
 pub fn verify_log(proof: &Path, bundle: &Path, trust: &Path) -> ExitCode {
-    let [proof, bundle, anchor] = match read_inputs("verify-log", [proof, bundle, trust]) {
-        Ok(inputs) => inputs,
-        Err(code) => return code,
-    };
-    let anchors = match anchors("verify-log", &anchor) {
-        Ok(a) => a,
-        Err(code) => return code,
-    };
-    match crate::verify::consistency::verify_log_consistency(&proof, &bundle, &anchors) {
-        Ok(report) => {
-            println!("{report}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            println!("FAILED: {e}");
-            ExitCode::from(1)
-        }
-    }
+    offline_check("verify-log", [proof, bundle, trust], |inputs, anchors| {
+        let [proof, bundle] = inputs else {
+            return Err("internal: wrong inputs".into());
+        };
+        crate::verify::consistency::verify_log_consistency(proof, bundle, anchors)
+    })
 }
 
-/// Exit codes as for `verify`: 0 the log checks out, 1 a problem (named), 2 unreadable inputs.
+/// `actseal audit`: 0 the log checks out, 1 a problem (named), 2 unreadable inputs.
 pub fn audit(export: &Path, trust: &Path) -> ExitCode {
-    let [export, anchor] = match read_inputs("audit", [export, trust]) {
-        Ok(inputs) => inputs,
-        Err(code) => return code,
-    };
-    let anchors = match anchors("audit", &anchor) {
-        Ok(a) => a,
-        Err(code) => return code,
-    };
-    match crate::verify::audit::audit_log(&export, &anchors) {
-        Ok(report) => {
-            println!("{report}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            println!("FAILED: {e}");
-            ExitCode::from(1)
-        }
-    }
+    offline_check("audit", [export, trust], |inputs, anchors| {
+        let [export] = inputs else {
+            return Err("internal: wrong inputs".into());
+        };
+        crate::verify::audit::audit_log(export, anchors).map_err(|e| e.to_string())
+    })
 }
 
 pub fn export_log(config: &Path, out: &Path) -> Result<()> {
