@@ -56,6 +56,20 @@ pub enum CallerInReceipt {
     InsecureTcp { address: String },
 }
 
+impl CallerInReceipt {
+    /// The identity without what changes between a client's runs (pid, source port): what
+    /// makes a retry "the same caller".
+    pub fn principal(&self) -> String {
+        match self {
+            CallerInReceipt::Unix { uid, gid, .. } => format!("unix:{uid}:{gid}"),
+            CallerInReceipt::X509 { spiffe_id, subject } => {
+                format!("x509:{}:{subject}", spiffe_id.as_deref().unwrap_or(""))
+            }
+            CallerInReceipt::InsecureTcp { .. } => "insecure-tcp".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ReceiptPredicate {

@@ -50,14 +50,16 @@ pub struct ValidAction {
 }
 
 impl ValidAction {
-    /// A digest of everything the request asks to be signed, to tell a retry (same request id,
-    /// same content) from a reuse of the id for something else.
+    /// A digest of everything the request asks to be signed and of who asks, to tell a retry
+    /// (same request id, same content, same caller) from a reuse of the id for something else
+    /// or by someone else, who must not be handed another caller's bundle.
     pub fn fingerprint(&self) -> [u8; 32] {
         let mut hash = Sha256::new();
         let mut field = |bytes: &[u8]| {
             hash.update((bytes.len() as u64).to_be_bytes());
             hash.update(bytes);
         };
+        field(self.caller.principal().as_bytes());
         field(self.actor.as_bytes());
         field(self.action_type.as_bytes());
         field(self.target.as_bytes());
@@ -278,6 +280,28 @@ mod tests {
             valid.document_sha256,
             <[u8; 32]>::from(Sha256::digest(b"{}"))
         );
+    }
+
+    #[test]
+    fn a_retry_is_the_same_request_from_the_same_principal() {
+        let first = sign_request(&good(), caller()).unwrap().fingerprint();
+        let restarted = CallerInReceipt::Unix {
+            uid: 1000,
+            gid: 1000,
+            pid: 4242,
+        };
+        assert_eq!(sign_request(&good(), restarted).unwrap().fingerprint(), first);
+        let someone_else = CallerInReceipt::Unix {
+            uid: 1001,
+            gid: 1000,
+            pid: 42,
+        };
+        assert_ne!(sign_request(&good(), someone_else).unwrap().fingerprint(), first);
+        let other_target = SignRequest {
+            target: "acct:other".into(),
+            ..good()
+        };
+        assert_ne!(sign_request(&other_target, caller()).unwrap().fingerprint(), first);
     }
 
     #[test]
