@@ -192,7 +192,9 @@ impl SignerService {
     ) -> Result<(String, String, SignResponse), Status> {
         let caller = Caller::of(&request)?;
         let action = validate::sign_request(request.get_ref(), caller.to_receipt())?;
-        let request_id = validate::request_id(&request.get_ref().request_id)?;
+        // Request ids are per caller: two callers' ids never collide.
+        let request_id = validate::request_id(&request.get_ref().request_id)?
+            .map(|id| format!("{} {id}", action.caller.principal()));
         self.state
             .authorize_sign(&caller, &action.actor, &action.action_type)?;
         let actor = action.actor.clone();
