@@ -312,6 +312,7 @@ fn variants_that_must_verify() {
             "signedAt exactly at the device notAfter (inclusive)",
             with(|o| {
                 o.device_not_after = day(2026, 11, 26);
+                o.created_at = "2026-11-25T12:00:00Z".into();
                 o.signed_at = "2026-11-26T00:00:00Z".into();
             }),
         ),
@@ -319,6 +320,7 @@ fn variants_that_must_verify() {
             "signedAt exactly at the device notBefore (inclusive)",
             with(|o| {
                 o.device_not_before = day(2026, 11, 26);
+                o.created_at = "2026-11-26T00:00:00Z".into();
                 o.signed_at = "2026-11-26T00:00:00Z".into();
             }),
         ),
@@ -2535,4 +2537,22 @@ fn a_key_cannot_succeed_itself_or_come_back_in_a_lineage() {
     back.actor_key_label = back.predecessors[0].key_label.clone();
     let e = assert_fails(verify_variant(&back), Check::LineageRotation);
     assert!(e.detail.contains("appears twice"), "{e}");
+}
+
+#[test]
+fn times_must_be_in_order_key_created_then_used() {
+    // A receipt dated before its key was created.
+    let early = with(|o| o.created_at = "2026-11-26T18:00:00Z".into());
+    let e = assert_fails(verify_variant(&early), Check::LineageStatement);
+    assert!(e.detail.contains("before its key was created"), "{e}");
+    // A version dated as created after it rotated away.
+    let mut late = rotated(3);
+    late.predecessors[0].created_at = "2026-03-15T00:00:00Z".into();
+    assert_fails(verify_variant(&late), Check::LineageRotation);
+    // A rotation to a key that did not exist yet.
+    let mut premature = rotated(2);
+    premature.predecessors[0].rotated_at = "2026-01-15T00:00:00Z".into();
+    premature.created_at = "2026-02-01T09:00:00Z".into();
+    let e = assert_fails(verify_variant(&premature), Check::LineageRotation);
+    assert!(e.detail.contains("created after the rotation"), "{e}");
 }

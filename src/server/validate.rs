@@ -290,18 +290,27 @@ mod tests {
             gid: 1000,
             pid: 4242,
         };
-        assert_eq!(sign_request(&good(), restarted).unwrap().fingerprint(), first);
+        assert_eq!(
+            sign_request(&good(), restarted).unwrap().fingerprint(),
+            first
+        );
         let someone_else = CallerInReceipt::Unix {
             uid: 1001,
             gid: 1000,
             pid: 42,
         };
-        assert_ne!(sign_request(&good(), someone_else).unwrap().fingerprint(), first);
+        assert_ne!(
+            sign_request(&good(), someone_else).unwrap().fingerprint(),
+            first
+        );
         let other_target = SignRequest {
             target: "acct:other".into(),
             ..good()
         };
-        assert_ne!(sign_request(&other_target, caller()).unwrap().fingerprint(), first);
+        assert_ne!(
+            sign_request(&other_target, caller()).unwrap().fingerprint(),
+            first
+        );
     }
 
     #[test]

@@ -82,9 +82,15 @@ pub fn verify_bundle(
         backend: &receipt.backend,
     };
     let facts = statement::check_lineage(&lineage.statement, &lineage.backend, &claim)
+        .and_then(|facts| {
+            if facts.created_at_unix > receipt.signed_at_unix {
+                return Err("the receipt is dated before its key was created".to_string());
+            }
+            Ok(facts)
+        })
         .map_err(under(Check::LineageStatement))?;
 
-    rotation::check_chain(lineage, &key_id, &receipt, anchors)
+    rotation::check_chain(lineage, &key_id, facts.created_at_unix, &receipt, anchors)
         .map_err(under(Check::LineageRotation))?;
 
     log::check_log_key(&bundle.log, anchors, receipt.signed_at_unix)

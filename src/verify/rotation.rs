@@ -16,6 +16,7 @@ use super::{check_attestation_signature, digest, dsse, x509};
 pub(crate) fn check_chain(
     lineage: &Lineage,
     key_id: &str,
+    key_created_at: i64,
     receipt: &Receipt,
     anchors: &TrustAnchors,
 ) -> Result<(), String> {
@@ -48,6 +49,8 @@ pub(crate) fn check_chain(
         }
     }
     let mut last_rotation = i64::MIN;
+    // (createdAt of version k, rotatedAt of rotation k → k+1), checked once all are known.
+    let mut times: Vec<(i64, i64)> = Vec::with_capacity(lineage.predecessors.len());
     for (i, (predecessor, rotation_envelope)) in lineage
         .predecessors
         .iter()
@@ -121,7 +124,7 @@ pub(crate) fn check_chain(
         )
         .map_err(|e| format!("version {version}: device certificate: {e}"))?;
         check_attestation_signature(attestation).map_err(|e| format!("version {version}: {e}"))?;
-        statement::check_lineage(
+        let facts = statement::check_lineage(
             &attestation.statement,
             &attestation.backend,
             &KeyClaim {
@@ -132,6 +135,25 @@ pub(crate) fn check_chain(
             },
         )
         .map_err(|e| format!("version {version}: {e}"))?;
+        times.push((facts.created_at_unix, rotation.rotated_at_unix));
+    }
+    // A key hands over after it was created, and to a key that already existed.
+    let next_created = times
+        .iter()
+        .skip(1)
+        .map(|(created, _)| *created)
+        .chain(std::iter::once(key_created_at));
+    for (version, ((created, rotated), next)) in (1u64..).zip(times.iter().zip(next_created)) {
+        if *created > *rotated {
+            return Err(format!(
+                "version {version} is dated as created after it rotated"
+            ));
+        }
+        if next > *rotated {
+            return Err(format!(
+                "rotation {version}: the next version is dated as created after the rotation"
+            ));
+        }
     }
     if receipt.signed_at_unix < last_rotation {
         return Err("the receipt is dated before its key came into service".into());

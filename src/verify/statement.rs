@@ -249,6 +249,8 @@ pub(crate) struct Receipt {
 pub(crate) struct Lineage {
     pub(crate) token_serial: String,
     pub(crate) origin: String,
+    /// `predicate.createdAt` as Unix seconds: the key cannot have signed before it.
+    pub(crate) created_at_unix: i64,
 }
 
 /// Parses an RFC 3339 UTC second-precision time into Unix seconds. The text must be the one
@@ -384,11 +386,12 @@ pub(crate) fn check_lineage(
             p.origin
         ));
     }
-    parse_time("predicate.createdAt", &p.created_at)?;
+    let created_at_unix = parse_time("predicate.createdAt", &p.created_at)?;
     check_attributes(&p.attributes)?;
     Ok(Lineage {
         token_serial: p.token.serial,
         origin: p.origin,
+        created_at_unix,
     })
 }
 

@@ -375,6 +375,12 @@ pub fn rotated(version: u64) -> Options {
         key_version: version,
         actor_key_label: format!("actseal test actor key payments v{version}"),
         predecessors: (1..version).map(PredecessorSpec::standard).collect(),
+        // Created when the last rotation handed over to it, as the daemon does.
+        created_at: if version > 1 {
+            format!("2026-{version:02}-01T09:00:00Z")
+        } else {
+            Options::default().created_at
+        },
         ..Options::default()
     }
 }
