@@ -39,6 +39,11 @@ pub struct LedgerConfig {
     /// life of the log. Default: `actseal/<token serial>`.
     #[serde(default)]
     pub origin: Option<String>,
+    /// How long the sequencer gathers requests into one batch (one commit, one checkpoint)
+    /// after the first arrives: 0 (default) takes only what is already waiting. At most 1000,
+    /// so a checkpoint is signed at least every second while entries arrive.
+    #[serde(default)]
+    pub batch_window_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -199,6 +204,12 @@ impl Config {
         };
         let config: Config = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         config.pkcs11.token_selector().map_err(invalid)?;
+        if config.ledger.batch_window_ms > 1000 {
+            return Err(invalid(
+                "ledger.batch_window_ms must be at most 1000 (a checkpoint at least every second)"
+                    .into(),
+            ));
+        }
         if config.pkcs11.sessions == 0 || config.pkcs11.sessions > 256 {
             return Err(invalid("pkcs11.sessions must be between 1 and 256".into()));
         }
@@ -306,6 +317,23 @@ mod tests {
             PinSource::File("/etc/actseal/pin".into())
         );
         assert_eq!(config.server.socket_mode, 0o660);
+    }
+
+    #[test]
+    fn batch_window_is_bounded_by_a_second() {
+        let ok = format!("{GOOD}\n[ledger]\nbatch_window_ms = 1000\n");
+        assert_eq!(
+            Config::parse(&ok, Path::new("t.toml"))
+                .unwrap()
+                .ledger
+                .batch_window_ms,
+            1000
+        );
+        let too_long = format!("{GOOD}\n[ledger]\nbatch_window_ms = 1001\n");
+        let err = Config::parse(&too_long, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 1000"), "{err}");
     }
 
     #[test]

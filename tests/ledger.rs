@@ -526,3 +526,54 @@ async fn a_damaged_database_is_caught_at_start_up_and_by_audit() {
         .into_inner();
     assert_eq!(next.log_index, 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_window_shares_checkpoints_between_callers() {
+    let mut lab = new_lab();
+    let config = std::fs::read_to_string(lab.config()).unwrap();
+    std::fs::write(
+        lab.config(),
+        format!("{config}\n[ledger]\nbatch_window_ms = 50\n"),
+    )
+    .unwrap();
+    lab.start_daemon().unwrap();
+    create_key(&lab, ACTOR).await;
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let mut signer = signer(&lab).await;
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..5 {
+                let document = format!("client {c} action {i}");
+                out.push((
+                    document.clone(),
+                    signer
+                        .sign(sign_request(ACTOR, document.as_bytes()))
+                        .await
+                        .unwrap()
+                        .into_inner(),
+                ));
+            }
+            out
+        }));
+    }
+    let mut signed = Vec::new();
+    for task in tasks {
+        signed.extend(task.await.unwrap());
+    }
+    for (document, response) in &signed {
+        verify(&lab, &response.bundle_json, Some(document.as_bytes())).expect("verifies");
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        lab.dir.join("state/actseal.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let checkpoints: i64 = conn
+        .query_row("SELECT COUNT(*) FROM checkpoints", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        checkpoints < 40,
+        "{checkpoints} checkpoints for 40 receipts: no batching"
+    );
+}

@@ -418,8 +418,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     })
     .inspect_err(|e| tracing::error!(error = %e, "refusing to sign on a broken log"))?;
     tracing::info!(origin = %log.origin, size = status.size, root = %hex::encode(status.root), "log verified");
-    let (sequencer, sequencer_thread) =
-        sequencer::start(Store::open(&database)?, Arc::clone(&backend), log.clone())?;
+    let (sequencer, sequencer_thread) = sequencer::start(
+        Store::open(&database)?,
+        Arc::clone(&backend),
+        log.clone(),
+        std::time::Duration::from_millis(config.ledger.batch_window_ms),
+    )?;
     let state = Arc::new(DaemonState {
         backend,
         device,

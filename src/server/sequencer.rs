@@ -215,6 +215,8 @@ struct Sequencer {
     log: LogIdentity,
     actors: HashMap<String, ActorChain>,
     frontier: Frontier,
+    /// How long a batch waits for more commands after its first (0: take what is waiting).
+    batch_window: std::time::Duration,
     /// Committed tree nodes recently written or read (never uncommitted ones).
     node_cache: std::cell::RefCell<HashMap<(u8, u64), Hash>>,
 }
@@ -224,11 +226,13 @@ pub fn start(
     store: Store,
     backend: Arc<dyn Backend>,
     log: LogIdentity,
+    batch_window: std::time::Duration,
 ) -> Result<(SequencerHandle, thread::JoinHandle<()>), SequencerError> {
     let mut sequencer = Sequencer {
         store,
         backend,
         log,
+        batch_window,
         actors: HashMap::new(),
         frontier: Frontier::default(),
         node_cache: std::cell::RefCell::new(HashMap::new()),
@@ -275,9 +279,16 @@ impl Sequencer {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(first) = rx.blocking_recv() {
             let mut commands = vec![first];
+            let deadline = std::time::Instant::now() + self.batch_window;
             while commands.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(command) => commands.push(command),
+                    Err(mpsc::error::TryRecvError::Empty)
+                        if std::time::Instant::now() < deadline =>
+                    {
+                        // Fewer, larger batches: fewer checkpoints and commits, more latency.
+                        thread::sleep(std::time::Duration::from_micros(200));
+                    }
                     Err(_) => break,
                 }
             }
