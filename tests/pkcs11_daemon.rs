@@ -997,4 +997,25 @@ async fn sigkill_while_signing_loses_no_acknowledged_receipt() {
         receipt_statement(&next.bundle_json)["predicate"]["previousReceipt"]["sha256"],
         *hex::encode(last).as_str()
     );
+    // And the whole log, crash and all, replays clean.
+    lab.stop_daemon().unwrap();
+    let export = lab.path("after-crash.json");
+    lab.run_ok(&[
+        "log",
+        "export",
+        "--config",
+        &lab.config().display().to_string(),
+        "--out",
+        &export,
+    ])
+    .unwrap();
+    let audit = lab
+        .run_ok(&[
+            "audit",
+            &export,
+            "--trust",
+            &lab.anchor().display().to_string(),
+        ])
+        .unwrap();
+    assert!(audit.starts_with("OK"), "{audit}");
 }

@@ -220,6 +220,10 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
     }
 
     let mut actors: HashMap<String, ActorState> = HashMap::new();
+    // When each key last signed a receipt, and when it was retired (rotation or retirement):
+    // no key may sign after its retirement, whatever order the entries are in.
+    let mut last_signed: HashMap<String, i64> = HashMap::new();
+    let mut retired_at: HashMap<String, i64> = HashMap::new();
     let (mut receipts, mut rotations, mut retirements) = (0u64, 0u64, 0u64);
     let mut last_time = i64::MIN;
     for (position, entry) in entries.iter().enumerate() {
@@ -253,6 +257,8 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
                     ));
                 }
                 key.first_use.get_or_insert(receipt.signed_at_unix);
+                let last = last_signed.entry(key_id.clone()).or_insert(i64::MIN);
+                *last = (*last).max(receipt.signed_at_unix);
                 last_time = last_time.max(receipt.signed_at_unix);
                 let state = actors.entry(receipt.actor.clone()).or_default();
                 if state.retired {
@@ -321,6 +327,7 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
                     )
                 })?;
                 previous.first_use.get_or_insert(rotation.rotated_at_unix);
+                retired_at.insert(rotation.from_key_id.clone(), rotation.rotated_at_unix);
                 let next = keys
                     .get(&rotation.to_key_id)
                     .ok_or_else(|| fail(at, "rotation to an unknown key"))?;
@@ -356,10 +363,20 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
                 }
                 state.active = None;
                 state.retired = true;
+                retired_at.insert(retirement.key_id.clone(), retirement.retired_at_unix);
                 last_time = last_time.max(retirement.retired_at_unix);
                 retirements = retirements.saturating_add(1);
             }
             other => return Err(fail(at, format!("unknown entry type {other:?}"))),
+        }
+    }
+
+    for (key_id, retired) in &retired_at {
+        if last_signed.get(key_id).is_some_and(|last| last > retired) {
+            return Err(fail(
+                None,
+                format!("key {key_id} signed a receipt dated after its retirement"),
+            ));
         }
     }
 
