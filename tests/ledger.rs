@@ -577,3 +577,62 @@ async fn a_batch_window_shares_checkpoints_between_callers() {
         "{checkpoints} checkpoints for 40 receipts: no batching"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_under_load_keeps_every_receipt_valid_and_the_log_auditable() {
+    let mut lab = started_lab();
+    create_key(&lab, ACTOR).await;
+    let mut tasks = Vec::new();
+    for c in 0..4 {
+        let mut signer = signer(&lab).await;
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..25 {
+                let document = format!("client {c} action {i}");
+                let response = signer
+                    .sign(sign_request(ACTOR, document.as_bytes()))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                out.push((document, response));
+            }
+            out
+        }));
+    }
+    let mut admin = admin(&lab).await;
+    for _ in 0..2 {
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        admin
+            .rotate_key(RotateKeyRequest {
+                actor: ACTOR.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let mut signed = Vec::new();
+    for task in tasks {
+        signed.extend(task.await.unwrap());
+    }
+    for (document, response) in &signed {
+        verify(&lab, &response.bundle_json, Some(document.as_bytes()))
+            .unwrap_or_else(|e| panic!("receipt {} does not verify: {e}", response.log_index));
+    }
+    lab.stop_daemon().unwrap();
+    let export = lab.path("log-export.json");
+    lab.run_ok(&[
+        "log",
+        "export",
+        "--config",
+        &lab.config().display().to_string(),
+        "--out",
+        &export,
+    ])
+    .unwrap();
+    let audit = lab
+        .run_ok(&["audit", &export, "--trust", &anchor(&lab)])
+        .unwrap();
+    assert!(
+        audit.contains("100 receipts of 1 actors, 2 rotations"),
+        "{audit}"
+    );
+}

@@ -21,8 +21,8 @@ use crate::{
         dsse::{Envelope, signing_digest},
         key_id,
         lineage::{
-            Attestation, KeyOrigin, Lineage, Pkcs11LineagePredicate, PredecessorKey, VersionRef,
-            pkcs11_statement_payload, rotation_payload,
+            Attestation, KeyOrigin, Lineage, Pkcs11LineagePredicate, PredecessorKey,
+            pkcs11_statement_payload,
         },
         now_rfc3339, spki_der,
     },
@@ -152,7 +152,9 @@ impl KeyAdminService {
         let answer = to_api(&record);
         let key_ref = record.key_ref.clone();
         if let Err(e) = self.state.sequencer.register_key(record).await {
-            if origin == KeyOrigin::Generated {
+            // Destroy the new key only when it certainly was not stored.
+            let unknown = matches!(e, crate::server::sequencer::SequencerError::Stopped);
+            if origin == KeyOrigin::Generated && !unknown {
                 let state = Arc::clone(&self.state);
                 let _ = blocking(move || state.backend.destroy_key(&key_ref)).await;
             }
@@ -275,13 +277,25 @@ impl KeyAdminService {
         let previous = self.active_key(&actor).await?;
         let state = Arc::clone(&self.state);
         let plan = blocking(move || plan_rotation(&state, previous)).await??;
-        let answer = to_api(&plan.new_key);
+        let version = plan.new_key.version;
         let new_ref = plan.new_key.key_ref.clone();
         if let Err(e) = self.state.sequencer.rotate(plan).await {
-            let state = Arc::clone(&self.state);
-            let _ = blocking(move || state.backend.destroy_key(&new_ref)).await;
+            // Destroy the new key only when it certainly was not stored.
+            if !matches!(e, crate::server::sequencer::SequencerError::Stopped) {
+                let state = Arc::clone(&self.state);
+                let _ = blocking(move || state.backend.destroy_key(&new_ref)).await;
+            }
             return Err(e.into());
         }
+        // Read back: the sequencer completed the lineage with the rotation statement.
+        let state = Arc::clone(&self.state);
+        let lookup = actor.clone();
+        let keys = blocking(move || state.keys(Some(&lookup))).await??;
+        let answer = keys
+            .iter()
+            .find(|k| k.version == version)
+            .map(to_api)
+            .ok_or_else(|| Status::internal("rotated key vanished"))?;
         tracing::info!(actor = %actor, version = answer.version, key_id = %answer.key_id, caller = %caller, "actor key rotated");
         Ok(Response::new(answer))
     }
@@ -330,57 +344,34 @@ impl KeyAdminService {
     }
 }
 
-/// Generates the next key version, has the device attest it and the previous version sign
-/// the rotation statement naming it.
+/// Generates the next key version and has the device attest it. The previous version signs
+/// the rotation statement in the sequencer, at the moment the rotation takes its place in the
+/// log, so that no receipt it orders before the rotation is dated after it.
 fn plan_rotation(state: &DaemonState, previous: KeyRecord) -> Result<RotationPlan, BackendError> {
+    const MAX_VERSIONS: u32 = 1000;
+    if previous.version >= MAX_VERSIONS {
+        // Each version's lineage carries all earlier ones; verifiers bound what they read.
+        return Err(BackendError::KeyRefused(format!(
+            "actor {:?} has {MAX_VERSIONS} key versions, the most a lineage may carry",
+            previous.actor
+        )));
+    }
     let backend = state.backend.as_ref();
     let version = previous.version + 1;
     let key = backend.create_key(&format!("actseal {} v{version}", previous.actor))?;
     let created_at = now_rfc3339();
-    let new_key_id = key_id(&key.public_key);
-    let built = (|| {
-        let attestation = build_attestation(
-            backend,
-            &state.device,
-            &previous.actor,
-            version,
-            &key,
-            KeyOrigin::Generated,
-            &created_at,
-        )?;
-        let payload = rotation_payload(
-            &previous.actor,
-            VersionRef {
-                version: previous.version,
-                key_id: &previous.key_id,
-            },
-            VersionRef {
-                version,
-                key_id: &new_key_id,
-            },
-            backend.kind().as_str(),
-            &created_at,
-        );
-        let previous_key = HardwareKey {
-            key_ref: previous.key_ref.clone(),
-            public_key: previous.public_key,
-        };
-        let signature = backend.sign_digest(
-            &previous_key,
-            &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload),
-        )?;
-        Ok::<_, BackendError>((
-            attestation,
-            Envelope::new(IN_TOTO_PAYLOAD_TYPE, &payload, &previous.key_id, &signature),
-        ))
-    })();
-    let (attestation, statement) = match built {
-        Ok(parts) => parts,
-        Err(e) => {
-            let _ = backend.destroy_key(&key.key_ref);
-            return Err(e);
-        }
-    };
+    let attestation = build_attestation(
+        backend,
+        &state.device,
+        &previous.actor,
+        version,
+        &key,
+        KeyOrigin::Generated,
+        &created_at,
+    )
+    .inspect_err(|_| {
+        let _ = backend.destroy_key(&key.key_ref);
+    })?;
     let mut predecessors = previous.lineage.predecessors.clone();
     predecessors.push(PredecessorKey {
         version: previous.version,
@@ -388,8 +379,6 @@ fn plan_rotation(state: &DaemonState, previous: KeyRecord) -> Result<RotationPla
         public_key: B64.encode(spki_der(&previous.public_key)),
         attestation: previous.lineage.attestation.clone(),
     });
-    let mut rotations = previous.lineage.rotations.clone();
-    rotations.push(statement.clone());
     Ok(RotationPlan {
         previous_version: previous.version,
         new_key: KeyRecord {
@@ -397,7 +386,7 @@ fn plan_rotation(state: &DaemonState, previous: KeyRecord) -> Result<RotationPla
             version,
             backend: backend.kind(),
             key_ref: key.key_ref,
-            key_id: new_key_id,
+            key_id: key_id(&key.public_key),
             public_key: key.public_key,
             origin: KeyOrigin::Generated,
             state: KeyState::Active,
@@ -405,10 +394,10 @@ fn plan_rotation(state: &DaemonState, previous: KeyRecord) -> Result<RotationPla
             lineage: Lineage {
                 attestation,
                 predecessors,
-                rotations,
+                // The sequencer appends the rotation statement it has the previous key sign.
+                rotations: previous.lineage.rotations.clone(),
             },
             retired_at: None,
         },
-        statement,
     })
 }

@@ -28,7 +28,7 @@ use crate::{
         IN_TOTO_PAYLOAD_TYPE,
         bundle::LogKeyInBundle,
         dsse::{Envelope, signing_digest},
-        lineage::{Lineage, retirement_payload},
+        lineage::{Lineage, VersionRef, retirement_payload, rotation_payload},
         now_rfc3339,
         receipt::{self, Action, KeyRefInReceipt, ReceiptPredicate, ReceiptStatement},
         spki_der,
@@ -89,17 +89,18 @@ pub enum SequencerError {
     Checkpoint(#[from] crate::ledger::checkpoint::CheckpointError),
     #[error("nothing was stored: {0}")]
     NotStored(String),
+    #[error("{0}")]
+    Halted(String),
     #[error("the sequencer has stopped")]
     Stopped,
 }
 
-/// A rotation prepared by the key service: the new version with its lineage, and the
-/// rotation statement the previous version signed.
+/// A rotation prepared by the key service: the new version, attested, with its lineage up to
+/// the previous version. The sequencer has the previous version sign the rotation statement.
 #[derive(Debug)]
 pub struct RotationPlan {
     pub previous_version: u32,
     pub new_key: KeyRecord,
-    pub statement: Envelope,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, SequencerError>>;
@@ -217,6 +218,8 @@ struct Sequencer {
     frontier: Frontier,
     /// How long a batch waits for more commands after its first (0: take what is waiting).
     batch_window: std::time::Duration,
+    /// Set when the in-memory state can no longer be trusted; every command is refused.
+    halted: Option<String>,
     /// Committed tree nodes recently written or read (never uncommitted ones).
     node_cache: std::cell::RefCell<HashMap<(u8, u64), Hash>>,
 }
@@ -233,6 +236,7 @@ pub fn start(
         backend,
         log,
         batch_window,
+        halted: None,
         actors: HashMap::new(),
         frontier: Frontier::default(),
         node_cache: std::cell::RefCell::new(HashMap::new()),
@@ -269,10 +273,12 @@ impl Sequencer {
                 chain.key = Some(Arc::new(key));
             }
         }
-        self.actors = actors;
-        self.node_cache.borrow_mut().clear();
         let size = self.store.next_log_index()?;
-        self.frontier = Frontier::from_reader(&self.store, size)?;
+        let frontier = Frontier::from_reader(&self.store, size)?;
+        // Swapped in only once all of it was read: never a half-rebuilt state.
+        self.actors = actors;
+        self.frontier = frontier;
+        self.node_cache.borrow_mut().clear();
         Ok(())
     }
 
@@ -302,6 +308,20 @@ impl Sequencer {
     }
 
     fn stage(&mut self, staged: &mut Staged, command: Command) {
+        if let Some(reason) = &self.halted {
+            let error = SequencerError::Halted(reason.clone());
+            match command {
+                Command::Sign(_, _, reply) => {
+                    let _ = reply.send(Err(error));
+                }
+                Command::RegisterKey(_, reply)
+                | Command::Rotate(_, reply)
+                | Command::Retire(_, _, reply) => {
+                    let _ = reply.send(Err(error));
+                }
+            }
+            return;
+        }
         match command {
             Command::Sign(action, request_id, reply) => {
                 if let Err(e) = self.stage_sign(staged, &action, request_id, reply) {
@@ -552,19 +572,43 @@ impl Sequencer {
     fn stage_rotate(
         &mut self,
         staged: &mut Staged,
-        plan: RotationPlan,
+        mut plan: RotationPlan,
     ) -> Result<(), SequencerError> {
         let actor = plan.new_key.actor.clone();
-        self.active_version(&actor, plan.previous_version)?;
+        let previous = self.active_version(&actor, plan.previous_version)?;
         self.check_new_key(staged, &plan.new_key)?;
-        let bytes = entry::encode(&plan.statement)
+        // Dated and signed here, in log order: every receipt before it is dated no later.
+        let rotated_at = now_rfc3339();
+        let payload = rotation_payload(
+            &actor,
+            VersionRef {
+                version: previous.version,
+                key_id: &previous.key_id,
+            },
+            VersionRef {
+                version: plan.new_key.version,
+                key_id: &plan.new_key.key_id,
+            },
+            plan.new_key.backend.as_str(),
+            &rotated_at,
+        );
+        let previous_key = HardwareKey {
+            key_ref: previous.key_ref.clone(),
+            public_key: previous.public_key,
+        };
+        let signature = self.backend.sign_digest(
+            &previous_key,
+            &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload),
+        )?;
+        let statement = Envelope::new(IN_TOTO_PAYLOAD_TYPE, &payload, &previous.key_id, &signature);
+        let bytes = entry::encode(&statement)
             .map_err(|e| SequencerError::NotStored(format!("entry encoding: {e}")))?;
+        plan.new_key.lineage.rotations.push(statement);
         self.append_entry(staged, EntryKind::Rotation, &actor, bytes);
-        let retired_at = plan.new_key.created_at.clone();
         staged.batch.keys.push(KeyChange::Retire {
             actor: actor.clone(),
             version: plan.previous_version,
-            retired_at,
+            retired_at: rotated_at,
         });
         let new_key = Arc::new(plan.new_key);
         staged
@@ -659,7 +703,11 @@ impl Sequencer {
                     let _ = reply.send(Err(SequencerError::NotStored(message.clone())));
                 }
                 if let Err(e) = self.reload() {
-                    tracing::error!(error = %e, "cannot reload state after a failed batch");
+                    // Memory is ahead of the database and cannot be brought back: signing on
+                    // would leave gaps and forks. Refuse everything until a restart, whose
+                    // start-up check starts from what is on disk.
+                    tracing::error!(error = %e, "cannot reload state after a failed batch; the sequencer halts");
+                    self.halted = Some(format!("the log is halted after a storage failure: {e}"));
                 }
             }
         }

@@ -54,7 +54,15 @@ fn merkle_status(e: merkle::MerkleError) -> Status {
 }
 
 impl SignerService {
-    fn inclusion(&self, log_index: u64, tree_size: u64) -> Result<InclusionProof, Status> {
+    /// The proof carries the entry's bundle, so only callers who may read the entry's actor
+    /// get it. The actor is read only once the entry is known to be under a signed checkpoint:
+    /// such entries are committed and never change, so the check and the answer agree.
+    fn inclusion(
+        &self,
+        caller: &Caller,
+        log_index: u64,
+        tree_size: u64,
+    ) -> Result<InclusionProof, Status> {
         let store = self.state.reader();
         let checkpoint = checkpoint_for(&store, tree_size, "tree_size")?;
         if log_index >= checkpoint.size {
@@ -63,6 +71,10 @@ impl SignerService {
                 checkpoint.size
             )));
         }
+        let actor = store
+            .entry_actor(log_index)?
+            .ok_or_else(|| Status::internal("a checkpointed log entry is missing"))?;
+        self.state.authorize_read(caller, &actor)?;
         let hashes =
             merkle::inclusion_proof(&*store, log_index, checkpoint.size).map_err(merkle_status)?;
         // For a receipt, the refreshed bundle: the same receipt, proved against this checkpoint.
@@ -153,16 +165,10 @@ impl Signer for SignerService {
             log_index,
             tree_size,
         } = request.into_inner();
-        // The proof carries the entry's bundle: only callers who may read the actor get it.
-        let state = Arc::clone(&self.state);
-        let actor = blocking(move || state.reader().entry_actor(log_index)).await??;
-        if let Some(actor) = actor {
-            self.state.authorize_read(&caller, &actor)?;
-        }
         let service = SignerService {
             state: Arc::clone(&self.state),
         };
-        let result = blocking(move || service.inclusion(log_index, tree_size)).await?;
+        let result = blocking(move || service.inclusion(&caller, log_index, tree_size)).await?;
         Ok(Response::new(
             self.state.metrics.observe("GetInclusionProof", result)?,
         ))

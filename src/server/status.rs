@@ -58,6 +58,7 @@ impl From<SequencerError> for Status {
                 Status::unavailable("the request could not be stored; nothing was done")
             }
             SequencerError::Stopped => Status::unavailable("the daemon is shutting down"),
+            SequencerError::Halted(reason) => Status::unavailable(reason),
         }
     }
 }
