@@ -190,3 +190,37 @@ fn check_config_accepts_good_and_names_the_error_in_bad_files() {
         "exactly one of token_label and token_serial",
     );
 }
+
+#[test]
+fn an_expired_device_certificate_stops_the_daemon_from_signing() {
+    let mut lab = new_lab();
+    let short = lab.path("short.crt");
+    lab.run_ok(&[
+        "ca",
+        "issue",
+        "--dir",
+        &lab.path("ca"),
+        "--csr",
+        &lab.path("device.csr"),
+        "--out",
+        &short,
+        "--days",
+        "0",
+    ])
+    .unwrap();
+    lab.run_ok(&[
+        "device",
+        "install",
+        "--config",
+        &lab.path("actseal.toml"),
+        &short,
+    ])
+    .unwrap();
+    let err = lab
+        .start_daemon()
+        .expect_err("an expired device certificate");
+    assert!(
+        err.to_string().contains("device certificate has expired"),
+        "{err}"
+    );
+}

@@ -18,6 +18,19 @@ pub struct DeviceIdentity {
     pub key_id: String,
     pub certificate_der: Vec<u8>,
     pub chain_der: Vec<Vec<u8>>,
+    /// End of the device certificate's validity (Unix seconds): receipts signed later would
+    /// not verify, so the daemon stops signing then.
+    pub not_after_unix: u64,
+}
+
+impl DeviceIdentity {
+    /// Seconds until the device certificate expires (0 once it has).
+    pub fn seconds_left(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.not_after_unix.saturating_sub(now)
+    }
 }
 
 /// A PKCS#10 request for the device key, signed inside the token by the device key.
@@ -84,8 +97,15 @@ pub fn load_identity(path: &Path, device_key: HardwareKey) -> Result<DeviceIdent
     // Round-trip check: what we send in bundles must parse as a certificate.
     x509_cert::Certificate::from_der(&der[0])
         .map_err(|e| PkiError::Invalid(format!("device certificate: {e}")))?;
+    let not_after_unix = certs[0]
+        .tbs_certificate
+        .validity
+        .not_after
+        .to_unix_duration()
+        .as_secs();
     let certificate_der = der.remove(0);
     Ok(DeviceIdentity {
+        not_after_unix,
         key_id: crate::proof::key_id(&device_key.public_key),
         key: device_key,
         certificate_der,

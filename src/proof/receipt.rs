@@ -60,13 +60,17 @@ impl CallerInReceipt {
     /// The identity without what changes between a client's runs (pid, source port): what
     /// makes a retry "the same caller".
     pub fn principal(&self) -> String {
-        match self {
-            CallerInReceipt::Unix { uid, gid, .. } => format!("unix:{uid}:{gid}"),
-            CallerInReceipt::X509 { spiffe_id, subject } => {
-                format!("x509:{}:{subject}", spiffe_id.as_deref().unwrap_or(""))
+        // JSON arrays, so that no two different identities print the same.
+        let parts = match self {
+            CallerInReceipt::Unix { uid, gid, .. } => {
+                serde_json::json!(["unix", uid, gid])
             }
-            CallerInReceipt::InsecureTcp { .. } => "insecure-tcp".into(),
-        }
+            CallerInReceipt::X509 { spiffe_id, subject } => {
+                serde_json::json!(["x509", spiffe_id, subject])
+            }
+            CallerInReceipt::InsecureTcp { .. } => serde_json::json!(["insecure-tcp"]),
+        };
+        parts.to_string()
     }
 }
 

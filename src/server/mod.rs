@@ -395,6 +395,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let backend = tokio::task::block_in_place(|| open_backend(&config))?;
     let device_key = tokio::task::block_in_place(|| backend.device_key(false))?;
     let device = load_identity(&config.state.device_certificate(), device_key)?;
+    match device.seconds_left() {
+        0 => {
+            return Err(StartError::Config(
+                "the device certificate has expired: receipts would not verify; \
+                 have the CA issue a new one (actseal device csr, actseal ca issue, actseal device install)"
+                    .into(),
+            ));
+        }
+        left if left < 30 * 24 * 3600 => {
+            tracing::warn!(
+                days_left = left / 86400,
+                "the device certificate expires soon; renew it"
+            );
+        }
+        _ => {}
+    }
     let token_serial = backend.token().serial.clone();
     let backend: Arc<dyn Backend> = Arc::new(backend);
     let database = config.state.database();

@@ -197,6 +197,12 @@ impl SignerService {
         request: Request<SignRequest>,
     ) -> Result<(String, String, SignResponse), Status> {
         let caller = Caller::of(&request)?;
+        if self.state.device.seconds_left() == 0 {
+            // A receipt dated after the device certificate's end would never verify.
+            return Err(Status::unavailable(
+                "the device certificate has expired; the operator must renew it",
+            ));
+        }
         let action = validate::sign_request(request.get_ref(), caller.to_receipt())?;
         // Request ids are per caller: two callers' ids never collide.
         let request_id = validate::request_id(&request.get_ref().request_id)?

@@ -320,6 +320,12 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
                 let previous = keys
                     .get_mut(&rotation.from_key_id)
                     .ok_or_else(|| fail(at, "rotation from an unknown key"))?;
+                if previous.actor != actor || previous.version != rotation.from_version {
+                    return Err(fail(
+                        at,
+                        "rotation signed by a key of another actor or version",
+                    ));
+                }
                 dsse::verify(&envelope, &previous.verifying).map_err(|e| {
                     fail(
                         at,
