@@ -417,6 +417,14 @@ async fn a_damaged_database_is_caught_at_start_up_and_by_audit() {
             .unwrap();
     }
     drop(signer);
+    // Entry 5: a rotation, so that version 1 is retired in the log.
+    admin(&lab)
+        .await
+        .rotate_key(RotateKeyRequest {
+            actor: ACTOR.into(),
+        })
+        .await
+        .unwrap();
     lab.stop_daemon().unwrap();
     let database = lab.dir.join("state/actseal.db");
     let pristine = lab.dir.join("pristine.db");
@@ -463,7 +471,19 @@ async fn a_damaged_database_is_caught_at_start_up_and_by_audit() {
         (
             "an edited checkpoint note",
             true,
-            "UPDATE checkpoints SET note = replace(note, char(10) || '5' || char(10), char(10) || '4' || char(10)) WHERE size = 5;",
+            "UPDATE checkpoints SET note = replace(note, char(10) || '6' || char(10), char(10) || '5' || char(10)) WHERE size = 6;",
+        ),
+        // The entries are intact, but the tables the sequencer continues from disagree with
+        // them: signing on would fork a chain or use a retired key.
+        (
+            "a deleted newest receipt row",
+            false,
+            "DELETE FROM requests; DELETE FROM receipts WHERE log_index = 4;",
+        ),
+        (
+            "a retired key made active again",
+            false,
+            "UPDATE actor_keys SET state = 'active', retired_at = NULL WHERE version = 1;",
         ),
     ];
     for (what, entries_damaged, sql) in damages {
@@ -524,7 +544,7 @@ async fn a_damaged_database_is_caught_at_start_up_and_by_audit() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(next.log_index, 5);
+    assert_eq!(next.log_index, 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
