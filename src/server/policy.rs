@@ -41,6 +41,10 @@ pub struct PolicyError {
 pub struct Pattern {
     text: String,
     tokens: Vec<Token>,
+    /// Bytes no wildcard matches: `/` always; for certificate subjects also the RFC 4514
+    /// separators and escapes (`,` `+` `\\`), so that `CN=*,O=Acme` cannot be matched by a
+    /// single CN that merely contains `,O=Acme`.
+    stops: &'static [u8],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,36 +106,50 @@ impl Pattern {
         Ok(Pattern {
             text: text.to_owned(),
             tokens,
+            stops: b"/",
         })
     }
 
-    /// Whether `value` matches the whole pattern (no backtracking blow-up: the set of
-    /// reachable positions is carried from token to token).
+    /// A pattern over RFC 4514 subjects: wildcards never cross attribute boundaries or escapes.
+    pub fn parse_subject(text: &str) -> Result<Pattern, String> {
+        let mut pattern = Pattern::parse(text)?;
+        pattern.stops = b"/,+\\";
+        Ok(pattern)
+    }
+
+    /// Whether `value` matches the whole pattern. The set of reachable positions is carried
+    /// from token to token, and each token is applied in one sweep: O(tokens × length), with
+    /// no backtracking, whatever the pattern and the caller-supplied value.
     pub fn matches(&self, value: &str) -> bool {
         let bytes = value.as_bytes();
         let n = bytes.len();
+        let stop = |b: u8| self.stops.contains(&b);
         let mut reach = vec![false; n + 1];
         reach[0] = true;
         for token in &self.tokens {
             let mut next = vec![false; n + 1];
-            for start in (0..=n).filter(|&p| reach[p]) {
-                match token {
-                    Token::Literal(lit) => {
+            match token {
+                Token::Literal(lit) => {
+                    for start in (0..=n).filter(|&p| reach[p]) {
                         if bytes[start..].starts_with(lit.as_bytes()) {
                             next[start + lit.len()] = true;
                         }
                     }
-                    Token::Star => {
-                        for end in start + 1..=n {
-                            if bytes[end - 1] == b'/' {
-                                break;
-                            }
-                            next[end] = true;
+                }
+                // One or more bytes, none a stop (for subjects, `**` stops there too).
+                Token::Star | Token::DoubleStar => {
+                    let crosses_segments =
+                        matches!(token, Token::DoubleStar) && self.stops == b"/";
+                    let mut active = false;
+                    for (p, &byte) in bytes.iter().enumerate() {
+                        active |= reach[p];
+                        if !active {
+                            continue;
                         }
-                    }
-                    Token::DoubleStar => {
-                        for slot in next.iter_mut().skip(start + 1) {
-                            *slot = true;
+                        if !crosses_segments && stop(byte) {
+                            active = false;
+                        } else {
+                            next[p + 1] = true;
                         }
                     }
                 }
@@ -191,7 +209,7 @@ impl CallerPattern {
             }
             Ok(CallerPattern::SpiffeId(Pattern::parse(text)?))
         } else if let Some(subject) = text.strip_prefix("subject:") {
-            Ok(CallerPattern::Subject(Pattern::parse(subject)?))
+            Ok(CallerPattern::Subject(Pattern::parse_subject(subject)?))
         } else if text == "insecure-tcp" {
             Ok(CallerPattern::InsecureTcp)
         } else {
@@ -428,6 +446,31 @@ mod tests {
         assert!(Pattern::parse("a b").is_err());
         assert!(Pattern::parse("a***").is_err());
         assert!(Pattern::parse(&"*x".repeat(MAX_WILDCARDS + 1)).is_err());
+    }
+
+    #[test]
+    fn subject_wildcards_stop_at_attribute_boundaries_and_escapes() {
+        let pattern = CallerPattern::parse("subject:CN=*,O=Acme").unwrap();
+        let subject = |s: &str| Caller::X509 {
+            spiffe_id: None,
+            subject: s.into(),
+        };
+        assert!(pattern.matches(&subject("CN=payments,O=Acme")));
+        // One CN that contains ",O=Acme" (escaped), and no O at all.
+        assert!(!pattern.matches(&subject("CN=evil\\,O=Acme")));
+        assert!(!pattern.matches(&subject("CN=a+UID=x,O=Acme")));
+        let double = CallerPattern::parse("subject:CN=**,O=Acme").unwrap();
+        assert!(!double.matches(&subject("CN=evil\\,O=Acme")));
+    }
+
+    #[test]
+    fn matching_is_linear_in_the_value() {
+        let pattern = Pattern::parse(&"*a".repeat(MAX_WILDCARDS)).unwrap();
+        // 16 wildcards over 64 KiB: about a million steps linearly, tens of billions if the
+        // matcher were quadratic (this test would then not finish).
+        let long = "a".repeat(64 * 1024);
+        assert!(pattern.matches(&long));
+        assert!(!pattern.matches(&format!("{long}b")));
     }
 
     #[test]
