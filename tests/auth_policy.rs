@@ -306,9 +306,16 @@ actors = ["*"]
             "unknown uid fetches the proof (and bundle) of alice's receipt",
             mallory,
             mallory_gid,
-            ["log", "proof", "--index", "0", "--out", "/nonexistent/proof.json"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "log",
+                "proof",
+                "--index",
+                "0",
+                "--out",
+                "/nonexistent/proof.json",
+            ]
+            .map(String::from)
+            .to_vec(),
         ),
     ];
     for (what, uid, gid, args) in &denied {

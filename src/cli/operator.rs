@@ -207,7 +207,7 @@ pub fn device(command: DeviceCommand) -> Result<()> {
     match command {
         DeviceCommand::Csr { config, out } => {
             let config = Config::load(&config)?;
-            let backend = server::open_backend(&config)?;
+            let backend = server::open_pkcs11_backend(&config)?;
             let device_key = backend.device_key(true)?;
             let request = pki::device::certificate_request(&backend, &device_key, backend.token())?;
             std::fs::write(&out, request)
@@ -226,7 +226,7 @@ pub fn device(command: DeviceCommand) -> Result<()> {
             let config = Config::load(&config)?;
             let pem = std::fs::read_to_string(&certificate)
                 .with_context(|| format!("cannot read {}", certificate.display()))?;
-            let backend = server::open_backend(&config)?;
+            let backend = server::open_pkcs11_backend(&config)?;
             let device_key = backend.device_key(false)?;
             std::fs::create_dir_all(&config.state.dir)
                 .with_context(|| format!("cannot create {}", config.state.dir.display()))?;

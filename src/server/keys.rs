@@ -38,7 +38,14 @@ pub fn build_attestation(
     origin: KeyOrigin,
     created_at: &str,
 ) -> Result<Attestation, BackendError> {
-    let KeyEvidence::Pkcs11(facts) = backend.key_evidence(&key.key_ref)?;
+    let facts = match backend.key_evidence(&key.key_ref)? {
+        KeyEvidence::Pkcs11(facts) => facts,
+        KeyEvidence::Tpm(_) => {
+            return Err(BackendError::KeyRefused(
+                "TPM key lineage (TPM2_Certify) is not wired yet".into(),
+            ));
+        }
+    };
     let reasons = facts.attributes.unfit_reasons();
     if !reasons.is_empty() {
         return Err(BackendError::KeyRefused(reasons.join("; ")));
