@@ -26,22 +26,24 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use tss_esapi::{
     Context, TctiNameConf,
+    abstraction::AsymmetricAlgorithmSelection,
     attributes::{ObjectAttributes, ObjectAttributesBuilder},
     constants::{
-        CapabilityType,
+        CapabilityType, SessionType,
         tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK, TPM2_TRANSIENT_FIRST},
     },
-    handles::{KeyHandle, ObjectHandle},
+    handles::{AuthHandle, KeyHandle, ObjectHandle, SessionHandle},
     interface_types::{
         algorithm::{HashingAlgorithm, PublicAlgorithm},
         ecc::EccCurve,
+        key_bits::RsaKeyBits,
         resource_handles::Hierarchy,
-        session_handles::AuthSession,
+        session_handles::{AuthSession, PolicySession},
     },
     structures::{
-        CapabilityData, Data, Digest, EccPoint, EccScheme, HashScheme, HashcheckTicket, Private,
-        Public, PublicBuilder, PublicEccParametersBuilder, SignatureScheme,
-        SymmetricDefinitionObject,
+        CapabilityData, Data, Digest, EccPoint, EccScheme, EncryptedSecret, HashScheme,
+        HashcheckTicket, IdObject, Private, Public, PublicBuilder, PublicEccParametersBuilder,
+        SignatureScheme, SymmetricDefinition, SymmetricDefinitionObject,
     },
     traits::{Marshall, UnMarshall},
     tss2_esys::TPMT_TK_HASHCHECK,
@@ -455,6 +457,81 @@ impl TpmBackend {
                     area,
                 ))
             })
+        })
+    }
+
+    /// The EK certificate (RSA 2048, NV index 0x01c00002) the manufacturer stored in NV.
+    pub fn ek_certificate(&self) -> Result<Vec<u8>, BackendError> {
+        self.run(|open| {
+            tss_esapi::abstraction::ek::retrieve_ek_pubcert(
+                &mut open.ctx,
+                AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
+            )
+            .map_err(|e| BackendError::Failed {
+                operation: "read EK certificate",
+                detail: format!("NV index 0x01c00002: {e}"),
+            })
+        })
+    }
+
+    /// TPM2_ActivateCredential: the TPM releases the credential only if it holds the EK's
+    /// private key and the AK named in the credential. `id_object` is the TPM2B_ID_OBJECT's
+    /// contents, `secret` the TPM2B_ENCRYPTED_SECRET's.
+    pub fn activate_credential(
+        &self,
+        id_object: &[u8],
+        secret: &[u8],
+    ) -> Result<Vec<u8>, BackendError> {
+        let id_object = IdObject::try_from(id_object.to_vec()).map_err(failed("activate"))?;
+        let secret = EncryptedSecret::try_from(secret.to_vec()).map_err(failed("activate"))?;
+        self.run(|open| {
+            let ek = tss_esapi::abstraction::ek::create_ek_object_2(
+                &mut open.ctx,
+                AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
+                None,
+            )
+            .map_err(failed("create EK"))?;
+            let result = open.with_ak(|ctx, ak, _| {
+                let session = ctx
+                    .execute_without_session(|ctx| {
+                        ctx.start_auth_session(
+                            None,
+                            None,
+                            None,
+                            SessionType::Policy,
+                            SymmetricDefinition::AES_128_CFB,
+                            HashingAlgorithm::Sha256,
+                        )
+                    })
+                    .map_err(failed("policy session"))?
+                    .ok_or_else(|| BackendError::Failed {
+                        operation: "policy session",
+                        detail: "no session returned".into(),
+                    })?;
+                let activated = (|| {
+                    let policy = PolicySession::try_from(session).map_err(failed("policy"))?;
+                    ctx.execute_with_nullauth_session(|ctx| {
+                        ctx.policy_secret(
+                            policy,
+                            AuthHandle::Endorsement,
+                            Default::default(),
+                            Default::default(),
+                            Default::default(),
+                            None,
+                        )
+                    })
+                    .map_err(failed("PolicySecret(endorsement)"))?;
+                    ctx.execute_with_sessions(
+                        (Some(AuthSession::Password), Some(session), None),
+                        |ctx| ctx.activate_credential(ak, ek, id_object.clone(), secret.clone()),
+                    )
+                    .map_err(failed("activate credential"))
+                })();
+                let _ = ctx.flush_context(SessionHandle::from(session).into());
+                activated
+            });
+            let _ = open.ctx.flush_context(ObjectHandle::from(ek));
+            result.map(|digest| digest.value().to_vec())
         })
     }
 

@@ -79,6 +79,22 @@ enum Command {
     /// Initialise a PKCS#11 token (PINs from files, never from the command line).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Enroll the TPM's attestation key: check the EK certificate against the TPM maker's
+    /// CA, prove the AK is in that TPM (MakeCredential/ActivateCredential), have the
+    /// operator CA issue the AK certificate and install it as the device certificate.
+    Enroll {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The operator CA directory (`actseal ca init`).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// PEM file with the TPM maker's CA certificates (root and intermediates).
+        #[arg(long)]
+        ek_ca: PathBuf,
+        /// Validity of the AK certificate in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
     /// Run the whole path on a fresh SoftHSM token: daemon, key, sign, verify.
     Demo {
         /// Working directory for the demo's tokens, CA and state (a new temporary one if unset).
@@ -377,6 +393,15 @@ pub fn main() -> ExitCode {
         Command::Token(command) => {
             init_logging("warn", false);
             operator::token(command)
+        }
+        Command::Enroll {
+            config,
+            ca_dir,
+            ek_ca,
+            days,
+        } => {
+            init_logging("warn", false);
+            operator::enroll(&config, &ca_dir, &ek_ca, days)
         }
         Command::Demo { workdir } => {
             init_logging("warn", false);

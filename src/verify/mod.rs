@@ -29,6 +29,7 @@ pub mod merkle;
 mod rotation;
 mod statement;
 mod summary;
+pub mod tpm;
 mod x509;
 
 use p256::ecdsa::VerifyingKey;
@@ -81,7 +82,7 @@ pub fn verify_bundle(
         key_id: &key_id,
         backend: &receipt.backend,
     };
-    let facts = statement::check_lineage(&lineage.statement, &lineage.backend, &claim)
+    let facts = statement::check_lineage(&lineage.evidence, &lineage.backend, &claim)
         .map_err(under(Check::LineageStatement))?;
 
     rotation::check_chain(lineage, &key_id, &receipt, anchors)
@@ -165,12 +166,16 @@ pub(crate) fn check_attestation_signature(lineage: &bundle::Lineage) -> Result<(
         .map_err(|e| format!("device certificate: {e}"))?;
     let key = VerifyingKey::from_public_key_der(&device_spki)
         .map_err(|e| format!("device certificate: public key is not an EC P-256 key: {e}"))?;
+    let statement = match &lineage.evidence {
+        bundle::Evidence::Statement(statement) => statement,
+        bundle::Evidence::Tpm2Certify(certify) => return tpm::check_ak_signature(certify, &key),
+    };
     let device_key_id = digest::key_id(&device_spki);
-    if lineage.statement.keyid != device_key_id {
+    if statement.keyid != device_key_id {
         return Err(format!(
             "lineage statement keyid {:?} is not the device key id {device_key_id}",
-            lineage.statement.keyid
+            statement.keyid
         ));
     }
-    dsse::verify(&lineage.statement, &key)
+    dsse::verify(statement, &key)
 }
