@@ -204,7 +204,7 @@ fn ecc_template(
 }
 
 /// The storage primary key: ECC P-256, restricted decryption, AES-128-CFB.
-fn storage_template() -> Result<Public, BackendError> {
+pub fn storage_template() -> Result<Public, BackendError> {
     ecc_template(
         object_attributes(true, true, false)?,
         PublicEccParametersBuilder::new_restricted_decryption_key(
@@ -234,7 +234,7 @@ fn actor_template() -> Result<Public, BackendError> {
 }
 
 /// The attestation key: ECDSA P-256, restricted signing.
-fn ak_template() -> Result<Public, BackendError> {
+pub fn ak_template() -> Result<Public, BackendError> {
     ecc_template(
         object_attributes(true, false, true)?,
         PublicEccParametersBuilder::new()

@@ -172,6 +172,24 @@ pub(crate) enum Evidence {
     Tpm2Certify(Tpm2Certify),
 }
 
+/// Parses and decodes one key attestation as `Attest` returns it (a lineage without
+/// predecessors).
+pub(crate) fn parse_attestation(bytes: &[u8]) -> Result<Lineage, String> {
+    if bytes.len() > MAX_BUNDLE_BYTES {
+        return Err(format!(
+            "attestation is {} bytes, more than the {MAX_BUNDLE_BYTES} accepted",
+            bytes.len()
+        ));
+    }
+    let json: LineageJson = serde_json::from_slice(bytes)
+        .map_err(|e| format!("not an attestation JSON document: {e}"))?;
+    let lineage = decode_lineage("attestation", json)?;
+    if !lineage.predecessors.is_empty() || !lineage.rotations.is_empty() {
+        return Err("an attestation carries no rotations".into());
+    }
+    Ok(lineage)
+}
+
 /// Parses and decodes a bundle; the error is the `bundle.parse` detail.
 pub(crate) fn parse(bytes: &[u8]) -> Result<Bundle, String> {
     if bytes.len() > MAX_BUNDLE_BYTES {

@@ -262,6 +262,26 @@ pub(crate) fn check_certify(
             public.name_alg
         ));
     }
+    let a = public.attributes;
+    let required = [
+        ("fixedTPM", FIXED_TPM, true),
+        ("fixedParent", FIXED_PARENT, true),
+        ("sensitiveDataOrigin", SENSITIVE_DATA_ORIGIN, true),
+        ("sign", SIGN, true),
+        ("restricted", RESTRICTED, false),
+        ("decrypt", DECRYPT, false),
+    ];
+    for (attribute, bit, want) in required {
+        let got = a & bit != 0;
+        if got != want {
+            let state = |b: bool| if b { "set" } else { "clear" };
+            return Err(format!(
+                "TPMT_PUBLIC objectAttributes.{attribute} is {}, must be {}: the key may not be held by the TPM alone",
+                state(got),
+                state(want)
+            ));
+        }
+    }
     let name = name_of(&certify.public_area);
     if attest.certified_name != name {
         return Err(format!(
@@ -299,26 +319,6 @@ pub(crate) fn check_certify(
         return Err(format!(
             "the certified key {certified_id} is not the actor key {key_id}"
         ));
-    }
-    let a = public.attributes;
-    let required = [
-        ("fixedTPM", FIXED_TPM, true),
-        ("fixedParent", FIXED_PARENT, true),
-        ("sensitiveDataOrigin", SENSITIVE_DATA_ORIGIN, true),
-        ("sign", SIGN, true),
-        ("restricted", RESTRICTED, false),
-        ("decrypt", DECRYPT, false),
-    ];
-    for (attribute, bit, want) in required {
-        let got = a & bit != 0;
-        if got != want {
-            let state = |b: bool| if b { "set" } else { "clear" };
-            return Err(format!(
-                "TPMT_PUBLIC objectAttributes.{attribute} is {}, must be {}: the key may not be held by the TPM alone",
-                state(got),
-                state(want)
-            ));
-        }
     }
     let expected =
         expected_extra_data(actor, version, certify.nonce.as_deref().unwrap_or_default())?;
