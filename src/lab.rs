@@ -133,18 +133,21 @@ impl Lab {
             tpm,
         };
         let d = |p: &str| lab.path(p);
-        lab.run_ok(&[
-            "token",
-            "init",
-            "--module",
-            SOFTHSM_MODULE,
-            "--label",
-            TOKEN_LABEL,
-            "--so-pin-file",
-            &d("secrets/token.so-pin"),
-            "--pin-file",
-            &d("secrets/token.pin"),
-        ])?;
+        // A TPM lab's daemon has no token; its CA still keeps its key in one.
+        if lab.tpm.is_none() {
+            lab.run_ok(&[
+                "token",
+                "init",
+                "--module",
+                SOFTHSM_MODULE,
+                "--label",
+                TOKEN_LABEL,
+                "--so-pin-file",
+                &d("secrets/token.so-pin"),
+                "--pin-file",
+                &d("secrets/token.pin"),
+            ])?;
+        }
         lab.run_ok(&[
             "token",
             "init",

@@ -150,6 +150,26 @@ enum KeyCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Ask for a fresh attestation of an actor key (TPM: TPM2_Certify binding a nonce) and,
+    /// with --trust, verify it offline at once.
+    Attest {
+        #[arg(long)]
+        actor: String,
+        /// Key version; the active one if unset.
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+        /// A nonce (hex, up to 64 bytes) for the TPM to bind; TPM keys only.
+        #[arg(long)]
+        nonce: Option<String>,
+        /// Trust anchor (PEM) to verify the attestation against.
+        #[arg(long)]
+        trust: Option<PathBuf>,
+        /// Write the attestation JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Create the actor's next key version; the previous one signs the hand-over and retires.
     Rotate {
         #[arg(long)]
