@@ -150,6 +150,14 @@ pub struct TpmConfig {
     /// `device:/dev/tpmrm0` (production: the kernel's resource manager) or
     /// `swtpm:host=127.0.0.1,port=N` (tests). A `swtpm:path=` socket is not supported.
     pub tcti: String,
+    /// Transient objects the daemon may keep loaded at once, the storage primary included
+    /// (at least 3; swtpm holds 3, `/dev/tpmrm0` swaps objects so more is fine there).
+    #[serde(default = "default_max_objects")]
+    pub max_objects: usize,
+}
+
+fn default_max_objects() -> usize {
+    3
 }
 
 impl TpmConfig {
@@ -165,7 +173,13 @@ impl TpmConfig {
                 "tpm.tcti {tcti:?}: use \"device:/dev/tpmrm0\" or \"swtpm:host=127.0.0.1,port=N\""
             ));
         }
-        Ok(TpmSettings { tcti: tcti.into() })
+        if !(3..=64).contains(&self.max_objects) {
+            return Err("tpm.max_objects must be between 3 and 64".into());
+        }
+        Ok(TpmSettings {
+            tcti: tcti.into(),
+            max_objects: self.max_objects,
+        })
     }
 }
 

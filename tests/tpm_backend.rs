@@ -19,7 +19,7 @@ fn verifies(key: &p256::PublicKey, digest: &[u8; 32], sig: &p256::ecdsa::Signatu
 fn keys_sign_certify_and_survive_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let mut tpm = Swtpm::create(&dir.path().join("tpm")).expect("swtpm");
-    let settings = TpmSettings { tcti: tpm.tcti() };
+    let settings = TpmSettings::new(tpm.tcti());
     let backend = TpmBackend::open(&settings).expect("open");
     let digest: [u8; 32] = Sha256::digest(b"action").into();
 
@@ -27,7 +27,8 @@ fn keys_sign_certify_and_survive_restarts() {
     let keys: Vec<_> = (0..5)
         .map(|i| backend.create_key(&format!("k{i}")).expect("create"))
         .collect();
-    for key in &keys {
+    // Twice round, so loaded keys are both reused and evicted.
+    for key in keys.iter().chain(keys.iter()).chain(keys.iter().rev()) {
         let sig = backend.sign_digest(key, &digest).expect("sign");
         assert!(verifies(&key.public_key, &digest, &sig));
     }
@@ -62,6 +63,13 @@ fn keys_sign_certify_and_survive_restarts() {
     // The AK is the same key each time.
     assert_eq!(backend.device_key(false).unwrap().public_key, ak.public_key);
 
+    // Certify (key and AK loaded together) between signatures with cached keys.
+    backend.sign_digest(&keys[3], &digest).unwrap();
+    backend
+        .certify(&keys[4].key_ref, b"again")
+        .expect("certify with keys cached");
+    backend.sign_digest(&keys[3], &digest).unwrap();
+
     // A second connection (a restarted daemon) with the stored blobs.
     drop(backend);
     let backend = TpmBackend::open(&settings).expect("reopen");
@@ -70,8 +78,13 @@ fn keys_sign_certify_and_survive_restarts() {
         .expect("sign after reopen");
     assert!(verifies(&keys[1].public_key, &digest, &sig));
 
-    // The TPM restarts under the running backend: it reconnects and the key still works.
+    // The TPM restarts under the running backend: it reconnects and the keys still work,
+    // the one that was loaded (a stale handle) as well as another.
     tpm.restart().expect("restart swtpm");
+    let sig = backend
+        .sign_digest(&keys[1], &digest)
+        .expect("sign cached key after TPM restart");
+    assert!(verifies(&keys[1].public_key, &digest, &sig));
     let sig = backend
         .sign_digest(&keys[2], &digest)
         .expect("sign after TPM restart");
@@ -84,7 +97,7 @@ fn keys_sign_certify_and_survive_restarts() {
 fn rejects_foreign_key_refs() {
     let dir = tempfile::tempdir().unwrap();
     let tpm = Swtpm::create(&dir.path().join("tpm")).expect("swtpm");
-    let backend = TpmBackend::open(&TpmSettings { tcti: tpm.tcti() }).expect("open");
+    let backend = TpmBackend::open(&TpmSettings::new(tpm.tcti())).expect("open");
     let key = actseal::backend::KeyRef("0a0b0c".into());
     assert!(backend.key_evidence(&key).is_err());
     assert!(

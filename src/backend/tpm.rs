@@ -64,6 +64,19 @@ pub const AK_KEY_REF: &str = "tpm-ak";
 pub struct TpmSettings {
     /// A TCTI configuration string: `device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`.
     pub tcti: String,
+    /// How many transient objects the daemon may keep loaded at once (the storage primary
+    /// key included); at least 3. swtpm and many TPMs hold exactly 3.
+    pub max_objects: usize,
+}
+
+impl TpmSettings {
+    /// Settings for a TCTI with the smallest object budget (3).
+    pub fn new(tcti: impl Into<String>) -> Self {
+        TpmSettings {
+            tcti: tcti.into(),
+            max_objects: 3,
+        }
+    }
 }
 
 /// An object's attributes as TPMA_OBJECT states them.
@@ -144,15 +157,20 @@ pub fn name_of(public_area: &[u8]) -> Vec<u8> {
     name
 }
 
-/// An open connection with the storage primary key loaded.
+/// An open connection with the storage primary key loaded, and the most recently used keys
+/// kept loaded (least recently used first) within the object budget.
 struct Open {
     ctx: Context,
     primary: KeyHandle,
+    loaded: Vec<([u8; 32], KeyHandle)>,
+    /// Keys that may stay loaded: the budget minus the storage primary.
+    capacity: usize,
 }
 
 /// The TPM backend for one TPM.
 pub struct TpmBackend {
     tcti: String,
+    max_objects: usize,
     open: Mutex<Option<Open>>,
 }
 
@@ -339,7 +357,7 @@ fn blobs_of(key: &KeyRef) -> Result<Blobs, BackendError> {
 }
 
 impl Open {
-    fn connect(tcti: &str) -> Result<Self, BackendError> {
+    fn connect(tcti: &str, max_objects: usize) -> Result<Self, BackendError> {
         let conf = TctiNameConf::from_str(tcti)
             .map_err(|e| BackendError::Unavailable(format!("TCTI {tcti:?}: {e}")))?;
         let mut ctx = Context::new(conf)
@@ -352,15 +370,62 @@ impl Open {
             })
             .map_err(|e| BackendError::Unavailable(format!("storage primary key on {tcti}: {e}")))?
             .key_handle;
-        Ok(Open { ctx, primary })
+        Ok(Open {
+            ctx,
+            primary,
+            loaded: Vec::new(),
+            capacity: max_objects.saturating_sub(1).max(1),
+        })
     }
 
-    /// Loads a stored key, runs `f` with it and flushes it whatever happened.
+    /// Flushes every cached key: before commands that need several objects at once.
+    fn evict_all(&mut self) {
+        for (_, handle) in std::mem::take(&mut self.loaded) {
+            let _ = self.ctx.flush_context(ObjectHandle::from(handle));
+        }
+    }
+
+    /// Runs `f` with a stored key loaded, loading it unless it still is (evicting the least
+    /// recently used key when the budget is full). The key stays loaded for the next call.
+    fn with_cached_key<T>(
+        &mut self,
+        blobs: &Blobs,
+        f: impl FnOnce(&mut Context, KeyHandle) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        let id: [u8; 32] = Sha256::digest(&blobs.public_area).into();
+        let handle = match self.loaded.iter().position(|(k, _)| *k == id) {
+            Some(at) => {
+                let entry = self.loaded.remove(at);
+                self.loaded.push(entry);
+                entry.1
+            }
+            None => {
+                if self.loaded.len() >= self.capacity {
+                    let (_, oldest) = self.loaded.remove(0);
+                    let _ = self.ctx.flush_context(ObjectHandle::from(oldest));
+                }
+                let primary = self.primary;
+                let handle = self
+                    .ctx
+                    .execute_with_nullauth_session(|ctx| {
+                        ctx.load(primary, blobs.private.clone(), blobs.public.clone())
+                    })
+                    .map_err(failed("load"))?;
+                self.loaded.push((id, handle));
+                handle
+            }
+        };
+        f(&mut self.ctx, handle)
+    }
+
+    /// Loads a stored key with nothing else cached, runs `f` with it and flushes it whatever
+    /// happened: room for the AK beside it.
     fn with_key<T>(
         &mut self,
         blobs: &Blobs,
         f: impl FnOnce(&mut Context, KeyHandle) -> Result<T, BackendError>,
     ) -> Result<T, BackendError> {
+        self.evict_all();
         let primary = self.primary;
         let handle = self
             .ctx
@@ -378,6 +443,7 @@ impl Open {
         &mut self,
         f: impl FnOnce(&mut Context, KeyHandle, &Public) -> Result<T, BackendError>,
     ) -> Result<T, BackendError> {
+        self.evict_all();
         let template = ak_template()?;
         let created = self
             .ctx
@@ -411,9 +477,10 @@ fn flush_transient(ctx: &mut Context) {
 impl TpmBackend {
     /// Connects to the TPM and re-creates the storage primary key.
     pub fn open(settings: &TpmSettings) -> Result<Self, BackendError> {
-        let open = Open::connect(&settings.tcti)?;
+        let open = Open::connect(&settings.tcti, settings.max_objects)?;
         Ok(TpmBackend {
             tcti: settings.tcti.clone(),
+            max_objects: settings.max_objects,
             open: Mutex::new(Some(open)),
         })
     }
@@ -438,7 +505,7 @@ impl TpmBackend {
                 }
             }
         }
-        let mut open = Open::connect(&self.tcti)?;
+        let mut open = Open::connect(&self.tcti, self.max_objects)?;
         let result = f(&mut open);
         *guard = Some(open);
         result
@@ -485,6 +552,7 @@ impl TpmBackend {
         let id_object = IdObject::try_from(id_object.to_vec()).map_err(failed("activate"))?;
         let secret = EncryptedSecret::try_from(secret.to_vec()).map_err(failed("activate"))?;
         self.run(|open| {
+            open.evict_all();
             let ek = tss_esapi::abstraction::ek::create_ek_object_2(
                 &mut open.ctx,
                 AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
@@ -624,7 +692,7 @@ impl Backend for TpmBackend {
         let ticket = null_ticket()?;
         let tpm_digest = Digest::try_from(digest.to_vec()).map_err(failed("sign"))?;
         let signature = self.run(|open| {
-            open.with_key(&blobs, |ctx, handle| {
+            open.with_cached_key(&blobs, |ctx, handle| {
                 ctx.execute_with_nullauth_session(|ctx| {
                     ctx.sign(
                         handle,
@@ -651,8 +719,17 @@ impl Backend for TpmBackend {
     }
 
     fn destroy_key(&self, key: &KeyRef) -> Result<(), BackendError> {
-        // The key exists only as blobs in the daemon's state: forgetting them destroys it.
-        blobs_of(key).map(|_| ())
+        // The key exists only as blobs in the daemon's state: forgetting them destroys it
+        // (once it is no longer loaded).
+        let blobs = blobs_of(key)?;
+        let id: [u8; 32] = Sha256::digest(&blobs.public_area).into();
+        if let Some(open) = self.lock().as_mut()
+            && let Some(at) = open.loaded.iter().position(|(k, _)| *k == id)
+        {
+            let (_, handle) = open.loaded.remove(at);
+            let _ = open.ctx.flush_context(ObjectHandle::from(handle));
+        }
+        Ok(())
     }
 
     fn certify(&self, key: &KeyRef, qualifying_data: &[u8]) -> Result<Certification, BackendError> {
