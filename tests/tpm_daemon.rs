@@ -55,4 +55,40 @@ async fn tpm_keys_sign_verify_and_survive_restarts() {
         .into_inner();
     assert_eq!(rotated.version, 2);
     sign_and_verify(&lab, &rotated.key_id).await;
+
+    // A fresh attestation of the retired version 1, bound to a nonce, after all restarts.
+    let nonce = b"after-restarts".to_vec();
+    let answer = signer(&lab)
+        .await
+        .attest(actseal::api::AttestRequest {
+            actor: ACTOR.into(),
+            version: 1,
+            nonce: nonce.clone(),
+        })
+        .await
+        .expect("attest v1")
+        .into_inner();
+    assert_eq!(answer.key_id, key.key_id);
+    let anchors =
+        actseal::verify::TrustAnchors::from_pem(&std::fs::read(lab.anchor()).unwrap()).unwrap();
+    actseal::verify::verify_attestation(
+        answer.attestation_json.as_bytes(),
+        &anchors,
+        ACTOR,
+        1,
+        &answer.public_key_der,
+        Some(&nonce),
+    )
+    .expect("attestation of v1 verifies");
+
+    // The whole TPM log replays offline: receipts, the rotation, every TPM2_Certify.
+    let export = lab.path("log-export.json");
+    let config = lab.config().display().to_string();
+    lab.run_ok(&["log", "export", "--config", &config, "--out", &export])
+        .expect("export");
+    let anchor = lab.anchor().display().to_string();
+    let audit = lab
+        .run_ok(&["audit", &export, "--trust", &anchor])
+        .expect("audit of the TPM log");
+    assert!(audit.contains("1 rotations"), "{audit}");
 }
