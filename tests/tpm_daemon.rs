@@ -38,6 +38,19 @@ async fn tpm_keys_sign_verify_and_survive_restarts() {
     lab.tpm().unwrap().restart().expect("swtpm restart");
     sign_and_verify(&lab, &key.key_id).await;
 
+    // With the TPM gone, Sign is UNAVAILABLE and nothing is stored; it comes back by itself.
+    let before = receipt_count(&lab);
+    lab.tpm().unwrap().stop().expect("swtpm stop");
+    let refused = signer(&lab)
+        .await
+        .sign(sign_request(ACTOR, DOCUMENT))
+        .await
+        .expect_err("no TPM");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(receipt_count(&lab), before);
+    lab.tpm().unwrap().start().expect("swtpm start");
+    sign_and_verify(&lab, &key.key_id).await;
+
     // Daemon and TPM both restart: the key (stored as blobs) still signs.
     lab.stop_daemon().expect("daemon stop");
     lab.tpm().unwrap().restart().expect("swtpm restart");
