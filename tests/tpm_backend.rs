@@ -4,9 +4,10 @@
 use actseal::{
     backend::{
         Backend, KeyEvidence,
-        tpm::{TpmBackend, TpmSettings, name_of},
+        tpm::{EkKind, TpmBackend, TpmSettings, name_of},
     },
     lab_tpm::Swtpm,
+    pki::enroll::{EkPublic, make_credential},
 };
 use p256::ecdsa::{VerifyingKey, signature::hazmat::PrehashVerifier};
 use sha2::{Digest, Sha256};
@@ -105,4 +106,54 @@ fn rejects_foreign_key_refs() {
             .adopt_key(&actseal::backend::KeySelector::Label("x".into()))
             .is_err()
     );
+}
+
+/// The EK public key as the TPM derives it, in the form enrollment uses.
+fn ek_public(backend: &TpmBackend, kind: EkKind) -> EkPublic {
+    use tss_esapi::{structures::Public, traits::UnMarshall};
+    let area = backend.ek_public(kind).expect("EK public");
+    match Public::unmarshall(&area).unwrap() {
+        Public::Rsa { unique, .. } => EkPublic::Rsa(
+            rsa::RsaPublicKey::new(
+                rsa::BigUint::from_bytes_be(unique.value()),
+                rsa::BigUint::from(65537u32),
+            )
+            .unwrap(),
+        ),
+        Public::Ecc { unique, .. } => {
+            let mut sec1 = vec![4u8];
+            sec1.extend_from_slice(unique.x().value());
+            sec1.extend_from_slice(unique.y().value());
+            EkPublic::P256(p256::PublicKey::from_sec1_bytes(&sec1).unwrap())
+        }
+        _ => panic!("unexpected EK type"),
+    }
+}
+
+/// Software MakeCredential against the TPM's own ActivateCredential, for both default EKs:
+/// the TPM recovers the secret for the AK's Name, and refuses a credential for another Name.
+#[test]
+fn credentials_activate_for_rsa_and_ecc_eks() {
+    let dir = tempfile::tempdir().unwrap();
+    let tpm = Swtpm::create(&dir.path().join("tpm")).expect("swtpm");
+    let backend = TpmBackend::open(&TpmSettings::new(tpm.tcti())).expect("open");
+    let (_, ak_area) = backend.attestation_key().unwrap();
+    for kind in [EkKind::Rsa2048, EkKind::EccP256] {
+        let ek = ek_public(&backend, kind);
+        let secret = [0x42u8; 32];
+        let credential = make_credential(&ek, &name_of(&ak_area), &secret).unwrap();
+        let recovered = backend
+            .activate_credential(kind, &credential.id_object, &credential.encrypted_secret)
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(recovered, secret, "{kind}");
+
+        let other_name = name_of(b"some other object");
+        let wrong = make_credential(&ek, &other_name, &secret).unwrap();
+        assert!(
+            backend
+                .activate_credential(kind, &wrong.id_object, &wrong.encrypted_secret)
+                .is_err(),
+            "{kind}: a credential for another Name must not activate"
+        );
+    }
 }

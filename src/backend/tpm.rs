@@ -157,6 +157,33 @@ pub fn name_of(public_area: &[u8]) -> Vec<u8> {
     name
 }
 
+/// Which endorsement key: the TCG default templates and certificate NV indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EkKind {
+    /// RSA 2048 (template L-1), certificate at NV 0x01c00002.
+    Rsa2048,
+    /// ECC NIST P-256 (template L-2), certificate at NV 0x01c0000a.
+    EccP256,
+}
+
+impl EkKind {
+    fn selection(self) -> AsymmetricAlgorithmSelection {
+        match self {
+            EkKind::Rsa2048 => AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
+            EkKind::EccP256 => AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256),
+        }
+    }
+}
+
+impl std::fmt::Display for EkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EkKind::Rsa2048 => "RSA 2048 EK (NV 0x01c00002)",
+            EkKind::EccP256 => "ECC P-256 EK (NV 0x01c0000a)",
+        })
+    }
+}
+
 /// An open connection with the storage primary key loaded, and the most recently used keys
 /// kept loaded (least recently used first) within the object budget.
 struct Open {
@@ -527,17 +554,34 @@ impl TpmBackend {
         })
     }
 
-    /// The EK certificate (RSA 2048, NV index 0x01c00002) the manufacturer stored in NV.
-    pub fn ek_certificate(&self) -> Result<Vec<u8>, BackendError> {
+    /// The EK certificate the manufacturer stored in NV for an EK kind.
+    pub fn ek_certificate(&self, kind: EkKind) -> Result<Vec<u8>, BackendError> {
         self.run(|open| {
-            tss_esapi::abstraction::ek::retrieve_ek_pubcert(
+            tss_esapi::abstraction::ek::retrieve_ek_pubcert(&mut open.ctx, kind.selection())
+                .map_err(|e| BackendError::Failed {
+                    operation: "read EK certificate",
+                    detail: format!("{kind}: {e}"),
+                })
+        })
+    }
+
+    /// The public area of the EK of a kind, as the TPM derives it from the default template
+    /// (for tests and diagnostics; enrollment trusts the certificate's key, not this).
+    pub fn ek_public(&self, kind: EkKind) -> Result<Vec<u8>, BackendError> {
+        self.run(|open| {
+            open.evict_all();
+            let ek = tss_esapi::abstraction::ek::create_ek_object_2(
                 &mut open.ctx,
-                AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
+                kind.selection(),
+                None,
             )
-            .map_err(|e| BackendError::Failed {
-                operation: "read EK certificate",
-                detail: format!("NV index 0x01c00002: {e}"),
-            })
+            .map_err(failed("create EK"))?;
+            let public = open
+                .ctx
+                .execute_without_session(|ctx| ctx.read_public(ek))
+                .map_err(failed("read EK"));
+            let _ = open.ctx.flush_context(ObjectHandle::from(ek));
+            public?.0.marshall().map_err(failed("read EK"))
         })
     }
 
@@ -546,6 +590,7 @@ impl TpmBackend {
     /// contents, `secret` the TPM2B_ENCRYPTED_SECRET's.
     pub fn activate_credential(
         &self,
+        kind: EkKind,
         id_object: &[u8],
         secret: &[u8],
     ) -> Result<Vec<u8>, BackendError> {
@@ -555,7 +600,7 @@ impl TpmBackend {
             open.evict_all();
             let ek = tss_esapi::abstraction::ek::create_ek_object_2(
                 &mut open.ctx,
-                AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
+                kind.selection(),
                 None,
             )
             .map_err(failed("create EK"))?;

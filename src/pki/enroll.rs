@@ -4,10 +4,10 @@
 //!
 //! 1. The EK certificate is read from the TPM's NV and checked against the maker's CA
 //!    certificates (signature by signature, up to a self-signed root in that file).
-//! 2. The CA side runs TPM2_MakeCredential *in software* (TPM 2.0 Part 1 §24; the seed is
-//!    RSA-OAEP-encrypted, label "IDENTITY"): a random secret, encrypted to the EK public key
-//!    *from the certificate* (RSA 2048, the TCG default EK at NV 0x01c00002) and bound to the
-//!    AK's Name. A TPM that does not hold that EK's private key,
+//! 2. The CA side runs TPM2_MakeCredential *in software* (TPM 2.0 Part 1 §24): a random
+//!    secret, encrypted to the EK public key *from the certificate* and bound to the AK's
+//!    Name. The seed is RSA-OAEP-encrypted (label "IDENTITY") to an RSA 2048 EK (NV
+//!    0x01c00002), or shared by ephemeral ECDH and KDFe with an ECC P-256 EK (NV 0x01c0000a). A TPM that does not hold that EK's private key,
 //!    or that does not hold an object with that Name, cannot recover it.
 //! 3. The TPM runs TPM2_ActivateCredential; only if it returns the secret does the CA issue
 //!    the AK certificate.
@@ -22,7 +22,7 @@ use sha2::Sha256;
 use x509_cert::Certificate;
 
 use super::PkiError;
-use crate::backend::tpm::{TpmBackend, name_of};
+use crate::backend::tpm::{EkKind, TpmBackend, name_of};
 
 const RSA_SHA256: der::asn1::ObjectIdentifier =
     der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
@@ -85,11 +85,14 @@ fn valid_now(cert: &Certificate) -> Result<(), PkiError> {
 }
 
 /// Checks the EK certificate up to a self-signed root among `maker_ca_pem`'s certificates.
-/// Returns the EK's RSA public key.
-pub fn check_ek_certificate(
-    ek_der: &[u8],
-    maker_ca_pem: &str,
-) -> Result<rsa::RsaPublicKey, PkiError> {
+/// The EK public key an EK certificate names.
+pub enum EkPublic {
+    Rsa(rsa::RsaPublicKey),
+    P256(p256::PublicKey),
+}
+
+/// Returns the EK's public key.
+pub fn check_ek_certificate(ek_der: &[u8], maker_ca_pem: &str) -> Result<EkPublic, PkiError> {
     let ek = Certificate::from_der(ek_der)
         .map_err(|e| invalid(format!("EK certificate does not parse: {e}")))?;
     let cas = super::parse_pem_certificates(maker_ca_pem)?;
@@ -120,8 +123,12 @@ pub fn check_ek_certificate(
                 .to_der()
                 .map_err(|e| invalid(format!("EK key: {e}")))?;
             use rsa::pkcs8::DecodePublicKey;
-            return rsa::RsaPublicKey::from_public_key_der(&spki)
-                .map_err(|_| invalid("the EK certificate's key is not RSA"));
+            if let Ok(key) = rsa::RsaPublicKey::from_public_key_der(&spki) {
+                return Ok(EkPublic::Rsa(key));
+            }
+            return p256::PublicKey::from_public_key_der(&spki)
+                .map(EkPublic::P256)
+                .map_err(|_| invalid("the EK certificate's key is neither RSA nor ECC P-256"));
         }
         current = issuer.clone();
     }
@@ -147,6 +154,19 @@ fn kdfa(key: &[u8], label: &str, context_u: &[u8], context_v: &[u8], bits: u32) 
     out
 }
 
+/// KDFe (TPM 2.0 Part 1 §11.4.10.3) with SHA-256, one block (256 bits).
+fn kdfe(z: &[u8], label: &str, party_u: &[u8], party_v: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = Sha256::new();
+    h.update(1u32.to_be_bytes());
+    h.update(z);
+    h.update(label.as_bytes());
+    h.update([0]);
+    h.update(party_u);
+    h.update(party_v);
+    h.finalize().into()
+}
+
 fn tpm2b(bytes: &[u8]) -> Vec<u8> {
     let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
     out.extend_from_slice(bytes);
@@ -160,22 +180,41 @@ pub struct Credential {
     pub encrypted_secret: Vec<u8>,
 }
 
-/// TPM2_MakeCredential in software for an RSA EK with AES-128-CFB and SHA-256 (the TCG
-/// default RSA 2048 EK template).
+/// TPM2_MakeCredential in software for the TCG default EK templates (RSA 2048 or ECC P-256:
+/// nameAlg SHA-256, AES-128-CFB).
 pub fn make_credential(
-    ek: &rsa::RsaPublicKey,
+    ek: &EkPublic,
     object_name: &[u8],
     secret: &[u8],
 ) -> Result<Credential, PkiError> {
-    let mut seed = [0u8; 32];
-    OsRng.fill_bytes(&mut seed);
-    let encrypted_secret = ek
-        .encrypt(
-            &mut OsRng,
-            rsa::Oaep::new_with_label::<Sha256, _>("IDENTITY\0"),
-            &seed,
-        )
-        .map_err(|e| invalid(format!("cannot encrypt to the EK: {e}")))?;
+    let (seed, encrypted_secret) = match ek {
+        EkPublic::Rsa(ek) => {
+            let mut seed = [0u8; 32];
+            OsRng.fill_bytes(&mut seed);
+            let encrypted = ek
+                .encrypt(
+                    &mut OsRng,
+                    rsa::Oaep::new_with_label::<Sha256, _>("IDENTITY\0"),
+                    &seed,
+                )
+                .map_err(|e| invalid(format!("cannot encrypt to the EK: {e}")))?;
+            (seed, encrypted)
+        }
+        EkPublic::P256(ek) => {
+            use p256::elliptic_curve::sec1::ToEncodedPoint;
+            let ephemeral = p256::ecdh::EphemeralSecret::random(&mut OsRng);
+            let point = ephemeral.public_key().to_encoded_point(false);
+            let ek_point = ek.to_encoded_point(false);
+            let (Some(x), Some(y), Some(ek_x)) = (point.x(), point.y(), ek_point.x()) else {
+                return Err(invalid("EK or ephemeral point is the identity"));
+            };
+            let shared = ephemeral.diffie_hellman(ek);
+            let seed = kdfe(shared.raw_secret_bytes(), "IDENTITY", x, ek_x);
+            let mut encrypted = tpm2b(x);
+            encrypted.extend_from_slice(&tpm2b(y));
+            (seed, encrypted)
+        }
+    };
     let sym_key = kdfa(&seed, "STORAGE", object_name, &[], 128);
     let mut enc_identity = tpm2b(secret);
     cfb_mode::Encryptor::<aes::Aes128>::new_from_slices(&sym_key, &[0u8; 16])
@@ -207,8 +246,23 @@ pub fn enroll(
     ca_dir: &Path,
     days: u32,
 ) -> Result<Enrolled, PkiError> {
-    let ek_der = backend.ek_certificate()?;
+    // The RSA EK certificate first (PC Client TPMs carry it), then the ECC P-256 one.
+    let (kind, ek_der) = match backend.ek_certificate(EkKind::Rsa2048) {
+        Ok(der) => (EkKind::Rsa2048, der),
+        Err(rsa_error) => match backend.ek_certificate(EkKind::EccP256) {
+            Ok(der) => (EkKind::EccP256, der),
+            Err(_) => return Err(rsa_error.into()),
+        },
+    };
     let ek_public = check_ek_certificate(&ek_der, maker_ca_pem)?;
+    if matches!(
+        (kind, &ek_public),
+        (EkKind::Rsa2048, EkPublic::P256(_)) | (EkKind::EccP256, EkPublic::Rsa(_))
+    ) {
+        return Err(invalid(format!(
+            "the certificate at the {kind} index certifies another kind of key"
+        )));
+    }
     let ek_subject = Certificate::from_der(&ek_der)
         .map(|c| c.tbs_certificate.subject.to_string())
         .unwrap_or_default();
@@ -217,7 +271,7 @@ pub fn enroll(
     OsRng.fill_bytes(&mut secret);
     let credential = make_credential(&ek_public, &name_of(&ak_public_area), &secret)?;
     let recovered = backend
-        .activate_credential(&credential.id_object, &credential.encrypted_secret)
+        .activate_credential(kind, &credential.id_object, &credential.encrypted_secret)
         .map_err(|e| {
             invalid(format!(
                 "the TPM could not activate the credential (its EK is not the certified one, or the AK is not in it): {e}"
