@@ -157,3 +157,38 @@ fn credentials_activate_for_rsa_and_ecc_eks() {
         );
     }
 }
+
+/// The EK certificate checks out against the maker's CA, and fails when its signature or the
+/// CA file is not the maker's.
+#[test]
+fn ek_certificate_chains_to_the_maker_ca_only() {
+    use actseal::pki::enroll::check_ek_certificate;
+    let dir = tempfile::tempdir().unwrap();
+    let tpm = Swtpm::create(&dir.path().join("tpm")).expect("swtpm");
+    let backend = TpmBackend::open(&TpmSettings::new(tpm.tcti())).expect("open");
+    let maker = tpm.ek_ca_pem().unwrap();
+    let ek = backend
+        .ek_certificate(EkKind::Rsa2048)
+        .expect("EK certificate");
+    assert!(matches!(
+        check_ek_certificate(&ek, &maker),
+        Ok(EkPublic::Rsa(_))
+    ));
+    // The signature is the DER's last bytes: change one.
+    let mut forged = ek.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x01;
+    let error = check_ek_certificate(&forged, &maker)
+        .err()
+        .expect("forged signature");
+    assert!(error.to_string().contains("is not signed by"), "{error}");
+    // Only the root: the intermediate that issued the EK certificate is missing.
+    let root_only = maker
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .unwrap();
+    let error = check_ek_certificate(&ek, root_only)
+        .err()
+        .expect("incomplete CA file");
+    assert!(error.to_string().contains("maker's CA"), "{error}");
+}
