@@ -8,7 +8,10 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    backend::pkcs11::{Pkcs11Settings, TokenSelector},
+    backend::{
+        pkcs11::{Pkcs11Settings, TokenSelector},
+        tpm::TpmSettings,
+    },
     secret::PinSource,
 };
 
@@ -25,7 +28,11 @@ pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
     pub state: StateConfig,
-    pub pkcs11: Pkcs11Config,
+    /// Exactly one of `pkcs11` and `tpm` names the backend that holds actor keys.
+    #[serde(default)]
+    pub pkcs11: Option<Pkcs11Config>,
+    #[serde(default)]
+    pub tpm: Option<TpmConfig>,
     #[serde(default)]
     pub ledger: LedgerConfig,
     #[serde(default)]
@@ -141,6 +148,70 @@ pub struct Pkcs11Config {
     pub device_key_label: String,
 }
 
+/// A TPM 2.0 reached through a TCTI.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmConfig {
+    /// `device:/dev/tpmrm0` (production: the kernel's resource manager) or
+    /// `swtpm:host=127.0.0.1,port=N` (tests). A `swtpm:path=` socket is not supported.
+    pub tcti: String,
+    /// Transient objects the daemon may keep loaded at once, the storage primary included
+    /// (at least 3; swtpm holds 3, `/dev/tpmrm0` swaps objects so more is fine there).
+    #[serde(default = "default_max_objects")]
+    pub max_objects: usize,
+}
+
+fn default_max_objects() -> usize {
+    3
+}
+
+impl TpmConfig {
+    pub fn settings(&self) -> Result<TpmSettings, String> {
+        let tcti = self.tcti.trim();
+        let ok = match tcti.split_once(':') {
+            Some(("device", path)) => !path.is_empty(),
+            Some(("swtpm", rest)) => !rest.contains("path="),
+            _ => false,
+        };
+        if !ok {
+            return Err(format!(
+                "tpm.tcti {tcti:?}: use \"device:/dev/tpmrm0\" or \"swtpm:host=127.0.0.1,port=N\""
+            ));
+        }
+        if !(3..=64).contains(&self.max_objects) {
+            return Err("tpm.max_objects must be between 3 and 64".into());
+        }
+        Ok(TpmSettings {
+            tcti: tcti.into(),
+            max_objects: self.max_objects,
+        })
+    }
+}
+
+/// The configured backend.
+pub enum BackendConfig<'a> {
+    Pkcs11(&'a Pkcs11Config),
+    Tpm(&'a TpmConfig),
+}
+
+impl Config {
+    /// The one configured backend.
+    pub fn backend(&self) -> Result<BackendConfig<'_>, String> {
+        match (&self.pkcs11, &self.tpm) {
+            (Some(p), None) => Ok(BackendConfig::Pkcs11(p)),
+            (None, Some(t)) => Ok(BackendConfig::Tpm(t)),
+            _ => Err("configure exactly one backend: [pkcs11] or [tpm]".into()),
+        }
+    }
+
+    /// The PKCS#11 section, for commands that only a PKCS#11 token serves.
+    pub fn pkcs11(&self) -> Result<&Pkcs11Config, String> {
+        self.pkcs11
+            .as_ref()
+            .ok_or_else(|| "this needs a [pkcs11] backend".into())
+    }
+}
+
 fn default_sessions() -> usize {
     4
 }
@@ -203,15 +274,22 @@ impl Config {
             reason,
         };
         let config: Config = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
-        config.pkcs11.token_selector().map_err(invalid)?;
+        match config.backend().map_err(invalid)? {
+            BackendConfig::Pkcs11(pkcs11) => {
+                pkcs11.token_selector().map_err(invalid)?;
+                if pkcs11.sessions == 0 || pkcs11.sessions > 256 {
+                    return Err(invalid("pkcs11.sessions must be between 1 and 256".into()));
+                }
+            }
+            BackendConfig::Tpm(tpm) => {
+                tpm.settings().map_err(invalid)?;
+            }
+        }
         if config.ledger.batch_window_ms > 1000 {
             return Err(invalid(
                 "ledger.batch_window_ms must be at most 1000 (a checkpoint at least every second)"
                     .into(),
             ));
-        }
-        if config.pkcs11.sessions == 0 || config.pkcs11.sessions > 256 {
-            return Err(invalid("pkcs11.sessions must be between 1 and 256".into()));
         }
         config.server.check().map_err(invalid)?;
         Ok(config)
@@ -311,11 +389,9 @@ mod tests {
     #[test]
     fn parses_a_minimal_config_with_defaults() {
         let config = Config::parse(GOOD, Path::new("t.toml")).unwrap();
-        assert_eq!(config.pkcs11.sessions, 4);
-        assert_eq!(
-            config.pkcs11.pin,
-            PinSource::File("/etc/actseal/pin".into())
-        );
+        let pkcs11 = config.pkcs11.as_ref().unwrap();
+        assert_eq!(pkcs11.sessions, 4);
+        assert_eq!(pkcs11.pin, PinSource::File("/etc/actseal/pin".into()));
         assert_eq!(config.server.socket_mode, 0o660);
     }
 
@@ -345,6 +421,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("exactly one"), "{err}");
+    }
+
+    #[test]
+    fn exactly_one_backend_and_a_tcp_tcti() {
+        let tpm = r#"
+            [state]
+            dir = "/tmp/state"
+            [tpm]
+            tcti = "swtpm:host=127.0.0.1,port=2321"
+        "#;
+        let config = Config::parse(tpm, Path::new("t.toml")).unwrap();
+        assert!(matches!(config.backend(), Ok(BackendConfig::Tpm(_))));
+        let both = format!("{GOOD}\n[tpm]\ntcti = \"device:/dev/tpmrm0\"\n");
+        let err = Config::parse(&both, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exactly one backend"), "{err}");
+        let unix = tpm.replace("host=127.0.0.1,port=2321", "path=/tmp/s");
+        assert!(Config::parse(&unix, Path::new("t.toml")).is_err());
     }
 
     fn server_error(extra: &str) -> String {

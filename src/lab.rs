@@ -32,6 +32,17 @@ pub struct Lab {
     exe: PathBuf,
     verbose: bool,
     daemon: Option<Child>,
+    /// The lab's private swtpm, when its daemon's backend is a TPM.
+    tpm: Option<crate::lab_tpm::Swtpm>,
+}
+
+/// Which backend a lab's daemon uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabBackend {
+    /// A SoftHSM2 token (the device key is certified through a CSR).
+    Pkcs11,
+    /// A private swtpm (the AK is certified through `actseal enroll`).
+    Tpm,
 }
 
 fn random_pin() -> String {
@@ -57,6 +68,17 @@ impl Lab {
     /// binary at `exe`: tokens, CA, device certificate and configuration. The daemon is not
     /// started.
     pub fn create(exe: &Path, dir: &Path, verbose: bool) -> Result<Lab> {
+        Self::create_with_backend(exe, dir, verbose, LabBackend::Pkcs11)
+    }
+
+    /// Makes a lab whose daemon uses `backend`. For a TPM: a private swtpm with an EK
+    /// certificate from a CA in the lab, started on free ports, and the AK enrolled.
+    pub fn create_with_backend(
+        exe: &Path,
+        dir: &Path,
+        verbose: bool,
+        backend: LabBackend,
+    ) -> Result<Lab> {
         if dir.exists() && fs::read_dir(dir)?.next().is_some() {
             bail!("{} is not empty", dir.display());
         }
@@ -72,13 +94,28 @@ impl Lab {
             dir.join("softhsm2.conf"),
             SOFTHSM_CONF_TEMPLATE.replace("@TOKENDIR@", &dir.join("tokens").display().to_string()),
         )?;
-        fs::write(
-            dir.join("actseal.toml"),
-            CONFIG_TEMPLATE
-                .replace("@DIR@", &dir.display().to_string())
-                .replace("@MODULE@", SOFTHSM_MODULE)
-                .replace("@TOKEN@", TOKEN_LABEL),
-        )?;
+        let tpm = match backend {
+            LabBackend::Pkcs11 => None,
+            LabBackend::Tpm => Some(crate::lab_tpm::Swtpm::create(&dir.join("tpm"))?),
+        };
+        let config = CONFIG_TEMPLATE
+            .replace("@DIR@", &dir.display().to_string())
+            .replace("@MODULE@", SOFTHSM_MODULE)
+            .replace("@TOKEN@", TOKEN_LABEL);
+        let config = match &tpm {
+            None => config,
+            Some(tpm) => {
+                let start = config.find("[pkcs11]").unwrap_or(config.len());
+                let end = config.find("[log]").unwrap_or(config.len());
+                format!(
+                    "{}[tpm]\ntcti = \"{}\"\n\n{}",
+                    &config[..start],
+                    tpm.tcti(),
+                    &config[end..]
+                )
+            }
+        };
+        fs::write(dir.join("actseal.toml"), config)?;
         // The lab directory was just created by this process: its owner is our user id.
         let uid = std::os::unix::fs::MetadataExt::uid(&fs::metadata(&dir)?);
         fs::write(
@@ -93,20 +130,24 @@ impl Lab {
             exe: exe.to_owned(),
             verbose,
             daemon: None,
+            tpm,
         };
         let d = |p: &str| lab.path(p);
-        lab.run_ok(&[
-            "token",
-            "init",
-            "--module",
-            SOFTHSM_MODULE,
-            "--label",
-            TOKEN_LABEL,
-            "--so-pin-file",
-            &d("secrets/token.so-pin"),
-            "--pin-file",
-            &d("secrets/token.pin"),
-        ])?;
+        // A TPM lab's daemon has no token; its CA still keeps its key in one.
+        if lab.tpm.is_none() {
+            lab.run_ok(&[
+                "token",
+                "init",
+                "--module",
+                SOFTHSM_MODULE,
+                "--label",
+                TOKEN_LABEL,
+                "--so-pin-file",
+                &d("secrets/token.so-pin"),
+                "--pin-file",
+                &d("secrets/token.pin"),
+            ])?;
+        }
         lab.run_ok(&[
             "token",
             "init",
@@ -133,6 +174,19 @@ impl Lab {
             "--pin-file",
             &d("secrets/ca.pin"),
         ])?;
+        if let Some(tpm) = &lab.tpm {
+            fs::write(lab.dir.join("tpm-maker-ca.pem"), tpm.ek_ca_pem()?)?;
+            lab.run_ok(&[
+                "enroll",
+                "--config",
+                &d("actseal.toml"),
+                "--ca-dir",
+                &d("ca"),
+                "--ek-ca",
+                &d("tpm-maker-ca.pem"),
+            ])?;
+            return Ok(lab);
+        }
         lab.run_ok(&[
             "device",
             "csr",
@@ -203,6 +257,8 @@ impl Lab {
             .args(args)
             .env("SOFTHSM2_CONF", self.dir.join("softhsm2.conf"))
             .env("ACTSEAL_SOCKET", self.socket())
+            // libtss2 logs TCTI retries to stderr; the daemon reports errors itself.
+            .env("TSS2_LOG", "all+NONE")
             .env_remove("ACTSEAL_ENDPOINT")
             .stdin(Stdio::null());
         command
@@ -317,6 +373,11 @@ impl Lab {
             Some(child) => signal(child, name),
             None => bail!("the daemon is not running"),
         }
+    }
+
+    /// The lab's swtpm, if its backend is a TPM.
+    pub fn tpm(&mut self) -> Option<&mut crate::lab_tpm::Swtpm> {
+        self.tpm.as_mut()
     }
 
     /// The daemon's process id, while it runs.

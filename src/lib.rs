@@ -8,6 +8,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod lab;
+pub mod lab_tpm;
 pub mod ledger;
 pub mod pki;
 pub mod proof;

@@ -5,6 +5,7 @@
 //! this boundary.
 
 pub mod pkcs11;
+pub mod tpm;
 
 use std::fmt;
 
@@ -80,6 +81,7 @@ impl fmt::Display for KeySelector {
 #[derive(Debug, Clone)]
 pub enum KeyEvidence {
     Pkcs11(pkcs11::Pkcs11KeyFacts),
+    Tpm(tpm::TpmKeyFacts),
 }
 
 /// Errors from a backend. Messages name the token and key, never a PIN.
@@ -131,6 +133,20 @@ pub trait Backend: Send + Sync {
     /// The backend's own device key, which signs lineage statements. Created on first use
     /// when `create` is true.
     fn device_key(&self, create: bool) -> Result<HardwareKey, BackendError>;
+
+    /// Has the hardware attest a key it holds (TPM2_Certify by the attestation key, with
+    /// `qualifying_data` as extraData). Only a TPM can.
+    fn certify(
+        &self,
+        key: &KeyRef,
+        qualifying_data: &[u8],
+    ) -> Result<tpm::Certification, BackendError> {
+        let _ = (key, qualifying_data);
+        Err(BackendError::KeyRefused(format!(
+            "{} keys are attested by attribute statements, not TPM2_Certify",
+            self.kind()
+        )))
+    }
 
     /// Checks that the hardware answers; cheap enough for a health probe.
     fn health(&self) -> Result<(), BackendError>;

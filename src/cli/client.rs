@@ -127,6 +127,65 @@ pub fn key(command: KeyCommand) -> Result<()> {
                     serde_json::to_string_pretty(&lineage).unwrap_or_default()
                 );
             }
+            KeyCommand::Attest {
+                actor,
+                version,
+                nonce,
+                trust,
+                out,
+                connection,
+            } => {
+                let nonce = match nonce {
+                    Some(text) => hex::decode(text.trim()).context("--nonce is not hex")?,
+                    None => Vec::new(),
+                };
+                let mut client = SignerClient::new(connect(&connection).await?);
+                let answer = client
+                    .attest(crate::api::AttestRequest {
+                        actor: actor.clone(),
+                        version,
+                        nonce: nonce.clone(),
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                println!(
+                    "{} v{} ({}) key {}",
+                    answer.actor, answer.version, answer.backend, answer.key_id
+                );
+                if let Some(out) = &out {
+                    std::fs::write(out, &answer.attestation_json)
+                        .with_context(|| format!("cannot write {}", out.display()))?;
+                    println!("attestation written to {}", out.display());
+                }
+                if let Some(trust) = trust {
+                    let pem = std::fs::read(&trust)
+                        .with_context(|| format!("cannot read {}", trust.display()))?;
+                    let anchors = crate::verify::TrustAnchors::from_pem(&pem)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", trust.display()))?;
+                    let verified = crate::verify::verify_attestation(
+                        answer.attestation_json.as_bytes(),
+                        &anchors,
+                        &answer.actor,
+                        u64::from(answer.version),
+                        &answer.public_key_der,
+                        (!nonce.is_empty()).then_some(nonce.as_slice()),
+                    )
+                    .map_err(|e| anyhow::anyhow!("attestation REJECTED: {e}"))?;
+                    println!(
+                        "attestation verified: {} key {} attested by \"{}\" under \"{}\"; {}{}",
+                        verified.backend,
+                        verified.key_id,
+                        verified.device_subject,
+                        verified.anchor_subject,
+                        verified.hardware,
+                        verified
+                            .nonce
+                            .map(|n| format!("; nonce {}", hex::encode(n)))
+                            .unwrap_or_default()
+                    );
+                }
+            }
             KeyCommand::Rotate { actor, connection } => {
                 let mut client = KeyAdminClient::new(connect(&connection).await?);
                 let key = client

@@ -31,6 +31,9 @@ const PAYMENT_INSTRUCTION: &str = r#"{
 }
 "#;
 
+/// A second actor whose key lives in a TPM (a private swtpm with an EK certificate).
+const TPM_ACTOR: &str = "spiffe://acme.example/pipelines/release";
+
 const OPENSSL_SCRIPT: &str = include_str!("../../scripts/verify-with-openssl.sh");
 
 pub fn run(workdir: Option<PathBuf>) -> Result<()> {
@@ -118,8 +121,78 @@ pub fn run(workdir: Option<PathBuf>) -> Result<()> {
          token) signed exactly this payment instruction, the token's device certificate \
          chains to the operator's CA, and the receipt is in the daemon's signed, tamper-evident log."
     );
+
+    tpm_actor(&exe, &lab.dir.join("tpm-lab"), &document)?;
     if _temp.is_none() {
         println!("The lab stays in {} for you to explore.", lab.dir.display());
     }
+    Ok(())
+}
+
+/// The same path on a TPM: enrollment of the attestation key, a TPM-held actor key certified
+/// by TPM2_Certify, a signed action, a fresh attestation binding a nonce, offline checks.
+fn tpm_actor(exe: &std::path::Path, dir: &std::path::Path, document: &str) -> Result<()> {
+    println!(
+        "\n== A second daemon on a TPM (swtpm with an EK certificate) in {}",
+        dir.display()
+    );
+    println!("(`actseal enroll` checks the EK certificate against the TPM maker's CA, proves the");
+    println!(" attestation key is in that TPM with MakeCredential/ActivateCredential, and has the");
+    println!(" operator CA certify it)");
+    let mut lab = Lab::create_with_backend(exe, dir, true, crate::lab::LabBackend::Tpm)?;
+    lab.start_daemon()?;
+
+    println!("\n== Creating the pipeline's key inside the TPM (certified by the AK at once)");
+    lab.run_ok(&["key", "create", "--actor", TPM_ACTOR])?;
+
+    println!("\n== The release pipeline signs its action with the TPM-held key");
+    let bundle = lab.path("release.bundle.json");
+    lab.run_ok(&[
+        "sign",
+        "--actor",
+        TPM_ACTOR,
+        "--type",
+        "release.publish",
+        "--target",
+        "pkg:cargo/actseal@0.1.0",
+        "--document",
+        document,
+        "--out",
+        &bundle,
+    ])?;
+
+    println!("\n== An auditor asks the TPM for a fresh attestation bound to their nonce");
+    let anchor = lab.anchor().display().to_string();
+    lab.run_ok(&[
+        "key",
+        "attest",
+        "--actor",
+        TPM_ACTOR,
+        "--nonce",
+        "6175646974206e6f6e6365",
+        "--trust",
+        &anchor,
+        "--out",
+        &lab.path("release.attestation.json"),
+    ])?;
+    lab.stop_daemon()?;
+
+    println!("\n== Verifying the TPM bundle offline");
+    let output = lab.run(&[
+        "verify",
+        &bundle,
+        "--trust",
+        &anchor,
+        "--document",
+        document,
+    ])?;
+    if !output.status.success() {
+        bail!("the TPM demo bundle did not verify");
+    }
+    println!(
+        "\n== Proved: the pipeline {TPM_ACTOR} signed with a key the TPM itself certifies as \
+         generated in it and never leaving it (fixedTPM, fixedParent, sensitiveDataOrigin), by \
+         an attestation key enrolled through the TPM's EK certificate."
+    );
     Ok(())
 }

@@ -82,6 +82,22 @@ enum Command {
     /// Initialise a PKCS#11 token (PINs from files, never from the command line).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Enroll the TPM's attestation key: check the EK certificate against the TPM maker's
+    /// CA, prove the AK is in that TPM (MakeCredential/ActivateCredential), have the
+    /// operator CA issue the AK certificate and install it as the device certificate.
+    Enroll {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The operator CA directory (`actseal ca init`).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// PEM file with the TPM maker's CA certificates (root and intermediates).
+        #[arg(long)]
+        ek_ca: PathBuf,
+        /// Validity of the AK certificate in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
     /// Run the whole path on a fresh SoftHSM token: daemon, key, sign, verify.
     Demo {
         /// Working directory for the demo's tokens, CA and state (a new temporary one if unset).
@@ -134,6 +150,26 @@ enum KeyCommand {
         /// Key version; the active one if unset.
         #[arg(long, default_value_t = 0)]
         version: u32,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Ask for a fresh attestation of an actor key (TPM: TPM2_Certify binding a nonce) and,
+    /// with --trust, verify it offline at once.
+    Attest {
+        #[arg(long)]
+        actor: String,
+        /// Key version; the active one if unset.
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+        /// A nonce (hex, up to 64 bytes) for the TPM to bind; TPM keys only.
+        #[arg(long)]
+        nonce: Option<String>,
+        /// Trust anchor (PEM) to verify the attestation against.
+        #[arg(long)]
+        trust: Option<PathBuf>,
+        /// Write the attestation JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
         #[command(flatten)]
         connection: Connection,
     },
@@ -381,6 +417,15 @@ pub fn main() -> ExitCode {
         Command::Token(command) => {
             init_logging("warn", false);
             operator::token(command)
+        }
+        Command::Enroll {
+            config,
+            ca_dir,
+            ek_ca,
+            days,
+        } => {
+            init_logging("warn", false);
+            operator::enroll(&config, &ca_dir, &ek_ca, days)
         }
         Command::Demo { workdir } => {
             init_logging("warn", false);

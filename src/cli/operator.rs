@@ -197,11 +197,40 @@ fn pin_source(file: Option<std::path::PathBuf>, env: Option<String>) -> Result<P
     }
 }
 
+pub fn enroll(
+    config: &std::path::Path,
+    ca_dir: &std::path::Path,
+    ek_ca: &std::path::Path,
+    days: u32,
+) -> Result<()> {
+    let config = Config::load(config)?;
+    let Some(tpm) = &config.tpm else {
+        bail!("enroll needs a [tpm] backend in the configuration");
+    };
+    let settings = tpm.settings().map_err(anyhow::Error::msg)?;
+    let backend = crate::backend::tpm::TpmBackend::open(&settings)?;
+    let maker_ca = std::fs::read_to_string(ek_ca)
+        .with_context(|| format!("cannot read {}", ek_ca.display()))?;
+    let enrolled = pki::enroll::enroll(&backend, &maker_ca, ca_dir, days)?;
+    let device_key = backend.device_key(false)?;
+    std::fs::create_dir_all(&config.state.dir)
+        .with_context(|| format!("cannot create {}", config.state.dir.display()))?;
+    let destination = config.state.device_certificate();
+    let subject =
+        pki::device::install_certificate(&enrolled.ak_certificate_pem, &device_key, &destination)?;
+    println!(
+        "EK certificate \"{}\" checked; credential activated; AK certificate \"{subject}\" installed at {}",
+        enrolled.ek_subject,
+        destination.display()
+    );
+    Ok(())
+}
+
 pub fn device(command: DeviceCommand) -> Result<()> {
     match command {
         DeviceCommand::Csr { config, out } => {
             let config = Config::load(&config)?;
-            let backend = server::open_backend(&config)?;
+            let backend = server::open_pkcs11_backend(&config)?;
             let device_key = backend.device_key(true)?;
             let request = pki::device::certificate_request(&backend, &device_key, backend.token())?;
             std::fs::write(&out, request)
@@ -220,7 +249,7 @@ pub fn device(command: DeviceCommand) -> Result<()> {
             let config = Config::load(&config)?;
             let pem = std::fs::read_to_string(&certificate)
                 .with_context(|| format!("cannot read {}", certificate.display()))?;
-            let backend = server::open_backend(&config)?;
+            let backend = server::open_pkcs11_backend(&config)?;
             let device_key = backend.device_key(false)?;
             std::fs::create_dir_all(&config.state.dir)
                 .with_context(|| format!("cannot create {}", config.state.dir.display()))?;

@@ -55,7 +55,10 @@ impl Derived {
             serde_json::from_slice(&parts.payload).map_err(|_| corrupt("not a statement"))?;
         match head.predicate_type.as_str() {
             crate::proof::receipt::RECEIPT_PREDICATE_TYPE => {
-                let sequence = head.predicate.sequence.ok_or_else(|| corrupt("no sequence"))?;
+                let sequence = head
+                    .predicate
+                    .sequence
+                    .ok_or_else(|| corrupt("no sequence"))?;
                 self.heads.insert(
                     head.predicate.actor,
                     ActorHead {
@@ -65,7 +68,10 @@ impl Derived {
                 );
             }
             crate::proof::lineage::ROTATION_PREDICATE_TYPE => {
-                let previous = head.predicate.previous.ok_or_else(|| corrupt("no previous key"))?;
+                let previous = head
+                    .predicate
+                    .previous
+                    .ok_or_else(|| corrupt("no previous key"))?;
                 self.retired.insert(previous.key_id);
             }
             crate::proof::lineage::RETIREMENT_PREDICATE_TYPE => {

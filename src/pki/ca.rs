@@ -235,13 +235,6 @@ fn rcgen_name(subject: &x509_cert::name::Name) -> rcgen::DistinguishedName {
 
 /// Issues a device certificate for a request. Returns the certificate (PEM).
 pub fn issue(dir: &Path, csr_pem: &str, days: u32) -> Result<String, PkiError> {
-    let config: CaConfig = toml::from_str(&read_file(&dir.join(CA_CONFIG))?)
-        .map_err(|e| PkiError::Invalid(format!("{}: {e}", dir.join(CA_CONFIG).display())))?;
-    let ca_cert_pem = read_file(&dir.join(CA_CERT))?;
-    let ca_cert = parse_pem_certificates(&ca_cert_pem)?.remove(0);
-    let ca_public = p256::PublicKey::from_public_key_der(&super::certificate_spki(&ca_cert)?)
-        .map_err(|_| PkiError::Invalid("CA certificate key is not P-256".into()))?;
-
     let (subject, point) = checked_request(csr_pem)?;
     let subject_public = p256::PublicKey::from_sec1_bytes(&point)
         .map_err(|_| PkiError::Invalid("the requested key is not a P-256 point".into()))?;
@@ -251,12 +244,44 @@ pub fn issue(dir: &Path, csr_pem: &str, days: u32) -> Result<String, PkiError> {
             "request subject \"{subject}\" has no CN"
         )));
     }
+    sign_certificate(dir, name, &subject_public, days)
+}
+
+/// Issues a device certificate for a key whose holder was proven otherwise than by a
+/// request signature: a TPM attestation key after credential activation (`actseal enroll`),
+/// which as a restricted key cannot sign a request.
+pub fn issue_for_key(
+    dir: &Path,
+    common_name: &str,
+    public_key: &p256::PublicKey,
+    days: u32,
+) -> Result<String, PkiError> {
+    let mut name = rcgen::DistinguishedName::new();
+    name.push(rcgen::DnType::CommonName, common_name);
+    sign_certificate(dir, name, public_key, days)
+}
+
+fn sign_certificate(
+    dir: &Path,
+    name: rcgen::DistinguishedName,
+    subject_public: &p256::PublicKey,
+    days: u32,
+) -> Result<String, PkiError> {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let point = subject_public.to_encoded_point(false).as_bytes().to_vec();
+    let config: CaConfig = toml::from_str(&read_file(&dir.join(CA_CONFIG))?)
+        .map_err(|e| PkiError::Invalid(format!("{}: {e}", dir.join(CA_CONFIG).display())))?;
+    let ca_cert_pem = read_file(&dir.join(CA_CERT))?;
+    let ca_cert = parse_pem_certificates(&ca_cert_pem)?.remove(0);
+    let ca_public = p256::PublicKey::from_public_key_der(&super::certificate_spki(&ca_cert)?)
+        .map_err(|_| PkiError::Invalid("CA certificate key is not P-256".into()))?;
+
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = name;
     params.is_ca = rcgen::IsCa::ExplicitNoCa;
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
-    params.key_identifier_method = key_identifier(&subject_public);
+    params.key_identifier_method = key_identifier(subject_public);
     validity(&mut params, days);
     let subject_key = SubjectKey(point);
 

@@ -4,6 +4,7 @@
 
 pub mod ca;
 pub mod device;
+pub mod enroll;
 
 use p256::{ecdsa::Signature, elliptic_curve::sec1::ToEncodedPoint};
 use sha2::{Digest, Sha256};

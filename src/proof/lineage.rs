@@ -68,12 +68,48 @@ pub fn pkcs11_statement_payload(predicate: &Pkcs11LineagePredicate<'_>) -> Vec<u
 #[serde(rename_all = "camelCase")]
 pub struct Attestation {
     pub backend: String,
-    /// The device's statement about the key (PKCS#11: its attributes).
-    pub statement: Envelope,
+    /// The device's statement about the key (PKCS#11: its attributes). Absent for TPM keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<Envelope>,
+    /// TPM keys: the TPM's own TPM2_Certify of the key by the attestation key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm2_certify: Option<Tpm2Certify>,
     /// Base64 DER of the device certificate.
     pub device_certificate: String,
     /// Base64 DER of intermediate CA certificates, device side first.
     pub certificate_chain: Vec<String>,
+}
+
+/// TPM2_Certify of an actor key by the TPM's attestation key (FORMAT.md §4.2): all base64.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Tpm2Certify {
+    /// The marshalled TPMS_ATTEST, exactly the bytes the AK signed.
+    pub attest: String,
+    /// ASN.1 DER ECDSA signature by the AK over SHA-256(attest).
+    pub signature: String,
+    /// The certified key's marshalled TPMT_PUBLIC.
+    pub public_area: String,
+    /// The caller's nonce, when the certification answers an `Attest` call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+}
+
+/// Domain separator of the TPM2_Certify extraData (FORMAT.md §4.2).
+pub const TPM2_CERTIFY_DOMAIN: &[u8] = b"actseal/tpm2-certify/v1";
+
+/// The extraData (qualifyingData) of a TPM2_Certify: SHA-256(domain || 0x00 ||
+/// u32be(len(actor)) || actor || u32be(version) || nonce).
+pub fn tpm2_certify_extra_data(actor: &str, version: u32, nonce: &[u8]) -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(TPM2_CERTIFY_DOMAIN);
+    h.update([0u8]);
+    h.update((actor.len() as u32).to_be_bytes());
+    h.update(actor.as_bytes());
+    h.update(version.to_be_bytes());
+    h.update(nonce);
+    h.finalize().into()
 }
 
 /// An earlier version of the actor's key, as the lineage of a rotated key carries it.

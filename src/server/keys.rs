@@ -21,14 +21,15 @@ use crate::{
         dsse::{Envelope, signing_digest},
         key_id,
         lineage::{
-            Attestation, KeyOrigin, Lineage, Pkcs11LineagePredicate, PredecessorKey,
-            pkcs11_statement_payload,
+            Attestation, KeyOrigin, Lineage, Pkcs11LineagePredicate, PredecessorKey, Tpm2Certify,
+            pkcs11_statement_payload, tpm2_certify_extra_data,
         },
         now_rfc3339, spki_der,
     },
 };
 
-/// Has the device sign what the hardware states about a key.
+/// Has the device sign what the hardware states about a key (PKCS#11), or has the TPM
+/// certify the key with its attestation key (TPM).
 pub fn build_attestation(
     backend: &dyn Backend,
     device: &DeviceIdentity,
@@ -38,7 +39,16 @@ pub fn build_attestation(
     origin: KeyOrigin,
     created_at: &str,
 ) -> Result<Attestation, BackendError> {
-    let KeyEvidence::Pkcs11(facts) = backend.key_evidence(&key.key_ref)?;
+    let facts = match backend.key_evidence(&key.key_ref)? {
+        KeyEvidence::Pkcs11(facts) => facts,
+        KeyEvidence::Tpm(facts) => {
+            let reasons = facts.attributes.unfit_reasons();
+            if !reasons.is_empty() {
+                return Err(BackendError::KeyRefused(reasons.join("; ")));
+            }
+            return tpm_attestation(backend, device, actor, version, key, None);
+        }
+    };
     let reasons = facts.attributes.unfit_reasons();
     if !reasons.is_empty() {
         return Err(BackendError::KeyRefused(reasons.join("; ")));
@@ -57,7 +67,38 @@ pub fn build_attestation(
         backend.sign_digest(&device.key, &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload))?;
     Ok(Attestation {
         backend: backend.kind().as_str().into(),
-        statement: Envelope::new(IN_TOTO_PAYLOAD_TYPE, &payload, &device.key_id, &signature),
+        statement: Some(Envelope::new(
+            IN_TOTO_PAYLOAD_TYPE,
+            &payload,
+            &device.key_id,
+            &signature,
+        )),
+        tpm2_certify: None,
+        device_certificate: B64.encode(&device.certificate_der),
+        certificate_chain: device.chain_der.iter().map(|c| B64.encode(c)).collect(),
+    })
+}
+
+/// TPM2_Certify of a TPM key by the AK, extraData binding actor, version and nonce.
+pub fn tpm_attestation(
+    backend: &dyn Backend,
+    device: &DeviceIdentity,
+    actor: &str,
+    version: u32,
+    key: &HardwareKey,
+    nonce: Option<&[u8]>,
+) -> Result<Attestation, BackendError> {
+    let extra = tpm2_certify_extra_data(actor, version, nonce.unwrap_or_default());
+    let certified = backend.certify(&key.key_ref, &extra)?;
+    Ok(Attestation {
+        backend: backend.kind().as_str().into(),
+        statement: None,
+        tpm2_certify: Some(Tpm2Certify {
+            attest: B64.encode(&certified.attest),
+            signature: B64.encode(certified.signature.to_der().as_bytes()),
+            public_area: B64.encode(&certified.public_area),
+            nonce: nonce.map(|n| B64.encode(n)),
+        }),
         device_certificate: B64.encode(&device.certificate_der),
         certificate_chain: device.chain_der.iter().map(|c| B64.encode(c)).collect(),
     })

@@ -34,8 +34,9 @@ use crate::{
     backend::{
         Backend,
         pkcs11::{Pkcs11Backend, load_module},
+        tpm::TpmBackend,
     },
-    config::{Config, TlsConfig},
+    config::{BackendConfig, Config, TlsConfig},
     ledger::{KeyRecord, Store, StoreError, integrity},
     pki::device::{DeviceIdentity, load_identity},
     proof::{key_id, lineage::KeyOrigin, now_rfc3339},
@@ -209,12 +210,36 @@ pub fn check(config: &Config) -> Result<Policy, StartError> {
 }
 
 /// Opens the configured PKCS#11 token.
-pub fn open_backend(config: &Config) -> Result<Pkcs11Backend, StartError> {
-    let settings = config.pkcs11.settings().map_err(StartError::Config)?;
+pub fn open_pkcs11_backend(config: &Config) -> Result<Pkcs11Backend, StartError> {
+    let settings = config
+        .pkcs11()
+        .and_then(|p| p.settings())
+        .map_err(StartError::Config)?;
     Ok(Pkcs11Backend::open(
         load_module(&settings.module)?,
         &settings,
     )?)
+}
+
+/// Opens the configured backend; also returns the name that makes the default log origin
+/// (`actseal/<name>`): the token serial, or `tpm-<AK key id prefix>`.
+pub fn open_backend(config: &Config) -> Result<(Arc<dyn Backend>, String), StartError> {
+    match config.backend().map_err(StartError::Config)? {
+        BackendConfig::Pkcs11(_) => {
+            let backend = open_pkcs11_backend(config)?;
+            let serial = backend.token().serial.clone();
+            Ok((Arc::new(backend), serial))
+        }
+        BackendConfig::Tpm(tpm) => {
+            let backend = TpmBackend::open(&tpm.settings().map_err(StartError::Config)?)?;
+            let ak = backend.device_key(false)?;
+            let id = key_id(&ak.public_key);
+            Ok((
+                Arc::new(backend),
+                format!("tpm-{}", id.get(..16).unwrap_or(&id)),
+            ))
+        }
+    }
 }
 
 const META_ORIGIN: &str = "log.origin";
@@ -392,7 +417,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     std::fs::create_dir_all(&config.state.dir).map_err(|e| {
         StartError::Config(format!("state dir {}: {e}", config.state.dir.display()))
     })?;
-    let backend = tokio::task::block_in_place(|| open_backend(&config))?;
+    let (backend, token_serial) = tokio::task::block_in_place(|| open_backend(&config))?;
     let device_key = tokio::task::block_in_place(|| backend.device_key(false))?;
     let device = load_identity(&config.state.device_certificate(), device_key)?;
     match device.seconds_left() {
@@ -411,8 +436,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
         _ => {}
     }
-    let token_serial = backend.token().serial.clone();
-    let backend: Arc<dyn Backend> = Arc::new(backend);
     let database = config.state.database();
     let reader = Store::open(&database)?;
     let log = tokio::task::block_in_place(|| {

@@ -15,8 +15,8 @@
 //! caller matching any of its `callers` to sign as any of its `actors` any of its `actions`.
 //! An `admin` rule allows creating and adopting (later rotating and retiring) keys of its
 //! `actors`; it grants no signing, and a `sign` rule grants no administration. Reading an
-//! actor's public key (GetActorKey, ListKeys) needs either. The full description is in
-//! `docs/CONFIG.md`.
+//! actor's public key (GetActorKey, ListKeys) or a fresh attestation of it (Attest) needs
+//! either. The full description is in `docs/CONFIG.md`.
 
 use std::{fmt, path::Path};
 
@@ -138,8 +138,7 @@ impl Pattern {
                 }
                 // One or more bytes, none a stop (for subjects, `**` stops there too).
                 Token::Star | Token::DoubleStar => {
-                    let crosses_segments =
-                        matches!(token, Token::DoubleStar) && self.stops == b"/";
+                    let crosses_segments = matches!(token, Token::DoubleStar) && self.stops == b"/";
                     let mut active = false;
                     for (p, &byte) in bytes.iter().enumerate() {
                         active |= reach[p];

@@ -4,14 +4,22 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{DaemonState, auth::Caller, blocking, keys::to_api, validate};
+use super::{
+    DaemonState,
+    auth::Caller,
+    blocking,
+    keys::{build_attestation, to_api, tpm_attestation},
+    validate,
+};
 use crate::{
     api::{
-        ActorKey, Checkpoint, ConsistencyProof, GetActorKeyRequest, GetCheckpointRequest,
-        GetConsistencyProofRequest, GetInclusionProofRequest, InclusionProof, SignRequest,
-        SignResponse, signer_server::Signer,
+        ActorKey, AttestRequest, AttestResponse, Checkpoint, ConsistencyProof, GetActorKeyRequest,
+        GetCheckpointRequest, GetConsistencyProofRequest, GetInclusionProofRequest, InclusionProof,
+        SignRequest, SignResponse, signer_server::Signer,
     },
+    backend::{BackendKind, HardwareKey},
     ledger::{CheckpointRow, Store, merkle},
+    proof::spki_der,
 };
 
 pub struct SignerService {
@@ -140,6 +148,14 @@ impl Signer for SignerService {
         self.state.metrics.observe("GetActorKey", result)
     }
 
+    async fn attest(
+        &self,
+        request: Request<AttestRequest>,
+    ) -> Result<Response<AttestResponse>, Status> {
+        let result = self.attest_as_caller(request).await;
+        self.state.metrics.observe("Attest", result)
+    }
+
     async fn get_checkpoint(
         &self,
         request: Request<GetCheckpointRequest>,
@@ -234,24 +250,107 @@ impl SignerService {
         let state = Arc::clone(&self.state);
         let lookup = actor.clone();
         let keys = blocking(move || state.keys(Some(&lookup))).await??;
-        let key = if version == 0 {
-            keys.iter()
-                .filter(|k| k.state == crate::ledger::KeyState::Active)
-                .max_by_key(|k| k.version)
-        } else {
-            keys.iter().find(|k| k.version == version)
-        };
-        match key {
-            Some(key) => Ok(Response::new(to_api(key))),
-            None if keys.is_empty() => {
-                Err(Status::not_found(format!("actor {actor:?} has no key")))
-            }
-            None if version == 0 => Err(Status::failed_precondition(format!(
-                "actor {actor:?} has no active key: it was retired"
-            ))),
-            None => Err(Status::not_found(format!(
-                "actor {actor:?} has no key version {version}"
-            ))),
+        select_key(&keys, &actor, version).map(|key| Response::new(to_api(key)))
+    }
+
+    async fn attest_as_caller(
+        &self,
+        request: Request<AttestRequest>,
+    ) -> Result<Response<AttestResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let AttestRequest {
+            actor,
+            version,
+            nonce,
+        } = request.into_inner();
+        validate::actor(&actor)?;
+        if nonce.len() > MAX_NONCE_LEN {
+            return Err(Status::invalid_argument(format!(
+                "nonce: at most {MAX_NONCE_LEN} bytes"
+            )));
         }
+        self.state.authorize_read(&caller, &actor)?;
+        let state = Arc::clone(&self.state);
+        let lookup = actor.clone();
+        let keys = blocking(move || state.keys(Some(&lookup))).await??;
+        let key = select_key(&keys, &actor, version)?.clone();
+        if key.backend != self.state.backend.kind() {
+            return Err(Status::failed_precondition(format!(
+                "{actor:?} version {} is a {} key; this daemon's backend is {}",
+                key.version,
+                key.backend,
+                self.state.backend.kind()
+            )));
+        }
+        if key.backend == BackendKind::Pkcs11 && !nonce.is_empty() {
+            return Err(Status::invalid_argument(
+                "nonce: only TPM attestations bind a nonce; PKCS#11 keys get a fresh attribute statement",
+            ));
+        }
+        let state = Arc::clone(&self.state);
+        let record = key.clone();
+        let attestation = blocking(move || {
+            let hardware_key = HardwareKey {
+                key_ref: record.key_ref.clone(),
+                public_key: record.public_key,
+            };
+            match record.backend {
+                BackendKind::Tpm => tpm_attestation(
+                    state.backend.as_ref(),
+                    &state.device,
+                    &record.actor,
+                    record.version,
+                    &hardware_key,
+                    Some(&nonce),
+                ),
+                BackendKind::Pkcs11 => build_attestation(
+                    state.backend.as_ref(),
+                    &state.device,
+                    &record.actor,
+                    record.version,
+                    &hardware_key,
+                    record.origin,
+                    &record.created_at,
+                ),
+            }
+        })
+        .await??;
+        Ok(Response::new(AttestResponse {
+            actor: key.actor.clone(),
+            version: key.version,
+            backend: key.backend.as_str().into(),
+            key_id: key.key_id.clone(),
+            public_key_der: spki_der(&key.public_key),
+            attestation_json: serde_json::to_string(&attestation)
+                .map_err(|e| Status::internal(e.to_string()))?,
+        }))
+    }
+}
+
+/// Longest nonce an `Attest` call may bind.
+const MAX_NONCE_LEN: usize = 64;
+
+/// The actor's active key (`version` 0) or the given version.
+fn select_key<'a>(
+    keys: &'a [crate::ledger::KeyRecord],
+    actor: &str,
+    version: u32,
+) -> Result<&'a crate::ledger::KeyRecord, Status> {
+    let key = if version == 0 {
+        keys.iter()
+            .filter(|k| k.state == crate::ledger::KeyState::Active)
+            .max_by_key(|k| k.version)
+    } else {
+        keys.iter().find(|k| k.version == version)
+    };
+    match key {
+        Some(key) => Ok(key),
+        None if keys.is_empty() => Err(Status::not_found(format!("actor {actor:?} has no key"))),
+        None if version == 0 => Err(Status::failed_precondition(format!(
+            "actor {actor:?} has no active key: it was retired"
+        ))),
+        None => Err(Status::not_found(format!(
+            "actor {actor:?} has no key version {version}"
+        ))),
     }
 }

@@ -395,7 +395,7 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
         check_attestation_signature(lineage)
             .map_err(|e| fail(None, format!("key {key_id}: {e}")))?;
         statement::check_lineage(
-            &lineage.statement,
+            &lineage.evidence,
             &lineage.backend,
             &KeyClaim {
                 actor: &key.actor,
@@ -418,7 +418,7 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
     check_attestation_signature(&log_key_lineage)
         .map_err(|e| fail(None, format!("log key: {e}")))?;
     statement::check_lineage(
-        &log_key_lineage.statement,
+        &log_key_lineage.evidence,
         &log_key_lineage.backend,
         &KeyClaim {
             actor: &origin,

@@ -10,6 +10,8 @@ use base64::engine::general_purpose::STANDARD;
 use der::Decode;
 use p256::ecdsa::Signature;
 use serde::Deserialize;
+
+use super::tpm::Tpm2Certify;
 use spki::SubjectPublicKeyInfoRef;
 
 use super::dsse::Envelope;
@@ -60,9 +62,22 @@ pub(crate) struct PredecessorJson {
     key_id: String,
     public_key: String,
     backend: String,
-    statement: EnvelopeJson,
+    #[serde(default)]
+    statement: Option<EnvelopeJson>,
+    #[serde(default)]
+    tpm2_certify: Option<Tpm2CertifyJson>,
     device_certificate: String,
     certificate_chain: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct Tpm2CertifyJson {
+    attest: String,
+    signature: String,
+    public_area: String,
+    #[serde(default)]
+    nonce: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -90,7 +105,10 @@ struct ActorKeyJson {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct LineageJson {
     backend: String,
-    statement: EnvelopeJson,
+    #[serde(default)]
+    statement: Option<EnvelopeJson>,
+    #[serde(default)]
+    tpm2_certify: Option<Tpm2CertifyJson>,
     device_certificate: String,
     certificate_chain: Vec<String>,
     #[serde(default)]
@@ -139,11 +157,37 @@ pub(crate) struct ActorKey {
 #[derive(Debug)]
 pub(crate) struct Lineage {
     pub(crate) backend: String,
-    pub(crate) statement: Envelope,
+    pub(crate) evidence: Evidence,
     pub(crate) device: ParsedCert,
     pub(crate) chain: Vec<ParsedCert>,
     pub(crate) predecessors: Vec<Predecessor>,
     pub(crate) rotations: Vec<Envelope>,
+}
+
+/// What vouches for a key: the device's signed statement (PKCS#11) or the TPM's own
+/// certification by its attestation key (TPM).
+#[derive(Debug)]
+pub(crate) enum Evidence {
+    Statement(Envelope),
+    Tpm2Certify(Tpm2Certify),
+}
+
+/// Parses and decodes one key attestation as `Attest` returns it (a lineage without
+/// predecessors).
+pub(crate) fn parse_attestation(bytes: &[u8]) -> Result<Lineage, String> {
+    if bytes.len() > MAX_BUNDLE_BYTES {
+        return Err(format!(
+            "attestation is {} bytes, more than the {MAX_BUNDLE_BYTES} accepted",
+            bytes.len()
+        ));
+    }
+    let json: LineageJson = serde_json::from_slice(bytes)
+        .map_err(|e| format!("not an attestation JSON document: {e}"))?;
+    let lineage = decode_lineage("attestation", json)?;
+    if !lineage.predecessors.is_empty() || !lineage.rotations.is_empty() {
+        return Err("an attestation carries no rotations".into());
+    }
+    Ok(lineage)
 }
 
 /// Parses and decodes a bundle; the error is the `bundle.parse` detail.
@@ -272,7 +316,8 @@ pub(crate) fn decode_actor_key(
 fn decode_attestation(
     what: &str,
     backend: String,
-    statement: EnvelopeJson,
+    statement: Option<EnvelopeJson>,
+    tpm2_certify: Option<Tpm2CertifyJson>,
     device_certificate: &str,
     certificate_chain: &[String],
 ) -> Result<Lineage, String> {
@@ -282,7 +327,25 @@ fn decode_attestation(
             certificate_chain.len()
         ));
     }
-    let statement = decode_envelope(&format!("{what}.statement"), statement)?;
+    let evidence = match (statement, tpm2_certify) {
+        (Some(statement), None) => {
+            Evidence::Statement(decode_envelope(&format!("{what}.statement"), statement)?)
+        }
+        (None, Some(c)) => Evidence::Tpm2Certify(Tpm2Certify {
+            attest: base64(&format!("{what}.tpm2Certify.attest"), &c.attest)?,
+            signature: base64(&format!("{what}.tpm2Certify.signature"), &c.signature)?,
+            public_area: base64(&format!("{what}.tpm2Certify.publicArea"), &c.public_area)?,
+            nonce: c
+                .nonce
+                .map(|n| base64(&format!("{what}.tpm2Certify.nonce"), &n))
+                .transpose()?,
+        }),
+        _ => {
+            return Err(format!(
+                "{what} must carry exactly one of statement and tpm2Certify"
+            ));
+        }
+    };
     let device = decode_cert(&format!("{what}.deviceCertificate"), device_certificate)?;
     let chain = certificate_chain
         .iter()
@@ -291,7 +354,7 @@ fn decode_attestation(
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Lineage {
         backend,
-        statement,
+        evidence,
         device,
         chain,
         predecessors: Vec::new(),
@@ -309,6 +372,7 @@ pub(crate) fn decode_lineage(what: &str, json: LineageJson) -> Result<Lineage, S
         what,
         json.backend,
         json.statement,
+        json.tpm2_certify,
         &json.device_certificate,
         &json.certificate_chain,
     )?;
@@ -321,6 +385,7 @@ pub(crate) fn decode_lineage(what: &str, json: LineageJson) -> Result<Lineage, S
                 &at,
                 p.backend,
                 p.statement,
+                p.tpm2_certify,
                 &p.device_certificate,
                 &p.certificate_chain,
             )?,

@@ -28,7 +28,7 @@ pub(crate) fn check_log_key(log: &Log, anchors: &TrustAnchors, at_unix: i64) -> 
         .map_err(|e| format!("device certificate: {e}"))?;
     check_attestation_signature(lineage)?;
     check_lineage(
-        &lineage.statement,
+        &lineage.evidence,
         &lineage.backend,
         &KeyClaim {
             actor: &log.key_name,

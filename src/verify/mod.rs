@@ -29,6 +29,7 @@ pub mod merkle;
 mod rotation;
 mod statement;
 mod summary;
+pub mod tpm;
 mod x509;
 
 use p256::ecdsa::VerifyingKey;
@@ -81,7 +82,7 @@ pub fn verify_bundle(
         key_id: &key_id,
         backend: &receipt.backend,
     };
-    let facts = statement::check_lineage(&lineage.statement, &lineage.backend, &claim)
+    let facts = statement::check_lineage(&lineage.evidence, &lineage.backend, &claim)
         .and_then(|facts| {
             if facts.created_at_unix > receipt.signed_at_unix {
                 return Err("the receipt is dated before its key was created".to_string());
@@ -118,6 +119,73 @@ pub fn verify_bundle(
         log_origin: bundle.log.key_name.clone(),
         tree_size: tree.size,
         caller: receipt.caller,
+    })
+}
+
+/// What a verified key attestation (the answer to `Attest`) proves.
+#[derive(Debug, Clone)]
+pub struct AttestationVerified {
+    pub backend: String,
+    pub key_id: String,
+    pub device_subject: String,
+    pub anchor_subject: String,
+    /// What the hardware states: the token serial, or the TPM's firmware and clock.
+    pub hardware: String,
+    /// The nonce the TPM bound into its certification, if any.
+    pub nonce: Option<Vec<u8>>,
+}
+
+/// Verifies a key attestation offline (FORMAT.md §4): `attestation_json` as `Attest`
+/// returns it, for `actor`'s key `version` with the public key `public_key_der` (DER
+/// SubjectPublicKeyInfo), certified under an anchor now. With `nonce`, a TPM certification
+/// must bind exactly that nonce.
+pub fn verify_attestation(
+    attestation_json: &[u8],
+    anchors: &TrustAnchors,
+    actor: &str,
+    version: u64,
+    public_key_der: &[u8],
+    nonce: Option<&[u8]>,
+) -> Result<AttestationVerified, VerifyError> {
+    let lineage = bundle::parse_attestation(attestation_json).map_err(under(Check::BundleParse))?;
+    VerifyingKey::from_public_key_der(public_key_der)
+        .map_err(|e| format!("the key is not an EC P-256 key: {e}"))
+        .map_err(under(Check::BundleParse))?;
+    let key_id = digest::key_id(public_key_der);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let anchor = x509::verify_path(&lineage.device, &lineage.chain, &anchors.certs, now)
+        .map_err(under(Check::LineageCertificate))?;
+    check_attestation_signature(&lineage).map_err(under(Check::LineageSignature))?;
+    let claim = statement::KeyClaim {
+        actor,
+        version,
+        key_id: &key_id,
+        backend: &lineage.backend,
+    };
+    let facts = statement::check_lineage(&lineage.evidence, &lineage.backend, &claim)
+        .map_err(under(Check::LineageStatement))?;
+    let bound = match &lineage.evidence {
+        bundle::Evidence::Tpm2Certify(certify) => certify.nonce.clone(),
+        bundle::Evidence::Statement(_) => None,
+    };
+    if let Some(expected) = nonce
+        && bound.as_deref() != Some(expected)
+    {
+        return Err(VerifyError::new(
+            Check::LineageStatement,
+            "the attestation does not bind the expected nonce (tpm2Certify.nonce / extraData)",
+        ));
+    }
+    Ok(AttestationVerified {
+        backend: lineage.backend.clone(),
+        key_id,
+        device_subject: lineage.device.subject(),
+        anchor_subject: anchor.subject(),
+        hardware: facts.token_serial,
+        nonce: bound,
     })
 }
 
@@ -171,12 +239,16 @@ pub(crate) fn check_attestation_signature(lineage: &bundle::Lineage) -> Result<(
         .map_err(|e| format!("device certificate: {e}"))?;
     let key = VerifyingKey::from_public_key_der(&device_spki)
         .map_err(|e| format!("device certificate: public key is not an EC P-256 key: {e}"))?;
+    let statement = match &lineage.evidence {
+        bundle::Evidence::Statement(statement) => statement,
+        bundle::Evidence::Tpm2Certify(certify) => return tpm::check_ak_signature(certify, &key),
+    };
     let device_key_id = digest::key_id(&device_spki);
-    if lineage.statement.keyid != device_key_id {
+    if statement.keyid != device_key_id {
         return Err(format!(
             "lineage statement keyid {:?} is not the device key id {device_key_id}",
-            lineage.statement.keyid
+            statement.keyid
         ));
     }
-    dsse::verify(&lineage.statement, &key)
+    dsse::verify(statement, &key)
 }

@@ -125,7 +125,7 @@ pub(crate) fn check_chain(
         .map_err(|e| format!("version {version}: device certificate: {e}"))?;
         check_attestation_signature(attestation).map_err(|e| format!("version {version}: {e}"))?;
         let facts = statement::check_lineage(
-            &attestation.statement,
+            &attestation.evidence,
             &attestation.backend,
             &KeyClaim {
                 actor: &receipt.actor,

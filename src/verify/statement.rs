@@ -14,6 +14,7 @@ use time::PrimitiveDateTime;
 use time::format_description::FormatItem;
 use time::macros::format_description;
 
+use super::bundle::Evidence;
 use super::digest::require_sha256_hex;
 use super::dsse::{Envelope, IN_TOTO_PAYLOAD_TYPE};
 
@@ -23,8 +24,10 @@ const LINEAGE_PREDICATE: &str = "https://actseal.dev/lineage/pkcs11-attributes/v
 const ROTATION_PREDICATE: &str = "https://actseal.dev/rotation/v1";
 const RETIREMENT_PREDICATE: &str = "https://actseal.dev/retirement/v1";
 const BACKENDS: [&str; 2] = ["pkcs11", "tpm"];
-/// The only backend for which a lineage statement is specified (FORMAT.md §4).
+/// The backend whose lineage is a signed attribute statement (FORMAT.md §4.1).
 const LINEAGE_BACKEND: &str = "pkcs11";
+/// The backend whose lineage is a TPM2_Certify by the attestation key (FORMAT.md §4.2).
+const TPM_BACKEND: &str = "tpm";
 const ORIGINS: [&str; 2] = ["generated", "adopted"];
 
 /// RFC 3339 UTC with second precision: `2026-11-26T17:51:36Z`, nothing else.
@@ -358,11 +361,32 @@ pub(crate) struct KeyClaim<'a> {
 }
 
 pub(crate) fn check_lineage(
-    envelope: &Envelope,
+    evidence: &Evidence,
     bundle_backend: &str,
     claim: &KeyClaim<'_>,
 ) -> Result<Lineage, String> {
     require_eq("lineage.backend", bundle_backend, claim.backend)?;
+    let envelope = match evidence {
+        Evidence::Statement(envelope) => envelope,
+        Evidence::Tpm2Certify(certify) => {
+            require_eq("lineage.backend", bundle_backend, TPM_BACKEND)?;
+            let certified =
+                super::tpm::check_certify(certify, claim.actor, claim.version, claim.key_id)?;
+            return Ok(Lineage {
+                token_serial: format!(
+                    "TPM firmware {:#018x}, reset {} restart {} clock {} ms",
+                    certified.attest.firmware_version,
+                    certified.attest.reset_count,
+                    certified.attest.restart_count,
+                    certified.attest.clock
+                ),
+                origin: "generated".into(),
+                // TPM2_Certify carries the TPM's clock, not a wall-clock creation time: the
+                // time-order checks apply to attribute statements only.
+                created_at_unix: i64::MIN,
+            });
+        }
+    };
     require_eq("lineage.backend", bundle_backend, LINEAGE_BACKEND)?;
     let (subject, p) = parse_statement::<LineagePredicate>(envelope, LINEAGE_PREDICATE)?;
     require_eq(

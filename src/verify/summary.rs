@@ -75,14 +75,25 @@ impl fmt::Display for Verified {
             Esc(&self.document_sha256)
         )?;
         writeln!(f, "  requested by {}", Esc(&self.caller))?;
-        write!(
-            f,
-            "  key {} in token serial {}; device certificate \"{}\" under anchor \"{}\"",
-            Esc(&self.origin),
-            Esc(&self.token_serial),
-            Esc(&self.device_subject),
-            Esc(&self.anchor_subject)
-        )?;
+        if self.backend == "tpm" {
+            write!(
+                f,
+                "  key {} in a TPM, certified by its attestation key ({}); AK certificate \"{}\" under anchor \"{}\"",
+                Esc(&self.origin),
+                Esc(&self.token_serial),
+                Esc(&self.device_subject),
+                Esc(&self.anchor_subject)
+            )?;
+        } else {
+            write!(
+                f,
+                "  key {} in token serial {}; device certificate \"{}\" under anchor \"{}\"",
+                Esc(&self.origin),
+                Esc(&self.token_serial),
+                Esc(&self.device_subject),
+                Esc(&self.anchor_subject)
+            )?;
+        }
         write!(
             f,
             "\n  in log {} at index {} of a signed tree of {} entries",

@@ -57,6 +57,22 @@ pub fn new_lab() -> TestLab {
     TestLab { lab, _dir: dir }
 }
 
+/// A new lab whose daemon uses a private swtpm (AK enrolled), its daemon not yet started.
+pub fn new_tpm_lab() -> TestLab {
+    let dir = tempfile::Builder::new()
+        .prefix("actseal-tpm-test-")
+        .tempdir()
+        .expect("temp dir");
+    let lab = Lab::create_with_backend(
+        Path::new(env!("CARGO_BIN_EXE_actseal")),
+        &dir.path().join("lab"),
+        false,
+        actseal::lab::LabBackend::Tpm,
+    )
+    .expect("TPM lab set-up");
+    TestLab { lab, _dir: dir }
+}
+
 /// A new lab with its daemon running.
 pub fn started_lab() -> TestLab {
     let mut lab = new_lab();

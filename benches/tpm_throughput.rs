@@ -1,0 +1,230 @@
+//! TPM figures in one run against a private swtpm: raw TPM2_Sign per second (key loaded
+//! once, password session), the backend's sign (cached key, signature checked), and daemon
+//! `Sign` calls per second over its Unix socket with 1 and 8 concurrent clients.
+//!
+//! Run: `cargo bench --bench tpm_throughput` (ACTSEAL_BENCH_SECONDS sets each phase's
+//! length; default 5).
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use actseal::{
+    api::{
+        CreateKeyRequest, SignRequest, key_admin_client::KeyAdminClient, sign_request::Action,
+        signer_client::SignerClient,
+    },
+    backend::{
+        Backend,
+        tpm::{TpmBackend, TpmSettings, storage_template},
+    },
+    lab::{Lab, LabBackend},
+};
+use tss_esapi::{
+    Context, TctiNameConf,
+    attributes::ObjectAttributesBuilder,
+    constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK},
+    interface_types::{
+        algorithm::{HashingAlgorithm, PublicAlgorithm},
+        ecc::EccCurve,
+        resource_handles::Hierarchy,
+    },
+    structures::{
+        Digest, EccPoint, EccScheme, HashScheme, HashcheckTicket, PublicBuilder,
+        PublicEccParametersBuilder, SignatureScheme,
+    },
+    tss2_esys::TPMT_TK_HASHCHECK,
+};
+
+const ACTOR: &str = "spiffe://acme.example/agents/tpm-bench";
+
+fn phase_seconds() -> Duration {
+    let secs = std::env::var("ACTSEAL_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
+    Duration::from_secs_f64(secs)
+}
+
+/// TPM2_Sign with the key loaded once: the TPM's own rate.
+fn raw_tpm_sign_rate(tcti: &str) -> f64 {
+    let mut ctx = Context::new(tcti.parse::<TctiNameConf>().unwrap()).unwrap();
+    let primary = ctx
+        .execute_with_nullauth_session(|ctx| {
+            ctx.create_primary(
+                Hierarchy::Owner,
+                storage_template().unwrap(),
+                None,
+                None,
+                None,
+                None,
+            )
+        })
+        .unwrap()
+        .key_handle;
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_sign_encrypt(true)
+        .build()
+        .unwrap();
+    let template = PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_unrestricted_signing_key(
+                EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+                EccCurve::NistP256,
+            )
+            .build()
+            .unwrap(),
+        )
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+        .unwrap();
+    let created = ctx
+        .execute_with_nullauth_session(|ctx| ctx.create(primary, template, None, None, None, None))
+        .unwrap();
+    let key = ctx
+        .execute_with_nullauth_session(|ctx| {
+            ctx.load(primary, created.out_private, created.out_public)
+        })
+        .unwrap();
+    let ticket = HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
+        tag: TPM2_ST_HASHCHECK,
+        hierarchy: TPM2_RH_NULL,
+        digest: Default::default(),
+    })
+    .unwrap();
+    let digest = Digest::try_from(vec![0x5a; 32]).unwrap();
+    let duration = phase_seconds();
+    let start = Instant::now();
+    let mut n = 0u64;
+    ctx.execute_with_nullauth_session(|ctx| {
+        while start.elapsed() < duration {
+            ctx.sign(key, digest.clone(), SignatureScheme::Null, ticket.clone())?;
+            n += 1;
+        }
+        Ok::<_, tss_esapi::Error>(())
+    })
+    .unwrap();
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = ctx.flush_context(key.into());
+    let _ = ctx.flush_context(primary.into());
+    rate
+}
+
+/// The backend's sign_digest: the key stays loaded; a software check of each signature.
+fn backend_sign_rate(tcti: &str) -> f64 {
+    let backend = TpmBackend::open(&TpmSettings::new(tcti)).unwrap();
+    let key = backend.create_key("bench").unwrap();
+    let duration = phase_seconds();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < duration {
+        backend.sign_digest(&key, &[0x5a; 32]).unwrap();
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn daemon_rate(lab: &Lab, clients: usize) -> (f64, Duration, Duration) {
+    let duration = phase_seconds();
+    let document = Arc::new(vec![b'x'; 512]);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let channel = actseal::cli::connect_unix(&lab.socket()).await.unwrap();
+        let document = Arc::clone(&document);
+        tasks.push(tokio::spawn(async move {
+            let mut client = SignerClient::new(channel);
+            let mut latencies = Vec::new();
+            let start = Instant::now();
+            while start.elapsed() < duration {
+                let t = Instant::now();
+                client
+                    .sign(SignRequest {
+                        actor: ACTOR.into(),
+                        action_type: "bench.action".into(),
+                        target: "bench:target".into(),
+                        action: Some(Action::Document(document.to_vec())),
+                        context: Default::default(),
+                        parent_action_sha256: vec![],
+                        request_id: String::new(),
+                    })
+                    .await
+                    .unwrap();
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all.sort();
+    (
+        all.len() as f64 / duration.as_secs_f64(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+    )
+}
+
+fn main() {
+    let dir = tempfile::Builder::new()
+        .prefix("actseal-tpm-bench-")
+        .tempdir()
+        .unwrap();
+    let mut lab = Lab::create_with_backend(
+        Path::new(env!("CARGO_BIN_EXE_actseal")),
+        &dir.path().join("lab"),
+        false,
+        LabBackend::Tpm,
+    )
+    .expect("TPM lab set-up");
+    let tcti = lab.tpm().unwrap().tcti();
+    println!(
+        "swtpm at {tcti}; phase length: {:?}; cores: {}",
+        phase_seconds(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    // swtpm serves one connection at a time: raw figures first, then the daemon.
+    let raw = raw_tpm_sign_rate(&tcti);
+    println!("raw TPM2_Sign (ECDSA P-256, key loaded once):    {raw:>8.0} signs/s");
+    let backend = backend_sign_rate(&tcti);
+    println!("backend sign_digest (cached key, checked):       {backend:>8.0} signs/s");
+
+    lab.start_daemon().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let channel = actseal::cli::connect_unix(&lab.socket()).await.unwrap();
+        KeyAdminClient::new(channel)
+            .create_key(CreateKeyRequest {
+                actor: ACTOR.into(),
+            })
+            .await
+            .unwrap();
+    });
+    for clients in [1, 8] {
+        let (rate, p50, p99) = runtime.block_on(daemon_rate(&lab, clients));
+        println!(
+            "daemon Sign over Unix socket, {clients} client(s):     {rate:>8.0} calls/s  (p50 {:.2} ms, p99 {:.2} ms; {:.1}% of raw TPM2_Sign)",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            100.0 * rate / raw
+        );
+    }
+    lab.stop_daemon().unwrap();
+}
