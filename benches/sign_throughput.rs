@@ -4,17 +4,13 @@
 //! Run: `cargo bench --bench sign_throughput` (set ACTSEAL_BENCH_SECONDS to change the
 //! duration of each phase; default 5).
 
-use std::{
-    path::Path,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::{path::Path, time::Instant};
 
 use actseal::{
-    api::{
-        CreateKeyRequest, SignRequest, key_admin_client::KeyAdminClient, sign_request::Action,
-        signer_client::SignerClient,
-    },
+    api::{CreateKeyRequest, key_admin_client::KeyAdminClient},
     lab::{Lab, SOFTHSM_MODULE, TOKEN_LABEL},
 };
 use cryptoki::{
@@ -25,14 +21,6 @@ use cryptoki::{
 };
 
 const ACTOR: &str = "spiffe://acme.example/agents/bench";
-
-fn phase_seconds() -> Duration {
-    let secs = std::env::var("ACTSEAL_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0);
-    Duration::from_secs_f64(secs)
-}
 
 /// Raw C_Sign rate of the token with `sessions` threads, each with its own session.
 fn raw_token_rate(
@@ -48,7 +36,7 @@ fn raw_token_rate(
         .into_iter()
         .find(|s| ctx.get_token_info(*s).unwrap().label() == TOKEN_LABEL)
         .expect("lab token");
-    let duration = phase_seconds();
+    let duration = support::phase_seconds();
     let total: u64 = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..sessions)
             .map(|_| {
@@ -83,53 +71,6 @@ fn raw_token_rate(
         workers.into_iter().map(|w| w.join().unwrap()).sum()
     });
     total as f64 / duration.as_secs_f64()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// Sign calls per second with `clients` concurrent clients, each on its own connection.
-async fn daemon_rate(lab: &Lab, clients: usize) -> (f64, Duration, Duration) {
-    let duration = phase_seconds();
-    let document = Arc::new(vec![b'x'; 512]);
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let channel = actseal::cli::connect_unix(&lab.socket()).await.unwrap();
-        let document = Arc::clone(&document);
-        tasks.push(tokio::spawn(async move {
-            let mut client = SignerClient::new(channel);
-            let mut latencies = Vec::new();
-            let start = Instant::now();
-            while start.elapsed() < duration {
-                let t = Instant::now();
-                client
-                    .sign(SignRequest {
-                        actor: ACTOR.into(),
-                        action_type: "bench.action".into(),
-                        target: "bench:target".into(),
-                        action: Some(Action::Document(document.to_vec())),
-                        context: Default::default(),
-                        parent_action_sha256: vec![],
-                        request_id: String::new(),
-                    })
-                    .await
-                    .unwrap();
-                latencies.push(t.elapsed());
-            }
-            latencies
-        }));
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
-    all.sort();
-    (
-        all.len() as f64 / duration.as_secs_f64(),
-        percentile(&all, 0.5),
-        percentile(&all, 0.99),
-    )
 }
 
 fn main() {
@@ -174,7 +115,7 @@ fn main() {
     let ctx = actseal::backend::pkcs11::load_module(Path::new(SOFTHSM_MODULE)).unwrap();
     println!(
         "phase length: {:?}; cores: {}",
-        phase_seconds(),
+        support::phase_seconds(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let raw1 = raw_token_rate(&lab, &ctx, &cka_id, 1);
@@ -182,7 +123,7 @@ fn main() {
     let raw2 = raw_token_rate(&lab, &ctx, &cka_id, 2);
     println!("token raw C_Sign (ECDSA P-256), 2 sessions: {raw2:>8.0} signs/s");
     for clients in [1, 8] {
-        let (rate, p50, p99) = runtime.block_on(daemon_rate(&lab, clients));
+        let (rate, p50, p99) = runtime.block_on(support::daemon_rate(&lab, ACTOR, clients));
         println!(
             "daemon Sign over Unix socket, {clients} client(s): {rate:>8.0} calls/s  (p50 {:.2} ms, p99 {:.2} ms; {:.1}% of raw 1-session rate)",
             p50.as_secs_f64() * 1e3,

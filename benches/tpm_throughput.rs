@@ -5,17 +5,13 @@
 //! Run: `cargo bench --bench tpm_throughput` (ACTSEAL_BENCH_SECONDS sets each phase's
 //! length; default 5).
 
-use std::{
-    path::Path,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::{path::Path, time::Instant};
 
 use actseal::{
-    api::{
-        CreateKeyRequest, SignRequest, key_admin_client::KeyAdminClient, sign_request::Action,
-        signer_client::SignerClient,
-    },
+    api::{CreateKeyRequest, key_admin_client::KeyAdminClient},
     backend::{
         Backend,
         tpm::{TpmBackend, TpmSettings, storage_template},
@@ -39,14 +35,6 @@ use tss_esapi::{
 };
 
 const ACTOR: &str = "spiffe://acme.example/agents/tpm-bench";
-
-fn phase_seconds() -> Duration {
-    let secs = std::env::var("ACTSEAL_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0);
-    Duration::from_secs_f64(secs)
-}
 
 /// TPM2_Sign with the key loaded once: the TPM's own rate.
 fn raw_tpm_sign_rate(tcti: &str) -> f64 {
@@ -102,7 +90,7 @@ fn raw_tpm_sign_rate(tcti: &str) -> f64 {
     })
     .unwrap();
     let digest = Digest::try_from(vec![0x5a; 32]).unwrap();
-    let duration = phase_seconds();
+    let duration = support::phase_seconds();
     let start = Instant::now();
     let mut n = 0u64;
     ctx.execute_with_nullauth_session(|ctx| {
@@ -123,7 +111,7 @@ fn raw_tpm_sign_rate(tcti: &str) -> f64 {
 fn backend_sign_rate(tcti: &str) -> f64 {
     let backend = TpmBackend::open(&TpmSettings::new(tcti)).unwrap();
     let key = backend.create_key("bench").unwrap();
-    let duration = phase_seconds();
+    let duration = support::phase_seconds();
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < duration {
@@ -131,52 +119,6 @@ fn backend_sign_rate(tcti: &str) -> f64 {
         n += 1;
     }
     n as f64 / start.elapsed().as_secs_f64()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-async fn daemon_rate(lab: &Lab, clients: usize) -> (f64, Duration, Duration) {
-    let duration = phase_seconds();
-    let document = Arc::new(vec![b'x'; 512]);
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let channel = actseal::cli::connect_unix(&lab.socket()).await.unwrap();
-        let document = Arc::clone(&document);
-        tasks.push(tokio::spawn(async move {
-            let mut client = SignerClient::new(channel);
-            let mut latencies = Vec::new();
-            let start = Instant::now();
-            while start.elapsed() < duration {
-                let t = Instant::now();
-                client
-                    .sign(SignRequest {
-                        actor: ACTOR.into(),
-                        action_type: "bench.action".into(),
-                        target: "bench:target".into(),
-                        action: Some(Action::Document(document.to_vec())),
-                        context: Default::default(),
-                        parent_action_sha256: vec![],
-                        request_id: String::new(),
-                    })
-                    .await
-                    .unwrap();
-                latencies.push(t.elapsed());
-            }
-            latencies
-        }));
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
-    all.sort();
-    (
-        all.len() as f64 / duration.as_secs_f64(),
-        percentile(&all, 0.5),
-        percentile(&all, 0.99),
-    )
 }
 
 fn main() {
@@ -194,7 +136,7 @@ fn main() {
     let tcti = lab.tpm().unwrap().tcti();
     println!(
         "swtpm at {tcti}; phase length: {:?}; cores: {}",
-        phase_seconds(),
+        support::phase_seconds(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     // swtpm serves one connection at a time: raw figures first, then the daemon.
@@ -218,7 +160,7 @@ fn main() {
             .unwrap();
     });
     for clients in [1, 8] {
-        let (rate, p50, p99) = runtime.block_on(daemon_rate(&lab, clients));
+        let (rate, p50, p99) = runtime.block_on(support::daemon_rate(&lab, ACTOR, clients));
         println!(
             "daemon Sign over Unix socket, {clients} client(s):     {rate:>8.0} calls/s  (p50 {:.2} ms, p99 {:.2} ms; {:.1}% of raw TPM2_Sign)",
             p50.as_secs_f64() * 1e3,

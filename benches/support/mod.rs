@@ -1,0 +1,69 @@
+//! What the throughput benches share: phase length and the daemon load generator.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use actseal::{
+    api::{SignRequest, sign_request::Action, signer_client::SignerClient},
+    lab::Lab,
+};
+
+/// Length of each measured phase: `ACTSEAL_BENCH_SECONDS`, 5 s by default.
+pub fn phase_seconds() -> Duration {
+    let secs = std::env::var("ACTSEAL_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
+    Duration::from_secs_f64(secs)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// `Sign` calls per second as `actor` with `clients` concurrent clients, each on its own
+/// connection and waiting for each answer; with the p50 and p99 latency.
+pub async fn daemon_rate(lab: &Lab, actor: &str, clients: usize) -> (f64, Duration, Duration) {
+    let duration = phase_seconds();
+    let document = Arc::new(vec![b'x'; 512]);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let channel = actseal::cli::connect_unix(&lab.socket()).await.unwrap();
+        let document = Arc::clone(&document);
+        let actor = actor.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut client = SignerClient::new(channel);
+            let mut latencies = Vec::new();
+            let start = Instant::now();
+            while start.elapsed() < duration {
+                let t = Instant::now();
+                client
+                    .sign(SignRequest {
+                        actor: actor.clone(),
+                        action_type: "bench.action".into(),
+                        target: "bench:target".into(),
+                        action: Some(Action::Document(document.to_vec())),
+                        context: Default::default(),
+                        parent_action_sha256: vec![],
+                        request_id: String::new(),
+                    })
+                    .await
+                    .unwrap();
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all.sort();
+    (
+        all.len() as f64 / duration.as_secs_f64(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+    )
+}
