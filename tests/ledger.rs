@@ -196,19 +196,7 @@ async fn every_receipt_is_proved_in_a_growing_log_with_consistent_checkpoints() 
     assert_eq!(zero.code(), Code::InvalidArgument, "{zero:?}");
 
     // The whole log replays offline.
-    let export = lab.path("log-export.json");
-    lab.run_ok(&[
-        "log",
-        "export",
-        "--config",
-        &lab.config().display().to_string(),
-        "--out",
-        &export,
-    ])
-    .unwrap();
-    let audit = lab
-        .run_ok(&["audit", &export, "--trust", &anchor(&lab)])
-        .unwrap();
+    let audit = export_and_audit(&lab, "log-export.json");
     assert!(audit.contains("60 receipts of 2 actors"), "{audit}");
 }
 
@@ -334,19 +322,7 @@ async fn rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stop
     for bundle in &bundles {
         verify(&lab, &bundle.bundle_json, None).expect("old proofs stay verifiable");
     }
-    let export = lab.path("log-export.json");
-    lab.run_ok(&[
-        "log",
-        "export",
-        "--config",
-        &lab.config().display().to_string(),
-        "--out",
-        &export,
-    ])
-    .unwrap();
-    let audit = lab
-        .run_ok(&["audit", &export, "--trust", &anchor(&lab)])
-        .unwrap();
+    let audit = export_and_audit(&lab, "log-export.json");
     assert!(
         audit.contains("3 receipts of 1 actors, 2 rotations, 1 retirements"),
         "{audit}"
@@ -429,16 +405,7 @@ async fn a_damaged_database_is_caught_at_start_up_and_by_audit() {
     let database = lab.dir.join("state/actseal.db");
     let pristine = lab.dir.join("pristine.db");
     std::fs::copy(&database, &pristine).unwrap();
-    let export = lab.path("good-export.json");
-    lab.run_ok(&[
-        "log",
-        "export",
-        "--config",
-        &lab.config().display().to_string(),
-        "--out",
-        &export,
-    ])
-    .unwrap();
+    let export = export_log(&lab, "good-export.json");
 
     // (what, damage, whether the entries themselves are damaged: then audit must fail too)
     let damages = [
@@ -638,19 +605,7 @@ async fn rotating_under_load_keeps_every_receipt_valid_and_the_log_auditable() {
             .unwrap_or_else(|e| panic!("receipt {} does not verify: {e}", response.log_index));
     }
     lab.stop_daemon().unwrap();
-    let export = lab.path("log-export.json");
-    lab.run_ok(&[
-        "log",
-        "export",
-        "--config",
-        &lab.config().display().to_string(),
-        "--out",
-        &export,
-    ])
-    .unwrap();
-    let audit = lab
-        .run_ok(&["audit", &export, "--trust", &anchor(&lab)])
-        .unwrap();
+    let audit = export_and_audit(&lab, "log-export.json");
     assert!(
         audit.contains("100 receipts of 1 actors, 2 rotations"),
         "{audit}"

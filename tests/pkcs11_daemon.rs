@@ -999,23 +999,6 @@ async fn sigkill_while_signing_loses_no_acknowledged_receipt() {
     );
     // And the whole log, crash and all, replays clean.
     lab.stop_daemon().unwrap();
-    let export = lab.path("after-crash.json");
-    lab.run_ok(&[
-        "log",
-        "export",
-        "--config",
-        &lab.config().display().to_string(),
-        "--out",
-        &export,
-    ])
-    .unwrap();
-    let audit = lab
-        .run_ok(&[
-            "audit",
-            &export,
-            "--trust",
-            &lab.anchor().display().to_string(),
-        ])
-        .unwrap();
+    let audit = export_and_audit(&lab, "after-crash.json");
     assert!(audit.starts_with("OK"), "{audit}");
 }

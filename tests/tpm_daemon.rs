@@ -95,13 +95,6 @@ async fn tpm_keys_sign_verify_and_survive_restarts() {
     .expect("attestation of v1 verifies");
 
     // The whole TPM log replays offline: receipts, the rotation, every TPM2_Certify.
-    let export = lab.path("log-export.json");
-    let config = lab.config().display().to_string();
-    lab.run_ok(&["log", "export", "--config", &config, "--out", &export])
-        .expect("export");
-    let anchor = lab.anchor().display().to_string();
-    let audit = lab
-        .run_ok(&["audit", &export, "--trust", &anchor])
-        .expect("audit of the TPM log");
+    let audit = common::export_and_audit(&lab, "log-export.json");
     assert!(audit.contains("1 rotations"), "{audit}");
 }

@@ -204,3 +204,20 @@ pub fn own_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").unwrap().uid()
 }
+
+/// Exports the lab's log (`actseal log export`, offline) to `name` in the lab; returns the path.
+pub fn export_log(lab: &Lab, name: &str) -> String {
+    let export = lab.path(name);
+    let config = lab.config().display().to_string();
+    lab.run_ok(&["log", "export", "--config", &config, "--out", &export])
+        .expect("log export");
+    export
+}
+
+/// Exports the lab's log and audits it against the lab's anchor; returns the audit's report.
+pub fn export_and_audit(lab: &Lab, name: &str) -> String {
+    let export = export_log(lab, name);
+    let anchor = lab.anchor().display().to_string();
+    lab.run_ok(&["audit", &export, "--trust", &anchor])
+        .expect("the log audits clean")
+}
