@@ -294,6 +294,7 @@ async fn rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stop
         .retire_key(RetireKeyRequest {
             actor: ACTOR.into(),
             version: 3,
+            keep_key: false,
         })
         .await
         .unwrap()
@@ -315,6 +316,7 @@ async fn rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stop
         .retire_key(RetireKeyRequest {
             actor: ACTOR.into(),
             version: 1,
+            keep_key: false,
         })
         .await
         .unwrap_err();

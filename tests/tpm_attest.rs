@@ -228,7 +228,16 @@ async fn attest_binds_the_nonce_and_every_forgery_is_rejected() {
     let anchors = anchors(&lab);
     let json = answer.attestation_json.as_bytes();
     let pk = &answer.public_key_der;
-    let ok = verify_attestation(json, &anchors, ACTOR, 1, pk, Some(&nonce)).expect("verifies");
+    let ok = verify_attestation(
+        json,
+        &anchors,
+        ACTOR,
+        1,
+        pk,
+        Some(&nonce),
+        actseal::verify::unix_now(),
+    )
+    .expect("verifies");
     assert_eq!(ok.nonce.as_deref(), Some(nonce.as_slice()));
     assert!(ok.hardware.contains("TPM firmware"), "{}", ok.hardware);
 
@@ -240,6 +249,7 @@ async fn attest_binds_the_nonce_and_every_forgery_is_rejected() {
         1,
         pk,
         Some(b"other"),
+        actseal::verify::unix_now(),
     ));
     assert_eq!(check, Check::LineageStatement, "{message}");
     assert!(message.contains("nonce"), "{message}");
@@ -250,10 +260,19 @@ async fn attest_binds_the_nonce_and_every_forgery_is_rejected() {
         1,
         pk,
         None,
+        actseal::verify::unix_now(),
     ));
     assert_eq!(check, Check::LineageStatement);
     assert!(message.contains("extraData"), "{message}");
-    let (check, _) = check_of(verify_attestation(json, &anchors, ACTOR, 2, pk, None));
+    let (check, _) = check_of(verify_attestation(
+        json,
+        &anchors,
+        ACTOR,
+        2,
+        pk,
+        None,
+        actseal::verify::unix_now(),
+    ));
     assert_eq!(check, Check::LineageStatement);
     // Rewriting the nonce member does not help: extraData no longer matches.
     let mut value: serde_json::Value = serde_json::from_slice(json).unwrap();
@@ -266,6 +285,7 @@ async fn attest_binds_the_nonce_and_every_forgery_is_rejected() {
         1,
         pk,
         Some(b"other"),
+        actseal::verify::unix_now(),
     ));
     assert_eq!(check, Check::LineageStatement);
     assert!(message.contains("extraData"), "{message}");
@@ -287,6 +307,7 @@ async fn attest_binds_the_nonce_and_every_forgery_is_rejected() {
             1,
             pk,
             Some(&nonce),
+            actseal::verify::unix_now(),
         ));
         assert_eq!(check, Check::LineageSignature, "byte {i}");
     }
@@ -311,8 +332,17 @@ async fn attest_binds_the_nonce_and_every_forgery_is_rejected() {
         p256::PublicKey::from_public_key_der(&actseal::pki::certificate_spki(&cert).unwrap())
             .unwrap()
     };
-    let foreign_pem =
-        actseal::pki::ca::issue_for_key(&other_ca, "forged AK", &ak_public, 30).unwrap();
+    let foreign_pem = actseal::pki::ca::issue_for_key(
+        &other_ca,
+        "forged AK",
+        &ak_public,
+        30,
+        actseal::pki::ca::CertProfile {
+            role: actseal::pki::ca::CertRole::TpmAttestationKey,
+            attests_log_key: true,
+        },
+    )
+    .unwrap();
     let foreign = actseal::pki::parse_pem_certificates(&foreign_pem)
         .unwrap()
         .remove(0);
@@ -327,6 +357,7 @@ async fn attest_binds_the_nonce_and_every_forgery_is_rejected() {
         1,
         pk,
         Some(&nonce),
+        actseal::verify::unix_now(),
     ));
     assert_eq!(check, Check::LineageCertificate, "{message}");
 
@@ -338,7 +369,13 @@ async fn attest_binds_the_nonce_and_every_forgery_is_rejected() {
         (Foreign::External, "external"),
         (Foreign::Duplicable, "duplicable"),
     ] {
-        let extra = tpm2_certify_extra_data(ACTOR, 1, &nonce);
+        let original: serde_json::Value = serde_json::from_slice(json).unwrap();
+        let created_at = original["tpm2Certify"]["createdAt"].as_str().unwrap();
+        let subject = actseal::proof::lineage::KeySubject::Actor {
+            actor: ACTOR,
+            version: 1,
+        };
+        let extra = tpm2_certify_extra_data(&subject, created_at, &nonce).unwrap();
         let (attest, signature, public_area, spki) = certify_foreign(&tcti, kind, extra);
         let mut value: serde_json::Value = serde_json::from_slice(json).unwrap();
         value["tpm2Certify"]["attest"] = B64.encode(&attest).into();
@@ -352,6 +389,7 @@ async fn attest_binds_the_nonce_and_every_forgery_is_rejected() {
             1,
             &spki,
             Some(&nonce),
+            actseal::verify::unix_now(),
         ));
         assert_eq!(check, Check::LineageStatement, "{name}: {message}");
         assert!(message.contains("fixedTPM is clear"), "{name}: {message}");
@@ -401,15 +439,37 @@ async fn attest_on_pkcs11_returns_a_fresh_attribute_statement() {
         1,
         &answer.public_key_der,
         None,
+        actseal::verify::unix_now(),
     )
     .expect("verifies");
     assert_eq!(verified.key_id, key.key_id);
-    let refused = signer(&lab)
+    // Fresh: the device signs the caller's nonce and the time into the statement.
+    let nonce = b"auditor nonce 7f3a";
+    let fresh = signer(&lab)
         .await
-        .attest(request(b"nonce"))
+        .attest(request(nonce))
         .await
-        .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        .expect("attest with a nonce")
+        .into_inner();
+    let check = |expected: &[u8], at: i64| {
+        verify_attestation(
+            fresh.attestation_json.as_bytes(),
+            &anchors(&lab),
+            ACTOR,
+            1,
+            &fresh.public_key_der,
+            Some(expected),
+            at,
+        )
+    };
+    let verified = check(nonce, actseal::verify::unix_now()).expect("binds the nonce");
+    assert_eq!(verified.nonce.as_deref(), Some(&nonce[..]));
+    let (which, message) = check_of(check(b"another nonce", actseal::verify::unix_now()));
+    assert_eq!(which, Check::LineageStatement, "{message}");
+    // A replayed answer: made an hour before "now".
+    let (which, message) = check_of(check(nonce, actseal::verify::unix_now() + 3600));
+    assert_eq!(which, Check::LineageStatement, "{message}");
+    assert!(message.contains("from now"), "{message}");
     let missing = signer(&lab)
         .await
         .attest(AttestRequest {

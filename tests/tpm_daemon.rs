@@ -91,6 +91,7 @@ async fn tpm_keys_sign_verify_and_survive_restarts() {
         1,
         &answer.public_key_der,
         Some(&nonce),
+        actseal::verify::unix_now(),
     )
     .expect("attestation of v1 verifies");
 

@@ -148,6 +148,9 @@ pub struct Certification {
     pub attest: Vec<u8>,
     pub signature: Signature,
     pub public_area: Vec<u8>,
+    /// The attestation key's marshalled TPMT_PUBLIC, which the verifier ties to the AK
+    /// certificate and to TPMS_ATTEST's qualifiedSigner.
+    pub ak_public_area: Vec<u8>,
 }
 
 /// The TPM Name of an object whose name algorithm is SHA-256.
@@ -696,6 +699,7 @@ impl TpmBackend {
             attest,
             signature,
             public_area: blobs.public_area,
+            ak_public_area: ak_public.marshall().map_err(failed("certify"))?,
         })
     }
 }

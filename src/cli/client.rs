@@ -170,6 +170,7 @@ pub fn key(command: KeyCommand) -> Result<()> {
                         u64::from(answer.version),
                         &answer.public_key_der,
                         (!nonce.is_empty()).then_some(nonce.as_slice()),
+                        crate::verify::unix_now(),
                     )
                     .map_err(|e| anyhow::anyhow!("attestation REJECTED: {e}"))?;
                     println!(
@@ -202,7 +203,11 @@ pub fn key(command: KeyCommand) -> Result<()> {
             } => {
                 let mut client = KeyAdminClient::new(connect(&connection).await?);
                 let key = client
-                    .retire_key(RetireKeyRequest { actor, version })
+                    .retire_key(RetireKeyRequest {
+                        actor,
+                        version,
+                        keep_key: false,
+                    })
                     .await
                     .map_err(status_error)?
                     .into_inner();

@@ -97,6 +97,10 @@ enum Command {
         /// Validity of the AK certificate in days.
         #[arg(long, default_value_t = 365)]
         days: u32,
+        /// Certify the AK for actor keys only, not for this host's log key (a fleet's signing
+        /// node, whose log key lives elsewhere).
+        #[arg(long)]
+        no_log_key: bool,
     },
     /// Run the whole path on a fresh SoftHSM token: daemon, key, sign, verify.
     Demo {
@@ -312,6 +316,10 @@ enum CaCommand {
         out: PathBuf,
         #[arg(long, default_value_t = 1825)]
         days: u32,
+        /// Certify the device for actor keys only, not for a log key (a fleet's signing node,
+        /// whose log key lives elsewhere).
+        #[arg(long)]
+        no_log_key: bool,
     },
 }
 
@@ -423,9 +431,10 @@ pub fn main() -> ExitCode {
             ca_dir,
             ek_ca,
             days,
+            no_log_key,
         } => {
             init_logging("warn", false);
-            operator::enroll(&config, &ca_dir, &ek_ca, days)
+            operator::enroll(&config, &ca_dir, &ek_ca, days, !no_log_key)
         }
         Command::Demo { workdir } => {
             init_logging("warn", false);

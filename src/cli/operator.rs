@@ -177,10 +177,11 @@ pub fn ca(command: CaCommand) -> Result<()> {
             csr,
             out,
             days,
+            no_log_key,
         } => {
             let request = std::fs::read_to_string(&csr)
                 .with_context(|| format!("cannot read {}", csr.display()))?;
-            let cert = pki::ca::issue(&dir, &request, days)?;
+            let cert = pki::ca::issue(&dir, &request, days, !no_log_key)?;
             std::fs::write(&out, cert)
                 .with_context(|| format!("cannot write {}", out.display()))?;
             println!("device certificate written to {}", out.display());
@@ -202,6 +203,7 @@ pub fn enroll(
     ca_dir: &std::path::Path,
     ek_ca: &std::path::Path,
     days: u32,
+    attests_log_key: bool,
 ) -> Result<()> {
     let config = Config::load(config)?;
     let Some(tpm) = &config.tpm else {
@@ -211,7 +213,7 @@ pub fn enroll(
     let backend = crate::backend::tpm::TpmBackend::open(&settings)?;
     let maker_ca = std::fs::read_to_string(ek_ca)
         .with_context(|| format!("cannot read {}", ek_ca.display()))?;
-    let enrolled = pki::enroll::enroll(&backend, &maker_ca, ca_dir, days)?;
+    let enrolled = pki::enroll::enroll(&backend, &maker_ca, ca_dir, days, attests_log_key)?;
     let device_key = backend.device_key(false)?;
     std::fs::create_dir_all(&config.state.dir)
         .with_context(|| format!("cannot create {}", config.state.dir.display()))?;

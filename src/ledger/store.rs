@@ -148,6 +148,8 @@ pub enum EntryKind {
     Receipt,
     Rotation,
     Retirement,
+    /// A key version entering the log, signed by the log key.
+    Registration,
 }
 
 impl EntryKind {
@@ -156,6 +158,7 @@ impl EntryKind {
             EntryKind::Receipt => "receipt",
             EntryKind::Rotation => "rotation",
             EntryKind::Retirement => "retirement",
+            EntryKind::Registration => "registration",
         }
     }
 }
@@ -552,6 +555,7 @@ impl Store {
                 "receipt" => EntryKind::Receipt,
                 "rotation" => EntryKind::Rotation,
                 "retirement" => EntryKind::Retirement,
+                "registration" => EntryKind::Registration,
                 other => {
                     return Err(StoreError::Corrupt(format!(
                         "entry {index}: kind {other:?}"

@@ -234,7 +234,65 @@ fn rcgen_name(subject: &x509_cert::name::Name) -> rcgen::DistinguishedName {
 }
 
 /// Issues a device certificate for a request. Returns the certificate (PEM).
-pub fn issue(dir: &Path, csr_pem: &str, days: u32) -> Result<String, PkiError> {
+/// What a device certificate's key may vouch for (FORMAT.md §6.1). The CA issues exactly one
+/// evidence role per certificate, so a TPM attestation key can never pass for a PKCS#11 device
+/// key or the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertRole {
+    /// A PKCS#11 token's device key: signs attribute statements (`id-kp-pkcs11Device`).
+    Pkcs11Device,
+    /// A TPM attestation key: signs TPMS_ATTEST (`tcg-kp-AIKCertificate`).
+    TpmAttestationKey,
+}
+
+/// A certificate profile: the evidence role, and whether the key may also attest the log key
+/// (`id-kp-logKeyAttester`; a fleet's signing nodes get certificates without it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertProfile {
+    pub role: CertRole,
+    pub attests_log_key: bool,
+}
+
+/// DER contents of the role OIDs (FORMAT.md §6.1). The project arc is a UUID arc whose 128-bit
+/// component no common OID type holds, so the bytes are written out; a test checks them.
+const TCG_KP_AIK_CERTIFICATE: &[u8] = &[0x67, 0x81, 0x05, 0x08, 0x03];
+const ACTSEAL_KP_PKCS11_DEVICE: &[u8] = &[
+    0x69, 0x82, 0xec, 0xbb, 0xf0, 0xdb, 0xc5, 0x9a, 0x9a, 0x96, 0xd5, 0x88, 0xcb, 0x9e, 0xd2, 0x99,
+    0xf1, 0x96, 0xe7, 0x40, 0x01, 0x01,
+];
+const ACTSEAL_KP_LOG_KEY_ATTESTER: &[u8] = &[
+    0x69, 0x82, 0xec, 0xbb, 0xf0, 0xdb, 0xc5, 0x9a, 0x9a, 0x96, 0xd5, 0x88, 0xcb, 0x9e, 0xd2, 0x99,
+    0xf1, 0x96, 0xe7, 0x40, 0x01, 0x02,
+];
+
+impl CertProfile {
+    /// The extKeyUsage extension of this profile (non-critical, RFC 5280 §4.2.1.12).
+    fn ext_key_usage(&self) -> rcgen::CustomExtension {
+        let mut purposes: Vec<&[u8]> = vec![match self.role {
+            CertRole::Pkcs11Device => ACTSEAL_KP_PKCS11_DEVICE,
+            CertRole::TpmAttestationKey => TCG_KP_AIK_CERTIFICATE,
+        }];
+        if self.attests_log_key {
+            purposes.push(ACTSEAL_KP_LOG_KEY_ATTESTER);
+        }
+        let mut body = Vec::new();
+        for oid in purposes {
+            body.push(0x06);
+            body.push(oid.len() as u8);
+            body.extend_from_slice(oid);
+        }
+        let mut content = vec![0x30, body.len() as u8];
+        content.extend_from_slice(&body);
+        rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 37], content)
+    }
+}
+
+pub fn issue(
+    dir: &Path,
+    csr_pem: &str,
+    days: u32,
+    attests_log_key: bool,
+) -> Result<String, PkiError> {
     let (subject, point) = checked_request(csr_pem)?;
     let subject_public = p256::PublicKey::from_sec1_bytes(&point)
         .map_err(|_| PkiError::Invalid("the requested key is not a P-256 point".into()))?;
@@ -244,7 +302,11 @@ pub fn issue(dir: &Path, csr_pem: &str, days: u32) -> Result<String, PkiError> {
             "request subject \"{subject}\" has no CN"
         )));
     }
-    sign_certificate(dir, name, &subject_public, days)
+    let profile = CertProfile {
+        role: CertRole::Pkcs11Device,
+        attests_log_key,
+    };
+    sign_certificate(dir, name, &subject_public, days, profile)
 }
 
 /// Issues a device certificate for a key whose holder was proven otherwise than by a
@@ -255,10 +317,11 @@ pub fn issue_for_key(
     common_name: &str,
     public_key: &p256::PublicKey,
     days: u32,
+    profile: CertProfile,
 ) -> Result<String, PkiError> {
     let mut name = rcgen::DistinguishedName::new();
     name.push(rcgen::DnType::CommonName, common_name);
-    sign_certificate(dir, name, public_key, days)
+    sign_certificate(dir, name, public_key, days, profile)
 }
 
 fn sign_certificate(
@@ -266,6 +329,7 @@ fn sign_certificate(
     name: rcgen::DistinguishedName,
     subject_public: &p256::PublicKey,
     days: u32,
+    profile: CertProfile,
 ) -> Result<String, PkiError> {
     use p256::elliptic_curve::sec1::ToEncodedPoint;
     let point = subject_public.to_encoded_point(false).as_bytes().to_vec();
@@ -280,6 +344,7 @@ fn sign_certificate(
     params.distinguished_name = name;
     params.is_ca = rcgen::IsCa::ExplicitNoCa;
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.custom_extensions = vec![profile.ext_key_usage()];
     params.use_authority_key_identifier_extension = true;
     params.key_identifier_method = key_identifier(subject_public);
     validity(&mut params, days);

@@ -233,6 +233,36 @@ pub fn make_credential(
     })
 }
 
+/// The key the CA is asked to certify is an attestation key: restricted, sign-only, created in
+/// this TPM and bound to it (fixedTPM, fixedParent, sensitiveDataOrigin). Anything else could
+/// sign digests that merely look like TPM attestations.
+fn check_ak_attributes(public_area: &[u8]) -> Result<(), PkiError> {
+    use tss_esapi::{structures::Public, traits::UnMarshall};
+    let public = Public::unmarshall(public_area)
+        .map_err(|e| invalid(format!("the AK public area does not parse: {e}")))?;
+    let a = public.object_attributes();
+    let checks = [
+        (a.restricted(), "restricted"),
+        (a.sign_encrypt(), "sign"),
+        (!a.decrypt(), "not decrypt"),
+        (a.fixed_tpm(), "fixedTPM"),
+        (a.fixed_parent(), "fixedParent"),
+        (a.sensitive_data_origin(), "sensitiveDataOrigin"),
+    ];
+    let missing: Vec<&str> = checks
+        .iter()
+        .filter(|(ok, _)| !ok)
+        .map(|(_, what)| *what)
+        .collect();
+    if !missing.is_empty() {
+        return Err(invalid(format!(
+            "the attestation key is not {}: refusing to certify it",
+            missing.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// What enrollment established.
 pub struct Enrolled {
     pub ak_certificate_pem: String,
@@ -245,6 +275,7 @@ pub fn enroll(
     maker_ca_pem: &str,
     ca_dir: &Path,
     days: u32,
+    attests_log_key: bool,
 ) -> Result<Enrolled, PkiError> {
     // The RSA EK certificate first (PC Client TPMs carry it), then the ECC P-256 one.
     let (kind, ek_der) = match backend.ek_certificate(EkKind::Rsa2048) {
@@ -267,6 +298,7 @@ pub fn enroll(
         .map(|c| c.tbs_certificate.subject.to_string())
         .unwrap_or_default();
     let (ak, ak_public_area) = backend.attestation_key()?;
+    check_ak_attributes(&ak_public_area)?;
     let mut secret = [0u8; 32];
     OsRng.fill_bytes(&mut secret);
     let credential = make_credential(&ek_public, &name_of(&ak_public_area), &secret)?;
@@ -286,7 +318,12 @@ pub fn enroll(
             .get(..16)
             .unwrap_or_default()
     );
-    let ak_certificate_pem = super::ca::issue_for_key(ca_dir, &subject, &ak.public_key, days)?;
+    let profile = super::ca::CertProfile {
+        role: super::ca::CertRole::TpmAttestationKey,
+        attests_log_key,
+    };
+    let ak_certificate_pem =
+        super::ca::issue_for_key(ca_dir, &subject, &ak.public_key, days, profile)?;
     Ok(Enrolled {
         ak_certificate_pem,
         ek_subject,

@@ -1,5 +1,6 @@
 //! The proof bundle: everything an auditor needs to check one action offline.
 
+use super::lineage::EncodeError;
 use serde::{Deserialize, Serialize};
 
 use super::{dsse::Envelope, lineage::Lineage};
@@ -71,7 +72,8 @@ impl LogProof {
 }
 
 impl Bundle {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_default()
+    /// The bundle as pretty JSON; an error rather than an empty bundle if it cannot be encoded.
+    pub fn to_json(&self) -> Result<String, EncodeError> {
+        serde_json::to_string_pretty(self).map_err(|e| EncodeError::new("bundle", e))
     }
 }

@@ -7,20 +7,27 @@ pub mod lineage;
 pub mod receipt;
 
 use sha2::{Digest, Sha256};
-use spki::EncodePublicKey;
 
 /// The in-toto Statement v1 type URI.
 pub const IN_TOTO_STATEMENT_V1: &str = "https://in-toto.io/Statement/v1";
 /// DSSE payload type of in-toto statements.
 pub const IN_TOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 
-/// SubjectPublicKeyInfo DER of a P-256 public key.
+/// The DER SubjectPublicKeyInfo of every P-256 key up to its uncompressed point: SEQUENCE {
+/// SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING (66 bytes, 0 unused bits) }.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+/// SubjectPublicKeyInfo DER of a P-256 public key. Written out rather than encoded, so it has
+/// no failure path (and no fallback value that would be signed in its place).
 pub fn spki_der(public_key: &p256::PublicKey) -> Vec<u8> {
-    public_key
-        .to_public_key_der()
-        .map(|doc| doc.as_bytes().to_vec())
-        // Encoding a valid P-256 point into a fixed-shape SPKI cannot fail.
-        .unwrap_or_default()
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let point = public_key.to_encoded_point(false);
+    let mut der = P256_SPKI_PREFIX.to_vec();
+    der.extend_from_slice(point.as_bytes());
+    der
 }
 
 /// A key's id: hex SHA-256 of its SubjectPublicKeyInfo DER.
@@ -35,4 +42,19 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
     now.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use spki::EncodePublicKey;
+
+    #[test]
+    fn spki_is_the_standard_encoding() {
+        let key = p256::SecretKey::from_slice(&[7u8; 32]).map(|k| k.public_key());
+        let Ok(key) = key else {
+            panic!("a valid scalar");
+        };
+        let standard = key.to_public_key_der().map(|d| d.as_bytes().to_vec());
+        assert_eq!(standard.ok(), Some(super::spki_der(&key)));
+    }
 }

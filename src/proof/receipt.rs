@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::IN_TOTO_STATEMENT_V1;
+use super::lineage::EncodeError;
 
 /// Predicate type URI of receipts.
 pub const RECEIPT_PREDICATE_TYPE: &str = "https://actseal.dev/receipt/v1";
@@ -115,9 +116,9 @@ impl ReceiptStatement {
         }
     }
 
-    /// The payload bytes to sign.
-    pub fn to_payload(&self) -> Vec<u8> {
-        // Serialising plain strings, maps and integers cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+    /// The payload bytes to sign; an error rather than an empty payload if it cannot be
+    /// encoded.
+    pub fn to_payload(&self) -> Result<Vec<u8>, EncodeError> {
+        serde_json::to_vec(self).map_err(|e| EncodeError::new("receipt", e))
     }
 }

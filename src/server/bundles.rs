@@ -10,6 +10,7 @@ use crate::{
     proof::{
         bundle::{ActorKeyInBundle, BUNDLE_MEDIA_TYPE, Bundle, LogProof},
         dsse::{Envelope, EnvelopeSignature},
+        lineage::EncodeError,
         spki_der,
     },
 };
@@ -23,7 +24,7 @@ pub fn bundle_json(
     tree_size: u64,
     proof: &[Hash],
     checkpoint_note: String,
-) -> String {
+) -> Result<String, EncodeError> {
     Bundle {
         media_type: BUNDLE_MEDIA_TYPE.into(),
         receipt,
@@ -76,7 +77,8 @@ pub fn stored(
         }],
     };
     Ok(Some(SignedReceipt {
-        bundle_json: bundle_json(envelope, &key, log, log_index, tree_size, &hashes, note),
+        bundle_json: bundle_json(envelope, &key, log, log_index, tree_size, &hashes, note)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         log_index,
         sequence: receipt.sequence,
         key_id: receipt.key_id,

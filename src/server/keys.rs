@@ -21,23 +21,41 @@ use crate::{
         dsse::{Envelope, signing_digest},
         key_id,
         lineage::{
-            Attestation, KeyOrigin, Lineage, Pkcs11LineagePredicate, PredecessorKey, Tpm2Certify,
-            pkcs11_statement_payload, tpm2_certify_extra_data,
+            Attestation, EncodeError, Freshness, KeyDisposition, KeyOrigin, KeySubject, Lineage,
+            Pkcs11Statement, PredecessorKey, Tpm2Certify, pkcs11_statement_payload,
+            tpm2_certify_extra_data,
         },
-        now_rfc3339, spki_der,
+        now_rfc3339,
+        receipt::CallerInReceipt,
+        spki_der,
     },
 };
+
+/// What an attestation is to say about a key.
+#[derive(Debug, Clone, Copy)]
+pub struct AttestationRequest<'a> {
+    pub subject: KeySubject<'a>,
+    pub origin: KeyOrigin,
+    /// When the key was created: the PKCS#11 statement's or the TPM2_Certify's `createdAt`.
+    pub created_at: &'a str,
+    /// An `Attest` answer: bind the caller's nonce (and, on PKCS#11, the time of the statement).
+    pub nonce: Option<&'a [u8]>,
+}
+
+fn encode_failed(e: EncodeError) -> BackendError {
+    BackendError::Failed {
+        operation: "encode statement",
+        detail: e.to_string(),
+    }
+}
 
 /// Has the device sign what the hardware states about a key (PKCS#11), or has the TPM
 /// certify the key with its attestation key (TPM).
 pub fn build_attestation(
     backend: &dyn Backend,
     device: &DeviceIdentity,
-    actor: &str,
-    version: u32,
     key: &HardwareKey,
-    origin: KeyOrigin,
-    created_at: &str,
+    request: &AttestationRequest<'_>,
 ) -> Result<Attestation, BackendError> {
     let facts = match backend.key_evidence(&key.key_ref)? {
         KeyEvidence::Pkcs11(facts) => facts,
@@ -46,7 +64,7 @@ pub fn build_attestation(
             if !reasons.is_empty() {
                 return Err(BackendError::KeyRefused(reasons.join("; ")));
             }
-            return tpm_attestation(backend, device, actor, version, key, None);
+            return tpm_attestation(backend, device, key, request);
         }
     };
     let reasons = facts.attributes.unfit_reasons();
@@ -54,15 +72,20 @@ pub fn build_attestation(
         return Err(BackendError::KeyRefused(reasons.join("; ")));
     }
     let id = key_id(&key.public_key);
-    let payload = pkcs11_statement_payload(&Pkcs11LineagePredicate {
-        actor,
-        key_version: version,
+    let attested_at = now_rfc3339();
+    let payload = pkcs11_statement_payload(&Pkcs11Statement {
+        subject: request.subject,
         key_id: &id,
-        origin,
-        created_at,
+        origin: request.origin,
+        created_at: request.created_at,
         token: &facts.token,
         attributes: &facts.attributes,
-    });
+        freshness: request.nonce.map(|nonce| Freshness {
+            nonce: B64.encode(nonce),
+            attested_at: &attested_at,
+        }),
+    })
+    .map_err(encode_failed)?;
     let signature =
         backend.sign_digest(&device.key, &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload))?;
     Ok(Attestation {
@@ -79,16 +102,17 @@ pub fn build_attestation(
     })
 }
 
-/// TPM2_Certify of a TPM key by the AK, extraData binding actor, version and nonce.
-pub fn tpm_attestation(
+/// TPM2_Certify of a TPM key by the AK, extraData binding the key's subject, creation time and
+/// nonce.
+fn tpm_attestation(
     backend: &dyn Backend,
     device: &DeviceIdentity,
-    actor: &str,
-    version: u32,
     key: &HardwareKey,
-    nonce: Option<&[u8]>,
+    request: &AttestationRequest<'_>,
 ) -> Result<Attestation, BackendError> {
-    let extra = tpm2_certify_extra_data(actor, version, nonce.unwrap_or_default());
+    let nonce = request.nonce.unwrap_or_default();
+    let extra = tpm2_certify_extra_data(&request.subject, request.created_at, nonce)
+        .map_err(encode_failed)?;
     let certified = backend.certify(&key.key_ref, &extra)?;
     Ok(Attestation {
         backend: backend.kind().as_str().into(),
@@ -97,7 +121,9 @@ pub fn tpm_attestation(
             attest: B64.encode(&certified.attest),
             signature: B64.encode(certified.signature.to_der().as_bytes()),
             public_area: B64.encode(&certified.public_area),
-            nonce: nonce.map(|n| B64.encode(n)),
+            ak_public_area: B64.encode(&certified.ak_public_area),
+            created_at: request.created_at.to_owned(),
+            nonce: request.nonce.map(|n| B64.encode(n)),
         }),
         device_certificate: B64.encode(&device.certificate_der),
         certificate_chain: device.chain_der.iter().map(|c| B64.encode(c)).collect(),
@@ -164,11 +190,16 @@ impl KeyAdminService {
             let attestation = build_attestation(
                 state.backend.as_ref(),
                 &state.device,
-                &record_actor,
-                1,
                 &key,
-                origin,
-                &created_at,
+                &AttestationRequest {
+                    subject: KeySubject::Actor {
+                        actor: &record_actor,
+                        version: 1,
+                    },
+                    origin,
+                    created_at: &created_at,
+                    nonce: None,
+                },
             )
             .inspect_err(|_| {
                 if origin == KeyOrigin::Generated {
@@ -192,7 +223,12 @@ impl KeyAdminService {
         .await??;
         let answer = to_api(&record);
         let key_ref = record.key_ref.clone();
-        if let Err(e) = self.state.sequencer.register_key(record).await {
+        if let Err(e) = self
+            .state
+            .sequencer
+            .register_key(record, caller.to_receipt())
+            .await
+        {
             // Destroy the new key only when it certainly was not stored.
             let unknown = matches!(e, crate::server::sequencer::SequencerError::Stopped);
             if origin == KeyOrigin::Generated && !unknown {
@@ -317,7 +353,8 @@ impl KeyAdminService {
         self.state.authorize_admin(&caller, &actor, "rotate")?;
         let previous = self.active_key(&actor).await?;
         let state = Arc::clone(&self.state);
-        let plan = blocking(move || plan_rotation(&state, previous)).await??;
+        let requested_by = caller.to_receipt();
+        let plan = blocking(move || plan_rotation(&state, previous, requested_by)).await??;
         let version = plan.new_key.version;
         let new_ref = plan.new_key.key_ref.clone();
         if let Err(e) = self.state.sequencer.rotate(plan).await {
@@ -346,7 +383,11 @@ impl KeyAdminService {
         request: Request<RetireKeyRequest>,
     ) -> Result<Response<ActorKey>, Status> {
         let caller = Caller::of(&request)?;
-        let RetireKeyRequest { actor, version } = request.into_inner();
+        let RetireKeyRequest {
+            actor,
+            version,
+            keep_key,
+        } = request.into_inner();
         validate::actor(&actor)?;
         self.state.authorize_admin(&caller, &actor, "retire")?;
         if version == 0 {
@@ -354,8 +395,16 @@ impl KeyAdminService {
                 "version: name the version to retire",
             ));
         }
-        self.state.sequencer.retire(actor.clone(), version).await?;
-        tracing::info!(actor = %actor, version, caller = %caller, "actor key retired");
+        let disposition = if keep_key {
+            KeyDisposition::Kept
+        } else {
+            KeyDisposition::Destroyed
+        };
+        self.state
+            .sequencer
+            .retire(actor.clone(), version, disposition)
+            .await?;
+        tracing::info!(actor = %actor, version, caller = %caller, ?disposition, "actor key retired");
         let state = Arc::clone(&self.state);
         let lookup = actor.clone();
         let keys = blocking(move || state.keys(Some(&lookup))).await??;
@@ -388,7 +437,11 @@ impl KeyAdminService {
 /// Generates the next key version and has the device attest it. The previous version signs
 /// the rotation statement in the sequencer, at the moment the rotation takes its place in the
 /// log, so that no receipt it orders before the rotation is dated after it.
-fn plan_rotation(state: &DaemonState, previous: KeyRecord) -> Result<RotationPlan, BackendError> {
+fn plan_rotation(
+    state: &DaemonState,
+    previous: KeyRecord,
+    requested_by: CallerInReceipt,
+) -> Result<RotationPlan, BackendError> {
     const MAX_VERSIONS: u32 = 1000;
     if previous.version >= MAX_VERSIONS {
         // Each version's lineage carries all earlier ones; verifiers bound what they read.
@@ -404,11 +457,16 @@ fn plan_rotation(state: &DaemonState, previous: KeyRecord) -> Result<RotationPla
     let attestation = build_attestation(
         backend,
         &state.device,
-        &previous.actor,
-        version,
         &key,
-        KeyOrigin::Generated,
-        &created_at,
+        &AttestationRequest {
+            subject: KeySubject::Actor {
+                actor: &previous.actor,
+                version,
+            },
+            origin: KeyOrigin::Generated,
+            created_at: &created_at,
+            nonce: None,
+        },
     )
     .inspect_err(|_| {
         let _ = backend.destroy_key(&key.key_ref);
@@ -421,6 +479,7 @@ fn plan_rotation(state: &DaemonState, previous: KeyRecord) -> Result<RotationPla
         attestation: previous.lineage.attestation.clone(),
     });
     Ok(RotationPlan {
+        requested_by,
         previous_version: previous.version,
         new_key: KeyRecord {
             actor: previous.actor,

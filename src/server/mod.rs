@@ -39,7 +39,11 @@ use crate::{
     config::{BackendConfig, Config, TlsConfig},
     ledger::{KeyRecord, Store, StoreError, integrity},
     pki::device::{DeviceIdentity, load_identity},
-    proof::{key_id, lineage::KeyOrigin, now_rfc3339},
+    proof::{
+        key_id,
+        lineage::{KeyOrigin, KeySubject},
+        now_rfc3339,
+    },
 };
 
 /// Largest gRPC message accepted: a maximal document plus the rest of a request.
@@ -319,11 +323,13 @@ fn open_log(
     let attestation = build_attestation(
         backend,
         device,
-        &origin,
-        1,
         &key,
-        KeyOrigin::Generated,
-        &now_rfc3339(),
+        &keys::AttestationRequest {
+            subject: KeySubject::Log { origin: &origin },
+            origin: KeyOrigin::Generated,
+            created_at: &now_rfc3339(),
+            nonce: None,
+        },
     )?;
     let lineage = keys::first_lineage(attestation);
     store.set_meta(META_KEY_REF, &key.key_ref.0)?;

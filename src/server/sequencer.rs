@@ -28,9 +28,14 @@ use crate::{
         IN_TOTO_PAYLOAD_TYPE,
         bundle::LogKeyInBundle,
         dsse::{Envelope, signing_digest},
-        lineage::{Lineage, VersionRef, retirement_payload, rotation_payload},
+        lineage::{
+            EncodeError, KeyDisposition, Lineage, Registration, VersionRef, registration_payload,
+            retirement_payload, rotation_payload,
+        },
         now_rfc3339,
-        receipt::{self, Action, KeyRefInReceipt, ReceiptPredicate, ReceiptStatement},
+        receipt::{
+            self, Action, CallerInReceipt, KeyRefInReceipt, ReceiptPredicate, ReceiptStatement,
+        },
         spki_der,
     },
 };
@@ -89,6 +94,8 @@ pub enum SequencerError {
     Checkpoint(#[from] crate::ledger::checkpoint::CheckpointError),
     #[error("nothing was stored: {0}")]
     NotStored(String),
+    #[error("nothing was stored: {0}")]
+    Encode(#[from] EncodeError),
     #[error("{0}")]
     Halted(String),
     #[error("the sequencer has stopped")]
@@ -99,6 +106,8 @@ pub enum SequencerError {
 /// the previous version. The sequencer has the previous version sign the rotation statement.
 #[derive(Debug)]
 pub struct RotationPlan {
+    /// The admin caller who asked, recorded in the new version's registration.
+    pub requested_by: CallerInReceipt,
     pub previous_version: u32,
     pub new_key: KeyRecord,
 }
@@ -107,9 +116,9 @@ type Reply<T> = oneshot::Sender<Result<T, SequencerError>>;
 
 enum Command {
     Sign(ValidAction, Option<String>, Reply<SignedReceipt>),
-    RegisterKey(Box<KeyRecord>, Reply<()>),
+    RegisterKey(Box<KeyRecord>, CallerInReceipt, Reply<()>),
     Rotate(Box<RotationPlan>, Reply<()>),
-    Retire(String, u32, Reply<()>),
+    Retire(String, u32, KeyDisposition, Reply<()>),
 }
 
 /// Where an actor's next receipt goes. `key` is `None` once the actor's key is retired.
@@ -144,9 +153,13 @@ impl SequencerHandle {
             .await
     }
 
-    /// Stores an actor's first key version.
-    pub async fn register_key(&self, key: KeyRecord) -> Result<(), SequencerError> {
-        self.call(|reply| Command::RegisterKey(Box::new(key), reply))
+    /// Registers an actor's first key version: a log entry naming the admin who asked.
+    pub async fn register_key(
+        &self,
+        key: KeyRecord,
+        requested_by: CallerInReceipt,
+    ) -> Result<(), SequencerError> {
+        self.call(|reply| Command::RegisterKey(Box::new(key), requested_by, reply))
             .await
     }
 
@@ -156,9 +169,15 @@ impl SequencerHandle {
             .await
     }
 
-    /// Retires an actor's active version; a log entry signed by the log key.
-    pub async fn retire(&self, actor: String, version: u32) -> Result<(), SequencerError> {
-        self.call(|reply| Command::Retire(actor, version, reply))
+    /// Retires an actor's active version and destroys (or keeps) its key; a log entry signed
+    /// by the log key that says which.
+    pub async fn retire(
+        &self,
+        actor: String,
+        version: u32,
+        disposition: KeyDisposition,
+    ) -> Result<(), SequencerError> {
+        self.call(|reply| Command::Retire(actor, version, disposition, reply))
             .await
     }
 }
@@ -314,9 +333,9 @@ impl Sequencer {
                 Command::Sign(_, _, reply) => {
                     let _ = reply.send(Err(error));
                 }
-                Command::RegisterKey(_, reply)
+                Command::RegisterKey(_, _, reply)
                 | Command::Rotate(_, reply)
-                | Command::Retire(_, _, reply) => {
+                | Command::Retire(_, _, _, reply) => {
                     let _ = reply.send(Err(error));
                 }
             }
@@ -330,7 +349,7 @@ impl Sequencer {
                     let _ = reply.send(Err(e));
                 }
             }
-            Command::RegisterKey(key, reply) => match self.stage_register(staged, *key) {
+            Command::RegisterKey(key, by, reply) => match self.stage_register(staged, *key, &by) {
                 Ok(()) => staged.key_replies.push(reply),
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -342,8 +361,8 @@ impl Sequencer {
                     let _ = reply.send(Err(e));
                 }
             },
-            Command::Retire(actor, version, reply) => {
-                match self.stage_retire(staged, &actor, version) {
+            Command::Retire(actor, version, disposition, reply) => {
+                match self.stage_retire(staged, &actor, version, disposition) {
                     Ok(()) => staged.key_replies.push(reply),
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -458,6 +477,10 @@ impl Sequencer {
             },
         )
         .to_payload();
+        let payload = match payload {
+            Ok(payload) => payload,
+            Err(e) => fail!(e.into()),
+        };
         let hardware_key = HardwareKey {
             key_ref: key.key_ref.clone(),
             public_key: key.public_key,
@@ -525,10 +548,46 @@ impl Sequencer {
         Ok(())
     }
 
+    /// Has the log key sign a key version's registration (FORMAT.md §11.2) and appends it:
+    /// the log, not the key table, says which key is whose.
+    fn append_registration(
+        &mut self,
+        staged: &mut Staged,
+        key: &KeyRecord,
+        requested_by: &CallerInReceipt,
+    ) -> Result<(), SequencerError> {
+        let payload = registration_payload(&Registration {
+            actor: &key.actor,
+            version: key.version,
+            key_id: &key.key_id,
+            public_key: B64.encode(spki_der(&key.public_key)),
+            backend: key.backend.as_str(),
+            origin: key.origin,
+            registered_at: &now_rfc3339(),
+            requested_by,
+            attestation: &key.lineage.attestation,
+        })?;
+        let bytes = self.log_key_entry(&payload)?;
+        self.append_entry(staged, EntryKind::Registration, &key.actor, bytes);
+        Ok(())
+    }
+
+    /// A statement signed by the log key, as a log entry.
+    fn log_key_entry(&self, payload: &[u8]) -> Result<Vec<u8>, SequencerError> {
+        let signature = self.backend.sign_digest(
+            &self.log.key,
+            &signing_digest(IN_TOTO_PAYLOAD_TYPE, payload),
+        )?;
+        let statement = Envelope::new(IN_TOTO_PAYLOAD_TYPE, payload, &self.log.key_id, &signature);
+        entry::encode(&statement)
+            .map_err(|e| SequencerError::NotStored(format!("entry encoding: {e}")))
+    }
+
     fn stage_register(
         &mut self,
         staged: &mut Staged,
         key: KeyRecord,
+        requested_by: &CallerInReceipt,
     ) -> Result<(), SequencerError> {
         if self.actors.contains_key(&key.actor) {
             return Err(SequencerError::Conflict(format!(
@@ -537,6 +596,7 @@ impl Sequencer {
             )));
         }
         self.check_new_key(staged, &key)?;
+        self.append_registration(staged, &key, requested_by)?;
         let key = Arc::new(key);
         self.actors.insert(
             key.actor.clone(),
@@ -577,6 +637,7 @@ impl Sequencer {
         let actor = plan.new_key.actor.clone();
         let previous = self.active_version(&actor, plan.previous_version)?;
         self.check_new_key(staged, &plan.new_key)?;
+        self.append_registration(staged, &plan.new_key, &plan.requested_by)?;
         // Dated and signed here, in log order: every receipt before it is dated no later.
         let rotated_at = now_rfc3339();
         let payload = rotation_payload(
@@ -591,7 +652,7 @@ impl Sequencer {
             },
             plan.new_key.backend.as_str(),
             &rotated_at,
-        );
+        )?;
         let previous_key = HardwareKey {
             key_ref: previous.key_ref.clone(),
             public_key: previous.public_key,
@@ -626,17 +687,22 @@ impl Sequencer {
         staged: &mut Staged,
         actor: &str,
         version: u32,
+        disposition: KeyDisposition,
     ) -> Result<(), SequencerError> {
         let key = self.active_version(actor, version)?;
         let retired_at = now_rfc3339();
-        let payload = retirement_payload(actor, version, &key.key_id, &retired_at);
-        let signature = self.backend.sign_digest(
-            &self.log.key,
-            &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload),
-        )?;
-        let statement = Envelope::new(IN_TOTO_PAYLOAD_TYPE, &payload, &self.log.key_id, &signature);
-        let bytes = entry::encode(&statement)
-            .map_err(|e| SequencerError::NotStored(format!("entry encoding: {e}")))?;
+        let payload = retirement_payload(actor, version, &key.key_id, &retired_at, disposition)?;
+        let bytes = self.log_key_entry(&payload)?;
+        if disposition == KeyDisposition::Destroyed {
+            // Before the entry is committed, so the log never says "destroyed" of a key that
+            // still signs. Receipts staged earlier in this batch are signed already; if the
+            // commit fails, the actor's key is gone but not retired, and a retried RetireKey
+            // completes (a missing key counts as destroyed).
+            match self.backend.destroy_key(&key.key_ref) {
+                Ok(()) | Err(BackendError::KeyNotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         self.append_entry(staged, EntryKind::Retirement, actor, bytes);
         staged.batch.keys.push(KeyChange::Retire {
             actor: actor.to_owned(),
@@ -743,7 +809,7 @@ impl Sequencer {
                     checkpoint.size(),
                     &proof,
                     note.clone(),
-                );
+                )?;
                 pending.row.proof_size = checkpoint.size();
                 pending.row.proof = proof;
                 staged.batch.receipts.push(pending.row.clone());

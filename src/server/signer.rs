@@ -8,7 +8,7 @@ use super::{
     DaemonState,
     auth::Caller,
     blocking,
-    keys::{build_attestation, to_api, tpm_attestation},
+    keys::{AttestationRequest, build_attestation, to_api},
     validate,
 };
 use crate::{
@@ -17,9 +17,9 @@ use crate::{
         GetCheckpointRequest, GetConsistencyProofRequest, GetInclusionProofRequest, InclusionProof,
         SignRequest, SignResponse, signer_server::Signer,
     },
-    backend::{BackendKind, HardwareKey},
+    backend::HardwareKey,
     ledger::{CheckpointRow, Store, merkle},
-    proof::spki_der,
+    proof::{lineage::KeySubject, spki_der},
 };
 
 pub struct SignerService {
@@ -282,11 +282,6 @@ impl SignerService {
                 self.state.backend.kind()
             )));
         }
-        if key.backend == BackendKind::Pkcs11 && !nonce.is_empty() {
-            return Err(Status::invalid_argument(
-                "nonce: only TPM attestations bind a nonce; PKCS#11 keys get a fresh attribute statement",
-            ));
-        }
         let state = Arc::clone(&self.state);
         let record = key.clone();
         let attestation = blocking(move || {
@@ -294,25 +289,22 @@ impl SignerService {
                 key_ref: record.key_ref.clone(),
                 public_key: record.public_key,
             };
-            match record.backend {
-                BackendKind::Tpm => tpm_attestation(
-                    state.backend.as_ref(),
-                    &state.device,
-                    &record.actor,
-                    record.version,
-                    &hardware_key,
-                    Some(&nonce),
-                ),
-                BackendKind::Pkcs11 => build_attestation(
-                    state.backend.as_ref(),
-                    &state.device,
-                    &record.actor,
-                    record.version,
-                    &hardware_key,
-                    record.origin,
-                    &record.created_at,
-                ),
-            }
+            // Always fresh: a TPM2_Certify made now, or a device statement dated now; both
+            // bind the caller's nonce (empty when none was given).
+            build_attestation(
+                state.backend.as_ref(),
+                &state.device,
+                &hardware_key,
+                &AttestationRequest {
+                    subject: KeySubject::Actor {
+                        actor: &record.actor,
+                        version: record.version,
+                    },
+                    origin: record.origin,
+                    created_at: &record.created_at,
+                    nonce: Some(&nonce),
+                },
+            )
         })
         .await??;
         Ok(Response::new(AttestResponse {

@@ -47,7 +47,7 @@ impl From<SequencerError> for Status {
             SequencerError::UnknownActor(_) => Status::not_found(e.to_string()),
             SequencerError::Precondition(_) => Status::failed_precondition(e.to_string()),
             SequencerError::Conflict(_) => Status::already_exists(e.to_string()),
-            SequencerError::Log(_) | SequencerError::Checkpoint(_) => {
+            SequencerError::Log(_) | SequencerError::Checkpoint(_) | SequencerError::Encode(_) => {
                 tracing::error!(error = %e, "log error");
                 Status::internal("log error")
             }

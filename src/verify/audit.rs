@@ -14,15 +14,17 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::anchors::TrustAnchors;
-use super::bundle::{self, ActorKey, LineageJson, LogKeyJson};
+use super::bundle::{self, LogKeyJson};
 use super::checkpoint::verify_checkpoint;
 use super::dsse::{self, Envelope};
-use super::statement::{self, KeyClaim};
-use super::{check_attestation_signature, digest, log, x509};
+use super::statement::{self, KeyClaim, KeySubject};
+use super::{attestation, digest, log};
 
 /// Media type of a log export (`actseal log export`).
 pub const EXPORT_MEDIA_TYPE: &str = "application/vnd.actseal.log-export.v1+json";
 
+/// A log export. A `keys` member, which older exports carried, is ignored: which key belongs to
+/// which actor is taken from the log's own registration entries, never from a table beside it.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ExportJson {
@@ -30,17 +32,6 @@ struct ExportJson {
     log_key: LogKeyJson,
     checkpoint: String,
     entries: Vec<String>,
-    keys: Vec<ExportKeyJson>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ExportKeyJson {
-    actor: String,
-    version: u64,
-    key_id: String,
-    public_key: String,
-    lineage: LineageJson,
 }
 
 /// Where the audit stopped, and why.
@@ -69,38 +60,43 @@ pub struct AuditReport {
     pub actors: u64,
     pub rotations: u64,
     pub retirements: u64,
+    pub registrations: u64,
+    /// Retirements whose statement says the key was kept in the hardware, not destroyed.
+    pub retired_keys_kept: u64,
 }
 
 impl std::fmt::Display for AuditReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "OK: log {} of {} entries (root {}) replayed: {} receipts of {} actors, {} rotations, {} retirements; \
-             every signature, chain and sequence checked",
+            "OK: log {} of {} entries (root {}) replayed: {} key registrations, {} receipts of {} actors, \
+             {} rotations, {} retirements ({} keys kept in hardware); every signature, chain and sequence checked",
             self.origin.escape_default(),
             self.size,
             self.root_hex,
+            self.registrations,
             self.receipts,
             self.actors,
             self.rotations,
-            self.retirements
+            self.retirements,
+            self.retired_keys_kept
         )
     }
 }
 
+/// A key the log registered (FORMAT.md §11.2), attested when it was registered.
 struct Key {
     actor: String,
     version: u64,
     verifying: VerifyingKey,
-    lineage: bundle::Lineage,
-    /// When the key was first seen signing: its attestation must be valid then.
-    first_use: Option<i64>,
 }
 
 #[derive(Default)]
 struct ActorState {
-    /// Key id of the version in service; `None` before registration is seen or after retirement.
+    /// Key id of the version in service; `None` before registration or after retirement.
     active: Option<String>,
+    /// Registered versions, by version number: a second key for one version is a fork.
+    registered: HashMap<u64, String>,
     retired: bool,
     sequence: u64,
     previous_sha256: Option<String>,
@@ -154,27 +150,36 @@ fn root_of(leaves: &[[u8; 32]]) -> [u8; 32] {
     }
 }
 
-/// Replays an exported log. The first problem found is returned.
-pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditReport, AuditError> {
+/// The log an export claims to be, checked against its newest checkpoint.
+struct LogUnderAudit {
+    origin: String,
+    key_id: String,
+    verifying: VerifyingKey,
+    key_lineage: bundle::Lineage,
+    entries: Vec<Vec<u8>>,
+    root: [u8; 32],
+}
+
+/// Parses the export and requires its entries to be exactly what the newest checkpoint, signed
+/// by the export's log key, commits to.
+fn open_export(export_json: &[u8]) -> Result<LogUnderAudit, AuditError> {
     let export: ExportJson = serde_json::from_slice(export_json)
         .map_err(|e| fail(None, format!("not a log export: {e}")))?;
     if export.media_type != EXPORT_MEDIA_TYPE {
         return Err(fail(None, format!("mediaType is {:?}", export.media_type)));
     }
-    let (origin, log_key, log_key_lineage) =
+    let (origin, log_key, key_lineage) =
         bundle::decode_log_key(export.log_key).map_err(|e| fail(None, e))?;
-    let log_verifying = VerifyingKey::from_public_key_der(&log_key.spki_der)
+    let verifying = VerifyingKey::from_public_key_der(&log_key.spki_der)
         .map_err(|e| fail(None, format!("log key: {e}")))?;
-    let log_key_id = digest::key_id(&log_key.spki_der);
-
-    // The newest checkpoint commits to exactly these entries.
     let checkpoint = verify_checkpoint(export.checkpoint.as_bytes(), &origin, &log_key.spki_der)
         .map_err(|e| fail(None, format!("checkpoint: {e}")))?;
-    let mut entries = Vec::with_capacity(export.entries.len());
-    for (i, text) in export.entries.iter().enumerate() {
-        entries.push(bundle::base64(&format!("entries[{i}]"), text).map_err(|e| fail(None, e))?);
-    }
-    let leaves: Vec<[u8; 32]> = entries.iter().map(|e| log::leaf_hash(e)).collect();
+    let entries = export
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, text)| bundle::base64(&format!("entries[{i}]"), text).map_err(|e| fail(None, e)))
+        .collect::<Result<Vec<_>, _>>()?;
     let size = u64::try_from(entries.len()).unwrap_or(u64::MAX);
     if checkpoint.size != size {
         return Err(fail(
@@ -185,6 +190,7 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
             ),
         ));
     }
+    let leaves: Vec<[u8; 32]> = entries.iter().map(|e| log::leaf_hash(e)).collect();
     let root = root_of(&leaves);
     if root != checkpoint.root {
         return Err(fail(
@@ -192,250 +198,292 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
             "the entries' Merkle root is not the checkpoint's root",
         ));
     }
+    Ok(LogUnderAudit {
+        origin,
+        key_id: digest::key_id(&log_key.spki_der),
+        verifying,
+        key_lineage,
+        entries,
+        root,
+    })
+}
 
-    let mut keys: HashMap<String, Key> = HashMap::new();
-    for k in export.keys {
-        let at = format!("keys[{} v{}]", k.actor, k.version);
-        let key: ActorKey =
-            bundle::decode_actor_key(&at, k.key_id, &k.public_key).map_err(|e| fail(None, e))?;
-        let verifying = VerifyingKey::from_public_key_der(&key.spki_der)
-            .map_err(|e| fail(None, format!("{at}: {e}")))?;
-        if key.key_id != digest::key_id(&key.spki_der) {
-            return Err(fail(
-                None,
-                format!("{at}: keyId is not the hash of its key"),
+/// The replay's state: what the log has said so far.
+struct Replay<'a> {
+    log: &'a LogUnderAudit,
+    anchors: &'a TrustAnchors,
+    keys: HashMap<String, Key>,
+    actors: HashMap<String, ActorState>,
+    /// When each key last signed a receipt, and when it was retired (rotation or retirement):
+    /// no key may sign after its retirement, whatever order the entries are in.
+    last_signed: HashMap<String, i64>,
+    retired_at: HashMap<String, i64>,
+    last_time: i64,
+    receipts: u64,
+    rotations: u64,
+    retirements: u64,
+    registrations: u64,
+    retired_kept: u64,
+}
+
+/// Replays an exported log. The first problem found is returned.
+pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditReport, AuditError> {
+    let log = open_export(export_json)?;
+    let mut replay = Replay {
+        log: &log,
+        anchors,
+        keys: HashMap::new(),
+        actors: HashMap::new(),
+        last_signed: HashMap::new(),
+        retired_at: HashMap::new(),
+        last_time: i64::MIN,
+        receipts: 0,
+        rotations: 0,
+        retirements: 0,
+        registrations: 0,
+        retired_kept: 0,
+    };
+    for (position, entry) in log.entries.iter().enumerate() {
+        let index = u64::try_from(position).unwrap_or(u64::MAX);
+        replay
+            .entry(index, entry)
+            .map_err(|e| fail(Some(index), e))?;
+    }
+    replay.finish()?;
+    Ok(AuditReport {
+        origin: log.origin.clone(),
+        size: u64::try_from(log.entries.len()).unwrap_or(u64::MAX),
+        root_hex: hex::encode(log.root),
+        receipts: replay.receipts,
+        actors: u64::try_from(replay.actors.len()).unwrap_or(u64::MAX),
+        rotations: replay.rotations,
+        retirements: replay.retirements,
+        registrations: replay.registrations,
+        retired_keys_kept: replay.retired_kept,
+    })
+}
+
+impl Replay<'_> {
+    /// Checks one entry against everything before it.
+    fn entry(&mut self, index: u64, entry: &[u8]) -> Result<(), String> {
+        let envelope = decode_entry(entry)?;
+        let kind = statement::predicate_type(&envelope)?;
+        match kind.as_str() {
+            statement::REGISTRATION_PREDICATE_TYPE => self.registration(&envelope),
+            statement::RECEIPT_PREDICATE_TYPE => self.receipt(index, &envelope),
+            statement::ROTATION_PREDICATE_TYPE => self.rotation(&envelope),
+            statement::RETIREMENT_PREDICATE_TYPE => self.retirement(&envelope),
+            other => Err(format!("unknown entry type {other:?}")),
+        }
+    }
+
+    /// A key registration: signed by the log key, attested for its actor and version when it
+    /// was registered, a new key, and the only key of that version.
+    fn registration(&mut self, envelope: &Envelope) -> Result<(), String> {
+        dsse::verify(envelope, &self.log.verifying)
+            .map_err(|e| format!("registration not signed by the log key: {e}"))?;
+        let r = statement::check_registration(envelope)?;
+        let claim = KeyClaim {
+            subject: KeySubject::Actor {
+                actor: &r.actor,
+                version: r.version,
+            },
+            key_id: &r.key.key_id,
+            backend: &r.backend,
+        };
+        attestation::check(&r.attestation, self.anchors, &claim, r.registered_at_unix)
+            .map_err(|e| format!("registration of {}#{}: {e}", r.actor, r.version))?;
+        if self.keys.contains_key(&r.key.key_id) || r.key.key_id == self.log.key_id {
+            return Err(format!("key {} is registered twice", r.key.key_id));
+        }
+        let state = self.actors.entry(r.actor.clone()).or_default();
+        if state.retired {
+            return Err(format!("registration for retired actor {:?}", r.actor));
+        }
+        if state.registered.contains_key(&r.version) {
+            return Err(format!(
+                "a second key for {}#{}: a fork",
+                r.actor, r.version
             ));
         }
-        let lineage = bundle::decode_lineage(&at, k.lineage).map_err(|e| fail(None, e))?;
-        keys.insert(
-            key.key_id,
+        let expected = u64::try_from(state.registered.len())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        if r.version != expected {
+            return Err(format!(
+                "{} registers version {} where version {expected} was due",
+                r.actor, r.version
+            ));
+        }
+        state.registered.insert(r.version, r.key.key_id.clone());
+        if r.version == 1 {
+            state.active = Some(r.key.key_id.clone());
+        }
+        let verifying = VerifyingKey::from_public_key_der(&r.key.spki_der)
+            .map_err(|e| format!("registered key: {e}"))?;
+        tracing::debug!(actor = %r.actor, version = r.version, by = %r.requested_by, "registration");
+        self.keys.insert(
+            r.key.key_id,
             Key {
-                actor: k.actor,
-                version: k.version,
+                actor: r.actor,
+                version: r.version,
                 verifying,
-                lineage,
-                first_use: None,
             },
         );
+        self.registrations = self.registrations.saturating_add(1);
+        Ok(())
     }
 
-    let mut actors: HashMap<String, ActorState> = HashMap::new();
-    // When each key last signed a receipt, and when it was retired (rotation or retirement):
-    // no key may sign after its retirement, whatever order the entries are in.
-    let mut last_signed: HashMap<String, i64> = HashMap::new();
-    let mut retired_at: HashMap<String, i64> = HashMap::new();
-    let (mut receipts, mut rotations, mut retirements) = (0u64, 0u64, 0u64);
-    let mut last_time = i64::MIN;
-    for (position, entry) in entries.iter().enumerate() {
-        let index = u64::try_from(position).unwrap_or(u64::MAX);
-        let at = Some(index);
-        let envelope = decode_entry(entry).map_err(|e| fail(at, e))?;
-        let kind = statement::predicate_type(&envelope).map_err(|e| fail(at, e))?;
-        match kind.as_str() {
-            statement::RECEIPT_PREDICATE_TYPE => {
-                // The signer is named inside the payload; find it, then check the signature.
-                let claimed: serde_json::Value = serde_json::from_slice(&envelope.payload)
-                    .map_err(|e| fail(at, format!("receipt payload: {e}")))?;
-                let key_id = claimed
-                    .pointer("/predicate/key/id")
-                    .and_then(|v| v.as_str())
-                    .ok_or_else(|| fail(at, "receipt names no key"))?
-                    .to_owned();
-                let key = keys
-                    .get_mut(&key_id)
-                    .ok_or_else(|| fail(at, format!("receipt signed by unknown key {key_id}")))?;
-                dsse::verify(&envelope, &key.verifying).map_err(|e| fail(at, e))?;
-                let receipt =
-                    statement::check_receipt(&envelope, &key_id).map_err(|e| fail(at, e))?;
-                if receipt.actor != key.actor || receipt.key_version != key.version {
-                    return Err(fail(at, "receipt's actor or key version is not its key's"));
-                }
-                if receipt.log_index != index {
-                    return Err(fail(
-                        at,
-                        format!("receipt says logIndex {}", receipt.log_index),
-                    ));
-                }
-                key.first_use.get_or_insert(receipt.signed_at_unix);
-                let last = last_signed.entry(key_id.clone()).or_insert(i64::MIN);
-                *last = (*last).max(receipt.signed_at_unix);
-                last_time = last_time.max(receipt.signed_at_unix);
-                let state = actors.entry(receipt.actor.clone()).or_default();
-                if state.retired {
-                    return Err(fail(at, "signed by a retired key after its retirement"));
-                }
-                match &state.active {
-                    None if key.version == 1 => state.active = Some(key_id.clone()),
-                    None => {
-                        return Err(fail(
-                            at,
-                            format!("key version {} was never rotated in", key.version),
-                        ));
-                    }
-                    Some(active) if *active != key_id => {
-                        return Err(fail(
-                            at,
-                            "signed by a key version that is not in service: a retired key after its retirement, or a fork",
-                        ));
-                    }
-                    Some(_) => {}
-                }
-                let expected = state
-                    .sequence
-                    .checked_add(1)
-                    .ok_or_else(|| fail(at, "sequence overflow"))?;
-                if receipt.sequence != expected {
-                    return Err(fail(
-                        at,
-                        format!(
-                            "{}: sequence {} where {expected} was due (a gap or a fork)",
-                            receipt.actor, receipt.sequence
-                        ),
-                    ));
-                }
-                if receipt.previous_sha256 != state.previous_sha256 {
-                    return Err(fail(
-                        at,
-                        format!(
-                            "{}: previousReceipt does not name the previous receipt",
-                            receipt.actor
-                        ),
-                    ));
-                }
-                state.sequence = expected;
-                state.previous_sha256 = Some(digest::sha256_hex(&envelope.payload));
-                receipts = receipts.saturating_add(1);
-            }
-            statement::ROTATION_PREDICATE_TYPE => {
-                let actor: String = serde_json::from_slice::<serde_json::Value>(&envelope.payload)
-                    .ok()
-                    .and_then(|v| {
-                        v.pointer("/predicate/actor")
-                            .and_then(|a| a.as_str())
-                            .map(str::to_owned)
-                    })
-                    .ok_or_else(|| fail(at, "rotation names no actor"))?;
-                let rotation =
-                    statement::check_rotation(&envelope, &actor).map_err(|e| fail(at, e))?;
-                let previous = keys
-                    .get_mut(&rotation.from_key_id)
-                    .ok_or_else(|| fail(at, "rotation from an unknown key"))?;
-                if previous.actor != actor || previous.version != rotation.from_version {
-                    return Err(fail(
-                        at,
-                        "rotation signed by a key of another actor or version",
-                    ));
-                }
-                dsse::verify(&envelope, &previous.verifying).map_err(|e| {
-                    fail(
-                        at,
-                        format!("rotation not signed by the version it retires: {e}"),
-                    )
-                })?;
-                previous.first_use.get_or_insert(rotation.rotated_at_unix);
-                retired_at.insert(rotation.from_key_id.clone(), rotation.rotated_at_unix);
-                let next = keys
-                    .get(&rotation.to_key_id)
-                    .ok_or_else(|| fail(at, "rotation to an unknown key"))?;
-                if next.actor != actor || next.version != rotation.to_version {
-                    return Err(fail(at, "rotation names a key of another actor or version"));
-                }
-                let state = actors.entry(actor).or_default();
-                match &state.active {
-                    Some(active) if *active == rotation.from_key_id && !state.retired => {}
-                    None if rotation.from_version == 1 && !state.retired => {}
-                    _ => {
-                        return Err(fail(
-                            at,
-                            "rotation from a version that is not in service (a fork)",
-                        ));
-                    }
-                }
-                state.active = Some(rotation.to_key_id.clone());
-                last_time = last_time.max(rotation.rotated_at_unix);
-                rotations = rotations.saturating_add(1);
-            }
-            statement::RETIREMENT_PREDICATE_TYPE => {
-                dsse::verify(&envelope, &log_verifying)
-                    .map_err(|e| fail(at, format!("retirement not signed by the log key: {e}")))?;
-                let retirement = statement::check_retirement(&envelope).map_err(|e| fail(at, e))?;
-                let state = actors.entry(retirement.actor.clone()).or_default();
-                let in_service = match &state.active {
-                    Some(active) => *active == retirement.key_id,
-                    None => retirement.version == 1,
-                };
-                if !in_service || state.retired {
-                    return Err(fail(at, "retirement of a version that is not in service"));
-                }
-                state.active = None;
-                state.retired = true;
-                retired_at.insert(retirement.key_id.clone(), retirement.retired_at_unix);
-                last_time = last_time.max(retirement.retired_at_unix);
-                retirements = retirements.saturating_add(1);
-            }
-            other => return Err(fail(at, format!("unknown entry type {other:?}"))),
+    /// A receipt: signed by the actor's key in service, at its own position, continuing the
+    /// actor's hash chain.
+    fn receipt(&mut self, index: u64, envelope: &Envelope) -> Result<(), String> {
+        // The signer is named inside the payload; find it, then check the signature.
+        let claimed: serde_json::Value = serde_json::from_slice(&envelope.payload)
+            .map_err(|e| format!("receipt payload: {e}"))?;
+        let key_id = claimed
+            .pointer("/predicate/key/id")
+            .and_then(|v| v.as_str())
+            .ok_or("receipt names no key")?
+            .to_owned();
+        let key = self.keys.get(&key_id).ok_or_else(|| {
+            format!("receipt signed by key {key_id}, which the log never registered")
+        })?;
+        dsse::verify(envelope, &key.verifying)?;
+        let receipt = statement::check_receipt(envelope, &key_id)?;
+        if receipt.actor != key.actor || receipt.key_version != key.version {
+            return Err("receipt's actor or key version is not its key's".into());
         }
-    }
-
-    for (key_id, retired) in &retired_at {
-        if last_signed.get(key_id).is_some_and(|last| last > retired) {
-            return Err(fail(
-                None,
-                format!("key {key_id} signed a receipt dated after its retirement"),
+        if receipt.log_index != index {
+            return Err(format!("receipt says logIndex {}", receipt.log_index));
+        }
+        let last = self.last_signed.entry(key_id.clone()).or_insert(i64::MIN);
+        *last = (*last).max(receipt.signed_at_unix);
+        self.last_time = self.last_time.max(receipt.signed_at_unix);
+        let state = self.actors.entry(receipt.actor.clone()).or_default();
+        if state.retired {
+            return Err("signed by a retired key after its retirement".into());
+        }
+        if state.active.as_deref() != Some(key_id.as_str()) {
+            return Err(
+                "signed by a key version that is not in service: a retired key after its retirement, or a fork"
+                    .into(),
+            );
+        }
+        let expected = state.sequence.checked_add(1).ok_or("sequence overflow")?;
+        if receipt.sequence != expected {
+            return Err(format!(
+                "{}: sequence {} where {expected} was due (a gap or a fork)",
+                receipt.actor, receipt.sequence
             ));
         }
+        if receipt.previous_sha256 != state.previous_sha256 {
+            return Err(format!(
+                "{}: previousReceipt does not name the previous receipt",
+                receipt.actor
+            ));
+        }
+        state.sequence = expected;
+        state.previous_sha256 = Some(digest::sha256_hex(&envelope.payload));
+        self.receipts = self.receipts.saturating_add(1);
+        Ok(())
     }
 
-    // Every key that signed anything was attested by a device under the anchor when it did.
-    for (key_id, key) in &keys {
-        let Some(when) = key.first_use else { continue };
-        let lineage = &key.lineage;
-        x509::verify_path(&lineage.device, &lineage.chain, &anchors.certs, when)
-            .map_err(|e| fail(None, format!("key {key_id}: device certificate: {e}")))?;
-        check_attestation_signature(lineage)
-            .map_err(|e| fail(None, format!("key {key_id}: {e}")))?;
-        statement::check_lineage(
-            &lineage.evidence,
-            &lineage.backend,
-            &KeyClaim {
-                actor: &key.actor,
-                version: key.version,
-                key_id,
-                backend: &lineage.backend,
+    /// A rotation: signed by the version in service, handing over to the version registered
+    /// next.
+    fn rotation(&mut self, envelope: &Envelope) -> Result<(), String> {
+        let actor: String = serde_json::from_slice::<serde_json::Value>(&envelope.payload)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/predicate/actor")
+                    .and_then(|a| a.as_str())
+                    .map(str::to_owned)
+            })
+            .ok_or("rotation names no actor")?;
+        let rotation = statement::check_rotation(envelope, &actor)?;
+        let previous = self
+            .keys
+            .get(&rotation.from_key_id)
+            .ok_or("rotation from a key the log never registered")?;
+        if previous.actor != actor || previous.version != rotation.from_version {
+            return Err("rotation signed by a key of another actor or version".into());
+        }
+        dsse::verify(envelope, &previous.verifying)
+            .map_err(|e| format!("rotation not signed by the version it retires: {e}"))?;
+        let next = self
+            .keys
+            .get(&rotation.to_key_id)
+            .ok_or("rotation to a key the log never registered")?;
+        if next.actor != actor || next.version != rotation.to_version {
+            return Err("rotation names a key of another actor or version".into());
+        }
+        if rotation.to_version != rotation.from_version.saturating_add(1) {
+            return Err("rotation skips a version".into());
+        }
+        let state = self.actors.entry(actor).or_default();
+        if state.retired || state.active.as_deref() != Some(rotation.from_key_id.as_str()) {
+            return Err("rotation from a version that is not in service (a fork)".into());
+        }
+        state.active = Some(rotation.to_key_id.clone());
+        self.retired_at
+            .insert(rotation.from_key_id.clone(), rotation.rotated_at_unix);
+        self.last_time = self.last_time.max(rotation.rotated_at_unix);
+        self.rotations = self.rotations.saturating_add(1);
+        Ok(())
+    }
+
+    /// A retirement: signed by the log key, of the version in service.
+    fn retirement(&mut self, envelope: &Envelope) -> Result<(), String> {
+        dsse::verify(envelope, &self.log.verifying)
+            .map_err(|e| format!("retirement not signed by the log key: {e}"))?;
+        let retirement = statement::check_retirement(envelope)?;
+        let state = self.actors.entry(retirement.actor.clone()).or_default();
+        if state.retired
+            || state.active.as_deref() != Some(retirement.key_id.as_str())
+            || state.registered.get(&retirement.version) != Some(&retirement.key_id)
+        {
+            return Err("retirement of a version that is not in service".into());
+        }
+        if retirement.key_disposition == "kept" {
+            self.retired_kept = self.retired_kept.saturating_add(1);
+        }
+        state.active = None;
+        state.retired = true;
+        self.retired_at
+            .insert(retirement.key_id.clone(), retirement.retired_at_unix);
+        self.last_time = self.last_time.max(retirement.retired_at_unix);
+        self.retirements = self.retirements.saturating_add(1);
+        Ok(())
+    }
+
+    /// What can only be checked once the whole log is known: no key signed after its
+    /// retirement by time, and the log key was attested as this log's key.
+    fn finish(&self) -> Result<(), AuditError> {
+        for (key_id, retired) in &self.retired_at {
+            if self
+                .last_signed
+                .get(key_id)
+                .is_some_and(|last| last > retired)
+            {
+                return Err(fail(
+                    None,
+                    format!("key {key_id} signed a receipt dated after its retirement"),
+                ));
+            }
+        }
+        let when = if self.last_time == i64::MIN {
+            0
+        } else {
+            self.last_time
+        };
+        let claim = KeyClaim {
+            subject: KeySubject::Log {
+                origin: &self.log.origin,
             },
-        )
-        .map_err(|e| fail(None, format!("key {key_id}: {e}")))?;
+            key_id: &self.log.key_id,
+            backend: &self.log.key_lineage.backend,
+        };
+        attestation::check(&self.log.key_lineage, self.anchors, &claim, when)
+            .map_err(|e| fail(None, format!("log key: {e}")))?;
+        Ok(())
     }
-    // And so was the log key.
-    let when = if last_time == i64::MIN { 0 } else { last_time };
-    x509::verify_path(
-        &log_key_lineage.device,
-        &log_key_lineage.chain,
-        &anchors.certs,
-        when,
-    )
-    .map_err(|e| fail(None, format!("log key: device certificate: {e}")))?;
-    check_attestation_signature(&log_key_lineage)
-        .map_err(|e| fail(None, format!("log key: {e}")))?;
-    statement::check_lineage(
-        &log_key_lineage.evidence,
-        &log_key_lineage.backend,
-        &KeyClaim {
-            actor: &origin,
-            version: 1,
-            key_id: &log_key_id,
-            backend: &log_key_lineage.backend,
-        },
-    )
-    .map_err(|e| fail(None, format!("log key: {e}")))?;
-
-    Ok(AuditReport {
-        origin,
-        size,
-        root_hex: hex::encode(root),
-        receipts,
-        actors: u64::try_from(actors.len()).unwrap_or(u64::MAX),
-        rotations,
-        retirements,
-    })
 }

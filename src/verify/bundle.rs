@@ -76,6 +76,8 @@ pub(crate) struct Tpm2CertifyJson {
     attest: String,
     signature: String,
     public_area: String,
+    ak_public_area: String,
+    created_at: String,
     #[serde(default)]
     nonce: Option<String>,
 }
@@ -335,6 +337,11 @@ fn decode_attestation(
             attest: base64(&format!("{what}.tpm2Certify.attest"), &c.attest)?,
             signature: base64(&format!("{what}.tpm2Certify.signature"), &c.signature)?,
             public_area: base64(&format!("{what}.tpm2Certify.publicArea"), &c.public_area)?,
+            ak_public_area: base64(
+                &format!("{what}.tpm2Certify.akPublicArea"),
+                &c.ak_public_area,
+            )?,
+            created_at: c.created_at,
             nonce: c
                 .nonce
                 .map(|n| base64(&format!("{what}.tpm2Certify.nonce"), &n))

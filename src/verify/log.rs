@@ -9,11 +9,11 @@ use super::anchors::TrustAnchors;
 use super::bundle::{Bundle, Log};
 use super::checkpoint::{ParsedCheckpoint, verify_checkpoint};
 use super::dsse::Envelope;
-use super::statement::{KeyClaim, Receipt, check_lineage};
-use super::{check_attestation_signature, digest, merkle, x509};
+use super::statement::{KeyClaim, KeySubject, Receipt};
+use super::{attestation, digest, merkle};
 
-/// `log.key`: a P-256 key whose id matches, attested like an actor key whose actor is the log's
-/// origin (the checkpoint key name), under a trust anchor.
+/// `log.key`: a P-256 key whose id matches, attested as the key of the log named by the
+/// checkpoint key name, by a device certified to attest log keys, under a trust anchor.
 pub(crate) fn check_log_key(log: &Log, anchors: &TrustAnchors, at_unix: i64) -> Result<(), String> {
     VerifyingKey::from_public_key_der(&log.key.spki_der)
         .map_err(|e| format!("log key is not an EC P-256 key: {e}"))?;
@@ -23,20 +23,14 @@ pub(crate) fn check_log_key(log: &Log, anchors: &TrustAnchors, at_unix: i64) -> 
             "log.logKey.keyId is not the SHA-256 of the log key ({id})"
         ));
     }
-    let lineage = &log.key_lineage;
-    x509::verify_path(&lineage.device, &lineage.chain, &anchors.certs, at_unix)
-        .map_err(|e| format!("device certificate: {e}"))?;
-    check_attestation_signature(lineage)?;
-    check_lineage(
-        &lineage.evidence,
-        &lineage.backend,
-        &KeyClaim {
-            actor: &log.key_name,
-            version: 1,
-            key_id: &id,
-            backend: &lineage.backend,
+    let claim = KeyClaim {
+        subject: KeySubject::Log {
+            origin: &log.key_name,
         },
-    )?;
+        key_id: &id,
+        backend: &log.key_lineage.backend,
+    };
+    attestation::check(&log.key_lineage, anchors, &claim, at_unix).map_err(|e| e.to_string())?;
     Ok(())
 }
 

@@ -17,6 +17,7 @@
 )]
 
 mod anchors;
+mod attestation;
 pub mod audit;
 mod bundle;
 pub mod checkpoint;
@@ -26,6 +27,7 @@ mod dsse;
 mod error;
 mod log;
 pub mod merkle;
+mod roles;
 mod rotation;
 mod statement;
 mod summary;
@@ -36,10 +38,16 @@ use p256::ecdsa::VerifyingKey;
 use p256::pkcs8::DecodePublicKey;
 
 pub use anchors::TrustAnchors;
+pub use attestation::AttestationError;
 pub use error::{Check, VerifyError};
+pub use roles::{
+    ACTSEAL_KP_LOG_KEY_ATTESTER, ACTSEAL_KP_PKCS11_DEVICE, DeviceRole, EvidenceRole,
+    TCG_KP_AIK_CERTIFICATE,
+};
 pub use summary::Verified;
 
 use error::under;
+use statement::{KeySubject, LineageFacts};
 
 /// Verifies a proof bundle offline. `document`: the action document, if the auditor has it.
 ///
@@ -66,30 +74,23 @@ pub fn verify_bundle(
     };
 
     let lineage = &bundle.lineage;
-    let anchor = x509::verify_path(
-        &lineage.device,
-        &lineage.chain,
-        &anchors.certs,
-        receipt.signed_at_unix,
-    )
-    .map_err(under(Check::LineageCertificate))?;
-
-    check_attestation_signature(lineage).map_err(under(Check::LineageSignature))?;
-
     let claim = statement::KeyClaim {
-        actor: &receipt.actor,
-        version: receipt.key_version,
+        subject: KeySubject::Actor {
+            actor: &receipt.actor,
+            version: receipt.key_version,
+        },
         key_id: &key_id,
         backend: &receipt.backend,
     };
-    let facts = statement::check_lineage(&lineage.evidence, &lineage.backend, &claim)
-        .and_then(|facts| {
-            if facts.created_at_unix > receipt.signed_at_unix {
-                return Err("the receipt is dated before its key was created".to_string());
-            }
-            Ok(facts)
-        })
-        .map_err(under(Check::LineageStatement))?;
+    let attested = attestation::check(lineage, anchors, &claim, receipt.signed_at_unix)
+        .map_err(attestation_failure)?;
+    let (anchor, facts) = (attested.anchor, attested.facts);
+    if facts.created_at_unix > receipt.signed_at_unix {
+        return Err(VerifyError::new(
+            Check::LineageStatement,
+            "the receipt is dated before its key was created",
+        ));
+    }
 
     rotation::check_chain(lineage, &key_id, facts.created_at_unix, &receipt, anchors)
         .map_err(under(Check::LineageRotation))?;
@@ -131,14 +132,15 @@ pub struct AttestationVerified {
     pub anchor_subject: String,
     /// What the hardware states: the token serial, or the TPM's firmware and clock.
     pub hardware: String,
-    /// The nonce the TPM bound into its certification, if any.
+    /// The nonce the attestation binds (TPM2_Certify extraData, or the device's statement).
     pub nonce: Option<Vec<u8>>,
 }
 
 /// Verifies a key attestation offline (FORMAT.md §4): `attestation_json` as `Attest`
 /// returns it, for `actor`'s key `version` with the public key `public_key_der` (DER
-/// SubjectPublicKeyInfo), certified under an anchor now. With `nonce`, a TPM certification
-/// must bind exactly that nonce.
+/// SubjectPublicKeyInfo), certified under an anchor at `at_unix` (the verifier's "now", Unix
+/// seconds). With `nonce`, the attestation must bind exactly that nonce, and a PKCS#11 device's
+/// fresh statement must have been made within five minutes of `at_unix`.
 pub fn verify_attestation(
     attestation_json: &[u8],
     anchors: &TrustAnchors,
@@ -146,46 +148,29 @@ pub fn verify_attestation(
     version: u64,
     public_key_der: &[u8],
     nonce: Option<&[u8]>,
+    at_unix: i64,
 ) -> Result<AttestationVerified, VerifyError> {
     let lineage = bundle::parse_attestation(attestation_json).map_err(under(Check::BundleParse))?;
     VerifyingKey::from_public_key_der(public_key_der)
         .map_err(|e| format!("the key is not an EC P-256 key: {e}"))
         .map_err(under(Check::BundleParse))?;
     let key_id = digest::key_id(public_key_der);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    let anchor = x509::verify_path(&lineage.device, &lineage.chain, &anchors.certs, now)
-        .map_err(under(Check::LineageCertificate))?;
-    check_attestation_signature(&lineage).map_err(under(Check::LineageSignature))?;
     let claim = statement::KeyClaim {
-        actor,
-        version,
+        subject: KeySubject::Actor { actor, version },
         key_id: &key_id,
         backend: &lineage.backend,
     };
-    let facts = statement::check_lineage(&lineage.evidence, &lineage.backend, &claim)
-        .map_err(under(Check::LineageStatement))?;
-    let bound = match &lineage.evidence {
-        bundle::Evidence::Tpm2Certify(certify) => certify.nonce.clone(),
-        bundle::Evidence::Statement(_) => None,
-    };
-    if let Some(expected) = nonce
-        && bound.as_deref() != Some(expected)
-    {
-        return Err(VerifyError::new(
-            Check::LineageStatement,
-            "the attestation does not bind the expected nonce (tpm2Certify.nonce / extraData)",
-        ));
-    }
+    let attested =
+        attestation::check(&lineage, anchors, &claim, at_unix).map_err(attestation_failure)?;
+    let (anchor, facts) = (attested.anchor, attested.facts);
+    check_freshness(&facts, nonce, at_unix).map_err(under(Check::LineageStatement))?;
     Ok(AttestationVerified {
         backend: lineage.backend.clone(),
         key_id,
         device_subject: lineage.device.subject(),
         anchor_subject: anchor.subject(),
         hardware: facts.token_serial,
-        nonce: bound,
+        nonce: facts.nonce,
     })
 }
 
@@ -227,28 +212,47 @@ fn check_document(document: &[u8], expected: &str) -> Result<(), String> {
     }
 }
 
-/// `lineage.signature`: a key's attestation statement verifies under its device
-/// certificate's key, and its `keyid` is that key's id.
-///
-/// FORMAT.md §2 defines `keyid` as the signing key's id for every envelope. It is not covered by
-/// the signature, so it is checked rather than left as a member anyone could rewrite unnoticed.
-pub(crate) fn check_attestation_signature(lineage: &bundle::Lineage) -> Result<(), String> {
-    let device_spki = lineage
-        .device
-        .public_key_der()
-        .map_err(|e| format!("device certificate: {e}"))?;
-    let key = VerifyingKey::from_public_key_der(&device_spki)
-        .map_err(|e| format!("device certificate: public key is not an EC P-256 key: {e}"))?;
-    let statement = match &lineage.evidence {
-        bundle::Evidence::Statement(statement) => statement,
-        bundle::Evidence::Tpm2Certify(certify) => return tpm::check_ak_signature(certify, &key),
+/// The system clock as Unix seconds: the "now" of checks that are not dated by a receipt.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Files a failed attestation under the check of FORMAT.md §7 it stands for.
+fn attestation_failure(e: AttestationError) -> VerifyError {
+    match e {
+        AttestationError::Certificate(d) => VerifyError::new(
+            Check::LineageCertificate,
+            format!("device certificate: {d}"),
+        ),
+        AttestationError::Signature(d) => VerifyError::new(Check::LineageSignature, d),
+        AttestationError::Statement(d) => VerifyError::new(Check::LineageStatement, d),
+    }
+}
+
+/// How far a fresh PKCS#11 attestation's `attestedAt` may be from the verifier's clock.
+const FRESHNESS_TOLERANCE_SECONDS: i64 = 300;
+
+/// An `Attest` answer binds the caller's nonce (TPM: in extraData; PKCS#11: in the device's
+/// statement, with the time it was made, which must be near `now`).
+fn check_freshness(facts: &LineageFacts, nonce: Option<&[u8]>, now: i64) -> Result<(), String> {
+    let Some(expected) = nonce else {
+        return Ok(());
     };
-    let device_key_id = digest::key_id(&device_spki);
-    if statement.keyid != device_key_id {
+    if facts.nonce.as_deref() != Some(expected) {
+        return Err(
+            "the attestation does not bind the expected nonce (tpm2Certify.nonce / extraData, or predicate.freshness.nonce)"
+                .into(),
+        );
+    }
+    if let Some(at) = facts.attested_at_unix
+        && at.abs_diff(now) > FRESHNESS_TOLERANCE_SECONDS.unsigned_abs()
+    {
         return Err(format!(
-            "lineage statement keyid {:?} is not the device key id {device_key_id}",
-            statement.keyid
+            "the device made this statement at {at}, more than {FRESHNESS_TOLERANCE_SECONDS} s from now ({now})"
         ));
     }
-    dsse::verify(statement, &key)
+    Ok(())
 }

@@ -10,8 +10,8 @@ use p256::pkcs8::DecodePublicKey;
 
 use super::anchors::TrustAnchors;
 use super::bundle::Lineage;
-use super::statement::{self, KeyClaim, Receipt};
-use super::{check_attestation_signature, digest, dsse, x509};
+use super::statement::{self, KeyClaim, KeySubject, Receipt};
+use super::{attestation, digest, dsse};
 
 pub(crate) fn check_chain(
     lineage: &Lineage,
@@ -115,26 +115,22 @@ pub(crate) fn check_chain(
         last_rotation = rotation.rotated_at_unix;
 
         // The earlier key was in hardware too: its own attestation, valid when it rotated.
-        let attestation = &predecessor.attestation;
-        x509::verify_path(
-            &attestation.device,
-            &attestation.chain,
-            &anchors.certs,
-            rotation.rotated_at_unix,
-        )
-        .map_err(|e| format!("version {version}: device certificate: {e}"))?;
-        check_attestation_signature(attestation).map_err(|e| format!("version {version}: {e}"))?;
-        let facts = statement::check_lineage(
-            &attestation.evidence,
-            &attestation.backend,
-            &KeyClaim {
+        let claim = KeyClaim {
+            subject: KeySubject::Actor {
                 actor: &receipt.actor,
                 version,
-                key_id: &id,
-                backend: &attestation.backend,
             },
+            key_id: &id,
+            backend: &predecessor.attestation.backend,
+        };
+        let facts = attestation::check(
+            &predecessor.attestation,
+            anchors,
+            &claim,
+            rotation.rotated_at_unix,
         )
-        .map_err(|e| format!("version {version}: {e}"))?;
+        .map_err(|e| format!("version {version}: {e}"))?
+        .facts;
         times.push((facts.created_at_unix, rotation.rotated_at_unix));
     }
     // A key hands over after it was created, and to a key that already existed.

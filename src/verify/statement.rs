@@ -20,7 +20,8 @@ use super::dsse::{Envelope, IN_TOTO_PAYLOAD_TYPE};
 
 const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 const RECEIPT_PREDICATE: &str = "https://actseal.dev/receipt/v1";
-const LINEAGE_PREDICATE: &str = "https://actseal.dev/lineage/pkcs11-attributes/v1";
+const LINEAGE_PREDICATE: &str = "https://actseal.dev/lineage/pkcs11-attributes/v2";
+const REGISTRATION_PREDICATE: &str = "https://actseal.dev/key-registration/v1";
 const ROTATION_PREDICATE: &str = "https://actseal.dev/rotation/v1";
 const RETIREMENT_PREDICATE: &str = "https://actseal.dev/retirement/v1";
 const BACKENDS: [&str; 2] = ["pkcs11", "tpm"];
@@ -151,13 +152,28 @@ struct PreviousReceipt {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct LineagePredicate {
-    actor: String,
-    key_version: u64,
+    key_role: String,
+    #[serde(default)]
+    actor: Option<String>,
+    #[serde(default)]
+    key_version: Option<u64>,
+    #[serde(default)]
+    log_origin: Option<String>,
     key_id: String,
     origin: String,
     created_at: String,
     token: TokenInfo,
     attributes: Attributes,
+    /// Present only in an `Attest` answer: what makes the statement fresh.
+    #[serde(default)]
+    freshness: Option<FreshnessJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FreshnessJson {
+    nonce: String,
+    attested_at: String,
 }
 
 #[derive(Deserialize)]
@@ -247,13 +263,20 @@ pub(crate) struct Receipt {
     pub(crate) previous_sha256: Option<String>,
 }
 
-/// What a verified lineage statement says.
+/// What a verified key attestation says.
 #[derive(Debug)]
-pub(crate) struct Lineage {
+pub(crate) struct LineageFacts {
+    /// What the hardware states about itself: the token serial, or the TPM's firmware and clock.
     pub(crate) token_serial: String,
+    /// `generated` or `adopted`.
     pub(crate) origin: String,
-    /// `predicate.createdAt` as Unix seconds: the key cannot have signed before it.
+    /// When the key was created (the statement's or the certification's `createdAt`): the key
+    /// cannot have signed before it.
     pub(crate) created_at_unix: i64,
+    /// The nonce the attestation binds (an `Attest` answer), if any.
+    pub(crate) nonce: Option<Vec<u8>>,
+    /// When a PKCS#11 device made a fresh statement (`freshness.attestedAt`).
+    pub(crate) attested_at_unix: Option<i64>,
 }
 
 /// Parses an RFC 3339 UTC second-precision time into Unix seconds. The text must be the one
@@ -349,30 +372,55 @@ fn check_sequence(sequence: u64, previous: Option<&PreviousReceipt>) -> Result<(
     }
 }
 
-/// The `lineage.statement` check: the statement speaks of this actor's key, at this version,
-/// from the bundle's backend, and the attributes say it was generated in the token and cannot
-/// leave it.
-/// Which key a lineage statement must be about.
+/// Whose key an attestation must be about (FORMAT.md §4.3). Actor keys and the log key are
+/// told apart by the signed subject name, so an actor named like a log origin cannot pass its
+/// key off as the log key, nor the other way round.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum KeySubject<'a> {
+    /// Version `version` of `actor`'s key.
+    Actor { actor: &'a str, version: u64 },
+    /// The key of the log named `origin`.
+    Log { origin: &'a str },
+}
+
+impl KeySubject<'_> {
+    /// The subject name the evidence binds: `actor-key:<actor>#<version>` or
+    /// `log-key:<origin>`.
+    pub(crate) fn name(&self) -> String {
+        match self {
+            KeySubject::Actor { actor, version } => format!("actor-key:{actor}#{version}"),
+            KeySubject::Log { origin } => format!("log-key:{origin}"),
+        }
+    }
+
+    pub(crate) fn is_log_key(&self) -> bool {
+        matches!(self, KeySubject::Log { .. })
+    }
+}
+
+/// Which key an attestation must be about.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct KeyClaim<'a> {
-    pub(crate) actor: &'a str,
-    pub(crate) version: u64,
+    pub(crate) subject: KeySubject<'a>,
     pub(crate) key_id: &'a str,
+    /// The backend the claim names (`predicate.key.backend`, or the attestation's own).
     pub(crate) backend: &'a str,
 }
 
+/// The `lineage.statement` check: the evidence speaks of this key, for this subject, from the
+/// claimed backend, and says the key was generated in the hardware and cannot leave it.
 pub(crate) fn check_lineage(
     evidence: &Evidence,
     bundle_backend: &str,
     claim: &KeyClaim<'_>,
-) -> Result<Lineage, String> {
+) -> Result<LineageFacts, String> {
     require_eq("lineage.backend", bundle_backend, claim.backend)?;
     let envelope = match evidence {
         Evidence::Statement(envelope) => envelope,
         Evidence::Tpm2Certify(certify) => {
             require_eq("lineage.backend", bundle_backend, TPM_BACKEND)?;
-            let certified =
-                super::tpm::check_certify(certify, claim.actor, claim.version, claim.key_id)?;
-            return Ok(Lineage {
+            let certified = super::tpm::check_certify(certify, &claim.subject, claim.key_id)?;
+            return Ok(LineageFacts {
                 token_serial: format!(
                     "TPM firmware {:#018x}, reset {} restart {} clock {} ms",
                     certified.attest.firmware_version,
@@ -381,9 +429,9 @@ pub(crate) fn check_lineage(
                     certified.attest.clock
                 ),
                 origin: "generated".into(),
-                // TPM2_Certify carries the TPM's clock, not a wall-clock creation time: the
-                // time-order checks apply to attribute statements only.
-                created_at_unix: i64::MIN,
+                created_at_unix: parse_time("tpm2Certify.createdAt", &certify.created_at)?,
+                nonce: certify.nonce.clone(),
+                attested_at_unix: None,
             });
         }
     };
@@ -395,15 +443,8 @@ pub(crate) fn check_lineage(
         claim.key_id,
     )?;
     require_eq("predicate.keyId", &p.key_id, claim.key_id)?;
-    require_eq("predicate.actor", &p.actor, claim.actor)?;
-    if p.key_version != claim.version {
-        return Err(format!(
-            "predicate.keyVersion is {}, expected key version {}",
-            p.key_version, claim.version
-        ));
-    }
-    let expected_name = format!("{}#{}", claim.actor, claim.version);
-    require_eq("subject[0].name", &subject.name, &expected_name)?;
+    check_lineage_subject(&p, &claim.subject)?;
+    require_eq("subject[0].name", &subject.name, &claim.subject.name())?;
     if !ORIGINS.contains(&p.origin.as_str()) {
         return Err(format!(
             "predicate.origin {:?} is not one of {ORIGINS:?}",
@@ -412,11 +453,61 @@ pub(crate) fn check_lineage(
     }
     let created_at_unix = parse_time("predicate.createdAt", &p.created_at)?;
     check_attributes(&p.attributes)?;
-    Ok(Lineage {
+    let (nonce, attested_at_unix) = match &p.freshness {
+        Some(f) => (
+            Some(super::bundle::base64(
+                "predicate.freshness.nonce",
+                &f.nonce,
+            )?),
+            Some(parse_time(
+                "predicate.freshness.attestedAt",
+                &f.attested_at,
+            )?),
+        ),
+        None => (None, None),
+    };
+    Ok(LineageFacts {
         token_serial: p.token.serial,
         origin: p.origin,
         created_at_unix,
+        nonce,
+        attested_at_unix,
     })
+}
+
+/// The signed `keyRole` and the members that name the key's owner agree with the claim.
+fn check_lineage_subject(p: &LineagePredicate, subject: &KeySubject<'_>) -> Result<(), String> {
+    match subject {
+        KeySubject::Actor { actor, version } => {
+            require_eq("predicate.keyRole", &p.key_role, "actor-key")?;
+            require_eq(
+                "predicate.actor",
+                p.actor.as_deref().unwrap_or_default(),
+                actor,
+            )?;
+            if p.key_version != Some(*version) {
+                return Err(format!(
+                    "predicate.keyVersion is {:?}, expected key version {version}",
+                    p.key_version
+                ));
+            }
+            if p.log_origin.is_some() {
+                return Err("an actor key's statement names a logOrigin".into());
+            }
+        }
+        KeySubject::Log { origin } => {
+            require_eq("predicate.keyRole", &p.key_role, "log-key")?;
+            require_eq(
+                "predicate.logOrigin",
+                p.log_origin.as_deref().unwrap_or_default(),
+                origin,
+            )?;
+            if p.actor.is_some() || p.key_version.is_some() {
+                return Err("a log key's statement names an actor or key version".into());
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -426,7 +517,11 @@ struct RetirementPredicate {
     version: u64,
     key_id: String,
     retired_at: String,
+    key_disposition: String,
 }
+
+/// What became of a retired key in the hardware (FORMAT.md §11.2).
+const DISPOSITIONS: [&str; 2] = ["destroyed", "kept"];
 
 /// What a retirement statement says (its signature by the log key is checked by the caller).
 #[derive(Debug)]
@@ -435,6 +530,7 @@ pub(crate) struct Retirement {
     pub(crate) version: u64,
     pub(crate) key_id: String,
     pub(crate) retired_at_unix: i64,
+    pub(crate) key_disposition: String,
 }
 
 pub(crate) fn check_retirement(envelope: &Envelope) -> Result<Retirement, String> {
@@ -449,11 +545,87 @@ pub(crate) fn check_retirement(envelope: &Envelope) -> Result<Retirement, String
         &subject.name,
         &format!("{}#{}", p.actor, p.version),
     )?;
+    if !DISPOSITIONS.contains(&p.key_disposition.as_str()) {
+        return Err(format!(
+            "predicate.keyDisposition {:?} is not one of {DISPOSITIONS:?}",
+            p.key_disposition
+        ));
+    }
     Ok(Retirement {
+        key_disposition: p.key_disposition,
         retired_at_unix: parse_time("predicate.retiredAt", &p.retired_at)?,
         actor: p.actor,
         version: p.version,
         key_id: p.key_id,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RegistrationPredicate {
+    actor: String,
+    version: u64,
+    key_id: String,
+    public_key: String,
+    backend: String,
+    origin: String,
+    registered_at: String,
+    requested_by: CallerDoc,
+    attestation: super::bundle::LineageJson,
+}
+
+/// What a key registration says (its signature by the log key is checked by the caller).
+#[derive(Debug)]
+pub(crate) struct Registration {
+    pub(crate) actor: String,
+    pub(crate) version: u64,
+    pub(crate) key: super::bundle::ActorKey,
+    pub(crate) backend: String,
+    pub(crate) registered_at_unix: i64,
+    /// The admin caller who asked, as the daemon authenticated it.
+    pub(crate) requested_by: String,
+    pub(crate) attestation: super::bundle::Lineage,
+}
+
+/// Parses a key registration (FORMAT.md §11.2). The key id must be the key's hash; the
+/// attestation is decoded here and checked by the caller against the anchors.
+pub(crate) fn check_registration(envelope: &Envelope) -> Result<Registration, String> {
+    let (subject, p) = parse_statement::<RegistrationPredicate>(envelope, REGISTRATION_PREDICATE)?;
+    require_eq(
+        "subject[0].digest.sha256",
+        &subject.digest.sha256,
+        &p.key_id,
+    )?;
+    require_eq(
+        "subject[0].name",
+        &subject.name,
+        &format!("{}#{}", p.actor, p.version),
+    )?;
+    if p.version == 0 {
+        return Err("predicate.version must be 1 or more".into());
+    }
+    if !BACKENDS.contains(&p.backend.as_str()) {
+        return Err(format!("predicate.backend {:?} is unknown", p.backend));
+    }
+    if !ORIGINS.contains(&p.origin.as_str()) {
+        return Err(format!("predicate.origin {:?} is unknown", p.origin));
+    }
+    let key = super::bundle::decode_actor_key("predicate", p.key_id, &p.public_key)?;
+    if key.key_id != super::digest::key_id(&key.spki_der) {
+        return Err("predicate.keyId is not the SHA-256 of predicate.publicKey".into());
+    }
+    let attestation = super::bundle::decode_lineage("predicate.attestation", p.attestation)?;
+    if !attestation.predecessors.is_empty() || !attestation.rotations.is_empty() {
+        return Err("predicate.attestation carries no rotations".into());
+    }
+    Ok(Registration {
+        registered_at_unix: parse_time("predicate.registeredAt", &p.registered_at)?,
+        requested_by: p.requested_by.summary()?,
+        actor: p.actor,
+        version: p.version,
+        key,
+        backend: p.backend,
+        attestation,
     })
 }
 
@@ -468,6 +640,7 @@ pub(crate) fn predicate_type(envelope: &Envelope) -> Result<String, String> {
 pub(crate) const RECEIPT_PREDICATE_TYPE: &str = RECEIPT_PREDICATE;
 pub(crate) const ROTATION_PREDICATE_TYPE: &str = ROTATION_PREDICATE;
 pub(crate) const RETIREMENT_PREDICATE_TYPE: &str = RETIREMENT_PREDICATE;
+pub(crate) const REGISTRATION_PREDICATE_TYPE: &str = REGISTRATION_PREDICATE;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]

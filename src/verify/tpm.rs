@@ -10,6 +10,7 @@ use p256::pkcs8::EncodePublicKey;
 use sha2::{Digest, Sha256};
 
 use super::digest;
+use super::statement::KeySubject;
 
 /// TPM_GENERATED_VALUE.
 pub(crate) const TPM_GENERATED: u32 = 0xff54_4347;
@@ -29,7 +30,9 @@ const DECRYPT: u32 = 1 << 17;
 const SIGN: u32 = 1 << 18;
 
 /// Domain separator of the extraData (FORMAT.md §4.2).
-const EXTRA_DATA_DOMAIN: &[u8] = b"actseal/tpm2-certify/v1";
+const EXTRA_DATA_DOMAIN: &[u8] = b"actseal/tpm2-certify/v2";
+/// TPM_RH_ENDORSEMENT: the hierarchy the attestation key is a primary key of.
+const RH_ENDORSEMENT: u32 = 0x4000_000b;
 
 /// A cursor over big-endian TPM marshalling.
 struct Reader<'a> {
@@ -204,92 +207,40 @@ fn name_of(public_area: &[u8]) -> Vec<u8> {
     name
 }
 
-/// The expected extraData: SHA-256(domain || 0x00 || u32be(len(actor)) || actor ||
-/// u32be(version) || nonce).
-pub fn expected_extra_data(actor: &str, version: u64, nonce: &[u8]) -> Result<[u8; 32], String> {
-    let actor_len = u32::try_from(actor.len()).map_err(|_| "actor name too long".to_string())?;
-    let version = u32::try_from(version).map_err(|_| "key version too large".to_string())?;
+/// The expected extraData: SHA-256(domain || 0x00 || u32be(len(subject)) || subject ||
+/// u32be(len(createdAt)) || createdAt || nonce), where subject is the key's subject name
+/// (FORMAT.md §4.3).
+pub fn expected_extra_data(
+    subject: &str,
+    created_at: &str,
+    nonce: &[u8],
+) -> Result<[u8; 32], String> {
+    let len =
+        |what: &str, text: &str| u32::try_from(text.len()).map_err(|_| format!("{what} too long"));
     let mut h = Sha256::new();
     h.update(EXTRA_DATA_DOMAIN);
     h.update([0u8]);
-    h.update(actor_len.to_be_bytes());
-    h.update(actor.as_bytes());
-    h.update(version.to_be_bytes());
+    h.update(len("subject name", subject)?.to_be_bytes());
+    h.update(subject.as_bytes());
+    h.update(len("createdAt", created_at)?.to_be_bytes());
+    h.update(created_at.as_bytes());
     h.update(nonce);
     Ok(h.finalize().into())
 }
 
-/// A TPM2_Certify as a bundle carries it, decoded.
-#[derive(Debug, Clone)]
-pub(crate) struct Tpm2Certify {
-    pub(crate) attest: Vec<u8>,
-    pub(crate) signature: Vec<u8>,
-    pub(crate) public_area: Vec<u8>,
-    pub(crate) nonce: Option<Vec<u8>>,
+/// The Qualified Name of a primary key of the endorsement hierarchy: nameAlg ||
+/// SHA-256(TPM_RH_ENDORSEMENT || Name) (TPM 2.0 Part 1 §16).
+fn endorsement_primary_qualified_name(public_area: &[u8]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(RH_ENDORSEMENT.to_be_bytes());
+    h.update(name_of(public_area));
+    let mut qualified = ALG_SHA256.to_be_bytes().to_vec();
+    qualified.extend_from_slice(&h.finalize());
+    qualified
 }
 
-/// `lineage.signature` for a TPM key: the AK (the device certificate's key) signed
-/// SHA-256(TPMS_ATTEST).
-pub(crate) fn check_ak_signature(certify: &Tpm2Certify, ak: &VerifyingKey) -> Result<(), String> {
-    let signature = Signature::from_der(&certify.signature)
-        .map_err(|e| format!("tpm2Certify.signature is not a DER ECDSA signature: {e}"))?;
-    ak.verify(&certify.attest, &signature).map_err(|_| {
-        "tpm2Certify.signature does not verify under the attestation key certificate over SHA-256(attest)"
-            .to_string()
-    })
-}
-
-/// What a verified TPM2_Certify says.
-#[derive(Debug)]
-pub(crate) struct Certified {
-    pub(crate) attest: CertifyAttest,
-}
-
-/// `lineage.statement` for a TPM key: the TPMS_ATTEST is a TPM-generated certification of
-/// exactly this public area, whose key is the actor key (`key_id`), made in the TPM and bound
-/// to it; extraData binds actor, version and nonce.
-pub(crate) fn check_certify(
-    certify: &Tpm2Certify,
-    actor: &str,
-    version: u64,
-    key_id: &str,
-) -> Result<Certified, String> {
-    let attest = parse_certify_attest(&certify.attest)?;
-    let public = parse_ecc_public(&certify.public_area)?;
-    if public.name_alg != ALG_SHA256 {
-        return Err(format!(
-            "TPMT_PUBLIC nameAlg is {:#06x}, not TPM_ALG_SHA256",
-            public.name_alg
-        ));
-    }
-    let a = public.attributes;
-    let required = [
-        ("fixedTPM", FIXED_TPM, true),
-        ("fixedParent", FIXED_PARENT, true),
-        ("sensitiveDataOrigin", SENSITIVE_DATA_ORIGIN, true),
-        ("sign", SIGN, true),
-        ("restricted", RESTRICTED, false),
-        ("decrypt", DECRYPT, false),
-    ];
-    for (attribute, bit, want) in required {
-        let got = a & bit != 0;
-        if got != want {
-            let state = |b: bool| if b { "set" } else { "clear" };
-            return Err(format!(
-                "TPMT_PUBLIC objectAttributes.{attribute} is {}, must be {}: the key may not be held by the TPM alone",
-                state(got),
-                state(want)
-            ));
-        }
-    }
-    let name = name_of(&certify.public_area);
-    if attest.certified_name != name {
-        return Err(format!(
-            "the certified name {} is not the Name of tpm2Certify.publicArea ({})",
-            hex::encode(&attest.certified_name),
-            hex::encode(&name)
-        ));
-    }
+/// The SEC1 point of an ECC TPMT_PUBLIC, coordinates left-padded to 32 bytes.
+fn p256_point(public: &EccPublic) -> Result<p256::PublicKey, String> {
     if public.curve != ECC_NIST_P256 {
         return Err(format!(
             "TPMT_PUBLIC curveID is {:#06x}, not TPM_ECC_NIST_P256",
@@ -309,24 +260,152 @@ pub(crate) fn check_certify(
     let mut sec1 = vec![0x04];
     sec1.extend_from_slice(&pad(&public.x)?);
     sec1.extend_from_slice(&pad(&public.y)?);
-    let point = p256::PublicKey::from_sec1_bytes(&sec1)
-        .map_err(|_| "TPMT_PUBLIC unique is not a P-256 point".to_string())?;
-    let spki = point
+    p256::PublicKey::from_sec1_bytes(&sec1)
+        .map_err(|_| "TPMT_PUBLIC unique is not a P-256 point".to_string())
+}
+
+/// Checks `objectAttributes` against (name, bit, must be set) requirements.
+fn require_attributes(
+    what: &str,
+    attributes: u32,
+    required: &[(&str, u32, bool)],
+) -> Result<(), String> {
+    for &(attribute, bit, want) in required {
+        let got = attributes & bit != 0;
+        if got != want {
+            let state = |b: bool| if b { "set" } else { "clear" };
+            return Err(format!(
+                "{what} objectAttributes.{attribute} is {}, must be {}",
+                state(got),
+                state(want)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What an attestation key must be: restricted, sign-only, created in and bound to its TPM.
+const AK_ATTRIBUTES: [(&str, u32, bool); 6] = [
+    ("fixedTPM", FIXED_TPM, true),
+    ("fixedParent", FIXED_PARENT, true),
+    ("sensitiveDataOrigin", SENSITIVE_DATA_ORIGIN, true),
+    ("restricted", RESTRICTED, true),
+    ("sign", SIGN, true),
+    ("decrypt", DECRYPT, false),
+];
+
+/// What an actor or log key must be: an unrestricted signing key created in and bound to its
+/// TPM (a key loaded with LoadExternal, or a duplicable one, fails here).
+const KEY_ATTRIBUTES: [(&str, u32, bool); 6] = [
+    ("fixedTPM", FIXED_TPM, true),
+    ("fixedParent", FIXED_PARENT, true),
+    ("sensitiveDataOrigin", SENSITIVE_DATA_ORIGIN, true),
+    ("sign", SIGN, true),
+    ("restricted", RESTRICTED, false),
+    ("decrypt", DECRYPT, false),
+];
+
+/// A TPM2_Certify as a bundle carries it, decoded.
+#[derive(Debug, Clone)]
+pub(crate) struct Tpm2Certify {
+    pub(crate) attest: Vec<u8>,
+    pub(crate) signature: Vec<u8>,
+    pub(crate) public_area: Vec<u8>,
+    /// The attestation key's marshalled TPMT_PUBLIC.
+    pub(crate) ak_public_area: Vec<u8>,
+    /// The key's creation time (RFC 3339), bound by extraData.
+    pub(crate) created_at: String,
+    pub(crate) nonce: Option<Vec<u8>>,
+}
+
+/// `lineage.signature` for a TPM key: `akPublicArea` is a restricted signing key of a TPM whose
+/// point is the AK certificate's key, and that key signed SHA-256(TPMS_ATTEST).
+pub(crate) fn check_ak_signature(certify: &Tpm2Certify, ak: &VerifyingKey) -> Result<(), String> {
+    let ak_public = parse_ecc_public(&certify.ak_public_area)
+        .map_err(|e| format!("tpm2Certify.akPublicArea: {e}"))?;
+    if ak_public.name_alg != ALG_SHA256 {
+        return Err("tpm2Certify.akPublicArea nameAlg is not TPM_ALG_SHA256".into());
+    }
+    require_attributes(
+        "tpm2Certify.akPublicArea",
+        ak_public.attributes,
+        &AK_ATTRIBUTES,
+    )?;
+    let ak_point = p256_point(&ak_public).map_err(|e| format!("tpm2Certify.akPublicArea: {e}"))?;
+    if VerifyingKey::from(&ak_point) != *ak {
+        return Err(
+            "tpm2Certify.akPublicArea is not the key of the attestation key certificate".into(),
+        );
+    }
+    let signature = Signature::from_der(&certify.signature)
+        .map_err(|e| format!("tpm2Certify.signature is not a DER ECDSA signature: {e}"))?;
+    ak.verify(&certify.attest, &signature).map_err(|_| {
+        "tpm2Certify.signature does not verify under the attestation key certificate over SHA-256(attest)"
+            .to_string()
+    })
+}
+
+/// What a verified TPM2_Certify says.
+#[derive(Debug)]
+pub(crate) struct Certified {
+    pub(crate) attest: CertifyAttest,
+}
+
+/// `lineage.statement` for a TPM key: the TPMS_ATTEST is a TPM-generated certification, by the
+/// attestation key in `akPublicArea`, of exactly this public area, whose key is `key_id`, made in
+/// the TPM and bound to it; extraData binds the key's subject, creation time and nonce.
+pub(crate) fn check_certify(
+    certify: &Tpm2Certify,
+    subject: &KeySubject<'_>,
+    key_id: &str,
+) -> Result<Certified, String> {
+    let attest = parse_certify_attest(&certify.attest)?;
+    let signer = endorsement_primary_qualified_name(&certify.ak_public_area);
+    if attest.qualified_signer != signer {
+        return Err(format!(
+            "TPMS_ATTEST qualifiedSigner {} is not the attestation key of tpm2Certify.akPublicArea ({})",
+            hex::encode(&attest.qualified_signer),
+            hex::encode(&signer)
+        ));
+    }
+    let public = parse_ecc_public(&certify.public_area)?;
+    if public.name_alg != ALG_SHA256 {
+        return Err(format!(
+            "TPMT_PUBLIC nameAlg is {:#06x}, not TPM_ALG_SHA256",
+            public.name_alg
+        ));
+    }
+    require_attributes("TPMT_PUBLIC", public.attributes, &KEY_ATTRIBUTES)
+        .map_err(|e| format!("{e}: the key may not be held by the TPM alone"))?;
+    let name = name_of(&certify.public_area);
+    if attest.certified_name != name {
+        return Err(format!(
+            "the certified name {} is not the Name of tpm2Certify.publicArea ({})",
+            hex::encode(&attest.certified_name),
+            hex::encode(&name)
+        ));
+    }
+    let spki = p256_point(&public)?
         .to_public_key_der()
         .map_err(|e| format!("TPMT_PUBLIC point: {e}"))?;
     let certified_id = digest::key_id(spki.as_bytes());
     if certified_id != key_id {
         return Err(format!(
-            "the certified key {certified_id} is not the actor key {key_id}"
+            "the certified key {certified_id} is not the claimed key {key_id}"
         ));
     }
-    let expected =
-        expected_extra_data(actor, version, certify.nonce.as_deref().unwrap_or_default())?;
+    let subject_name = subject.name();
+    let expected = expected_extra_data(
+        &subject_name,
+        &certify.created_at,
+        certify.nonce.as_deref().unwrap_or_default(),
+    )?;
     if attest.extra_data != expected {
         return Err(format!(
-            "TPMS_ATTEST extraData is {}, expected {} for actor {actor:?} version {version}{}",
+            "TPMS_ATTEST extraData is {}, expected {} for {subject_name:?} created {:?}{}",
             hex::encode(&attest.extra_data),
             hex::encode(expected),
+            certify.created_at,
             if certify.nonce.is_some() {
                 " and the nonce"
             } else {

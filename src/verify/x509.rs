@@ -7,7 +7,7 @@
 //! silently ignored.
 
 use der::asn1::ObjectIdentifier;
-use der::{Decode, DecodePem, Encode, Header, Reader, SliceReader, Tag};
+use der::{Decode, DecodePem, Encode, Header, Reader, SliceReader, Tag, Tagged};
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey;
@@ -15,18 +15,19 @@ use x509_cert::Certificate;
 use x509_cert::certificate::Version;
 use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages};
 
+use super::roles::DeviceRole;
+
 /// ecdsa-with-SHA256 (RFC 5758 §3.2); its AlgorithmIdentifier has no parameters.
 const ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
 const BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
 const KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
-/// Extensions that carry no constraint this verifier must enforce: key identifiers, names and
-/// extended key usage (which, like `openssl verify -purpose any`, is not evaluated). They may be
-/// marked critical without the certificate being rejected.
-const TOLERATED_EXTENSIONS: [ObjectIdentifier; 4] = [
+const EXT_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
+/// Extensions that carry no constraint this verifier must enforce: key identifiers and names.
+/// They may be marked critical without the certificate being rejected.
+const TOLERATED_EXTENSIONS: [ObjectIdentifier; 3] = [
     ObjectIdentifier::new_unwrap("2.5.29.14"), // subjectKeyIdentifier
     ObjectIdentifier::new_unwrap("2.5.29.35"), // authorityKeyIdentifier
     ObjectIdentifier::new_unwrap("2.5.29.17"), // subjectAltName
-    ObjectIdentifier::new_unwrap("2.5.29.37"), // extKeyUsage
 ];
 
 /// A decoded certificate together with the exact TBS bytes its signature covers.
@@ -102,10 +103,13 @@ fn raw_tbs(der: &[u8]) -> der::Result<&[u8]> {
     reader.tlv_bytes()
 }
 
-/// The two extensions that constrain the chain, decoded.
+/// The extensions that constrain the chain and the device's role, decoded.
 struct Constraints {
     basic: Option<BasicConstraints>,
     key_usage: Option<KeyUsage>,
+    /// extKeyUsage as the DER contents of each KeyPurposeId: what the certified key may vouch
+    /// for (FORMAT.md §6.1).
+    ext_key_usage: Option<Vec<Vec<u8>>>,
 }
 
 /// Decodes the extensions we enforce and rejects duplicates and unknown critical ones.
@@ -113,6 +117,7 @@ fn constraints(cert: &ParsedCert) -> Result<Constraints, String> {
     let mut out = Constraints {
         basic: None,
         key_usage: None,
+        ext_key_usage: None,
     };
     let extensions = cert
         .cert
@@ -134,11 +139,30 @@ fn constraints(cert: &ParsedCert) -> Result<Constraints, String> {
         } else if ext.extn_id == KEY_USAGE {
             let ku = KeyUsage::from_der(value).map_err(|e| format!("malformed keyUsage: {e}"))?;
             out.key_usage = Some(ku);
+        } else if ext.extn_id == EXT_KEY_USAGE {
+            out.ext_key_usage =
+                Some(key_purposes(value).map_err(|e| format!("malformed extKeyUsage: {e}"))?);
         } else if ext.critical && !TOLERATED_EXTENSIONS.contains(&ext.extn_id) {
             return Err(format!("unsupported critical extension {}", ext.extn_id));
         }
     }
     Ok(out)
+}
+
+/// `ExtKeyUsageSyntax ::= SEQUENCE SIZE (1..MAX) OF KeyPurposeId`, each OID's contents octets.
+/// Read as raw TLVs because the project's UUID arc does not fit common OID types.
+fn key_purposes(value: &[u8]) -> der::Result<Vec<Vec<u8>>> {
+    let items: Vec<der::asn1::AnyRef<'_>> = Decode::from_der(value)?;
+    if items.is_empty() {
+        return Err(Tag::Sequence.length_error());
+    }
+    items
+        .iter()
+        .map(|item| {
+            item.tag().assert_eq(Tag::ObjectIdentifier)?;
+            Ok(item.value().to_vec())
+        })
+        .collect()
 }
 
 /// Checks that hold for every certificate in the path, anchor included: v3, ecdsa-with-SHA256
@@ -212,8 +236,8 @@ fn check_issuer_role(c: &Constraints, below: usize) -> Result<(), String> {
 }
 
 /// The device certificate is an end entity that signs: not a CA, `digitalSignature` if it has a
-/// keyUsage.
-fn check_device_role(c: &Constraints) -> Result<(), String> {
+/// keyUsage, and its extKeyUsage grants the role the evidence needs (FORMAT.md §6.1).
+fn check_device_role(c: &Constraints, role: &DeviceRole) -> Result<(), String> {
     if c.basic.as_ref().is_some_and(|bc| bc.ca) {
         return Err(
             "is a CA (basicConstraints cA=TRUE); a device certificate must not be".to_string(),
@@ -224,7 +248,13 @@ fn check_device_role(c: &Constraints) -> Result<(), String> {
     {
         return Err("keyUsage lacks digitalSignature".to_string());
     }
-    Ok(())
+    let Some(usages) = &c.ext_key_usage else {
+        return Err(format!(
+            "has no extKeyUsage, so it is not certified as {}",
+            role.describe()
+        ));
+    };
+    role.check(usages)
 }
 
 /// `child` names `issuer` as its issuer and carries a valid signature by `issuer`'s key.
@@ -258,15 +288,17 @@ fn about(label: &str) -> impl Fn(String) -> String + '_ {
 }
 
 /// Walks device → `chain` (device side first) → one of `anchors`, all at time `at` (Unix
-/// seconds). Returns the anchor that closed the path.
+/// seconds), with the device certificate certified for `role`. Returns the anchor that closed
+/// the path.
 pub(crate) fn verify_path<'a>(
     device: &ParsedCert,
     chain: &[ParsedCert],
     anchors: &'a [ParsedCert],
     at: i64,
+    role: &DeviceRole,
 ) -> Result<&'a ParsedCert, String> {
     let device_constraints = check_common(device, at).map_err(about("device certificate"))?;
-    check_device_role(&device_constraints).map_err(about("device certificate"))?;
+    check_device_role(&device_constraints, role).map_err(about("device certificate"))?;
 
     let mut child = device;
     let mut child_label = "device certificate".to_string();

@@ -157,6 +157,8 @@ pub struct DeviceSpec {
     pub not_after: OffsetDateTime,
     pub is_ca: bool,
     pub key_usage: Vec<KeyUsagePurpose>,
+    /// extKeyUsage purposes (DER contents of each OID); empty: no extKeyUsage at all.
+    pub ext_key_usage: Vec<Vec<u8>>,
     /// `token.serial` in the statements this device signs.
     pub token_serial: String,
     /// `None`: issued like the main device (by the intermediate if there is one, else by the
@@ -175,6 +177,7 @@ impl DeviceSpec {
             not_after: day(2036, 1, 1),
             is_ca: false,
             key_usage: vec![KeyUsagePurpose::DigitalSignature],
+            ext_key_usage: device_ekus(),
             token_serial: sha256_hex(key_label.as_bytes())[..16].to_string(),
             foreign_ca: None,
         }
@@ -238,6 +241,8 @@ pub struct Options {
     pub device_not_after: OffsetDateTime,
     pub device_is_ca: bool,
     pub device_key_usage: Vec<KeyUsagePurpose>,
+    /// The main device's extKeyUsage purposes (DER OID contents).
+    pub device_ext_key_usage: Vec<Vec<u8>>,
     pub actor_key_label: String,
     pub actor: String,
     pub key_version: u64,
@@ -311,6 +316,7 @@ impl Default for Options {
             device_not_after: day(2036, 1, 1),
             device_is_ca: false,
             device_key_usage: vec![KeyUsagePurpose::DigitalSignature],
+            device_ext_key_usage: device_ekus(),
             actor_key_label: "actseal test actor key payments v1".into(),
             actor: "spiffe://acme.example/agents/payments".into(),
             key_version: 1,
@@ -362,6 +368,7 @@ impl Options {
             not_after: self.device_not_after,
             is_ca: self.device_is_ca,
             key_usage: self.device_key_usage.clone(),
+            ext_key_usage: self.device_ext_key_usage.clone(),
             token_serial: TOKEN_SERIAL.into(),
             foreign_ca: None,
         }
@@ -457,9 +464,37 @@ fn device_params(spec: &DeviceSpec, key: &SoftKey) -> CertificateParams {
         IsCa::ExplicitNoCa
     };
     device.key_usages = spec.key_usage.clone();
+    if !spec.ext_key_usage.is_empty() {
+        device.custom_extensions = vec![ext_key_usage(&spec.ext_key_usage)];
+    }
     device.use_authority_key_identifier_extension = true;
     device.key_identifier_method = KeyIdMethod::PreSpecified(key.ski());
     device
+}
+
+/// DER contents of the certificate role OIDs (FORMAT.md §6.1).
+pub const EKU_TPM_AK: &[u8] = &[0x67, 0x81, 0x05, 0x08, 0x03];
+pub fn eku_actseal(leaf: u8) -> Vec<u8> {
+    let mut oid = hex::decode("6982ecbbf0dbc59a9a96d588cb9ed299f196e74001").unwrap();
+    oid.push(leaf);
+    oid
+}
+/// `id-kp-pkcs11Device` and `id-kp-logKeyAttester`: a single host's token.
+pub fn device_ekus() -> Vec<Vec<u8>> {
+    vec![eku_actseal(1), eku_actseal(2)]
+}
+
+/// An extKeyUsage extension with these purposes.
+pub fn ext_key_usage(purposes: &[Vec<u8>]) -> rcgen::CustomExtension {
+    let mut body = Vec::new();
+    for oid in purposes {
+        body.push(0x06);
+        body.push(oid.len() as u8);
+        body.extend_from_slice(oid);
+    }
+    let mut content = vec![0x30, body.len() as u8];
+    content.extend_from_slice(&body);
+    rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 37], content)
 }
 
 /// The test PKI: the anchor, and the CA that issues device certificates.
@@ -547,6 +582,8 @@ fn receipt_statement(o: &Options, actor_key_id: &str) -> Value {
 
 /// What a lineage statement (FORMAT.md §4) says about one key.
 struct KeyFacts<'a> {
+    /// A log key: `actor` is then the log's origin.
+    log_key: bool,
     actor: &'a str,
     version: u64,
     key_id: &'a str,
@@ -567,13 +604,22 @@ fn lineage_statement(k: &KeyFacts<'_>) -> Value {
     for (name, value) in k.attribute_overrides {
         attributes[name.as_str()] = value.clone();
     }
-    json!({
+    let (name, owner) = if k.log_key {
+        (
+            format!("log-key:{actor}"),
+            json!({"keyRole": "log-key", "logOrigin": actor}),
+        )
+    } else {
+        (
+            format!("actor-key:{actor}#{version}"),
+            json!({"keyRole": "actor-key", "actor": actor, "keyVersion": version}),
+        )
+    };
+    let mut statement = json!({
         "_type": "https://in-toto.io/Statement/v1",
-        "subject": [{"name": format!("{actor}#{version}"), "digest": {"sha256": k.key_id}}],
-        "predicateType": "https://actseal.dev/lineage/pkcs11-attributes/v1",
+        "subject": [{"name": name, "digest": {"sha256": k.key_id}}],
+        "predicateType": "https://actseal.dev/lineage/pkcs11-attributes/v2",
         "predicate": {
-            "actor": actor,
-            "keyVersion": version,
             "keyId": k.key_id,
             "origin": k.origin,
             "createdAt": k.created_at,
@@ -581,7 +627,11 @@ fn lineage_statement(k: &KeyFacts<'_>) -> Value {
                       "serial": k.token_serial, "label": "actseal-test"},
             "attributes": attributes,
         }
-    })
+    });
+    for (member, value) in owner.as_object().unwrap() {
+        statement["predicate"][member.as_str()] = value.clone();
+    }
+    statement
 }
 
 /// The rotation statement by which version `from` of `actor`'s key names version `from + 1`.
@@ -881,6 +931,7 @@ pub fn generate(o: &Options) -> Generated {
     // The signing key's lineage.
     let lineage_actor = o.lineage_actor.as_deref().unwrap_or(&o.actor);
     let lineage_payload = serde_json::to_vec(&lineage_statement(&KeyFacts {
+        log_key: false,
         actor: lineage_actor,
         version: o.lineage_key_version.unwrap_or(o.key_version),
         key_id: &actor_key_id,
@@ -915,6 +966,7 @@ pub fn generate(o: &Options) -> Generated {
         let dev = p.device.clone().unwrap_or_else(|| device.clone());
         let dev_key = SoftKey::from_label(&dev.key_label);
         let payload = serde_json::to_vec(&lineage_statement(&KeyFacts {
+            log_key: false,
             actor: &o.actor,
             version,
             key_id: &key_id,
@@ -967,6 +1019,7 @@ pub fn generate(o: &Options) -> Generated {
     let log_device = o.log_device.clone().unwrap_or_else(|| device.clone());
     let log_device_key = SoftKey::from_label(&log_device.key_label);
     let log_lineage_payload = serde_json::to_vec(&lineage_statement(&KeyFacts {
+        log_key: o.log_lineage_key_version.is_none(),
         actor: o.log_lineage_actor.as_deref().unwrap_or(&o.log_origin),
         version: o.log_lineage_key_version.unwrap_or(1),
         key_id: &log_key.key_id(),
