@@ -65,8 +65,9 @@ async fn every_receipt_is_proved_in_a_growing_log_with_consistent_checkpoints() 
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(newest.size, 60);
-    for index in [0u64, 1, 31, 59] {
+    // Two key registrations (entries 0 and 1), then 60 receipts.
+    assert_eq!(newest.size, 62);
+    for index in [2u64, 3, 31, 61] {
         let proof = signer
             .get_inclusion_proof(GetInclusionProofRequest {
                 log_index: index,
@@ -75,16 +76,16 @@ async fn every_receipt_is_proved_in_a_growing_log_with_consistent_checkpoints() 
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(proof.tree_size, 60);
+        assert_eq!(proof.tree_size, 62);
         let verified = verify(&lab, &proof.bundle_json, None).expect("refreshed bundle verifies");
-        assert_eq!(verified.tree_size, 60);
+        assert_eq!(verified.tree_size, 62);
     }
 
     // Consistency between the checkpoint an early bundle carries and the newest, offline.
-    let first = &signed.iter().find(|(_, r)| r.log_index == 0).unwrap().1;
+    let first = &signed.iter().find(|(_, r)| r.log_index == 2).unwrap().1;
     let early: serde_json::Value = serde_json::from_str(&first.bundle_json).unwrap();
     let early_size = early["log"]["treeSize"].as_u64().unwrap();
-    assert!(early_size < 60);
+    assert!(early_size < 62);
     let consistency = signer
         .get_consistency_proof(GetConsistencyProofRequest {
             old_size: early_size,
@@ -156,7 +157,7 @@ async fn every_receipt_is_proved_in_a_growing_log_with_consistent_checkpoints() 
     // Proof requests past the tree are refused precisely.
     let past = signer
         .get_inclusion_proof(GetInclusionProofRequest {
-            log_index: 60,
+            log_index: 62,
             tree_size: 0,
         })
         .await
@@ -164,8 +165,8 @@ async fn every_receipt_is_proved_in_a_growing_log_with_consistent_checkpoints() 
     assert_eq!(past.code(), Code::OutOfRange, "{past:?}");
     let past = signer
         .get_inclusion_proof(GetInclusionProofRequest {
-            log_index: 0,
-            tree_size: 61,
+            log_index: 2,
+            tree_size: 63,
         })
         .await
         .unwrap_err();
@@ -180,7 +181,7 @@ async fn every_receipt_is_proved_in_a_growing_log_with_consistent_checkpoints() 
     assert_eq!(past.code(), Code::OutOfRange, "{past:?}");
     let backwards = signer
         .get_consistency_proof(GetConsistencyProofRequest {
-            old_size: 60,
+            old_size: 62,
             new_size: early_size,
         })
         .await
@@ -395,7 +396,8 @@ async fn a_damaged_database_is_caught_at_start_up_and_by_audit() {
             .unwrap();
     }
     drop(signer);
-    // Entry 5: a rotation, so that version 1 is retired in the log.
+    // Entry 0 registers version 1; 1-5 are receipts; 6 registers version 2 and 7 rotates to
+    // it, so that version 1 is retired in the log.
     admin(&lab)
         .await
         .rotate_key(RotateKeyRequest {
@@ -419,7 +421,7 @@ async fn a_damaged_database_is_caught_at_start_up_and_by_audit() {
         (
             "a deleted entry",
             true,
-            "DELETE FROM requests; DELETE FROM receipts WHERE log_index = 4; DELETE FROM log_entries WHERE log_index = 4;",
+            "DELETE FROM requests; DELETE FROM receipts WHERE log_index = 5; DELETE FROM log_entries WHERE log_index = 5;",
         ),
         (
             "a deleted middle entry",
@@ -440,14 +442,14 @@ async fn a_damaged_database_is_caught_at_start_up_and_by_audit() {
         (
             "an edited checkpoint note",
             true,
-            "UPDATE checkpoints SET note = replace(note, char(10) || '6' || char(10), char(10) || '5' || char(10)) WHERE size = 6;",
+            "UPDATE checkpoints SET note = replace(note, char(10) || '8' || char(10), char(10) || '7' || char(10)) WHERE size = 8;",
         ),
         // The entries are intact, but the tables the sequencer continues from disagree with
         // them: signing on would fork a chain or use a retired key.
         (
             "a deleted newest receipt row",
             false,
-            "DELETE FROM requests; DELETE FROM receipts WHERE log_index = 4;",
+            "DELETE FROM requests; DELETE FROM receipts WHERE log_index = 5;",
         ),
         (
             "a retired key made active again",
@@ -513,7 +515,7 @@ async fn a_damaged_database_is_caught_at_start_up_and_by_audit() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(next.log_index, 6);
+    assert_eq!(next.log_index, 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

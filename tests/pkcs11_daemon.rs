@@ -30,7 +30,8 @@ async fn sign_returns_a_bundle_that_verifies_offline() {
     assert_eq!(verified.actor, ACTOR);
     assert_eq!(verified.key_id, key.key_id);
     assert_eq!(verified.sequence, 1);
-    assert_eq!(verified.log_index, 0);
+    // Entry 0 is the key's registration.
+    assert_eq!(verified.log_index, 1);
     assert_eq!(verified.backend, "pkcs11");
     assert_eq!(verified.origin, "generated");
     assert!(verified.document_checked);
@@ -159,7 +160,8 @@ async fn receipts_chain_per_actor_and_keys_survive_a_restart() {
         .into_inner()
         .bundle_json;
     assert_eq!(receipt_statement(&other_bundle)["predicate"]["sequence"], 1);
-    assert_eq!(receipt_statement(&other_bundle)["predicate"]["logIndex"], 3);
+    // Entries 0 and 1 register the two keys.
+    assert_eq!(receipt_statement(&other_bundle)["predicate"]["logIndex"], 5);
     assert!(receipt_statement(&other_bundle)["predicate"]["previousReceipt"].is_null());
 
     // A graceful restart: the same keys, the chain continues where it stopped.
@@ -185,7 +187,8 @@ async fn receipts_chain_per_actor_and_keys_survive_a_restart() {
         }
         previous = Some(payload_sha256(bundle));
     }
-    assert_eq!(receipt_statement(&bundles[3])["predicate"]["logIndex"], 4);
+    // After both keys' registrations and the other actor's receipt.
+    assert_eq!(receipt_statement(&bundles[3])["predicate"]["logIndex"], 6);
 
     let key = signer
         .get_actor_key(GetActorKeyRequest {
@@ -368,7 +371,8 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(next.log_index, before);
+    // One entry before the receipts: the key's registration.
+    assert_eq!(next.log_index, before + 1);
     assert_eq!(next.sequence, before + 1);
 }
 
@@ -984,12 +988,13 @@ async fn sigkill_while_signing_loses_no_acknowledged_receipt() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(next.log_index, stored);
+    // Entry 0 is the key's registration.
+    assert_eq!(next.log_index, stored + 1);
     assert_eq!(next.sequence, stored + 1);
     let last: Vec<u8> = conn
         .query_row(
             "SELECT payload_sha256 FROM receipts WHERE log_index = ?1",
-            [stored as i64 - 1],
+            [stored as i64],
             |r| r.get(0),
         )
         .unwrap();

@@ -487,3 +487,127 @@ async fn attest_on_pkcs11_returns_a_fresh_attribute_statement() {
         "{missing:?}"
     );
 }
+
+/// The forgery of issue 8, item 1, built for real: the enrolled attestation key is restricted,
+/// but it signs any digest the TPM hashed itself (a `TPM2_Hash` ticket) as long as the data does
+/// not start with TPM_GENERATED_VALUE. Anyone who can use the AK can so make it sign a PKCS#11
+/// attribute statement for a *software* key. The signature is genuine; the verifier refuses it
+/// because the AK certificate is certified for TPMS_ATTEST only (tcg-kp-AIKCertificate), not as
+/// a PKCS#11 device.
+#[test]
+fn an_attestation_key_signing_a_pkcs11_statement_through_a_hash_ticket_is_refused() {
+    use p256::ecdsa::{VerifyingKey, signature::hazmat::PrehashVerifier};
+    use sha2::{Digest as _, Sha256};
+    use tss_esapi::structures::{MaxBuffer, Signature as TpmSignature};
+
+    let mut lab = new_tpm_lab();
+    let software = p256::SecretKey::random(&mut rand_core::OsRng);
+    let spki = software
+        .public_key()
+        .to_public_key_der()
+        .unwrap()
+        .into_vec();
+    let key_id = hex::encode(Sha256::digest(&spki));
+    let statement = serde_json::json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": format!("actor-key:{ACTOR}#1"), "digest": {"sha256": key_id}}],
+        "predicateType": "https://actseal.dev/lineage/pkcs11-attributes/v2",
+        "predicate": {"keyRole": "actor-key", "actor": ACTOR, "keyVersion": 1, "keyId": key_id,
+            "origin": "generated", "createdAt": "2026-01-01T00:00:00Z",
+            "token": {"manufacturer": "m", "model": "m", "serial": "s", "label": "l"},
+            "attributes": {"keyType": "EC", "curve": "P-256", "id": "01", "label": "l",
+                "token": true, "private": true, "sensitive": true, "alwaysSensitive": true,
+                "extractable": false, "neverExtractable": true, "local": true, "sign": true}}
+    });
+    let payload = serde_json::to_vec(&statement).unwrap();
+    let payload_type = "application/vnd.in-toto+json";
+    let mut pae = format!(
+        "DSSEv1 {} {payload_type} {} ",
+        payload_type.len(),
+        payload.len()
+    )
+    .into_bytes();
+    pae.extend_from_slice(&payload);
+    assert!(pae.len() <= 1024, "TPM2_Hash takes at most 1024 bytes");
+
+    // The AK the daemon uses: the same template, in the endorsement hierarchy.
+    let tcti = lab.tpm().unwrap().tcti();
+    let mut ctx = Context::new(tcti.parse::<TctiNameConf>().unwrap()).unwrap();
+    let ak = ctx
+        .execute_with_nullauth_session(|ctx| {
+            ctx.create_primary(
+                Hierarchy::Endorsement,
+                ak_template().unwrap(),
+                None,
+                None,
+                None,
+                None,
+            )
+        })
+        .unwrap();
+    let (digest, ticket) = ctx
+        .execute_without_session(|ctx| {
+            ctx.hash(
+                MaxBuffer::try_from(pae.clone()).unwrap(),
+                HashingAlgorithm::Sha256,
+                Hierarchy::Endorsement,
+            )
+        })
+        .expect("TPM2_Hash");
+    let signature = ctx
+        .execute_with_sessions((Some(AuthSession::Password), None, None), |ctx| {
+            ctx.sign(ak.key_handle, digest.clone(), SignatureScheme::Null, ticket)
+        })
+        .expect("the restricted AK signs a digest with a hash ticket");
+    let _ = ctx.flush_context(ObjectHandle::from(ak.key_handle));
+    let TpmSignature::EcDsa(ecdsa) = signature else {
+        panic!("an ECDSA signature")
+    };
+    let pad = |v: &[u8]| {
+        let mut out = [0u8; 32];
+        out[32 - v.len()..].copy_from_slice(v);
+        out
+    };
+    let raw = [
+        pad(ecdsa.signature_r().value()),
+        pad(ecdsa.signature_s().value()),
+    ]
+    .concat();
+    let signature = p256::ecdsa::Signature::from_slice(&raw).unwrap();
+
+    // The AK certificate the lab enrolled: the signature is genuine under its key.
+    let ak_pem = std::fs::read_to_string(lab.dir.join("state/device.crt")).unwrap();
+    let ak_cert = actseal::pki::parse_pem_certificates(&ak_pem)
+        .unwrap()
+        .remove(0);
+    let ak_spki = actseal::pki::certificate_spki(&ak_cert).unwrap();
+    let ak_key = {
+        use spki::DecodePublicKey;
+        VerifyingKey::from_public_key_der(&ak_spki).unwrap()
+    };
+    let pae_digest: [u8; 32] = Sha256::digest(&pae).into();
+    ak_key
+        .verify_prehash(&pae_digest, &signature)
+        .expect("the forged statement carries a valid AK signature");
+
+    use der::Encode;
+    let attestation = serde_json::json!({
+        "backend": "pkcs11",
+        "statement": {"payloadType": payload_type, "payload": B64.encode(&payload),
+            "signatures": [{"keyid": hex::encode(Sha256::digest(&ak_spki)),
+                            "sig": B64.encode(signature.to_der().as_bytes())}]},
+        "deviceCertificate": B64.encode(ak_cert.to_der().unwrap()),
+        "certificateChain": [],
+    });
+    let (check, message) = check_of(verify_attestation(
+        &serde_json::to_vec(&attestation).unwrap(),
+        &anchors(&lab),
+        ACTOR,
+        1,
+        &spki,
+        None,
+        actseal::verify::unix_now(),
+    ));
+    assert_eq!(check, Check::LineageCertificate, "{message}");
+    assert!(message.contains("PKCS#11 device"), "{message}");
+}

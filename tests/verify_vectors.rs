@@ -8,6 +8,7 @@ mod support;
 use actseal::verify::{Check, TrustAnchors, Verified, VerifyError, verify_bundle};
 use rcgen::KeyUsagePurpose;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use support::make_bundle::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -2557,4 +2558,140 @@ fn times_must_be_in_order_key_created_then_used() {
     premature.created_at = "2026-02-01T09:00:00Z".into();
     let e = assert_fails(verify_variant(&premature), Check::LineageRotation);
     assert!(e.detail.contains("created after the rotation"), "{e}");
+}
+
+/// A TPM2_Certify-shaped lineage for the bundle's actor key, built by hand and signed by
+/// `signer` (standing in for the AK) under the certificate `device_der`: TPMT_PUBLIC of the
+/// actor key and of the "AK", and a TPMS_ATTEST that certifies one by the other with the
+/// extraData FORMAT.md §4.2 prescribes.
+fn crafted_tpm_lineage(g: &Generated, signer: &SoftKey, device_der: &str) -> Value {
+    fn tpm2b(bytes: &[u8]) -> Vec<u8> {
+        [&(bytes.len() as u16).to_be_bytes()[..], bytes].concat()
+    }
+    fn ecc_public(key: &SoftKey, attributes: u32) -> Vec<u8> {
+        let spki = key.spki_der();
+        let point = &spki[spki.len() - 64..];
+        [
+            &[0x00, 0x23, 0x00, 0x0b][..],
+            &attributes.to_be_bytes(),
+            &tpm2b(&[]),
+            &[0x00, 0x10, 0x00, 0x18, 0x00, 0x0b, 0x00, 0x03, 0x00, 0x10],
+            &tpm2b(&point[..32]),
+            &tpm2b(&point[32..]),
+        ]
+        .concat()
+    }
+    let name = |public: &[u8]| [&[0x00, 0x0b][..], &Sha256::digest(public)].concat();
+    // fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth, sign (+ restricted for the AK).
+    let key_public = ecc_public(&g.actor_key, 0x0004_0072);
+    let ak_public = ecc_public(signer, 0x0005_0072);
+    let signer_qn = [
+        &[0x00, 0x0b][..],
+        &Sha256::digest([&0x4000_000bu32.to_be_bytes()[..], &name(&ak_public)].concat()),
+    ]
+    .concat();
+    let created_at = &g.options.created_at;
+    let subject = format!("actor-key:{}#{}", g.options.actor, g.options.key_version);
+    let extra = Sha256::digest(
+        [
+            &b"actseal/tpm2-certify/v2\0"[..],
+            &(subject.len() as u32).to_be_bytes(),
+            subject.as_bytes(),
+            &(created_at.len() as u32).to_be_bytes(),
+            created_at.as_bytes(),
+        ]
+        .concat(),
+    );
+    let attest = [
+        &[0xff, 0x54, 0x43, 0x47, 0x80, 0x17][..],
+        &tpm2b(&signer_qn),
+        &tpm2b(&extra),
+        &[0u8; 8 + 4 + 4 + 1 + 8],
+        &tpm2b(&name(&key_public)),
+        &tpm2b(&name(&key_public)),
+    ]
+    .concat();
+    json!({
+        "backend": "tpm",
+        "tpm2Certify": {
+            "attest": b64(&attest),
+            "signature": b64(&signer.sign_der(&attest)),
+            "publicArea": b64(&key_public),
+            "akPublicArea": b64(&ak_public),
+            "createdAt": created_at,
+        },
+        "deviceCertificate": device_der,
+        "certificateChain": [],
+    })
+}
+
+/// Issue 8, item 1: a PKCS#11 device key signs a hand-made TPMS_ATTEST for a key that was never
+/// in a TPM. Every byte is as a TPM would write it and the signature is genuine; the device
+/// certificate is certified as a PKCS#11 device, not as a TPM attestation key, so it is refused.
+/// The same evidence under a certificate with the AK role verifies: the role alone decides.
+#[test]
+fn a_device_key_signing_a_crafted_tpms_attest_is_refused() {
+    let g = generate(&with(|o| o.backend = "tpm".into()));
+    let mut bundle = g.bundle.clone();
+    let device_cert = str_at(&bundle, "/lineage/deviceCertificate").to_owned();
+    bundle["lineage"] = crafted_tpm_lineage(&g, &g.device_key, &device_cert);
+    let json = serde_json::to_vec(&bundle).unwrap();
+    let anchors = TrustAnchors::from_pem(g.anchor_pem.as_bytes()).unwrap();
+    let e = verify_bundle(&json, &anchors, None).expect_err("a device key is not an AK");
+    assert_eq!(e.check, Check::LineageCertificate, "{e}");
+    assert!(e.detail.contains("TPM attestation key"), "{e}");
+
+    let as_ak = generate(&with(|o| {
+        o.backend = "tpm".into();
+        o.device_ext_key_usage = vec![EKU_TPM_AK.to_vec(), eku_actseal(2)];
+    }));
+    let mut bundle = as_ak.bundle.clone();
+    let ak_cert = str_at(&bundle, "/lineage/deviceCertificate").to_owned();
+    bundle["lineage"] = crafted_tpm_lineage(&as_ak, &as_ak.device_key, &ak_cert);
+    // The log key's lineage is a PKCS#11 statement under the same (now AK) certificate: give
+    // the log its own PKCS#11 device so only the actor key's evidence is in question.
+    let log_cert = generate(&Options::default()).bundle["log"]["logKey"].clone();
+    bundle["log"]["logKey"] = log_cert;
+    let json = serde_json::to_vec(&bundle).unwrap();
+    let anchors = TrustAnchors::from_pem(as_ak.anchor_pem.as_bytes()).unwrap();
+    verify_bundle(&json, &anchors, None).expect("the crafted evidence itself is well-formed");
+}
+
+/// Issue 8, item 2: an actor named exactly like the log's origin. Its key's attestation says
+/// `actor-key:…#1`, the log key's says `log-key:…`: neither passes for the other.
+#[test]
+fn an_actor_named_like_the_log_origin_cannot_pass_for_the_log_key() {
+    let g = generate(&with(|o| o.actor = LOG_ORIGIN.into()));
+    let anchors = TrustAnchors::from_pem(g.anchor_pem.as_bytes()).unwrap();
+    let json = serde_json::to_vec(&g.bundle).unwrap();
+    verify_bundle(&json, &anchors, None).expect("an honest bundle of that actor verifies");
+    // The actor key's lineage offered as the log key's (and the log key replaced by it).
+    let mut bundle = g.bundle.clone();
+    let mut log_key = bundle["log"]["logKey"].clone();
+    log_key["keyId"] = bundle["actorKey"]["keyId"].clone();
+    log_key["publicKey"] = bundle["actorKey"]["publicKey"].clone();
+    let mut actor_lineage = bundle["lineage"].clone();
+    actor_lineage
+        .as_object_mut()
+        .unwrap()
+        .remove("predecessors");
+    actor_lineage.as_object_mut().unwrap().remove("rotations");
+    log_key["lineage"] = actor_lineage;
+    bundle["log"]["logKey"] = log_key;
+    let e = verify_bundle(&serde_json::to_vec(&bundle).unwrap(), &anchors, None)
+        .expect_err("an actor key is not a log key");
+    assert_eq!(e.check, Check::LogKey, "{e}");
+    assert!(e.detail.contains("keyRole"), "{e}");
+    // And the log key signing a receipt as that actor, its own lineage offered as the actor
+    // key's: the receipt signature is genuine, the lineage says it is a log key.
+    let g = generate(&with(|o| {
+        o.actor = LOG_ORIGIN.into();
+        o.actor_key_label = o.log_key_label.clone();
+    }));
+    let mut bundle = g.bundle.clone();
+    bundle["lineage"] = bundle["log"]["logKey"]["lineage"].clone();
+    let e = verify_bundle(&serde_json::to_vec(&bundle).unwrap(), &anchors, None)
+        .expect_err("a log key is not an actor key");
+    assert_eq!(e.check, Check::LineageStatement, "{e}");
+    assert!(e.detail.contains("keyRole"), "{e}");
 }

@@ -31,6 +31,8 @@ struct EntryPredicate {
     previous: Option<KeyRefHead>,
     #[serde(default)]
     key_id: Option<String>,
+    #[serde(default)]
+    version: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -45,6 +47,8 @@ struct KeyRefHead {
 struct Derived {
     heads: HashMap<String, ActorHead>,
     retired: HashSet<String>,
+    /// Key id → (actor, version), from the registration entries.
+    registered: HashMap<String, (String, u64)>,
 }
 
 impl Derived {
@@ -78,6 +82,20 @@ impl Derived {
                 let key_id = head.predicate.key_id.ok_or_else(|| corrupt("no key id"))?;
                 self.retired.insert(key_id);
             }
+            crate::proof::lineage::REGISTRATION_PREDICATE_TYPE => {
+                let key_id = head.predicate.key_id.ok_or_else(|| corrupt("no key id"))?;
+                let version = head
+                    .predicate
+                    .version
+                    .ok_or_else(|| corrupt("no version"))?;
+                if self
+                    .registered
+                    .insert(key_id, (head.predicate.actor, version))
+                    .is_some()
+                {
+                    return Err(corrupt("a key registered twice"));
+                }
+            }
             other => return Err(corrupt(&format!("unknown statement type {other:?}"))),
         }
         Ok(())
@@ -91,7 +109,22 @@ impl Derived {
                     .into(),
             ));
         }
-        for key in store.keys(None)? {
+        let keys = store.keys(None)?;
+        if keys.len() != self.registered.len() {
+            return Err(IntegrityError::Corrupt(format!(
+                "the key table holds {} keys, the log registers {}",
+                keys.len(),
+                self.registered.len()
+            )));
+        }
+        for key in keys {
+            let registered = self.registered.get(&key.key_id);
+            if registered != Some(&(key.actor.clone(), u64::from(key.version))) {
+                return Err(IntegrityError::Corrupt(format!(
+                    "key {} ({:?} v{}) is not the key the log registered for it",
+                    key.key_id, key.actor, key.version
+                )));
+            }
             let retired_in_log = self.retired.contains(&key.key_id);
             if retired_in_log != (key.state == KeyState::Retired) {
                 return Err(IntegrityError::Corrupt(format!(

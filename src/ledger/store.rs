@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS actor_keys (
 );
 CREATE TABLE IF NOT EXISTS log_entries (
     log_index   INTEGER PRIMARY KEY CHECK (log_index >= 0),
-    kind        TEXT    NOT NULL CHECK (kind IN ('receipt', 'rotation', 'retirement')),
+    kind        TEXT    NOT NULL CHECK (kind IN ('receipt', 'rotation', 'retirement', 'registration')),
     actor       TEXT    NOT NULL,
     entry       BLOB    NOT NULL
 );

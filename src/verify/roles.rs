@@ -16,31 +16,17 @@ pub struct OidBytes(pub &'static [u8]);
 
 /// TCG `tcg-kp-AIKCertificate` 2.23.133.8.3 (TCG EK Credential Profile): a TPM attestation key.
 pub const TCG_KP_AIK_CERTIFICATE: OidBytes = OidBytes(&[0x67, 0x81, 0x05, 0x08, 0x03]);
-/// The project's arc, `2.25.242230413017653211193847039386664154048` (FORMAT.md §6.1).
-const ACTSEAL_ARC: [u8; 18] = [
+/// actseal `id-kp-pkcs11Device`, `2.25.242230413017653211193847039386664154048.1.1` (a UUID arc,
+/// FORMAT.md §6.1): a PKCS#11 token's device key, which signs attribute statements.
+pub const ACTSEAL_KP_PKCS11_DEVICE: OidBytes = OidBytes(&[
     0x69, 0x82, 0xec, 0xbb, 0xf0, 0xdb, 0xc5, 0x9a, 0x9a, 0x96, 0xd5, 0x88, 0xcb, 0x9e, 0xd2, 0x99,
-    0xf1, 0x96,
-];
-/// actseal `id-kp-pkcs11Device` (arc .1.1): a PKCS#11 token's device key, which signs attribute
-/// statements.
-pub const ACTSEAL_KP_PKCS11_DEVICE: OidBytes = OidBytes(&concat_arc(1));
+    0xf1, 0x96, 0xe7, 0x40, 0x01, 0x01,
+]);
 /// actseal `id-kp-logKeyAttester` (arc .1.2): the key may attest a log key, not only actor keys.
-pub const ACTSEAL_KP_LOG_KEY_ATTESTER: OidBytes = OidBytes(&concat_arc(2));
-
-/// The project arc's last arc bytes (`…e7 40`), then `.1.<leaf>`.
-const fn concat_arc(leaf: u8) -> [u8; 22] {
-    let mut out = [0u8; 22];
-    let mut i = 0;
-    while i < ACTSEAL_ARC.len() {
-        out[i] = ACTSEAL_ARC[i];
-        i += 1;
-    }
-    out[18] = 0xe7;
-    out[19] = 0x40;
-    out[20] = 0x01;
-    out[21] = leaf;
-    out
-}
+pub const ACTSEAL_KP_LOG_KEY_ATTESTER: OidBytes = OidBytes(&[
+    0x69, 0x82, 0xec, 0xbb, 0xf0, 0xdb, 0xc5, 0x9a, 0x9a, 0x96, 0xd5, 0x88, 0xcb, 0x9e, 0xd2, 0x99,
+    0xf1, 0x96, 0xe7, 0x40, 0x01, 0x02,
+]);
 
 /// The kind of evidence a device certificate's key signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +106,7 @@ impl DeviceRole {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

@@ -270,7 +270,12 @@ pub fn verify_with_openssl(
     expect_eq(
         "lineage predicateType",
         lineage.get("predicateType"),
-        "https://actseal.dev/lineage/pkcs11-attributes/v1",
+        "https://actseal.dev/lineage/pkcs11-attributes/v2",
+    )?;
+    expect_eq(
+        "lineage keyRole",
+        lineage.pointer("/predicate/keyRole"),
+        "actor-key",
     )?;
     expect_eq(
         "lineage subject digest",
