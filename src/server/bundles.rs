@@ -1,6 +1,11 @@
 //! Assembling a receipt's proof bundle from what is stored once: the log entry, the key's
 //! lineage, the log key and the checkpoint. Fresh bundles (the sequencer) and stored ones
 //! (retries, `GetInclusionProof`) come out of the same function, byte for byte.
+//!
+//! Lineage is stored by reference: each key version keeps only its own attestation and the
+//! log index of the rotation that made it. A bundle's lineage (every earlier version and every
+//! rotation statement) is assembled here, once per bundle, so storage grows with the number
+//! of versions and not with its square.
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 
@@ -10,14 +15,104 @@ use crate::{
     proof::{
         bundle::{ActorKeyInBundle, BUNDLE_MEDIA_TYPE, Bundle, LogProof},
         dsse::{Envelope, EnvelopeSignature},
+        lineage::{Attestation, Lineage, PredecessorKey},
         spki_der,
     },
 };
 
+fn predecessor(key: &KeyRecord) -> PredecessorKey {
+    PredecessorKey {
+        version: key.version,
+        key_id: key.key_id.clone(),
+        public_key: B64.encode(spki_der(&key.public_key)),
+        attestation: key.attestation.clone(),
+    }
+}
+
+/// The lineage of the version `rotation` hands over to, from its predecessor's lineage: what
+/// [`lineage`] assembles from the store once the rotation is committed.
+pub fn successor_lineage(
+    previous_lineage: &Lineage,
+    previous: &KeyRecord,
+    attestation: Attestation,
+    rotation: Envelope,
+) -> Lineage {
+    let mut predecessors = Vec::with_capacity(previous_lineage.predecessors.len() + 1);
+    predecessors.extend_from_slice(&previous_lineage.predecessors);
+    predecessors.push(predecessor(previous));
+    let mut rotations = Vec::with_capacity(previous_lineage.rotations.len() + 1);
+    rotations.extend_from_slice(&previous_lineage.rotations);
+    rotations.push(rotation);
+    Lineage {
+        attestation,
+        predecessors,
+        rotations,
+    }
+}
+
+/// A stored log entry as the DSSE envelope it was signed as (its signer's key id given).
+fn envelope_of(bytes: &[u8], keyid: &str) -> Option<Envelope> {
+    let parts = entry::decode(bytes)?;
+    Some(Envelope {
+        payload_type: parts.payload_type,
+        payload: B64.encode(&parts.payload),
+        signatures: vec![EnvelopeSignature {
+            keyid: keyid.to_owned(),
+            sig: B64.encode(&parts.signature_der),
+        }],
+    })
+}
+
+/// The lineage bundles of `key` carry, assembled from the stored versions 1 to `key.version`
+/// and the log's rotation entries between them.
+pub fn lineage(store: &Store, key: &KeyRecord) -> Result<Lineage, StoreError> {
+    let history = store.key_history(&key.actor, key.version)?;
+    let corrupt = |what: String| {
+        StoreError::Corrupt(format!(
+            "lineage of {:?} v{}: {what}",
+            key.actor, key.version
+        ))
+    };
+    let mut predecessors = Vec::with_capacity(history.len());
+    let mut rotations = Vec::with_capacity(history.len());
+    let mut previous: Option<&KeyRecord> = None;
+    for (expected, (version, rotation)) in (1..).zip(&history) {
+        if version.version != expected {
+            return Err(corrupt(format!("version {expected} is missing")));
+        }
+        match (previous, rotation) {
+            (None, None) => {}
+            (Some(prev), Some(bytes)) => {
+                rotations.push(envelope_of(bytes, &prev.key_id).ok_or_else(|| {
+                    corrupt(format!("the rotation to v{expected} is unreadable"))
+                })?);
+                predecessors.push(predecessor(prev));
+            }
+            _ => return Err(corrupt(format!("v{expected} has no rotation entry"))),
+        }
+        previous = Some(version);
+    }
+    match previous {
+        Some(last) if last.key_id == key.key_id => Ok(Lineage {
+            attestation: last.attestation.clone(),
+            predecessors,
+            rotations,
+        }),
+        _ => Err(corrupt("the stored versions end elsewhere".into())),
+    }
+}
+
+/// The key that signed a receipt, with the lineage its bundles carry.
+#[derive(Clone, Copy)]
+pub struct SigningKey<'a> {
+    pub record: &'a KeyRecord,
+    pub lineage: &'a Lineage,
+}
+
 /// The bundle of a receipt whose parts are at hand.
 pub fn bundle_json(
     receipt: Envelope,
-    key: &KeyRecord,
+    key: SigningKey<'_>,
     log: &LogIdentity,
     log_index: u64,
     tree_size: u64,
@@ -28,8 +123,8 @@ pub fn bundle_json(
         media_type: BUNDLE_MEDIA_TYPE.into(),
         receipt,
         actor_key: ActorKeyInBundle {
-            key_id: key.key_id.clone(),
-            public_key: B64.encode(spki_der(&key.public_key)),
+            key_id: key.record.key_id.clone(),
+            public_key: B64.encode(spki_der(&key.record.public_key)),
         },
         lineage: key.lineage.clone(),
         log: LogProof::new(
@@ -55,28 +150,32 @@ pub fn stored(
         return Ok(None);
     };
     let corrupt = |what: &str| StoreError::Corrupt(format!("receipt {log_index}: {what}"));
-    let parts = store
+    let envelope = store
         .entry(log_index)?
-        .and_then(|bytes| entry::decode(&bytes))
+        .and_then(|bytes| envelope_of(&bytes, &receipt.key_id))
         .ok_or_else(|| corrupt("its log entry is missing or unreadable"))?;
     let key = store
         .key_by_id(&receipt.key_id)?
         .ok_or_else(|| corrupt("its key is not registered"))?;
+    let lineage = lineage(store, &key)?;
     let (tree_size, hashes) = proof.unwrap_or((receipt.proof_size, receipt.proof));
     let note = store
         .checkpoint(tree_size)?
         .ok_or_else(|| corrupt("the checkpoint of its proof is missing"))?
         .note;
-    let envelope = Envelope {
-        payload_type: parts.payload_type,
-        payload: B64.encode(&parts.payload),
-        signatures: vec![EnvelopeSignature {
-            keyid: receipt.key_id.clone(),
-            sig: B64.encode(&parts.signature_der),
-        }],
-    };
     Ok(Some(SignedReceipt {
-        bundle_json: bundle_json(envelope, &key, log, log_index, tree_size, &hashes, note),
+        bundle_json: bundle_json(
+            envelope,
+            SigningKey {
+                record: &key,
+                lineage: &lineage,
+            },
+            log,
+            log_index,
+            tree_size,
+            &hashes,
+            note,
+        ),
         log_index,
         sequence: receipt.sequence,
         key_id: receipt.key_id,

@@ -114,8 +114,16 @@ enum Command {
 
 /// Where an actor's next receipt goes. `key` is `None` once the actor's key is retired.
 struct ActorChain {
-    key: Option<Arc<KeyRecord>>,
+    key: Option<ActiveKey>,
     head: Option<ActorHead>,
+}
+
+/// An actor's version in service, with the lineage its bundles carry, assembled once when
+/// the version comes into service rather than for every receipt.
+#[derive(Clone)]
+struct ActiveKey {
+    record: Arc<KeyRecord>,
+    lineage: Arc<Lineage>,
 }
 
 /// The handle the gRPC services use.
@@ -193,7 +201,7 @@ impl NodeReader for Overlay<'_> {
 struct PendingReceipt {
     row: ReceiptRow,
     envelope: Envelope,
-    key: Arc<KeyRecord>,
+    key: ActiveKey,
     bundle_json: String,
     reply: Option<Reply<SignedReceipt>>,
 }
@@ -270,7 +278,11 @@ impl Sequencer {
                 head: heads.get(&key.actor).copied(),
             });
             if key.state == KeyState::Active {
-                chain.key = Some(Arc::new(key));
+                let lineage = Arc::new(bundles::lineage(&self.store, &key)?);
+                chain.key = Some(ActiveKey {
+                    record: Arc::new(key),
+                    lineage,
+                });
             }
         }
         let size = self.store.next_log_index()?;
@@ -422,12 +434,13 @@ impl Sequencer {
         let Some(chain) = self.actors.get(&action.actor) else {
             fail!(SequencerError::UnknownActor(action.actor.clone()))
         };
-        let Some(key) = chain.key.clone() else {
+        let Some(active) = chain.key.clone() else {
             fail!(SequencerError::Precondition(format!(
                 "actor {:?} has no active key: it was retired",
                 action.actor
             )))
         };
+        let key = Arc::clone(&active.record);
         let sequence = chain.head.map_or(1, |h| h.sequence + 1);
         let previous_receipt = chain.head.map(|h| receipt::Digest {
             sha256: hex::encode(h.payload_sha256),
@@ -501,7 +514,7 @@ impl Sequencer {
                 proof: Vec::new(),
             },
             envelope,
-            key,
+            key: active,
             bundle_json: String::new(),
             reply: Some(reply),
         });
@@ -510,11 +523,10 @@ impl Sequencer {
 
     fn check_new_key(&self, staged: &Staged, key: &KeyRecord) -> Result<(), SequencerError> {
         let taken = self.store.key_id_registered(&key.key_id)?
-            || staged
-                .batch
-                .keys
-                .iter()
-                .any(|change| matches!(change, KeyChange::Insert(k) if k.key_id == key.key_id))
+            || staged.batch.keys.iter().any(|change| match change {
+                KeyChange::Insert(k) | KeyChange::Rotated { key: k, .. } => k.key_id == key.key_id,
+                KeyChange::Retire { .. } => false,
+            })
             || key.key_id == self.log.key_id;
         if taken {
             return Err(SequencerError::Conflict(format!(
@@ -541,7 +553,10 @@ impl Sequencer {
         self.actors.insert(
             key.actor.clone(),
             ActorChain {
-                key: Some(Arc::clone(&key)),
+                key: Some(ActiveKey {
+                    record: Arc::clone(&key),
+                    lineage: Arc::new(super::keys::first_lineage(key.attestation.clone())),
+                }),
                 head: None,
             },
         );
@@ -552,16 +567,16 @@ impl Sequencer {
         Ok(())
     }
 
-    fn active_version(&self, actor: &str, version: u32) -> Result<Arc<KeyRecord>, SequencerError> {
+    fn active_version(&self, actor: &str, version: u32) -> Result<ActiveKey, SequencerError> {
         let chain = self
             .actors
             .get(actor)
             .ok_or_else(|| SequencerError::UnknownActor(actor.to_owned()))?;
         match &chain.key {
-            Some(key) if key.version == version => Ok(Arc::clone(key)),
+            Some(key) if key.record.version == version => Ok(key.clone()),
             Some(key) => Err(SequencerError::Precondition(format!(
                 "actor {actor:?}: version {version} is not the active version (v{} is)",
-                key.version
+                key.record.version
             ))),
             None => Err(SequencerError::Precondition(format!(
                 "actor {actor:?} has no active key: it was retired"
@@ -572,10 +587,11 @@ impl Sequencer {
     fn stage_rotate(
         &mut self,
         staged: &mut Staged,
-        mut plan: RotationPlan,
+        plan: RotationPlan,
     ) -> Result<(), SequencerError> {
         let actor = plan.new_key.actor.clone();
-        let previous = self.active_version(&actor, plan.previous_version)?;
+        let active = self.active_version(&actor, plan.previous_version)?;
+        let previous = &active.record;
         self.check_new_key(staged, &plan.new_key)?;
         // Dated and signed here, in log order: every receipt before it is dated no later.
         let rotated_at = now_rfc3339();
@@ -603,20 +619,27 @@ impl Sequencer {
         let statement = Envelope::new(IN_TOTO_PAYLOAD_TYPE, &payload, &previous.key_id, &signature);
         let bytes = entry::encode(&statement)
             .map_err(|e| SequencerError::NotStored(format!("entry encoding: {e}")))?;
-        plan.new_key.lineage.rotations.push(statement);
-        self.append_entry(staged, EntryKind::Rotation, &actor, bytes);
+        let lineage = bundles::successor_lineage(
+            &active.lineage,
+            previous,
+            plan.new_key.attestation.clone(),
+            statement,
+        );
+        let rotation_index = self.append_entry(staged, EntryKind::Rotation, &actor, bytes);
         staged.batch.keys.push(KeyChange::Retire {
             actor: actor.clone(),
             version: plan.previous_version,
             retired_at: rotated_at,
         });
-        let new_key = Arc::new(plan.new_key);
-        staged
-            .batch
-            .keys
-            .push(KeyChange::Insert(Box::new((*new_key).clone())));
+        staged.batch.keys.push(KeyChange::Rotated {
+            key: Box::new(plan.new_key.clone()),
+            rotation_index,
+        });
         if let Some(chain) = self.actors.get_mut(&actor) {
-            chain.key = Some(new_key);
+            chain.key = Some(ActiveKey {
+                record: Arc::new(plan.new_key),
+                lineage: Arc::new(lineage),
+            });
         }
         Ok(())
     }
@@ -627,7 +650,7 @@ impl Sequencer {
         actor: &str,
         version: u32,
     ) -> Result<(), SequencerError> {
-        let key = self.active_version(actor, version)?;
+        let key = self.active_version(actor, version)?.record;
         let retired_at = now_rfc3339();
         let payload = retirement_payload(actor, version, &key.key_id, &retired_at);
         let signature = self.backend.sign_digest(
@@ -737,7 +760,10 @@ impl Sequencer {
                     merkle::inclusion_proof(&overlay, pending.row.log_index, checkpoint.size())?;
                 pending.bundle_json = bundles::bundle_json(
                     pending.envelope.clone(),
-                    &pending.key,
+                    bundles::SigningKey {
+                        record: &pending.key.record,
+                        lineage: &pending.key.lineage,
+                    },
                     &self.log,
                     pending.row.log_index,
                     checkpoint.size(),

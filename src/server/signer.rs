@@ -249,8 +249,18 @@ impl SignerService {
         self.state.authorize_read(&caller, &actor)?;
         let state = Arc::clone(&self.state);
         let lookup = actor.clone();
-        let keys = blocking(move || state.keys(Some(&lookup))).await??;
-        select_key(&keys, &actor, version).map(|key| Response::new(to_api(key)))
+        let answer = blocking(move || {
+            let keys = state.keys(Some(&lookup))?;
+            let key = select_key(&keys, &lookup, version)?;
+            // One key: the whole lineage its bundles carry.
+            let lineage = super::bundles::lineage(&state.reader(), key)?;
+            let mut answer = to_api(key);
+            answer.lineage_json = serde_json::to_string(&lineage)
+                .map_err(|e| Status::internal(format!("lineage: {e}")))?;
+            Ok::<_, Status>(answer)
+        })
+        .await??;
+        Ok(Response::new(answer))
     }
 
     async fn attest_as_caller(

@@ -33,7 +33,7 @@ impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(_) => Status::already_exists(e.to_string()),
-            StoreError::Sqlite(_) | StoreError::Corrupt(_) => {
+            StoreError::Sqlite(_) | StoreError::Corrupt(_) | StoreError::Schema { .. } => {
                 tracing::error!(error = %e, "state database error");
                 Status::internal("state database error")
             }
