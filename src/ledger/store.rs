@@ -153,6 +153,7 @@ pub struct ReceiptRow {
 pub struct StoredReceipt {
     pub sequence: u64,
     pub key_id: String,
+    pub signed_at: String,
     pub proof_size: u64,
     pub proof: Vec<Hash>,
 }
@@ -372,11 +373,7 @@ impl Store {
 
     /// Versions 1 to `version` of `actor`, oldest first, each with the log entry of the
     /// rotation that made it (`None` for version 1): what a lineage is assembled from.
-    pub fn key_history(
-        &self,
-        actor: &str,
-        version: u32,
-    ) -> Result<Vec<KeyVersion>, StoreError> {
+    pub fn key_history(&self, actor: &str, version: u32) -> Result<Vec<KeyVersion>, StoreError> {
         let mut history = Vec::new();
         self.visit_keys(
             &format!(
@@ -664,16 +661,16 @@ impl Store {
 
     /// A stored receipt, by log index.
     pub fn receipt(&self, log_index: u64) -> Result<Option<StoredReceipt>, StoreError> {
-        let row: Option<(i64, String, i64, Vec<u8>)> = self
+        let row: Option<(i64, String, i64, Vec<u8>, String)> = self
             .conn
             .prepare_cached(
-                "SELECT sequence, key_id, proof_size, proof FROM receipts WHERE log_index = ?1",
+                "SELECT sequence, key_id, proof_size, proof, signed_at FROM receipts WHERE log_index = ?1",
             )?
             .query_row(params![to_i64(log_index, "log index")?], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
             })
             .optional()?;
-        row.map(|(sequence, key_id, proof_size, proof)| {
+        row.map(|(sequence, key_id, proof_size, proof, signed_at)| {
             let (hashes, rest) = proof.as_chunks::<32>();
             if !rest.is_empty() {
                 return Err(StoreError::Corrupt(format!("proof of receipt {log_index}")));
@@ -681,6 +678,7 @@ impl Store {
             Ok(StoredReceipt {
                 sequence: to_u64(sequence, "sequence")?,
                 key_id,
+                signed_at,
                 proof_size: to_u64(proof_size, "tree size")?,
                 proof: hashes.to_vec(),
             })

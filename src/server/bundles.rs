@@ -12,6 +12,7 @@ use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use super::sequencer::{LogIdentity, SignedReceipt};
 use crate::{
     ledger::{KeyRecord, Store, StoreError, entry, merkle::Hash},
+    pki::device::DeviceCertificates,
     proof::{
         bundle::{ActorKeyInBundle, BUNDLE_MEDIA_TYPE, Bundle, LogProof},
         dsse::{Envelope, EnvelopeSignature},
@@ -19,6 +20,23 @@ use crate::{
         spki_der,
     },
 };
+
+/// Unix seconds of an RFC 3339 time as actseal writes them.
+pub(crate) fn unix(time: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
+}
+
+/// A predecessor carries the device certificate in force when it rotated away: the time its
+/// certificate is checked at (FORMAT.md §7 `lineage.rotation`).
+fn predecessor_at(key: &KeyRecord, rotated_at: &str, certs: &DeviceCertificates) -> PredecessorKey {
+    let mut predecessor = predecessor(key);
+    if let Some(at) = unix(rotated_at) {
+        certs.resolve(&mut predecessor.attestation, at);
+    }
+    predecessor
+}
 
 fn predecessor(key: &KeyRecord) -> PredecessorKey {
     PredecessorKey {
@@ -35,11 +53,12 @@ pub fn successor_lineage(
     previous_lineage: &Lineage,
     previous: &KeyRecord,
     attestation: Attestation,
-    rotation: Envelope,
+    (rotation, rotated_at): (Envelope, &str),
+    certs: &DeviceCertificates,
 ) -> Lineage {
     let mut predecessors = Vec::with_capacity(previous_lineage.predecessors.len() + 1);
     predecessors.extend_from_slice(&previous_lineage.predecessors);
-    predecessors.push(predecessor(previous));
+    predecessors.push(predecessor_at(previous, rotated_at, certs));
     let mut rotations = Vec::with_capacity(previous_lineage.rotations.len() + 1);
     rotations.extend_from_slice(&previous_lineage.rotations);
     rotations.push(rotation);
@@ -65,7 +84,11 @@ fn envelope_of(bytes: &[u8], keyid: &str) -> Option<Envelope> {
 
 /// The lineage bundles of `key` carry, assembled from the stored versions 1 to `key.version`
 /// and the log's rotation entries between them.
-pub fn lineage(store: &Store, key: &KeyRecord) -> Result<Lineage, StoreError> {
+pub fn lineage(
+    store: &Store,
+    key: &KeyRecord,
+    certs: &DeviceCertificates,
+) -> Result<Lineage, StoreError> {
     let history = store.key_history(&key.actor, key.version)?;
     let corrupt = |what: String| {
         StoreError::Corrupt(format!(
@@ -86,7 +109,10 @@ pub fn lineage(store: &Store, key: &KeyRecord) -> Result<Lineage, StoreError> {
                 rotations.push(envelope_of(bytes, &prev.key_id).ok_or_else(|| {
                     corrupt(format!("the rotation to v{expected} is unreadable"))
                 })?);
-                predecessors.push(predecessor(prev));
+                let rotated_at = prev.retired_at.as_deref().ok_or_else(|| {
+                    corrupt(format!("v{} rotated but is not retired", prev.version))
+                })?;
+                predecessors.push(predecessor_at(prev, rotated_at, certs));
             }
             _ => return Err(corrupt(format!("v{expected} has no rotation entry"))),
         }
@@ -109,16 +135,34 @@ pub struct SigningKey<'a> {
     pub lineage: &'a Lineage,
 }
 
-/// The bundle of a receipt whose parts are at hand.
+/// Where a receipt is in the log and the signed checkpoint its proof leads to.
+pub struct Inclusion<'a> {
+    pub log_index: u64,
+    pub tree_size: u64,
+    pub proof: &'a [Hash],
+    pub checkpoint_note: String,
+}
+
+/// The bundle of a receipt whose parts are at hand, signed at `signed_at` (Unix seconds):
+/// the actor key's and the log key's attestations carry the device certificate in force then.
 pub fn bundle_json(
     receipt: Envelope,
     key: SigningKey<'_>,
     log: &LogIdentity,
-    log_index: u64,
-    tree_size: u64,
-    proof: &[Hash],
-    checkpoint_note: String,
+    inclusion: Inclusion<'_>,
+    certs: &DeviceCertificates,
+    signed_at: i64,
 ) -> String {
+    let mut lineage = key.lineage.clone();
+    certs.resolve(&mut lineage.attestation, signed_at);
+    let mut log_key = log.in_bundle();
+    certs.resolve(&mut log_key.lineage.attestation, signed_at);
+    let Inclusion {
+        log_index,
+        tree_size,
+        proof,
+        checkpoint_note,
+    } = inclusion;
     Bundle {
         media_type: BUNDLE_MEDIA_TYPE.into(),
         receipt,
@@ -126,14 +170,8 @@ pub fn bundle_json(
             key_id: key.record.key_id.clone(),
             public_key: B64.encode(spki_der(&key.record.public_key)),
         },
-        lineage: key.lineage.clone(),
-        log: LogProof::new(
-            log_index,
-            tree_size,
-            proof,
-            checkpoint_note,
-            log.in_bundle(),
-        ),
+        lineage,
+        log: LogProof::new(log_index, tree_size, proof, checkpoint_note, log_key),
     }
     .to_json()
 }
@@ -143,6 +181,7 @@ pub fn bundle_json(
 pub fn stored(
     store: &Store,
     log: &LogIdentity,
+    certs: &DeviceCertificates,
     log_index: u64,
     proof: Option<(u64, Vec<Hash>)>,
 ) -> Result<Option<SignedReceipt>, StoreError> {
@@ -157,7 +196,8 @@ pub fn stored(
     let key = store
         .key_by_id(&receipt.key_id)?
         .ok_or_else(|| corrupt("its key is not registered"))?;
-    let lineage = lineage(store, &key)?;
+    let lineage = lineage(store, &key, certs)?;
+    let signed_at = unix(&receipt.signed_at).ok_or_else(|| corrupt("its time is unreadable"))?;
     let (tree_size, hashes) = proof.unwrap_or((receipt.proof_size, receipt.proof));
     let note = store
         .checkpoint(tree_size)?
@@ -171,10 +211,14 @@ pub fn stored(
                 lineage: &lineage,
             },
             log,
-            log_index,
-            tree_size,
-            &hashes,
-            note,
+            Inclusion {
+                log_index,
+                tree_size,
+                proof: &hashes,
+                checkpoint_note: note,
+            },
+            certs,
+            signed_at,
         ),
         log_index,
         sequence: receipt.sequence,

@@ -24,6 +24,7 @@ use crate::{
         entry,
         merkle::{self, Frontier, Hash, MerkleError, NodeReader},
     },
+    pki::device::CertificateHistory,
     proof::{
         IN_TOTO_PAYLOAD_TYPE,
         bundle::LogKeyInBundle,
@@ -34,6 +35,10 @@ use crate::{
         spki_der,
     },
 };
+
+/// Why nothing is signed while no device certificate is valid.
+pub const NO_CERTIFICATE: &str = "no installed device certificate is valid now, so nothing signed \
+    would verify; the operator must install a renewed one (actseal device install)";
 
 /// Most commands taken into one batch (one commit, one checkpoint).
 const MAX_BATCH: usize = 256;
@@ -91,6 +96,9 @@ pub enum SequencerError {
     NotStored(String),
     #[error("{0}")]
     Halted(String),
+    /// No installed device certificate is valid now: what would be signed could not verify.
+    #[error("{0}")]
+    Uncertified(String),
     #[error("the sequencer has stopped")]
     Stopped,
 }
@@ -202,6 +210,7 @@ struct PendingReceipt {
     row: ReceiptRow,
     envelope: Envelope,
     key: ActiveKey,
+    signed_at_unix: i64,
     bundle_json: String,
     reply: Option<Reply<SignedReceipt>>,
 }
@@ -222,6 +231,8 @@ struct Sequencer {
     store: Store,
     backend: Arc<dyn Backend>,
     log: LogIdentity,
+    /// The device certificates bundles carry, one in force at each receipt's signedAt.
+    certificates: Arc<CertificateHistory>,
     actors: HashMap<String, ActorChain>,
     frontier: Frontier,
     /// How long a batch waits for more commands after its first (0: take what is waiting).
@@ -237,12 +248,14 @@ pub fn start(
     store: Store,
     backend: Arc<dyn Backend>,
     log: LogIdentity,
+    certificates: Arc<CertificateHistory>,
     batch_window: std::time::Duration,
 ) -> Result<(SequencerHandle, thread::JoinHandle<()>), SequencerError> {
     let mut sequencer = Sequencer {
         store,
         backend,
         log,
+        certificates,
         batch_window,
         halted: None,
         actors: HashMap::new(),
@@ -278,7 +291,11 @@ impl Sequencer {
                 head: heads.get(&key.actor).copied(),
             });
             if key.state == KeyState::Active {
-                let lineage = Arc::new(bundles::lineage(&self.store, &key)?);
+                let lineage = Arc::new(bundles::lineage(
+                    &self.store,
+                    &key,
+                    &self.certificates.get(),
+                )?);
                 chain.key = Some(ActiveKey {
                     record: Arc::new(key),
                     lineage,
@@ -419,7 +436,13 @@ impl Sequencer {
                     staged.followers.push((index, reply));
                     return Ok(());
                 }
-                match bundles::stored(&self.store, &self.log, index, None) {
+                match bundles::stored(
+                    &self.store,
+                    &self.log,
+                    &self.certificates.get(),
+                    index,
+                    None,
+                ) {
                     Ok(Some(answer)) => {
                         let _ = reply.send(Ok(answer));
                         return Ok(());
@@ -447,6 +470,10 @@ impl Sequencer {
         });
         let log_index = self.frontier.size();
         let signed_at = now_rfc3339();
+        let signed_at_unix = match self.certified_at(&signed_at) {
+            Ok(at) => at,
+            Err(e) => fail!(e),
+        };
         let payload = ReceiptStatement::new(
             &action.document_sha256,
             ReceiptPredicate {
@@ -515,10 +542,22 @@ impl Sequencer {
             },
             envelope,
             key: active,
+            signed_at_unix,
             bundle_json: String::new(),
             reply: Some(reply),
         });
         Ok(())
+    }
+
+    /// The Unix time of `at` if an installed device certificate is valid then: a receipt or
+    /// rotation dated when none is could never verify, so it is not signed.
+    fn certified_at(&self, at: &str) -> Result<i64, SequencerError> {
+        let unix = bundles::unix(at)
+            .ok_or_else(|| SequencerError::NotStored(format!("unreadable time {at:?}")))?;
+        if self.certificates.covering(unix).in_force(unix).is_none() {
+            return Err(SequencerError::Uncertified(NO_CERTIFICATE.into()));
+        }
+        Ok(unix)
     }
 
     fn check_new_key(&self, staged: &Staged, key: &KeyRecord) -> Result<(), SequencerError> {
@@ -595,6 +634,7 @@ impl Sequencer {
         self.check_new_key(staged, &plan.new_key)?;
         // Dated and signed here, in log order: every receipt before it is dated no later.
         let rotated_at = now_rfc3339();
+        self.certified_at(&rotated_at)?;
         let payload = rotation_payload(
             &actor,
             VersionRef {
@@ -623,7 +663,8 @@ impl Sequencer {
             &active.lineage,
             previous,
             plan.new_key.attestation.clone(),
-            statement,
+            (statement, &rotated_at),
+            &self.certificates.get(),
         );
         let rotation_index = self.append_entry(staged, EntryKind::Rotation, &actor, bytes);
         staged.batch.keys.push(KeyChange::Retire {
@@ -750,6 +791,7 @@ impl Sequencer {
                     Ok(self.backend.sign_digest(&self.log.key, digest)?)
                 },
             )?;
+            let certificates = self.certificates.get();
             let overlay = Overlay {
                 store: &self.store,
                 staged: &staged.nodes,
@@ -765,10 +807,14 @@ impl Sequencer {
                         lineage: &pending.key.lineage,
                     },
                     &self.log,
-                    pending.row.log_index,
-                    checkpoint.size(),
-                    &proof,
-                    note.clone(),
+                    bundles::Inclusion {
+                        log_index: pending.row.log_index,
+                        tree_size: checkpoint.size(),
+                        proof: &proof,
+                        checkpoint_note: note.clone(),
+                    },
+                    &certificates,
+                    pending.signed_at_unix,
                 );
                 pending.row.proof_size = checkpoint.size();
                 pending.row.proof = proof;
