@@ -847,9 +847,7 @@ async fn metrics_count_signs_errors_and_backend_health() {
     assert_eq!(not_found.code(), Code::NotFound);
     let listed = admin(&lab)
         .await
-        .list_keys(ListKeysRequest {
-            actor: String::new(),
-        })
+        .list_keys(ListKeysRequest::default())
         .await
         .unwrap();
     assert_eq!(listed.into_inner().keys.len(), 1);

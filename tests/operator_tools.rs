@@ -208,19 +208,31 @@ fn an_expired_device_certificate_stops_the_daemon_from_signing() {
         "0",
     ])
     .unwrap();
-    lab.run_ok(&[
-        "device",
-        "install",
-        "--config",
-        &lab.path("actseal.toml"),
-        &short,
-    ])
-    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let refused = lab
+        .run(&[
+            "device",
+            "install",
+            "--config",
+            &lab.path("actseal.toml"),
+            &short,
+        ])
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("the certificate has expired"),
+        "{refused:?}"
+    );
+    // Only an expired certificate installed (put in place by hand, without the history that
+    // still holds the valid one): the daemon does not start.
+    std::fs::remove_dir_all(lab.dir.join("state/device-certificates")).unwrap();
+    std::fs::copy(&short, lab.dir.join("state/device.crt")).unwrap();
     let err = lab
         .start_daemon()
         .expect_err("an expired device certificate");
     assert!(
-        err.to_string().contains("device certificate has expired"),
+        err.to_string()
+            .contains("no installed device certificate is valid now"),
         "{err}"
     );
 }

@@ -98,15 +98,23 @@ pub fn key(command: KeyCommand) -> Result<()> {
             }
             KeyCommand::List { actor, connection } => {
                 let mut client = KeyAdminClient::new(connect(&connection).await?);
-                let keys = client
-                    .list_keys(ListKeysRequest {
-                        actor: actor.unwrap_or_default(),
-                    })
-                    .await
-                    .map_err(status_error)?
-                    .into_inner()
-                    .keys;
-                keys.iter().for_each(print_key);
+                let mut page_token = String::new();
+                loop {
+                    let page = client
+                        .list_keys(ListKeysRequest {
+                            actor: actor.clone().unwrap_or_default(),
+                            page_size: 0,
+                            page_token,
+                        })
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    page.keys.iter().for_each(print_key);
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = page.next_page_token;
+                }
             }
             KeyCommand::Show {
                 actor,

@@ -52,6 +52,10 @@ enum Command {
         /// Require the bundle to come from the log with this origin.
         #[arg(long)]
         log_origin: Option<String>,
+        /// Verify as of this time (RFC 3339) instead of the clock: the receipt must be dated
+        /// no later. Certificates are still checked when their evidence was made (signedAt).
+        #[arg(long, value_parser = parse_time)]
+        at: Option<i64>,
     },
     /// Check that an older signed checkpoint's tree is a prefix of a newer one's, offline.
     VerifyLog {
@@ -323,6 +327,13 @@ enum CaCommand {
     },
 }
 
+/// An RFC 3339 time as Unix seconds (`--at`).
+fn parse_time(text: &str) -> Result<i64, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|e| format!("not an RFC 3339 time such as 2026-11-26T17:51:36Z: {e}"))
+}
+
 #[derive(Subcommand)]
 enum DeviceCommand {
     /// Create the device key if needed and write a certificate request signed by it.
@@ -332,7 +343,8 @@ enum DeviceCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Install the device certificate the CA issued.
+    /// Install the device certificate the CA issued (or a renewal of it: the certificates
+    /// installed before are kept for older proofs; a certificate for another key is refused).
     Install {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
@@ -382,9 +394,16 @@ pub fn main() -> ExitCode {
             trust,
             document,
             log_origin,
+            at,
         } => {
             init_logging("warn", false);
-            return operator::verify(&bundle, &trust, document.as_deref(), log_origin.as_deref());
+            return operator::verify(
+                &bundle,
+                &trust,
+                document.as_deref(),
+                log_origin.as_deref(),
+                at,
+            );
         }
         Command::VerifyLog {
             proof,

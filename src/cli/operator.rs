@@ -84,6 +84,7 @@ pub fn verify(
     trust: &Path,
     document: Option<&Path>,
     log_origin: Option<&str>,
+    at: Option<i64>,
 ) -> ExitCode {
     let document = match document.map(std::fs::read).transpose() {
         Ok(document) => document,
@@ -105,6 +106,19 @@ pub fn verify(
                 "log.origin: the bundle is from log {:?}, not {origin:?}",
                 verified.log_origin
             ));
+        }
+        if let Some(at) = at {
+            let signed = time::OffsetDateTime::parse(
+                &verified.signed_at,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .map_err(|e| format!("receipt.statement: signedAt: {e}"))?;
+            if signed.unix_timestamp() > at {
+                return Err(format!(
+                    "receipt.statement: signed at {}, after the time given with --at",
+                    verified.signed_at
+                ));
+            }
         }
         Ok(format!("VERIFIED {}\n{verified}", bundle.display()))
     })
@@ -251,7 +265,8 @@ pub fn device(command: DeviceCommand) -> Result<()> {
             let config = Config::load(&config)?;
             let pem = std::fs::read_to_string(&certificate)
                 .with_context(|| format!("cannot read {}", certificate.display()))?;
-            let backend = server::open_pkcs11_backend(&config)?;
+            // The token's device key, or the TPM's attestation key (a renewed AK certificate).
+            let (backend, _) = server::open_backend(&config)?;
             let device_key = backend.device_key(false)?;
             std::fs::create_dir_all(&config.state.dir)
                 .with_context(|| format!("cannot create {}", config.state.dir.display()))?;

@@ -4,7 +4,7 @@ use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use serde::Serialize;
 
 use super::{Store, StoreError};
-use crate::proof::{bundle::LogKeyInBundle, lineage::Lineage, spki_der};
+use crate::proof::{bundle::LogKeyInBundle, lineage::Attestation, spki_der};
 
 /// Media type of a log export.
 pub const EXPORT_MEDIA_TYPE: &str = "application/vnd.actseal.log-export.v1+json";
@@ -16,7 +16,8 @@ struct ExportKey {
     version: u32,
     key_id: String,
     public_key: String,
-    lineage: Lineage,
+    /// The version's own attestation (a lineage without predecessors); rotations are entries.
+    lineage: Attestation,
 }
 
 #[derive(Serialize)]
@@ -50,7 +51,7 @@ pub fn export(store: &Store, log_key: LogKeyInBundle) -> Result<String, StoreErr
             actor: k.actor,
             version: k.version,
             key_id: k.key_id,
-            lineage: k.lineage,
+            lineage: k.attestation,
         })
         .collect();
     serde_json::to_string(&Export {

@@ -1,7 +1,7 @@
 //! SQLite storage. WAL with `synchronous=FULL`: a committed append survives a crash or a
 //! power loss, so the daemon answers a caller only after the commit returns.
 
-use std::{collections::HashMap, path::Path, time::Duration};
+use std::{collections::HashMap, ops::ControlFlow, path::Path, time::Duration};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use spki::DecodePublicKey;
@@ -9,8 +9,13 @@ use spki::DecodePublicKey;
 use super::merkle::{Hash, MerkleError, NodeReader};
 use crate::{
     backend::{BackendKind, KeyRef},
-    proof::lineage::{KeyOrigin, Lineage},
+    proof::lineage::{Attestation, KeyOrigin},
 };
+
+/// The schema this code reads and writes (`PRAGMA user_version`). 2: each key version stores
+/// its own attestation and refers to the log entry of the rotation that made it; the lineage
+/// of bundles is assembled from those (schema 1 stored every predecessor in every version).
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS actor_keys (
@@ -23,8 +28,10 @@ CREATE TABLE IF NOT EXISTS actor_keys (
     origin      TEXT    NOT NULL,
     state       TEXT    NOT NULL,
     created_at  TEXT    NOT NULL,
-    lineage     TEXT    NOT NULL,
+    attestation TEXT    NOT NULL,
     retired_at  TEXT,
+    rotation_index INTEGER REFERENCES log_entries (log_index) DEFERRABLE INITIALLY DEFERRED,
+    CHECK ((version = 1) = (rotation_index IS NULL)),
     PRIMARY KEY (actor, version)
 );
 CREATE TABLE IF NOT EXISTS log_entries (
@@ -76,6 +83,13 @@ pub enum StoreError {
     /// A stored row does not decode: the database was damaged or edited.
     #[error("state database is corrupt: {0}")]
     Corrupt(String),
+    /// The database was made by another version of actseal. Nothing is deployed on schema 1,
+    /// so there is no migration: refusing is safer than guessing.
+    #[error(
+        "state database has schema version {found}, this actseal reads version {SCHEMA_VERSION} \
+         (key lineage by reference); there is no migration: start from a new state directory"
+    )]
+    Schema { found: i64 },
 }
 
 /// Whether a key version may still sign.
@@ -106,7 +120,8 @@ pub struct KeyRecord {
     pub origin: KeyOrigin,
     pub state: KeyState,
     pub created_at: String,
-    pub lineage: Lineage,
+    /// This version's own attestation; bundles assemble the lineage from every version's.
+    pub attestation: Attestation,
     /// When the key stopped signing (rotation or retirement).
     pub retired_at: Option<String>,
 }
@@ -138,6 +153,7 @@ pub struct ReceiptRow {
 pub struct StoredReceipt {
     pub sequence: u64,
     pub key_id: String,
+    pub signed_at: String,
     pub proof_size: u64,
     pub proof: Vec<Hash>,
 }
@@ -180,10 +196,18 @@ pub struct CheckpointRow {
     pub note: String,
 }
 
+/// A stored key version with the log entry of the rotation that made it (`None` for v1).
+pub type KeyVersion = (KeyRecord, Option<Vec<u8>>);
+
 /// A change to the key table.
 #[derive(Debug, Clone)]
 pub enum KeyChange {
     Insert(Box<KeyRecord>),
+    /// A version made by a rotation, whose statement is the log entry at `rotation_index`.
+    Rotated {
+        key: Box<KeyRecord>,
+        rotation_index: u64,
+    },
     Retire {
         actor: String,
         version: u32,
@@ -233,25 +257,48 @@ fn is_unique_violation(err: &rusqlite::Error) -> bool {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`. A database of another schema
+    /// version is refused ([`StoreError::Schema`]) and left as it is.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.execute_batch(SCHEMA)?;
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        let tables: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
+            [],
+            |row| row.get(0),
+        )?;
+        match (found, tables) {
+            (SCHEMA_VERSION, _) => {}
+            (0, 0) => {
+                let tx = conn.unchecked_transaction()?;
+                tx.execute_batch(SCHEMA)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+                tx.commit()?;
+            }
+            // Schema 1 had no version number.
+            (0, _) => return Err(StoreError::Schema { found: 1 }),
+            (found, _) => return Err(StoreError::Schema { found }),
+        }
         Ok(Store { conn })
     }
 
     /// Registers a key version. A second key for the same (actor, version) or the same key
     /// id is a [`StoreError::Conflict`].
-    fn insert_key(conn: &Connection, key: &KeyRecord) -> Result<(), StoreError> {
-        let lineage = serde_json::to_string(&key.lineage)
-            .map_err(|e| StoreError::Corrupt(format!("lineage does not serialise: {e}")))?;
+    fn insert_key(
+        conn: &Connection,
+        key: &KeyRecord,
+        rotation_index: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let attestation = serde_json::to_string(&key.attestation)
+            .map_err(|e| StoreError::Corrupt(format!("attestation does not serialise: {e}")))?;
+        let rotation_index = rotation_index.map(|i| to_i64(i, "log index")).transpose()?;
         let result = conn.execute(
-            "INSERT INTO actor_keys (actor, version, backend, key_ref, key_id, public_key, origin, state, created_at, lineage, retired_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO actor_keys (actor, version, backend, key_ref, key_id, public_key, origin, state, created_at, attestation, retired_at, rotation_index)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 key.actor,
                 key.version,
@@ -262,8 +309,9 @@ impl Store {
                 key.origin.as_str(),
                 key.state.as_str(),
                 key.created_at,
-                lineage,
+                attestation,
                 key.retired_at,
+                rotation_index,
             ],
         );
         match result {
@@ -276,67 +324,73 @@ impl Store {
         }
     }
 
+    /// Runs a query whose first columns are [`KEY_COLUMNS`] and hands each decoded key (with
+    /// the row, for further columns) to `visit`, until it breaks.
+    fn visit_keys<P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        mut visit: impl FnMut(KeyRecord, &rusqlite::Row<'_>) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut rows = stmt.query(params)?;
+        while let Some(row) = rows.next()? {
+            if visit(key_from_row(row)?, row)?.is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Key versions, oldest first; of one actor, or of all when `actor` is `None`.
     pub fn keys(&self, actor: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT actor, version, backend, key_ref, key_id, public_key, origin, state, created_at, lineage, retired_at
-             FROM actor_keys WHERE ?1 IS NULL OR actor = ?1 ORDER BY actor, version",
-        )?;
-        let rows = stmt.query_map(params![actor], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, u32>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-                row.get::<_, String>(4)?,
-                row.get::<_, Vec<u8>>(5)?,
-                row.get::<_, String>(6)?,
-                row.get::<_, String>(7)?,
-                row.get::<_, String>(8)?,
-                row.get::<_, String>(9)?,
-                row.get::<_, Option<String>>(10)?,
-            ))
-        })?;
         let mut keys = Vec::new();
-        for row in rows {
-            let (
-                actor,
-                version,
-                backend,
-                key_ref,
-                key_id,
-                spki,
-                origin,
-                state,
-                created_at,
-                lineage,
-                retired_at,
-            ) = row?;
-            let corrupt = |what: &str| StoreError::Corrupt(format!("key {key_id}: bad {what}"));
-            keys.push(KeyRecord {
-                backend: BackendKind::parse(&backend).ok_or_else(|| corrupt("backend"))?,
-                public_key: p256::PublicKey::from_public_key_der(&spki)
-                    .map_err(|_| corrupt("public key"))?,
-                origin: match origin.as_str() {
-                    "generated" => KeyOrigin::Generated,
-                    "adopted" => KeyOrigin::Adopted,
-                    _ => return Err(corrupt("origin")),
-                },
-                state: match state.as_str() {
-                    "active" => KeyState::Active,
-                    "retired" => KeyState::Retired,
-                    _ => return Err(corrupt("state")),
-                },
-                lineage: serde_json::from_str(&lineage).map_err(|_| corrupt("lineage"))?,
-                actor,
-                version,
-                key_ref: KeyRef(key_ref),
-                key_id,
-                created_at,
-                retired_at,
-            });
-        }
+        self.visit_keys(
+            &format!(
+                "SELECT {KEY_COLUMNS} FROM actor_keys k WHERE ?1 IS NULL OR k.actor = ?1 ORDER BY k.actor, k.version"
+            ),
+            params![actor],
+            |key, _| {
+                keys.push(key);
+                Ok(ControlFlow::Continue(()))
+            },
+        )?;
         Ok(keys)
+    }
+
+    /// Key versions in (actor, version) order, starting after `after` (exclusive), handed to
+    /// `visit` one at a time until it breaks: a page reads only the rows it walks over.
+    pub fn scan_keys(
+        &self,
+        after: (&str, u32),
+        mut visit: impl FnMut(KeyRecord) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.visit_keys(
+            &format!(
+                "SELECT {KEY_COLUMNS} FROM actor_keys k WHERE (k.actor, k.version) > (?1, ?2) ORDER BY k.actor, k.version"
+            ),
+            params![after.0, after.1],
+            |key, _| Ok(visit(key)),
+        )
+    }
+
+    /// Versions 1 to `version` of `actor`, oldest first, each with the log entry of the
+    /// rotation that made it (`None` for version 1): what a lineage is assembled from.
+    pub fn key_history(&self, actor: &str, version: u32) -> Result<Vec<KeyVersion>, StoreError> {
+        let mut history = Vec::new();
+        self.visit_keys(
+            &format!(
+                "SELECT {KEY_COLUMNS}, e.entry FROM actor_keys k
+                 LEFT JOIN log_entries e ON e.log_index = k.rotation_index
+                 WHERE k.actor = ?1 AND k.version <= ?2 ORDER BY k.version"
+            ),
+            params![actor, version],
+            |key, row| {
+                history.push((key, row.get::<_, Option<Vec<u8>>>(KEY_COLUMN_COUNT)?));
+                Ok(ControlFlow::Continue(()))
+            },
+        )?;
+        Ok(history)
     }
 
     /// Every actor's newest receipt.
@@ -385,7 +439,11 @@ impl Store {
         let tx = self.conn.transaction()?;
         for change in &batch.keys {
             match change {
-                KeyChange::Insert(key) => Self::insert_key(&tx, key)?,
+                KeyChange::Insert(key) => Self::insert_key(&tx, key, None)?,
+                KeyChange::Rotated {
+                    key,
+                    rotation_index,
+                } => Self::insert_key(&tx, key, Some(*rotation_index))?,
                 KeyChange::Retire {
                     actor,
                     version,
@@ -607,16 +665,16 @@ impl Store {
 
     /// A stored receipt, by log index.
     pub fn receipt(&self, log_index: u64) -> Result<Option<StoredReceipt>, StoreError> {
-        let row: Option<(i64, String, i64, Vec<u8>)> = self
+        let row: Option<(i64, String, i64, Vec<u8>, String)> = self
             .conn
             .prepare_cached(
-                "SELECT sequence, key_id, proof_size, proof FROM receipts WHERE log_index = ?1",
+                "SELECT sequence, key_id, proof_size, proof, signed_at FROM receipts WHERE log_index = ?1",
             )?
             .query_row(params![to_i64(log_index, "log index")?], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
             })
             .optional()?;
-        row.map(|(sequence, key_id, proof_size, proof)| {
+        row.map(|(sequence, key_id, proof_size, proof, signed_at)| {
             let (hashes, rest) = proof.as_chunks::<32>();
             if !rest.is_empty() {
                 return Err(StoreError::Corrupt(format!("proof of receipt {log_index}")));
@@ -624,6 +682,7 @@ impl Store {
             Ok(StoredReceipt {
                 sequence: to_u64(sequence, "sequence")?,
                 key_id,
+                signed_at,
                 proof_size: to_u64(proof_size, "tree size")?,
                 proof: hashes.to_vec(),
             })
@@ -651,18 +710,16 @@ impl Store {
 
     /// The key version with this key id.
     pub fn key_by_id(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let actor: Option<String> = self
-            .conn
-            .prepare_cached("SELECT actor FROM actor_keys WHERE key_id = ?1")?
-            .query_row(params![key_id], |row| row.get(0))
-            .optional()?;
-        match actor {
-            None => Ok(None),
-            Some(actor) => Ok(self
-                .keys(Some(&actor))?
-                .into_iter()
-                .find(|k| k.key_id == key_id)),
-        }
+        let mut found = None;
+        self.visit_keys(
+            &format!("SELECT {KEY_COLUMNS} FROM actor_keys k WHERE k.key_id = ?1"),
+            params![key_id],
+            |key, _| {
+                found = Some(key);
+                Ok(ControlFlow::Break(()))
+            },
+        )?;
+        Ok(found)
     }
 
     /// Number of receipts in the log.
@@ -672,6 +729,39 @@ impl Store {
             .query_row("SELECT COUNT(*) FROM receipts", [], |row| row.get(0))?;
         to_u64(n, "count")
     }
+}
+
+/// The columns [`key_from_row`] decodes, in its order.
+const KEY_COLUMNS: &str = "k.actor, k.version, k.backend, k.key_ref, k.key_id, k.public_key, k.origin, k.state, k.created_at, k.attestation, k.retired_at";
+const KEY_COLUMN_COUNT: usize = 11;
+
+fn key_from_row(row: &rusqlite::Row<'_>) -> Result<KeyRecord, StoreError> {
+    let key_id: String = row.get(4)?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("key {key_id}: bad {what}"));
+    let spki: Vec<u8> = row.get(5)?;
+    let attestation: String = row.get(9)?;
+    Ok(KeyRecord {
+        actor: row.get(0)?,
+        version: row.get(1)?,
+        backend: BackendKind::parse(&row.get::<_, String>(2)?).ok_or_else(|| corrupt("backend"))?,
+        key_ref: KeyRef(row.get(3)?),
+        public_key: p256::PublicKey::from_public_key_der(&spki)
+            .map_err(|_| corrupt("public key"))?,
+        origin: match row.get::<_, String>(6)?.as_str() {
+            "generated" => KeyOrigin::Generated,
+            "adopted" => KeyOrigin::Adopted,
+            _ => return Err(corrupt("origin")),
+        },
+        state: match row.get::<_, String>(7)?.as_str() {
+            "active" => KeyState::Active,
+            "retired" => KeyState::Retired,
+            _ => return Err(corrupt("state")),
+        },
+        created_at: row.get(8)?,
+        attestation: serde_json::from_str(&attestation).map_err(|_| corrupt("attestation"))?,
+        retired_at: row.get(10)?,
+        key_id,
+    })
 }
 
 impl NodeReader for Store {
@@ -685,5 +775,38 @@ impl NodeReader for Store {
                 source: Box::new(e),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_of_another_schema_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        // Schema 1 had no user_version and a `lineage` column.
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch("CREATE TABLE actor_keys (actor TEXT, lineage TEXT);")
+            .unwrap();
+        drop(old);
+        let err = Store::open(&path).err().unwrap();
+        assert!(matches!(err, StoreError::Schema { found: 1 }), "{err}");
+        assert!(err.to_string().contains("no migration"), "{err}");
+        let newer = dir.path().join("newer.db");
+        Connection::open(&newer)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        assert!(matches!(
+            Store::open(&newer).err().unwrap(),
+            StoreError::Schema { .. }
+        ));
+        // A new database gets the current schema, and opens again.
+        let fresh = dir.path().join("fresh.db");
+        drop(Store::open(&fresh).unwrap());
+        let store = Store::open(&fresh).unwrap();
+        assert!(store.keys(None).unwrap().is_empty());
     }
 }

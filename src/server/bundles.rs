@@ -1,45 +1,177 @@
 //! Assembling a receipt's proof bundle from what is stored once: the log entry, the key's
 //! lineage, the log key and the checkpoint. Fresh bundles (the sequencer) and stored ones
 //! (retries, `GetInclusionProof`) come out of the same function, byte for byte.
+//!
+//! Lineage is stored by reference: each key version keeps only its own attestation and the
+//! log index of the rotation that made it. A bundle's lineage (every earlier version and every
+//! rotation statement) is assembled here, once per bundle, so storage grows with the number
+//! of versions and not with its square.
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 
 use super::sequencer::{LogIdentity, SignedReceipt};
 use crate::{
     ledger::{KeyRecord, Store, StoreError, entry, merkle::Hash},
+    pki::device::DeviceCertificates,
     proof::{
         bundle::{ActorKeyInBundle, BUNDLE_MEDIA_TYPE, Bundle, LogProof},
         dsse::{Envelope, EnvelopeSignature},
-        lineage::EncodeError,
+        lineage::{Attestation, EncodeError, Lineage, PredecessorKey},
         spki_der,
     },
 };
 
-/// The bundle of a receipt whose parts are at hand.
+/// Unix seconds of an RFC 3339 time as actseal writes them.
+pub(crate) fn unix(time: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
+}
+
+/// A predecessor carries the device certificate in force when it rotated away: the time its
+/// certificate is checked at (FORMAT.md §7 `lineage.rotation`).
+fn predecessor_at(key: &KeyRecord, rotated_at: &str, certs: &DeviceCertificates) -> PredecessorKey {
+    let mut predecessor = predecessor(key);
+    if let Some(at) = unix(rotated_at) {
+        certs.resolve(&mut predecessor.attestation, at);
+    }
+    predecessor
+}
+
+fn predecessor(key: &KeyRecord) -> PredecessorKey {
+    PredecessorKey {
+        version: key.version,
+        key_id: key.key_id.clone(),
+        public_key: B64.encode(spki_der(&key.public_key)),
+        attestation: key.attestation.clone(),
+    }
+}
+
+/// The lineage of the version `rotation` hands over to, from its predecessor's lineage: what
+/// [`lineage`] assembles from the store once the rotation is committed.
+pub fn successor_lineage(
+    previous_lineage: &Lineage,
+    previous: &KeyRecord,
+    attestation: Attestation,
+    (rotation, rotated_at): (Envelope, &str),
+    certs: &DeviceCertificates,
+) -> Lineage {
+    let mut predecessors = Vec::with_capacity(previous_lineage.predecessors.len() + 1);
+    predecessors.extend_from_slice(&previous_lineage.predecessors);
+    predecessors.push(predecessor_at(previous, rotated_at, certs));
+    let mut rotations = Vec::with_capacity(previous_lineage.rotations.len() + 1);
+    rotations.extend_from_slice(&previous_lineage.rotations);
+    rotations.push(rotation);
+    Lineage {
+        attestation,
+        predecessors,
+        rotations,
+    }
+}
+
+/// A stored log entry as the DSSE envelope it was signed as (its signer's key id given).
+fn envelope_of(bytes: &[u8], keyid: &str) -> Option<Envelope> {
+    let parts = entry::decode(bytes)?;
+    Some(Envelope {
+        payload_type: parts.payload_type,
+        payload: B64.encode(&parts.payload),
+        signatures: vec![EnvelopeSignature {
+            keyid: keyid.to_owned(),
+            sig: B64.encode(&parts.signature_der),
+        }],
+    })
+}
+
+/// The lineage bundles of `key` carry, assembled from the stored versions 1 to `key.version`
+/// and the log's rotation entries between them.
+pub fn lineage(
+    store: &Store,
+    key: &KeyRecord,
+    certs: &DeviceCertificates,
+) -> Result<Lineage, StoreError> {
+    let history = store.key_history(&key.actor, key.version)?;
+    let corrupt = |what: String| {
+        StoreError::Corrupt(format!(
+            "lineage of {:?} v{}: {what}",
+            key.actor, key.version
+        ))
+    };
+    let mut predecessors = Vec::with_capacity(history.len());
+    let mut rotations = Vec::with_capacity(history.len());
+    let mut previous: Option<&KeyRecord> = None;
+    for (expected, (version, rotation)) in (1..).zip(&history) {
+        if version.version != expected {
+            return Err(corrupt(format!("version {expected} is missing")));
+        }
+        match (previous, rotation) {
+            (None, None) => {}
+            (Some(prev), Some(bytes)) => {
+                rotations.push(envelope_of(bytes, &prev.key_id).ok_or_else(|| {
+                    corrupt(format!("the rotation to v{expected} is unreadable"))
+                })?);
+                let rotated_at = prev.retired_at.as_deref().ok_or_else(|| {
+                    corrupt(format!("v{} rotated but is not retired", prev.version))
+                })?;
+                predecessors.push(predecessor_at(prev, rotated_at, certs));
+            }
+            _ => return Err(corrupt(format!("v{expected} has no rotation entry"))),
+        }
+        previous = Some(version);
+    }
+    match previous {
+        Some(last) if last.key_id == key.key_id => Ok(Lineage {
+            attestation: last.attestation.clone(),
+            predecessors,
+            rotations,
+        }),
+        _ => Err(corrupt("the stored versions end elsewhere".into())),
+    }
+}
+
+/// The key that signed a receipt, with the lineage its bundles carry.
+#[derive(Clone, Copy)]
+pub struct SigningKey<'a> {
+    pub record: &'a KeyRecord,
+    pub lineage: &'a Lineage,
+}
+
+/// Where a receipt is in the log and the signed checkpoint its proof leads to.
+pub struct Inclusion<'a> {
+    pub log_index: u64,
+    pub tree_size: u64,
+    pub proof: &'a [Hash],
+    pub checkpoint_note: String,
+}
+
+/// The bundle of a receipt whose parts are at hand, signed at `signed_at` (Unix seconds):
+/// the actor key's and the log key's attestations carry the device certificate in force then.
 pub fn bundle_json(
     receipt: Envelope,
-    key: &KeyRecord,
+    key: SigningKey<'_>,
     log: &LogIdentity,
-    log_index: u64,
-    tree_size: u64,
-    proof: &[Hash],
-    checkpoint_note: String,
+    inclusion: Inclusion<'_>,
+    certs: &DeviceCertificates,
+    signed_at: i64,
 ) -> Result<String, EncodeError> {
+    let mut lineage = key.lineage.clone();
+    certs.resolve(&mut lineage.attestation, signed_at);
+    let mut log_key = log.in_bundle();
+    certs.resolve(&mut log_key.lineage.attestation, signed_at);
+    let Inclusion {
+        log_index,
+        tree_size,
+        proof,
+        checkpoint_note,
+    } = inclusion;
     Bundle {
         media_type: BUNDLE_MEDIA_TYPE.into(),
         receipt,
         actor_key: ActorKeyInBundle {
-            key_id: key.key_id.clone(),
-            public_key: B64.encode(spki_der(&key.public_key)),
+            key_id: key.record.key_id.clone(),
+            public_key: B64.encode(spki_der(&key.record.public_key)),
         },
-        lineage: key.lineage.clone(),
-        log: LogProof::new(
-            log_index,
-            tree_size,
-            proof,
-            checkpoint_note,
-            log.in_bundle(),
-        ),
+        lineage,
+        log: LogProof::new(log_index, tree_size, proof, checkpoint_note, log_key),
     }
     .to_json()
 }
@@ -49,6 +181,7 @@ pub fn bundle_json(
 pub fn stored(
     store: &Store,
     log: &LogIdentity,
+    certs: &DeviceCertificates,
     log_index: u64,
     proof: Option<(u64, Vec<Hash>)>,
 ) -> Result<Option<SignedReceipt>, StoreError> {
@@ -56,29 +189,38 @@ pub fn stored(
         return Ok(None);
     };
     let corrupt = |what: &str| StoreError::Corrupt(format!("receipt {log_index}: {what}"));
-    let parts = store
+    let envelope = store
         .entry(log_index)?
-        .and_then(|bytes| entry::decode(&bytes))
+        .and_then(|bytes| envelope_of(&bytes, &receipt.key_id))
         .ok_or_else(|| corrupt("its log entry is missing or unreadable"))?;
     let key = store
         .key_by_id(&receipt.key_id)?
         .ok_or_else(|| corrupt("its key is not registered"))?;
+    let lineage = lineage(store, &key, certs)?;
+    let signed_at = unix(&receipt.signed_at).ok_or_else(|| corrupt("its time is unreadable"))?;
     let (tree_size, hashes) = proof.unwrap_or((receipt.proof_size, receipt.proof));
     let note = store
         .checkpoint(tree_size)?
         .ok_or_else(|| corrupt("the checkpoint of its proof is missing"))?
         .note;
-    let envelope = Envelope {
-        payload_type: parts.payload_type,
-        payload: B64.encode(&parts.payload),
-        signatures: vec![EnvelopeSignature {
-            keyid: receipt.key_id.clone(),
-            sig: B64.encode(&parts.signature_der),
-        }],
-    };
     Ok(Some(SignedReceipt {
-        bundle_json: bundle_json(envelope, &key, log, log_index, tree_size, &hashes, note)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        bundle_json: bundle_json(
+            envelope,
+            SigningKey {
+                record: &key,
+                lineage: &lineage,
+            },
+            log,
+            Inclusion {
+                log_index,
+                tree_size,
+                proof: &hashes,
+                checkpoint_note: note,
+            },
+            certs,
+            signed_at,
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         log_index,
         sequence: receipt.sequence,
         key_id: receipt.key_id,

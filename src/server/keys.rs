@@ -22,8 +22,7 @@ use crate::{
         key_id,
         lineage::{
             Attestation, EncodeError, Freshness, KeyDisposition, KeyOrigin, KeySubject, Lineage,
-            Pkcs11Statement, PredecessorKey, Tpm2Certify, pkcs11_statement_payload,
-            tpm2_certify_extra_data,
+            Pkcs11Statement, Tpm2Certify, pkcs11_statement_payload, tpm2_certify_extra_data,
         },
         now_rfc3339,
         receipt::CallerInReceipt,
@@ -149,7 +148,7 @@ pub(crate) fn to_api(key: &KeyRecord) -> ActorKey {
         state: key.state.as_str().into(),
         created_at: key.created_at.clone(),
         origin: key.origin.as_str().into(),
-        lineage_json: serde_json::to_string(&key.lineage).unwrap_or_default(),
+        lineage_json: serde_json::to_string(&key.attestation).unwrap_or_default(),
         retired_at: key.retired_at.clone().unwrap_or_default(),
     }
 }
@@ -216,7 +215,7 @@ impl KeyAdminService {
                 origin,
                 state: KeyState::Active,
                 created_at,
-                lineage: first_lineage(attestation),
+                attestation,
                 retired_at: None,
             })
         })
@@ -265,27 +264,7 @@ impl KeyAdmin for KeyAdminService {
         &self,
         request: Request<ListKeysRequest>,
     ) -> Result<Response<ListKeysResponse>, Status> {
-        let result = async {
-            let caller = Caller::of(&request)?;
-            let actor = request.into_inner().actor;
-            if !actor.is_empty() {
-                validate::actor(&actor)?;
-                self.state.authorize_read(&caller, &actor)?;
-            }
-            let state = Arc::clone(&self.state);
-            let keys = blocking(move || state.keys((!actor.is_empty()).then_some(actor.as_str())))
-                .await??;
-            // Everyone sees the keys of the actors they sign as or administer, and no others.
-            let policy = self.state.policy();
-            Ok(Response::new(ListKeysResponse {
-                keys: keys
-                    .iter()
-                    .filter(|k| policy.may_read(&caller, &k.actor))
-                    .map(to_api)
-                    .collect(),
-            }))
-        }
-        .await;
+        let result = self.list_keys_as_caller(request).await;
         self.state.metrics.observe("ListKeys", result)
     }
 
@@ -314,7 +293,138 @@ impl KeyAdmin for KeyAdminService {
     }
 }
 
+/// Keys in one ListKeys answer unless the caller asks for fewer, and the most it may ask for:
+/// each key is a few KiB (its own attestation), so a page stays far below gRPC's 4 MiB.
+const DEFAULT_PAGE_SIZE: u32 = 100;
+const MAX_PAGE_SIZE: u32 = 500;
+
+/// Where a ListKeys page ends: the last key it holds. Opaque to callers (base64url).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PageToken {
+    actor: String,
+    version: u32,
+}
+
+impl PageToken {
+    fn encode(&self) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.version, self.actor))
+    }
+
+    fn decode(token: &str) -> Result<Option<PageToken>, Status> {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let bad = || Status::invalid_argument("page_token: not a token from a ListKeys answer");
+        let text = URL_SAFE_NO_PAD
+            .decode(token)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or_else(bad)?;
+        let (version, actor) = text.split_once(':').ok_or_else(bad)?;
+        let version = version.parse().map_err(|_| bad())?;
+        validate::actor(actor).map_err(|_| bad())?;
+        Ok(Some(PageToken {
+            actor: actor.to_owned(),
+            version,
+        }))
+    }
+}
+
+/// One page of the keys whose actors `wanted` accepts, looked for only under `prefixes`
+/// (sorted, disjoint), after `after`; and whether more follow. Reads only the rows under
+/// the prefixes, from the cursor to one past the page.
+fn key_page(
+    store: &crate::ledger::Store,
+    prefixes: &[String],
+    wanted: impl Fn(&str) -> bool,
+    after: Option<&PageToken>,
+    limit: usize,
+) -> Result<(Vec<KeyRecord>, bool), crate::ledger::StoreError> {
+    use std::ops::ControlFlow;
+    let mut page = Vec::new();
+    let mut more = false;
+    for prefix in prefixes {
+        let start = match after {
+            Some(cursor) if cursor.actor.as_str() >= prefix.as_str() => {
+                (cursor.actor.as_str(), cursor.version)
+            }
+            _ => (prefix.as_str(), 0),
+        };
+        store.scan_keys(start, |key| {
+            if !key.actor.starts_with(prefix.as_str()) {
+                return ControlFlow::Break(());
+            }
+            if !wanted(&key.actor) {
+                return ControlFlow::Continue(());
+            }
+            if page.len() == limit {
+                more = true;
+                return ControlFlow::Break(());
+            }
+            page.push(key);
+            ControlFlow::Continue(())
+        })?;
+        if more {
+            break;
+        }
+    }
+    Ok((page, more))
+}
+
 impl KeyAdminService {
+    /// Authorizes first: the actors the caller may read decide which rows are read at all.
+    async fn list_keys_as_caller(
+        &self,
+        request: Request<ListKeysRequest>,
+    ) -> Result<Response<ListKeysResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let ListKeysRequest {
+            actor,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let after = PageToken::decode(&page_token)?;
+        let policy = self.state.policy();
+        let prefixes = if actor.is_empty() {
+            policy.readable_prefixes(&caller)
+        } else {
+            validate::actor(&actor)?;
+            self.state.authorize_read(&caller, &actor)?;
+            vec![actor.clone()]
+        };
+        let limit = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        } as usize;
+        let state = Arc::clone(&self.state);
+        let (keys, more) = blocking(move || {
+            // Everyone sees the keys of the actors they sign as or administer, and no others.
+            let wanted = |candidate: &str| {
+                if actor.is_empty() {
+                    policy.may_read(&caller, candidate)
+                } else {
+                    candidate == actor
+                }
+            };
+            key_page(&state.reader(), &prefixes, wanted, after.as_ref(), limit)
+        })
+        .await??;
+        let next_page_token = match keys.last() {
+            Some(last) if more => PageToken {
+                actor: last.actor.clone(),
+                version: last.version,
+            }
+            .encode(),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListKeysResponse {
+            keys: keys.iter().map(to_api).collect(),
+            next_page_token,
+        }))
+    }
+
     async fn adopt_key_as_caller(
         &self,
         request: Request<AdoptKeyRequest>,
@@ -444,7 +554,7 @@ fn plan_rotation(
 ) -> Result<RotationPlan, BackendError> {
     const MAX_VERSIONS: u32 = 1000;
     if previous.version >= MAX_VERSIONS {
-        // Each version's lineage carries all earlier ones; verifiers bound what they read.
+        // A bundle's lineage carries all earlier versions; verifiers bound what they read.
         return Err(BackendError::KeyRefused(format!(
             "actor {:?} has {MAX_VERSIONS} key versions, the most a lineage may carry",
             previous.actor
@@ -471,13 +581,6 @@ fn plan_rotation(
     .inspect_err(|_| {
         let _ = backend.destroy_key(&key.key_ref);
     })?;
-    let mut predecessors = previous.lineage.predecessors.clone();
-    predecessors.push(PredecessorKey {
-        version: previous.version,
-        key_id: previous.key_id.clone(),
-        public_key: B64.encode(spki_der(&previous.public_key)),
-        attestation: previous.lineage.attestation.clone(),
-    });
     Ok(RotationPlan {
         requested_by,
         previous_version: previous.version,
@@ -491,12 +594,9 @@ fn plan_rotation(
             origin: KeyOrigin::Generated,
             state: KeyState::Active,
             created_at,
-            lineage: Lineage {
-                attestation,
-                predecessors,
-                // The sequencer appends the rotation statement it has the previous key sign.
-                rotations: previous.lineage.rotations.clone(),
-            },
+            // Earlier versions and the rotation statement are referred to, not copied: the
+            // sequencer and bundles assemble the lineage (`bundles::lineage`).
+            attestation,
             retired_at: None,
         },
     })

@@ -38,7 +38,7 @@ use crate::{
     },
     config::{BackendConfig, Config, TlsConfig},
     ledger::{KeyRecord, Store, StoreError, integrity},
-    pki::device::{DeviceIdentity, load_identity},
+    pki::device::{CertificateHistory, DeviceIdentity, load_identity},
     proof::{
         key_id,
         lineage::{KeyOrigin, KeySubject},
@@ -56,6 +56,8 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct DaemonState {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) device: DeviceIdentity,
+    /// Every device certificate installed for the device key (renewals included).
+    pub(crate) certificates: Arc<CertificateHistory>,
     reader: Mutex<Store>,
     pub(crate) sequencer: sequencer::SequencerHandle,
     pub(crate) log: sequencer::LogIdentity,
@@ -388,6 +390,19 @@ async fn reload_on_hangup(
 ) {
     while hup.recv().await.is_some() {
         systemd::notify("RELOADING=1");
+        let certificates = Arc::clone(&state.certificates);
+        match tokio::task::spawn_blocking(move || certificates.reload()).await {
+            Ok(Ok(loaded)) => {
+                tracing::info!(
+                    not_after = loaded.not_after().unwrap_or_default(),
+                    "device certificates reloaded"
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "device certificate reload rejected; the previous ones stay")
+            }
+            Err(_) => tracing::error!("device certificate reload failed"),
+        }
         let load = path.clone();
         match tokio::task::spawn_blocking(move || Policy::load(&load)).await {
             Ok(Ok(policy)) => {
@@ -425,22 +440,27 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     })?;
     let (backend, token_serial) = tokio::task::block_in_place(|| open_backend(&config))?;
     let device_key = tokio::task::block_in_place(|| backend.device_key(false))?;
-    let device = load_identity(&config.state.device_certificate(), device_key)?;
-    match device.seconds_left() {
-        0 => {
+    let device = load_identity(&config.state.device_certificate(), device_key.clone())?;
+    let certificates = Arc::new(CertificateHistory::open(
+        &config.state.device_certificate(),
+        device_key,
+    )?);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    match certificates.get().in_force(now) {
+        None => {
             return Err(StartError::Config(
-                "the device certificate has expired: receipts would not verify; \
+                "no installed device certificate is valid now: receipts would not verify; \
                  have the CA issue a new one (actseal device csr, actseal ca issue, actseal device install)"
                     .into(),
             ));
         }
-        left if left < 30 * 24 * 3600 => {
+        Some(cert) if cert.not_after - now < 30 * 24 * 3600 => {
             tracing::warn!(
-                days_left = left / 86400,
-                "the device certificate expires soon; renew it"
+                days_left = (cert.not_after - now) / 86400,
+                "the device certificate expires soon; renew it (actseal device install keeps the old one for older proofs)"
             );
         }
-        _ => {}
+        Some(_) => {}
     }
     let database = config.state.database();
     let reader = Store::open(&database)?;
@@ -467,11 +487,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         Store::open(&database)?,
         Arc::clone(&backend),
         log.clone(),
+        Arc::clone(&certificates),
         std::time::Duration::from_millis(config.ledger.batch_window_ms),
     )?;
     let state = Arc::new(DaemonState {
         backend,
         device,
+        certificates,
         reader: Mutex::new(reader),
         sequencer,
         log,

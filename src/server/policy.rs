@@ -161,6 +161,14 @@ impl Pattern {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// What every value it matches starts with: the text before its first wildcard.
+    pub fn literal_prefix(&self) -> &str {
+        match self.tokens.first() {
+            Some(Token::Literal(literal)) => literal,
+            _ => "",
+        }
+    }
 }
 
 impl fmt::Display for Pattern {
@@ -396,6 +404,27 @@ impl Policy {
             })
     }
 
+    /// Prefixes that every actor `caller` may read starts with, sorted, none a prefix of
+    /// another: where to look for them (each actor found must still pass [`Self::may_read`]).
+    /// Empty when the caller may read no actor.
+    pub fn readable_prefixes(&self, caller: &Caller) -> Vec<String> {
+        let sign = self.sign.iter().map(|r| (&r.callers, &r.actors));
+        let admin = self.admin.iter().map(|r| (&r.callers, &r.actors));
+        let mut prefixes: Vec<&str> = sign
+            .chain(admin)
+            .filter(|(callers, _)| callers.iter().any(|c| c.matches(caller)))
+            .flat_map(|(_, actors)| actors.iter().map(Pattern::literal_prefix))
+            .collect();
+        prefixes.sort_unstable();
+        let mut kept: Vec<String> = Vec::new();
+        for prefix in prefixes {
+            if !kept.last().is_some_and(|k| prefix.starts_with(k.as_str())) {
+                kept.push(prefix.to_owned());
+            }
+        }
+        kept
+    }
+
     /// The number of rules, for the log.
     pub fn rule_counts(&self) -> (usize, usize) {
         (self.sign.len(), self.admin.len())
@@ -404,6 +433,39 @@ impl Policy {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn readable_prefixes_are_the_callers_patterns_literal_starts_without_overlap() {
+        let policy = Policy::parse(
+            r#"
+[[sign]]
+callers = ["uid:1"]
+actors = ["spiffe://a/agents/pay-*", "spiffe://a/agents/exact", "spiffe://b/*/x"]
+actions = ["*"]
+
+[[admin]]
+callers = ["uid:1"]
+actors = ["spiffe://a/agents/**"]
+
+[[admin]]
+callers = ["uid:2"]
+actors = ["*"]
+"#,
+            Path::new("p.toml"),
+        )
+        .unwrap();
+        let caller = |uid| Caller::Unix {
+            uid,
+            gid: 100,
+            pid: 1,
+        };
+        assert_eq!(
+            policy.readable_prefixes(&caller(1)),
+            ["spiffe://a/agents/", "spiffe://b/"]
+        );
+        assert_eq!(policy.readable_prefixes(&caller(2)), [""]);
+        assert!(policy.readable_prefixes(&caller(3)).is_empty());
+    }
+
     use super::*;
 
     fn p(text: &str) -> Pattern {

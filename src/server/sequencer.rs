@@ -24,6 +24,7 @@ use crate::{
         entry,
         merkle::{self, Frontier, Hash, MerkleError, NodeReader},
     },
+    pki::device::CertificateHistory,
     proof::{
         IN_TOTO_PAYLOAD_TYPE,
         bundle::LogKeyInBundle,
@@ -39,6 +40,10 @@ use crate::{
         spki_der,
     },
 };
+
+/// Why nothing is signed while no device certificate is valid.
+pub const NO_CERTIFICATE: &str = "no installed device certificate is valid now, so nothing signed \
+    would verify; the operator must install a renewed one (actseal device install)";
 
 /// Most commands taken into one batch (one commit, one checkpoint).
 const MAX_BATCH: usize = 256;
@@ -98,6 +103,9 @@ pub enum SequencerError {
     Encode(#[from] EncodeError),
     #[error("{0}")]
     Halted(String),
+    /// No installed device certificate is valid now: what would be signed could not verify.
+    #[error("{0}")]
+    Uncertified(String),
     #[error("the sequencer has stopped")]
     Stopped,
 }
@@ -123,8 +131,16 @@ enum Command {
 
 /// Where an actor's next receipt goes. `key` is `None` once the actor's key is retired.
 struct ActorChain {
-    key: Option<Arc<KeyRecord>>,
+    key: Option<ActiveKey>,
     head: Option<ActorHead>,
+}
+
+/// An actor's version in service, with the lineage its bundles carry, assembled once when
+/// the version comes into service rather than for every receipt.
+#[derive(Clone)]
+struct ActiveKey {
+    record: Arc<KeyRecord>,
+    lineage: Arc<Lineage>,
 }
 
 /// The handle the gRPC services use.
@@ -212,7 +228,8 @@ impl NodeReader for Overlay<'_> {
 struct PendingReceipt {
     row: ReceiptRow,
     envelope: Envelope,
-    key: Arc<KeyRecord>,
+    key: ActiveKey,
+    signed_at_unix: i64,
     bundle_json: String,
     reply: Option<Reply<SignedReceipt>>,
 }
@@ -233,6 +250,8 @@ struct Sequencer {
     store: Store,
     backend: Arc<dyn Backend>,
     log: LogIdentity,
+    /// The device certificates bundles carry, one in force at each receipt's signedAt.
+    certificates: Arc<CertificateHistory>,
     actors: HashMap<String, ActorChain>,
     frontier: Frontier,
     /// How long a batch waits for more commands after its first (0: take what is waiting).
@@ -248,12 +267,14 @@ pub fn start(
     store: Store,
     backend: Arc<dyn Backend>,
     log: LogIdentity,
+    certificates: Arc<CertificateHistory>,
     batch_window: std::time::Duration,
 ) -> Result<(SequencerHandle, thread::JoinHandle<()>), SequencerError> {
     let mut sequencer = Sequencer {
         store,
         backend,
         log,
+        certificates,
         batch_window,
         halted: None,
         actors: HashMap::new(),
@@ -289,7 +310,15 @@ impl Sequencer {
                 head: heads.get(&key.actor).copied(),
             });
             if key.state == KeyState::Active {
-                chain.key = Some(Arc::new(key));
+                let lineage = Arc::new(bundles::lineage(
+                    &self.store,
+                    &key,
+                    &self.certificates.get(),
+                )?);
+                chain.key = Some(ActiveKey {
+                    record: Arc::new(key),
+                    lineage,
+                });
             }
         }
         let size = self.store.next_log_index()?;
@@ -426,7 +455,13 @@ impl Sequencer {
                     staged.followers.push((index, reply));
                     return Ok(());
                 }
-                match bundles::stored(&self.store, &self.log, index, None) {
+                match bundles::stored(
+                    &self.store,
+                    &self.log,
+                    &self.certificates.get(),
+                    index,
+                    None,
+                ) {
                     Ok(Some(answer)) => {
                         let _ = reply.send(Ok(answer));
                         return Ok(());
@@ -441,18 +476,23 @@ impl Sequencer {
         let Some(chain) = self.actors.get(&action.actor) else {
             fail!(SequencerError::UnknownActor(action.actor.clone()))
         };
-        let Some(key) = chain.key.clone() else {
+        let Some(active) = chain.key.clone() else {
             fail!(SequencerError::Precondition(format!(
                 "actor {:?} has no active key: it was retired",
                 action.actor
             )))
         };
+        let key = Arc::clone(&active.record);
         let sequence = chain.head.map_or(1, |h| h.sequence + 1);
         let previous_receipt = chain.head.map(|h| receipt::Digest {
             sha256: hex::encode(h.payload_sha256),
         });
         let log_index = self.frontier.size();
         let signed_at = now_rfc3339();
+        let signed_at_unix = match self.certified_at(&signed_at) {
+            Ok(at) => at,
+            Err(e) => fail!(e),
+        };
         let payload = ReceiptStatement::new(
             &action.document_sha256,
             ReceiptPredicate {
@@ -524,20 +564,31 @@ impl Sequencer {
                 proof: Vec::new(),
             },
             envelope,
-            key,
+            key: active,
+            signed_at_unix,
             bundle_json: String::new(),
             reply: Some(reply),
         });
         Ok(())
     }
 
+    /// The Unix time of `at` if an installed device certificate is valid then: a receipt or
+    /// rotation dated when none is could never verify, so it is not signed.
+    fn certified_at(&self, at: &str) -> Result<i64, SequencerError> {
+        let unix = bundles::unix(at)
+            .ok_or_else(|| SequencerError::NotStored(format!("unreadable time {at:?}")))?;
+        if self.certificates.covering(unix).in_force(unix).is_none() {
+            return Err(SequencerError::Uncertified(NO_CERTIFICATE.into()));
+        }
+        Ok(unix)
+    }
+
     fn check_new_key(&self, staged: &Staged, key: &KeyRecord) -> Result<(), SequencerError> {
         let taken = self.store.key_id_registered(&key.key_id)?
-            || staged
-                .batch
-                .keys
-                .iter()
-                .any(|change| matches!(change, KeyChange::Insert(k) if k.key_id == key.key_id))
+            || staged.batch.keys.iter().any(|change| match change {
+                KeyChange::Insert(k) | KeyChange::Rotated { key: k, .. } => k.key_id == key.key_id,
+                KeyChange::Retire { .. } => false,
+            })
             || key.key_id == self.log.key_id;
         if taken {
             return Err(SequencerError::Conflict(format!(
@@ -565,7 +616,7 @@ impl Sequencer {
             origin: key.origin,
             registered_at: &now_rfc3339(),
             requested_by,
-            attestation: &key.lineage.attestation,
+            attestation: &key.attestation,
         })?;
         let bytes = self.log_key_entry(&payload)?;
         self.append_entry(staged, EntryKind::Registration, &key.actor, bytes);
@@ -601,7 +652,10 @@ impl Sequencer {
         self.actors.insert(
             key.actor.clone(),
             ActorChain {
-                key: Some(Arc::clone(&key)),
+                key: Some(ActiveKey {
+                    record: Arc::clone(&key),
+                    lineage: Arc::new(super::keys::first_lineage(key.attestation.clone())),
+                }),
                 head: None,
             },
         );
@@ -612,16 +666,16 @@ impl Sequencer {
         Ok(())
     }
 
-    fn active_version(&self, actor: &str, version: u32) -> Result<Arc<KeyRecord>, SequencerError> {
+    fn active_version(&self, actor: &str, version: u32) -> Result<ActiveKey, SequencerError> {
         let chain = self
             .actors
             .get(actor)
             .ok_or_else(|| SequencerError::UnknownActor(actor.to_owned()))?;
         match &chain.key {
-            Some(key) if key.version == version => Ok(Arc::clone(key)),
+            Some(key) if key.record.version == version => Ok(key.clone()),
             Some(key) => Err(SequencerError::Precondition(format!(
                 "actor {actor:?}: version {version} is not the active version (v{} is)",
-                key.version
+                key.record.version
             ))),
             None => Err(SequencerError::Precondition(format!(
                 "actor {actor:?} has no active key: it was retired"
@@ -632,14 +686,16 @@ impl Sequencer {
     fn stage_rotate(
         &mut self,
         staged: &mut Staged,
-        mut plan: RotationPlan,
+        plan: RotationPlan,
     ) -> Result<(), SequencerError> {
         let actor = plan.new_key.actor.clone();
-        let previous = self.active_version(&actor, plan.previous_version)?;
+        let active = self.active_version(&actor, plan.previous_version)?;
+        let previous = &active.record;
         self.check_new_key(staged, &plan.new_key)?;
         self.append_registration(staged, &plan.new_key, &plan.requested_by)?;
         // Dated and signed here, in log order: every receipt before it is dated no later.
         let rotated_at = now_rfc3339();
+        self.certified_at(&rotated_at)?;
         let payload = rotation_payload(
             &actor,
             VersionRef {
@@ -664,20 +720,28 @@ impl Sequencer {
         let statement = Envelope::new(IN_TOTO_PAYLOAD_TYPE, &payload, &previous.key_id, &signature);
         let bytes = entry::encode(&statement)
             .map_err(|e| SequencerError::NotStored(format!("entry encoding: {e}")))?;
-        plan.new_key.lineage.rotations.push(statement);
-        self.append_entry(staged, EntryKind::Rotation, &actor, bytes);
+        let lineage = bundles::successor_lineage(
+            &active.lineage,
+            previous,
+            plan.new_key.attestation.clone(),
+            (statement, &rotated_at),
+            &self.certificates.get(),
+        );
+        let rotation_index = self.append_entry(staged, EntryKind::Rotation, &actor, bytes);
         staged.batch.keys.push(KeyChange::Retire {
             actor: actor.clone(),
             version: plan.previous_version,
             retired_at: rotated_at,
         });
-        let new_key = Arc::new(plan.new_key);
-        staged
-            .batch
-            .keys
-            .push(KeyChange::Insert(Box::new((*new_key).clone())));
+        staged.batch.keys.push(KeyChange::Rotated {
+            key: Box::new(plan.new_key.clone()),
+            rotation_index,
+        });
         if let Some(chain) = self.actors.get_mut(&actor) {
-            chain.key = Some(new_key);
+            chain.key = Some(ActiveKey {
+                record: Arc::new(plan.new_key),
+                lineage: Arc::new(lineage),
+            });
         }
         Ok(())
     }
@@ -689,7 +753,7 @@ impl Sequencer {
         version: u32,
         disposition: KeyDisposition,
     ) -> Result<(), SequencerError> {
-        let key = self.active_version(actor, version)?;
+        let key = self.active_version(actor, version)?.record;
         let retired_at = now_rfc3339();
         let payload = retirement_payload(actor, version, &key.key_id, &retired_at, disposition)?;
         let bytes = self.log_key_entry(&payload)?;
@@ -793,6 +857,7 @@ impl Sequencer {
                     Ok(self.backend.sign_digest(&self.log.key, digest)?)
                 },
             )?;
+            let certificates = self.certificates.get();
             let overlay = Overlay {
                 store: &self.store,
                 staged: &staged.nodes,
@@ -803,12 +868,19 @@ impl Sequencer {
                     merkle::inclusion_proof(&overlay, pending.row.log_index, checkpoint.size())?;
                 pending.bundle_json = bundles::bundle_json(
                     pending.envelope.clone(),
-                    &pending.key,
+                    bundles::SigningKey {
+                        record: &pending.key.record,
+                        lineage: &pending.key.lineage,
+                    },
                     &self.log,
-                    pending.row.log_index,
-                    checkpoint.size(),
-                    &proof,
-                    note.clone(),
+                    bundles::Inclusion {
+                        log_index: pending.row.log_index,
+                        tree_size: checkpoint.size(),
+                        proof: &proof,
+                        checkpoint_note: note.clone(),
+                    },
+                    &certificates,
+                    pending.signed_at_unix,
                 )?;
                 pending.row.proof_size = checkpoint.size();
                 pending.row.proof = proof;

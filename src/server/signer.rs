@@ -89,6 +89,7 @@ impl SignerService {
         let bundle_json = super::bundles::stored(
             &store,
             &self.state.log,
+            &self.state.certificates.get(),
             log_index,
             Some((checkpoint.size, hashes.clone())),
         )?
@@ -213,11 +214,16 @@ impl SignerService {
         request: Request<SignRequest>,
     ) -> Result<(String, String, SignResponse), Status> {
         let caller = Caller::of(&request)?;
-        if self.state.device.seconds_left() == 0 {
-            // A receipt dated after the device certificate's end would never verify.
-            return Err(Status::unavailable(
-                "the device certificate has expired; the operator must renew it",
-            ));
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if self
+            .state
+            .certificates
+            .covering(now)
+            .in_force(now)
+            .is_none()
+        {
+            // A receipt dated when no device certificate is valid would never verify.
+            return Err(Status::unavailable(super::sequencer::NO_CERTIFICATE));
         }
         let action = validate::sign_request(request.get_ref(), caller.to_receipt())?;
         // Request ids are per caller: two callers' ids never collide.
@@ -249,8 +255,18 @@ impl SignerService {
         self.state.authorize_read(&caller, &actor)?;
         let state = Arc::clone(&self.state);
         let lookup = actor.clone();
-        let keys = blocking(move || state.keys(Some(&lookup))).await??;
-        select_key(&keys, &actor, version).map(|key| Response::new(to_api(key)))
+        let answer = blocking(move || {
+            let keys = state.keys(Some(&lookup))?;
+            let key = select_key(&keys, &lookup, version)?;
+            // One key: the whole lineage its bundles carry.
+            let lineage = super::bundles::lineage(&state.reader(), key, &state.certificates.get())?;
+            let mut answer = to_api(key);
+            answer.lineage_json = serde_json::to_string(&lineage)
+                .map_err(|e| Status::internal(format!("lineage: {e}")))?;
+            Ok::<_, Status>(answer)
+        })
+        .await??;
+        Ok(Response::new(answer))
     }
 
     async fn attest_as_caller(
@@ -307,6 +323,13 @@ impl SignerService {
             )
         })
         .await??;
+        // The certificate in force now, should the one loaded at start have been renewed.
+        let mut attestation = attestation;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        self.state
+            .certificates
+            .covering(now)
+            .resolve(&mut attestation, now);
         Ok(Response::new(AttestResponse {
             actor: key.actor.clone(),
             version: key.version,

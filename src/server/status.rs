@@ -33,7 +33,7 @@ impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(_) => Status::already_exists(e.to_string()),
-            StoreError::Sqlite(_) | StoreError::Corrupt(_) => {
+            StoreError::Sqlite(_) | StoreError::Corrupt(_) | StoreError::Schema { .. } => {
                 tracing::error!(error = %e, "state database error");
                 Status::internal("state database error")
             }
@@ -59,6 +59,7 @@ impl From<SequencerError> for Status {
             }
             SequencerError::Stopped => Status::unavailable("the daemon is shutting down"),
             SequencerError::Halted(reason) => Status::unavailable(reason),
+            SequencerError::Uncertified(reason) => Status::unavailable(reason),
         }
     }
 }

@@ -136,4 +136,70 @@ impl TestCa {
         let cert = params.signed_by(&key, &self.issuer).expect("client cert");
         (cert.pem(), key.pkcs8_pem())
     }
+
+    /// A device certificate for the P-256 key whose SubjectPublicKeyInfo is `spki_der`
+    /// (leaf only, PEM), valid over exactly `[not_before, not_after]`: short-lived ones for
+    /// renewal tests.
+    pub fn device(
+        &self,
+        spki_der: &[u8],
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> String {
+        use der::Decode;
+        let spki = spki::SubjectPublicKeyInfoRef::from_der(spki_der).expect("SPKI");
+        let point = RawPublicKey(spki.subject_public_key.raw_bytes().to_vec());
+        let mut params = CertificateParams::default();
+        params.serial_number = random_serial();
+        params.distinguished_name = name("actseal test device", Some("actseal tests"));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        // The PKCS#11 device role and the log-key attester grant (FORMAT.md §6.1).
+        let arc = "6982ecbbf0dbc59a9a96d588cb9ed299f196e74001";
+        let oid = |leaf: u8| {
+            let mut o = hex::decode(arc).expect("hex");
+            o.push(leaf);
+            o
+        };
+        let mut body = Vec::new();
+        for o in [oid(1), oid(2)] {
+            body.extend_from_slice(&[0x06, o.len() as u8]);
+            body.extend_from_slice(&o);
+        }
+        let mut content = vec![0x30, body.len() as u8];
+        content.extend_from_slice(&body);
+        params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+            &[2, 5, 29, 37],
+            content,
+        )];
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params
+            .signed_by(&point, &self.issuer)
+            .expect("device cert")
+            .pem()
+    }
+}
+
+/// A public key alone (uncompressed P-256 point), for certificates of hardware keys.
+struct RawPublicKey(Vec<u8>);
+
+impl PublicKeyData for RawPublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// The uncompressed point of a fresh random key (a certificate for a key that is not ours).
+pub fn random_spki() -> Vec<u8> {
+    use p256::pkcs8::EncodePublicKey;
+    SigningKey::random(&mut rand_core::OsRng)
+        .verifying_key()
+        .to_public_key_der()
+        .expect("SPKI")
+        .as_bytes()
+        .to_vec()
 }
