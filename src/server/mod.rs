@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod bundles;
+pub mod clock;
 mod keys;
 pub mod metrics;
 pub mod policy;
@@ -462,6 +463,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         Arc::clone(&backend),
         log.clone(),
         std::time::Duration::from_millis(config.ledger.batch_window_ms),
+        clock::EntryClock::new(clock::daemon_clock(), config.ledger.max_clock_step_back_s()),
     )?;
     let state = Arc::new(DaemonState {
         backend,

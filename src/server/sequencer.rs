@@ -14,7 +14,11 @@ use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{bundles, validate::ValidAction};
+use super::{
+    bundles,
+    clock::{self, ClockError, EntryClock},
+    validate::ValidAction,
+};
 use crate::{
     backend::{Backend, BackendError, HardwareKey},
     ledger::{
@@ -29,7 +33,6 @@ use crate::{
         bundle::LogKeyInBundle,
         dsse::{Envelope, signing_digest},
         lineage::{Lineage, VersionRef, retirement_payload, rotation_payload},
-        now_rfc3339,
         receipt::{self, Action, KeyRefInReceipt, ReceiptPredicate, ReceiptStatement},
         spki_der,
     },
@@ -91,6 +94,8 @@ pub enum SequencerError {
     NotStored(String),
     #[error("{0}")]
     Halted(String),
+    #[error(transparent)]
+    Clock(#[from] ClockError),
     #[error("the sequencer has stopped")]
     Stopped,
 }
@@ -222,6 +227,8 @@ struct Sequencer {
     halted: Option<String>,
     /// Committed tree nodes recently written or read (never uncommitted ones).
     node_cache: std::cell::RefCell<HashMap<(u8, u64), Hash>>,
+    /// Dates entries so that times never decrease in log order.
+    clock: EntryClock,
 }
 
 /// Starts the sequencer thread on `store`. It stops when every handle is dropped.
@@ -230,12 +237,14 @@ pub fn start(
     backend: Arc<dyn Backend>,
     log: LogIdentity,
     batch_window: std::time::Duration,
+    clock: EntryClock,
 ) -> Result<(SequencerHandle, thread::JoinHandle<()>), SequencerError> {
     let mut sequencer = Sequencer {
         store,
         backend,
         log,
         batch_window,
+        clock,
         halted: None,
         actors: HashMap::new(),
         frontier: Frontier::default(),
@@ -248,6 +257,16 @@ pub fn start(
         .spawn(move || sequencer.run(rx))
         .map_err(|e| SequencerError::NotStored(format!("cannot start sequencer thread: {e}")))?;
     Ok((SequencerHandle { tx }, thread))
+}
+
+/// A key's createdAt (its lineage's), a floor for the time of every entry it signs.
+fn created_at(key: &KeyRecord) -> Result<i64, SequencerError> {
+    clock::parse_rfc3339(&key.created_at).ok_or_else(|| {
+        SequencerError::Store(StoreError::Corrupt(format!(
+            "key {} has an unreadable createdAt {:?}",
+            key.key_id, key.created_at
+        )))
+    })
 }
 
 fn receipt_answer(pending: &PendingReceipt) -> SignedReceipt {
@@ -275,9 +294,11 @@ impl Sequencer {
         }
         let size = self.store.next_log_index()?;
         let frontier = Frontier::from_reader(&self.store, size)?;
+        let newest_time = clock::newest_entry_time(&self.store, size)?;
         // Swapped in only once all of it was read: never a half-rebuilt state.
         self.actors = actors;
         self.frontier = frontier;
+        self.clock.resume(newest_time);
         self.node_cache.borrow_mut().clear();
         Ok(())
     }
@@ -433,7 +454,11 @@ impl Sequencer {
             sha256: hex::encode(h.payload_sha256),
         });
         let log_index = self.frontier.size();
-        let signed_at = now_rfc3339();
+        let signed_at =
+            match created_at(&key).and_then(|c| self.clock.next(&[c]).map_err(Into::into)) {
+                Ok(time) => time,
+                Err(e) => fail!(e),
+            };
         let payload = ReceiptStatement::new(
             &action.document_sha256,
             ReceiptPredicate {
@@ -577,8 +602,11 @@ impl Sequencer {
         let actor = plan.new_key.actor.clone();
         let previous = self.active_version(&actor, plan.previous_version)?;
         self.check_new_key(staged, &plan.new_key)?;
-        // Dated and signed here, in log order: every receipt before it is dated no later.
-        let rotated_at = now_rfc3339();
+        // Dated and signed here, in log order: every receipt before it is dated no later, and
+        // neither version was created after it.
+        let rotated_at = self
+            .clock
+            .next(&[created_at(&previous)?, created_at(&plan.new_key)?])?;
         let payload = rotation_payload(
             &actor,
             VersionRef {
@@ -628,7 +656,7 @@ impl Sequencer {
         version: u32,
     ) -> Result<(), SequencerError> {
         let key = self.active_version(actor, version)?;
-        let retired_at = now_rfc3339();
+        let retired_at = self.clock.next(&[created_at(&key)?])?;
         let payload = retirement_payload(actor, version, &key.key_id, &retired_at);
         let signature = self.backend.sign_digest(
             &self.log.key,

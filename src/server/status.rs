@@ -59,6 +59,7 @@ impl From<SequencerError> for Status {
             }
             SequencerError::Stopped => Status::unavailable("the daemon is shutting down"),
             SequencerError::Halted(reason) => Status::unavailable(reason),
+            SequencerError::Clock(_) => Status::unavailable(e.to_string()),
         }
     }
 }
