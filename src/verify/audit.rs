@@ -154,6 +154,46 @@ fn root_of(leaves: &[[u8; 32]]) -> [u8; 32] {
     }
 }
 
+/// Times never decrease in log order (FORMAT.md §11.4): an entry dated before the one ahead of
+/// it was backdated, or signed by a daemon whose clock stepped back. `previous` is the index
+/// and time of the last dated entry.
+fn check_time_order(
+    envelope: &Envelope,
+    kind: &str,
+    index: u64,
+    previous: &mut Option<(u64, i64)>,
+) -> Result<(), AuditError> {
+    let at = Some(index);
+    let member = match kind {
+        statement::RECEIPT_PREDICATE_TYPE => "signedAt",
+        statement::ROTATION_PREDICATE_TYPE => "rotatedAt",
+        statement::RETIREMENT_PREDICATE_TYPE => "retiredAt",
+        other => return Err(fail(at, format!("no time rule for entry type {other:?}"))),
+    };
+    let statement: serde_json::Value =
+        serde_json::from_slice(&envelope.payload).map_err(|e| fail(at, format!("payload: {e}")))?;
+    let text = statement
+        .get("predicate")
+        .and_then(|p| p.get(member))
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| fail(at, format!("predicate.{member} is missing")))?;
+    let time =
+        statement::parse_time(&format!("predicate.{member}"), text).map_err(|e| fail(at, e))?;
+    if let Some((earlier, earlier_time)) = *previous {
+        if time < earlier_time {
+            return Err(fail(
+                at,
+                format!(
+                    "dated {text}, {} s before entry {earlier}: times go backwards in the log",
+                    earlier_time.saturating_sub(time)
+                ),
+            ));
+        }
+    }
+    *previous = Some((index, time));
+    Ok(())
+}
+
 /// Replays an exported log. The first problem found is returned.
 pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditReport, AuditError> {
     let export: ExportJson = serde_json::from_slice(export_json)
@@ -226,6 +266,7 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
     let mut retired_at: HashMap<String, i64> = HashMap::new();
     let (mut receipts, mut rotations, mut retirements) = (0u64, 0u64, 0u64);
     let mut last_time = i64::MIN;
+    let mut previous_time: Option<(u64, i64)> = None;
     for (position, entry) in entries.iter().enumerate() {
         let index = u64::try_from(position).unwrap_or(u64::MAX);
         let at = Some(index);
@@ -375,6 +416,7 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
             }
             other => return Err(fail(at, format!("unknown entry type {other:?}"))),
         }
+        check_time_order(&envelope, &kind, index, &mut previous_time)?;
     }
 
     for (key_id, retired) in &retired_at {
