@@ -179,16 +179,16 @@ fn check_time_order(
         .ok_or_else(|| fail(at, format!("predicate.{member} is missing")))?;
     let time =
         statement::parse_time(&format!("predicate.{member}"), text).map_err(|e| fail(at, e))?;
-    if let Some((earlier, earlier_time)) = *previous {
-        if time < earlier_time {
-            return Err(fail(
-                at,
-                format!(
-                    "dated {text}, {} s before entry {earlier}: times go backwards in the log",
-                    earlier_time.saturating_sub(time)
-                ),
-            ));
-        }
+    if let Some((earlier, earlier_time)) = *previous
+        && time < earlier_time
+    {
+        return Err(fail(
+            at,
+            format!(
+                "dated {text}, {} s before entry {earlier}: times go backwards in the log",
+                earlier_time.saturating_sub(time)
+            ),
+        ));
     }
     *previous = Some((index, time));
     Ok(())
