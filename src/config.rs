@@ -51,6 +51,18 @@ pub struct LedgerConfig {
     /// so a checkpoint is signed at least every second while entries arrive.
     #[serde(default)]
     pub batch_window_ms: u64,
+    /// How far (seconds) the clock may step back behind the log's newest entry time before the
+    /// daemon refuses to sign (UNAVAILABLE); within it, entries keep the newest time
+    /// (FORMAT.md §11.4). Default 300.
+    #[serde(default)]
+    pub max_clock_step_back_s: Option<u64>,
+}
+
+impl LedgerConfig {
+    pub fn max_clock_step_back_s(&self) -> u64 {
+        self.max_clock_step_back_s
+            .unwrap_or(crate::server::clock::DEFAULT_MAX_STEP_BACK_S)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

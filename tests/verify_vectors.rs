@@ -2695,3 +2695,43 @@ fn an_actor_named_like_the_log_origin_cannot_pass_for_the_log_key() {
     assert_eq!(e.check, Check::LineageStatement, "{e}");
     assert!(e.detail.contains("keyRole"), "{e}");
 }
+
+/// Issue 8, item 3: the key → actor mapping comes from the log's registration entries, never
+/// from the export's key table. An export whose receipts are signed by a key that only the
+/// table names (a key the operator made beside the daemon, attested by the device all the same)
+/// is refused; the same receipts behind the key's registration entry pass.
+#[test]
+fn audit_takes_keys_from_the_log_not_from_the_export_key_table() {
+    use actseal::verify::audit::audit_log;
+    let times = ["2026-11-26T18:00:00Z", "2026-11-26T18:01:00Z"];
+    let (export, anchor) = receipts_export_with(&times, true);
+    let anchors = TrustAnchors::from_pem(anchor.as_bytes()).unwrap();
+    let report = audit_log(export.as_bytes(), &anchors).expect("a registered key audits");
+    assert_eq!((report.registrations, report.receipts), (1, 2));
+
+    let (forged, anchor) = receipts_export_with(&times, false);
+    let anchors = TrustAnchors::from_pem(anchor.as_bytes()).unwrap();
+    let e = audit_log(forged.as_bytes(), &anchors).expect_err("a key table is not the log");
+    assert_eq!(e.index, Some(0), "{e}");
+    assert!(e.detail.contains("never registered"), "{e}");
+
+    // A second key registered for the same version is a fork, even with a valid attestation.
+    let g = generate(&Options::default());
+    let (export, _) = receipts_export_with(&times, true);
+    let mut json: Value = serde_json::from_str(&export).unwrap();
+    let twin = generate(&with(|o| o.actor_key_label = "another actor key".into()));
+    let mut entries: Vec<Vec<u8>> = json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| unb64(e.as_str().unwrap()))
+        .collect();
+    entries.insert(1, registration_entry(&twin, &g.options.created_at));
+    let leaves: Vec<Hash> = entries.iter().map(|e| leaf_hash(e)).collect();
+    let body = checkpoint_body(LOG_ORIGIN, entries.len() as u64, &tree_root(&leaves));
+    json["checkpoint"] = json!(signed_note(&body, LOG_ORIGIN, &g.log_key, &g.log_key));
+    json["entries"] = json!(entries.iter().map(|e| b64(e)).collect::<Vec<_>>());
+    let e = audit_log(json.to_string().as_bytes(), &anchors).expect_err("two keys for v1");
+    assert_eq!(e.index, Some(1), "{e}");
+    assert!(e.detail.contains("fork"), "{e}");
+}

@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod bundles;
+pub mod clock;
 mod keys;
 pub mod metrics;
 pub mod policy;
@@ -489,6 +490,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         log.clone(),
         Arc::clone(&certificates),
         std::time::Duration::from_millis(config.ledger.batch_window_ms),
+        clock::EntryClock::new(clock::daemon_clock(), config.ledger.max_clock_step_back_s()),
     )?;
     let state = Arc::new(DaemonState {
         backend,

@@ -14,7 +14,11 @@ use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{bundles, validate::ValidAction};
+use super::{
+    bundles,
+    clock::{self, ClockError, EntryClock},
+    validate::ValidAction,
+};
 use crate::{
     backend::{Backend, BackendError, HardwareKey},
     ledger::{
@@ -33,7 +37,6 @@ use crate::{
             EncodeError, KeyDisposition, Lineage, Registration, VersionRef, registration_payload,
             retirement_payload, rotation_payload,
         },
-        now_rfc3339,
         receipt::{
             self, Action, CallerInReceipt, KeyRefInReceipt, ReceiptPredicate, ReceiptStatement,
         },
@@ -106,6 +109,8 @@ pub enum SequencerError {
     /// No installed device certificate is valid now: what would be signed could not verify.
     #[error("{0}")]
     Uncertified(String),
+    #[error(transparent)]
+    Clock(#[from] ClockError),
     #[error("the sequencer has stopped")]
     Stopped,
 }
@@ -260,6 +265,8 @@ struct Sequencer {
     halted: Option<String>,
     /// Committed tree nodes recently written or read (never uncommitted ones).
     node_cache: std::cell::RefCell<HashMap<(u8, u64), Hash>>,
+    /// Dates entries so that times never decrease in log order.
+    clock: EntryClock,
 }
 
 /// Starts the sequencer thread on `store`. It stops when every handle is dropped.
@@ -269,6 +276,7 @@ pub fn start(
     log: LogIdentity,
     certificates: Arc<CertificateHistory>,
     batch_window: std::time::Duration,
+    clock: EntryClock,
 ) -> Result<(SequencerHandle, thread::JoinHandle<()>), SequencerError> {
     let mut sequencer = Sequencer {
         store,
@@ -276,6 +284,7 @@ pub fn start(
         log,
         certificates,
         batch_window,
+        clock,
         halted: None,
         actors: HashMap::new(),
         frontier: Frontier::default(),
@@ -288,6 +297,16 @@ pub fn start(
         .spawn(move || sequencer.run(rx))
         .map_err(|e| SequencerError::NotStored(format!("cannot start sequencer thread: {e}")))?;
     Ok((SequencerHandle { tx }, thread))
+}
+
+/// A key's createdAt (its lineage's), a floor for the time of every entry it signs.
+fn created_at(key: &KeyRecord) -> Result<i64, SequencerError> {
+    clock::parse_rfc3339(&key.created_at).ok_or_else(|| {
+        SequencerError::Store(StoreError::Corrupt(format!(
+            "key {} has an unreadable createdAt {:?}",
+            key.key_id, key.created_at
+        )))
+    })
 }
 
 fn receipt_answer(pending: &PendingReceipt) -> SignedReceipt {
@@ -323,9 +342,11 @@ impl Sequencer {
         }
         let size = self.store.next_log_index()?;
         let frontier = Frontier::from_reader(&self.store, size)?;
+        let newest_time = clock::newest_entry_time(&self.store, size)?;
         // Swapped in only once all of it was read: never a half-rebuilt state.
         self.actors = actors;
         self.frontier = frontier;
+        self.clock.resume(newest_time);
         self.node_cache.borrow_mut().clear();
         Ok(())
     }
@@ -488,7 +509,11 @@ impl Sequencer {
             sha256: hex::encode(h.payload_sha256),
         });
         let log_index = self.frontier.size();
-        let signed_at = now_rfc3339();
+        let signed_at =
+            match created_at(&key).and_then(|c| self.clock.next(&[c]).map_err(Into::into)) {
+                Ok(time) => time,
+                Err(e) => fail!(e),
+            };
         let signed_at_unix = match self.certified_at(&signed_at) {
             Ok(at) => at,
             Err(e) => fail!(e),
@@ -614,7 +639,7 @@ impl Sequencer {
             public_key: B64.encode(spki_der(&key.public_key)),
             backend: key.backend.as_str(),
             origin: key.origin,
-            registered_at: &now_rfc3339(),
+            registered_at: &self.clock.next(&[created_at(key)?])?,
             requested_by,
             attestation: &key.attestation,
         })?;
@@ -693,8 +718,11 @@ impl Sequencer {
         let previous = &active.record;
         self.check_new_key(staged, &plan.new_key)?;
         self.append_registration(staged, &plan.new_key, &plan.requested_by)?;
-        // Dated and signed here, in log order: every receipt before it is dated no later.
-        let rotated_at = now_rfc3339();
+        // Dated and signed here, in log order: every receipt before it is dated no later, and
+        // neither version was created after it.
+        let rotated_at = self
+            .clock
+            .next(&[created_at(previous)?, created_at(&plan.new_key)?])?;
         self.certified_at(&rotated_at)?;
         let payload = rotation_payload(
             &actor,
@@ -754,7 +782,7 @@ impl Sequencer {
         disposition: KeyDisposition,
     ) -> Result<(), SequencerError> {
         let key = self.active_version(actor, version)?.record;
-        let retired_at = now_rfc3339();
+        let retired_at = self.clock.next(&[created_at(&key)?])?;
         let payload = retirement_payload(actor, version, &key.key_id, &retired_at, disposition)?;
         let bytes = self.log_key_entry(&payload)?;
         if disposition == KeyDisposition::Destroyed {

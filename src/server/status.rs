@@ -60,6 +60,7 @@ impl From<SequencerError> for Status {
             SequencerError::Stopped => Status::unavailable("the daemon is shutting down"),
             SequencerError::Halted(reason) => Status::unavailable(reason),
             SequencerError::Uncertified(reason) => Status::unavailable(reason),
+            SequencerError::Clock(_) => Status::unavailable(e.to_string()),
         }
     }
 }

@@ -150,6 +150,47 @@ fn root_of(leaves: &[[u8; 32]]) -> [u8; 32] {
     }
 }
 
+/// The member that dates each kind of entry (FORMAT.md §11.4).
+fn time_member(kind: &str) -> Result<&'static str, String> {
+    match kind {
+        statement::REGISTRATION_PREDICATE_TYPE => Ok("registeredAt"),
+        statement::RECEIPT_PREDICATE_TYPE => Ok("signedAt"),
+        statement::ROTATION_PREDICATE_TYPE => Ok("rotatedAt"),
+        statement::RETIREMENT_PREDICATE_TYPE => Ok("retiredAt"),
+        other => Err(format!("no time rule for entry type {other:?}")),
+    }
+}
+
+/// Times never decrease in log order (FORMAT.md §11.4): an entry dated before the one ahead of
+/// it was backdated, or signed by a daemon whose clock stepped back. `previous` is the index
+/// and time of the last dated entry.
+fn check_time_order(
+    envelope: &Envelope,
+    kind: &str,
+    index: u64,
+    previous: &mut Option<(u64, i64)>,
+) -> Result<(), String> {
+    let member = time_member(kind)?;
+    let statement: serde_json::Value =
+        serde_json::from_slice(&envelope.payload).map_err(|e| format!("payload: {e}"))?;
+    let text = statement
+        .get("predicate")
+        .and_then(|p| p.get(member))
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| format!("predicate.{member} is missing"))?;
+    let time = statement::parse_time(&format!("predicate.{member}"), text)?;
+    if let Some((earlier, earlier_time)) = *previous
+        && time < earlier_time
+    {
+        return Err(format!(
+            "dated {text}, {} s before entry {earlier}: times go backwards in the log",
+            earlier_time.saturating_sub(time)
+        ));
+    }
+    *previous = Some((index, time));
+    Ok(())
+}
+
 /// The log an export claims to be, checked against its newest checkpoint.
 struct LogUnderAudit {
     origin: String,
@@ -224,6 +265,8 @@ struct Replay<'a> {
     retirements: u64,
     registrations: u64,
     retired_kept: u64,
+    /// The index and time of the last entry replayed.
+    previous_time: Option<(u64, i64)>,
 }
 
 /// Replays an exported log. The first problem found is returned.
@@ -242,6 +285,7 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
         retirements: 0,
         registrations: 0,
         retired_kept: 0,
+        previous_time: None,
     };
     for (position, entry) in log.entries.iter().enumerate() {
         let index = u64::try_from(position).unwrap_or(u64::MAX);
@@ -274,7 +318,8 @@ impl Replay<'_> {
             statement::ROTATION_PREDICATE_TYPE => self.rotation(&envelope),
             statement::RETIREMENT_PREDICATE_TYPE => self.retirement(&envelope),
             other => Err(format!("unknown entry type {other:?}")),
-        }
+        }?;
+        check_time_order(&envelope, &kind, index, &mut self.previous_time)
     }
 
     /// A key registration: signed by the log key, attested for its actor and version when it

@@ -1076,3 +1076,80 @@ pub fn generate(o: &Options) -> Generated {
 pub fn default_bundle() -> Generated {
     generate(&Options::default())
 }
+
+/// A log export (FORMAT.md §11.3) of receipts by the default actor key (version 1), one per
+/// time in `signed_at`, in that order: logIndex 0, 1, …, sequence 1, 2, …, each naming the
+/// previous receipt, under a checkpoint signed by the default log key. Returns the export JSON
+/// and the anchor PEM. Times are taken as given, so a test can backdate an entry.
+pub fn receipts_export(signed_at: &[&str]) -> (String, String) {
+    receipts_export_with(signed_at, true)
+}
+
+/// The log-key-signed registration of the generated actor key (FORMAT.md §11.2).
+pub fn registration_entry(g: &Generated, registered_at: &str) -> Vec<u8> {
+    let mut attestation = g.bundle["lineage"].clone();
+    let members = attestation.as_object_mut().unwrap();
+    members.remove("predecessors");
+    members.remove("rotations");
+    let statement = json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": format!("{}#1", g.options.actor),
+                     "digest": {"sha256": g.actor_key.key_id()}}],
+        "predicateType": "https://actseal.dev/key-registration/v1",
+        "predicate": {
+            "actor": g.options.actor, "version": 1, "keyId": g.actor_key.key_id(),
+            "publicKey": b64(&g.actor_key.spki_der()), "backend": "pkcs11",
+            "origin": "generated", "registeredAt": registered_at,
+            "requestedBy": {"kind": "unix", "uid": 0, "gid": 0, "pid": 1},
+            "attestation": attestation,
+        }
+    });
+    entry_bytes(&envelope(
+        &g.log_key,
+        &serde_json::to_vec(&statement).unwrap(),
+    ))
+}
+
+/// An export of a log of one actor's receipts at these times, its key registered in the log
+/// first (entry 0) when `registered`; otherwise the key appears only in the export's `keys`
+/// table, as exports once carried it. Returns (export JSON, anchor PEM).
+pub fn receipts_export_with(signed_at: &[&str], registered: bool) -> (String, String) {
+    let offset = u64::from(registered);
+    let size = signed_at.len() as u64 + offset;
+    let mut previous = None;
+    let mut entries = Vec::new();
+    let mut generated = None;
+    for (i, at) in signed_at.iter().enumerate() {
+        let g = generate(&Options {
+            signed_at: (*at).into(),
+            sequence: i as u64 + 1,
+            previous_receipt: previous.take(),
+            log_index: i as u64 + offset,
+            log_tree_size: size,
+            ..Options::default()
+        });
+        previous = Some(sha256_hex(&g.receipt_payload));
+        entries.push(entry_bytes(&g.bundle["receipt"]));
+        generated = Some(g);
+    }
+    let g = generated.expect("at least one receipt");
+    if registered {
+        entries.insert(0, registration_entry(&g, &g.options.created_at));
+    }
+    let leaves: Vec<Hash> = entries.iter().map(|e| leaf_hash(e)).collect();
+    let body = checkpoint_body(LOG_ORIGIN, size, &tree_root(&leaves));
+    let export = json!({
+        "mediaType": "application/vnd.actseal.log-export.v1+json",
+        "logKey": g.bundle["log"]["logKey"],
+        "checkpoint": signed_note(&body, LOG_ORIGIN, &g.log_key, &g.log_key),
+        "entries": entries.iter().map(|e| b64(e)).collect::<Vec<_>>(),
+        "keys": [{
+            "actor": g.options.actor,
+            "version": 1,
+            "keyId": g.actor_key.key_id(),
+            "publicKey": b64(&g.actor_key.spki_der()),
+            "lineage": g.bundle["lineage"],
+        }],
+    });
+    (serde_json::to_string(&export).unwrap(), g.anchor_pem)
+}
