@@ -1,7 +1,16 @@
-use std::{env, path::PathBuf};
+//! Compiles the gRPC API for the daemon and its clients. The verifier alone (without the
+//! `daemon` feature) has no gRPC, so it needs neither protoc nor the code generator.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    println!("cargo:rerun-if-changed=build.rs");
+    #[cfg(feature = "daemon")]
+    compile_protos()?;
+    Ok(())
+}
+
+#[cfg(feature = "daemon")]
+fn compile_protos() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("actseal_descriptor.bin"))
         .compile_protos(&["proto/actseal/v1/actseal.proto"], &["proto"])?;

@@ -1,16 +1,22 @@
 //! The `actseal` command line: the daemon, its clients, the operator's tools, the verifier
-//! and the demo.
+//! and the demo. Built without the `daemon` feature, only the offline commands: the verifier.
 
+#[cfg(feature = "daemon")]
 mod client;
+#[cfg(feature = "daemon")]
 mod demo;
 mod operator;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Args, Parser, Subcommand};
+#[cfg(feature = "daemon")]
+use clap::Args;
+use clap::{Parser, Subcommand};
 
+#[cfg(feature = "daemon")]
 pub use client::connect_unix;
 
+#[cfg(feature = "daemon")]
 use crate::config::{DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
 
 #[derive(Parser)]
@@ -19,6 +25,7 @@ use crate::config::{DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
     version,
     about = "Per-action proof for non-human identities"
 )]
+#[cfg_attr(not(feature = "daemon"), command(after_help = VERIFIER_ONLY))]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,6 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the signing daemon.
+    #[cfg(feature = "daemon")]
     Serve {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
@@ -35,9 +43,11 @@ enum Command {
         check_config: bool,
     },
     /// Manage actor keys through the daemon.
+    #[cfg(feature = "daemon")]
     #[command(subcommand)]
     Key(KeyCommand),
     /// Sign an action as an actor and write its proof bundle.
+    #[cfg(feature = "daemon")]
     Sign(SignArgs),
     /// Verify a proof bundle offline.
     Verify {
@@ -75,20 +85,25 @@ enum Command {
         trust: PathBuf,
     },
     /// The daemon's log: checkpoints, proofs, export.
+    #[cfg(feature = "daemon")]
     #[command(subcommand)]
     Log(LogCommand),
     /// The operator's certificate authority.
+    #[cfg(feature = "daemon")]
     #[command(subcommand)]
     Ca(CaCommand),
     /// The token's device key and certificate.
+    #[cfg(feature = "daemon")]
     #[command(subcommand)]
     Device(DeviceCommand),
     /// Initialise a PKCS#11 token (PINs from files, never from the command line).
+    #[cfg(feature = "daemon")]
     #[command(subcommand)]
     Token(TokenCommand),
     /// Enroll the TPM's attestation key: check the EK certificate against the TPM maker's
     /// CA, prove the AK is in that TPM (MakeCredential/ActivateCredential), have the
     /// operator CA issue the AK certificate and install it as the device certificate.
+    #[cfg(feature = "daemon")]
     Enroll {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
@@ -107,14 +122,26 @@ enum Command {
         no_log_key: bool,
     },
     /// Run the whole path on a fresh SoftHSM token: daemon, key, sign, verify.
+    #[cfg(feature = "daemon")]
     Demo {
         /// Working directory for the demo's tokens, CA and state (a new temporary one if unset).
         #[arg(long)]
         workdir: Option<PathBuf>,
     },
+    /// Any other command: in a verifier-only build, the daemon's, which it does not have.
+    #[cfg(not(feature = "daemon"))]
+    #[command(external_subcommand)]
+    NotBuilt(Vec<String>),
 }
 
+/// What `--help` says, and what a daemon command answers, in a verifier-only build.
+#[cfg(not(feature = "daemon"))]
+const VERIFIER_ONLY: &str = "This actseal is the verifier only (built without the `daemon` feature): \
+the daemon, its clients and the operator's tools need the default features \
+(`cargo install --path . --locked`).";
+
 /// How a client reaches the daemon.
+#[cfg(feature = "daemon")]
 #[derive(Args, Clone)]
 pub struct Connection {
     /// The daemon's Unix socket.
@@ -135,6 +162,7 @@ pub struct Connection {
     tls_key: Option<PathBuf>,
 }
 
+#[cfg(feature = "daemon")]
 #[derive(Subcommand)]
 enum KeyCommand {
     /// Generate a new key for an actor inside the backend.
@@ -212,6 +240,7 @@ enum KeyCommand {
     },
 }
 
+#[cfg(feature = "daemon")]
 #[derive(Args)]
 struct SignArgs {
     #[arg(long)]
@@ -244,6 +273,7 @@ struct SignArgs {
     connection: Connection,
 }
 
+#[cfg(feature = "daemon")]
 #[derive(Subcommand)]
 enum LogCommand {
     /// Print the newest signed checkpoint.
@@ -284,6 +314,7 @@ enum LogCommand {
     },
 }
 
+#[cfg(feature = "daemon")]
 #[derive(Subcommand)]
 enum CaCommand {
     /// Create a CA: its key (in a PKCS#11 token, or a key file if asked) and certificate.
@@ -334,6 +365,7 @@ fn parse_time(text: &str) -> Result<i64, String> {
         .map_err(|e| format!("not an RFC 3339 time such as 2026-11-26T17:51:36Z: {e}"))
 }
 
+#[cfg(feature = "daemon")]
 #[derive(Subcommand)]
 enum DeviceCommand {
     /// Create the device key if needed and write a certificate request signed by it.
@@ -352,6 +384,7 @@ enum DeviceCommand {
     },
 }
 
+#[cfg(feature = "daemon")]
 #[derive(Subcommand)]
 enum TokenCommand {
     /// Initialise a free slot's token with a label, SO PIN and user PIN.
@@ -367,6 +400,7 @@ enum TokenCommand {
     },
 }
 
+#[cfg(feature = "daemon")]
 fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ACTSEAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
@@ -381,10 +415,15 @@ fn init_logging(level: &str, json: bool) {
     };
 }
 
+/// The verifier logs nothing: without the daemon there is no subscriber to set up.
+#[cfg(not(feature = "daemon"))]
+fn init_logging(_level: &str, _json: bool) {}
+
 /// Entry point of the `actseal` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        #[cfg(feature = "daemon")]
         Command::Serve {
             config,
             check_config,
@@ -417,34 +456,42 @@ pub fn main() -> ExitCode {
             init_logging("warn", false);
             return operator::audit(&export, &trust);
         }
+        #[cfg(feature = "daemon")]
         Command::Log(LogCommand::Export { config, out }) => {
             init_logging("warn", false);
             operator::export_log(&config, &out)
         }
+        #[cfg(feature = "daemon")]
         Command::Log(command) => {
             init_logging("warn", false);
             client::log(command)
         }
+        #[cfg(feature = "daemon")]
         Command::Key(command) => {
             init_logging("warn", false);
             client::key(command)
         }
+        #[cfg(feature = "daemon")]
         Command::Sign(args) => {
             init_logging("warn", false);
             client::sign(args)
         }
+        #[cfg(feature = "daemon")]
         Command::Ca(command) => {
             init_logging("warn", false);
             operator::ca(command)
         }
+        #[cfg(feature = "daemon")]
         Command::Device(command) => {
             init_logging("warn", false);
             operator::device(command)
         }
+        #[cfg(feature = "daemon")]
         Command::Token(command) => {
             init_logging("warn", false);
             operator::token(command)
         }
+        #[cfg(feature = "daemon")]
         Command::Enroll {
             config,
             ca_dir,
@@ -455,10 +502,16 @@ pub fn main() -> ExitCode {
             init_logging("warn", false);
             operator::enroll(&config, &ca_dir, &ek_ca, days, !no_log_key)
         }
+        #[cfg(feature = "daemon")]
         Command::Demo { workdir } => {
             init_logging("warn", false);
             demo::run(workdir)
         }
+        #[cfg(not(feature = "daemon"))]
+        Command::NotBuilt(args) => Err(anyhow::anyhow!(
+            "no command {:?} here (offline: verify, verify-log, audit). {VERIFIER_ONLY}",
+            args.first().map_or("", String::as_str)
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

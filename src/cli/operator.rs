@@ -3,18 +3,22 @@
 
 use std::{path::Path, process::ExitCode};
 
+#[cfg(feature = "daemon")]
 use anyhow::{Context, Result, bail};
 
+#[cfg(feature = "daemon")]
 use super::{CaCommand, DeviceCommand, TokenCommand};
+use crate::verify::{TrustAnchors, verify_bundle};
+#[cfg(feature = "daemon")]
 use crate::{
     backend::{Backend, pkcs11},
     config::{Config, LogFormat},
     pki::{self, ca::NewCaKey},
     secret::PinSource,
     server,
-    verify::{TrustAnchors, verify_bundle},
 };
 
+#[cfg(feature = "daemon")]
 pub fn serve(config_path: &Path, check_only: bool) -> Result<()> {
     let config = Config::load(config_path)?;
     if check_only {
@@ -144,6 +148,7 @@ pub fn audit(export: &Path, trust: &Path) -> ExitCode {
     })
 }
 
+#[cfg(feature = "daemon")]
 pub fn export_log(config: &Path, out: &Path) -> Result<()> {
     let config = Config::load(config)?;
     let store = crate::ledger::Store::open(&config.state.database())?;
@@ -155,6 +160,7 @@ pub fn export_log(config: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "daemon")]
 pub fn ca(command: CaCommand) -> Result<()> {
     match command {
         CaCommand::Init {
@@ -204,6 +210,7 @@ pub fn ca(command: CaCommand) -> Result<()> {
     }
 }
 
+#[cfg(feature = "daemon")]
 fn pin_source(file: Option<std::path::PathBuf>, env: Option<String>) -> Result<PinSource> {
     match (file, env) {
         (Some(file), None) => Ok(PinSource::File(file)),
@@ -212,6 +219,7 @@ fn pin_source(file: Option<std::path::PathBuf>, env: Option<String>) -> Result<P
     }
 }
 
+#[cfg(feature = "daemon")]
 pub fn enroll(
     config: &std::path::Path,
     ca_dir: &std::path::Path,
@@ -242,6 +250,7 @@ pub fn enroll(
     Ok(())
 }
 
+#[cfg(feature = "daemon")]
 pub fn device(command: DeviceCommand) -> Result<()> {
     match command {
         DeviceCommand::Csr { config, out } => {
@@ -281,6 +290,7 @@ pub fn device(command: DeviceCommand) -> Result<()> {
     }
 }
 
+#[cfg(feature = "daemon")]
 pub fn token(command: TokenCommand) -> Result<()> {
     match command {
         TokenCommand::Init {

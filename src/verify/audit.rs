@@ -366,7 +366,6 @@ impl Replay<'_> {
         }
         let verifying = VerifyingKey::from_public_key_der(&r.key.spki_der)
             .map_err(|e| format!("registered key: {e}"))?;
-        tracing::debug!(actor = %r.actor, version = r.version, by = %r.requested_by, "registration");
         self.keys.insert(
             r.key.key_id,
             Key {

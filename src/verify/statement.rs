@@ -582,8 +582,6 @@ pub(crate) struct Registration {
     pub(crate) key: super::bundle::ActorKey,
     pub(crate) backend: String,
     pub(crate) registered_at_unix: i64,
-    /// The admin caller who asked, as the daemon authenticated it.
-    pub(crate) requested_by: String,
     pub(crate) attestation: super::bundle::Lineage,
 }
 
@@ -618,9 +616,10 @@ pub(crate) fn check_registration(envelope: &Envelope) -> Result<Registration, St
     if !attestation.predecessors.is_empty() || !attestation.rotations.is_empty() {
         return Err("predicate.attestation carries no rotations".into());
     }
+    // Who asked must be a well-formed caller (§3), though the audit does not judge it.
+    p.requested_by.summary()?;
     Ok(Registration {
         registered_at_unix: parse_time("predicate.registeredAt", &p.registered_at)?,
-        requested_by: p.requested_by.summary()?,
         actor: p.actor,
         version: p.version,
         key,
