@@ -4,7 +4,7 @@
 mod common;
 
 use actseal::api::{
-    AdoptKeyRequest, CreateKeyRequest, GetActorKeyRequest, ListKeysRequest,
+    AdoptKeyRequest, CreateKeyRequest, GetActorKeyRequest, ListKeysRequest, RetireKeyRequest,
     adopt_key_request::Selector, sign_request::Action,
 };
 use common::*;
@@ -1006,4 +1006,67 @@ async fn sigkill_while_signing_loses_no_acknowledged_receipt() {
     lab.stop_daemon().unwrap();
     let audit = export_and_audit(&lab, "after-crash.json");
     assert!(audit.starts_with("OK"), "{audit}");
+}
+
+/// Issue 8, item 3: retiring a key destroys it in the token, so "retired" is not only a row in
+/// SQLite; an operator may keep it instead, and the log says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retirement_destroys_the_key_in_the_token_unless_asked_to_keep_it() {
+    let lab = started_lab();
+    let kept_actor = "spiffe://acme.example/agents/archived";
+    let destroyed = create_key(&lab, ACTOR).await;
+    let kept = create_key(&lab, kept_actor).await;
+    let private_keys = || {
+        let out = pkcs11_tool(&lab, &["--list-objects", "--type", "privkey"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = private_keys();
+    let label_of = |actor: &str| format!("actseal {actor} v1");
+    for actor in [ACTOR, kept_actor] {
+        assert!(listed.contains(&label_of(actor)), "{listed}");
+    }
+    let mut admin = admin(&lab).await;
+    for (actor, keep_key) in [(ACTOR, false), (kept_actor, true)] {
+        admin
+            .retire_key(RetireKeyRequest {
+                actor: actor.into(),
+                version: 1,
+                keep_key,
+            })
+            .await
+            .expect("retire");
+    }
+    let listed = private_keys();
+    assert!(!listed.contains(&label_of(ACTOR)), "destroyed: {listed}");
+    assert!(listed.contains(&label_of(kept_actor)), "kept: {listed}");
+    let audit = export_and_audit(&lab, "log-export.json");
+    assert!(
+        audit.contains("2 retirements (1 keys kept in hardware)"),
+        "{audit}"
+    );
+    // Both retirement statements say what was done, signed by the log key.
+    use base64::{Engine, engine::general_purpose::STANDARD as B64};
+    let export: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(export_log(&lab, "again.json")).unwrap())
+            .unwrap();
+    let mut dispositions = Vec::new();
+    for entry in export["entries"].as_array().unwrap() {
+        let bytes = B64.decode(entry.as_str().unwrap()).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        for word in [
+            "\"keyDisposition\":\"destroyed\"",
+            "\"keyDisposition\":\"kept\"",
+        ] {
+            if text.contains(word) {
+                dispositions.push(word);
+            }
+        }
+    }
+    assert_eq!(dispositions.len(), 2, "{dispositions:?}");
+    let _ = (destroyed, kept);
 }
