@@ -216,6 +216,11 @@ fn audit_refuses_a_log_with_a_backdated_entry() {
     .expect_err("a backdated entry is refused");
     // Entry 0 registers the key; the backdated receipt is entry 3.
     assert_eq!(backdated.index, Some(3), "{backdated}");
+    assert_eq!(
+        backdated.step,
+        actseal::verify::audit::AuditStep::TimeOrder,
+        "{backdated}"
+    );
     assert!(
         backdated.to_string().contains("1 s before entry 2"),
         "{backdated}"

@@ -2712,6 +2712,7 @@ fn audit_takes_keys_from_the_log_not_from_the_export_key_table() {
     let (forged, anchor) = receipts_export_with(&times, false);
     let anchors = TrustAnchors::from_pem(anchor.as_bytes()).unwrap();
     let e = audit_log(forged.as_bytes(), &anchors).expect_err("a key table is not the log");
+    assert_eq!(e.step, actseal::verify::audit::AuditStep::Receipt, "{e}");
     assert_eq!(e.index, Some(0), "{e}");
     assert!(e.detail.contains("never registered"), "{e}");
 
@@ -2732,6 +2733,11 @@ fn audit_takes_keys_from_the_log_not_from_the_export_key_table() {
     json["checkpoint"] = json!(signed_note(&body, LOG_ORIGIN, &g.log_key, &g.log_key));
     json["entries"] = json!(entries.iter().map(|e| b64(e)).collect::<Vec<_>>());
     let e = audit_log(json.to_string().as_bytes(), &anchors).expect_err("two keys for v1");
+    assert_eq!(
+        e.step,
+        actseal::verify::audit::AuditStep::Registration,
+        "{e}"
+    );
     assert_eq!(e.index, Some(1), "{e}");
     assert!(e.detail.contains("fork"), "{e}");
 }

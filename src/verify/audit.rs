@@ -34,17 +34,42 @@ struct ExportJson {
     entries: Vec<String>,
 }
 
+/// Which step of the audit (FORMAT.md §11.3) found the problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditStep {
+    /// The export is not a well-formed export, or an entry is not a well-formed entry.
+    Export,
+    /// The entries are not what the newest checkpoint, signed by the log key, commits to.
+    Tree,
+    /// A key registration is not signed by the log key, not attested, or forks a version.
+    Registration,
+    /// A receipt is not signed by the key in service, or breaks its actor's chain.
+    Receipt,
+    /// A rotation is not signed by the version it retires, or forks the lineage.
+    Rotation,
+    /// A retirement is not signed by the log key, or retires a version not in service.
+    Retirement,
+    /// An entry is dated before the one ahead of it.
+    TimeOrder,
+    /// A key signed a receipt dated after its retirement.
+    SignedAfterRetirement,
+    /// The log key is not attested as this log's key.
+    LogKey,
+}
+
 /// Where the audit stopped, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{}{detail}", match .index { Some(i) => format!("entry {i}: "), None => String::new() })]
 pub struct AuditError {
+    pub step: AuditStep,
     /// The log index of the offending entry, if the failure is about one.
     pub index: Option<u64>,
     pub detail: String,
 }
 
-fn fail(index: Option<u64>, detail: impl Into<String>) -> AuditError {
+fn fail(step: AuditStep, index: Option<u64>, detail: impl Into<String>) -> AuditError {
     AuditError {
+        step,
         index,
         detail: detail.into(),
     }
@@ -205,25 +230,33 @@ struct LogUnderAudit {
 /// by the export's log key, commits to.
 fn open_export(export_json: &[u8]) -> Result<LogUnderAudit, AuditError> {
     let export: ExportJson = serde_json::from_slice(export_json)
-        .map_err(|e| fail(None, format!("not a log export: {e}")))?;
+        .map_err(|e| fail(AuditStep::Export, None, format!("not a log export: {e}")))?;
     if export.media_type != EXPORT_MEDIA_TYPE {
-        return Err(fail(None, format!("mediaType is {:?}", export.media_type)));
+        return Err(fail(
+            AuditStep::Export,
+            None,
+            format!("mediaType is {:?}", export.media_type),
+        ));
     }
     let (origin, log_key, key_lineage) =
-        bundle::decode_log_key(export.log_key).map_err(|e| fail(None, e))?;
+        bundle::decode_log_key(export.log_key).map_err(|e| fail(AuditStep::Export, None, e))?;
     let verifying = VerifyingKey::from_public_key_der(&log_key.spki_der)
-        .map_err(|e| fail(None, format!("log key: {e}")))?;
+        .map_err(|e| fail(AuditStep::Export, None, format!("log key: {e}")))?;
     let checkpoint = verify_checkpoint(export.checkpoint.as_bytes(), &origin, &log_key.spki_der)
-        .map_err(|e| fail(None, format!("checkpoint: {e}")))?;
+        .map_err(|e| fail(AuditStep::Tree, None, format!("checkpoint: {e}")))?;
     let entries = export
         .entries
         .iter()
         .enumerate()
-        .map(|(i, text)| bundle::base64(&format!("entries[{i}]"), text).map_err(|e| fail(None, e)))
+        .map(|(i, text)| {
+            bundle::base64(&format!("entries[{i}]"), text)
+                .map_err(|e| fail(AuditStep::Export, None, e))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let size = u64::try_from(entries.len()).unwrap_or(u64::MAX);
     if checkpoint.size != size {
         return Err(fail(
+            AuditStep::Tree,
             None,
             format!(
                 "{size} entries, but the checkpoint covers {}",
@@ -235,6 +268,7 @@ fn open_export(export_json: &[u8]) -> Result<LogUnderAudit, AuditError> {
     let root = root_of(&leaves);
     if root != checkpoint.root {
         return Err(fail(
+            AuditStep::Tree,
             None,
             "the entries' Merkle root is not the checkpoint's root",
         ));
@@ -291,7 +325,7 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
         let index = u64::try_from(position).unwrap_or(u64::MAX);
         replay
             .entry(index, entry)
-            .map_err(|e| fail(Some(index), e))?;
+            .map_err(|(step, e)| fail(step, Some(index), e))?;
     }
     replay.finish()?;
     Ok(AuditReport {
@@ -309,17 +343,27 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
 
 impl Replay<'_> {
     /// Checks one entry against everything before it.
-    fn entry(&mut self, index: u64, entry: &[u8]) -> Result<(), String> {
-        let envelope = decode_entry(entry)?;
-        let kind = statement::predicate_type(&envelope)?;
+    fn entry(&mut self, index: u64, entry: &[u8]) -> Result<(), (AuditStep, String)> {
+        let export = |e| (AuditStep::Export, e);
+        let envelope = decode_entry(entry).map_err(export)?;
+        let kind = statement::predicate_type(&envelope).map_err(export)?;
         match kind.as_str() {
-            statement::REGISTRATION_PREDICATE_TYPE => self.registration(&envelope),
-            statement::RECEIPT_PREDICATE_TYPE => self.receipt(index, &envelope),
-            statement::ROTATION_PREDICATE_TYPE => self.rotation(&envelope),
-            statement::RETIREMENT_PREDICATE_TYPE => self.retirement(&envelope),
-            other => Err(format!("unknown entry type {other:?}")),
+            statement::REGISTRATION_PREDICATE_TYPE => self
+                .registration(&envelope)
+                .map_err(|e| (AuditStep::Registration, e)),
+            statement::RECEIPT_PREDICATE_TYPE => self
+                .receipt(index, &envelope)
+                .map_err(|e| (AuditStep::Receipt, e)),
+            statement::ROTATION_PREDICATE_TYPE => self
+                .rotation(&envelope)
+                .map_err(|e| (AuditStep::Rotation, e)),
+            statement::RETIREMENT_PREDICATE_TYPE => self
+                .retirement(&envelope)
+                .map_err(|e| (AuditStep::Retirement, e)),
+            other => Err(export(format!("unknown entry type {other:?}"))),
         }?;
         check_time_order(&envelope, &kind, index, &mut self.previous_time)
+            .map_err(|e| (AuditStep::TimeOrder, e))
     }
 
     /// A key registration: signed by the log key, attested for its actor and version when it
@@ -509,6 +553,7 @@ impl Replay<'_> {
                 .is_some_and(|last| last > retired)
             {
                 return Err(fail(
+                    AuditStep::SignedAfterRetirement,
                     None,
                     format!("key {key_id} signed a receipt dated after its retirement"),
                 ));
@@ -527,7 +572,7 @@ impl Replay<'_> {
             backend: &self.log.key_lineage.backend,
         };
         attestation::check(&self.log.key_lineage, self.anchors, &claim, when)
-            .map_err(|e| fail(None, format!("log key: {e}")))?;
+            .map_err(|e| fail(AuditStep::LogKey, None, format!("log key: {e}")))?;
         Ok(())
     }
 }
