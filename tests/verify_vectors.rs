@@ -2655,6 +2655,25 @@ fn a_device_key_signing_a_crafted_tpms_attest_is_refused() {
     let json = serde_json::to_vec(&bundle).unwrap();
     let anchors = TrustAnchors::from_pem(as_ak.anchor_pem.as_bytes()).unwrap();
     verify_bundle(&json, &anchors, None).expect("the crafted evidence itself is well-formed");
+
+    // Issue 8, item 4: a TPM key's creation time is real and bound by extraData, so time-order
+    // checks apply: rewriting `createdAt` breaks extraData, and a key created after the receipt
+    // is refused.
+    let mut moved = bundle.clone();
+    moved["lineage"]["tpm2Certify"]["createdAt"] = json!("2026-01-01T00:00:00Z");
+    let e = verify_bundle(&serde_json::to_vec(&moved).unwrap(), &anchors, None).unwrap_err();
+    assert_eq!(e.check, Check::LineageStatement, "{e}");
+    assert!(e.detail.contains("extraData"), "{e}");
+    let late = generate(&Options {
+        created_at: "2026-11-27T00:00:00Z".into(),
+        ..as_ak.options.clone()
+    });
+    let mut bundle = late.bundle.clone();
+    bundle["lineage"] = crafted_tpm_lineage(&late, &late.device_key, &ak_cert);
+    bundle["log"]["logKey"] = generate(&Options::default()).bundle["log"]["logKey"].clone();
+    let e = verify_bundle(&serde_json::to_vec(&bundle).unwrap(), &anchors, None).unwrap_err();
+    assert_eq!(e.check, Check::LineageStatement, "{e}");
+    assert!(e.detail.contains("before its key was created"), "{e}");
 }
 
 /// Issue 8, item 2: an actor named exactly like the log's origin. Its key's attestation says
