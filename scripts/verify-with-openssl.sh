@@ -1,8 +1,14 @@
 #!/bin/sh
-# Verifies an actseal proof bundle with jq, base64, GNU date and openssl alone: no actseal
-# code is involved. The steps are those of docs/FORMAT.md §8 (a test keeps the two equal).
+# Verifies an actseal proof bundle with jq, base64, GNU coreutils (od, basenc, date, head, tail,
+# cut, tr, wc) and openssl 3 alone: no actseal code is involved. It checks every link: the
+# receipt, the key's PKCS#11 or TPM lineage up to the trust anchor, every earlier key version
+# and rotation, the log key, the checkpoint and the inclusion proof. The steps are those of
+# docs/FORMAT.md §8, which holds everything below `cd "$WORK"` verbatim (a test keeps the two
+# equal).
 #
 # Usage: verify-with-openssl.sh BUNDLE ANCHOR [DOCUMENT]
+# Exit status: 0 verified; 1 a check failed, named on stderr as "FAILED <§7 check>: <why>";
+# 2 usage.
 set -eu
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then
   echo "usage: $0 BUNDLE ANCHOR [DOCUMENT]" >&2
@@ -11,62 +17,448 @@ fi
 B=$(realpath "$1") ANCHOR=$(realpath "$2") DOC=
 [ $# -eq 3 ] && DOC=$(realpath "$3")
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
 
-# Decode the parts.
-jq -r .receipt.payload "$B" | base64 -d > receipt.json
-jq -r .lineage.statement.payload "$B" | base64 -d > lineage.json
-jq -r '.receipt.signatures[0].sig' "$B" | base64 -d > receipt.sig.der
-jq -r '.lineage.statement.signatures[0].sig' "$B" | base64 -d > lineage.sig.der
-jq -r .actorKey.publicKey "$B" | base64 -d > actor.spki.der
-jq -r .lineage.deviceCertificate "$B" | base64 -d > device.der
-test "$(jq '.receipt.signatures | length' "$B")" = 1
-test "$(jq '.lineage.statement.signatures | length' "$B")" = 1
+# The signed formats (FORMAT.md §3, §4, §6, §11.2). When a format changes, its value changes
+# here; the lines that read these formats are marked "format:".
+BUNDLE_TYPE=application/vnd.actseal.bundle.v1+json
+PAYLOAD_TYPE=application/vnd.in-toto+json
+STATEMENT_TYPE=https://in-toto.io/Statement/v1
+RECEIPT_TYPE=https://actseal.dev/receipt/v1
+PKCS11_LINEAGE_TYPE=https://actseal.dev/lineage/pkcs11-attributes/v1
+ROTATION_TYPE=https://actseal.dev/rotation/v1
+TPM_EXTRA_DATA_DOMAIN=actseal/tpm2-certify/v1
+# The extended key usage a certificate must carry for its role; empty: none is required.
+DEVICE_EKU=  # a PKCS#11 device certificate (signs lineage statements)
+AK_EKU=      # a TPM attestation key certificate (signs TPMS_ATTEST); TCG: 2.23.133.8.3
+# The DER SubjectPublicKeyInfo of a P-256 key: these 26 bytes, then 04 || x || y.
+P256_SPKI_PREFIX=3059301306072a8648ce3d020106082a8648ce3d030107034200
 
-# lineage.certificate: device certificate -> certificateChain -> anchor, at signedAt.
-openssl x509 -inform DER -in device.der -out device.pem
-: > untrusted.pem
-for c in $(jq -r '.lineage.certificateChain[]' "$B"); do
-  printf '%s' "$c" | base64 -d | openssl x509 -inform DER >> untrusted.pem
-done
-UNTRUSTED=; [ -s untrusted.pem ] && UNTRUSTED="-untrusted untrusted.pem"
-AT=$(date -u -d "$(jq -r .predicate.signedAt receipt.json)" +%s)
-openssl verify -x509_strict -purpose any -attime "$AT" -CAfile "$ANCHOR" $UNTRUSTED device.pem
-# openssl verify accepts a CA as the leaf: the device certificate must not be one.
-if openssl x509 -in device.pem -noout -ext basicConstraints | grep -q 'CA:TRUE'; then
-  echo 'device certificate is a CA' >&2; exit 1
-fi
-
-# receipt.signature: key ids are the SHA-256 of the actor key's SPKI DER.
-KEYID=$(openssl dgst -sha256 -r actor.spki.der | cut -d' ' -f1)
-test "$KEYID" = "$(jq -r .actorKey.keyId "$B")"
-test "$KEYID" = "$(jq -r '.receipt.signatures[0].keyid' "$B")"
-test "$KEYID" = "$(jq -r .predicate.key.id receipt.json)"
-openssl pkey -pubin -inform DER -in actor.spki.der -out actor.pub.pem
+# Each step names the §7 check it stands for; the first failure ends the script, with that name
+# and the reason on stderr. A command that fails without a reason is reported the same way.
+STEP=bundle.parse REPORTED=
+trap 'status=$?; cd /; rm -rf "$WORK"
+  [ $status -eq 0 ] || [ -n "$REPORTED" ] || echo "FAILED $STEP: a command failed ($status)" >&2' EXIT
+step() { STEP=$1; echo "checking $1${2:+ ($2)}"; }
+fail() { echo "FAILED $STEP: $*" >&2; REPORTED=1; exit 1; }
+same() { [ "$2" = "$3" ] || fail "$1 is '$2', expected '$3'"; }  # same WHAT GOT WANT
+# expect FILE WHAT CHECKS THEN [JQ ARGS]: CHECKS is a list of jq [description, condition] pairs
+# over the JSON in FILE; the first condition that is not true fails the step. Then the values of
+# the jq expression THEN (e.g. `empty`), one a line, are in expect.out after an "ok" line.
+expect() {
+  _file=$1 _what=$2 _checks=$3 _then=$4; shift 4
+  jq -r "$@" "([$_checks] | map(select(.[1] != true) | .[0]) | first // \"ok\"), ($_then)" \
+    "$_file" > expect.out 2>/dev/null || fail "$_what: not JSON of the expected shape"
+  read -r _bad < expect.out
+  [ "$_bad" = ok ] || fail "$_what: $_bad"
+}
+number() { case $2 in '' | *[!0-9]*) fail "$1 '$2' is not a number";; esac; }  # number WHAT N
+hex() { od -An -v -tx1 | tr -d ' \n'; }              # bytes on stdin as lowercase hex
+unhex() { tr a-f A-F | basenc --base16 -d; }          # lowercase hex on stdin as bytes
+u32be() { printf '%08X' "$1" | basenc --base16 -d; }  # a 4-byte big-endian number
+sha256() { openssl dgst -sha256 -r "$@" | cut -c1-64; }  # of a file, or of stdin
+# epoch WHAT TIME: $EPOCH := TIME (RFC 3339 UTC, seconds: 2026-11-26T17:51:36Z) in Unix seconds.
+epoch() {
+  case $2 in
+    [0-9][0-9][0-9][0-9]-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-5][0-9]Z) ;;
+    *) fail "$1 '$2' is not a time like 2026-11-26T17:51:36Z";;
+  esac
+  EPOCH=$(date -u -d "$2" +%s 2>/dev/null) \
+    && [ "$(date -u -d "@$EPOCH" +%Y-%m-%dT%H:%M:%SZ)" = "$2" ] || fail "$1 '$2' is not a valid time"
+}
+# p256 DER PEM WHAT: DER is a P-256 SubjectPublicKeyInfo; PEM receives it for openssl dgst.
+p256() {
+  [ "$(wc -c < "$1")" -eq 91 ] && [ "$(head -c 26 "$1" | hex)" = "$P256_SPKI_PREFIX" ] \
+    || fail "$3 is not an EC P-256 public key"
+  openssl pkey -pubin -inform DER -in "$1" -out "$2" 2>/dev/null || fail "$3 is not a P-256 point"
+}
 pae() {  # pae PAYLOAD_TYPE BODY_FILE > PAE_FILE   (§2)
   printf 'DSSEv1 %d %s %d ' "$(printf '%s' "$1" | wc -c)" "$1" "$(wc -c < "$2")"
   cat "$2"
 }
-pae "$(jq -r .receipt.payloadType "$B")" receipt.json > receipt.pae
-openssl dgst -sha256 -verify actor.pub.pem -signature receipt.sig.der receipt.pae
+# dsse FILE PATH PUB KEYID NAME WHAT: the DSSE envelope at jq PATH in FILE has one signature, by
+# the key PUB whose id is KEYID; NAME.json receives its payload, NAME.sig.der its signature.
+dsse() {
+  expect "$1" "$6" "$2"' | ["one signature", (.signatures | length) == 1],
+    ["payloadType", .payloadType == $type], ["keyid = the signing key id", .signatures[0].keyid == $key]' \
+    "$2 | .payload, .signatures[0].sig" --arg type "$PAYLOAD_TYPE" --arg key "$4"
+  { read -r _; read -r _payload; read -r _sig; } < expect.out
+  printf '%s' "$_payload" | base64 -d > "$5.json" || fail "$6: the payload is not base64"
+  printf '%s' "$_sig" | base64 -d > "$5.sig.der" || fail "$6: the signature is not base64"
+  pae "$PAYLOAD_TYPE" "$5.json" > "$5.pae"
+  openssl dgst -sha256 -verify "$3" -signature "$5.sig.der" "$5.pae" > /dev/null \
+    || fail "$6: the signature does not verify"
+}
+
+# certificate N LINEAGE AT EKU WHAT: the device certificate of the lineage in file LINEAGE ->
+# its certificateChain -> the anchor, each valid at AT (Unix seconds); the device certificate
+# is no CA and, when EKU is not empty, carries that extended key usage. N.device.pub.pem
+# receives its key and $DEVICE_ID the key's id.
+certificate() {
+  _n=$1 _at=$3 _eku=$4 _what=$5 _device=device
+  : > "$_n.untrusted.pem"
+  for c in $(jq -r '.deviceCertificate, .certificateChain[]' "$2"); do  # device, then chain
+    if [ $_device = device ]; then
+      printf '%s' "$c" | base64 -d > "$_n.device.der"
+      openssl x509 -inform DER -in "$_n.device.der" -noout -pubkey \
+        -ext basicConstraints,keyUsage,extendedKeyUsage > "$_n.device.txt" 2>/dev/null \
+        || fail "$_what: the device certificate is not X.509 DER"
+      _device=chain
+    else
+      printf '%s' "$c" | base64 -d | openssl x509 -inform DER >> "$_n.untrusted.pem" 2>/dev/null \
+        || fail "$_what: a certificateChain entry is not X.509 DER"
+    fi
+  done
+  _untrusted=; [ ! -s "$_n.untrusted.pem" ] || _untrusted="-untrusted $_n.untrusted.pem"
+  # shellcheck disable=SC2086  # $_untrusted is empty or two words
+  openssl verify -x509_strict -purpose any -attime "$_at" -CAfile "$ANCHOR" $_untrusted \
+    "$_n.device.der" > "$_n.verify.out" 2>&1 || fail "$_what: $(tr '\n' ' ' < "$_n.verify.out")"
+  # openssl verify accepts a CA as the leaf: the device certificate must not be one, and signs.
+  _text=$(cat "$_n.device.txt")
+  case $_text in *CA:TRUE*) fail "$_what: the device certificate is a CA";; esac
+  case $_text in *'X509v3 Key Usage:'*)
+    case $_text in *'Digital Signature'*) ;; *) fail "$_what: its keyUsage lacks digitalSignature";;
+    esac;;
+  esac
+  # format: the certificate's role (§6).
+  [ -z "$_eku" ] || has_eku "$_n.device.txt" "$_eku" || fail "$_what: the certificate lacks EKU $_eku"
+  openssl pkey -pubin -in "$_n.device.txt" -out "$_n.device.pub.pem"
+  DEVICE_ID=$(openssl pkey -pubin -in "$_n.device.pub.pem" -outform DER | sha256)
+}
+# has_eku TEXT OID: the extendedKeyUsage in TEXT (openssl x509 -ext output) lists OID. openssl
+# prints an OID's name when it knows one, else its dotted form; asn1parse names it the same way.
+has_eku() {
+  _name=$(openssl asn1parse -genstr "OID:$2" | tail -n 1) _name=${_name##*:} _next=
+  while read -r line; do
+    if [ -n "$_next" ]; then
+      printf '%s\n' "$line" | tr ',' '\n' | {
+        while read -r u; do [ "$u" != "$2" ] && [ "$u" != "$_name" ] || exit 0; done; exit 1
+      } && return 0
+      _next=
+    fi
+    case $line in *'Extended Key Usage:'*) _next=1;; esac
+  done < "$1"
+  return 1
+}
+
+# A reader of big-endian TPM structures (TPM 2.0 Part 2). read FILE: start reading FILE.
+# take N: $HEX := its next N bytes as hex; num N: $NUM := them as a number; tpm2b: a u16 size,
+# then that many bytes in $HEX; end: nothing may follow. ($REST: the bytes not yet read, as hex.)
+read_tpm() { TPM=$1 POS=0 REST=$(hex < "$1"); }
+take() {
+  _pattern= _i=0
+  while [ $_i -lt "$1" ]; do _pattern="$_pattern??" _i=$((_i + 1)); done
+  [ ${#REST} -ge $(($1 * 2)) ] || fail "$TPM is truncated at byte $POS"
+  _tail=${REST#$_pattern}
+  HEX=${REST%"$_tail"} REST=$_tail POS=$((POS + $1))
+}
+num() { take "$1"; NUM=$((0x$HEX)); }
+tpm2b() { num 2; take "$NUM"; }
+end() { [ -z "$REST" ] || fail "$TPM has bytes after its end"; }
+
+# tpm_certify N ACTOR_FILE VERSION KEYID: the §4.2 checks of the TPM2_Certify in N.attest.bin
+# (TPMS_ATTEST), N.public.bin (the key's TPMT_PUBLIC) and N.nonce.bin, for the actor named in
+# ACTOR_FILE, key VERSION and the key whose id is KEYID.
+tpm_certify() {
+  read_tpm "$1.attest.bin"
+  take 4; same "TPMS_ATTEST magic" "$HEX" ff544347  # TPM_GENERATED_VALUE
+  take 2; same "TPMS_ATTEST type" "$HEX" 8017       # TPM_ST_ATTEST_CERTIFY
+  tpm2b                                             # qualifiedSigner
+  tpm2b; _extra=$HEX                                # extraData
+  take 16                                           # clockInfo: clock, resetCount, restartCount
+  take 1; case $HEX in 00 | 01) ;; *) fail "TPMS_ATTEST clockInfo.safe is $HEX";; esac
+  take 8                                            # firmwareVersion
+  tpm2b; _name=$HEX                                 # certify.name
+  tpm2b                                             # certify.qualifiedName
+  end
+  read_tpm "$1.public.bin"
+  take 2; same "TPMT_PUBLIC type" "$HEX" 0023       # TPM_ALG_ECC
+  take 2; same "TPMT_PUBLIC nameAlg" "$HEX" 000b    # TPM_ALG_SHA256
+  num 4; _attributes=$NUM                           # objectAttributes
+  tpm2b                                             # authPolicy
+  num 2; [ "$NUM" -eq 16 ] || take 4                # symmetric: alg [keyBits, mode]
+  num 2; [ "$NUM" -eq 16 ] || take 2                # scheme: alg [hashAlg]
+  take 2; _curve=$HEX                               # curveID
+  num 2; [ "$NUM" -eq 16 ] || take 2                # kdf: alg [hashAlg]
+  tpm2b; _x=$HEX                                    # unique.x
+  tpm2b; _y=$HEX                                    # unique.y
+  end
+  # Made in this TPM and never to leave it: fixedTPM, fixedParent, sensitiveDataOrigin and sign
+  # set; restricted and decrypt clear.
+  attribute fixedTPM 1 1; attribute fixedParent 4 1; attribute sensitiveDataOrigin 5 1
+  attribute sign 18 1; attribute restricted 16 0; attribute decrypt 17 0
+  # The TPM certified this public area: its Name is 000b || SHA-256(TPMT_PUBLIC).
+  same "the certified name" "$_name" "000b$(sha256 "$1.public.bin")"
+  # Its point is the actor key: the P-256 SubjectPublicKeyInfo of (x, y) hashes to KEYID.
+  same "TPMT_PUBLIC curveID" "$_curve" 0003         # TPM_ECC_NIST_P256
+  [ ${#_x} -le 64 ] && [ ${#_y} -le 64 ] || fail "a TPMT_PUBLIC coordinate is over 32 bytes"
+  _x=$(printf '%64s' "$_x" | tr ' ' 0) _y=$(printf '%64s' "$_y" | tr ' ' 0)
+  same "the certified key" "$(printf '%s04%s%s' "$P256_SPKI_PREFIX" "$_x" "$_y" | unhex | sha256)" "$4"
+  # format: extraData = SHA-256(domain || 00 || u32be(len(actor)) || actor || u32be(version)
+  # || nonce) binds the key to its actor and version.
+  { printf '%s' "$TPM_EXTRA_DATA_DOMAIN"; printf 00 | unhex; u32be "$(wc -c < "$2")"; cat "$2"
+    u32be "$3"; cat "$1.nonce.bin"; } > "$1.extra.bin"
+  same "TPMS_ATTEST extraData" "$_extra" "$(sha256 "$1.extra.bin")"
+}
+attribute() {  # attribute NAME BIT WANT: bit BIT of $_attributes is WANT
+  [ $(((_attributes >> $2) & 1)) -eq "$3" ] \
+    || fail "TPMT_PUBLIC objectAttributes.$1 must be $3: the key may not be held by the TPM alone"
+}
+
+# pkcs11_statement N ACTOR_FILE VERSION KEYID: the §4.1 checks of the lineage statement N.json
+# (whose signature has verified) for the actor named in ACTOR_FILE, key VERSION and key id KEYID.
+# $CREATED := the key's createdAt in Unix seconds.
+pkcs11_statement() {
+  # format: the lineage statement's predicate (§4.1).
+  expect "$1.json" "the lineage statement" '
+    ["_type", ._type == $st], ["predicateType", .predicateType == $type],
+    ["one subject", (.subject | length) == 1],
+    ["subject digest = the key id", .subject[0].digest.sha256 == $key],
+    ["subject name = actor#version", .subject[0].name == "\($actor)#\($version)"],
+    ["predicate.keyId", .predicate.keyId == $key], ["predicate.actor", .predicate.actor == $actor],
+    ["predicate.keyVersion", .predicate.keyVersion == $version],
+    ["predicate.origin", .predicate.origin == "generated" or .predicate.origin == "adopted"],
+    ["keyType EC", .predicate.attributes.keyType == "EC"],
+    ["curve P-256", .predicate.attributes.curve == "P-256"],
+    ["sensitive", .predicate.attributes.sensitive == true],
+    ["alwaysSensitive", .predicate.attributes.alwaysSensitive == true],
+    ["extractable false", .predicate.attributes.extractable == false],
+    ["neverExtractable", .predicate.attributes.neverExtractable == true],
+    ["local", .predicate.attributes.local == true], ["sign", .predicate.attributes.sign == true]' \
+    .predicate.createdAt --arg st "$STATEMENT_TYPE" --arg type "$PKCS11_LINEAGE_TYPE" --rawfile actor "$2" \
+    --argjson version "$3" --arg key "$4"
+  { read -r _; read -r _created; } < expect.out
+  epoch predicate.createdAt "$_created"; CREATED=$EPOCH
+}
+
+# attestation N CHECKS ACTOR_FILE VERSION KEYID AT BACKEND WHAT: the key attestation (§4) in
+# N.lineage.json vouches that key KEYID, version VERSION of the actor named in ACTOR_FILE, lives
+# in hardware of BACKEND, under a device certificate valid at AT. CHECKS: the three §7 checks
+# this stands for (certificate, signature, statement). $CREATED := the key's createdAt (Unix
+# seconds), empty for a TPM key (TPM2_Certify carries the TPM's clock, not a time).
+attestation() {
+  _n=$1 _actor=$3 _version=$4 _key=$5 _at=$6 _backend=$7 _what=$8
+  # shellcheck disable=SC2086  # three words
+  set -- $2
+  step "$1" "$_what: device certificate"
+  # A PKCS#11 key is vouched for by a lineage statement, a TPM key by a TPM2_Certify (§4).
+  expect "$_n.lineage.json" "$_what" '["lineage.backend", .backend == $backend],
+    ["the evidence of its backend", [has("statement"), has("tpm2Certify")]
+     == if $backend == "pkcs11" then [true, false] else [false, true] end]' \
+    '.tpm2Certify | objects | .attest, .signature, .publicArea, .nonce // ""' --arg backend "$_backend"
+  case $_backend in
+    pkcs11)
+      certificate "$_n" "$_n.lineage.json" "$_at" "$DEVICE_EKU" "$_what"
+      step "$2" "$_what: lineage statement signed by the device key"
+      dsse "$_n.lineage.json" .statement "$_n.device.pub.pem" "$DEVICE_ID" "$_n" \
+        "$_what: lineage statement"
+      step "$3" "$_what: what the device states about the key"
+      pkcs11_statement "$_n" "$_actor" "$_version" "$_key";;
+    tpm)
+      certificate "$_n" "$_n.lineage.json" "$_at" "$AK_EKU" "$_what"
+      step "$2" "$_what: TPMS_ATTEST signed by the attestation key"
+      { read -r _; read -r _attest; read -r _signature; read -r _public; read -r _nonce; } < expect.out
+      printf '%s' "$_attest" | base64 -d > "$_n.attest.bin" || fail "$_what: attest is not base64"
+      printf '%s' "$_signature" | base64 -d > "$_n.attest.sig.der" || fail "$_what: bad signature"
+      printf '%s' "$_public" | base64 -d > "$_n.public.bin" || fail "$_what: publicArea is not base64"
+      printf '%s' "$_nonce" | base64 -d > "$_n.nonce.bin" || fail "$_what: nonce is not base64"
+      openssl dgst -sha256 -verify "$_n.device.pub.pem" -signature "$_n.attest.sig.der" \
+        "$_n.attest.bin" > /dev/null || fail "$_what: the AK signature over TPMS_ATTEST does not verify"
+      step "$3" "$_what: what the TPM states about the key"
+      tpm_certify "$_n" "$_actor" "$_version" "$_key"
+      CREATED=;;
+    *) fail "$_what: unknown backend '$_backend'";;
+  esac
+}
+
+# bundle.parse: the bundle's shape (§5); the members read below are there, of their types.
+expect "$B" "the bundle" '
+  ["mediaType", .mediaType == $type], ["receipt", (.receipt | type) == "object"],
+  ["actorKey", (.actorKey.publicKey | type) == "string"],
+  ["lineage", (.lineage | type) == "object"],
+  ["log.index", (.log.index | type) == "number"], ["log.treeSize", (.log.treeSize | type) == "number"],
+  ["log.inclusionProof", (.log.inclusionProof | type) == "array"],
+  ["log.checkpoint", (.log.checkpoint | type) == "string"],
+  ["log.logKey", (.log.logKey.keyName | type) == "string" and (.log.logKey.lineage | type) == "object"]' \
+  '(.actorKey | .publicKey, .keyId), (.lineage | (.predecessors // [] | length),
+   (.rotations // [] | length)), (.log | .index, .treeSize, .logKey.publicKey, .logKey.keyId,
+   .logKey.lineage.backend)' --arg type "$BUNDLE_TYPE"
+{ read -r _; read -r ACTOR_KEY; read -r ACTOR_KEY_ID; read -r PREDECESSORS; read -r ROTATIONS
+  read -r INDEX; read -r SIZE; read -r LOG_KEY; read -r LOG_KEY_ID; read -r LOG_BACKEND; } < expect.out
+
+# receipt.signature: key ids are the SHA-256 of the key's SubjectPublicKeyInfo DER.
+step receipt.signature
+printf '%s' "$ACTOR_KEY" | base64 -d > actor.spki.der || fail "actorKey.publicKey is not base64"
+p256 actor.spki.der actor.pub.pem actorKey.publicKey
+KEYID=$(sha256 actor.spki.der)
+same actorKey.keyId "$ACTOR_KEY_ID" "$KEYID"
+dsse "$B" .receipt actor.pub.pem "$KEYID" receipt "the receipt"
+
+# receipt.statement: what the receipt says (§3; `actseal verify` checks the finer rules).
+step receipt.statement
+expect receipt.json "the receipt" '
+  ["_type", ._type == $st], ["predicateType", .predicateType == $type],
+  ["one subject", (.subject | length) == 1],
+  ["subject digest", .subject[0].digest.sha256 | test("^[0-9a-f]{64}$")],
+  ["subject name = action target", .subject[0].name == .predicate.action.target],
+  ["predicate.key.id", .predicate.key.id == $key],
+  ["predicate.key.version", .predicate.key.version | type == "number" and . >= 1 and . == floor],
+  ["predicate.key.backend", .predicate.key.backend == "pkcs11" or .predicate.key.backend == "tpm"],
+  ["predicate.sequence", .predicate.sequence | type == "number" and . >= 1 and . == floor],
+  ["previousReceipt null exactly at sequence 1",
+   (.predicate.sequence == 1) == (.predicate.previousReceipt == null)],
+  ["predicate.logIndex", .predicate.logIndex | type == "number"],
+  ["predicate.mode", .predicate.mode == "single"]' \
+  '.predicate | .key.version, .key.backend, .signedAt, .logIndex' \
+  --arg st "$STATEMENT_TYPE" --arg type "$RECEIPT_TYPE" --arg key "$KEYID"
+jq -j .predicate.actor receipt.json > actor.txt
+{ read -r _; read -r VERSION; read -r BACKEND; read -r SIGNED; read -r LOG_INDEX; } < expect.out
+epoch predicate.signedAt "$SIGNED"; SIGNED_AT=$EPOCH
 
 # receipt.document (when the auditor has the document)
 if [ -n "$DOC" ]; then
-  test "$(openssl dgst -sha256 -r "$DOC" | cut -d' ' -f1)" = "$(jq -r '.subject[0].digest.sha256' receipt.json)"
+  step receipt.document
+  same "the document's SHA-256" "$(sha256 "$DOC")" "$(jq -r '.subject[0].digest.sha256' receipt.json)"
 fi
 
-# lineage.signature: under the device certificate's key.
-openssl x509 -in device.pem -pubkey -noout > device.pub.pem
-pae "$(jq -r .lineage.statement.payloadType "$B")" lineage.json > lineage.pae
-openssl dgst -sha256 -verify device.pub.pem -signature lineage.sig.der lineage.pae
+# lineage.certificate, lineage.signature, lineage.statement: the signing key's attestation, for
+# the receipt's actor, key version and backend, under a certificate valid at signedAt.
+jq .lineage "$B" > key.lineage.json
+attestation key "lineage.certificate lineage.signature lineage.statement" actor.txt "$VERSION" \
+  "$KEYID" "$SIGNED_AT" "$BACKEND" "the signing key"
+[ -z "$CREATED" ] || [ "$CREATED" -le "$SIGNED_AT" ] \
+  || fail "the receipt is dated before its key was created"
+KEY_CREATED=$CREATED
 
-# lineage.statement: about this key, this actor and version, never extractable.
-test "$(jq -r '.subject[0].digest.sha256' lineage.json)" = "$KEYID"
-test "$(jq -r .predicate.keyId lineage.json)" = "$KEYID"
-test "$(jq -r .predicate.actor lineage.json)" = "$(jq -r .predicate.actor receipt.json)"
-test "$(jq .predicate.keyVersion lineage.json)" = "$(jq .predicate.key.version receipt.json)"
-jq -e '.predicate.attributes | .sensitive == true and .alwaysSensitive == true
-  and .extractable == false and .neverExtractable == true and .local == true
-  and .sign == true' lineage.json
+# lineage.rotation: versions 1 … VERSION-1, each attested, each handing over to the next by a
+# rotation statement it signed; every version a new key; times in order (§11.2).
+step lineage.rotation "key version $VERSION"
+same "the number of predecessors" "$PREDECESSORS" $((VERSION - 1))
+same "the number of rotations" "$ROTATIONS" $((VERSION - 1))
+SEEN=" $KEYID " LAST= K=1
+while [ "$K" -lt "$VERSION" ]; do
+  step lineage.rotation "version $K"
+  jq ".lineage.predecessors[$((K - 1))]" "$B" > "v$K.lineage.json"
+  { read -r V; read -r PUBLIC; read -r CLAIMED_ID; read -r V_BACKEND; } <<EOF
+$(jq -r '.version, .publicKey, .keyId, .backend' "v$K.lineage.json")
+EOF
+  same "predecessors[$((K - 1))].version" "$V" "$K"
+  printf '%s' "$PUBLIC" | base64 -d > "v$K.spki.der" || fail "version $K's publicKey is not base64"
+  p256 "v$K.spki.der" "v$K.pub.pem" "version $K's publicKey"
+  ID=$(sha256 "v$K.spki.der")
+  same "version $K's keyId" "$CLAIMED_ID" "$ID"
+  case $SEEN in *" $ID "*) fail "key $ID appears twice: a version must be a new key";; esac
+  SEEN="$SEEN$ID "
+  # The version it hands over to: the next predecessor, or the signing key.
+  if [ $((K + 1)) -eq "$VERSION" ]; then
+    NEXT_ID=$KEYID NEXT_BACKEND=$BACKEND
+  else
+    { read -r NEXT_ID; read -r NEXT_BACKEND; } <<EOF
+$(jq -r ".lineage.predecessors[$K] | .keyId, .backend" "$B")
+EOF
+  fi
+  dsse "$B" ".lineage.rotations[$((K - 1))]" "v$K.pub.pem" "$ID" "r$K" "rotation $K→$((K + 1))"
+  # format: the rotation statement's predicate (§11.2).
+  expect "r$K.json" "rotation $K→$((K + 1))" '
+    ["_type", ._type == $st], ["predicateType", .predicateType == $type],
+    ["one subject", (.subject | length) == 1],
+    ["subject name = actor#next", .subject[0].name == "\($actor)#\($k + 1)"],
+    ["subject digest = the next key id", .subject[0].digest.sha256 == $next],
+    ["predicate.actor", .predicate.actor == $actor],
+    ["predicate.previous", .predicate.previous.version == $k and .predicate.previous.keyId == $id],
+    ["predicate.next", .predicate.next.version == $k + 1 and .predicate.next.keyId == $next],
+    ["predicate.nextBackend", .predicate.nextBackend == $backend]' .predicate.rotatedAt --arg st "$STATEMENT_TYPE" --arg type "$ROTATION_TYPE" --rawfile actor actor.txt \
+    --argjson k "$K" --arg id "$ID" --arg next "$NEXT_ID" --arg backend "$NEXT_BACKEND"
+  { read -r _; read -r ROTATED; } < expect.out
+  epoch "rotation $K rotatedAt" "$ROTATED"; ROTATED=$EPOCH
+  [ -z "$LAST" ] || [ "$ROTATED" -ge "$LAST" ] \
+    || fail "rotation $K is dated before the rotation preceding it"
+  attestation "v$K" "lineage.rotation lineage.rotation lineage.rotation" actor.txt "$K" "$ID" \
+    "$ROTATED" "$V_BACKEND" "version $K"
+  # A version hands over after it was created, to a version created by then.
+  [ -z "$CREATED" ] || [ "$CREATED" -le "$ROTATED" ] \
+    || fail "version $K is dated as created after it rotated"
+  [ -z "$LAST" ] || [ -z "$CREATED" ] || [ "$CREATED" -le "$LAST" ] \
+    || fail "rotation $((K - 1)): the next version is dated as created after the rotation"
+  LAST=$ROTATED K=$((K + 1))
+done
+if [ -n "$LAST" ]; then
+  [ -z "$KEY_CREATED" ] || [ "$KEY_CREATED" -le "$LAST" ] \
+    || fail "rotation $((VERSION - 1)): the next version is dated as created after the rotation"
+  [ "$SIGNED_AT" -ge "$LAST" ] || fail "the receipt is dated before its key came into service"
+fi
+
+# log.key: the log key is attested like an actor key whose actor is the log's key name, at
+# version 1, under a certificate valid at signedAt.
+step log.key
+printf '%s' "$LOG_KEY" | base64 -d > log.spki.der || fail "log.logKey.publicKey is not base64"
+p256 log.spki.der log.pub.pem log.logKey.publicKey
+LOG_ID=$(sha256 log.spki.der)
+same log.logKey.keyId "$LOG_KEY_ID" "$LOG_ID"
+jq -j .log.logKey.keyName "$B" > log.name
+jq .log.logKey.lineage "$B" > log.lineage.json
+attestation log "log.key log.key log.key" log.name 1 "$LOG_ID" "$SIGNED_AT" \
+  "$LOG_BACKEND" "the log key"
+
+# log.checkpoint: a C2SP signed note (§10) whose text is three lines (origin = the log key's
+# name, size = log.treeSize, root), then a blank line, then signature lines
+# "— <key name> <base64(4-byte key id || DER signature)>"; every line with the log key's name and
+# key id (the first 4 bytes of its id) must verify, and at least one must be there.
+step log.checkpoint
+jq -j .log.checkpoint "$B" > note
+[ "$(wc -c < note)" -le 65536 ] || fail "the checkpoint is over 64 KiB"
+[ "$(tr -d '\000-\011\013-\037\177' < note | wc -c)" -eq "$(wc -c < note)" ] \
+  || fail "the checkpoint holds a control character"
+jq -j '.log.checkpoint | split("\n\n")[0] + "\n"' "$B" > note.text
+same "the checkpoint's number of text lines" "$(wc -l < note.text)" 3
+same "the checkpoint origin" "$(head -n 1 note.text)" "$(cat log.name)"
+number log.treeSize "$SIZE"
+same "the checkpoint size" "$(head -n 2 note.text | tail -n 1)" "$SIZE"
+ROOT_B64=$(tail -n 1 note.text) ROOT=$(tail -n 1 note.text | base64 -d 2>/dev/null | hex)
+[ ${#ROOT} -eq 64 ] && [ "$(printf '%s' "$ROOT" | unhex | base64)" = "$ROOT_B64" ] \
+  || fail "the checkpoint root '$ROOT_B64' is not the base64 of 32 bytes"
+jq -r --rawfile name log.name '.log.checkpoint | split("\n\n")[1:] | join("\n\n")
+  | if endswith("\n") and length > 1 then rtrimstr("\n") else error("no signature lines") end
+  | split("\n")[] | if startswith("— ") then . else error("a malformed signature line") end
+  | select(startswith("— \($name) ")) | ltrimstr("— \($name) ")' "$B" > note.sigs 2> note.err \
+  || fail "$(cat note.err)"
+GOOD=0
+while read -r SIG; do
+  printf '%s' "$SIG" | base64 -d > note.blob 2>/dev/null || fail "a signature line is not base64"
+  [ "$(head -c 4 note.blob | hex)" = "$(printf '%s' "$LOG_ID" | cut -c1-8)" ] || continue
+  tail -c +5 note.blob > note.sig.der
+  openssl dgst -sha256 -verify log.pub.pem -signature note.sig.der note.text > /dev/null \
+    || fail "the checkpoint signature by the log key does not verify"
+  GOOD=$((GOOD + 1))
+done < note.sigs
+[ "$GOOD" -ge 1 ] || fail "the checkpoint has no signature by the log key"
+
+# log.inclusion: the receipt's log entry (§11.1: u32be(len) || bytes, for payloadType, payload
+# and signature) hashes to leaf SHA-256(00 || entry), which the inclusion proof leads to the
+# checkpoint's root, by RFC 9162 §2.1.3.2 with node hashes SHA-256(01 || left || right).
+step log.inclusion
+number log.index "$INDEX"
+same log.index "$INDEX" "$LOG_INDEX"
+{ u32be ${#PAYLOAD_TYPE}; printf '%s' "$PAYLOAD_TYPE"; u32be "$(wc -c < receipt.json)"
+  cat receipt.json; u32be "$(wc -c < receipt.sig.der)"; cat receipt.sig.der; } > entry
+R=$({ printf 00 | unhex; cat entry; } | sha256)
+node() { printf '01%s%s' "$1" "$2" | unhex | sha256; }
+[ "$INDEX" -lt "$SIZE" ] || fail "leaf $INDEX is not in a tree of $SIZE"
+FN=$INDEX SN=$((SIZE - 1))
+for P in $(jq -r '.log.inclusionProof[]' "$B"); do
+  case $P in *[!0-9a-f]*) fail "inclusion proof hash '$P' is not lowercase hex";; esac
+  [ ${#P} -eq 64 ] || fail "inclusion proof hash '$P' is not 32 bytes"
+  [ "$SN" -ne 0 ] || fail "the inclusion proof is longer than the tree is tall"
+  if [ $((FN & 1)) -eq 1 ] || [ "$FN" -eq "$SN" ]; then
+    R=$(node "$P" "$R")
+    if [ $((FN & 1)) -eq 0 ]; then
+      while [ "$FN" -ne 0 ] && [ $((FN & 1)) -eq 0 ]; do FN=$((FN >> 1)) SN=$((SN >> 1)); done
+    fi
+  else
+    R=$(node "$R" "$P")
+  fi
+  FN=$((FN >> 1)) SN=$((SN >> 1))
+done
+[ "$SN" -eq 0 ] || fail "the inclusion proof is shorter than the tree is tall"
+same "the root the inclusion proof leads to" "$R" "$ROOT"
 echo "bundle verified"
