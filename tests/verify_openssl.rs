@@ -51,8 +51,15 @@ fn flip_checkpoint_signature(bundle: &Value) -> Value {
     b
 }
 
-/// The script and the crate both refuse `bundle`, naming check `want`.
-fn refused_by_both(bundle: &Value, anchor: &Path, document: &[u8], want: &str, what: &str) {
+/// The script and the crate both refuse `bundle`, naming check `want`. Returns the script's
+/// stderr.
+fn refused_by_both(
+    bundle: &Value,
+    anchor: &Path,
+    document: &[u8],
+    want: &str,
+    what: &str,
+) -> String {
     let text = serde_json::to_string(bundle).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let by_script = verify_with_openssl(&text, anchor, Some(document), dir.path())
@@ -70,6 +77,7 @@ fn refused_by_both(bundle: &Value, anchor: &Path, document: &[u8], want: &str, w
         want,
         "{what}: the crate said {by_crate}"
     );
+    by_script.stderr
 }
 
 fn verified_by_both(bundle_json: &str, anchor: &Path, document: &[u8], what: &str) {
@@ -539,6 +547,161 @@ async fn daemon_tpm_bundles_verify_with_openssl_and_tampering_fails_by_step() {
     for (what, bad, want) in cases {
         refused_by_both(&bad, &anchor, common::DOCUMENT, want, what);
     }
+    tpm_structure_checks_bite(&b);
+}
+
+/// The §4.2 structure checks, each on its own: a TPM's AK will not sign a TPMS_ATTEST it did
+/// not make, so the real bundle's TPM evidence is re-signed by a software key certified as an AK
+/// by a test CA (the bundle then verifies under that CA), and crafted TPMS_ATTEST / TPMT_PUBLIC
+/// bytes signed by it must still be refused, by the script and the crate, at the step of the
+/// key they are about.
+fn tpm_structure_checks_bite(real: &Value) {
+    let ca = common::pki::TestCa::new("actseal test operator CA");
+    let ak = common::pki::TestKey::random();
+    let ak_cert = b64(&ca.attestation_key("actseal software AK", &ak));
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = dir.path().join("software-ak-ca.pem");
+    std::fs::write(&anchor, &ca.cert_pem).unwrap();
+    let lineages = |b: &Value| {
+        let earlier = b["lineage"]["predecessors"].as_array().unwrap().len();
+        let mut all = vec!["/lineage".to_string(), "/log/logKey/lineage".to_string()];
+        all.extend((0..earlier).map(|i| format!("/lineage/predecessors/{i}")));
+        all
+    };
+    // Every TPM2_Certify re-signed by the software AK, certified as one under the test CA.
+    let resign = |b: &mut Value| {
+        for at in lineages(b) {
+            let lineage = b.pointer_mut(&at).unwrap();
+            lineage["deviceCertificate"] = json!(ak_cert);
+            lineage["certificateChain"] = json!([]);
+            let attest = unb64(lineage["tpm2Certify"]["attest"].as_str().unwrap());
+            lineage["tpm2Certify"]["signature"] = json!(b64(&ak.sign_der(&attest)));
+        }
+    };
+    let mut rigged = real.clone();
+    resign(&mut rigged);
+    verified_by_both(
+        &serde_json::to_string(&rigged).unwrap(),
+        &anchor,
+        common::DOCUMENT,
+        "the TPM bundle re-signed by the software AK",
+    );
+
+    // `edit` changes the (attest, publicArea) of the lineage at `at`; the AK signs the result.
+    let crafted = |at: &str, edit: &dyn Fn(&mut Vec<u8>, &mut Vec<u8>)| {
+        let mut b = rigged.clone();
+        let certify = &mut b.pointer_mut(at).unwrap()["tpm2Certify"];
+        let mut attest = unb64(certify["attest"].as_str().unwrap());
+        let mut public = unb64(certify["publicArea"].as_str().unwrap());
+        edit(&mut attest, &mut public);
+        certify["attest"] = json!(b64(&attest));
+        certify["publicArea"] = json!(b64(&public));
+        resign(&mut b);
+        b
+    };
+    let cases: Vec<(&str, Value, &str, &str)> = vec![
+        (
+            "magic not TPM_GENERATED_VALUE",
+            crafted("/lineage", &|a, _| a[0] = 0xfe),
+            "lineage.statement",
+            "TPMS_ATTEST magic",
+        ),
+        (
+            "type not TPM_ST_ATTEST_CERTIFY",
+            crafted("/lineage", &|a, _| a[5] = 0x18),
+            "lineage.statement",
+            "TPMS_ATTEST type",
+        ),
+        (
+            "a byte after the TPMS_ATTEST",
+            crafted("/lineage", &|a, _| a.push(0)),
+            "lineage.statement",
+            "after its end",
+        ),
+        (
+            "extraData for another actor or version",
+            crafted("/lineage", &|a, _| {
+                let at = extra_data_at(a);
+                a[at] ^= 1
+            }),
+            "lineage.statement",
+            "extraData",
+        ),
+        (
+            "certify.name of another public area",
+            crafted("/lineage", &|a, _| {
+                let at = name_at(a) + 2;
+                a[at] ^= 1
+            }),
+            "lineage.statement",
+            "certified name",
+        ),
+        (
+            "fixedTPM clear (a duplicable key), consistently certified",
+            crafted("/lineage", &|a, p| {
+                p[7] &= !0x02;
+                recertify(a, p)
+            }),
+            "lineage.statement",
+            "fixedTPM",
+        ),
+        (
+            "restricted set, consistently certified",
+            crafted("/lineage", &|a, p| {
+                p[5] |= 0x01;
+                recertify(a, p)
+            }),
+            "lineage.statement",
+            "restricted",
+        ),
+        (
+            "version 1's key without sensitiveDataOrigin (loaded from outside)",
+            crafted("/lineage/predecessors/0", &|a, p| {
+                p[7] &= !0x20;
+                recertify(a, p)
+            }),
+            "lineage.rotation",
+            "sensitiveDataOrigin",
+        ),
+        (
+            "the log key's extraData",
+            crafted("/log/logKey/lineage", &|a, _| {
+                let at = extra_data_at(a);
+                a[at] ^= 1
+            }),
+            "log.key",
+            "extraData",
+        ),
+    ];
+    for (what, bad, want, reason) in cases {
+        let stderr = refused_by_both(&bad, &anchor, common::DOCUMENT, want, what);
+        assert!(stderr.contains(reason), "{what}: {stderr}");
+    }
+}
+
+fn be16(bytes: &[u8], at: usize) -> usize {
+    usize::from(u16::from_be_bytes([bytes[at], bytes[at + 1]]))
+}
+
+/// Offset of extraData's first byte in a TPMS_ATTEST (after magic, type, qualifiedSigner and
+/// extraData's size).
+fn extra_data_at(attest: &[u8]) -> usize {
+    6 + 2 + be16(attest, 6) + 2
+}
+
+/// Offset of certify.name's size field: after extraData, clockInfo (17) and firmwareVersion (8).
+fn name_at(attest: &[u8]) -> usize {
+    let extra = 6 + 2 + be16(attest, 6);
+    extra + 2 + be16(attest, extra) + 17 + 8
+}
+
+/// Rewrites certify.name as the Name of `public` (000b || SHA-256), as a TPM certifying that
+/// public area would.
+fn recertify(attest: &mut [u8], public: &[u8]) {
+    let at = name_at(attest);
+    assert_eq!(be16(attest, at), 34);
+    attest[at + 2..at + 4].copy_from_slice(&[0x00, 0x0b]);
+    attest[at + 4..at + 36].copy_from_slice(&hex::decode(sha256_hex(public)).unwrap());
 }
 
 /// Signs once with version 1, rotates twice, signs with version 3: the two bundles.

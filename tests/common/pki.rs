@@ -28,6 +28,12 @@ impl TestKey {
         TestKey { key, point }
     }
 
+    /// A DER ECDSA signature over SHA-256(`message`), as a TPM attestation key makes one.
+    pub fn sign_der(&self, message: &[u8]) -> Vec<u8> {
+        let sig: Signature = self.key.sign(message);
+        sig.to_der().as_bytes().to_vec()
+    }
+
     pub fn pkcs8_pem(&self) -> String {
         self.key
             .to_pkcs8_pem(LineEnding::LF)
@@ -135,5 +141,23 @@ impl TestCa {
         params.not_after = now + Duration::days(until_days);
         let cert = params.signed_by(&key, &self.issuer).expect("client cert");
         (cert.pem(), key.pkcs8_pem())
+    }
+
+    /// A certificate for `key` in the profile of a TPM attestation key (the TCG AK EKU
+    /// 2.23.133.8.3), valid from a day ago for a week: DER. Lets a test sign TPMS_ATTEST
+    /// structures of its own making with a key the verifier takes for an AK.
+    pub fn attestation_key(&self, cn: &str, key: &TestKey) -> Vec<u8> {
+        let mut params = CertificateParams::default();
+        params.serial_number = random_serial();
+        params.distinguished_name = name(cn, None);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::Other(vec![2, 23, 133, 8, 3])];
+        params.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(7);
+        let cert = params.signed_by(key, &self.issuer).expect("AK cert");
+        cert.der().to_vec()
     }
 }
