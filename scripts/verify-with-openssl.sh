@@ -38,7 +38,7 @@ P256_SPKI_PREFIX=3059301306072a8648ce3d020106082a8648ce3d030107034200
 # and the reason on stderr. A command that fails without a reason is reported the same way.
 STEP=bundle.parse REPORTED=
 trap 'status=$?; cd /; rm -rf "$WORK"
-  [ $status -eq 0 ] || [ -n "$REPORTED" ] || echo "FAILED $STEP: a command failed ($status)" >&2' EXIT
+  [ $status -eq 0 ] || [ -n "$REPORTED" ] || echo "FAILED $STEP: a command failed" >&2' EXIT
 step() { STEP=$1; echo "checking $1${2:+ ($2)}"; }
 fail() { echo "FAILED $STEP: $*" >&2; REPORTED=1; exit 1; }
 same() { [ "$2" = "$3" ] || fail "$1 is '$2', expected '$3'"; }  # same WHAT GOT WANT
@@ -46,11 +46,11 @@ same() { [ "$2" = "$3" ] || fail "$1 is '$2', expected '$3'"; }  # same WHAT GOT
 # over the JSON in FILE; the first condition that is not true fails the step. Then the values of
 # the jq expression THEN (e.g. `empty`), one a line, are in expect.out after an "ok" line.
 expect() {
-  _file=$1 _what=$2 _checks=$3 _then=$4; shift 4
-  jq -r "$@" "([$_checks] | map(select(.[1] != true) | .[0]) | first // \"ok\"), ($_then)" \
-    "$_file" > expect.out 2>/dev/null || fail "$_what: not JSON of the expected shape"
-  read -r _bad < expect.out
-  [ "$_bad" = ok ] || fail "$_what: $_bad"
+  _x_file=$1 _x_what=$2 _x_checks=$3 _x_then=$4; shift 4
+  jq -r "$@" "([$_x_checks] | map(select(.[1] != true) | .[0]) | first // \"ok\"), ($_x_then)" \
+    "$_x_file" > expect.out 2>/dev/null || fail "$_x_what: not JSON of the expected shape"
+  read -r _x_bad < expect.out
+  [ "$_x_bad" = ok ] || fail "$_x_what: $_x_bad"
 }
 number() { case $2 in '' | *[!0-9]*) fail "$1 '$2' is not a number";; esac; }  # number WHAT N
 hex() { od -An -v -tx1 | tr -d ' \n'; }              # bytes on stdin as lowercase hex
@@ -63,8 +63,8 @@ epoch() {
     [0-9][0-9][0-9][0-9]-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-5][0-9]Z) ;;
     *) fail "$1 '$2' is not a time like 2026-11-26T17:51:36Z";;
   esac
-  EPOCH=$(date -u -d "$2" +%s 2>/dev/null) \
-    && [ "$(date -u -d "@$EPOCH" +%Y-%m-%dT%H:%M:%SZ)" = "$2" ] || fail "$1 '$2' is not a valid time"
+  EPOCH=$(date -u -d "$2" +%s 2>/dev/null) && [ "$(date -u -d "@$EPOCH" +%FT%TZ)" = "$2" ] \
+    || fail "$1 '$2' is not a valid time"
 }
 # p256 DER PEM WHAT: DER is a P-256 SubjectPublicKeyInfo; PEM receives it for openssl dgst.
 p256() {
@@ -80,11 +80,12 @@ pae() {  # pae PAYLOAD_TYPE BODY_FILE > PAE_FILE   (§2)
 # the key PUB whose id is KEYID; NAME.json receives its payload, NAME.sig.der its signature.
 dsse() {
   expect "$1" "$6" "$2"' | ["one signature", (.signatures | length) == 1],
-    ["payloadType", .payloadType == $type], ["keyid = the signing key id", .signatures[0].keyid == $key]' \
+    ["payloadType", .payloadType == $type],
+    ["keyid = the signing key id", .signatures[0].keyid == $key]' \
     "$2 | .payload, .signatures[0].sig" --arg type "$PAYLOAD_TYPE" --arg key "$4"
-  { read -r _; read -r _payload; read -r _sig; } < expect.out
-  printf '%s' "$_payload" | base64 -d > "$5.json" || fail "$6: the payload is not base64"
-  printf '%s' "$_sig" | base64 -d > "$5.sig.der" || fail "$6: the signature is not base64"
+  { read -r _; read -r _d_payload; read -r _d_sig; } < expect.out
+  printf '%s' "$_d_payload" | base64 -d > "$5.json" 2>/dev/null || fail "$6: payload not base64"
+  printf '%s' "$_d_sig" | base64 -d > "$5.sig.der" 2>/dev/null || fail "$6: signature not base64"
   pae "$PAYLOAD_TYPE" "$5.json" > "$5.pae"
   openssl dgst -sha256 -verify "$3" -signature "$5.sig.der" "$5.pae" > /dev/null \
     || fail "$6: the signature does not verify"
@@ -95,48 +96,52 @@ dsse() {
 # is no CA and, when EKU is not empty, carries that extended key usage. N.device.pub.pem
 # receives its key and $DEVICE_ID the key's id.
 certificate() {
-  _n=$1 _at=$3 _eku=$4 _what=$5 _device=device
-  : > "$_n.untrusted.pem"
+  _c_n=$1 _c_at=$3 _c_eku=$4 _c_what=$5 _c_device=device
+  : > "$_c_n.untrusted.pem"
   for c in $(jq -r '.deviceCertificate, .certificateChain[]' "$2"); do  # device, then chain
-    if [ $_device = device ]; then
-      printf '%s' "$c" | base64 -d > "$_n.device.der"
-      openssl x509 -inform DER -in "$_n.device.der" -noout -pubkey \
-        -ext basicConstraints,keyUsage,extendedKeyUsage > "$_n.device.txt" 2>/dev/null \
-        || fail "$_what: the device certificate is not X.509 DER"
-      _device=chain
+    if [ $_c_device = device ]; then
+      printf '%s' "$c" | base64 -d > "$_c_n.device.der" 2>/dev/null \
+        || fail "$_c_what: the device certificate is not base64"
+      openssl x509 -inform DER -in "$_c_n.device.der" -noout -pubkey \
+        -ext basicConstraints,keyUsage,extendedKeyUsage > "$_c_n.device.txt" 2>/dev/null \
+        || fail "$_c_what: the device certificate is not X.509 DER"
+      _c_device=chain
     else
-      printf '%s' "$c" | base64 -d | openssl x509 -inform DER >> "$_n.untrusted.pem" 2>/dev/null \
-        || fail "$_what: a certificateChain entry is not X.509 DER"
+      printf '%s' "$c" | base64 -d 2>/dev/null \
+        | openssl x509 -inform DER >> "$_c_n.untrusted.pem" 2>/dev/null \
+        || fail "$_c_what: a certificateChain entry is not X.509 DER"
     fi
   done
-  _untrusted=; [ ! -s "$_n.untrusted.pem" ] || _untrusted="-untrusted $_n.untrusted.pem"
-  # shellcheck disable=SC2086  # $_untrusted is empty or two words
-  openssl verify -x509_strict -purpose any -attime "$_at" -CAfile "$ANCHOR" $_untrusted \
-    "$_n.device.der" > "$_n.verify.out" 2>&1 || fail "$_what: $(tr '\n' ' ' < "$_n.verify.out")"
+  _c_untrusted=; [ ! -s "$_c_n.untrusted.pem" ] || _c_untrusted="-untrusted $_c_n.untrusted.pem"
+  # shellcheck disable=SC2086  # $_c_untrusted is empty or two words
+  openssl verify -x509_strict -purpose any -attime "$_c_at" -CAfile "$ANCHOR" $_c_untrusted \
+    "$_c_n.device.der" > "$_c_n.verify.out" 2>&1 \
+    || fail "$_c_what: $(tr '\n' ' ' < "$_c_n.verify.out")"
   # openssl verify accepts a CA as the leaf: the device certificate must not be one, and signs.
-  _text=$(cat "$_n.device.txt")
-  case $_text in *CA:TRUE*) fail "$_what: the device certificate is a CA";; esac
-  case $_text in *'X509v3 Key Usage:'*)
-    case $_text in *'Digital Signature'*) ;; *) fail "$_what: its keyUsage lacks digitalSignature";;
+  _c_text=$(cat "$_c_n.device.txt")
+  case $_c_text in *CA:TRUE*) fail "$_c_what: the device certificate is a CA";; esac
+  case $_c_text in *'X509v3 Key Usage:'*)
+    case $_c_text in *'Digital Signature'*) ;; *) fail "$_c_what: keyUsage lacks digitalSignature";;
     esac;;
   esac
   # format: the certificate's role (§6).
-  [ -z "$_eku" ] || has_eku "$_n.device.txt" "$_eku" || fail "$_what: the certificate lacks EKU $_eku"
-  openssl pkey -pubin -in "$_n.device.txt" -out "$_n.device.pub.pem"
-  DEVICE_ID=$(openssl pkey -pubin -in "$_n.device.pub.pem" -outform DER | sha256)
+  [ -z "$_c_eku" ] || has_eku "$_c_n.device.txt" "$_c_eku" \
+    || fail "$_c_what: the device certificate lacks the extended key usage $_c_eku"
+  openssl pkey -pubin -in "$_c_n.device.txt" -out "$_c_n.device.pub.pem"
+  DEVICE_ID=$(openssl pkey -pubin -in "$_c_n.device.pub.pem" -outform DER | sha256)
 }
 # has_eku TEXT OID: the extendedKeyUsage in TEXT (openssl x509 -ext output) lists OID. openssl
 # prints an OID's name when it knows one, else its dotted form; asn1parse names it the same way.
 has_eku() {
-  _name=$(openssl asn1parse -genstr "OID:$2" | tail -n 1) _name=${_name##*:} _next=
+  _e_name=$(openssl asn1parse -genstr "OID:$2" | tail -n 1) _e_name=${_e_name##*:} _e_next=
   while read -r line; do
-    if [ -n "$_next" ]; then
+    if [ -n "$_e_next" ]; then
       printf '%s\n' "$line" | tr ',' '\n' | {
-        while read -r u; do [ "$u" != "$2" ] && [ "$u" != "$_name" ] || exit 0; done; exit 1
+        while read -r u; do [ "$u" != "$2" ] && [ "$u" != "$_e_name" ] || exit 0; done; exit 1
       } && return 0
-      _next=
+      _e_next=
     fi
-    case $line in *'Extended Key Usage:'*) _next=1;; esac
+    case $line in *'Extended Key Usage:'*) _e_next=1;; esac
   done < "$1"
   return 1
 }
@@ -146,11 +151,11 @@ has_eku() {
 # then that many bytes in $HEX; end: nothing may follow. ($REST: the bytes not yet read, as hex.)
 read_tpm() { TPM=$1 POS=0 REST=$(hex < "$1"); }
 take() {
-  _pattern= _i=0
-  while [ $_i -lt "$1" ]; do _pattern="$_pattern??" _i=$((_i + 1)); done
+  _r_pattern= _r_i=0
+  while [ $_r_i -lt "$1" ]; do _r_pattern="$_r_pattern??" _r_i=$((_r_i + 1)); done
   [ ${#REST} -ge $(($1 * 2)) ] || fail "$TPM is truncated at byte $POS"
-  _tail=${REST#$_pattern}
-  HEX=${REST%"$_tail"} REST=$_tail POS=$((POS + $1))
+  _r_tail=${REST#$_r_pattern}
+  HEX=${REST%"$_r_tail"} REST=$_r_tail POS=$((POS + $1))
 }
 num() { take "$1"; NUM=$((0x$HEX)); }
 tpm2b() { num 2; take "$NUM"; }
@@ -164,44 +169,45 @@ tpm_certify() {
   take 4; same "TPMS_ATTEST magic" "$HEX" ff544347  # TPM_GENERATED_VALUE
   take 2; same "TPMS_ATTEST type" "$HEX" 8017       # TPM_ST_ATTEST_CERTIFY
   tpm2b                                             # qualifiedSigner
-  tpm2b; _extra=$HEX                                # extraData
+  tpm2b; _t_extra=$HEX                                # extraData
   take 16                                           # clockInfo: clock, resetCount, restartCount
   take 1; case $HEX in 00 | 01) ;; *) fail "TPMS_ATTEST clockInfo.safe is $HEX";; esac
   take 8                                            # firmwareVersion
-  tpm2b; _name=$HEX                                 # certify.name
+  tpm2b; _t_name=$HEX                                 # certify.name
   tpm2b                                             # certify.qualifiedName
   end
   read_tpm "$1.public.bin"
   take 2; same "TPMT_PUBLIC type" "$HEX" 0023       # TPM_ALG_ECC
   take 2; same "TPMT_PUBLIC nameAlg" "$HEX" 000b    # TPM_ALG_SHA256
-  num 4; _attributes=$NUM                           # objectAttributes
+  num 4; _t_attributes=$NUM                           # objectAttributes
   tpm2b                                             # authPolicy
   num 2; [ "$NUM" -eq 16 ] || take 4                # symmetric: alg [keyBits, mode]
   num 2; [ "$NUM" -eq 16 ] || take 2                # scheme: alg [hashAlg]
-  take 2; _curve=$HEX                               # curveID
+  take 2; _t_curve=$HEX                               # curveID
   num 2; [ "$NUM" -eq 16 ] || take 2                # kdf: alg [hashAlg]
-  tpm2b; _x=$HEX                                    # unique.x
-  tpm2b; _y=$HEX                                    # unique.y
+  tpm2b; _t_x=$HEX                                    # unique.x
+  tpm2b; _t_y=$HEX                                    # unique.y
   end
   # Made in this TPM and never to leave it: fixedTPM, fixedParent, sensitiveDataOrigin and sign
   # set; restricted and decrypt clear.
   attribute fixedTPM 1 1; attribute fixedParent 4 1; attribute sensitiveDataOrigin 5 1
   attribute sign 18 1; attribute restricted 16 0; attribute decrypt 17 0
   # The TPM certified this public area: its Name is 000b || SHA-256(TPMT_PUBLIC).
-  same "the certified name" "$_name" "000b$(sha256 "$1.public.bin")"
+  same "the certified name" "$_t_name" "000b$(sha256 "$1.public.bin")"
   # Its point is the actor key: the P-256 SubjectPublicKeyInfo of (x, y) hashes to KEYID.
-  same "TPMT_PUBLIC curveID" "$_curve" 0003         # TPM_ECC_NIST_P256
-  [ ${#_x} -le 64 ] && [ ${#_y} -le 64 ] || fail "a TPMT_PUBLIC coordinate is over 32 bytes"
-  _x=$(printf '%64s' "$_x" | tr ' ' 0) _y=$(printf '%64s' "$_y" | tr ' ' 0)
-  same "the certified key" "$(printf '%s04%s%s' "$P256_SPKI_PREFIX" "$_x" "$_y" | unhex | sha256)" "$4"
+  same "TPMT_PUBLIC curveID" "$_t_curve" 0003         # TPM_ECC_NIST_P256
+  [ ${#_t_x} -le 64 ] && [ ${#_t_y} -le 64 ] || fail "a TPMT_PUBLIC coordinate is over 32 bytes"
+  _t_x=$(printf '%64s' "$_t_x" | tr ' ' 0) _t_y=$(printf '%64s' "$_t_y" | tr ' ' 0)
+  _t_id=$(printf '%s04%s%s' "$P256_SPKI_PREFIX" "$_t_x" "$_t_y" | unhex | sha256)
+  same "the certified key" "$_t_id" "$4"
   # format: extraData = SHA-256(domain || 00 || u32be(len(actor)) || actor || u32be(version)
   # || nonce) binds the key to its actor and version.
   { printf '%s' "$TPM_EXTRA_DATA_DOMAIN"; printf 00 | unhex; u32be "$(wc -c < "$2")"; cat "$2"
     u32be "$3"; cat "$1.nonce.bin"; } > "$1.extra.bin"
-  same "TPMS_ATTEST extraData" "$_extra" "$(sha256 "$1.extra.bin")"
+  same "TPMS_ATTEST extraData" "$_t_extra" "$(sha256 "$1.extra.bin")"
 }
-attribute() {  # attribute NAME BIT WANT: bit BIT of $_attributes is WANT
-  [ $(((_attributes >> $2) & 1)) -eq "$3" ] \
+attribute() {  # attribute NAME BIT WANT: bit BIT of $_t_attributes is WANT
+  [ $(((_t_attributes >> $2) & 1)) -eq "$3" ] \
     || fail "TPMT_PUBLIC objectAttributes.$1 must be $3: the key may not be held by the TPM alone"
 }
 
@@ -225,10 +231,11 @@ pkcs11_statement() {
     ["extractable false", .predicate.attributes.extractable == false],
     ["neverExtractable", .predicate.attributes.neverExtractable == true],
     ["local", .predicate.attributes.local == true], ["sign", .predicate.attributes.sign == true]' \
-    .predicate.createdAt --arg st "$STATEMENT_TYPE" --arg type "$PKCS11_LINEAGE_TYPE" --rawfile actor "$2" \
+    .predicate.createdAt --arg st "$STATEMENT_TYPE" --arg type "$PKCS11_LINEAGE_TYPE" \
+    --rawfile actor "$2" \
     --argjson version "$3" --arg key "$4"
-  { read -r _; read -r _created; } < expect.out
-  epoch predicate.createdAt "$_created"; CREATED=$EPOCH
+  { read -r _; read -r _p_created; } < expect.out
+  epoch predicate.createdAt "$_p_created"; CREATED=$EPOCH
 }
 
 # attestation N CHECKS ACTOR_FILE VERSION KEYID AT BACKEND WHAT: the key attestation (§4) in
@@ -237,58 +244,80 @@ pkcs11_statement() {
 # this stands for (certificate, signature, statement). $CREATED := the key's createdAt (Unix
 # seconds), empty for a TPM key (TPM2_Certify carries the TPM's clock, not a time).
 attestation() {
-  _n=$1 _actor=$3 _version=$4 _key=$5 _at=$6 _backend=$7 _what=$8
+  _a_n=$1 _a_actor=$3 _a_version=$4 _a_key=$5 _a_at=$6 _a_backend=$7 _a_what=$8
   # shellcheck disable=SC2086  # three words
   set -- $2
-  step "$1" "$_what: device certificate"
+  step "$1" "$_a_what: device certificate"
   # A PKCS#11 key is vouched for by a lineage statement, a TPM key by a TPM2_Certify (§4).
-  expect "$_n.lineage.json" "$_what" '["lineage.backend", .backend == $backend],
-    ["the evidence of its backend", [has("statement"), has("tpm2Certify")]
-     == if $backend == "pkcs11" then [true, false] else [false, true] end]' \
-    '.tpm2Certify | objects | .attest, .signature, .publicArea, .nonce // ""' --arg backend "$_backend"
-  case $_backend in
+  expect "$_a_n.lineage.json" "$_a_what" \
+    '["one kind of evidence", has("statement") != has("tpm2Certify")]' \
+    'if has("statement") then "pkcs11" else "tpm", (.tpm2Certify
+     | .attest, .signature, .publicArea, .nonce // "") end'
+  { read -r _; read -r _a_evidence; } < expect.out
+  case $_a_evidence in
     pkcs11)
-      certificate "$_n" "$_n.lineage.json" "$_at" "$DEVICE_EKU" "$_what"
-      step "$2" "$_what: lineage statement signed by the device key"
-      dsse "$_n.lineage.json" .statement "$_n.device.pub.pem" "$DEVICE_ID" "$_n" \
-        "$_what: lineage statement"
-      step "$3" "$_what: what the device states about the key"
-      pkcs11_statement "$_n" "$_actor" "$_version" "$_key";;
+      certificate "$_a_n" "$_a_n.lineage.json" "$_a_at" "$DEVICE_EKU" "$_a_what"
+      step "$2" "$_a_what: lineage statement signed by the device key"
+      dsse "$_a_n.lineage.json" .statement "$_a_n.device.pub.pem" "$DEVICE_ID" "$_a_n" \
+        "$_a_what: lineage statement"
+      step "$3" "$_a_what: what the device states about the key"
+      same "$_a_what: lineage.backend" "$(jq -r .backend "$_a_n.lineage.json")" "$_a_backend"
+      same "$_a_what: the backend of a lineage statement" "$_a_backend" pkcs11
+      pkcs11_statement "$_a_n" "$_a_actor" "$_a_version" "$_a_key";;
     tpm)
-      certificate "$_n" "$_n.lineage.json" "$_at" "$AK_EKU" "$_what"
-      step "$2" "$_what: TPMS_ATTEST signed by the attestation key"
-      { read -r _; read -r _attest; read -r _signature; read -r _public; read -r _nonce; } < expect.out
-      printf '%s' "$_attest" | base64 -d > "$_n.attest.bin" || fail "$_what: attest is not base64"
-      printf '%s' "$_signature" | base64 -d > "$_n.attest.sig.der" || fail "$_what: bad signature"
-      printf '%s' "$_public" | base64 -d > "$_n.public.bin" || fail "$_what: publicArea is not base64"
-      printf '%s' "$_nonce" | base64 -d > "$_n.nonce.bin" || fail "$_what: nonce is not base64"
-      openssl dgst -sha256 -verify "$_n.device.pub.pem" -signature "$_n.attest.sig.der" \
-        "$_n.attest.bin" > /dev/null || fail "$_what: the AK signature over TPMS_ATTEST does not verify"
-      step "$3" "$_what: what the TPM states about the key"
-      tpm_certify "$_n" "$_actor" "$_version" "$_key"
+      { read -r _; read -r _; read -r _a_attest; read -r _a_signature; read -r _a_public
+        read -r _a_nonce; } < expect.out
+      certificate "$_a_n" "$_a_n.lineage.json" "$_a_at" "$AK_EKU" "$_a_what"
+      step "$2" "$_a_what: TPMS_ATTEST signed by the attestation key"
+      printf '%s' "$_a_attest" | base64 -d > "$_a_n.attest.bin" 2>/dev/null \
+        || fail "$_a_what: tpm2Certify.attest is not base64"
+      printf '%s' "$_a_signature" | base64 -d > "$_a_n.attest.sig.der" 2>/dev/null \
+        || fail "$_a_what: tpm2Certify.signature is not base64"
+      openssl dgst -sha256 -verify "$_a_n.device.pub.pem" -signature "$_a_n.attest.sig.der" \
+        "$_a_n.attest.bin" > /dev/null \
+        || fail "$_a_what: the AK signature over TPMS_ATTEST does not verify"
+      step "$3" "$_a_what: what the TPM states about the key"
+      same "$_a_what: lineage.backend" "$(jq -r .backend "$_a_n.lineage.json")" "$_a_backend"
+      same "$_a_what: the backend of a TPM2_Certify" "$_a_backend" tpm
+      printf '%s' "$_a_public" | base64 -d > "$_a_n.public.bin" 2>/dev/null \
+        || fail "$_a_what: tpm2Certify.publicArea is not base64"
+      printf '%s' "$_a_nonce" | base64 -d > "$_a_n.nonce.bin" 2>/dev/null \
+        || fail "$_a_what: tpm2Certify.nonce is not base64"
+      tpm_certify "$_a_n" "$_a_actor" "$_a_version" "$_a_key"
       CREATED=;;
-    *) fail "$_what: unknown backend '$_backend'";;
   esac
 }
 
-# bundle.parse: the bundle's shape (§5); the members read below are there, of their types.
-expect "$B" "the bundle" '
-  ["mediaType", .mediaType == $type], ["receipt", (.receipt | type) == "object"],
-  ["actorKey", (.actorKey.publicKey | type) == "string"],
-  ["lineage", (.lineage | type) == "object"],
-  ["log.index", (.log.index | type) == "number"], ["log.treeSize", (.log.treeSize | type) == "number"],
-  ["log.inclusionProof", (.log.inclusionProof | type) == "array"],
-  ["log.checkpoint", (.log.checkpoint | type) == "string"],
-  ["log.logKey", (.log.logKey.keyName | type) == "string" and (.log.logKey.lineage | type) == "object"]' \
+# bundle.parse: the bundle's shape (§5): the members read below are there, of their types.
+expect "$B" "the bundle" 'def text: type == "string";
+  def count: type == "number" and . >= 0 and . == floor and . < 9007199254740992;
+  def lineage: type == "object" and (.deviceCertificate | text) and (.certificateChain | type) ==
+    "array" and all(.certificateChain[]; text) and has("statement") != has("tpm2Certify");
+  ["mediaType", .mediaType == $type],
+  ["receipt", (.receipt | type) == "object" and (.receipt.signatures | type) == "array"],
+  ["actorKey", (.actorKey.publicKey | text) and (.actorKey.keyId | text)],
+  ["lineage: a device certificate, its chain, a statement or a tpm2Certify", (.lineage | lineage)],
+  ["lineage.predecessors", (.lineage.predecessors // [] | type == "array"
+   and all(.[]; lineage and (.publicKey | text) and (.keyId | text)))],
+  ["lineage.rotations",
+   (.lineage.rotations // [] | type == "array" and all(.[]; type == "object"))],
+  ["log.index", (.log.index | count)], ["log.treeSize", (.log.treeSize | count)],
+  ["log.inclusionProof",
+   (.log.inclusionProof | type) == "array" and all(.log.inclusionProof[]; text)],
+  ["log.checkpoint", (.log.checkpoint | text)],
+  ["log.logKey", (.log.logKey | (.keyName | text) and (.publicKey | text) and (.keyId | text)
+   and (.lineage | lineage))]' \
   '(.actorKey | .publicKey, .keyId), (.lineage | (.predecessors // [] | length),
    (.rotations // [] | length)), (.log | .index, .treeSize, .logKey.publicKey, .logKey.keyId,
    .logKey.lineage.backend)' --arg type "$BUNDLE_TYPE"
 { read -r _; read -r ACTOR_KEY; read -r ACTOR_KEY_ID; read -r PREDECESSORS; read -r ROTATIONS
-  read -r INDEX; read -r SIZE; read -r LOG_KEY; read -r LOG_KEY_ID; read -r LOG_BACKEND; } < expect.out
+  read -r INDEX; read -r SIZE; read -r LOG_KEY; read -r LOG_KEY_ID; read -r LOG_BACKEND
+} < expect.out
 
 # receipt.signature: key ids are the SHA-256 of the key's SubjectPublicKeyInfo DER.
 step receipt.signature
-printf '%s' "$ACTOR_KEY" | base64 -d > actor.spki.der || fail "actorKey.publicKey is not base64"
+printf '%s' "$ACTOR_KEY" | base64 -d > actor.spki.der 2>/dev/null \
+  || fail "actorKey.publicKey is not base64"
 p256 actor.spki.der actor.pub.pem actorKey.publicKey
 KEYID=$(sha256 actor.spki.der)
 same actorKey.keyId "$ACTOR_KEY_ID" "$KEYID"
@@ -299,15 +328,15 @@ step receipt.statement
 expect receipt.json "the receipt" '
   ["_type", ._type == $st], ["predicateType", .predicateType == $type],
   ["one subject", (.subject | length) == 1],
-  ["subject digest", .subject[0].digest.sha256 | test("^[0-9a-f]{64}$")],
+  ["subject digest", (.subject[0].digest.sha256 | test("^[0-9a-f]{64}$"))],
   ["subject name = action target", .subject[0].name == .predicate.action.target],
   ["predicate.key.id", .predicate.key.id == $key],
-  ["predicate.key.version", .predicate.key.version | type == "number" and . >= 1 and . == floor],
+  ["predicate.key.version", (.predicate.key.version | type == "number" and . >= 1 and . == floor)],
   ["predicate.key.backend", .predicate.key.backend == "pkcs11" or .predicate.key.backend == "tpm"],
-  ["predicate.sequence", .predicate.sequence | type == "number" and . >= 1 and . == floor],
+  ["predicate.sequence", (.predicate.sequence | type == "number" and . >= 1 and . == floor)],
   ["previousReceipt null exactly at sequence 1",
    (.predicate.sequence == 1) == (.predicate.previousReceipt == null)],
-  ["predicate.logIndex", .predicate.logIndex | type == "number"],
+  ["predicate.logIndex", (.predicate.logIndex | type == "number")],
   ["predicate.mode", .predicate.mode == "single"]' \
   '.predicate | .key.version, .key.backend, .signedAt, .logIndex' \
   --arg st "$STATEMENT_TYPE" --arg type "$RECEIPT_TYPE" --arg key "$KEYID"
@@ -318,7 +347,8 @@ epoch predicate.signedAt "$SIGNED"; SIGNED_AT=$EPOCH
 # receipt.document (when the auditor has the document)
 if [ -n "$DOC" ]; then
   step receipt.document
-  same "the document's SHA-256" "$(sha256 "$DOC")" "$(jq -r '.subject[0].digest.sha256' receipt.json)"
+  same "the document's SHA-256" "$(sha256 "$DOC")" \
+    "$(jq -r '.subject[0].digest.sha256' receipt.json)"
 fi
 
 # lineage.certificate, lineage.signature, lineage.statement: the signing key's attestation, for
@@ -343,7 +373,8 @@ while [ "$K" -lt "$VERSION" ]; do
 $(jq -r '.version, .publicKey, .keyId, .backend' "v$K.lineage.json")
 EOF
   same "predecessors[$((K - 1))].version" "$V" "$K"
-  printf '%s' "$PUBLIC" | base64 -d > "v$K.spki.der" || fail "version $K's publicKey is not base64"
+  printf '%s' "$PUBLIC" | base64 -d > "v$K.spki.der" 2>/dev/null \
+    || fail "version $K's publicKey is not base64"
   p256 "v$K.spki.der" "v$K.pub.pem" "version $K's publicKey"
   ID=$(sha256 "v$K.spki.der")
   same "version $K's keyId" "$CLAIMED_ID" "$ID"
@@ -367,7 +398,8 @@ EOF
     ["predicate.actor", .predicate.actor == $actor],
     ["predicate.previous", .predicate.previous.version == $k and .predicate.previous.keyId == $id],
     ["predicate.next", .predicate.next.version == $k + 1 and .predicate.next.keyId == $next],
-    ["predicate.nextBackend", .predicate.nextBackend == $backend]' .predicate.rotatedAt --arg st "$STATEMENT_TYPE" --arg type "$ROTATION_TYPE" --rawfile actor actor.txt \
+    ["predicate.nextBackend", .predicate.nextBackend == $backend]' .predicate.rotatedAt \
+    --arg st "$STATEMENT_TYPE" --arg type "$ROTATION_TYPE" --rawfile actor actor.txt \
     --argjson k "$K" --arg id "$ID" --arg next "$NEXT_ID" --arg backend "$NEXT_BACKEND"
   { read -r _; read -r ROTATED; } < expect.out
   epoch "rotation $K rotatedAt" "$ROTATED"; ROTATED=$EPOCH
@@ -391,7 +423,8 @@ fi
 # log.key: the log key is attested like an actor key whose actor is the log's key name, at
 # version 1, under a certificate valid at signedAt.
 step log.key
-printf '%s' "$LOG_KEY" | base64 -d > log.spki.der || fail "log.logKey.publicKey is not base64"
+printf '%s' "$LOG_KEY" | base64 -d > log.spki.der 2>/dev/null \
+  || fail "log.logKey.publicKey is not base64"
 p256 log.spki.der log.pub.pem log.logKey.publicKey
 LOG_ID=$(sha256 log.spki.der)
 same log.logKey.keyId "$LOG_KEY_ID" "$LOG_ID"

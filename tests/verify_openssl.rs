@@ -150,7 +150,34 @@ fn openssl_rejects_tampered_copies_by_the_right_check() {
             pointer,
         );
     }
-    let cases: [(&str, Value, &str); 5] = [
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut copy = original.clone();
+        f(&mut copy);
+        copy
+    };
+    let cases: [(&str, Value, &str); 9] = [
+        (
+            "another mediaType",
+            with(&|b| b["mediaType"] = json!("application/json")),
+            "bundle.parse",
+        ),
+        (
+            "a lineage without evidence",
+            with(&|b| {
+                b["lineage"].as_object_mut().unwrap().remove("statement");
+            }),
+            "bundle.parse",
+        ),
+        (
+            "a log key without lineage",
+            with(&|b| b["log"]["logKey"]["lineage"] = json!(null)),
+            "bundle.parse",
+        ),
+        (
+            "a lineage statement called a TPM lineage",
+            with(&|b| b["lineage"]["backend"] = json!("tpm")),
+            "lineage.statement",
+        ),
         (
             "inclusion proof",
             flip_inclusion_proof(&original),
@@ -192,6 +219,17 @@ fn openssl_rejects_tampered_copies_by_the_right_check() {
     for (what, bad, want) in cases {
         refused_by_both(&bad, &anchor, &document, want, what);
     }
+
+    // Not JSON at all, and a wrong command line.
+    let dir = tempfile::tempdir().unwrap();
+    let refused = verify_with_openssl("not JSON", &anchor, None, dir.path()).unwrap_err();
+    assert_eq!(refused.check.as_deref(), Some("bundle.parse"), "{refused}");
+    let usage = std::process::Command::new("sh")
+        .arg(common::openssl::SCRIPT)
+        .output()
+        .unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&usage.stderr).starts_with("usage: "));
 }
 
 /// The committed vector's checkpoint note checked with openssl alone (FORMAT.md §10): the
