@@ -166,25 +166,25 @@ end() { [ -z "$REST" ] || fail "$TPM has bytes after its end"; }
 # ACTOR_FILE, key VERSION and the key whose id is KEYID.
 tpm_certify() {
   read_tpm "$1.attest.bin"
-  take 4; same "TPMS_ATTEST magic" "$HEX" ff544347  # TPM_GENERATED_VALUE
-  take 2; same "TPMS_ATTEST type" "$HEX" 8017       # TPM_ST_ATTEST_CERTIFY
-  tpm2b                                             # qualifiedSigner
+  take 4; same "TPMS_ATTEST magic" "$HEX" ff544347    # TPM_GENERATED_VALUE
+  take 2; same "TPMS_ATTEST type" "$HEX" 8017         # TPM_ST_ATTEST_CERTIFY
+  tpm2b                                               # qualifiedSigner
   tpm2b; _t_extra=$HEX                                # extraData
-  take 16                                           # clockInfo: clock, resetCount, restartCount
+  take 16                                             # clockInfo: clock, resetCount, restartCount
   take 1; case $HEX in 00 | 01) ;; *) fail "TPMS_ATTEST clockInfo.safe is $HEX";; esac
-  take 8                                            # firmwareVersion
+  take 8                                              # firmwareVersion
   tpm2b; _t_name=$HEX                                 # certify.name
-  tpm2b                                             # certify.qualifiedName
+  tpm2b                                               # certify.qualifiedName
   end
   read_tpm "$1.public.bin"
-  take 2; same "TPMT_PUBLIC type" "$HEX" 0023       # TPM_ALG_ECC
-  take 2; same "TPMT_PUBLIC nameAlg" "$HEX" 000b    # TPM_ALG_SHA256
+  take 2; same "TPMT_PUBLIC type" "$HEX" 0023         # TPM_ALG_ECC
+  take 2; same "TPMT_PUBLIC nameAlg" "$HEX" 000b      # TPM_ALG_SHA256
   num 4; _t_attributes=$NUM                           # objectAttributes
-  tpm2b                                             # authPolicy
-  num 2; [ "$NUM" -eq 16 ] || take 4                # symmetric: alg [keyBits, mode]
-  num 2; [ "$NUM" -eq 16 ] || take 2                # scheme: alg [hashAlg]
+  tpm2b                                               # authPolicy
+  num 2; [ "$NUM" -eq 16 ] || take 4                  # symmetric: alg [keyBits, mode]
+  num 2; [ "$NUM" -eq 16 ] || take 2                  # scheme: alg [hashAlg]
   take 2; _t_curve=$HEX                               # curveID
-  num 2; [ "$NUM" -eq 16 ] || take 2                # kdf: alg [hashAlg]
+  num 2; [ "$NUM" -eq 16 ] || take 2                  # kdf: alg [hashAlg]
   tpm2b; _t_x=$HEX                                    # unique.x
   tpm2b; _t_y=$HEX                                    # unique.y
   end
