@@ -2656,6 +2656,26 @@ fn a_device_key_signing_a_crafted_tpms_attest_is_refused() {
     let anchors = TrustAnchors::from_pem(as_ak.anchor_pem.as_bytes()).unwrap();
     verify_bundle(&json, &anchors, None).expect("the crafted evidence itself is well-formed");
 
+    // The TPMS_ATTEST must name the AK of akPublicArea as its signer (its Qualified Name).
+    let mut other_signer = bundle.clone();
+    let certify = &mut other_signer["lineage"]["tpm2Certify"];
+    let mut attest = unb64(certify["attest"].as_str().unwrap());
+    attest[12] ^= 1;
+    certify["attest"] = json!(b64(&attest));
+    certify["signature"] = json!(b64(&as_ak.device_key.sign_der(&attest)));
+    let e = verify_bundle(&serde_json::to_vec(&other_signer).unwrap(), &anchors, None).unwrap_err();
+    assert_eq!(e.check, Check::LineageStatement, "{e}");
+    assert!(e.detail.contains("qualifiedSigner"), "{e}");
+    // And akPublicArea must be a restricted key.
+    let mut unrestricted = bundle.clone();
+    let certify = &mut unrestricted["lineage"]["tpm2Certify"];
+    let mut ak_public = unb64(certify["akPublicArea"].as_str().unwrap());
+    ak_public[5] &= !0x01;
+    certify["akPublicArea"] = json!(b64(&ak_public));
+    let e = verify_bundle(&serde_json::to_vec(&unrestricted).unwrap(), &anchors, None).unwrap_err();
+    assert_eq!(e.check, Check::LineageSignature, "{e}");
+    assert!(e.detail.contains("restricted"), "{e}");
+
     // Issue 8, item 4: a TPM key's creation time is real and bound by extraData, so time-order
     // checks apply: rewriting `createdAt` breaks extraData, and a key created after the receipt
     // is refused.

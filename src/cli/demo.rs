@@ -98,17 +98,7 @@ pub fn run(workdir: Option<PathBuf>) -> Result<()> {
     }
 
     println!("\n== Verifying the same bundle with openssl alone");
-    let script = lab.dir.join("verify-with-openssl.sh");
-    std::fs::write(&script, OPENSSL_SCRIPT)?;
-    println!("$ sh verify-with-openssl.sh {bundle} {anchor} {document}");
-    let status = std::process::Command::new("sh")
-        .arg(&script)
-        .args([&bundle, &anchor, &document])
-        .status()
-        .context("cannot run sh")?;
-    if !status.success() {
-        bail!("openssl did not verify the demo bundle");
-    }
+    verify_with_openssl(&lab.dir, &bundle, &anchor, &document)?;
 
     println!("\n== Auditing the whole log offline: every entry, chain and checkpoint");
     let export = lab.path("log-export.json");
@@ -189,10 +179,33 @@ fn tpm_actor(exe: &std::path::Path, dir: &std::path::Path, document: &str) -> Re
     if !output.status.success() {
         bail!("the TPM demo bundle did not verify");
     }
+    println!("\n== Verifying the TPM bundle with openssl alone (TPMS_ATTEST read byte by byte)");
+    verify_with_openssl(&lab.dir, &bundle, &anchor, document)?;
     println!(
         "\n== Proved: the pipeline {TPM_ACTOR} signed with a key the TPM itself certifies as \
          generated in it and never leaving it (fixedTPM, fixedParent, sensitiveDataOrigin), by \
          an attestation key enrolled through the TPM's EK certificate."
     );
+    Ok(())
+}
+
+/// Runs `scripts/verify-with-openssl.sh` (FORMAT.md §8), written into `dir`, on a bundle.
+fn verify_with_openssl(
+    dir: &std::path::Path,
+    bundle: &str,
+    anchor: &str,
+    document: &str,
+) -> Result<()> {
+    let script = dir.join("verify-with-openssl.sh");
+    std::fs::write(&script, OPENSSL_SCRIPT)?;
+    println!("$ sh verify-with-openssl.sh {bundle} {anchor} {document}");
+    let status = std::process::Command::new("sh")
+        .arg(&script)
+        .args([bundle, anchor, document])
+        .status()
+        .context("cannot run sh")?;
+    if !status.success() {
+        bail!("openssl did not verify {bundle}");
+    }
     Ok(())
 }

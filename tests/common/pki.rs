@@ -28,6 +28,26 @@ impl TestKey {
         TestKey { key, point }
     }
 
+    /// A DER ECDSA signature over SHA-256(`message`), as a TPM attestation key makes one.
+    pub fn sign_der(&self, message: &[u8]) -> Vec<u8> {
+        let sig: Signature = self.key.sign(message);
+        sig.to_der().as_bytes().to_vec()
+    }
+
+    /// The key as the TPMT_PUBLIC of a restricted ECDSA P-256 signing key made in a TPM
+    /// (fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth, restricted, sign): what a TPM
+    /// would report as its attestation key's public area.
+    pub fn tpm_ak_public(&self) -> Vec<u8> {
+        let (x, y) = self.point[1..].split_at(32);
+        let mut public = vec![0x00, 0x23, 0x00, 0x0b, 0x00, 0x05, 0x00, 0x72, 0x00, 0x00];
+        public.extend_from_slice(&[0x00, 0x10, 0x00, 0x18, 0x00, 0x0b, 0x00, 0x03, 0x00, 0x10]);
+        for coordinate in [x, y] {
+            public.extend_from_slice(&[0x00, 0x20]);
+            public.extend_from_slice(coordinate);
+        }
+        public
+    }
+
     pub fn pkcs8_pem(&self) -> String {
         self.key
             .to_pkcs8_pem(LineEnding::LF)
@@ -155,23 +175,7 @@ impl TestCa {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         // The PKCS#11 device role and the log-key attester grant (FORMAT.md §6.1).
-        let arc = "6982ecbbf0dbc59a9a96d588cb9ed299f196e74001";
-        let oid = |leaf: u8| {
-            let mut o = hex::decode(arc).expect("hex");
-            o.push(leaf);
-            o
-        };
-        let mut body = Vec::new();
-        for o in [oid(1), oid(2)] {
-            body.extend_from_slice(&[0x06, o.len() as u8]);
-            body.extend_from_slice(&o);
-        }
-        let mut content = vec![0x30, body.len() as u8];
-        content.extend_from_slice(&body);
-        params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
-            &[2, 5, 29, 37],
-            content,
-        )];
+        params.custom_extensions = vec![ext_key_usage(&[actseal_eku(1), actseal_eku(2)])];
         params.not_before = not_before;
         params.not_after = not_after;
         params
@@ -179,6 +183,47 @@ impl TestCa {
             .expect("device cert")
             .pem()
     }
+
+    /// A certificate for `key` in the profile of a TPM attestation key (the TCG AK EKU
+    /// 2.23.133.8.3), valid from a day ago for a week: DER. Lets a test sign TPMS_ATTEST
+    /// structures of its own making with a key the verifier takes for an AK.
+    pub fn attestation_key(&self, cn: &str, key: &TestKey) -> Vec<u8> {
+        let mut params = CertificateParams::default();
+        params.serial_number = random_serial();
+        params.distinguished_name = name(cn, None);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        // The TCG AK role and the log-key attester grant (FORMAT.md §6.1).
+        params.custom_extensions = vec![ext_key_usage(&[
+            vec![0x67, 0x81, 0x05, 0x08, 0x03],
+            actseal_eku(2),
+        ])];
+        params.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(7);
+        let cert = params.signed_by(key, &self.issuer).expect("AK cert");
+        cert.der().to_vec()
+    }
+}
+
+/// DER contents of the project's role OID `2.25.242230413017653211193847039386664154048.1.<leaf>`.
+fn actseal_eku(leaf: u8) -> Vec<u8> {
+    let mut oid = hex::decode("6982ecbbf0dbc59a9a96d588cb9ed299f196e74001").expect("hex");
+    oid.push(leaf);
+    oid
+}
+
+/// An extKeyUsage extension with these key purposes (DER contents of each OID).
+fn ext_key_usage(purposes: &[Vec<u8>]) -> rcgen::CustomExtension {
+    let mut body = Vec::new();
+    for oid in purposes {
+        body.extend_from_slice(&[0x06, oid.len() as u8]);
+        body.extend_from_slice(oid);
+    }
+    let mut content = vec![0x30, body.len() as u8];
+    content.extend_from_slice(&body);
+    rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 37], content)
 }
 
 /// A public key alone (uncompressed P-256 point), for certificates of hardware keys.
