@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod lab;
 pub mod lab_tpm;
 pub mod ledger;

@@ -566,6 +566,75 @@ fn startup_fails_clearly_without_the_token_or_with_a_wrong_pin() {
     assert!(output.contains("/nonexistent/actseal.toml"), "{output}");
 }
 
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_refuses_a_pin_file_others_can_reach_and_keeps_its_state_owner_only() {
+    let mut lab = new_lab();
+    let pin_file = lab.dir.join("secrets/token.pin");
+    let real_pin = lab.token_pin().unwrap();
+    let state = lab.dir.join("state");
+    let database = state.join("actseal.db");
+    for exposed in [0o644, 0o640, 0o604, 0o620] {
+        set_mode(&pin_file, exposed);
+        let (ok, output) = serve_once(&lab);
+        assert!(!ok, "started with a PIN file of mode {exposed:o}");
+        assert!(
+            output.contains(&pin_file.display().to_string())
+                && output.contains("readable or writable by group or others"),
+            "{output}"
+        );
+        assert!(!output.contains(&real_pin), "PIN leaked: {output}");
+        assert!(!database.exists(), "a refused start created the database");
+    }
+
+    // A state directory that others may enter (an older daemon, a hand-made one) is narrowed;
+    // everything the daemon creates in it is the daemon user's alone.
+    set_mode(&pin_file, 0o600);
+    set_mode(&state, 0o755);
+    lab.start_daemon().unwrap();
+    create_key(&lab, ACTOR).await;
+    signer(&lab)
+        .await
+        .sign(sign_request(ACTOR, DOCUMENT))
+        .await
+        .unwrap();
+    assert_eq!(mode(&state), 0o700);
+    let wal = state.join("actseal.db-wal");
+    let shm = state.join("actseal.db-shm");
+    for file in [&database, &wal, &shm, &state.join("device.crt")] {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    // The CA keeps its directory and configuration private; its certificate is the trust
+    // anchor that verifiers are given, the one file meant for others.
+    assert_eq!(mode(&lab.dir.join("ca")), 0o700);
+    assert_eq!(mode(&lab.dir.join("ca/ca.toml")), 0o600);
+    assert_eq!(mode(&lab.dir.join("ca/ca.crt")), 0o644);
+
+    // A database left readable by others is narrowed at the next start.
+    lab.stop_daemon().unwrap();
+    set_mode(&database, 0o644);
+    lab.start_daemon().unwrap();
+    assert_eq!(mode(&database), 0o600);
+    for file in [&wal, &shm] {
+        if file.exists() {
+            assert_eq!(mode(file), 0o600, "{}", file.display());
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_token_gives_unavailable_and_loses_nothing() {
     let lab = started_lab();

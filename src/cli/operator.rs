@@ -136,7 +136,7 @@ pub fn export_log(config: &Path, out: &Path) -> Result<()> {
     let log = server::stored_log_identity(&store)?
         .ok_or_else(|| anyhow::anyhow!("this daemon has no log yet"))?;
     let json = crate::ledger::export::export(&store, log.in_bundle())?;
-    std::fs::write(out, json).with_context(|| format!("cannot write {}", out.display()))?;
+    crate::files::write_atomic(out, json.as_bytes(), crate::files::PRIVATE_FILE)?;
     println!("log exported to {}", out.display());
     Ok(())
 }
@@ -181,8 +181,7 @@ pub fn ca(command: CaCommand) -> Result<()> {
             let request = std::fs::read_to_string(&csr)
                 .with_context(|| format!("cannot read {}", csr.display()))?;
             let cert = pki::ca::issue(&dir, &request, days)?;
-            std::fs::write(&out, cert)
-                .with_context(|| format!("cannot write {}", out.display()))?;
+            crate::files::write_atomic(&out, cert.as_bytes(), crate::files::PRIVATE_FILE)?;
             println!("device certificate written to {}", out.display());
             Ok(())
         }
@@ -213,8 +212,7 @@ pub fn enroll(
         .with_context(|| format!("cannot read {}", ek_ca.display()))?;
     let enrolled = pki::enroll::enroll(&backend, &maker_ca, ca_dir, days)?;
     let device_key = backend.device_key(false)?;
-    std::fs::create_dir_all(&config.state.dir)
-        .with_context(|| format!("cannot create {}", config.state.dir.display()))?;
+    crate::files::private_dir(&config.state.dir)?;
     let destination = config.state.device_certificate();
     let subject =
         pki::device::install_certificate(&enrolled.ak_certificate_pem, &device_key, &destination)?;
@@ -233,8 +231,7 @@ pub fn device(command: DeviceCommand) -> Result<()> {
             let backend = server::open_pkcs11_backend(&config)?;
             let device_key = backend.device_key(true)?;
             let request = pki::device::certificate_request(&backend, &device_key, backend.token())?;
-            std::fs::write(&out, request)
-                .with_context(|| format!("cannot write {}", out.display()))?;
+            crate::files::write_atomic(&out, request.as_bytes(), crate::files::PRIVATE_FILE)?;
             println!(
                 "certificate request for device key {} written to {}",
                 crate::proof::key_id(&device_key.public_key),
@@ -251,8 +248,7 @@ pub fn device(command: DeviceCommand) -> Result<()> {
                 .with_context(|| format!("cannot read {}", certificate.display()))?;
             let backend = server::open_pkcs11_backend(&config)?;
             let device_key = backend.device_key(false)?;
-            std::fs::create_dir_all(&config.state.dir)
-                .with_context(|| format!("cannot create {}", config.state.dir.display()))?;
+            crate::files::private_dir(&config.state.dir)?;
             let destination = config.state.device_certificate();
             let subject = pki::device::install_certificate(&pem, &device_key, &destination)?;
             println!(

@@ -65,7 +65,7 @@ pub fn install_certificate(
             "the certificate is not for this token's device key".into(),
         ));
     }
-    write_file(destination, pem.as_bytes(), 0o644)?;
+    write_file(destination, pem.as_bytes(), crate::files::PRIVATE_FILE)?;
     Ok(leaf.tbs_certificate.subject.to_string())
 }
 
