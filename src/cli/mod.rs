@@ -9,7 +9,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
-pub use client::connect_unix;
+pub use client::{ExpectedKey, check_attestation, connect_unix, expected_key};
 
 use crate::config::{DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
 
@@ -164,9 +164,15 @@ enum KeyCommand {
         /// A nonce (hex, up to 64 bytes) for the TPM to bind; TPM keys only.
         #[arg(long)]
         nonce: Option<String>,
-        /// Trust anchor (PEM) to verify the attestation against.
+        /// Trust anchor (PEM) to verify the attestation against. The attestation must be for
+        /// --actor, the version asked for, and the key the daemon's key table holds for them
+        /// (GetActorKey, a separate query), which must be --key-id when given.
         #[arg(long)]
         trust: Option<PathBuf>,
+        /// The key id (hex SHA-256 of the SubjectPublicKeyInfo, as in bundles) expected, e.g.
+        /// from a bundle or an audited export; checked with --trust.
+        #[arg(long, requires = "trust")]
+        key_id: Option<String>,
         /// Write the attestation JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
