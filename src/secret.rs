@@ -286,6 +286,10 @@ mod tests {
             })
         );
         // As root (CI), the real thing: a file of another user, though root could read it.
+        assert!(
+            me == 0 || std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true and this test cannot chown: it needs root"
+        );
         if me == 0 {
             std::os::unix::fs::chown(path, Some(65534), None).unwrap();
             let err = source.read().unwrap_err();
