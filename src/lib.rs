@@ -13,6 +13,8 @@ pub mod cli;
 #[cfg(feature = "daemon")]
 pub mod config;
 #[cfg(feature = "daemon")]
+pub mod files;
+#[cfg(feature = "daemon")]
 pub mod lab;
 #[cfg(feature = "daemon")]
 pub mod lab_tpm;

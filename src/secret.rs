@@ -1,17 +1,31 @@
 //! Where secrets (token PINs) come from: a file or an environment variable, never argv.
+//!
+//! A PIN file must be the daemon's own (owned by the user it runs as, no access for group or
+//! others), and its content is the PIN exactly: one line, a final line ending optional.
+//! Anything else is refused rather than guessed at, so the token never sees a PIN the
+//! operator did not mean and a file others can read never holds one.
 
-use std::{fmt, fs, path::PathBuf};
+use std::{
+    fmt,
+    fs::{self, File},
+    io::Read,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
+
+/// The longest PIN file read; PKCS#11 tokens allow far shorter PINs.
+const MAX_PIN_BYTES: usize = 1024;
 
 /// Names where a PIN is read from. Holds no secret itself, so it can be logged.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum PinSource {
-    /// A file whose first line is the PIN (a trailing newline is ignored).
+    /// A file holding the PIN on one line (a final `\n` or `\r\n` is not part of it).
     File(PathBuf),
-    /// An environment variable holding the PIN.
+    /// An environment variable holding the PIN (the same rules as a file's content).
     Env(String),
 }
 
@@ -24,25 +38,56 @@ impl fmt::Display for PinSource {
     }
 }
 
-/// Why a PIN could not be read. Never carries the PIN.
+/// Why a PIN file may not hold a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Exposure {
+    #[error("it is not a regular file")]
+    NotAFile,
+    #[error(
+        "it is readable or writable by group or others (mode {mode:04o}); make it owner-only (chmod 600)"
+    )]
+    OpenToOthers { mode: u32 },
+    #[error("it is owned by uid {owner}, not by uid {user} that actseal runs as")]
+    OwnedByOther { owner: u32, user: u32 },
+}
+
+/// Why a PIN's text is not taken as a PIN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("is empty or only whitespace")]
+    Empty,
+    #[error("has more than one line")]
+    SeveralLines,
+    #[error("begins or ends with whitespace (the PIN is taken exactly as written)")]
+    EdgeWhitespace,
+    #[error("is longer than {MAX_PIN_BYTES} bytes")]
+    TooLong,
+    #[error("is not UTF-8")]
+    NotUtf8,
+}
+
+/// Why a PIN could not be read. Names the source, never carries the PIN.
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
     #[error("cannot read PIN from {source_name}: {reason}")]
     Unreadable { source_name: String, reason: String },
-    #[error("PIN from {0} is empty")]
-    Empty(String),
+    #[error("refusing the PIN {source_name}: {exposure}")]
+    Unprotected {
+        source_name: String,
+        exposure: Exposure,
+    },
+    #[error("PIN from {source_name} {problem}")]
+    Malformed {
+        source_name: String,
+        problem: Malformed,
+    },
 }
 
 impl PinSource {
     /// Reads the PIN. The returned buffer is wiped when dropped.
     pub fn read(&self) -> Result<Zeroizing<String>, PinError> {
         let raw = match self {
-            PinSource::File(path) => {
-                Zeroizing::new(fs::read_to_string(path).map_err(|e| PinError::Unreadable {
-                    source_name: self.to_string(),
-                    reason: e.kind().to_string(),
-                })?)
-            }
+            PinSource::File(path) => self.read_file(path)?,
             PinSource::Env(name) => {
                 Zeroizing::new(std::env::var(name).map_err(|_| PinError::Unreadable {
                     source_name: self.to_string(),
@@ -50,33 +95,217 @@ impl PinSource {
                 })?)
             }
         };
-        let pin = Zeroizing::new(raw.trim_end_matches(['\r', '\n']).to_owned());
-        if pin.is_empty() {
-            return Err(PinError::Empty(self.to_string()));
-        }
-        Ok(pin)
+        parse_pin(&raw).map_err(|problem| PinError::Malformed {
+            source_name: self.to_string(),
+            problem,
+        })
     }
+
+    /// Opens the file, checks on the open file that it is the daemon's own, then reads it.
+    fn read_file(&self, path: &Path) -> Result<Zeroizing<String>, PinError> {
+        let unreadable = |e: std::io::Error| PinError::Unreadable {
+            source_name: self.to_string(),
+            reason: e.kind().to_string(),
+        };
+        let unprotected = |exposure| PinError::Unprotected {
+            source_name: self.to_string(),
+            exposure,
+        };
+        // Checked before opening too: opening a FIFO would block.
+        if !fs::metadata(path).map_err(unreadable)?.is_file() {
+            return Err(unprotected(Exposure::NotAFile));
+        }
+        let file = File::open(path).map_err(unreadable)?;
+        let meta = file.metadata().map_err(unreadable)?;
+        file_exposure(&meta, effective_uid()).map_or(Ok(()), |e| Err(unprotected(e)))?;
+        let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_PIN_BYTES + 1));
+        file.take(MAX_PIN_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(unreadable)?;
+        if bytes.len() > MAX_PIN_BYTES {
+            return Err(PinError::Malformed {
+                source_name: self.to_string(),
+                problem: Malformed::TooLong,
+            });
+        }
+        let text = std::str::from_utf8(&bytes).map_err(|_| PinError::Malformed {
+            source_name: self.to_string(),
+            problem: Malformed::NotUtf8,
+        })?;
+        Ok(Zeroizing::new(text.to_owned()))
+    }
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// What makes a file unfit to hold a PIN for the user `user`, if anything.
+fn file_exposure(meta: &fs::Metadata, user: u32) -> Option<Exposure> {
+    let mode = meta.mode() & 0o7777;
+    if !meta.is_file() {
+        Some(Exposure::NotAFile)
+    } else if meta.uid() != user {
+        Some(Exposure::OwnedByOther {
+            owner: meta.uid(),
+            user,
+        })
+    } else if mode & 0o077 != 0 {
+        Some(Exposure::OpenToOthers { mode })
+    } else {
+        None
+    }
+}
+
+/// The PIN in `raw`: one line, one final line ending dropped, nothing else changed.
+fn parse_pin(raw: &str) -> Result<Zeroizing<String>, Malformed> {
+    if raw.len() > MAX_PIN_BYTES {
+        return Err(Malformed::TooLong);
+    }
+    let line = raw
+        .strip_suffix("\r\n")
+        .or_else(|| raw.strip_suffix('\n'))
+        .unwrap_or(raw);
+    if line.trim().is_empty() {
+        return Err(Malformed::Empty);
+    }
+    if line.contains(['\n', '\r']) {
+        return Err(Malformed::SeveralLines);
+    }
+    if line.trim() != line {
+        return Err(Malformed::EdgeWhitespace);
+    }
+    Ok(Zeroizing::new(line.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
-    #[test]
-    fn file_pin_drops_trailing_newline_and_errors_never_echo_the_pin() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pin");
-        fs::write(&path, "s3cret-pin\n").unwrap();
-        assert_eq!(
-            PinSource::File(path.clone()).read().unwrap().as_str(),
-            "s3cret-pin"
-        );
+    const PIN: &str = "s3cret-pin";
 
-        fs::write(&path, "\n").unwrap();
-        let err = PinSource::File(path).read().unwrap_err().to_string();
-        assert!(err.contains("empty"), "{err}");
+    fn pin_file(dir: &Path, content: &str, mode: u32) -> PinSource {
+        let path = dir.join("pin");
+        fs::write(&path, content).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        PinSource::File(path)
+    }
+
+    #[test]
+    fn a_pin_file_is_one_line_taken_exactly_and_errors_never_echo_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for content in [PIN, "s3cret-pin\n", "s3cret-pin\r\n"] {
+            let source = pin_file(dir.path(), content, 0o600);
+            assert_eq!(source.read().unwrap().as_str(), PIN, "{content:?}");
+        }
+        // Inner spaces are part of the PIN.
+        let source = pin_file(dir.path(), "two words\n", 0o400);
+        assert_eq!(source.read().unwrap().as_str(), "two words");
+
+        for (content, problem) in [
+            ("", Malformed::Empty),
+            ("\n", Malformed::Empty),
+            (" \t \n", Malformed::Empty),
+            ("s3cret-pin\n\n", Malformed::SeveralLines),
+            ("s3cret-pin\nother\n", Malformed::SeveralLines),
+            ("s3cret-pin \n", Malformed::EdgeWhitespace),
+            (" s3cret-pin", Malformed::EdgeWhitespace),
+            ("s3cret-pin\t", Malformed::EdgeWhitespace),
+        ] {
+            let source = pin_file(dir.path(), content, 0o600);
+            let err = source.read().unwrap_err();
+            assert!(
+                matches!(&err, PinError::Malformed { problem: p, .. } if *p == problem),
+                "{content:?}: {err}"
+            );
+            let text = err.to_string();
+            assert!(text.contains("pin") && !text.contains(PIN), "{text}");
+        }
+        let long = "x".repeat(MAX_PIN_BYTES + 1);
+        let err = pin_file(dir.path(), &long, 0o600).read().unwrap_err();
+        assert!(matches!(
+            err,
+            PinError::Malformed {
+                problem: Malformed::TooLong,
+                ..
+            }
+        ));
 
         let missing = PinSource::Env("ACTSEAL_TEST_PIN_THAT_IS_NOT_SET".into());
         assert!(missing.read().is_err());
+    }
+
+    #[test]
+    fn a_pin_file_others_can_reach_is_refused_naming_the_path_not_the_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o602, 0o660, 0o666] {
+            let source = pin_file(dir.path(), "s3cret-pin\n", mode);
+            let err = source.read().unwrap_err();
+            assert!(
+                matches!(err, PinError::Unprotected { exposure: Exposure::OpenToOthers { mode: m }, .. } if m == mode),
+                "{mode:o}: {err}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains(&dir.path().join("pin").display().to_string()),
+                "{text}"
+            );
+            assert!(!text.contains(PIN), "{text}");
+        }
+        let err = PinSource::File(dir.path().to_owned()).read().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PinError::Unprotected {
+                    exposure: Exposure::NotAFile,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_pin_file_owned_by_another_user_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = pin_file(dir.path(), "s3cret-pin\n", 0o600);
+        let PinSource::File(path) = &source else {
+            unreachable!()
+        };
+        let me = effective_uid();
+        let meta = fs::metadata(path).unwrap();
+        assert_eq!(file_exposure(&meta, me), None);
+        assert_eq!(
+            file_exposure(&meta, me + 1),
+            Some(Exposure::OwnedByOther {
+                owner: me,
+                user: me + 1
+            })
+        );
+        // As root (CI), the real thing: a file of another user, though root could read it.
+        assert!(
+            me == 0 || std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true and this test cannot chown: it needs root"
+        );
+        if me == 0 {
+            std::os::unix::fs::chown(path, Some(65534), None).unwrap();
+            let err = source.read().unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    PinError::Unprotected {
+                        exposure: Exposure::OwnedByOther {
+                            owner: 65534,
+                            user: 0
+                        },
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
     }
 }

@@ -109,12 +109,73 @@ fn run_as(
     )
 }
 
+/// The test above, run as an unprivileged user: it skips, but fails under `CI=true`.
+#[test]
+fn the_unix_caller_test_fails_rather_than_skips_under_ci() {
+    if !can_run(is_root(), "switching to an unprivileged user needs root") {
+        return;
+    }
+    let (nobody, nobody_gid) = ensure_user("actseal-test-mallory");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tests = dir.path().join("auth_policy");
+    std::fs::copy(std::env::current_exe().unwrap(), &tests).unwrap();
+    std::fs::set_permissions(&tests, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |ci: Option<&str>| {
+        let mut command = Command::new("setpriv");
+        command
+            .args([
+                &format!("--reuid={nobody}"),
+                &format!("--regid={nobody_gid}"),
+                "--clear-groups",
+            ])
+            .arg(&tests)
+            .args([
+                "--exact",
+                "unix_callers_sign_only_as_the_policy_allows",
+                "--nocapture",
+            ])
+            .current_dir(dir.path())
+            .env_remove("CI");
+        if let Some(ci) = ci {
+            command.env("CI", ci);
+        }
+        // A concurrent test's fork may still hold the copy open for a moment (ETXTBSY).
+        for _ in 0..50 {
+            let out = command
+                .output()
+                .expect("setpriv (util-linux) must be installed");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if !text.contains("Text file busy") {
+                return (out.status.success(), text);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{} stays busy", tests.display());
+    };
+    let (ok, text) = run(None);
+    assert!(
+        ok && text.contains("SKIPPED: creating Unix users"),
+        "{text}"
+    );
+    let (ok, text) = run(Some("true"));
+    assert!(
+        !ok && text.contains("CI=true and this test cannot run"),
+        "{text}"
+    );
+    assert!(text.contains("1 failed"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unix_callers_sign_only_as_the_policy_allows() {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED: creating Unix users and switching to them needs root (CI runs as root)"
-        );
+    if !can_run(
+        is_root(),
+        "creating Unix users and switching to them needs root (CI runs as root)",
+    ) {
         return;
     }
     let (alice, alice_gid) = ensure_user("actseal-test-alice");

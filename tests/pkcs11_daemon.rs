@@ -571,6 +571,176 @@ fn startup_fails_clearly_without_the_token_or_with_a_wrong_pin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_attest_trust_refuses_an_answer_about_another_actor_version_or_key() {
+    use actseal::{
+        api::{AttestRequest, RotateKeyRequest},
+        cli::{ExpectedKey, check_attestation, expected_key},
+    };
+    const OTHER: &str = "spiffe://acme.example/agents/other";
+    let lab = started_lab();
+    let v1 = create_key(&lab, ACTOR).await;
+    let other = create_key(&lab, OTHER).await;
+    admin(&lab)
+        .await
+        .rotate_key(RotateKeyRequest {
+            actor: ACTOR.into(),
+        })
+        .await
+        .unwrap();
+    let anchors =
+        actseal::verify::TrustAnchors::from_pem(&std::fs::read(lab.anchor()).unwrap()).unwrap();
+    let mut signer = signer(&lab).await;
+    let mut attest = async |actor: &str, version: u32| {
+        signer
+            .attest(AttestRequest {
+                actor: actor.into(),
+                version,
+                nonce: Vec::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+
+    // The caller asks about the active key of ACTOR: version 2, the key table's key.
+    let asked = expected_key(channel(&lab).await, ACTOR, 0, None)
+        .await
+        .unwrap();
+    assert_eq!((asked.actor.as_str(), asked.version), (ACTOR, 2));
+    let honest = attest(ACTOR, 0).await;
+    check_attestation(&honest, &asked, &anchors, None).unwrap();
+
+    // Genuine attestations, each valid on its own terms (which is all the old check looked
+    // at), but about another actor or another version: refused.
+    let for_other = attest(OTHER, 0).await;
+    let for_v1 = attest(ACTOR, 1).await;
+    for (what, answer) in [("another actor", &for_other), ("another version", &for_v1)] {
+        let own_terms = ExpectedKey {
+            actor: answer.actor.clone(),
+            version: answer.version,
+            public_key_der: answer.public_key_der.clone(),
+        };
+        check_attestation(answer, &own_terms, &anchors, None).unwrap();
+        let err = check_attestation(answer, &asked, &anchors, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("attestation REJECTED"), "{what}: {err}");
+    }
+    // The right actor and version with another key, in the attestation or only in the labels.
+    let wrong_key = ExpectedKey {
+        public_key_der: v1.public_key_der.clone(),
+        ..asked.clone()
+    };
+    let err = check_attestation(&honest, &wrong_key, &anchors, None).unwrap_err();
+    assert!(err.to_string().contains("REJECTED"), "{err}");
+    let mut relabelled = honest.clone();
+    relabelled.public_key_der = other.public_key_der.clone();
+    relabelled.key_id = other.key_id.clone();
+    let err = check_attestation(&relabelled, &asked, &anchors, None).unwrap_err();
+    assert!(err.to_string().contains("labelled"), "{err}");
+
+    // A key id from elsewhere (a bundle, an audit) that the key table does not hold: refused
+    // before Attest is asked.
+    let err = expected_key(channel(&lab).await, ACTOR, 0, Some(&v1.key_id))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not --key-id"), "{err}");
+    let v1_asked = expected_key(channel(&lab).await, ACTOR, 1, Some(&v1.key_id))
+        .await
+        .unwrap();
+    check_attestation(&for_v1, &v1_asked, &anchors, None).unwrap();
+
+    // The command line does the same.
+    let anchor = lab.anchor().display().to_string();
+    let out = lab
+        .run_ok(&["key", "attest", "--actor", ACTOR, "--trust", &anchor])
+        .unwrap();
+    assert!(
+        out.contains(&format!("attestation verified: {ACTOR} v2 pkcs11")),
+        "{out}"
+    );
+    let refused = lab
+        .run(&[
+            "key", "attest", "--actor", ACTOR, "--trust", &anchor, "--key-id", &v1.key_id,
+        ])
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not --key-id"),
+        "{refused:?}"
+    );
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_refuses_a_pin_file_others_can_reach_and_keeps_its_state_owner_only() {
+    let mut lab = new_lab();
+    let pin_file = lab.dir.join("secrets/token.pin");
+    let real_pin = lab.token_pin().unwrap();
+    let state = lab.dir.join("state");
+    let database = state.join("actseal.db");
+    for exposed in [0o644, 0o640, 0o604, 0o620] {
+        set_mode(&pin_file, exposed);
+        let (ok, output) = serve_once(&lab);
+        assert!(!ok, "started with a PIN file of mode {exposed:o}");
+        assert!(
+            output.contains(&pin_file.display().to_string())
+                && output.contains("readable or writable by group or others"),
+            "{output}"
+        );
+        assert!(!output.contains(&real_pin), "PIN leaked: {output}");
+        assert!(!database.exists(), "a refused start created the database");
+    }
+
+    // A state directory that others may enter (an older daemon, a hand-made one) is narrowed;
+    // everything the daemon creates in it is the daemon user's alone.
+    set_mode(&pin_file, 0o600);
+    set_mode(&state, 0o755);
+    lab.start_daemon().unwrap();
+    create_key(&lab, ACTOR).await;
+    signer(&lab)
+        .await
+        .sign(sign_request(ACTOR, DOCUMENT))
+        .await
+        .unwrap();
+    assert_eq!(mode(&state), 0o700);
+    let wal = state.join("actseal.db-wal");
+    let shm = state.join("actseal.db-shm");
+    for file in [&database, &wal, &shm, &state.join("device.crt")] {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    // The CA keeps its directory and configuration private; its certificate is the trust
+    // anchor that verifiers are given, the one file meant for others.
+    assert_eq!(mode(&lab.dir.join("ca")), 0o700);
+    assert_eq!(mode(&lab.dir.join("ca/ca.toml")), 0o600);
+    assert_eq!(mode(&lab.dir.join("ca/ca.crt")), 0o644);
+
+    // A database left readable by others is narrowed at the next start.
+    lab.stop_daemon().unwrap();
+    set_mode(&database, 0o644);
+    lab.start_daemon().unwrap();
+    assert_eq!(mode(&database), 0o600);
+    for file in [&wal, &shm] {
+        if file.exists() {
+            assert_eq!(mode(file), 0o600, "{}", file.display());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_token_gives_unavailable_and_loses_nothing() {
     let lab = started_lab();
     create_key(&lab, ACTOR).await;

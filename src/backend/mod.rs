@@ -94,6 +94,9 @@ pub enum BackendError {
     /// The token rejected the PIN or is locked: operator action needed.
     #[error("login refused: {0}")]
     Login(String),
+    /// The PIN's source is unfit (a file others can read, a malformed PIN): operator action.
+    #[error(transparent)]
+    Pin(#[from] crate::secret::PinError),
     #[error("no such key: {0}")]
     KeyNotFound(String),
     /// The key exists but is unfit for actseal; the reason says which property failed.

@@ -283,10 +283,7 @@ impl Pkcs11Backend {
     /// token or a wrong PIN is reported at start-up rather than on the first request.
     pub fn open(ctx: Pkcs11, settings: &Pkcs11Settings) -> Result<Self, BackendError> {
         let (slot, token) = find_token(&ctx, &settings.token)?;
-        let pin = settings
-            .pin
-            .read()
-            .map_err(|e| BackendError::Login(e.to_string()))?;
+        let pin = settings.pin.read()?;
         let backend = Pkcs11Backend {
             ctx,
             slot,

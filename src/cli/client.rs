@@ -140,6 +140,7 @@ pub fn key(command: KeyCommand) -> Result<()> {
                 version,
                 nonce,
                 trust,
+                key_id,
                 out,
                 connection,
             } => {
@@ -147,8 +148,15 @@ pub fn key(command: KeyCommand) -> Result<()> {
                     Some(text) => hex::decode(text.trim()).context("--nonce is not hex")?,
                     None => Vec::new(),
                 };
-                let mut client = SignerClient::new(connect(&connection).await?);
-                let answer = client
+                let channel = connect(&connection).await?;
+                // What the answer must be about, settled before asking: the key table's key.
+                let expected = match &trust {
+                    Some(_) => Some(
+                        expected_key(channel.clone(), &actor, version, key_id.as_deref()).await?,
+                    ),
+                    None => None,
+                };
+                let answer = SignerClient::new(channel)
                     .attest(crate::api::AttestRequest {
                         actor: actor.clone(),
                         version,
@@ -166,23 +174,17 @@ pub fn key(command: KeyCommand) -> Result<()> {
                         .with_context(|| format!("cannot write {}", out.display()))?;
                     println!("attestation written to {}", out.display());
                 }
-                if let Some(trust) = trust {
+                if let (Some(trust), Some(expected)) = (trust, expected) {
                     let pem = std::fs::read(&trust)
                         .with_context(|| format!("cannot read {}", trust.display()))?;
                     let anchors = crate::verify::TrustAnchors::from_pem(&pem)
                         .map_err(|e| anyhow::anyhow!("{}: {e}", trust.display()))?;
-                    let verified = crate::verify::verify_attestation(
-                        answer.attestation_json.as_bytes(),
-                        &anchors,
-                        &answer.actor,
-                        u64::from(answer.version),
-                        &answer.public_key_der,
-                        (!nonce.is_empty()).then_some(nonce.as_slice()),
-                        crate::verify::unix_now(),
-                    )
-                    .map_err(|e| anyhow::anyhow!("attestation REJECTED: {e}"))?;
+                    let nonce = (!nonce.is_empty()).then_some(nonce.as_slice());
+                    let verified = check_attestation(&answer, &expected, &anchors, nonce)?;
                     println!(
-                        "attestation verified: {} key {} attested by \"{}\" under \"{}\"; {}{}",
+                        "attestation verified: {} v{} {} key {} attested by \"{}\" under \"{}\"; {}{}",
+                        expected.actor,
+                        expected.version,
                         verified.backend,
                         verified.key_id,
                         verified.device_subject,
@@ -248,6 +250,107 @@ pub fn key(command: KeyCommand) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// The key an `Attest` answer must be about: the actor and version the caller asked for, and
+/// the public key from somewhere other than the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedKey {
+    pub actor: String,
+    pub version: u32,
+    /// DER SubjectPublicKeyInfo.
+    pub public_key_der: Vec<u8>,
+}
+
+/// Settles the key `Attest` must attest before asking it: `actor` as asked, `version` as asked
+/// (the active one for 0) and its public key, from the daemon's key table (GetActorKey), which
+/// must be `key_id` when the caller gave one.
+pub async fn expected_key(
+    channel: Channel,
+    actor: &str,
+    version: u32,
+    key_id: Option<&str>,
+) -> Result<ExpectedKey> {
+    let key = SignerClient::new(channel)
+        .get_actor_key(GetActorKeyRequest {
+            actor: actor.to_owned(),
+            version,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if key.actor != actor || (version != 0 && key.version != version) {
+        bail!(
+            "the daemon answered GetActorKey for {} v{}, not for {actor} v{version}",
+            key.actor,
+            key.version
+        );
+    }
+    let table_id = spki_key_id(&key.public_key_der);
+    if let Some(wanted) = key_id
+        && !wanted.trim().eq_ignore_ascii_case(&table_id)
+    {
+        bail!(
+            "{actor} v{} has key {table_id} in the daemon's key table, not --key-id {}",
+            key.version,
+            wanted.trim()
+        );
+    }
+    Ok(ExpectedKey {
+        actor: actor.to_owned(),
+        version: key.version,
+        public_key_der: key.public_key_der,
+    })
+}
+
+/// Checks an `Attest` answer against `expected`, never against itself: its attestation must
+/// verify under `anchors` for the expected actor, version and key (binding `nonce` if given),
+/// and its own labels must name that key too.
+pub fn check_attestation(
+    answer: &crate::api::AttestResponse,
+    expected: &ExpectedKey,
+    anchors: &crate::verify::TrustAnchors,
+    nonce: Option<&[u8]>,
+) -> Result<crate::verify::AttestationVerified> {
+    let verified = crate::verify::verify_attestation(
+        answer.attestation_json.as_bytes(),
+        anchors,
+        &expected.actor,
+        u64::from(expected.version),
+        &expected.public_key_der,
+        nonce,
+        crate::verify::unix_now(),
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "attestation REJECTED for {} v{} key {}: {e}",
+            expected.actor,
+            expected.version,
+            spki_key_id(&expected.public_key_der)
+        )
+    })?;
+    if answer.actor != expected.actor
+        || answer.version != expected.version
+        || answer.public_key_der != expected.public_key_der
+        || answer.key_id != verified.key_id
+    {
+        bail!(
+            "attestation REJECTED: the answer is labelled {} v{} key {}, not {} v{} key {}",
+            answer.actor,
+            answer.version,
+            answer.key_id,
+            expected.actor,
+            expected.version,
+            verified.key_id
+        );
+    }
+    Ok(verified)
+}
+
+/// A key id as bundles write it: hex SHA-256 of the SubjectPublicKeyInfo DER.
+fn spki_key_id(spki_der: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(spki_der))
 }
 
 fn write_out(out: &std::path::Path, text: &str) -> Result<()> {

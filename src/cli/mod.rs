@@ -14,7 +14,7 @@ use clap::Args;
 use clap::{Parser, Subcommand};
 
 #[cfg(feature = "daemon")]
-pub use client::connect_unix;
+pub use client::{ExpectedKey, check_attestation, connect_unix, expected_key};
 
 #[cfg(feature = "daemon")]
 use crate::config::{DEFAULT_CONFIG_PATH, DEFAULT_SOCKET_PATH};
@@ -200,9 +200,15 @@ enum KeyCommand {
         /// A nonce (hex, up to 64 bytes) for the TPM to bind; TPM keys only.
         #[arg(long)]
         nonce: Option<String>,
-        /// Trust anchor (PEM) to verify the attestation against.
+        /// Trust anchor (PEM) to verify the attestation against. The attestation must be for
+        /// --actor, the version asked for, and the key the daemon's key table holds for them
+        /// (GetActorKey, a separate query), which must be --key-id when given.
         #[arg(long)]
         trust: Option<PathBuf>,
+        /// The key id (hex SHA-256 of the SubjectPublicKeyInfo, as in bundles) expected, e.g.
+        /// from a bundle or an audited export; checked with --trust.
+        #[arg(long, requires = "trust")]
+        key_id: Option<String>,
         /// Write the attestation JSON here.
         #[arg(long)]
         out: Option<PathBuf>,

@@ -155,7 +155,7 @@ pub fn export_log(config: &Path, out: &Path) -> Result<()> {
     let log = server::stored_log_identity(&store)?
         .ok_or_else(|| anyhow::anyhow!("this daemon has no log yet"))?;
     let json = crate::ledger::export::export(&store, log.in_bundle())?;
-    std::fs::write(out, json).with_context(|| format!("cannot write {}", out.display()))?;
+    crate::files::write_atomic(out, json.as_bytes(), crate::files::PRIVATE_FILE)?;
     println!("log exported to {}", out.display());
     Ok(())
 }
@@ -202,8 +202,7 @@ pub fn ca(command: CaCommand) -> Result<()> {
             let request = std::fs::read_to_string(&csr)
                 .with_context(|| format!("cannot read {}", csr.display()))?;
             let cert = pki::ca::issue(&dir, &request, days, !no_log_key)?;
-            std::fs::write(&out, cert)
-                .with_context(|| format!("cannot write {}", out.display()))?;
+            crate::files::write_atomic(&out, cert.as_bytes(), crate::files::PRIVATE_FILE)?;
             println!("device certificate written to {}", out.display());
             Ok(())
         }
@@ -237,8 +236,7 @@ pub fn enroll(
         .with_context(|| format!("cannot read {}", ek_ca.display()))?;
     let enrolled = pki::enroll::enroll(&backend, &maker_ca, ca_dir, days, attests_log_key)?;
     let device_key = backend.device_key(false)?;
-    std::fs::create_dir_all(&config.state.dir)
-        .with_context(|| format!("cannot create {}", config.state.dir.display()))?;
+    crate::files::private_dir(&config.state.dir)?;
     let destination = config.state.device_certificate();
     let subject =
         pki::device::install_certificate(&enrolled.ak_certificate_pem, &device_key, &destination)?;
@@ -258,8 +256,7 @@ pub fn device(command: DeviceCommand) -> Result<()> {
             let backend = server::open_pkcs11_backend(&config)?;
             let device_key = backend.device_key(true)?;
             let request = pki::device::certificate_request(&backend, &device_key, backend.token())?;
-            std::fs::write(&out, request)
-                .with_context(|| format!("cannot write {}", out.display()))?;
+            crate::files::write_atomic(&out, request.as_bytes(), crate::files::PRIVATE_FILE)?;
             println!(
                 "certificate request for device key {} written to {}",
                 crate::proof::key_id(&device_key.public_key),
@@ -277,8 +274,7 @@ pub fn device(command: DeviceCommand) -> Result<()> {
             // The token's device key, or the TPM's attestation key (a renewed AK certificate).
             let (backend, _) = server::open_backend(&config)?;
             let device_key = backend.device_key(false)?;
-            std::fs::create_dir_all(&config.state.dir)
-                .with_context(|| format!("cannot create {}", config.state.dir.display()))?;
+            crate::files::private_dir(&config.state.dir)?;
             let destination = config.state.device_certificate();
             let subject = pki::device::install_certificate(&pem, &device_key, &destination)?;
             println!(

@@ -90,6 +90,9 @@ pub enum StoreError {
          (key lineage by reference); there is no migration: start from a new state directory"
     )]
     Schema { found: i64 },
+    /// The database file could not be created or given owner-only access.
+    #[error("state database: {0}")]
+    File(#[from] crate::files::FileError),
 }
 
 /// Whether a key version may still sign.
@@ -257,9 +260,17 @@ fn is_unique_violation(err: &rusqlite::Error) -> bool {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`. A database of another schema
-    /// version is refused ([`StoreError::Schema`]) and left as it is.
+    /// Opens (creating if needed) the database at `path`. The database is created owner-only
+    /// before SQLite opens it, and SQLite gives its -wal and -shm files the same mode; files
+    /// left readable by others (an older daemon, a copy) are narrowed first. A database of
+    /// another schema version is refused ([`StoreError::Schema`]) and left as it is.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        crate::files::private_file(path)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            crate::files::narrow(Path::new(&side), crate::files::PRIVATE_FILE)?;
+        }
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;

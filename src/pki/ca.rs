@@ -19,6 +19,7 @@ use crate::{
         Backend, HardwareKey, KeyRef,
         pkcs11::{Pkcs11Backend, Pkcs11Settings, TokenSelector, load_module},
     },
+    files,
     secret::PinSource,
 };
 
@@ -117,7 +118,7 @@ pub fn init(dir: &Path, subject: &str, days: u32, key: NewCaKey) -> Result<PathB
             config_path.display()
         )));
     }
-    std::fs::create_dir_all(dir).map_err(|e| PkiError::Io {
+    files::private_dir(dir).map_err(|e| PkiError::Io {
         path: dir.display().to_string(),
         reason: e.to_string(),
     })?;
@@ -154,7 +155,7 @@ pub fn init(dir: &Path, subject: &str, days: u32, key: NewCaKey) -> Result<PathB
                     .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
                     .map_err(|e| PkiError::Invalid(format!("cannot encode CA key: {e}")))?
             };
-            write_file(&path, pem.as_bytes(), 0o600)?;
+            write_file(&path, pem.as_bytes(), files::PRIVATE_FILE)?;
             let mut params = ca_params(subject, &secret.public_key());
             validity(&mut params, days);
             let cert = params.self_signed(&SoftwareSigner::new(secret.into()))?;
@@ -168,8 +169,9 @@ pub fn init(dir: &Path, subject: &str, days: u32, key: NewCaKey) -> Result<PathB
     let toml = toml::to_string(&config)
         .map_err(|e| PkiError::Invalid(format!("cannot write CA config: {e}")))?;
     let cert_path = dir.join(CA_CERT);
-    write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
-    write_file(&config_path, toml.as_bytes(), 0o600)?;
+    // The trust anchor, for verifiers: the one file actseal writes readable by others.
+    write_file(&cert_path, cert.pem().as_bytes(), files::PUBLIC_FILE)?;
+    write_file(&config_path, toml.as_bytes(), files::PRIVATE_FILE)?;
     Ok(cert_path)
 }
 

@@ -88,7 +88,7 @@ pub fn install_certificate(
         archive(&history, &previous, written)?;
     }
     archive(&history, pem, unix_now())?;
-    write_file(destination, pem.as_bytes(), 0o644)?;
+    write_file(destination, pem.as_bytes(), crate::files::PRIVATE_FILE)?;
     Ok(leaf.tbs_certificate.subject.to_string())
 }
 
@@ -99,7 +99,7 @@ pub fn history_dir(current: &Path) -> std::path::PathBuf {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
-    std::fs::create_dir_all(dir).map_err(|e| PkiError::Io {
+    crate::files::private_dir(dir).map_err(|e| PkiError::Io {
         path: dir.display().to_string(),
         reason: e.to_string(),
     })
@@ -136,7 +136,7 @@ fn archive(history: &Path, pem: &str, installed_at: i64) -> Result<(), PkiError>
     write_file(
         &history.join(format!("{installed_at}-{hash}.pem")),
         pem.as_bytes(),
-        0o644,
+        crate::files::PRIVATE_FILE,
     )
 }
 

@@ -154,25 +154,16 @@ pub(crate) fn random_serial() -> rcgen::SerialNumber {
     rcgen::SerialNumber::from_slice(&bytes)
 }
 
+/// Writes a file the CA or the device tools keep, replacing it atomically with exactly `mode`.
 pub(crate) fn write_file(
     path: &std::path::Path,
     contents: &[u8],
     mode: u32,
 ) -> Result<(), PkiError> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let io = |e: std::io::Error| PkiError::Io {
+    crate::files::write_atomic(path, contents, mode).map_err(|e| PkiError::Io {
         path: path.display().to_string(),
-        reason: e.to_string(),
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io)?;
-    file.write_all(contents).map_err(io)?;
-    file.sync_all().map_err(io)
+        reason: format!("cannot {}: {}", e.action, e.source),
+    })
 }
 
 pub(crate) fn read_file(path: &std::path::Path) -> Result<String, PkiError> {

@@ -436,9 +436,8 @@ async fn shutdown_signal(
 pub async fn run(config: Config) -> Result<(), StartError> {
     let policy = Policy::load(&config.server.policy)?;
     let tls = config.server.tls.as_ref().map(load_tls).transpose()?;
-    std::fs::create_dir_all(&config.state.dir).map_err(|e| {
-        StartError::Config(format!("state dir {}: {e}", config.state.dir.display()))
-    })?;
+    crate::files::private_dir(&config.state.dir)
+        .map_err(|e| StartError::Config(format!("state dir: {e}")))?;
     let (backend, token_serial) = tokio::task::block_in_place(|| open_backend(&config))?;
     let device_key = tokio::task::block_in_place(|| backend.device_key(false))?;
     let device = load_identity(&config.state.device_certificate(), device_key.clone())?;

@@ -15,7 +15,7 @@ impl From<FieldError> for Status {
 impl From<BackendError> for Status {
     fn from(e: BackendError) -> Self {
         match e {
-            BackendError::Unavailable(_) | BackendError::Login(_) => {
+            BackendError::Unavailable(_) | BackendError::Login(_) | BackendError::Pin(_) => {
                 tracing::warn!(error = %e, "backend unavailable");
                 Status::unavailable(e.to_string())
             }
@@ -33,7 +33,10 @@ impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(_) => Status::already_exists(e.to_string()),
-            StoreError::Sqlite(_) | StoreError::Corrupt(_) | StoreError::Schema { .. } => {
+            StoreError::Sqlite(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Schema { .. }
+            | StoreError::File(_) => {
                 tracing::error!(error = %e, "state database error");
                 Status::internal("state database error")
             }

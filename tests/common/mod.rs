@@ -205,6 +205,19 @@ pub fn own_uid() -> u32 {
     std::fs::metadata("/proc/self").unwrap().uid()
 }
 
+/// Whether a test that needs `what` (e.g. root) can run here. Where it cannot, it says SKIPPED
+/// and passes, except under `CI=true`, where it fails: CI never passes a test it did not run.
+pub fn can_run(possible: bool, what: &str) -> bool {
+    if possible {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and this test cannot run: {what}");
+    }
+    eprintln!("SKIPPED: {what}");
+    false
+}
+
 /// Exports the lab's log (`actseal log export`, offline) to `name` in the lab; returns the path.
 pub fn export_log(lab: &Lab, name: &str) -> String {
     let export = lab.path(name);
