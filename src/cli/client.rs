@@ -209,6 +209,7 @@ pub fn key(command: KeyCommand) -> Result<()> {
             KeyCommand::Retire {
                 actor,
                 version,
+                keep_key,
                 connection,
             } => {
                 let mut client = KeyAdminClient::new(connect(&connection).await?);
@@ -216,7 +217,7 @@ pub fn key(command: KeyCommand) -> Result<()> {
                     .retire_key(RetireKeyRequest {
                         actor,
                         version,
-                        keep_key: false,
+                        keep_key,
                     })
                     .await
                     .map_err(status_error)?

@@ -222,12 +222,16 @@ enum KeyCommand {
         #[command(flatten)]
         connection: Connection,
     },
-    /// Retire the actor's active key version: it signs nothing more.
+    /// Retire the actor's active key version: it signs nothing more, and its key is destroyed
+    /// in the token or TPM (the retirement statement in the log says so).
     Retire {
         #[arg(long)]
         actor: String,
         #[arg(long)]
         version: u32,
+        /// Keep the key in the hardware instead of destroying it (the log records "kept").
+        #[arg(long)]
+        keep_key: bool,
         #[command(flatten)]
         connection: Connection,
     },
