@@ -40,6 +40,8 @@ struct Tally {
     codes: HashMap<String, u64>,
     /// One request id answered with two different bundles.
     conflicting: Vec<String>,
+    /// When each OK answer came.
+    ok_at: Vec<Instant>,
 }
 
 /// Faults done to one daemon, by kind.
@@ -48,7 +50,12 @@ struct Faults {
     kills: u32,
     swtpm_restarts: u32,
     token_outages: u32,
+    /// When each fault ended (the daemon restarted, the TPM or the token back).
+    ended_at: Vec<Instant>,
 }
+
+/// Longest a service stays down after a fault ends, before it must sign again by itself.
+const RECOVERY_BOUND: Duration = Duration::from_secs(20);
 
 #[test]
 #[ignore = "a 10-minute soak: cargo test --release --test soak -- --ignored soak"]
@@ -90,6 +97,8 @@ fn soak_one(mut lab: TestLab, until: Instant, name: &'static str) {
         })
         .collect();
     let faults = chaos(&mut lab, until);
+    // The clients go on long enough for the service to come back from the last fault.
+    std::thread::sleep(RECOVERY_BOUND);
     stop.store(true, Ordering::SeqCst);
     runtime.block_on(async {
         for client in clients {
@@ -124,6 +133,7 @@ fn chaos(lab: &mut TestLab, until: Instant) -> Faults {
                 faults.token_outages += 1;
             }
         }
+        faults.ended_at.push(Instant::now());
     }
     faults
 }
@@ -221,6 +231,11 @@ fn check(lab: &mut TestLab, name: &str, tally: &Tally, faults: &Faults) {
         "{name}: request ids answered with two bundles: {:?}",
         tally.conflicting
     );
+    let recovery = longest_recovery(tally, faults);
+    assert!(
+        recovery < RECOVERY_BOUND,
+        "{name}: no signature for {recovery:?} after a fault ended"
+    );
     let report = export_and_audit(lab, &format!("soak-{name}.export.json"));
     let export: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(lab.path(&format!("soak-{name}.export.json"))).unwrap(),
@@ -250,12 +265,30 @@ fn check(lab: &mut TestLab, name: &str, tally: &Tally, faults: &Faults) {
     }
     println!(
         "soak {name}: {} bundles acknowledged and verified, {} log entries, faults {faults:?}, \
-         answers {:?}\naudit: {}",
+         answers {:?}, longest recovery {recovery:?}\naudit: {}",
         tally.acknowledged.len(),
         entries.len(),
         tally.codes,
         report.trim()
     );
+}
+
+/// The longest time from the end of a fault to the next OK answer; a fault never followed by
+/// one counts as the whole bound.
+fn longest_recovery(tally: &Tally, faults: &Faults) -> Duration {
+    faults
+        .ended_at
+        .iter()
+        .map(|&ended| {
+            tally
+                .ok_at
+                .iter()
+                .filter(|&&ok| ok >= ended)
+                .min()
+                .map_or(RECOVERY_BOUND, |&ok| ok - ended)
+        })
+        .max()
+        .unwrap_or_default()
 }
 
 /// The payload of a log entry (FORMAT.md §11.1).
