@@ -203,6 +203,7 @@ fn record(
                 tally.conflicting.push(request_id.clone());
             }
             tally.acknowledged.insert(request_id, (document, bundle));
+            tally.ok_at.push(Instant::now());
             Code::Ok
         }
         Ok(Err(status)) => {
