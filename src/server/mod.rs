@@ -5,6 +5,7 @@
 pub mod auth;
 mod bundles;
 pub mod clock;
+mod health;
 mod keys;
 pub mod metrics;
 pub mod policy;
@@ -505,12 +506,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tracing::info!(policy = %config.server.policy.display(), sign_rules, admin_rules, "policy loaded");
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<SignerServer<signer::SignerService>>()
-        .await;
-    health_reporter
-        .set_serving::<KeyAdminServer<keys::KeyAdminService>>()
-        .await;
+    {
+        use tonic::server::NamedService;
+        const SERVICES: &[&str] = &[
+            <SignerServer<signer::SignerService> as NamedService>::NAME,
+            <KeyAdminServer<keys::KeyAdminService> as NamedService>::NAME,
+        ];
+        health::follow_backend(health_reporter, Arc::clone(&state.backend), SERVICES).await;
+    }
     // Both reflection versions: grpcurl and older tools still ask v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
