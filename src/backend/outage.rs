@@ -111,7 +111,13 @@ mod tests {
         assert!(outage.claim().is_err(), "one attempt at a time");
         outage.failed("still gone".into());
         assert_eq!(outage.delay, FIRST_DELAY * 2);
-        assert!(outage.claim().unwrap_err().to_string().contains("still gone"));
+        assert!(
+            outage
+                .claim()
+                .unwrap_err()
+                .to_string()
+                .contains("still gone")
+        );
         for _ in 0..20 {
             outage.failed("still gone".into());
         }

@@ -498,7 +498,8 @@ impl Backend for Pkcs11Backend {
     }
 
     fn create_key(&self, label: &str) -> Result<HardwareKey, BackendError> {
-        self.pool.run("create key", |s| self.generate(&s.session, label))
+        self.pool
+            .run("create key", |s| self.generate(&s.session, label))
     }
 
     fn adopt_key(&self, selector: &KeySelector) -> Result<HardwareKey, BackendError> {

@@ -1,0 +1,206 @@
+//! Backend faults done for real under the running daemon: a SoftHSM2 token whose storage
+//! vanishes for 3 s while clients sign, a token whose PIN changed under the daemon, and a
+//! different swtpm answering on the enrolled TPM's address. The daemon must answer
+//! UNAVAILABLE fast while faulted, recover by itself, lose nothing it acknowledged, and
+//! report its health truthfully (gRPC health and /metrics) without traffic.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use actseal::lab::Lab;
+use common::*;
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// The gRPC health status of the Signer service.
+async fn signer_health(lab: &Lab) -> ServingStatus {
+    HealthClient::new(channel(lab).await)
+        .check(HealthCheckRequest {
+            service: "actseal.v1.Signer".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status()
+}
+
+/// `actseal_backend_up` from the daemon's /metrics (`None` if the scrape failed).
+fn backend_up(port: u16) -> Option<bool> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("actseal_backend_up "))?;
+    Some(line.ends_with(" 1"))
+}
+
+/// Waits (without Sign traffic) until gRPC health and /metrics both say `up`; returns how
+/// long that took.
+async fn wait_for_health(lab: &Lab, port: u16, up: bool, within: Duration) -> Duration {
+    let start = Instant::now();
+    let want = if up {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    loop {
+        if signer_health(lab).await == want && backend_up(port) == Some(up) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "health did not become {want:?} / backend_up {up} within {within:?}; daemon log:\n{}",
+            std::fs::read_to_string(lab.daemon_log()).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the signing clients saw.
+#[derive(Default)]
+struct Outcomes {
+    /// Acknowledged bundles.
+    ok: Vec<String>,
+    /// (when, how long it took, code, message) of each failed call.
+    failed: Vec<(Instant, Duration, Code, String)>,
+}
+
+/// Starts `clients` tasks signing distinct documents until `stop` is set.
+fn start_signers(
+    lab: &Lab,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    outcomes: Arc<Mutex<Outcomes>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let socket = lab.socket();
+    (0..clients)
+        .map(|c| {
+            let (stop, outcomes, socket) = (stop.clone(), outcomes.clone(), socket.clone());
+            tokio::spawn(async move {
+                let channel = actseal::cli::connect_unix(&socket).await.expect("connect");
+                let mut signer = actseal::api::signer_client::SignerClient::new(channel);
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let document = format!("client {c} action {i}");
+                    let started = Instant::now();
+                    let answer = signer.sign(sign_request(ACTOR, document.as_bytes())).await;
+                    {
+                        let mut seen = outcomes.lock().unwrap();
+                        match answer {
+                            Ok(response) => seen.ok.push(response.into_inner().bundle_json),
+                            Err(status) => seen.failed.push((
+                                started,
+                                started.elapsed(),
+                                status.code(),
+                                status.message().to_owned(),
+                            )),
+                        }
+                    }
+                    // Failing calls return at once: do not spin a core on them.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect()
+}
+
+/// Every acknowledged bundle verifies, and the log holds exactly the acknowledged receipts.
+fn assert_nothing_lost(lab: &Lab, ok: &[String], receipts_before: u64) {
+    for bundle in ok {
+        verify(lab, bundle, None).expect("an acknowledged bundle verifies");
+    }
+    assert_eq!(
+        receipt_count(lab),
+        receipts_before + ok.len() as u64,
+        "the log holds exactly the acknowledged receipts"
+    );
+    export_and_audit(lab, "log-export.json");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pkcs11_token_fault_recovers_by_itself_and_loses_nothing() {
+    let mut lab = new_lab();
+    let port = free_port();
+    configure_server(&lab, &format!("metrics = \"127.0.0.1:{port}\""));
+    lab.start_daemon().expect("daemon start");
+    create_key(&lab, ACTOR).await;
+    let receipts_before = receipt_count(&lab);
+    wait_for_health(&lab, port, true, Duration::from_secs(5)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let clients = start_signers(&lab, 4, stop.clone(), outcomes.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The token's storage vanishes for 3 s under the signing clients.
+    let tokens = lab.dir.join("tokens");
+    let away = lab.dir.join("tokens-away");
+    let fault = Instant::now();
+    std::fs::rename(&tokens, &away).unwrap();
+    let down_after = wait_for_health(&lab, port, false, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(fault.elapsed())).await;
+    // Clients stop before the token returns: recovery must come without traffic.
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    std::fs::rename(&away, &tokens).unwrap();
+    let restored = Instant::now();
+    let recovery = wait_for_health(&lab, port, true, Duration::from_secs(15)).await;
+
+    // Signing works again without a restart.
+    let mut signer = signer(&lab).await;
+    let after = signer
+        .sign(sign_request(ACTOR, DOCUMENT))
+        .await
+        .expect("sign after the token came back")
+        .into_inner();
+    let first_ok = restored.elapsed();
+    let mut seen = std::mem::take(&mut *outcomes.lock().unwrap());
+    seen.ok.push(after.bundle_json);
+
+    let slowest = seen.failed.iter().map(|f| f.1).max().unwrap_or_default();
+    eprintln!(
+        "FIGURES pkcs11 fault: {} OK, {} UNAVAILABLE during the 3 s fault (slowest {slowest:?}); \
+         health down after {down_after:?}; health up {recovery:?} after the token returned; \
+         first OK sign {first_ok:?} after",
+        seen.ok.len(),
+        seen.failed.len()
+    );
+    let log = std::fs::read_to_string(lab.daemon_log()).unwrap();
+    for line in log.lines().filter(|l| l.contains("PKCS#11 token")) {
+        eprintln!("daemon: {line}");
+    }
+    assert!(!seen.failed.is_empty(), "no call was made during the fault");
+    for (started, took, code, message) in &seen.failed {
+        assert_eq!(*code, Code::Unavailable, "{message}");
+        assert!(
+            *took < Duration::from_secs(2),
+            "a faulted call took {took:?}: {message}"
+        );
+        assert!(
+            *started + *took >= fault,
+            "a call failed before the fault: {message}"
+        );
+    }
+    assert!(seen.ok.len() > 1, "the clients signed before the fault");
+    assert!(
+        recovery < Duration::from_secs(8),
+        "recovery took {recovery:?}"
+    );
+    assert_nothing_lost(&lab, &seen.ok, receipts_before);
+    lab.stop_daemon().unwrap();
+}
