@@ -204,3 +204,144 @@ async fn pkcs11_token_fault_recovers_by_itself_and_loses_nothing() {
     assert_nothing_lost(&lab, &seen.ok, receipts_before);
     lab.stop_daemon().unwrap();
 }
+
+/// Counts rows of a table in the daemon's database.
+fn rows(lab: &Lab, table: &str) -> i64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        lab.dir.join("state/actseal.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open state database");
+    conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+        row.get(0)
+    })
+    .expect("count rows")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tpm_that_is_not_ours_is_refused_and_ours_is_used_again() {
+    use actseal::api::{CreateKeyRequest, RotateKeyRequest};
+    const OTHER_ACTOR: &str = "spiffe://acme.example/agents/refunds";
+    let mut lab = new_tpm_lab();
+    let port = free_port();
+    configure_server(&lab, &format!("metrics = \"127.0.0.1:{port}\""));
+    lab.start_daemon().expect("daemon start");
+    let key = create_key(&lab, ACTOR).await;
+    let mut ok = vec![
+        signer(&lab)
+            .await
+            .sign(sign_request(ACTOR, DOCUMENT))
+            .await
+            .expect("sign on the enrolled TPM")
+            .into_inner()
+            .bundle_json,
+    ];
+    let (receipts, keys, entries) = (
+        receipt_count(&lab),
+        rows(&lab, "actor_keys"),
+        rows(&lab, "log_entries"),
+    );
+
+    // Another TPM (its own state, its own endorsement seed) answers on the enrolled TPM's port.
+    let mut other = actseal::lab_tpm::Swtpm::create(&lab.dir.join("other-tpm")).expect("swtpm");
+    other.stop().unwrap();
+    let tpm = lab.tpm().unwrap();
+    tpm.stop().unwrap();
+    other.port = tpm.port;
+    other.start().expect("the other TPM on the enrolled port");
+    let down_after = wait_for_health(&lab, port, false, Duration::from_secs(10)).await;
+
+    let mismatch = |status: tonic::Status| {
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("TPM identity mismatch"),
+            "{status:?}"
+        );
+    };
+    let started = Instant::now();
+    let mut refused = 0;
+    for _ in 0..5 {
+        mismatch(
+            signer(&lab)
+                .await
+                .sign(sign_request(ACTOR, DOCUMENT))
+                .await
+                .unwrap_err(),
+        );
+        refused += 1;
+    }
+    let per_refusal = started.elapsed() / refused;
+    mismatch(
+        admin(&lab)
+            .await
+            .create_key(CreateKeyRequest {
+                actor: OTHER_ACTOR.into(),
+            })
+            .await
+            .unwrap_err(),
+    );
+    mismatch(
+        admin(&lab)
+            .await
+            .rotate_key(RotateKeyRequest {
+                actor: ACTOR.into(),
+            })
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (
+            receipt_count(&lab),
+            rows(&lab, "actor_keys"),
+            rows(&lab, "log_entries")
+        ),
+        (receipts, keys, entries),
+        "nothing is stored while the TPM is not ours"
+    );
+
+    // The enrolled TPM is back on its port: the same actor signs, rotates, and the other actor
+    // gets its key (nothing half-made is left in the way).
+    other.stop().unwrap();
+    lab.tpm().unwrap().start().expect("the enrolled TPM again");
+    let up_after = wait_for_health(&lab, port, true, Duration::from_secs(10)).await;
+    let mut signer = signer(&lab).await;
+    let again = signer
+        .sign(sign_request(ACTOR, DOCUMENT))
+        .await
+        .expect("sign on the enrolled TPM again")
+        .into_inner();
+    assert_eq!(again.key_id, key.key_id);
+    ok.push(again.bundle_json);
+    let rotated = admin(&lab)
+        .await
+        .rotate_key(RotateKeyRequest {
+            actor: ACTOR.into(),
+        })
+        .await
+        .expect("rotate")
+        .into_inner();
+    assert_eq!(rotated.version, 2);
+    ok.push(
+        signer
+            .sign(sign_request(ACTOR, DOCUMENT))
+            .await
+            .expect("sign with the rotated key")
+            .into_inner()
+            .bundle_json,
+    );
+    create_key(&lab, OTHER_ACTOR).await;
+    ok.push(
+        signer
+            .sign(sign_request(OTHER_ACTOR, DOCUMENT))
+            .await
+            .expect("the other actor signs")
+            .into_inner()
+            .bundle_json,
+    );
+    eprintln!(
+        "FIGURES tpm not ours: health NOT_SERVING {down_after:?} after the swap; \
+         {refused} Sign refused, {per_refusal:?} each; health SERVING {up_after:?} after the enrolled TPM returned"
+    );
+    assert_nothing_lost(&lab, &ok, receipts - 1);
+    lab.stop_daemon().unwrap();
+}
