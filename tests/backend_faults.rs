@@ -205,6 +205,94 @@ async fn pkcs11_token_fault_recovers_by_itself_and_loses_nothing() {
     lab.stop_daemon().unwrap();
 }
 
+/// Changes the lab token's user PIN with OpenSC's `pkcs11-tool` (PINs passed in its
+/// environment, not on its command line), as an operator would.
+fn change_token_pin(lab: &Lab, old: &str, new: &str) {
+    let output = std::process::Command::new("pkcs11-tool")
+        .args(["--module", actseal::lab::SOFTHSM_MODULE, "--token-label"])
+        .arg(actseal::lab::TOKEN_LABEL)
+        .args([
+            "--pin",
+            "env:OLD_PIN",
+            "--change-pin",
+            "--new-pin",
+            "env:NEW_PIN",
+        ])
+        .env("SOFTHSM2_CONF", lab.dir.join("softhsm2.conf"))
+        .env("OLD_PIN", old)
+        .env("NEW_PIN", new)
+        .output()
+        .expect("pkcs11-tool (package opensc) runs");
+    assert!(
+        output.status.success(),
+        "pkcs11-tool --change-pin: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Sign's answer now: `Ok` or the refusal's message.
+async fn try_sign(lab: &Lab) -> Result<(), (Code, String)> {
+    signer(lab)
+        .await
+        .sign(sign_request(ACTOR, DOCUMENT))
+        .await
+        .map(|_| ())
+        .map_err(|s| (s.code(), s.message().to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_pin_is_never_retried_automatically() {
+    let mut lab = new_lab();
+    let port = free_port();
+    configure_server(&lab, &format!("metrics = \"127.0.0.1:{port}\""));
+    lab.start_daemon().expect("daemon start");
+    create_key(&lab, ACTOR).await;
+    try_sign(&lab).await.expect("sign");
+
+    // The operator changes the token's PIN but not the daemon's; a token fault then makes the
+    // daemon log in again, with the PIN it has.
+    let pin = lab.token_pin().unwrap();
+    change_token_pin(&lab, &pin, "a-new-pin-1234");
+    let (tokens, away) = (lab.dir.join("tokens"), lab.dir.join("tokens-away"));
+    std::fs::rename(&tokens, &away).unwrap();
+    let (code, _) = try_sign(&lab).await.expect_err("the token is gone");
+    assert_eq!(code, Code::Unavailable);
+    std::fs::rename(&away, &tokens).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refusal = loop {
+        match try_sign(&lab).await {
+            Err((Code::Unavailable, message)) if message.contains("refused the PIN") => {
+                break message;
+            }
+            Err((Code::Unavailable, _)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => panic!("expected a refused PIN, got {other:?}"),
+        }
+    };
+    assert!(refusal.contains("not retried"), "{refusal}");
+    assert!(!refusal.contains(&pin), "the PIN leaked: {refusal}");
+    wait_for_health(&lab, port, false, Duration::from_secs(5)).await;
+
+    // The token takes the daemon's PIN again, but the daemon does not try it by itself: every
+    // try would have counted against the token's retry limit.
+    change_token_pin(&lab, "a-new-pin-1234", &pin);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (code, message) = try_sign(&lab).await.expect_err("still not retried");
+    assert_eq!(code, Code::Unavailable);
+    assert!(message.contains("not retried"), "{message}");
+    assert_eq!(signer_health(&lab).await, ServingStatus::NotServing);
+    assert_eq!(backend_up(port), Some(false));
+    let log = std::fs::read_to_string(lab.daemon_log()).unwrap();
+    assert!(!log.contains(&pin), "the PIN is in the daemon's log");
+
+    // The operator restarts the daemon: it signs again.
+    lab.stop_daemon().unwrap();
+    lab.start_daemon().expect("daemon restart");
+    try_sign(&lab).await.expect("sign after the restart");
+    lab.stop_daemon().unwrap();
+}
+
 /// Counts rows of a table in the daemon's database.
 fn rows(lab: &Lab, table: &str) -> i64 {
     let conn = rusqlite::Connection::open_with_flags(

@@ -43,7 +43,7 @@ impl Outage {
         }
     }
 
-    /// A fault that only an operator can end.
+    /// A fault that only an operator can end; `reason` says what to do.
     pub fn permanent(reason: String) -> Self {
         Outage {
             permanent: true,
@@ -55,10 +55,8 @@ impl Outage {
     pub fn claim(&mut self) -> Result<(), BackendError> {
         let now = Instant::now();
         if self.permanent {
-            return Err(BackendError::Unavailable(format!(
-                "{} (not retried: fix it and restart the daemon)",
-                self.reason
-            )));
+            // The reason says what the operator must do (see `permanent`).
+            return Err(BackendError::Unavailable(self.reason.clone()));
         }
         if self.attempting || now < self.next_attempt {
             let wait = self.next_attempt.saturating_duration_since(now);
@@ -126,9 +124,10 @@ mod tests {
 
     #[test]
     fn a_permanent_outage_is_never_retried() {
-        let mut outage = Outage::permanent("PIN refused".into());
-        std::thread::sleep(FIRST_DELAY);
+        let mut outage = Outage::permanent("PIN refused: fix it and restart".into());
+        std::thread::sleep(FIRST_DELAY * 2);
         let err = outage.claim().unwrap_err().to_string();
-        assert!(err.contains("restart"), "{err}");
+        assert!(err.contains("PIN refused: fix it and restart"), "{err}");
+        assert!(outage.claim().is_err(), "never claimed");
     }
 }

@@ -151,7 +151,9 @@ impl SessionPool {
             Err(e) => {
                 return Err(match classify("C_Login", e) {
                     BackendError::Login(detail) => BackendError::Login(format!(
-                        "token {:?} refused the PIN ({detail})",
+                        "token {:?} refused the PIN ({detail}); not retried automatically, as \
+                         each try counts against the token's retry limit: fix the PIN and \
+                         restart the daemon",
                         self.token.label
                     )),
                     other => other,
