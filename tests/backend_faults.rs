@@ -431,5 +431,25 @@ async fn a_tpm_that_is_not_ours_is_refused_and_ours_is_used_again() {
          {refused} Sign refused, {per_refusal:?} each; health SERVING {up_after:?} after the enrolled TPM returned"
     );
     assert_nothing_lost(&lab, &ok, receipts - 1);
+
+    // Enrolled before identities were recorded: the daemon pins the AK it starts with (the
+    // one the installed AK certificate is for) and still refuses the other TPM.
+    lab.stop_daemon().unwrap();
+    std::fs::remove_file(lab.dir.join("state/tpm-identity.json")).unwrap();
+    lab.start_daemon()
+        .expect("daemon start without a recorded identity");
+    wait_for_log(&lab, "pinning this TPM's AK", 1);
+    lab.tpm().unwrap().stop().unwrap();
+    other.start().unwrap();
+    mismatch(
+        common::signer(&lab)
+            .await
+            .sign(sign_request(ACTOR, DOCUMENT))
+            .await
+            .unwrap_err(),
+    );
+    other.stop().unwrap();
+    lab.tpm().unwrap().start().unwrap();
+    try_sign(&lab).await.expect("sign on the enrolled TPM");
     lab.stop_daemon().unwrap();
 }

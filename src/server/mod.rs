@@ -5,7 +5,7 @@
 pub mod auth;
 mod bundles;
 pub mod clock;
-mod health;
+pub mod health;
 mod keys;
 pub mod metrics;
 pub mod policy;
@@ -529,13 +529,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tracing::info!(policy = %config.server.policy.display(), sign_rules, admin_rules, "policy loaded");
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // One prober for gRPC health and /metrics: both say the same, and a hung backend is
+    // asked one question at a time.
+    let health = Arc::new(health::HealthProbe::new(Arc::clone(&state.backend)));
     {
         use tonic::server::NamedService;
         const SERVICES: &[&str] = &[
             <SignerServer<signer::SignerService> as NamedService>::NAME,
             <KeyAdminServer<keys::KeyAdminService> as NamedService>::NAME,
         ];
-        health::follow_backend(health_reporter, Arc::clone(&state.backend), SERVICES).await;
+        health::follow_backend(health_reporter, Arc::clone(&health), SERVICES).await;
     }
     // Both reflection versions: grpcurl and older tools still ask v1alpha.
     let reflection = || {
@@ -640,7 +643,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             Some(tokio::spawn(metrics::serve(
                 listener,
                 Arc::clone(&state.metrics),
-                Arc::clone(&state.backend),
+                Arc::clone(&health),
             )))
         }
     };
