@@ -139,6 +139,16 @@ async fn pkcs11_token_fault_recovers_by_itself_and_loses_nothing() {
     create_key(&lab, ACTOR).await;
     let receipts_before = receipt_count(&lab);
     wait_for_health(&lab, port, true, Duration::from_secs(5)).await;
+    let (tokens, away) = (lab.dir.join("tokens"), lab.dir.join("tokens-away"));
+
+    // Without any traffic, the health probe sees the token go and come back.
+    std::fs::rename(&tokens, &away).unwrap();
+    let quiet_down = wait_for_health(&lab, port, false, Duration::from_secs(5)).await;
+    std::fs::rename(&away, &tokens).unwrap();
+    let quiet_up = wait_for_health(&lab, port, true, Duration::from_secs(10)).await;
+    eprintln!(
+        "FIGURES pkcs11 quiet fault: down after {quiet_down:?}, up {quiet_up:?} after the token returned"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let outcomes = Arc::new(Mutex::new(Outcomes::default()));
@@ -146,8 +156,6 @@ async fn pkcs11_token_fault_recovers_by_itself_and_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The token's storage vanishes for 3 s under the signing clients.
-    let tokens = lab.dir.join("tokens");
-    let away = lab.dir.join("tokens-away");
     let fault = Instant::now();
     std::fs::rename(&tokens, &away).unwrap();
     let down_after = wait_for_health(&lab, port, false, Duration::from_secs(5)).await;
