@@ -651,7 +651,7 @@ impl Backend for Pkcs11Backend {
     }
 
     fn health(&self) -> Result<(), BackendError> {
-        self.pool.run("health", |s| self.pool.probe(s))
+        self.pool.health()
     }
 }
 

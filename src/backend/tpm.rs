@@ -538,32 +538,31 @@ impl Open {
                 ctx.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
             })
             .map_err(failed("create attestation key"))?;
-        let result = self
-            .check_ak(&created.out_public)
+        let result = check_ak(self.ak_name.as_deref(), &created.out_public)
             .and_then(|()| f(&mut self.ctx, created.key_handle, &created.out_public));
         let _ = self
             .ctx
             .flush_context(ObjectHandle::from(created.key_handle));
         result
     }
+}
 
-    /// The re-created AK must be the enrolled one: the TPM may have been swapped since the
-    /// connection was checked.
-    fn check_ak(&self, public: &Public) -> Result<(), BackendError> {
-        let Some(expected) = &self.ak_name else {
-            return Ok(());
-        };
-        let name = hex::encode(name_of(
-            &public.marshall().map_err(failed("read attestation key"))?,
-        ));
-        if &name != expected {
-            return Err(BackendError::Unavailable(format!(
-                "{}: the attestation key is not the enrolled one",
-                identity::MISMATCH
-            )));
-        }
-        Ok(())
+/// A re-created AK must be the enrolled one (Name `expected`, hex): the TPM may have been
+/// swapped since the connection was checked.
+fn check_ak(expected: Option<&str>, public: &Public) -> Result<(), BackendError> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let name = hex::encode(name_of(
+        &public.marshall().map_err(failed("read attestation key"))?,
+    ));
+    if name != expected {
+        return Err(BackendError::Unavailable(format!(
+            "{}: the attestation key is not the enrolled one",
+            identity::MISMATCH
+        )));
     }
+    Ok(())
 }
 
 /// Flushes transient objects a killed client left in the TPM (without a resource manager
@@ -779,6 +778,7 @@ impl TpmBackend {
         let blobs = blobs_of(key)?;
         let data = Data::try_from(qualifying_data.to_vec()).map_err(failed("certify"))?;
         let (attest, signature, ak_public) = self.run(|open| {
+            let enrolled_ak = open.ak_name.clone();
             // Load the key first, then the AK: three objects (primary, key, AK) at most.
             open.with_key(&blobs, |ctx, key_handle| {
                 let template = ak_template()?;
@@ -787,6 +787,10 @@ impl TpmBackend {
                         ctx.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
                     })
                     .map_err(failed("create attestation key"))?;
+                if let Err(e) = check_ak(enrolled_ak.as_deref(), &ak.out_public) {
+                    let _ = ctx.flush_context(ObjectHandle::from(ak.key_handle));
+                    return Err(e);
+                }
                 let certified = ctx
                     .execute_with_sessions(
                         (

@@ -47,6 +47,8 @@ struct State {
     idle: Vec<PooledSession>,
     /// Sessions open now: idle ones and those in use.
     open: usize,
+    /// Health probes calling into the library without a session now.
+    probes: usize,
     outage: Option<Outage>,
 }
 
@@ -92,6 +94,7 @@ impl SessionPool {
                 generation: 0,
                 idle: Vec::new(),
                 open: 0,
+                probes: 0,
                 outage: None,
             }),
             freed: Condvar::new(),
@@ -137,6 +140,39 @@ impl SessionPool {
             .get_token_info(session.slot)
             .map(|_| ())
             .map_err(|e| classify("C_GetTokenInfo", e))
+    }
+
+    /// Whether the token answers, asked without taking a session, so that a pool busy with
+    /// signing never reads as a dead token. During an outage: the recovery attempt, if due.
+    pub fn health(&self) -> Result<(), BackendError> {
+        let slot = {
+            let mut state = self.lock();
+            if state.outage.is_some() {
+                drop(state);
+                return self.run("health", |_| Ok(()));
+            }
+            // Counted, so that the library is not re-initialised under this call.
+            state.probes += 1;
+            state.slot
+        };
+        let result = self
+            .ctx
+            .get_token_info(slot)
+            .map(|_| ())
+            .map_err(|e| classify("C_GetTokenInfo", e));
+        let mut state = self.lock();
+        state.probes -= 1;
+        let closing = match &result {
+            Err(e) if e.is_fault() => {
+                tracing::warn!(operation = "health", error = %e, "PKCS#11 token fault");
+                self.start_outage(&mut state, e)
+            }
+            _ => Vec::new(),
+        };
+        drop(state);
+        // Also wakes a re-initialisation waiting for this probe to end.
+        self.close(closing);
+        result
     }
 
     /// Opens a session, logs in (once per token: later logins answer UserAlreadyLoggedIn)
@@ -321,7 +357,7 @@ impl SessionPool {
     fn reinitialise(&self) -> Result<PooledSession, BackendError> {
         let deadline = Instant::now() + DRAIN_WAIT;
         let mut state = self.lock();
-        while state.open > 0 {
+        while state.open > 0 || state.probes > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(BackendError::Unavailable(format!(
