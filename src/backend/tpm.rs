@@ -620,10 +620,8 @@ impl TpmBackend {
     fn connect(&self) -> Result<Open, BackendError> {
         let result = Open::connect(&self.tcti, self.max_objects, self.expected.get());
         match &result {
-            Err(e) if identity::is_mismatch(e) => {
-                if !self.not_ours.swap(true, Ordering::Relaxed) {
-                    tracing::error!(tcti = %self.tcti, error = %e, "not the enrolled TPM: refusing to use it");
-                }
+            Err(e) if identity::is_mismatch(e) && !self.not_ours.swap(true, Ordering::Relaxed) => {
+                tracing::error!(tcti = %self.tcti, error = %e, "not the enrolled TPM: refusing to use it");
             }
             Ok(_) if self.not_ours.swap(false, Ordering::Relaxed) => {
                 tracing::info!(tcti = %self.tcti, "the enrolled TPM is back: identity verified");
