@@ -17,7 +17,8 @@
 //! restarted, which also clears its transient objects), then the command is retried.
 //!
 //! Identity: every connection first proves that the TPM is the enrolled one ([`identity`]);
-//! a TPM that is not answers UNAVAILABLE, and nothing is created, loaded or flushed in it.
+//! a TPM that is not answers UNAVAILABLE: no key is created or loaded in it and none of its
+//! objects is flushed (the check's own transient AK and EK are flushed after it).
 //! The AK is also checked each time it is re-created, and the health probe checks that the
 //! storage primary key is still ours, so a TPM swapped under an open connection is noticed.
 

@@ -1,6 +1,6 @@
 //! Is the TPM at the configured address the enrolled one? `actseal enroll` records the Names
 //! of its attestation key (AK) and endorsement key (EK); every connection must show both
-//! again before the daemon creates, loads or flushes anything in it. The AK, re-created from
+//! again before the daemon creates or loads a key in it or flushes its leftovers. The AK, re-created from
 //! its fixed template, must also sign a fresh challenge (TPM2_Certify of itself over a random
 //! nonce): a TPM that merely returns the recorded public area cannot.
 //!
