@@ -143,6 +143,11 @@ impl StateConfig {
     pub fn device_certificate(&self) -> PathBuf {
         self.dir.join("device.crt")
     }
+
+    /// The enrolled TPM's identity (EK and AK Names), written by `actseal enroll`.
+    pub fn tpm_identity(&self) -> PathBuf {
+        self.dir.join("tpm-identity.json")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -196,6 +201,7 @@ impl TpmConfig {
         Ok(TpmSettings {
             tcti: tcti.into(),
             max_objects: self.max_objects,
+            identity: None,
         })
     }
 }

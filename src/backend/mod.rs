@@ -4,6 +4,7 @@
 //! and the backend signs SHA-256 digests with them. A key's private half never crosses
 //! this boundary.
 
+pub mod outage;
 pub mod pkcs11;
 pub mod tpm;
 
@@ -107,6 +108,14 @@ pub enum BackendError {
         operation: &'static str,
         detail: String,
     },
+}
+
+impl BackendError {
+    /// Whether the error means the hardware is down or not ours (rather than the request
+    /// being wrong): such errors end as UNAVAILABLE and start a backend's recovery.
+    pub fn is_fault(&self) -> bool {
+        matches!(self, BackendError::Unavailable(_) | BackendError::Login(_))
+    }
 }
 
 /// A hardware key store that signs SHA-256 digests with P-256 keys it never releases.

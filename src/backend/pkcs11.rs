@@ -1,14 +1,12 @@
 //! PKCS#11 backend (any module; SoftHSM2 in tests) through `cryptoki`.
 //!
-//! One login per token, a bounded pool of sessions, and key handles cached per session:
+//! One login per token, a bounded pool of sessions ([`pool`], which also recovers from token
+//! faults), and key handles cached per session:
 //! nothing on the signing path touches the PIN or searches the token more than once.
 
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    sync::{Condvar, Mutex, MutexGuard},
-    time::Duration,
-};
+mod pool;
+
+use std::path::PathBuf;
 
 use cryptoki::{
     context::{CInitializeArgs, CInitializeFlags, Pkcs11},
@@ -29,13 +27,12 @@ use super::{
     check_signature,
 };
 use crate::secret::PinSource;
+use pool::{PooledSession, SessionPool};
 
 /// DER of the OID prime256v1 / secp256r1 (1.2.840.10045.3.1.7), as CKA_EC_PARAMS holds it.
 const P256_EC_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 /// Length of the random CKA_ID given to keys the daemon generates.
 const KEY_ID_LEN: u32 = 16;
-/// How long a request waits for a free session before the token counts as unavailable.
-const SESSION_WAIT: Duration = Duration::from_secs(10);
 
 /// Which token to use. Slot ids change when tokens are initialised, so never by slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,35 +123,18 @@ pub struct Pkcs11KeyFacts {
     pub attributes: KeyAttributes,
 }
 
-/// A session with the private-key handles it has already looked up.
-struct PooledSession {
-    session: Session,
-    handles: HashMap<String, ObjectHandle>,
-}
-
-#[derive(Default)]
-struct PoolState {
-    idle: Vec<PooledSession>,
-    open: usize,
-}
-
 /// The PKCS#11 backend for one token.
 pub struct Pkcs11Backend {
-    ctx: Pkcs11,
-    slot: Slot,
     token: TokenFacts,
-    pin: AuthPin,
     device_key_label: String,
-    capacity: usize,
-    pool: Mutex<PoolState>,
-    freed: Condvar,
+    pool: SessionPool,
 }
 
 impl std::fmt::Debug for Pkcs11Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pkcs11Backend")
             .field("token", &self.token)
-            .field("capacity", &self.capacity)
+            .field("capacity", &self.pool.capacity())
             .finish_non_exhaustive()
     }
 }
@@ -284,23 +264,26 @@ impl Pkcs11Backend {
     pub fn open(ctx: Pkcs11, settings: &Pkcs11Settings) -> Result<Self, BackendError> {
         let (slot, token) = find_token(&ctx, &settings.token)?;
         let pin = settings.pin.read()?;
-        let backend = Pkcs11Backend {
+        let pool = SessionPool::new(
             ctx,
             slot,
+            settings.token.clone(),
+            token.clone(),
+            AuthPin::from(pin.as_str().to_owned()),
+            settings.sessions,
+        );
+        let backend = Pkcs11Backend {
             token,
-            pin: AuthPin::from(pin.as_str().to_owned()),
             device_key_label: settings.device_key_label.clone(),
-            capacity: settings.sessions.max(1),
-            pool: Mutex::new(PoolState::default()),
-            freed: Condvar::new(),
+            pool,
         };
         // Log in now; the session goes back to the pool and keeps the login alive.
-        backend.with_session("login", |_| Ok(()))?;
+        backend.pool.run("login", |_| Ok(()))?;
         tracing::info!(
             token.label = %backend.token.label,
             token.serial = %backend.token.serial,
             token.model = %backend.token.model,
-            sessions = backend.capacity,
+            sessions = backend.pool.capacity(),
             "PKCS#11 token opened"
         );
         Ok(backend)
@@ -308,95 +291,6 @@ impl Pkcs11Backend {
 
     pub fn token(&self) -> &TokenFacts {
         &self.token
-    }
-
-    fn lock_pool(&self) -> MutexGuard<'_, PoolState> {
-        // A panic while holding this lock cannot leave the pool inconsistent (every
-        // mutation is a single push/pop/counter step), so a poisoned lock is still usable.
-        self.pool.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn open_session(&self) -> Result<PooledSession, BackendError> {
-        let session = self
-            .ctx
-            .open_rw_session(self.slot)
-            .map_err(|e| classify("C_OpenSession", e))?;
-        match session.login(UserType::User, Some(&self.pin)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(e) => {
-                return Err(match classify("C_Login", e) {
-                    BackendError::Login(detail) => BackendError::Login(format!(
-                        "token {:?} refused the PIN ({detail})",
-                        self.token.label
-                    )),
-                    other => other,
-                });
-            }
-        }
-        Ok(PooledSession {
-            session,
-            handles: HashMap::new(),
-        })
-    }
-
-    fn acquire(&self) -> Result<PooledSession, BackendError> {
-        let mut pool = self.lock_pool();
-        loop {
-            if let Some(session) = pool.idle.pop() {
-                return Ok(session);
-            }
-            if pool.open < self.capacity {
-                pool.open += 1;
-                drop(pool);
-                return self.open_session().inspect_err(|_| {
-                    self.lock_pool().open -= 1;
-                    self.freed.notify_one();
-                });
-            }
-            let (guard, timeout) = self
-                .freed
-                .wait_timeout(pool, SESSION_WAIT)
-                .unwrap_or_else(|p| p.into_inner());
-            pool = guard;
-            if timeout.timed_out() && pool.idle.is_empty() && pool.open >= self.capacity {
-                return Err(BackendError::Unavailable(
-                    "all token sessions are busy; the token is not answering".into(),
-                ));
-            }
-        }
-    }
-
-    fn release(&self, session: PooledSession, healthy: bool) {
-        let mut pool = self.lock_pool();
-        if healthy {
-            pool.idle.push(session);
-        } else {
-            pool.open -= 1;
-            drop(pool);
-            // Closing may fail on a dead token; the session is gone either way.
-            let _ = session.session.close();
-        }
-        self.freed.notify_one();
-    }
-
-    /// Runs `op` on a pooled session. A session that hit a token-level fault is discarded,
-    /// so that the next request opens (and logs in) afresh once the token is back.
-    fn with_session<T>(
-        &self,
-        operation: &'static str,
-        op: impl FnOnce(&mut PooledSession) -> Result<T, BackendError>,
-    ) -> Result<T, BackendError> {
-        let mut session = self.acquire()?;
-        let result = op(&mut session);
-        let healthy = !matches!(
-            result,
-            Err(BackendError::Unavailable(_)) | Err(BackendError::Login(_))
-        );
-        if !healthy {
-            tracing::warn!(operation, "discarding PKCS#11 session after a token fault");
-        }
-        self.release(session, healthy);
-        result
     }
 
     fn find_private_keys(
@@ -604,7 +498,8 @@ impl Backend for Pkcs11Backend {
     }
 
     fn create_key(&self, label: &str) -> Result<HardwareKey, BackendError> {
-        self.with_session("create key", |s| self.generate(&s.session, label))
+        self.pool
+            .run("create key", |s| self.generate(&s.session, label))
     }
 
     fn adopt_key(&self, selector: &KeySelector) -> Result<HardwareKey, BackendError> {
@@ -614,7 +509,7 @@ impl Backend for Pkcs11Backend {
                     .into(),
             ));
         }
-        self.with_session("adopt key", |s| {
+        self.pool.run("adopt key", |s| {
             let found = Self::find_private_keys(&s.session, selector)?;
             let handle = match found[..] {
                 [] => {
@@ -666,7 +561,7 @@ impl Backend for Pkcs11Backend {
     }
 
     fn sign_digest(&self, key: &HardwareKey, digest: &[u8; 32]) -> Result<Signature, BackendError> {
-        self.with_session("sign", |s| {
+        self.pool.run("sign", |s| {
             // A registered key that cannot be found means the token is gone or was swapped:
             // a fault of the hardware, not of the caller's request.
             let vanished = |e: BackendError| match e {
@@ -697,7 +592,7 @@ impl Backend for Pkcs11Backend {
     }
 
     fn key_evidence(&self, key: &KeyRef) -> Result<KeyEvidence, BackendError> {
-        self.with_session("read key attributes", |s| {
+        self.pool.run("read key attributes", |s| {
             let handle = Self::private_key_handle(s, key)?;
             let attributes = Self::read_attributes(&s.session, handle)?;
             Ok(KeyEvidence::Pkcs11(Pkcs11KeyFacts {
@@ -709,7 +604,7 @@ impl Backend for Pkcs11Backend {
 
     fn destroy_key(&self, key: &KeyRef) -> Result<(), BackendError> {
         let id = key_ref_to_id(key)?;
-        self.with_session("destroy key", |s| {
+        self.pool.run("destroy key", |s| {
             s.handles.remove(&key.0);
             let objects = s
                 .session
@@ -725,7 +620,7 @@ impl Backend for Pkcs11Backend {
     }
 
     fn device_key(&self, create: bool) -> Result<HardwareKey, BackendError> {
-        self.with_session("device key", |s| {
+        self.pool.run("device key", |s| {
             let label = KeySelector::Label(self.device_key_label.clone());
             let found = Self::find_private_keys(&s.session, &label)?;
             match found[..] {
@@ -756,12 +651,7 @@ impl Backend for Pkcs11Backend {
     }
 
     fn health(&self) -> Result<(), BackendError> {
-        self.with_session("health", |s| {
-            s.session
-                .get_session_info()
-                .map(|_| ())
-                .map_err(|e| classify("C_GetSessionInfo", e))
-        })
+        self.pool.health()
     }
 }
 

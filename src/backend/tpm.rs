@@ -15,14 +15,25 @@
 //! is not a global lock: it serialises what the TPM executes one command at a time anyway.
 //! When a command fails the connection is dropped and re-opened once (the TPM may have been
 //! restarted, which also clears its transient objects), then the command is retried.
+//!
+//! Identity: every connection first proves that the TPM is the enrolled one ([`identity`]);
+//! a TPM that is not answers UNAVAILABLE: no key is created or loaded in it and none of its
+//! objects is flushed (the check's own transient AK and EK are flushed after it).
+//! The AK is also checked each time it is re-created, and the health probe checks that the
+//! storage primary key is still ours, so a TPM swapped under an open connection is noticed.
+
+pub mod identity;
 
 use std::{
     str::FromStr,
-    sync::{Mutex, MutexGuard},
+    sync::{
+        Mutex, MutexGuard, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use p256::ecdsa::Signature;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tss_esapi::{
     Context, TctiNameConf,
@@ -53,6 +64,7 @@ use super::{
     Backend, BackendError, BackendKind, HardwareKey, KeyEvidence, KeyRef, KeySelector,
     check_signature,
 };
+pub use identity::{EkName, TpmIdentity};
 
 /// Prefix of a TPM [`KeyRef`]: `tpm:<hex TPMT_PUBLIC>.<hex TPM2B_PRIVATE contents>`.
 const KEY_REF_PREFIX: &str = "tpm:";
@@ -67,14 +79,17 @@ pub struct TpmSettings {
     /// How many transient objects the daemon may keep loaded at once (the storage primary
     /// key included); at least 3. swtpm and many TPMs hold exactly 3.
     pub max_objects: usize,
+    /// The enrolled TPM's identity, which every connection must show (none while enrolling).
+    pub identity: Option<TpmIdentity>,
 }
 
 impl TpmSettings {
-    /// Settings for a TCTI with the smallest object budget (3).
+    /// Settings for a TCTI with the smallest object budget (3), checking no identity.
     pub fn new(tcti: impl Into<String>) -> Self {
         TpmSettings {
             tcti: tcti.into(),
             max_objects: 3,
+            identity: None,
         }
     }
 }
@@ -161,7 +176,8 @@ pub fn name_of(public_area: &[u8]) -> Vec<u8> {
 }
 
 /// Which endorsement key: the TCG default templates and certificate NV indices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum EkKind {
     /// RSA 2048 (template L-1), certificate at NV 0x01c00002.
     Rsa2048,
@@ -192,6 +208,10 @@ impl std::fmt::Display for EkKind {
 struct Open {
     ctx: Context,
     primary: KeyHandle,
+    /// The storage primary key's Name: the health probe checks it is still there.
+    primary_name: Vec<u8>,
+    /// The enrolled AK's Name (hex), checked whenever the AK is re-created.
+    ak_name: Option<String>,
     loaded: Vec<([u8; 32], KeyHandle)>,
     /// Keys that may stay loaded: the budget minus the storage primary.
     capacity: usize,
@@ -202,6 +222,10 @@ pub struct TpmBackend {
     tcti: String,
     max_objects: usize,
     open: Mutex<Option<Open>>,
+    /// The identity every connection must show (unset while enrolling).
+    expected: OnceLock<TpmIdentity>,
+    /// The last connection attempt found another TPM (to log changes, not every attempt).
+    not_ours: AtomicBool,
 }
 
 impl std::fmt::Debug for TpmBackend {
@@ -387,25 +411,59 @@ fn blobs_of(key: &KeyRef) -> Result<Blobs, BackendError> {
 }
 
 impl Open {
-    fn connect(tcti: &str, max_objects: usize) -> Result<Self, BackendError> {
+    /// Connects; checks the TPM's identity (when one is expected) before touching anything
+    /// in it; then flushes leftovers and re-creates the storage primary key.
+    fn connect(
+        tcti: &str,
+        max_objects: usize,
+        expected: Option<&TpmIdentity>,
+    ) -> Result<Self, BackendError> {
         let conf = TctiNameConf::from_str(tcti)
             .map_err(|e| BackendError::Unavailable(format!("TCTI {tcti:?}: {e}")))?;
         let mut ctx = Context::new(conf)
             .map_err(|e| BackendError::Unavailable(format!("cannot open TPM at {tcti}: {e}")))?;
+        if let Some(expected) = expected {
+            identity::check(&mut ctx, expected, tcti)?;
+        }
         flush_transient(&mut ctx);
         let template = storage_template()?;
         let primary = ctx
             .execute_with_nullauth_session(|ctx| {
                 ctx.create_primary(Hierarchy::Owner, template, None, None, None, None)
             })
-            .map_err(|e| BackendError::Unavailable(format!("storage primary key on {tcti}: {e}")))?
-            .key_handle;
+            .map_err(|e| {
+                BackendError::Unavailable(format!("storage primary key on {tcti}: {e}"))
+            })?;
+        let primary_name = name_of(
+            &primary
+                .out_public
+                .marshall()
+                .map_err(failed("storage primary key"))?,
+        );
         Ok(Open {
             ctx,
-            primary,
+            primary: primary.key_handle,
+            primary_name,
+            ak_name: expected.map(|e| e.ak_name.clone()),
             loaded: Vec::new(),
             capacity: max_objects.saturating_sub(1).max(1),
         })
+    }
+
+    /// Checks that the storage primary key is still loaded and is ours: after a TPM restart
+    /// or swap under this connection it is gone (or another object has its handle).
+    fn check_primary(&mut self) -> Result<(), BackendError> {
+        let primary = self.primary;
+        let (_, name, _) = self
+            .ctx
+            .execute_without_session(|ctx| ctx.read_public(primary))
+            .map_err(|e| BackendError::Unavailable(format!("TPM does not answer: {e}")))?;
+        if name.value() != self.primary_name.as_slice() {
+            return Err(BackendError::Unavailable(
+                "the TPM no longer holds this connection's storage primary key".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Flushes every cached key: before commands that need several objects at once.
@@ -481,12 +539,31 @@ impl Open {
                 ctx.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
             })
             .map_err(failed("create attestation key"))?;
-        let result = f(&mut self.ctx, created.key_handle, &created.out_public);
+        let result = check_ak(self.ak_name.as_deref(), &created.out_public)
+            .and_then(|()| f(&mut self.ctx, created.key_handle, &created.out_public));
         let _ = self
             .ctx
             .flush_context(ObjectHandle::from(created.key_handle));
         result
     }
+}
+
+/// A re-created AK must be the enrolled one (Name `expected`, hex): the TPM may have been
+/// swapped since the connection was checked.
+fn check_ak(expected: Option<&str>, public: &Public) -> Result<(), BackendError> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let name = hex::encode(name_of(
+        &public.marshall().map_err(failed("read attestation key"))?,
+    ));
+    if name != expected {
+        return Err(BackendError::Unavailable(format!(
+            "{}: the attestation key is not the enrolled one",
+            identity::MISMATCH
+        )));
+    }
+    Ok(())
 }
 
 /// Flushes transient objects a killed client left in the TPM (without a resource manager
@@ -506,13 +583,53 @@ fn flush_transient(ctx: &mut Context) {
 
 impl TpmBackend {
     /// Connects to the TPM and re-creates the storage primary key.
+    /// Connects to the TPM (checking its identity when the settings give one) and
+    /// re-creates the storage primary key.
     pub fn open(settings: &TpmSettings) -> Result<Self, BackendError> {
-        let open = Open::connect(&settings.tcti, settings.max_objects)?;
-        Ok(TpmBackend {
+        let expected = OnceLock::new();
+        if let Some(identity) = &settings.identity {
+            let _ = expected.set(identity.clone());
+        }
+        let backend = TpmBackend {
             tcti: settings.tcti.clone(),
             max_objects: settings.max_objects,
-            open: Mutex::new(Some(open)),
-        })
+            open: Mutex::new(None),
+            expected,
+            not_ours: AtomicBool::new(false),
+        };
+        let open = backend.connect()?;
+        *backend.lock() = Some(open);
+        Ok(backend)
+    }
+
+    /// Pins the identity of the TPM now connected (its AK's Name) for a TPM enrolled before
+    /// identities were recorded; the caller checks that AK against the installed AK
+    /// certificate. Later connections must show the same AK.
+    pub fn pin_identity(&self) -> Result<TpmIdentity, BackendError> {
+        let (_, area) = self.attestation_key()?;
+        let identity = TpmIdentity {
+            ak_name: hex::encode(name_of(&area)),
+            ek: None,
+        };
+        let pinned = self.expected.get_or_init(|| identity.clone()).clone();
+        // The next command reconnects, and that connection is checked.
+        *self.lock() = None;
+        Ok(pinned)
+    }
+
+    /// Opens a connection, checking the identity; logs when the TPM stops or starts being ours.
+    fn connect(&self) -> Result<Open, BackendError> {
+        let result = Open::connect(&self.tcti, self.max_objects, self.expected.get());
+        match &result {
+            Err(e) if identity::is_mismatch(e) && !self.not_ours.swap(true, Ordering::Relaxed) => {
+                tracing::error!(tcti = %self.tcti, error = %e, "not the enrolled TPM: refusing to use it");
+            }
+            Ok(_) if self.not_ours.swap(false, Ordering::Relaxed) => {
+                tracing::info!(tcti = %self.tcti, "the enrolled TPM is back: identity verified");
+            }
+            _ => {}
+        }
+        result
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Open>> {
@@ -535,7 +652,7 @@ impl TpmBackend {
                 }
             }
         }
-        let mut open = Open::connect(&self.tcti, self.max_objects)?;
+        let mut open = self.connect()?;
         let result = f(&mut open);
         *guard = Some(open);
         result
@@ -660,6 +777,7 @@ impl TpmBackend {
         let blobs = blobs_of(key)?;
         let data = Data::try_from(qualifying_data.to_vec()).map_err(failed("certify"))?;
         let (attest, signature, ak_public) = self.run(|open| {
+            let enrolled_ak = open.ak_name.clone();
             // Load the key first, then the AK: three objects (primary, key, AK) at most.
             open.with_key(&blobs, |ctx, key_handle| {
                 let template = ak_template()?;
@@ -668,6 +786,10 @@ impl TpmBackend {
                         ctx.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
                     })
                     .map_err(failed("create attestation key"))?;
+                if let Err(e) = check_ak(enrolled_ak.as_deref(), &ak.out_public) {
+                    let _ = ctx.flush_context(ObjectHandle::from(ak.key_handle));
+                    return Err(e);
+                }
                 let certified = ctx
                     .execute_with_sessions(
                         (
@@ -752,9 +874,13 @@ impl Backend for TpmBackend {
                 })
                 .map_err(failed("sign"))
             })
+            // Checked here: a bad signature (another TPM's key under a reused handle) makes
+            // `run` reconnect, and the new connection checks the TPM's identity.
+            .and_then(signature_of)
+            .and_then(|signature| {
+                check_signature(&key.public_key, digest, &signature).map(|()| signature)
+            })
         })?;
-        let signature = signature_of(signature)?;
-        check_signature(&key.public_key, digest, &signature)?;
         Ok(signature)
     }
 
@@ -790,13 +916,6 @@ impl Backend for TpmBackend {
     }
 
     fn health(&self) -> Result<(), BackendError> {
-        self.run(|open| {
-            open.ctx
-                .execute_without_session(|ctx| {
-                    ctx.get_capability(CapabilityType::Handles, TPM2_TRANSIENT_FIRST, 1)
-                })
-                .map(|_| ())
-                .map_err(|e| BackendError::Unavailable(format!("TPM does not answer: {e}")))
-        })
+        self.run(Open::check_primary)
     }
 }

@@ -240,10 +240,17 @@ pub fn enroll(
     let destination = config.state.device_certificate();
     let subject =
         pki::device::install_certificate(&enrolled.ak_certificate_pem, &device_key, &destination)?;
+    let identity = serde_json::to_string_pretty(&enrolled.identity)?;
+    crate::files::write_atomic(
+        &config.state.tpm_identity(),
+        identity.as_bytes(),
+        crate::files::PRIVATE_FILE,
+    )?;
     println!(
-        "EK certificate \"{}\" checked; credential activated; AK certificate \"{subject}\" installed at {}",
+        "EK certificate \"{}\" checked; credential activated; AK certificate \"{subject}\" installed at {}; TPM identity (EK and AK Names) recorded in {}",
         enrolled.ek_subject,
-        destination.display()
+        destination.display(),
+        config.state.tpm_identity().display()
     );
     Ok(())
 }

@@ -22,7 +22,7 @@ use sha2::Sha256;
 use x509_cert::Certificate;
 
 use super::PkiError;
-use crate::backend::tpm::{EkKind, TpmBackend, name_of};
+use crate::backend::tpm::{EkKind, EkName, TpmBackend, TpmIdentity, name_of};
 
 const RSA_SHA256: der::asn1::ObjectIdentifier =
     der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
@@ -267,6 +267,8 @@ fn check_ak_attributes(public_area: &[u8]) -> Result<(), PkiError> {
 pub struct Enrolled {
     pub ak_certificate_pem: String,
     pub ek_subject: String,
+    /// The EK and AK Names the daemon checks on every connection to the TPM.
+    pub identity: TpmIdentity,
 }
 
 /// Enrolls the TPM's AK with the CA in `ca_dir` (see the module documentation).
@@ -324,8 +326,17 @@ pub fn enroll(
     };
     let ak_certificate_pem =
         super::ca::issue_for_key(ca_dir, &subject, &ak.public_key, days, profile)?;
+    // The EK the credential was just activated with: the certified one.
+    let identity = TpmIdentity {
+        ak_name: hex::encode(name_of(&ak_public_area)),
+        ek: Some(EkName {
+            kind,
+            name: hex::encode(name_of(&backend.ek_public(kind)?)),
+        }),
+    };
     Ok(Enrolled {
         ak_certificate_pem,
         ek_subject,
+        identity,
     })
 }

@@ -15,7 +15,7 @@ use tokio::{
 };
 use tonic::{Code, Status};
 
-use crate::backend::Backend;
+use super::health::HealthProbe;
 
 /// Upper bounds (seconds) of the Sign latency histogram's buckets.
 const BUCKETS: [f64; 13] = [
@@ -165,23 +165,21 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// How long a scrape waits for the backend's health answer.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a client has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_REQUEST: usize = 8 * 1024;
 
 /// Serves `GET /metrics` until the daemon stops.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, backend: Arc<dyn Backend>) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Arc<HealthProbe>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let metrics = Arc::clone(&metrics);
-        let backend = Arc::clone(&backend);
+        let health = Arc::clone(&health);
         tokio::spawn(async move {
-            let _ = answer(stream, &metrics, backend).await;
+            let _ = answer(stream, &metrics, &health).await;
         });
     }
 }
@@ -189,7 +187,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, backend: Arc<dy
 async fn answer(
     mut stream: TcpStream,
     metrics: &Metrics,
-    backend: Arc<dyn Backend>,
+    health: &HealthProbe,
 ) -> std::io::Result<()> {
     let mut request = Vec::with_capacity(512);
     let head = tokio::time::timeout(REQUEST_TIMEOUT, async {
@@ -220,12 +218,7 @@ async fn answer(
     } else if path != "/metrics" {
         ("404 Not Found", "metrics are at /metrics\n".to_owned())
     } else {
-        let up = tokio::time::timeout(
-            HEALTH_TIMEOUT,
-            tokio::task::spawn_blocking(move || backend.health().is_ok()),
-        )
-        .await
-        .is_ok_and(|r| r.unwrap_or(false));
+        let up = health.check().await.is_ok();
         ("200 OK", metrics.render(up))
     };
     let content_type = if status.starts_with("200") {

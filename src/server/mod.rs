@@ -5,6 +5,7 @@
 pub mod auth;
 mod bundles;
 pub mod clock;
+pub mod health;
 mod keys;
 pub mod metrics;
 pub mod policy;
@@ -238,7 +239,16 @@ pub fn open_backend(config: &Config) -> Result<(Arc<dyn Backend>, String), Start
             Ok((Arc::new(backend), serial))
         }
         BackendConfig::Tpm(tpm) => {
-            let backend = TpmBackend::open(&tpm.settings().map_err(StartError::Config)?)?;
+            let mut settings = tpm.settings().map_err(StartError::Config)?;
+            settings.identity = recorded_tpm_identity(config)?;
+            let backend = TpmBackend::open(&settings)?;
+            if settings.identity.is_none() {
+                // Enrolled before identities were recorded: the AK in the TPM now (checked
+                // against the installed AK certificate at start-up) is the one to insist on.
+                let pinned = backend.pin_identity()?;
+                tracing::warn!(ak_name = %pinned.ak_name, path = %config.state.tpm_identity().display(),
+                    "no TPM identity recorded at enrollment: pinning this TPM's AK; re-run `actseal enroll` to record its EK too");
+            }
             let ak = backend.device_key(false)?;
             let id = key_id(&ak.public_key);
             Ok((
@@ -246,6 +256,20 @@ pub fn open_backend(config: &Config) -> Result<(Arc<dyn Backend>, String), Start
                 format!("tpm-{}", id.get(..16).unwrap_or(&id)),
             ))
         }
+    }
+}
+
+/// The TPM identity `actseal enroll` recorded, if any.
+fn recorded_tpm_identity(
+    config: &Config,
+) -> Result<Option<crate::backend::tpm::TpmIdentity>, StartError> {
+    let path = config.state.tpm_identity();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => crate::backend::tpm::TpmIdentity::from_json(&text)
+            .map(Some)
+            .map_err(|e| StartError::Config(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StartError::Config(format!("{}: {e}", path.display()))),
     }
 }
 
@@ -505,12 +529,17 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tracing::info!(policy = %config.server.policy.display(), sign_rules, admin_rules, "policy loaded");
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<SignerServer<signer::SignerService>>()
-        .await;
-    health_reporter
-        .set_serving::<KeyAdminServer<keys::KeyAdminService>>()
-        .await;
+    // One prober for gRPC health and /metrics: both say the same, and a hung backend is
+    // asked one question at a time.
+    let health = Arc::new(health::HealthProbe::new(Arc::clone(&state.backend)));
+    {
+        use tonic::server::NamedService;
+        const SERVICES: &[&str] = &[
+            <SignerServer<signer::SignerService> as NamedService>::NAME,
+            <KeyAdminServer<keys::KeyAdminService> as NamedService>::NAME,
+        ];
+        health::follow_backend(health_reporter, Arc::clone(&health), SERVICES).await;
+    }
     // Both reflection versions: grpcurl and older tools still ask v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -614,7 +643,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             Some(tokio::spawn(metrics::serve(
                 listener,
                 Arc::clone(&state.metrics),
-                Arc::clone(&state.backend),
+                Arc::clone(&health),
             )))
         }
     };
