@@ -1092,8 +1092,10 @@ async fn sigkill_while_signing_loses_no_acknowledged_receipt() {
     let mut lab = started_lab();
     create_key(&lab, ACTOR).await;
     let mut clients = Vec::new();
+    let signed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for c in 0..4 {
         let mut signer = signer(&lab).await;
+        let signed = signed.clone();
         clients.push(tokio::spawn(async move {
             let mut acknowledged = Vec::new();
             for i in 0.. {
@@ -1104,14 +1106,26 @@ async fn sigkill_while_signing_loses_no_acknowledged_receipt() {
                     ))
                     .await
                 {
-                    Ok(response) => acknowledged.push(response.into_inner()),
+                    Ok(response) => {
+                        acknowledged.push(response.into_inner());
+                        signed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     Err(_) => break,
                 }
             }
             acknowledged
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // Killed in the middle of signing, once enough have been answered (however loaded the
+    // machine is).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while signed.load(std::sync::atomic::Ordering::SeqCst) <= 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "too few signs in 60 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     lab.kill_daemon().unwrap();
     let mut acknowledged = Vec::new();
     for client in clients {
