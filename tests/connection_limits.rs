@@ -306,3 +306,161 @@ fn the_per_caller_limit_refuses_the_connection_over_it() {
         refused.contains("limit_reached=\"caller\"") || refused.contains("limit_reached=caller")
     );
 }
+
+/// Resident memory of a process, in kB.
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// How the abandoned streams of [`abandoned_streams_memory`] are abandoned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Abandon {
+    /// Half a message sent, then reset (RST_STREAM CANCEL) 30 streams later.
+    HalfMessageReset,
+    /// Half a message sent, then left open until the connection closes (as many as the
+    /// daemon lets one connection open; the client queues the rest).
+    HalfMessageHeld,
+    /// A whole Sign request sent, then reset before the answer (the daemon still signs).
+    WholeRequestReset,
+}
+
+/// Opens up to `streams` Sign requests on one connection, abandoned as `how` says.
+async fn abandon_streams(socket: std::path::PathBuf, streams: usize, how: Abandon) -> usize {
+    use prost::Message;
+    let io = tokio::net::UnixStream::connect(socket).await.unwrap();
+    // As many streams as the daemon does not forbid (h2's default would stop at 100).
+    let (client, connection) = h2::client::Builder::new()
+        .initial_max_send_streams(usize::MAX)
+        .handshake(io)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let whole = sign_request(ACTOR, DOCUMENT).encode_to_vec();
+    let mut open = std::collections::VecDeque::new();
+    let mut opened = 0;
+    for _ in 0..streams {
+        let ready = tokio::time::timeout(Duration::from_secs(1), client.clone().ready()).await;
+        let Ok(Ok(mut client)) = ready else {
+            break;
+        };
+        let request = http::Request::post("http://localhost/actseal.v1.Signer/Sign")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let Ok((response, mut body)) = client.send_request(request, false) else {
+            break;
+        };
+        let message = match how {
+            // A gRPC message announced as 1000 bytes, of which 10 come.
+            Abandon::HalfMessageReset | Abandon::HalfMessageHeld => {
+                [&[0u8, 0, 0, 0x03, 0xe8][..], &[0x0a; 10]].concat()
+            }
+            Abandon::WholeRequestReset => {
+                let len = u32::try_from(whole.len()).unwrap().to_be_bytes();
+                [&[0u8][..], &len, &whole].concat()
+            }
+        };
+        let end = how == Abandon::WholeRequestReset;
+        let _ = body.send_data(bytes::Bytes::from(message), end);
+        open.push_back((response, body));
+        opened += 1;
+        if how != Abandon::HalfMessageHeld && open.len() >= 30 {
+            open.pop_front();
+        }
+        // Let the connection task put the frames on the wire.
+        tokio::task::yield_now().await;
+    }
+    if how == Abandon::HalfMessageHeld {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    drop(open);
+    opened
+}
+
+/// 50 connections of `per_connection` abandoned streams each; the streams opened, the peak
+/// RSS while they were open and RSS right after (kB), and the time taken.
+fn abandon(
+    lab: &actseal::lab::Lab,
+    per_connection: usize,
+    how: Abandon,
+) -> (usize, u64, u64, Duration) {
+    let started = Instant::now();
+    let socket = lab.socket();
+    let pid = lab.daemon_pid().unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = std::sync::Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kb(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let opened = async {
+        let tasks: Vec<_> = (0..50)
+            .map(|_| tokio::spawn(abandon_streams(socket.clone(), per_connection, how)))
+            .collect();
+        let mut opened = 0;
+        for task in tasks {
+            opened += task.await.unwrap();
+        }
+        opened
+    }
+    .await_blocking_multi();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    (opened, peak, rss_kb(pid), started.elapsed())
+}
+
+/// The memory figures of docs/PERFORMANCE.md: the daemon's RSS before 130,000 abandoned
+/// streams on 50 connections (reset 30 streams later, then held until the connection
+/// closes), right after, and 10 s after the connections are gone.
+/// `cargo test --test connection_limits -- --ignored abandoned_streams --nocapture`
+#[test]
+#[ignore]
+fn abandoned_streams_memory() {
+    let mut lab = new_lab();
+    lab.start_daemon().expect("daemon start");
+    create_key(&lab, ACTOR).await_blocking();
+    try_sign(&lab).unwrap();
+    let pid = lab.daemon_pid().unwrap();
+    let baseline = rss_kb(pid);
+    let per_connection = std::env::var("ABANDONED_PER_CONNECTION")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2600);
+    for how in [
+        Abandon::HalfMessageReset,
+        Abandon::HalfMessageHeld,
+        Abandon::WholeRequestReset,
+    ] {
+        let (opened, peak, after, took) = abandon(&lab, per_connection, how);
+        std::thread::sleep(Duration::from_secs(10));
+        try_sign(&lab).unwrap();
+        let settled = rss_kb(pid);
+        println!(
+            "{how:?}, {opened} streams: RSS before {baseline} kB, peak {peak} kB, \\
+             right after {after} kB ({took:.1?}), 10 s later {settled} kB; {} receipts",
+            receipt_count(&lab)
+        );
+    }
+}
+
+trait AwaitBlockingMulti: std::future::Future + Sized {
+    fn await_blocking_multi(self) -> Self::Output {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(self)
+    }
+}
+
+impl<F: std::future::Future> AwaitBlockingMulti for F {}

@@ -297,6 +297,7 @@ impl Slots {
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        super::memory::connection_closed();
         let mut counts = self.slots.counts.lock().unwrap_or_else(|p| p.into_inner());
         let (total, per_caller) = &mut *counts;
         *total = total.saturating_sub(1);

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod codec;
 mod keys;
 pub mod listen;
+mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod sequencer;
@@ -714,6 +715,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         Some(addr) => Some(spawn_tcp(addr, tls.as_ref(), &routes, &limits, stop_rx.clone()).await?),
     };
     let metrics_task = spawn_metrics(&config, &state).await?;
+    memory::spawn_trimmer();
     let reload_task = tokio::spawn(reload_on_hangup(
         Arc::clone(&state),
         config.server.policy.clone(),
