@@ -45,9 +45,12 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::cli::out::write(format_args!($($arg)*), true) };
 }
 
-/// `print!` that stops quietly at a closed stdout.
+/// `print!` that stops quietly at a closed stdout (only the daemon's commands need it).
+#[cfg(feature = "daemon")]
 macro_rules! out {
     ($($arg:tt)*) => { $crate::cli::out::write(format_args!($($arg)*), false) };
 }
 
-pub(crate) use {out, outln};
+#[cfg(feature = "daemon")]
+pub(crate) use out;
+pub(crate) use outln;

@@ -588,12 +588,8 @@ impl Signals {
 }
 
 /// Resolves once a shutdown has been asked for.
-fn stopped(
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 type ServeResult = Result<(), tonic::transport::Error>;
