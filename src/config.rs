@@ -484,6 +484,42 @@ mod tests {
     }
 
     #[test]
+    fn limits_have_defaults_and_none_may_be_zero() {
+        let config = Config::parse(GOOD, Path::new("t.toml")).unwrap();
+        let limits = &config.server.limits;
+        assert_eq!(limits.max_connections, None);
+        assert_eq!(limits.max_connections_per_caller, 64);
+        assert_eq!(limits.max_concurrent_streams, 32);
+        assert_eq!(
+            (limits.header_timeout_ms, limits.idle_timeout_ms),
+            (10_000, 120_000)
+        );
+        let set = format!("{GOOD}\n[server.limits]\nmax_connections = 10\nidle_timeout_ms = 5\n");
+        let limits = Config::parse(&set, Path::new("t.toml"))
+            .unwrap()
+            .server
+            .limits;
+        assert_eq!(
+            (limits.max_connections, limits.idle_timeout_ms),
+            (Some(10), 5)
+        );
+        for key in [
+            "max_connections",
+            "max_connections_per_caller",
+            "header_timeout_ms",
+        ] {
+            let zero = format!("{GOOD}\n[server.limits]\n{key} = 0\n");
+            let err = Config::parse(&zero, Path::new("t.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("server.limits.{key} must be at least 1")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn batch_window_is_bounded_by_a_second() {
         let ok = format!("{GOOD}\n[ledger]\nbatch_window_ms = 1000\n");
         assert_eq!(
