@@ -236,6 +236,17 @@ impl TcpSocketFrom {
     }
 }
 
+/// The daemon's Prometheus metrics.
+fn scrape(port: u16) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
 /// SETTINGS_MAX_CONCURRENT_STREAMS in the daemon's first SETTINGS frame.
 fn max_concurrent_streams(first_bytes: &[u8]) -> Option<u32> {
     let len = usize::from(first_bytes[1]) << 8 | usize::from(first_bytes[2]);
@@ -249,11 +260,12 @@ fn max_concurrent_streams(first_bytes: &[u8]) -> Option<u32> {
 #[test]
 fn the_per_caller_limit_refuses_the_connection_over_it() {
     let mut lab = new_lab();
-    let port = free_port();
+    let (port, metrics) = (free_port(), free_port());
     configure_server(
         &lab,
         &format!(
             "tcp = \"127.0.0.1:{port}\"\ntcp_insecure_loopback = true\n\
+             metrics = \"127.0.0.1:{metrics}\"\n\
              limits = {{ max_connections_per_caller = 3, max_concurrent_streams = 7, \
              header_timeout_ms = 60000 }}"
         ),
@@ -301,6 +313,15 @@ fn the_per_caller_limit_refuses_the_connection_over_it() {
     }
     assert!(accepted(&mut tcp_connection_from("127.0.0.2", port)).is_none());
     assert!(accepted(&mut tcp_connection_from("127.0.0.3", port)).is_some());
+    let scraped = scrape(metrics);
+    // On the Unix socket the retries above may add refusals: only that there are.
+    for line in [
+        "actseal_connections_refused_total{listener=\"unix\",limit=\"caller\"} ",
+        "actseal_connections_refused_total{listener=\"tcp\",limit=\"caller\"} 1",
+        "actseal_connections_open{listener=\"tcp\"} 3",
+    ] {
+        assert!(scraped.contains(line), "{line} not in {scraped}");
+    }
     let refused = wait_for_log(&lab, "connection refused: connection limit reached", 1);
     assert!(
         refused.contains("limit_reached=\"caller\"") || refused.contains("limit_reached=caller")

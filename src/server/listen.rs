@@ -25,7 +25,7 @@ use tokio::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TlsConnectInfo};
 
-use super::authority::AnyAuthority;
+use super::{authority::AnyAuthority, metrics::Metrics};
 use crate::config::LimitsConfig;
 
 /// File descriptors kept free of connections for the state, the token and the log.
@@ -246,6 +246,7 @@ impl Throttle {
 struct Slots {
     listener: &'static str,
     limits: Limits,
+    metrics: Arc<Metrics>,
     counts: Mutex<(usize, HashMap<CallerKey, usize>)>,
     refusals: Mutex<Throttle>,
 }
@@ -276,6 +277,7 @@ impl Slots {
         }
         *total += 1;
         per_caller.insert(key.clone(), mine + 1);
+        self.metrics.connection(self.listener, true);
         Some(Permit {
             slots: Arc::clone(self),
             key,
@@ -283,6 +285,7 @@ impl Slots {
     }
 
     fn refused(&self, peer: &Peer, which: &'static str, limit: usize) {
+        self.metrics.refused(self.listener, which);
         let due = self
             .refusals
             .lock()
@@ -298,6 +301,7 @@ impl Slots {
 impl Drop for Permit {
     fn drop(&mut self) {
         super::memory::connection_closed();
+        self.slots.metrics.connection(self.slots.listener, false);
         let mut counts = self.slots.counts.lock().unwrap_or_else(|p| p.into_inner());
         let (total, per_caller) = &mut *counts;
         *total = total.saturating_sub(1);
@@ -440,11 +444,13 @@ pub fn incoming<A: Acceptor>(
     listener: A,
     name: &'static str,
     limits: Limits,
+    metrics: Arc<Metrics>,
 ) -> ReceiverStream<io::Result<Connection<A::Io>>> {
     let (tx, rx) = mpsc::channel(16);
     let slots = Arc::new(Slots {
         listener: name,
         limits,
+        metrics,
         counts: Mutex::new((0, HashMap::new())),
         refusals: Mutex::new(Throttle::default()),
     });
@@ -479,6 +485,7 @@ async fn accept_loop<A: Acceptor>(
                 }
             }
             Err(e) => {
+                slots.metrics.accept_failed(slots.listener);
                 let pause = backoff.failed(&e, slots.listener);
                 tokio::time::sleep(pause).await;
             }
@@ -546,6 +553,7 @@ mod tests {
                 header_timeout: Duration::from_secs(1),
                 idle_timeout: Duration::from_secs(1),
             },
+            metrics: Arc::default(),
             counts: Mutex::new((0, HashMap::new())),
             refusals: Mutex::new(Throttle::default()),
         });

@@ -600,6 +600,7 @@ async fn spawn_tcp(
     tls: Option<&ServerTlsConfig>,
     routes: &tonic::service::Routes,
     limits: &listen::Limits,
+    metrics: &Arc<Metrics>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<ServeResult>, StartError> {
     let listener = TcpListener::bind(addr)
@@ -630,7 +631,7 @@ async fn spawn_tcp(
         }
     };
     let router = builder.add_routes(routes.clone());
-    let incoming = listen::incoming(listener, "tcp", limits.clone());
+    let incoming = listen::incoming(listener, "tcp", limits.clone(), Arc::clone(metrics));
     Ok(tokio::spawn(async move {
         router
             .serve_with_incoming_shutdown(incoming, stopped(stop))
@@ -668,12 +669,13 @@ async fn serve_unix(
     unix: UnixListener,
     routes: &tonic::service::Routes,
     limits: &listen::Limits,
+    metrics: &Arc<Metrics>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> ServeResult {
     let serve = builder(limits)
         .add_routes(routes.clone())
         .serve_with_incoming_shutdown(
-            listen::incoming(unix, "unix", limits.clone()),
+            listen::incoming(unix, "unix", limits.clone(), Arc::clone(metrics)),
             stopped(stop.clone()),
         );
     let grace = async {
@@ -708,7 +710,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     });
     let tcp_task = match config.server.tcp {
         None => None,
-        Some(addr) => Some(spawn_tcp(addr, tls.as_ref(), &routes, &limits, stop_rx.clone()).await?),
+        Some(addr) => {
+            let (metrics, stop) = (&state.metrics, stop_rx.clone());
+            Some(spawn_tcp(addr, tls.as_ref(), &routes, &limits, metrics, stop).await?)
+        }
     };
     let metrics_task = spawn_metrics(&config, &state).await?;
     memory::spawn_trimmer();
@@ -719,7 +724,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     ));
     // Backend, ledger and listeners are open: the service manager may send traffic.
     systemd::notify("READY=1");
-    let result = serve_unix(unix, &routes, &limits, stop_rx).await;
+    let result = serve_unix(unix, &routes, &limits, &state.metrics, stop_rx).await;
     if let Some(task) = tcp_task
         && tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err()
     {
