@@ -24,4 +24,10 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The stock-client tests (tests/stock_client.rs) talk to the daemon with Python's grpcio.
+if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
+  echo "installing: grpcio grpcio-tools (pip)"
+  python3 -m pip install --quiet grpcio grpcio-tools 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages grpcio grpcio-tools
+fi
 command -v cargo >/dev/null || { echo "cargo (Rust 1.88 or newer) is required: https://rustup.rs" >&2; exit 1; }

@@ -89,6 +89,80 @@ pub struct ServerConfig {
     /// Prometheus metrics over plain HTTP, on a loopback address.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// Connection and stream limits, timeouts (each listener has its own counts).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// What one caller, or all of them, may hold of the daemon (docs/CONFIG.md, `server.limits`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open connections per listener; default: the open-files limit less a reserve.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Open connections per caller (uid on the Unix socket, IP address on TCP).
+    #[serde(default = "default_per_caller")]
+    pub max_connections_per_caller: usize,
+    /// Concurrent requests (HTTP/2 streams) per connection.
+    #[serde(default = "default_streams")]
+    pub max_concurrent_streams: u32,
+    /// Time from accept to the first complete request (TLS handshake and headers included).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
+    /// Time a connection may stay open with no request in flight.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+}
+
+fn default_per_caller() -> usize {
+    64
+}
+
+fn default_streams() -> u32 {
+    32
+}
+
+fn default_header_timeout() -> u64 {
+    10_000
+}
+
+fn default_idle_timeout() -> u64 {
+    120_000
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: None,
+            max_connections_per_caller: default_per_caller(),
+            max_concurrent_streams: default_streams(),
+            header_timeout_ms: default_header_timeout(),
+            idle_timeout_ms: default_idle_timeout(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("max_connections", self.max_connections.unwrap_or(1) as u64),
+            (
+                "max_connections_per_caller",
+                self.max_connections_per_caller as u64,
+            ),
+            (
+                "max_concurrent_streams",
+                u64::from(self.max_concurrent_streams),
+            ),
+            ("header_timeout_ms", self.header_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ];
+        match positive.iter().find(|(_, v)| *v == 0) {
+            Some((key, _)) => Err(format!("server.limits.{key} must be at least 1")),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,6 +198,7 @@ impl Default for ServerConfig {
             tls: None,
             policy: default_policy(),
             metrics: None,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -318,6 +393,7 @@ impl ServerConfig {
     /// The listener rules: TCP is mTLS, or plain on loopback when explicitly asked for;
     /// metrics only on loopback.
     fn check(&self) -> Result<(), String> {
+        self.limits.check()?;
         if self.socket_mode & !0o777 != 0 {
             return Err(format!(
                 "server.socket_mode {:#o} holds more than permission bits",
@@ -411,6 +487,42 @@ mod tests {
         assert_eq!(pkcs11.sessions, 4);
         assert_eq!(pkcs11.pin, PinSource::File("/etc/actseal/pin".into()));
         assert_eq!(config.server.socket_mode, 0o660);
+    }
+
+    #[test]
+    fn limits_have_defaults_and_none_may_be_zero() {
+        let config = Config::parse(GOOD, Path::new("t.toml")).unwrap();
+        let limits = &config.server.limits;
+        assert_eq!(limits.max_connections, None);
+        assert_eq!(limits.max_connections_per_caller, 64);
+        assert_eq!(limits.max_concurrent_streams, 32);
+        assert_eq!(
+            (limits.header_timeout_ms, limits.idle_timeout_ms),
+            (10_000, 120_000)
+        );
+        let set = format!("{GOOD}\n[server.limits]\nmax_connections = 10\nidle_timeout_ms = 5\n");
+        let limits = Config::parse(&set, Path::new("t.toml"))
+            .unwrap()
+            .server
+            .limits;
+        assert_eq!(
+            (limits.max_connections, limits.idle_timeout_ms),
+            (Some(10), 5)
+        );
+        for key in [
+            "max_connections",
+            "max_connections_per_caller",
+            "header_timeout_ms",
+        ] {
+            let zero = format!("{GOOD}\n[server.limits]\n{key} = 0\n");
+            let err = Config::parse(&zero, Path::new("t.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("server.limits.{key} must be at least 1")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

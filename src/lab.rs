@@ -4,6 +4,7 @@
 //!
 //! Every step runs the real `actseal` binary, as an operator would.
 
+use crate::cli::out::{out, outln};
 use std::{
     fs,
     io::Write,
@@ -267,14 +268,14 @@ impl Lab {
     /// Runs an `actseal` command to completion and returns its output, whatever its status.
     pub fn run(&self, args: &[&str]) -> Result<Output> {
         if self.verbose {
-            println!("$ actseal {}", args.join(" "));
+            outln!("$ actseal {}", args.join(" "));
         }
         let output = self
             .command(args)
             .output()
             .with_context(|| format!("cannot run {}", self.exe.display()))?;
         if self.verbose {
-            print!("{}", String::from_utf8_lossy(&output.stdout));
+            out!("{}", String::from_utf8_lossy(&output.stdout));
         }
         Ok(output)
     }
@@ -311,7 +312,7 @@ impl Lab {
             .open(self.daemon_log())?;
         let config = self.config().display().to_string();
         if self.verbose {
-            println!("$ actseal serve --config {config} &");
+            outln!("$ actseal serve --config {config} &");
         }
         let mut command = self.command(&["serve", "--config", &config]);
         command

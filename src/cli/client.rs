@@ -1,5 +1,6 @@
 //! gRPC clients of the daemon: `actseal key …` and `actseal sign`.
 
+use super::out::{out, outln};
 use std::collections::HashMap;
 
 use anyhow::{Context, Result, bail};
@@ -78,9 +79,15 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 }
 
 fn print_key(key: &ActorKey) {
-    println!(
+    outln!(
         "{}  v{}  {}  {}  {}  {}  created {}",
-        key.actor, key.version, key.backend, key.state, key.origin, key.key_id, key.created_at
+        key.actor,
+        key.version,
+        key.backend,
+        key.state,
+        key.origin,
+        key.key_id,
+        key.created_at
     );
 }
 
@@ -130,7 +137,7 @@ pub fn key(command: KeyCommand) -> Result<()> {
                 print_key(&key);
                 let lineage: serde_json::Value =
                     serde_json::from_str(&key.lineage_json).unwrap_or_default();
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&lineage).unwrap_or_default()
                 );
@@ -165,14 +172,17 @@ pub fn key(command: KeyCommand) -> Result<()> {
                     .await
                     .map_err(status_error)?
                     .into_inner();
-                println!(
+                outln!(
                     "{} v{} ({}) key {}",
-                    answer.actor, answer.version, answer.backend, answer.key_id
+                    answer.actor,
+                    answer.version,
+                    answer.backend,
+                    answer.key_id
                 );
                 if let Some(out) = &out {
                     std::fs::write(out, &answer.attestation_json)
                         .with_context(|| format!("cannot write {}", out.display()))?;
-                    println!("attestation written to {}", out.display());
+                    outln!("attestation written to {}", out.display());
                 }
                 if let (Some(trust), Some(expected)) = (trust, expected) {
                     let pem = std::fs::read(&trust)
@@ -181,7 +191,7 @@ pub fn key(command: KeyCommand) -> Result<()> {
                         .map_err(|e| anyhow::anyhow!("{}: {e}", trust.display()))?;
                     let nonce = (!nonce.is_empty()).then_some(nonce.as_slice());
                     let verified = check_attestation(&answer, &expected, &anchors, nonce)?;
-                    println!(
+                    outln!(
                         "attestation verified: {} v{} {} key {} attested by \"{}\" under \"{}\"; {}{}",
                         expected.actor,
                         expected.version,
@@ -368,7 +378,7 @@ pub fn log(command: LogCommand) -> Result<()> {
                     .await
                     .map_err(status_error)?
                     .into_inner();
-                print!("{}", checkpoint.note);
+                out!("{}", checkpoint.note);
             }
             LogCommand::Proof {
                 index,
@@ -397,7 +407,7 @@ pub fn log(command: LogCommand) -> Result<()> {
                     proof.bundle_json
                 };
                 write_out(&out, &text)?;
-                println!(
+                outln!(
                     "entry {} proved in the tree of {} entries; written to {}",
                     proof.log_index,
                     proof.tree_size,
@@ -428,7 +438,7 @@ pub fn log(command: LogCommand) -> Result<()> {
                 })
                 .to_string();
                 write_out(&out, &text)?;
-                println!(
+                outln!(
                     "consistency of {} → {} written to {}",
                     proof.old_size,
                     proof.new_size,
@@ -484,7 +494,7 @@ pub fn sign(args: SignArgs) -> Result<()> {
         Some(out) => {
             std::fs::write(out, &response.bundle_json)
                 .with_context(|| format!("cannot write {}", out.display()))?;
-            println!(
+            outln!(
                 "signed: log index {}, sequence {}, key {}; bundle in {}",
                 response.log_index,
                 response.sequence,
@@ -492,7 +502,7 @@ pub fn sign(args: SignArgs) -> Result<()> {
                 out.display()
             );
         }
-        None => println!("{}", response.bundle_json),
+        None => outln!("{}", response.bundle_json),
     }
     Ok(())
 }

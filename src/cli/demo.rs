@@ -1,6 +1,7 @@
 //! `actseal demo`: the whole path on fresh SoftHSM tokens, every step shown as the command an
 //! operator would type.
 
+use super::out::outln;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -45,18 +46,18 @@ pub fn run(workdir: Option<PathBuf>) -> Result<()> {
             (temp.path().join("lab"), Some(temp))
         }
     };
-    println!("== Setting up a SoftHSM lab in {}", dir.display());
+    outln!("== Setting up a SoftHSM lab in {}", dir.display());
     let mut lab = Lab::create(&exe, &dir, true)?;
 
-    println!("\n== Starting the daemon on the SoftHSM token");
+    outln!("\n== Starting the daemon on the SoftHSM token");
     lab.start_daemon()?;
     let socket = lab.socket().display().to_string();
-    println!("daemon listening on {socket}");
+    outln!("daemon listening on {socket}");
 
-    println!("\n== Creating the agent's key inside the token");
+    outln!("\n== Creating the agent's key inside the token");
     lab.run_ok(&["key", "create", "--actor", ACTOR])?;
 
-    println!("\n== The agent pays an invoice; actseal signs the action");
+    outln!("\n== The agent pays an invoice; actseal signs the action");
     let document = lab.dir.join("payment-instruction.json");
     std::fs::write(&document, PAYMENT_INSTRUCTION)?;
     let document = document.display().to_string();
@@ -81,9 +82,9 @@ pub fn run(workdir: Option<PathBuf>) -> Result<()> {
         &bundle,
     ])?;
     lab.stop_daemon()?;
-    println!("daemon stopped: everything below is offline");
+    outln!("daemon stopped: everything below is offline");
 
-    println!("\n== Verifying the proof bundle offline with actseal");
+    outln!("\n== Verifying the proof bundle offline with actseal");
     let anchor = lab.anchor().display().to_string();
     let output = lab.run(&[
         "verify",
@@ -97,16 +98,16 @@ pub fn run(workdir: Option<PathBuf>) -> Result<()> {
         bail!("the demo bundle did not verify");
     }
 
-    println!("\n== Verifying the same bundle with openssl alone");
+    outln!("\n== Verifying the same bundle with openssl alone");
     verify_with_openssl(&lab.dir, &bundle, &anchor, &document)?;
 
-    println!("\n== Auditing the whole log offline: every entry, chain and checkpoint");
+    outln!("\n== Auditing the whole log offline: every entry, chain and checkpoint");
     let export = lab.path("log-export.json");
     let config = lab.config().display().to_string();
     lab.run_ok(&["log", "export", "--config", &config, "--out", &export])?;
     lab.run_ok(&["audit", &export, "--trust", &anchor])?;
 
-    println!(
+    outln!(
         "\n== Proved: the agent {ACTOR} (key generated in and never extractable from the \
          token) signed exactly this payment instruction, the token's device certificate \
          chains to the operator's CA, and the receipt is in the daemon's signed, tamper-evident log."
@@ -114,7 +115,7 @@ pub fn run(workdir: Option<PathBuf>) -> Result<()> {
 
     tpm_actor(&exe, &lab.dir.join("tpm-lab"), &document)?;
     if _temp.is_none() {
-        println!("The lab stays in {} for you to explore.", lab.dir.display());
+        outln!("The lab stays in {} for you to explore.", lab.dir.display());
     }
     Ok(())
 }
@@ -122,20 +123,20 @@ pub fn run(workdir: Option<PathBuf>) -> Result<()> {
 /// The same path on a TPM: enrollment of the attestation key, a TPM-held actor key certified
 /// by TPM2_Certify, a signed action, a fresh attestation binding a nonce, offline checks.
 fn tpm_actor(exe: &std::path::Path, dir: &std::path::Path, document: &str) -> Result<()> {
-    println!(
+    outln!(
         "\n== A second daemon on a TPM (swtpm with an EK certificate) in {}",
         dir.display()
     );
-    println!("(`actseal enroll` checks the EK certificate against the TPM maker's CA, proves the");
-    println!(" attestation key is in that TPM with MakeCredential/ActivateCredential, and has the");
-    println!(" operator CA certify it)");
+    outln!("(`actseal enroll` checks the EK certificate against the TPM maker's CA, proves the");
+    outln!(" attestation key is in that TPM with MakeCredential/ActivateCredential, and has the");
+    outln!(" operator CA certify it)");
     let mut lab = Lab::create_with_backend(exe, dir, true, crate::lab::LabBackend::Tpm)?;
     lab.start_daemon()?;
 
-    println!("\n== Creating the pipeline's key inside the TPM (certified by the AK at once)");
+    outln!("\n== Creating the pipeline's key inside the TPM (certified by the AK at once)");
     lab.run_ok(&["key", "create", "--actor", TPM_ACTOR])?;
 
-    println!("\n== The release pipeline signs its action with the TPM-held key");
+    outln!("\n== The release pipeline signs its action with the TPM-held key");
     let bundle = lab.path("release.bundle.json");
     lab.run_ok(&[
         "sign",
@@ -151,7 +152,7 @@ fn tpm_actor(exe: &std::path::Path, dir: &std::path::Path, document: &str) -> Re
         &bundle,
     ])?;
 
-    println!("\n== An auditor asks the TPM for a fresh attestation bound to their nonce");
+    outln!("\n== An auditor asks the TPM for a fresh attestation bound to their nonce");
     let anchor = lab.anchor().display().to_string();
     lab.run_ok(&[
         "key",
@@ -167,7 +168,7 @@ fn tpm_actor(exe: &std::path::Path, dir: &std::path::Path, document: &str) -> Re
     ])?;
     lab.stop_daemon()?;
 
-    println!("\n== Verifying the TPM bundle offline");
+    outln!("\n== Verifying the TPM bundle offline");
     let output = lab.run(&[
         "verify",
         &bundle,
@@ -179,9 +180,9 @@ fn tpm_actor(exe: &std::path::Path, dir: &std::path::Path, document: &str) -> Re
     if !output.status.success() {
         bail!("the TPM demo bundle did not verify");
     }
-    println!("\n== Verifying the TPM bundle with openssl alone (TPMS_ATTEST read byte by byte)");
+    outln!("\n== Verifying the TPM bundle with openssl alone (TPMS_ATTEST read byte by byte)");
     verify_with_openssl(&lab.dir, &bundle, &anchor, document)?;
-    println!(
+    outln!(
         "\n== Proved: the pipeline {TPM_ACTOR} signed with a key the TPM itself certifies as \
          generated in it and never leaving it (fixedTPM, fixedParent, sensitiveDataOrigin), by \
          an attestation key enrolled through the TPM's EK certificate."
@@ -198,7 +199,7 @@ fn verify_with_openssl(
 ) -> Result<()> {
     let script = dir.join("verify-with-openssl.sh");
     std::fs::write(&script, OPENSSL_SCRIPT)?;
-    println!("$ sh verify-with-openssl.sh {bundle} {anchor} {document}");
+    outln!("$ sh verify-with-openssl.sh {bundle} {anchor} {document}");
     let status = std::process::Command::new("sh")
         .arg(&script)
         .args([bundle, anchor, document])

@@ -6,6 +6,7 @@ mod client;
 #[cfg(feature = "daemon")]
 mod demo;
 mod operator;
+pub(crate) mod out;
 
 use std::{path::PathBuf, process::ExitCode};
 

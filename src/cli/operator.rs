@@ -1,6 +1,7 @@
 //! Commands an operator or auditor runs on the machine itself: the daemon, the CA, the
 //! device certificate, token set-up and offline verification.
 
+use super::out::outln;
 use std::{path::Path, process::ExitCode};
 
 #[cfg(feature = "daemon")]
@@ -24,8 +25,8 @@ pub fn serve(config_path: &Path, check_only: bool) -> Result<()> {
     if check_only {
         let policy = server::check(&config)?;
         let (sign, admin) = policy.rule_counts();
-        println!("{}: OK", config_path.display());
-        println!(
+        outln!("{}: OK", config_path.display());
+        outln!(
             "{}: OK ({sign} sign rules, {admin} admin rules)",
             config.server.policy.display()
         );
@@ -71,11 +72,11 @@ fn offline_check<const N: usize, R: std::fmt::Display>(
     };
     match check(rest, &anchors) {
         Ok(report) => {
-            println!("{report}");
+            outln!("{report}");
             ExitCode::SUCCESS
         }
         Err(reason) => {
-            println!("FAILED: {reason}");
+            outln!("FAILED: {reason}");
             ExitCode::from(1)
         }
     }
@@ -156,7 +157,7 @@ pub fn export_log(config: &Path, out: &Path) -> Result<()> {
         .ok_or_else(|| anyhow::anyhow!("this daemon has no log yet"))?;
     let json = crate::ledger::export::export(&store, log.in_bundle())?;
     crate::files::write_atomic(out, json.as_bytes(), crate::files::PRIVATE_FILE)?;
-    println!("log exported to {}", out.display());
+    outln!("log exported to {}", out.display());
     Ok(())
 }
 
@@ -189,7 +190,7 @@ pub fn ca(command: CaCommand) -> Result<()> {
                 _ => bail!("give --module and --token-label (or --key-file)"),
             };
             let cert = pki::ca::init(&dir, &subject, days, key)?;
-            println!("CA created; trust anchor: {}", cert.display());
+            outln!("CA created; trust anchor: {}", cert.display());
             Ok(())
         }
         CaCommand::Issue {
@@ -203,7 +204,7 @@ pub fn ca(command: CaCommand) -> Result<()> {
                 .with_context(|| format!("cannot read {}", csr.display()))?;
             let cert = pki::ca::issue(&dir, &request, days, !no_log_key)?;
             crate::files::write_atomic(&out, cert.as_bytes(), crate::files::PRIVATE_FILE)?;
-            println!("device certificate written to {}", out.display());
+            outln!("device certificate written to {}", out.display());
             Ok(())
         }
     }
@@ -246,7 +247,7 @@ pub fn enroll(
         identity.as_bytes(),
         crate::files::PRIVATE_FILE,
     )?;
-    println!(
+    outln!(
         "EK certificate \"{}\" checked; credential activated; AK certificate \"{subject}\" installed at {}; TPM identity (EK and AK Names) recorded in {}",
         enrolled.ek_subject,
         destination.display(),
@@ -264,7 +265,7 @@ pub fn device(command: DeviceCommand) -> Result<()> {
             let device_key = backend.device_key(true)?;
             let request = pki::device::certificate_request(&backend, &device_key, backend.token())?;
             crate::files::write_atomic(&out, request.as_bytes(), crate::files::PRIVATE_FILE)?;
-            println!(
+            outln!(
                 "certificate request for device key {} written to {}",
                 crate::proof::key_id(&device_key.public_key),
                 out.display()
@@ -284,7 +285,7 @@ pub fn device(command: DeviceCommand) -> Result<()> {
             crate::files::private_dir(&config.state.dir)?;
             let destination = config.state.device_certificate();
             let subject = pki::device::install_certificate(&pem, &device_key, &destination)?;
-            println!(
+            outln!(
                 "installed device certificate \"{subject}\" at {}",
                 destination.display()
             );
@@ -306,9 +307,10 @@ pub fn token(command: TokenCommand) -> Result<()> {
             let pin = PinSource::File(pin_file).read()?;
             let ctx = pkcs11::load_module(&module)?;
             let facts = pkcs11::init_token(&ctx, &label, &so_pin, &pin)?;
-            println!(
+            outln!(
                 "token {:?} initialised (serial {})",
-                facts.label, facts.serial
+                facts.label,
+                facts.serial
             );
             Ok(())
         }

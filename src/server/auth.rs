@@ -4,16 +4,18 @@
 use std::fmt;
 
 use der::{Decode, oid::AssociatedOid};
-use tonic::{
-    Request, Status,
-    transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo},
-};
+use tonic::{Request, Status, transport::server::TlsConnectInfo};
 use x509_cert::{
     Certificate,
     ext::pkix::{SubjectAltName, name::GeneralName},
 };
 
+use super::listen::{ConnInfo, Peer};
 use crate::proof::receipt::CallerInReceipt;
+
+fn no_certificate() -> Status {
+    Status::unauthenticated("the TLS connection carries no client certificate")
+}
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,45 +53,27 @@ impl fmt::Display for Caller {
 impl Caller {
     /// The caller of a request, from what the connection established.
     pub fn of<T>(request: &Request<T>) -> Result<Caller, Status> {
-        if let Some(certs) = request.peer_certs() {
-            let leaf = certs.first().ok_or_else(|| {
-                Status::unauthenticated("the TLS connection carries no client certificate")
-            })?;
+        let extensions = request.extensions();
+        if let Some(tls) = extensions.get::<TlsConnectInfo<ConnInfo>>() {
+            // A TLS connection without a verified client certificate is nobody, never a
+            // development caller.
+            let certs = tls.peer_certs().ok_or_else(no_certificate)?;
+            let leaf = certs.first().ok_or_else(no_certificate)?;
             return Caller::from_certificate(leaf.as_ref());
         }
-        if let Some(info) = request.extensions().get::<UdsConnectInfo>() {
-            let cred = info.peer_cred.ok_or_else(|| {
-                Status::unauthenticated("the kernel reported no credentials for this connection")
-            })?;
-            return Ok(Caller::Unix {
+        match extensions.get::<ConnInfo>().map(|info| &info.peer) {
+            Some(Peer::Unix(cred)) => Ok(Caller::Unix {
                 uid: cred.uid(),
                 gid: cred.gid(),
                 pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
-            });
-        }
-        if request
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .is_some()
-        {
-            // A TLS connection without a verified client certificate is nobody, never a
-            // development caller.
-            return Err(Status::unauthenticated(
-                "the TLS connection carries no client certificate",
-            ));
-        }
-        if let Some(address) = request
-            .extensions()
-            .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr)
-        {
+            }),
             // Only the plain listener, which exists only on loopback when configured so,
             // delivers TCP requests without TLS.
-            return Ok(Caller::InsecureTcp {
+            Some(Peer::Tcp(address)) => Ok(Caller::InsecureTcp {
                 address: address.to_string(),
-            });
+            }),
+            None => Err(Status::unauthenticated("cannot tell who is calling")),
         }
-        Err(Status::unauthenticated("cannot tell who is calling"))
     }
 
     /// An mTLS caller from its (already verified) leaf certificate.

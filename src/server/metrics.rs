@@ -1,6 +1,6 @@
 //! Prometheus metrics in the text exposition format, served over plain HTTP on a loopback
 //! address: signatures per actor and backend, Sign latency, errors by gRPC code and method,
-//! backend health, policy reloads.
+//! backend health, policy reloads, connections open and refused per listener.
 
 use std::{
     collections::BTreeMap,
@@ -35,6 +35,9 @@ struct Inner {
     latency: Histogram,
     errors: BTreeMap<(&'static str, String), u64>,
     reloads: BTreeMap<&'static str, u64>,
+    open: BTreeMap<&'static str, u64>,
+    refused: BTreeMap<(&'static str, &'static str), u64>,
+    accept_errors: BTreeMap<&'static str, u64>,
 }
 
 /// The daemon's counters. Cheap to update; rendered on each scrape.
@@ -85,10 +88,66 @@ impl Metrics {
         self.with(|m| *m.reloads.entry(outcome).or_default() += 1);
     }
 
+    /// A connection opened (`true`) or closed on `listener`.
+    pub fn connection(&self, listener: &'static str, opened: bool) {
+        self.with(|m| {
+            let open = m.open.entry(listener).or_default();
+            *open = if opened {
+                *open + 1
+            } else {
+                open.saturating_sub(1)
+            };
+        });
+    }
+
+    /// A connection refused on `listener` because `limit` (`listener`, `caller`) was reached.
+    pub fn refused(&self, listener: &'static str, limit: &'static str) {
+        self.with(|m| *m.refused.entry((listener, limit)).or_default() += 1);
+    }
+
+    /// An accept on `listener` that failed (e.g. at the open-files limit).
+    pub fn accept_failed(&self, listener: &'static str) {
+        self.with(|m| *m.accept_errors.entry(listener).or_default() += 1);
+    }
+
+    fn render_connections(m: &Inner, out: &mut String) {
+        out.push_str(
+            "# HELP actseal_connections_open Open gRPC connections, by listener.\n\
+             # TYPE actseal_connections_open gauge\n",
+        );
+        for (listener, n) in &m.open {
+            let _ = writeln!(
+                out,
+                "actseal_connections_open{{listener=\"{listener}\"}} {n}"
+            );
+        }
+        out.push_str(
+            "# HELP actseal_connections_refused_total Connections closed at accept, by listener and the limit reached.\n\
+             # TYPE actseal_connections_refused_total counter\n",
+        );
+        for ((listener, limit), n) in &m.refused {
+            let _ = writeln!(
+                out,
+                "actseal_connections_refused_total{{listener=\"{listener}\",limit=\"{limit}\"}} {n}"
+            );
+        }
+        out.push_str(
+            "# HELP actseal_accept_errors_total Failed accepts (the listener backs off), by listener.\n\
+             # TYPE actseal_accept_errors_total counter\n",
+        );
+        for (listener, n) in &m.accept_errors {
+            let _ = writeln!(
+                out,
+                "actseal_accept_errors_total{{listener=\"{listener}\"}} {n}"
+            );
+        }
+    }
+
     /// The text exposition (format 0.0.4).
     pub fn render(&self, backend_up: bool) -> String {
         let mut out = String::new();
         self.with(|m| {
+            Self::render_connections(m, &mut out);
             out.push_str(
                 "# HELP actseal_signs_total Receipts signed and stored, by actor and backend.\n\
                  # TYPE actseal_signs_total counter\n",

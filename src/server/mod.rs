@@ -3,10 +3,14 @@
 //! the policy (reloaded on SIGHUP) for the caller the connection authenticated.
 
 pub mod auth;
+mod authority;
 mod bundles;
 pub mod clock;
+pub mod codec;
 pub mod health;
 mod keys;
+pub mod listen;
+mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod sequencer;
@@ -22,7 +26,6 @@ use std::{
 };
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::{
     Status,
     transport::{Certificate, Identity, Server, ServerTlsConfig},
@@ -456,59 +459,70 @@ async fn shutdown_signal(
     }
 }
 
-/// Starts the daemon and serves until a shutdown signal.
-pub async fn run(config: Config) -> Result<(), StartError> {
-    let policy = Policy::load(&config.server.policy)?;
-    let tls = config.server.tls.as_ref().map(load_tls).transpose()?;
-    crate::files::private_dir(&config.state.dir)
-        .map_err(|e| StartError::Config(format!("state dir: {e}")))?;
-    let (backend, token_serial) = tokio::task::block_in_place(|| open_backend(&config))?;
-    let device_key = tokio::task::block_in_place(|| backend.device_key(false))?;
-    let device = load_identity(&config.state.device_certificate(), device_key.clone())?;
-    let certificates = Arc::new(CertificateHistory::open(
-        &config.state.device_certificate(),
-        device_key,
-    )?);
+/// Refuses to start with no device certificate valid now; warns 30 days ahead of expiry.
+fn check_device_certificate(certificates: &CertificateHistory) -> Result<(), StartError> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     match certificates.get().in_force(now) {
-        None => {
-            return Err(StartError::Config(
-                "no installed device certificate is valid now: receipts would not verify; \
-                 have the CA issue a new one (actseal device csr, actseal ca issue, actseal device install)"
-                    .into(),
-            ));
-        }
+        None => Err(StartError::Config(
+            "no installed device certificate is valid now: receipts would not verify; \
+             have the CA issue a new one (actseal device csr, actseal ca issue, actseal device install)"
+                .into(),
+        )),
         Some(cert) if cert.not_after - now < 30 * 24 * 3600 => {
             tracing::warn!(
                 days_left = (cert.not_after - now) / 86400,
                 "the device certificate expires soon; renew it (actseal device install keeps the old one for older proofs)"
             );
+            Ok(())
         }
-        Some(_) => {}
+        Some(_) => Ok(()),
     }
-    let database = config.state.database();
-    let reader = Store::open(&database)?;
-    let log = tokio::task::block_in_place(|| {
-        open_log(
-            &reader,
-            backend.as_ref(),
-            &device,
-            config.ledger.origin.as_deref(),
-            &token_serial,
-        )
-    })?;
-    let status = tokio::task::block_in_place(|| {
-        let spki = log.spki_der();
-        integrity::check(&reader, &log.origin, |note| {
-            crate::verify::checkpoint::verify_checkpoint(note.as_bytes(), &log.origin, &spki)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
+}
+
+/// Opens the state database and the log, and checks the log from end to end.
+fn open_ledger(
+    config: &Config,
+    backend: &dyn Backend,
+    device: &DeviceIdentity,
+    token_serial: &str,
+) -> Result<(Store, sequencer::LogIdentity), StartError> {
+    let reader = Store::open(&config.state.database())?;
+    let log = open_log(
+        &reader,
+        backend,
+        device,
+        config.ledger.origin.as_deref(),
+        token_serial,
+    )?;
+    let spki = log.spki_der();
+    let status = integrity::check(&reader, &log.origin, |note| {
+        crate::verify::checkpoint::verify_checkpoint(note.as_bytes(), &log.origin, &spki)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     })
     .inspect_err(|e| tracing::error!(error = %e, "refusing to sign on a broken log"))?;
     tracing::info!(origin = %log.origin, size = status.size, root = %hex::encode(status.root), "log verified");
+    Ok((reader, log))
+}
+
+/// Opens the backend, the device identity and the ledger, and starts the sequencer.
+fn open_state(
+    config: &Config,
+    policy: Policy,
+) -> Result<(Arc<DaemonState>, std::thread::JoinHandle<()>), StartError> {
+    crate::files::private_dir(&config.state.dir)
+        .map_err(|e| StartError::Config(format!("state dir: {e}")))?;
+    let (backend, token_serial) = open_backend(config)?;
+    let device_key = backend.device_key(false)?;
+    let device = load_identity(&config.state.device_certificate(), device_key.clone())?;
+    let certificates = Arc::new(CertificateHistory::open(
+        &config.state.device_certificate(),
+        device_key,
+    )?);
+    check_device_certificate(&certificates)?;
+    let (reader, log) = open_ledger(config, backend.as_ref(), &device, &token_serial)?;
     let (sequencer, sequencer_thread) = sequencer::start(
-        Store::open(&database)?,
+        Store::open(&config.state.database())?,
         Arc::clone(&backend),
         log.clone(),
         Arc::clone(&certificates),
@@ -527,18 +541,34 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     });
     let (sign_rules, admin_rules) = state.policy().rule_counts();
     tracing::info!(policy = %config.server.policy.display(), sign_rules, admin_rules, "policy loaded");
+    Ok((state, sequencer_thread))
+}
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    // One prober for gRPC health and /metrics: both say the same, and a hung backend is
-    // asked one question at a time.
-    let health = Arc::new(health::HealthProbe::new(Arc::clone(&state.backend)));
+/// A server builder with the configured stream limits and connection-activity tracking.
+type Builder =
+    Server<tower::layer::util::Stack<listen::ActivityLayer, tower::layer::util::Identity>>;
+
+fn builder(limits: &listen::Limits) -> Builder {
+    Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        // Streams a client opens and resets at once (h2's default, stated).
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .layer(listen::ActivityLayer)
+}
+
+/// Every gRPC service the daemon offers, ready to be added to each listener's router.
+async fn routes(
+    state: &Arc<DaemonState>,
+    probe: &Arc<health::HealthProbe>,
+) -> Result<tonic::service::Routes, StartError> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
     {
         use tonic::server::NamedService;
         const SERVICES: &[&str] = &[
             <SignerServer<signer::SignerService> as NamedService>::NAME,
             <KeyAdminServer<keys::KeyAdminService> as NamedService>::NAME,
         ];
-        health::follow_backend(health_reporter, Arc::clone(&health), SERVICES).await;
+        health::follow_backend(health_reporter, Arc::clone(probe), SERVICES).await;
     }
     // Both reflection versions: grpcurl and older tools still ask v1alpha.
     let reflection = || {
@@ -548,125 +578,186 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     };
     let reflection_error =
         |e: tonic_reflection::server::Error| StartError::Config(format!("reflection: {e}"));
-    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
-    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
-
-    let signer_service = SignerServer::new(signer::SignerService {
-        state: Arc::clone(&state),
+    let signer = SignerServer::new(signer::SignerService {
+        state: Arc::clone(state),
     })
     .max_decoding_message_size(MAX_MESSAGE);
-    let admin_service = KeyAdminServer::new(keys::KeyAdminService {
-        state: Arc::clone(&state),
+    let admin = KeyAdminServer::new(keys::KeyAdminService {
+        state: Arc::clone(state),
     })
     .max_decoding_message_size(MAX_MESSAGE);
-    let routes = |mut builder: Server| {
-        builder
-            .add_service(health_service.clone())
-            .add_service(reflection_v1.clone())
-            .add_service(reflection_v1alpha.clone())
-            .add_service(signer_service.clone())
-            .add_service(admin_service.clone())
-    };
-    let router = routes(Server::builder());
+    Ok(tonic::service::Routes::new(health)
+        .add_service(reflection().build_v1().map_err(reflection_error)?)
+        .add_service(reflection().build_v1alpha().map_err(reflection_error)?)
+        .add_service(signer)
+        .add_service(admin))
+}
 
-    // Signal handlers before the socket exists: a client that sees the socket may signal.
-    let signal = |kind: tokio::signal::unix::SignalKind| {
-        tokio::signal::unix::signal(kind)
-            .map_err(|e| StartError::Config(format!("cannot install a signal handler: {e}")))
+/// The daemon's signal handlers, installed before the socket exists: a client that sees the
+/// socket may signal.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, StartError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind: SignalKind| {
+            signal(kind)
+                .map_err(|e| StartError::Config(format!("cannot install a signal handler: {e}")))
+        };
+        Ok(Signals {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+            hup: install(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// Resolves once a shutdown has been asked for.
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+type ServeResult = Result<(), tonic::transport::Error>;
+
+/// Binds the TCP listener (mTLS, or plain on loopback) and serves it in a task.
+async fn spawn_tcp(
+    addr: std::net::SocketAddr,
+    tls: Option<&ServerTlsConfig>,
+    routes: &tonic::service::Routes,
+    limits: &listen::Limits,
+    metrics: &Arc<Metrics>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<ServeResult>, StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Listen {
+            what: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let mut builder = match tls {
+        Some(tls) => {
+            tracing::info!(address = %bound, "mTLS listener: callers are their client certificates");
+            builder(limits)
+                .tls_config(tls.clone())
+                .map_err(|e| StartError::Tls(format!("server.tls: {e}")))?
+        }
+        None => {
+            // Config::parse allows this only with tcp_insecure_loopback on loopback.
+            for _ in 0..3 {
+                tracing::warn!(address = %bound,
+                    "INSECURE: plain TCP listener without TLS or caller authentication \
+                     (server.tcp_insecure_loopback): loopback development only");
+            }
+            builder(limits)
+        }
     };
-    use tokio::signal::unix::SignalKind;
-    let term = signal(SignalKind::terminate())?;
-    let int = signal(SignalKind::interrupt())?;
-    let hup = signal(SignalKind::hangup())?;
+    let router = builder.add_routes(routes.clone());
+    let incoming = listen::incoming(listener, "tcp", limits.clone(), Arc::clone(metrics));
+    Ok(tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, stopped(stop))
+            .await
+    }))
+}
+
+/// Binds the metrics listener, if configured, and serves it in a task.
+async fn spawn_metrics(
+    config: &Config,
+    state: &Arc<DaemonState>,
+    probe: &Arc<health::HealthProbe>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, StartError> {
+    let Some(addr) = config.server.metrics else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Listen {
+            what: format!("metrics {addr}"),
+            reason: e.to_string(),
+        })?;
+    tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "Prometheus metrics at /metrics");
+    Ok(Some(tokio::spawn(metrics::serve(
+        listener,
+        Arc::clone(&state.metrics),
+        Arc::clone(probe),
+    ))))
+}
+
+/// Serves the Unix socket until a shutdown signal, then gives in-flight requests a grace
+/// period; a client that keeps its connection open past it is cut off (it was told nothing,
+/// so nothing it was told is lost).
+async fn serve_unix(
+    unix: UnixListener,
+    routes: &tonic::service::Routes,
+    limits: &listen::Limits,
+    metrics: &Arc<Metrics>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> ServeResult {
+    let serve = builder(limits)
+        .add_routes(routes.clone())
+        .serve_with_incoming_shutdown(
+            listen::incoming(unix, "unix", limits.clone(), Arc::clone(metrics)),
+            stopped(stop.clone()),
+        );
+    let grace = async {
+        stopped(stop).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        tracing::warn!("shutdown grace period over; closing the remaining connections");
+    };
+    tokio::select! {
+        result = serve => result,
+        () = grace => Ok(()),
+    }
+}
+
+/// Starts the daemon and serves until a shutdown signal.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let policy = Policy::load(&config.server.policy)?;
+    let tls = config.server.tls.as_ref().map(load_tls).transpose()?;
+    let (state, sequencer_thread) = tokio::task::block_in_place(|| open_state(&config, policy))?;
+    // One prober for gRPC health and /metrics: both say the same, and a hung backend is
+    // asked one question at a time.
+    let probe = Arc::new(health::HealthProbe::new(Arc::clone(&state.backend)));
+    let routes = routes(&state, &probe).await?;
+    let limits = listen::Limits::new(&config.server.limits);
+    let signals = Signals::install()?;
     let unix = bind_unix(&config.server.socket, config.server.socket_mode)?;
-    tracing::info!(socket = %config.server.socket.display(), device_key = %state.device.key_id, "actseal listening");
+    tracing::info!(socket = %config.server.socket.display(), device_key = %state.device.key_id,
+        max_connections = limits.max_connections,
+        max_connections_per_caller = limits.max_connections_per_caller, "actseal listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (term, int) = (signals.term, signals.int);
     tokio::spawn(async move {
         shutdown_signal(term, int).await;
         systemd::notify("STOPPING=1");
         let _ = stop_tx.send(true);
     });
-    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
     let tcp_task = match config.server.tcp {
         None => None,
         Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| StartError::Listen {
-                    what: addr.to_string(),
-                    reason: e.to_string(),
-                })?;
-            let bound = listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            let tcp_router = match &tls {
-                Some(tls) => {
-                    tracing::info!(address = %bound, "mTLS listener: callers are their client certificates");
-                    routes(
-                        Server::builder()
-                            .tls_config(tls.clone())
-                            .map_err(|e| StartError::Tls(format!("server.tls: {e}")))?,
-                    )
-                }
-                None => {
-                    // Config::parse allows this only with tcp_insecure_loopback on loopback.
-                    for _ in 0..3 {
-                        tracing::warn!(address = %bound,
-                            "INSECURE: plain TCP listener without TLS or caller authentication \
-                             (server.tcp_insecure_loopback): loopback development only");
-                    }
-                    router.clone()
-                }
-            };
-            let stop = stopped(stop_rx.clone());
-            Some(tokio::spawn(async move {
-                tcp_router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
-                    .await
-            }))
+            let (metrics, stop) = (&state.metrics, stop_rx.clone());
+            Some(spawn_tcp(addr, tls.as_ref(), &routes, &limits, metrics, stop).await?)
         }
     };
-    let metrics_task = match config.server.metrics {
-        None => None,
-        Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| StartError::Listen {
-                    what: format!("metrics {addr}"),
-                    reason: e.to_string(),
-                })?;
-            tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-                "Prometheus metrics at /metrics");
-            Some(tokio::spawn(metrics::serve(
-                listener,
-                Arc::clone(&state.metrics),
-                Arc::clone(&health),
-            )))
-        }
-    };
+    let metrics_task = spawn_metrics(&config, &state, &probe).await?;
+    memory::spawn_trimmer();
     let reload_task = tokio::spawn(reload_on_hangup(
         Arc::clone(&state),
         config.server.policy.clone(),
-        hup,
+        signals.hup,
     ));
     // Backend, ledger and listeners are open: the service manager may send traffic.
     systemd::notify("READY=1");
-    let serve = router
-        .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone()));
-    // In-flight requests get a grace period; a client that keeps its connection open past
-    // it is cut off (it was told nothing, so nothing it was told is lost).
-    let grace = async {
-        stopped(stop_rx.clone()).await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-        tracing::warn!("shutdown grace period over; closing the remaining connections");
-    };
-    let result = tokio::select! {
-        result = serve => result,
-        () = grace => Ok(()),
-    };
+    let result = serve_unix(unix, &routes, &limits, &state.metrics, stop_rx).await;
     if let Some(task) = tcp_task
         && tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err()
     {
@@ -679,8 +770,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         task.abort();
         let _ = task.await;
     }
-    drop(signer_service);
-    drop(admin_service);
+    drop(routes);
     let _ = std::fs::remove_file(&config.server.socket);
     // Dropping the last handles stops the sequencer after it has committed what it holds.
     drop(state);
