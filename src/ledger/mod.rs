@@ -3,11 +3,12 @@
 pub mod checkpoint;
 pub mod entry;
 pub mod export;
+pub mod head;
 pub mod integrity;
 pub mod merkle;
 pub mod store;
 
 pub use store::{
-    ActorHead, Batch, CheckpointRow, EntryKind, EntryRow, KeyChange, KeyRecord, KeyState,
+    ActorHead, CheckedTable, ScannedEntry, ScannedReceipt, Batch, CheckpointRow, EntryKind, EntryRow, KeyChange, KeyRecord, KeyState,
     ReceiptRow, Store, StoreError, StoredReceipt,
 };
