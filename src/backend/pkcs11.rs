@@ -30,6 +30,9 @@ use super::{
 };
 use crate::secret::PinSource;
 
+mod log_head;
+pub use log_head::LOG_HEAD_LABEL;
+
 /// DER of the OID prime256v1 / secp256r1 (1.2.840.10045.3.1.7), as CKA_EC_PARAMS holds it.
 const P256_EC_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 /// Length of the random CKA_ID given to keys the daemon generates.
@@ -769,76 +772,11 @@ impl Backend for Pkcs11Backend {
     }
 
     fn read_log_head(&self) -> Result<Option<Vec<u8>>, BackendError> {
-        self.with_session("read log head", |s| {
-            let Some(handle) = self.log_head_object(&s.session)? else {
-                return Ok(None);
-            };
-            let attributes = s
-                .session
-                .get_attributes(handle, &[AttributeType::Value])
-                .map_err(|e| classify("C_GetAttributeValue", e))?;
-            attributes
-                .into_iter()
-                .find_map(|a| match a {
-                    Attribute::Value(value) => Some(Some(value)),
-                    _ => None,
-                })
-                .ok_or_else(|| BackendError::Failed {
-                    operation: "read log head",
-                    detail: "the token does not reveal the log head object's value".into(),
-                })
-        })
+        log_head::read(self)
     }
 
     fn write_log_head(&self, record: &[u8]) -> Result<(), BackendError> {
-        self.with_session("write log head", |s| {
-            match self.log_head_object(&s.session)? {
-                Some(handle) => s
-                    .session
-                    .update_attributes(handle, &[Attribute::Value(record.to_vec())])
-                    .map_err(|e| classify("C_SetAttributeValue", e)),
-                None => s
-                    .session
-                    .create_object(&[
-                        Attribute::Class(ObjectClass::DATA),
-                        Attribute::Token(true),
-                        Attribute::Private(true),
-                        Attribute::Modifiable(true),
-                        Attribute::Label(LOG_HEAD_LABEL.as_bytes().to_vec()),
-                        Attribute::Application(LOG_HEAD_APPLICATION.as_bytes().to_vec()),
-                        Attribute::Value(record.to_vec()),
-                    ])
-                    .map(|_| ())
-                    .map_err(|e| classify("C_CreateObject", e)),
-            }
-        })
-    }
-}
-
-/// CKA_LABEL of the data object holding the log's newest acknowledged tree head.
-const LOG_HEAD_LABEL: &str = "actseal-log-head";
-/// CKA_APPLICATION of that object.
-const LOG_HEAD_APPLICATION: &str = "actseal";
-
-impl Pkcs11Backend {
-    /// The token's log head object (a private token CKO_DATA object), if there is one.
-    fn log_head_object(&self, session: &Session) -> Result<Option<ObjectHandle>, BackendError> {
-        let found = session
-            .find_objects(&[
-                Attribute::Class(ObjectClass::DATA),
-                Attribute::Label(LOG_HEAD_LABEL.as_bytes().to_vec()),
-                Attribute::Application(LOG_HEAD_APPLICATION.as_bytes().to_vec()),
-            ])
-            .map_err(|e| classify("C_FindObjects", e))?;
-        match found[..] {
-            [] => Ok(None),
-            [handle] => Ok(Some(handle)),
-            _ => Err(BackendError::KeyRefused(format!(
-                "token {:?} holds {} log head objects labelled {LOG_HEAD_LABEL:?}; one daemon's log per token",
-                self.token.label,
-                found.len()
-            ))),
-        }
+        log_head::write(self, record)
     }
 }
 

@@ -19,7 +19,7 @@ const VERSION: u8 = 1;
 /// Bit 0 of the flags: the record names the log this one replaced (a declared fresh start).
 const FLAG_PREVIOUS: u8 = 1;
 /// Fixed length of an encoded record (TPM NV indexes are defined with a fixed size).
-pub const RECORD_LEN: usize = 4 + 1 + 1 + 2 + 8 + 32 + 8 + 3 * 32 + (8 + 32 + 32);
+pub const RECORD_LEN: usize = 4 + 1 + 1 + 2 + 8 + 32 + 8 + 3 * 32 + 32 + (8 + 3 * 32);
 
 /// What ties a head to one log: its origin, its log key and the stored identity (key
 /// reference, public key and lineage, as bundles carry them).
@@ -70,6 +70,9 @@ pub struct LogHead {
     /// Request ids recorded for the first `size` entries (a deleted one would let a retry
     /// sign a second receipt).
     pub requests: u64,
+    /// SHA-256 of the start-up check's watermark (`crate::ledger::integrity`): a watermark
+    /// edited in the database does not match and is not trusted to skip anything.
+    pub watermark_sha256: [u8; 32],
     pub previous: Option<PreviousLog>,
 }
 
@@ -129,6 +132,7 @@ impl LogHead {
             size: 0,
             root: merkle::empty_root(),
             requests: 0,
+            watermark_sha256: [0; 32],
             previous: None,
         }
     }
@@ -149,6 +153,7 @@ impl LogHead {
         out.extend_from_slice(&self.binding.origin_sha256);
         out.extend_from_slice(&self.binding.log_key_id);
         out.extend_from_slice(&self.binding.identity_sha256);
+        out.extend_from_slice(&self.watermark_sha256);
         let previous = self.previous.unwrap_or(PreviousLog {
             size: 0,
             root: [0; 32],
@@ -191,6 +196,7 @@ impl LogHead {
             log_key_id: hash(take(32)),
             identity_sha256: hash(take(32)),
         };
+        let watermark_sha256 = hash(take(32));
         let previous = PreviousLog {
             size: number(take(8)),
             root: hash(take(32)),
@@ -202,6 +208,7 @@ impl LogHead {
             size,
             root,
             requests,
+            watermark_sha256,
             previous: (flags & FLAG_PREVIOUS != 0).then_some(previous),
         })
     }
@@ -229,6 +236,8 @@ pub fn reconcile(
         size: stored.size,
         root: stored.root,
         requests: stored.requests,
+        // The caller sets it once the new watermark is stored.
+        watermark_sha256: hardware.map_or([0; 32], |h| h.watermark_sha256),
         previous,
     };
     let Some(hardware) = hardware else {

@@ -157,6 +157,10 @@ impl Derived {
                     return Err(corrupt("a key registered twice"));
                 }
             }
+            crate::proof::lineage::LOG_START_PREDICATE_TYPE if index == 0 => {}
+            crate::proof::lineage::LOG_START_PREDICATE_TYPE => {
+                return Err(corrupt("a log-start statement after the first entry"));
+            }
             other => return Err(corrupt(&format!("unknown statement type {other:?}"))),
         }
         Ok(None)
@@ -243,7 +247,7 @@ pub enum IntegrityError {
 }
 
 /// What the check found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogStatus {
     pub size: u64,
     pub root: merkle::Hash,
@@ -251,6 +255,20 @@ pub struct LogStatus {
     pub requests: u64,
     /// Entries checked now (the rest were checked at an earlier start).
     pub checked: u64,
+    /// The watermark to keep for the next start ([`save_watermark`]), once the caller has
+    /// compared this head with the hardware's record.
+    pub watermark: String,
+}
+
+/// SHA-256 of a watermark's text, as the hardware's log head record keeps it.
+pub fn watermark_sha256(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+/// Stores the watermark a check returned; the next start resumes from it if the hardware's
+/// record names its digest.
+pub fn save_watermark(store: &Store, text: &str) -> Result<(), StoreError> {
+    store.set_meta(META_WATERMARK, text)
 }
 
 /// Whether to start from the watermark or from the first entry.
@@ -267,6 +285,9 @@ pub struct Checks<'a> {
     pub origin: &'a str,
     pub checkpoint_ok: &'a dyn Fn(&str) -> Result<(), String>,
     pub request_fingerprint: &'a dyn Fn(&[u8]) -> Option<[u8; 32]>,
+    /// The digest of the watermark the hardware's log head record names: a stored watermark
+    /// is trusted only if it matches (`None`: none is, the whole log is checked).
+    pub trusted_watermark: Option<[u8; 32]>,
 }
 
 impl Checks<'_> {
@@ -286,10 +307,15 @@ impl Checks<'_> {
     }
 }
 
-fn load_watermark(store: &Store) -> Result<Option<Watermark>, StoreError> {
+fn load_watermark(store: &Store, trusted: Option<[u8; 32]>) -> Result<Option<Watermark>, StoreError> {
     let Some(text) = store.meta(META_WATERMARK)? else {
         return Ok(None);
     };
+    if trusted != Some(watermark_sha256(&text)) {
+        // Edited, or a crash between storing it and recording its digest in the hardware.
+        tracing::warn!("the start-up check's watermark is not the one the hardware's log head names; checking the whole log");
+        return Ok(None);
+    }
     match serde_json::from_str::<Watermark>(&text) {
         Ok(watermark) => Ok(Some(watermark)),
         Err(e) => {
@@ -300,12 +326,16 @@ fn load_watermark(store: &Store) -> Result<Option<Watermark>, StoreError> {
 }
 
 /// Where to start: the watermark, if its frontier still stands in the stored nodes.
-fn resume(store: &Store, mode: CheckMode) -> Result<(Frontier, u64, Derived), IntegrityError> {
+fn resume(
+    store: &Store,
+    mode: CheckMode,
+    trusted: Option<[u8; 32]>,
+) -> Result<(Frontier, u64, Derived), IntegrityError> {
     let fresh = || (Frontier::default(), 0, Derived::default());
     if mode == CheckMode::Full {
         return Ok(fresh());
     }
-    let Some(watermark) = load_watermark(store)? else {
+    let Some(watermark) = load_watermark(store, trusted)? else {
         return Ok(fresh());
     };
     let frontier = Frontier::from_reader(store, watermark.size)
@@ -469,7 +499,7 @@ pub fn check(
     checks: &Checks<'_>,
     mode: CheckMode,
 ) -> Result<LogStatus, IntegrityError> {
-    let (frontier, requests, derived) = resume(store, mode)?;
+    let (frontier, requests, derived) = resume(store, mode, checks.trusted_watermark)?;
     let from = frontier.size();
     let mut walk = Walk {
         frontier,
@@ -523,11 +553,11 @@ pub fn check(
     };
     let text = serde_json::to_string(&watermark)
         .map_err(|e| IntegrityError::Corrupt(format!("watermark: {e}")))?;
-    store.set_meta(META_WATERMARK, &text)?;
     Ok(LogStatus {
         size,
         root,
         requests: walk.requests,
         checked: size - from,
+        watermark: text,
     })
 }

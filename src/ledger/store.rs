@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS actor_keys (
 );
 CREATE TABLE IF NOT EXISTS log_entries (
     log_index   INTEGER PRIMARY KEY CHECK (log_index >= 0),
-    kind        TEXT    NOT NULL CHECK (kind IN ('receipt', 'rotation', 'retirement', 'registration')),
+    kind        TEXT    NOT NULL CHECK (kind IN ('receipt', 'rotation', 'retirement', 'registration', 'log-start')),
     actor       TEXT    NOT NULL,
     entry       BLOB    NOT NULL
 );
@@ -169,6 +169,10 @@ pub enum EntryKind {
     Retirement,
     /// A key version entering the log, signed by the log key.
     Registration,
+    /// The first entry of a log that replaced another (a declared fresh start), signed by
+    /// the log key. Only ever at index 0 of a database created since; the CHECK constraint of
+    /// older databases, which never hold one, need not change.
+    LogStart,
 }
 
 impl EntryKind {
@@ -178,6 +182,7 @@ impl EntryKind {
             EntryKind::Rotation => "rotation",
             EntryKind::Retirement => "retirement",
             EntryKind::Registration => "registration",
+            EntryKind::LogStart => "log-start",
         }
     }
 }
@@ -861,6 +866,7 @@ fn parse_kind(text: &str) -> Option<EntryKind> {
         "rotation" => EntryKind::Rotation,
         "retirement" => EntryKind::Retirement,
         "registration" => EntryKind::Registration,
+        "log-start" => EntryKind::LogStart,
         _ => return None,
     })
 }

@@ -8,6 +8,7 @@ pub mod clock;
 mod keys;
 pub mod metrics;
 pub mod policy;
+pub mod rollback;
 pub mod sequencer;
 mod signer;
 mod status;
@@ -38,7 +39,11 @@ use crate::{
         tpm::TpmBackend,
     },
     config::{BackendConfig, Config, TlsConfig},
-    ledger::{KeyRecord, Store, StoreError, integrity},
+    ledger::{
+        KeyRecord, Store, StoreError,
+        head::{LogHead, PreviousLog},
+        integrity,
+    },
     pki::device::{CertificateHistory, DeviceIdentity, load_identity},
     proof::{
         key_id,
@@ -160,6 +165,9 @@ pub enum StartError {
     Policy(#[from] policy::PolicyError),
     #[error("TLS: {0}")]
     Tls(String),
+    /// The stored log is not the one the hardware's log head record vouches for.
+    #[error("refusing to sign: {0}")]
+    Rollback(String),
 }
 
 /// Reads the TLS listener's certificate, key and client CAs. The key's bytes never reach an
@@ -294,8 +302,10 @@ fn open_log(
     device: &DeviceIdentity,
     configured_origin: Option<&str>,
     token_serial: &str,
-) -> Result<sequencer::LogIdentity, StartError> {
+    hardware: Option<&(LogHead, Vec<u8>)>,
+) -> Result<(sequencer::LogIdentity, Option<PreviousLog>), StartError> {
     use base64::{Engine, engine::general_purpose::STANDARD as B64};
+    let fresh = rollback::pending_fresh_start(store, hardware)?;
     if let Some(log) = stored_log_identity(store)? {
         if let Some(configured) = configured_origin
             && configured != log.origin
@@ -305,23 +315,31 @@ fn open_log(
                 log.origin
             )));
         }
-        return Ok(log);
+        // A fresh start interrupted after its log key was made: still this one's to finish.
+        let fresh = fresh.filter(|(f, _)| f.origin == log.origin);
+        return Ok((log, fresh.map(|(_, previous)| previous)));
     }
-    let origin = configured_origin
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("actseal/{token_serial}"));
-    // The origin doubles as the checkpoint key name: both rules apply.
-    crate::ledger::checkpoint::Checkpoint::new(
-        origin.clone(),
-        0,
-        crate::ledger::merkle::empty_root(),
-    )
-    .map_err(|e| StartError::Config(format!("ledger.origin: {e}")))?;
-    if origin.contains([' ', '+']) {
-        return Err(StartError::Config(format!(
-            "ledger.origin {origin:?} must not contain spaces or '+' (it is also the checkpoint key name)"
-        )));
+    if let (Some((head, _)), None) = (hardware, &fresh) {
+        return Err(rollback::head_error(
+            crate::ledger::head::HeadError::DatabaseLost {
+                size: head.size,
+                log_key: hex::encode(head.binding.log_key_id),
+            },
+        ));
     }
+    let origin = match (&fresh, configured_origin) {
+        (Some((f, _)), Some(configured)) if f.origin != configured => {
+            return Err(StartError::Config(format!(
+                "ledger.origin is {configured:?} but the declared fresh start names {:?}; set ledger.origin to it",
+                f.origin
+            )));
+        }
+        (Some((f, _)), _) => f.origin.clone(),
+        (None, configured) => configured
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("actseal/{token_serial}")),
+    };
+    check_origin(&origin)?;
     let key = backend.create_key("actseal-log")?;
     let attestation = build_attestation(
         backend,
@@ -347,12 +365,31 @@ fn open_log(
     // Written last: its presence means the identity is complete.
     store.set_meta(META_ORIGIN, &origin)?;
     tracing::info!(origin = %origin, key_id = %key_id(&key.public_key), "log key created");
-    Ok(sequencer::LogIdentity {
-        origin,
-        key_id: key_id(&key.public_key),
-        key,
-        lineage,
-    })
+    Ok((
+        sequencer::LogIdentity {
+            origin,
+            key_id: key_id(&key.public_key),
+            key,
+            lineage,
+        },
+        fresh.map(|(_, previous)| previous),
+    ))
+}
+
+/// A log origin doubles as the checkpoint key name: both rules apply.
+pub fn check_origin(origin: &str) -> Result<(), StartError> {
+    crate::ledger::checkpoint::Checkpoint::new(
+        origin.to_owned(),
+        0,
+        crate::ledger::merkle::empty_root(),
+    )
+    .map_err(|e| StartError::Config(format!("ledger.origin: {e}")))?;
+    if origin.contains([' ', '+']) {
+        return Err(StartError::Config(format!(
+            "ledger.origin {origin:?} must not contain spaces or '+' (it is also the checkpoint key name)"
+        )));
+    }
+    Ok(())
 }
 
 fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
@@ -464,25 +501,30 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     let database = config.state.database();
     let reader = Store::open(&database)?;
-    let log = tokio::task::block_in_place(|| {
+    let hardware = tokio::task::block_in_place(|| rollback::read_head(backend.as_ref()))?;
+    let (log, fresh) = tokio::task::block_in_place(|| {
         open_log(
             &reader,
             backend.as_ref(),
             &device,
             config.ledger.origin.as_deref(),
             &token_serial,
+            hardware.as_ref(),
         )
-    })?;
-    let status = tokio::task::block_in_place(|| {
-        let spki = log.spki_der();
-        integrity::check(&reader, &log.origin, |note| {
-            crate::verify::checkpoint::verify_checkpoint(note.as_bytes(), &log.origin, &spki)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
+    })
+    .inspect_err(|e| tracing::error!(error = %e, "refusing to sign"))?;
+    let (status, head) = tokio::task::block_in_place(|| {
+        rollback::check_start(
+            &reader,
+            backend.as_ref(),
+            &log,
+            hardware.as_ref().map(|(head, _)| head),
+            fresh,
+        )
     })
     .inspect_err(|e| tracing::error!(error = %e, "refusing to sign on a broken log"))?;
-    tracing::info!(origin = %log.origin, size = status.size, root = %hex::encode(status.root), "log verified");
+    tracing::info!(origin = %log.origin, size = status.size, root = %hex::encode(status.root),
+        checked = status.checked, head_in_hardware = head.is_some(), "log verified");
     let (sequencer, sequencer_thread) = sequencer::start(
         Store::open(&database)?,
         Arc::clone(&backend),
@@ -490,6 +532,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         Arc::clone(&certificates),
         std::time::Duration::from_millis(config.ledger.batch_window_ms),
         clock::EntryClock::new(clock::daemon_clock(), config.ledger.max_clock_step_back_s()),
+        head,
     )?;
     let state = Arc::new(DaemonState {
         backend,
