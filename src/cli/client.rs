@@ -435,7 +435,9 @@ pub fn log(command: LogCommand) -> Result<()> {
                     out.display()
                 );
             }
-            LogCommand::Export { .. } => unreachable!("export runs offline"),
+            LogCommand::Export { .. } | LogCommand::Recover { .. } => {
+                unreachable!("export and recover run offline")
+            }
         }
         Ok(())
     })
