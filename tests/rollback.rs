@@ -32,7 +32,9 @@ async fn sign_n(lab: &Lab, from: usize, n: usize) -> Vec<String> {
 /// A lab whose log holds a registration and `SIGNS` acknowledged receipts.
 async fn lab_with_receipts() -> (TestLab, Vec<String>) {
     let lab = started_lab();
-    create_key(&lab, ACTOR).await;
+    if admin(&lab).await.create_key(actseal::api::CreateKeyRequest { actor: ACTOR.into() }).await.is_err() {
+        panic!("{}", std::fs::read_to_string(lab.daemon_log()).unwrap());
+    }
     let bundles = sign_n(&lab, 0, SIGNS).await;
     (lab, bundles)
 }

@@ -10,7 +10,7 @@ use cryptoki::{
 
 use super::{BackendError, Pkcs11Backend, classify};
 
-/// CKA_LABEL of the data object holding the log's newest acknowledged tree head.
+/// CKA_LABEL prefix of the data objects holding the log's newest acknowledged tree head.
 pub const LOG_HEAD_LABEL: &str = "actseal-log-head";
 /// CKA_APPLICATION of that object.
 const LOG_HEAD_APPLICATION: &str = "actseal";
@@ -18,7 +18,7 @@ const LOG_HEAD_APPLICATION: &str = "actseal";
 /// The record, `None` if the token holds none yet.
 pub(super) fn read(backend: &Pkcs11Backend) -> Result<Option<Vec<u8>>, BackendError> {
     backend.with_session("read log head", |s| {
-        let Some(handle) = find(backend, &s.session)? else {
+        let Some(&(handle, _)) = find(&s.session)?.last() else {
             return Ok(None);
         };
         let attributes = s
@@ -39,45 +39,60 @@ pub(super) fn read(backend: &Pkcs11Backend) -> Result<Option<Vec<u8>>, BackendEr
     })
 }
 
-/// Replaces the record (creating the object the first time); on the token when it returns.
+/// Replaces the record; on the token when it returns. Tokens (SoftHSM among them) keep a data
+/// object's CKA_VALUE read-only, so each record is a new object with the next generation in
+/// its label (`actseal-log-head/<n>`), and the older ones are destroyed after it exists: a crash between leaves two,
+/// and the newer (complete) one counts.
 pub(super) fn write(backend: &Pkcs11Backend, record: &[u8]) -> Result<(), BackendError> {
-    backend.with_session("write log head", |s| match find(backend, &s.session)? {
-        Some(handle) => s
-            .session
-            .update_attributes(handle, &[Attribute::Value(record.to_vec())])
-            .map_err(|e| classify("C_SetAttributeValue", e)),
-        None => s
-            .session
+    backend.with_session("write log head", |s| {
+        let older = find(&s.session)?;
+        let generation = older.last().map_or(0, |&(_, g)| g.wrapping_add(1));
+        s.session
             .create_object(&[
                 Attribute::Class(ObjectClass::DATA),
                 Attribute::Token(true),
                 Attribute::Private(true),
-                Attribute::Modifiable(true),
-                Attribute::Label(LOG_HEAD_LABEL.as_bytes().to_vec()),
+                Attribute::Label(format!("{LOG_HEAD_LABEL}/{generation}").into_bytes()),
                 Attribute::Application(LOG_HEAD_APPLICATION.as_bytes().to_vec()),
                 Attribute::Value(record.to_vec()),
             ])
-            .map(|_| ())
-            .map_err(|e| classify("C_CreateObject", e)),
+            .map_err(|e| classify("C_CreateObject", e))?;
+        for (handle, _) in older {
+            s.session
+                .destroy_object(handle)
+                .map_err(|e| classify("C_DestroyObject", e))?;
+        }
+        Ok(())
     })
 }
 
-/// The token's log head object, if there is one; two are refused (which would be ours?).
-fn find(backend: &Pkcs11Backend, session: &Session) -> Result<Option<ObjectHandle>, BackendError> {
-    let found = session
+/// The token's log head objects with their generations, oldest first.
+fn find(session: &Session) -> Result<Vec<(ObjectHandle, u64)>, BackendError> {
+    let handles = session
         .find_objects(&[
             Attribute::Class(ObjectClass::DATA),
-            Attribute::Label(LOG_HEAD_LABEL.as_bytes().to_vec()),
             Attribute::Application(LOG_HEAD_APPLICATION.as_bytes().to_vec()),
         ])
         .map_err(|e| classify("C_FindObjects", e))?;
-    match found[..] {
-        [] => Ok(None),
-        [handle] => Ok(Some(handle)),
-        _ => Err(BackendError::KeyRefused(format!(
-            "token {:?} holds {} log head objects labelled {LOG_HEAD_LABEL:?}; one daemon's log per token",
-            backend.token.label,
-            found.len()
-        ))),
+    let mut found = Vec::with_capacity(handles.len());
+    for handle in handles {
+        let attributes = session
+            .get_attributes(handle, &[AttributeType::Label])
+            .map_err(|e| classify("C_GetAttributeValue", e))?;
+        let generation = attributes.into_iter().find_map(|a| match a {
+            Attribute::Label(label) => String::from_utf8(label)
+                .ok()?
+                .strip_prefix(LOG_HEAD_LABEL)?
+                .strip_prefix('/')?
+                .parse::<u64>()
+                .ok(),
+            _ => None,
+        });
+        // Other data objects of the application are not log heads.
+        if let Some(generation) = generation {
+            found.push((handle, generation));
+        }
     }
+    found.sort_by_key(|&(_, g)| g);
+    Ok(found)
 }
