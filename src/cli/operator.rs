@@ -188,7 +188,9 @@ pub fn recover_log(config_path: &Path, declare_fresh_start: bool, origin: &str) 
     }
     let (backend, _) = server::open_backend(&config)?;
     let Some((head, record)) = server::rollback::read_head(backend.as_ref())? else {
-        bail!("the hardware holds no log head: nothing to recover (the daemon begins a log by itself)");
+        bail!(
+            "the hardware holds no log head: nothing to recover (the daemon begins a log by itself)"
+        );
     };
     if <[u8; 32]>::from(Sha256::digest(origin.as_bytes())) == head.binding.origin_sha256 {
         bail!(

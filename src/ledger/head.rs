@@ -117,7 +117,11 @@ pub enum HeadError {
         "request ids are missing: the database holds {stored} for the first {size} entries, \
          the hardware's record says {hardware} (a retry would sign a second receipt)"
     )]
-    RequestsMissing { size: u64, stored: u64, hardware: u64 },
+    RequestsMissing {
+        size: u64,
+        stored: u64,
+        hardware: u64,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("stored tree nodes: {0}")]

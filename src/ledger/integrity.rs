@@ -307,13 +307,18 @@ impl Checks<'_> {
     }
 }
 
-fn load_watermark(store: &Store, trusted: Option<[u8; 32]>) -> Result<Option<Watermark>, StoreError> {
+fn load_watermark(
+    store: &Store,
+    trusted: Option<[u8; 32]>,
+) -> Result<Option<Watermark>, StoreError> {
     let Some(text) = store.meta(META_WATERMARK)? else {
         return Ok(None);
     };
     if trusted != Some(watermark_sha256(&text)) {
         // Edited, or a crash between storing it and recording its digest in the hardware.
-        tracing::warn!("the start-up check's watermark is not the one the hardware's log head names; checking the whole log");
+        tracing::warn!(
+            "the start-up check's watermark is not the one the hardware's log head names; checking the whole log"
+        );
         return Ok(None);
     }
     match serde_json::from_str::<Watermark>(&text) {
@@ -509,7 +514,9 @@ pub fn check(
         receipts: 0,
         checkpoints: 0,
     };
-    store.scan_from(from, |scanned| check_entry(store, checks, &mut walk, scanned))?;
+    store.scan_from(from, |scanned| {
+        check_entry(store, checks, &mut walk, scanned)
+    })?;
     check_counts(store, from, &walk)?;
     walk.derived.compare(store)?;
     let size = walk.frontier.size();

@@ -9,6 +9,6 @@ pub mod merkle;
 pub mod store;
 
 pub use store::{
-    ActorHead, CheckedTable, ScannedEntry, ScannedReceipt, Batch, CheckpointRow, EntryKind, EntryRow, KeyChange, KeyRecord, KeyState,
-    ReceiptRow, Store, StoreError, StoredReceipt,
+    ActorHead, Batch, CheckedTable, CheckpointRow, EntryKind, EntryRow, KeyChange, KeyRecord,
+    KeyState, ReceiptRow, ScannedEntry, ScannedReceipt, Store, StoreError, StoredReceipt,
 };

@@ -192,8 +192,8 @@ pub fn stored(
     let bytes = store
         .entry(log_index)?
         .ok_or_else(|| corrupt("its log entry is missing"))?;
-    let envelope =
-        envelope_of(&bytes, &receipt.key_id).ok_or_else(|| corrupt("its log entry is unreadable"))?;
+    let envelope = envelope_of(&bytes, &receipt.key_id)
+        .ok_or_else(|| corrupt("its log entry is unreadable"))?;
     let key = store
         .key_by_id(&receipt.key_id)?
         .ok_or_else(|| corrupt("its key is not registered"))?;

@@ -53,8 +53,9 @@ pub(super) fn pending_fresh_start(
     let (Some(text), Some((head, bytes))) = (store.meta(META_FRESH_START)?, hardware) else {
         return Ok(None);
     };
-    let declared: FreshStart = serde_json::from_str(&text)
-        .map_err(|e| StartError::Rollback(format!("the declared fresh start is unreadable: {e}")))?;
+    let declared: FreshStart = serde_json::from_str(&text).map_err(|e| {
+        StartError::Rollback(format!("the declared fresh start is unreadable: {e}"))
+    })?;
     if declared.replaces != hex::encode(bytes) {
         return Ok(None);
     }
@@ -72,9 +73,9 @@ pub(super) fn pending_fresh_start(
 /// The binding of the stored log identity, from the meta rows byte for byte.
 fn stored_binding(store: &Store) -> Result<LogBinding, StartError> {
     let get = |name: &str| -> Result<String, StartError> {
-        store.meta(name)?.ok_or_else(|| {
-            StartError::LogKey(format!("the stored log identity lacks {name}"))
-        })
+        store
+            .meta(name)?
+            .ok_or_else(|| StartError::LogKey(format!("the stored log identity lacks {name}")))
     };
     let spki = B64
         .decode(get(META_PUBLIC_KEY)?)

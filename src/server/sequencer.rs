@@ -953,7 +953,10 @@ impl Sequencer {
             .entry(index)?
             .and_then(|bytes| entry::decode(&bytes))
             .map(|parts| parts.payload);
-        match payload.as_deref().and_then(super::validate::fingerprint_of_receipt) {
+        match payload
+            .as_deref()
+            .and_then(super::validate::fingerprint_of_receipt)
+        {
             Some(found) if found == *fingerprint => Ok(()),
             _ => Err(SequencerError::Store(StoreError::Corrupt(format!(
                 "the request id names receipt {index}, which was made for another request"

@@ -77,7 +77,8 @@ impl ValidAction {
 /// rebuilt from its statement's bytes: a request id whose stored fingerprint differs was made
 /// for another request (a re-pointed `requests` row). `None` if the payload is no receipt.
 pub fn fingerprint_of_receipt(payload: &[u8]) -> Option<[u8; 32]> {
-    let statement: crate::proof::receipt::ReceiptStatement = serde_json::from_slice(payload).ok()?;
+    let statement: crate::proof::receipt::ReceiptStatement =
+        serde_json::from_slice(payload).ok()?;
     let subject = statement.subject.first()?;
     let document_sha256 = <[u8; 32]>::try_from(hex::decode(&subject.digest.sha256).ok()?).ok()?;
     let parent_sha256 = match &statement.predicate.action.parent_sha256 {

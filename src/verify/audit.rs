@@ -362,12 +362,16 @@ impl Replay<'_> {
                 .retirement(&envelope)
                 .map_err(|e| (AuditStep::Retirement, e)),
             statement::LOG_START_PREDICATE_TYPE if index == 0 => {
-                dsse::verify(&envelope, &self.log.verifying)
-                    .map_err(|e| (AuditStep::Export, format!("log start not signed by the log key: {e}")))
+                dsse::verify(&envelope, &self.log.verifying).map_err(|e| {
+                    (
+                        AuditStep::Export,
+                        format!("log start not signed by the log key: {e}"),
+                    )
+                })
             }
-            statement::LOG_START_PREDICATE_TYPE => Err(export(
-                "a log-start entry after the first entry".into(),
-            )),
+            statement::LOG_START_PREDICATE_TYPE => {
+                Err(export("a log-start entry after the first entry".into()))
+            }
             other => Err(export(format!("unknown entry type {other:?}"))),
         }?;
         check_time_order(&envelope, &kind, index, &mut self.previous_time)

@@ -131,6 +131,10 @@ fn define(ctx: &mut Context, size: usize) -> Result<(), BackendError> {
         .map_err(failed("NV define log head index"))?;
     let mut object = ObjectHandle::from(handle);
     let _ = ctx.tr_close(&mut object);
-    tracing::info!(index = format!("{LOG_HEAD_NV_INDEX:#x}"), size, "TPM NV index for the log head defined");
+    tracing::info!(
+        index = format!("{LOG_HEAD_NV_INDEX:#x}"),
+        size,
+        "TPM NV index for the log head defined"
+    );
     Ok(())
 }
