@@ -419,7 +419,28 @@ async fn a_tpm_daemon_keeps_its_head_in_nv_and_refuses_a_deleted_wal() {
     create_key(&lab, ACTOR).await;
     sign_n(&lab, 0, SIGNS).await;
     lab.kill_daemon().unwrap();
-    // The record is in the TPM's NV index, read with tpm2-tools from outside the daemon.
+    // The record is in the TPM's NV index: read it with tpm2-tools, outside the daemon.
+    let tcti = lab.tpm().unwrap().tcti();
+    let out = lab.dir.join("head.bin");
+    let read = std::process::Command::new("tpm2_nvread")
+        .args([
+            &format!("{:#x}", actseal::backend::tpm::LOG_HEAD_NV_INDEX),
+            "-C",
+            "o",
+            "-o",
+        ])
+        .arg(&out)
+        .env("TPM2TOOLS_TCTI", &tcti)
+        .env("TSS2_LOG", "all+NONE")
+        .output()
+        .expect("tpm2_nvread runs");
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let head = actseal::ledger::head::LogHead::decode(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(head.size, SIGNS as u64 + 1);
     std::fs::remove_file(db(&lab, "-wal")).unwrap();
     let _ = std::fs::remove_file(db(&lab, "-shm"));
     let log = refused(&mut lab, "");
@@ -427,4 +448,61 @@ async fn a_tpm_daemon_keeps_its_head_in_nv_and_refuses_a_deleted_wal() {
     // The TPM restarted (its NV persists): still refused.
     lab.tpm().unwrap().restart().unwrap();
     refused(&mut lab, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_behind_the_watermark_is_caught_at_start_or_when_used() {
+    let (mut lab, _) = lab_with_receipts().await;
+    // A clean restart moves the watermark past every entry: the next start re-reads none.
+    lab.stop_daemon().unwrap();
+    lab.start_daemon().unwrap();
+    lab.stop_daemon().unwrap();
+    // r7 (receipt 8) re-pointed at receipt 4; receipt 6's (r5) stored proof flipped.
+    edit(
+        &lab,
+        "UPDATE requests SET log_index = 4 WHERE log_index = 8",
+    );
+    let conn = rusqlite::Connection::open(db(&lab, "")).unwrap();
+    let mut proof: Vec<u8> = conn
+        .query_row("SELECT proof FROM receipts WHERE log_index = 6", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    proof[0] ^= 1;
+    conn.execute(
+        "UPDATE receipts SET proof = ?1 WHERE log_index = 6",
+        [&proof],
+    )
+    .unwrap();
+    drop(conn);
+    lab.start_daemon()
+        .expect("rows behind the watermark are not re-read at start");
+    let mut signer = signer(&lab).await;
+    for (id, document, cause) in [
+        ("r7", "action 7", "made for another request"),
+        ("r5", "action 5", "inclusion proof"),
+    ] {
+        let mut request = sign_request(ACTOR, document.as_bytes());
+        request.request_id = id.into();
+        let status = signer
+            .sign(request)
+            .await
+            .expect_err("a retry was answered from a damaged row");
+        assert!(
+            status.message().contains(cause)
+                || std::fs::read_to_string(lab.daemon_log())
+                    .unwrap()
+                    .contains(cause),
+            "{id}: {status:?}"
+        );
+    }
+    assert_eq!(
+        receipt_count(&lab),
+        SIGNS as u64,
+        "a retry signed a second receipt"
+    );
+    // A deleted request id behind the watermark is counted at start.
+    lab.stop_daemon().unwrap();
+    edit(&lab, "DELETE FROM requests WHERE log_index = 10");
+    refused(&mut lab, "request ids are missing");
 }

@@ -212,6 +212,21 @@ pub fn stored(
         &checkpoint.root,
     )
     .map_err(|e| corrupt(&format!("its stored inclusion proof does not verify: {e}")))?;
+    crate::verify::checkpoint::verify_checkpoint(
+        checkpoint.note.as_bytes(),
+        &log.origin,
+        &log.spki_der(),
+    )
+    .map_err(|e| corrupt(&format!("the checkpoint of its proof: {e}")))
+    .and_then(|parsed| {
+        if parsed.size == tree_size && parsed.root == checkpoint.root {
+            Ok(())
+        } else {
+            Err(corrupt(
+                "the checkpoint of its proof states another tree head",
+            ))
+        }
+    })?;
     let note = checkpoint.note;
     Ok(Some(SignedReceipt {
         bundle_json: bundle_json(
