@@ -230,7 +230,7 @@ async fn a_truncated_wal_is_refused() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
-    refused(&mut lab, "");
+    refused(&mut lab, "behind the newest acknowledged tree head");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,7 +240,7 @@ async fn a_flipped_byte_in_the_wal_is_refused() {
     let wal = db(&lab, "-wal");
     let len = std::fs::metadata(&wal).unwrap().len() as usize;
     flip_byte(&wal, len / 2);
-    refused(&mut lab, "");
+    refused(&mut lab, "behind the newest acknowledged tree head");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,7 +339,10 @@ async fn a_flipped_byte_in_a_stored_inclusion_proof_is_refused() {
     )
     .unwrap();
     drop(conn);
-    refused(&mut lab, "inclusion proof");
+    refused(
+        &mut lab,
+        "receipt 5: its stored inclusion proof does not verify",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,7 +362,7 @@ async fn a_re_pointed_request_row_is_refused() {
         &lab,
         "UPDATE requests SET log_index = 4 WHERE log_index = 8",
     );
-    refused(&mut lab, "");
+    refused(&mut lab, "several request ids name it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,7 +376,7 @@ async fn a_damaged_old_checkpoint_is_refused() {
          (CASE substr(note, length(note) - 9, 1) WHEN 'A' THEN 'B' ELSE 'A' END) || substr(note, length(note) - 8) \
          WHERE size = (SELECT MIN(size) FROM checkpoints WHERE size > 3)",
     );
-    refused(&mut lab, "checkpoint");
+    refused(&mut lab, "the checkpoint of size 4's signature");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,11 +407,7 @@ async fn the_start_up_check_is_incremental_and_its_watermark_is_bound_to_the_har
     lab.start_daemon().unwrap();
     lab.stop_daemon().unwrap();
     let log = std::fs::read_to_string(lab.daemon_log()).unwrap();
-    let last = log
-        .lines()
-        .filter(|l| l.contains("log verified"))
-        .last()
-        .unwrap();
+    let last = log.lines().rfind(|l| l.contains("log verified")).unwrap();
     assert!(last.contains(&format!("checked={}", SIGNS + 1)), "{last}");
 }
 

@@ -151,8 +151,9 @@ pub enum StartError {
     Device(#[from] crate::pki::PkiError),
     #[error("state: {0}")]
     Store(#[from] StoreError),
-    #[error("{0}")]
-    Integrity(#[from] integrity::IntegrityError),
+    /// Not `#[from]`: its text is already in the message, and a source would print it twice.
+    #[error("refusing to sign on a damaged log: {0}")]
+    Integrity(integrity::IntegrityError),
     #[error("sequencer: {0}")]
     Sequencer(#[from] sequencer::SequencerError),
     #[error("log key: {0}")]
@@ -168,6 +169,12 @@ pub enum StartError {
     /// The stored log is not the one the hardware's log head record vouches for.
     #[error("refusing to sign: {0}")]
     Rollback(String),
+}
+
+impl From<integrity::IntegrityError> for StartError {
+    fn from(e: integrity::IntegrityError) -> Self {
+        StartError::Integrity(e)
+    }
 }
 
 /// Reads the TLS listener's certificate, key and client CAs. The key's bytes never reach an
