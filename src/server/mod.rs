@@ -520,6 +520,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         )
     })
     .inspect_err(|e| tracing::error!(error = %e, "refusing to sign"))?;
+    let checking = std::time::Instant::now();
     let (status, head) = tokio::task::block_in_place(|| {
         rollback::check_start(
             &reader,
@@ -531,7 +532,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     })
     .inspect_err(|e| tracing::error!(error = %e, "refusing to sign on a broken log"))?;
     tracing::info!(origin = %log.origin, size = status.size, root = %hex::encode(status.root),
-        checked = status.checked, head_in_hardware = head.is_some(), "log verified");
+        checked = status.checked, check_ms = checking.elapsed().as_millis() as u64,
+        head_in_hardware = head.is_some(), "log verified");
     let (sequencer, sequencer_thread) = sequencer::start(
         Store::open(&database)?,
         Arc::clone(&backend),
