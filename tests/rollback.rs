@@ -500,8 +500,16 @@ async fn damage_behind_the_watermark_is_caught_at_start_or_when_used() {
         SIGNS as u64,
         "a retry signed a second receipt"
     );
-    // A deleted request id behind the watermark is counted at start.
+    // The offline full check re-reads them and names the damage.
     lab.stop_daemon().unwrap();
+    let config = lab.config().display().to_string();
+    let check = lab.run(&["log", "check", "--config", &config]).unwrap();
+    let text = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        !check.status.success() && text.contains("receipt 4"),
+        "{text}"
+    );
+    // A deleted request id behind the watermark is counted at start.
     edit(&lab, "DELETE FROM requests WHERE log_index = 10");
     refused(&mut lab, "request ids are missing");
 }

@@ -435,8 +435,8 @@ pub fn log(command: LogCommand) -> Result<()> {
                     out.display()
                 );
             }
-            LogCommand::Export { .. } | LogCommand::Recover { .. } => {
-                unreachable!("export and recover run offline")
+            LogCommand::Export { .. } | LogCommand::Recover { .. } | LogCommand::Check { .. } => {
+                unreachable!("export, check and recover run offline")
             }
         }
         Ok(())

@@ -322,6 +322,12 @@ enum LogCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Re-check the whole stored log from its first entry, rows behind the start-up check's
+    /// watermark included (offline, read-only; no token needed).
+    Check {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
     /// Begin a new log after the daemon refused a lost, damaged or rolled-back database
     /// (offline, daemon stopped; README "When things go wrong"). Moves the database aside
     /// (never deletes it); the new log's first entry names the replaced log's head.
@@ -483,6 +489,11 @@ pub fn main() -> ExitCode {
         Command::Log(LogCommand::Export { config, out }) => {
             init_logging("warn", false);
             operator::export_log(&config, &out)
+        }
+        #[cfg(feature = "daemon")]
+        Command::Log(LogCommand::Check { config }) => {
+            init_logging("warn", false);
+            operator::check_log(&config)
         }
         #[cfg(feature = "daemon")]
         Command::Log(LogCommand::Recover {

@@ -160,6 +160,38 @@ pub fn export_log(config: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `actseal log check`: the start-up check from the first entry, without the hardware and
+/// without moving the watermark.
+#[cfg(feature = "daemon")]
+pub fn check_log(config_path: &Path) -> Result<()> {
+    use crate::ledger::integrity::{self, CheckMode, Checks};
+    let config = Config::load(config_path)?;
+    let store = crate::ledger::Store::open(&config.state.database())?;
+    let log = server::stored_log_identity(&store)?
+        .ok_or_else(|| anyhow::anyhow!("the state database holds no log"))?;
+    let spki = log.spki_der();
+    let checkpoint_ok = |note: &str| {
+        crate::verify::checkpoint::verify_checkpoint(note.as_bytes(), &log.origin, &spki)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let checks = Checks {
+        origin: &log.origin,
+        checkpoint_ok: &checkpoint_ok,
+        request_fingerprint: &server::validate::fingerprint_of_receipt,
+        trusted_watermark: None,
+    };
+    let status = integrity::check(&store, &checks, CheckMode::Full)?;
+    println!(
+        "log {} checked: {} entries, root {}, {} request ids",
+        log.origin,
+        status.size,
+        hex::encode(status.root),
+        status.requests
+    );
+    Ok(())
+}
+
 /// `actseal log recover --declare-fresh-start`: moves the state database aside and leaves a
 /// new one that tells the daemon to begin a new log replacing the one whose head the hardware
 /// holds (the daemon's next start does the rest and records the replaced head).

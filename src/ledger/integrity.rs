@@ -6,7 +6,7 @@
 //! checked, the tree root there and the state the entries imply (each actor's newest receipt,
 //! retired and registered keys, request ids). A start checks only the entries after it, plus
 //! what is cheap at any size (the frontier, the newest checkpoint, per-actor heads, the key
-//! table, row counts); `actseal ledger check` re-verifies from the first entry.
+//! table, row counts); `actseal log check` re-verifies from the first entry.
 
 use std::collections::{BTreeMap, BTreeSet};
 
