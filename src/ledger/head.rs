@@ -329,4 +329,66 @@ mod tests {
             binding.identity_sha256
         );
     }
+
+    #[test]
+    fn reconcile_names_what_differs_and_accepts_a_store_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let binding = LogBinding::new("actseal/x", b"spki", "ab", "{}");
+        let stored = StoredHead {
+            binding,
+            size: 5,
+            root: [5; 32],
+            requests: 4,
+        };
+        let mut hardware = LogHead {
+            size: 5,
+            root: [5; 32],
+            requests: 4,
+            ..LogHead::empty(binding)
+        };
+        let (same, _) = reconcile(&store, &stored, Some(&hardware)).unwrap();
+        assert_eq!((same.size, same.root), (5, [5; 32]));
+        let check = |hardware: &LogHead| reconcile(&store, &stored, Some(hardware)).unwrap_err();
+        let mut other = hardware;
+        other.binding = LogBinding::new("actseal/y", b"spki", "ab", "{}");
+        assert!(matches!(
+            check(&other),
+            HeadError::OtherLog {
+                what: "origin (SHA-256)",
+                ..
+            }
+        ));
+        other.binding = LogBinding::new("actseal/x", b"other spki", "ab", "{}");
+        assert!(matches!(
+            check(&other),
+            HeadError::OtherLog {
+                what: "log key",
+                ..
+            }
+        ));
+        other.binding = LogBinding::new("actseal/x", b"spki", "ab", "{\"edited\":1}");
+        assert!(matches!(check(&other), HeadError::IdentityChanged));
+        hardware.root = [6; 32];
+        assert!(matches!(check(&hardware), HeadError::Forked { size: 5 }));
+        hardware.root = [5; 32];
+        hardware.requests = 5;
+        assert!(matches!(
+            check(&hardware),
+            HeadError::RequestsMissing { .. }
+        ));
+        hardware.size = 6;
+        assert!(matches!(
+            check(&hardware),
+            HeadError::Behind {
+                stored: 5,
+                hardware: 6
+            }
+        ));
+        // A crash between the commit and the record: the store is ahead, and accepted.
+        let empty = LogHead::empty(binding);
+        let (ahead, write) = reconcile(&store, &stored, Some(&empty)).unwrap();
+        assert!(write);
+        assert_eq!(ahead.size, 5);
+    }
 }
