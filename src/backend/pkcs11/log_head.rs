@@ -3,7 +3,10 @@
 //! PIN, so a copy or loss of the state database cannot take it along. Kept apart from the
 //! session code: only `with_session` is borrowed from it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use cryptoki::{
+    error::RvError,
     object::{Attribute, AttributeType, ObjectClass, ObjectHandle},
     session::Session,
 };
@@ -39,13 +42,32 @@ pub(super) fn read(backend: &Pkcs11Backend) -> Result<Option<Vec<u8>>, BackendEr
     })
 }
 
-/// Replaces the record; on the token when it returns. Tokens (SoftHSM among them) keep a data
-/// object's CKA_VALUE read-only, so each record is a new object with the next generation in
-/// its label (`actseal-log-head/<n>`), and the older ones are destroyed after it exists: a crash between leaves two,
-/// and the newer (complete) one counts.
+/// Set once the token refused to change a data object's CKA_VALUE (SoftHSM keeps it read-only).
+static VALUE_READ_ONLY: AtomicBool = AtomicBool::new(false);
+
+/// Replaces the record; on the token when it returns. Where the token lets CKA_VALUE change
+/// (PKCS#11 allows it for data objects) the newest object is rewritten in place: one write.
+/// Where it does not (SoftHSM: AttributeReadOnly), each record is a new object with the next
+/// generation in its label (`actseal-log-head/<n>`), and the older ones are destroyed after it
+/// exists: a crash between leaves two, and the newer (complete) one counts.
 pub(super) fn write(backend: &Pkcs11Backend, record: &[u8]) -> Result<(), BackendError> {
     backend.with_session("write log head", |s| {
         let older = find(&s.session)?;
+        if let Some(&(newest, _)) = older.last()
+            && !VALUE_READ_ONLY.load(Ordering::Relaxed)
+        {
+            match s
+                .session
+                .update_attributes(newest, &[Attribute::Value(record.to_vec())])
+            {
+                Ok(()) => return Ok(()),
+                Err(cryptoki::error::Error::Pkcs11(
+                    RvError::AttributeReadOnly | RvError::ActionProhibited,
+                    _,
+                )) => VALUE_READ_ONLY.store(true, Ordering::Relaxed),
+                Err(e) => return Err(classify("C_SetAttributeValue", e)),
+            }
+        }
         let generation = older.last().map_or(0, |&(_, g)| g.wrapping_add(1));
         s.session
             .create_object(&[
