@@ -1111,7 +1111,12 @@ async fn sigkill_while_signing_loses_no_acknowledged_receipt() {
             acknowledged
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // Kill mid-stream once a few batches are in (each batch also rewrites the token's log
+    // head record, tens of ms on SoftHSM: a fixed delay would depend on the machine).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while receipt_count(&lab) < 20 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     lab.kill_daemon().unwrap();
     let mut acknowledged = Vec::new();
     for client in clients {
