@@ -162,6 +162,28 @@ pub trait Backend: Send + Sync {
 
     /// Checks that the hardware answers; cheap enough for a health probe.
     fn health(&self) -> Result<(), BackendError>;
+
+    /// Whether this backend keeps the log's newest acknowledged tree head
+    /// ([`read_log_head`](Backend::read_log_head)): without it, a lost or restored database
+    /// cannot be told from a good one.
+    fn keeps_log_head(&self) -> bool {
+        false
+    }
+
+    /// The log head record kept in the hardware (`crate::ledger::head`), `None` if none was
+    /// written yet.
+    fn read_log_head(&self) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(None)
+    }
+
+    /// Replaces the log head record; durable in the hardware when this returns.
+    fn write_log_head(&self, record: &[u8]) -> Result<(), BackendError> {
+        let _ = record;
+        Err(BackendError::Failed {
+            operation: "write log head",
+            detail: format!("the {} backend keeps no log head", self.kind()),
+        })
+    }
 }
 
 /// Checks a signature from the hardware before anyone relies on it.

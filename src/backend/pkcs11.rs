@@ -29,6 +29,9 @@ use super::{
 use crate::secret::PinSource;
 use pool::{PooledSession, SessionPool};
 
+mod log_head;
+pub use log_head::LOG_HEAD_LABEL;
+
 /// DER of the OID prime256v1 / secp256r1 (1.2.840.10045.3.1.7), as CKA_EC_PARAMS holds it.
 const P256_EC_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 /// Length of the random CKA_ID given to keys the daemon generates.
@@ -652,6 +655,18 @@ impl Backend for Pkcs11Backend {
 
     fn health(&self) -> Result<(), BackendError> {
         self.pool.health()
+    }
+
+    fn keeps_log_head(&self) -> bool {
+        true
+    }
+
+    fn read_log_head(&self) -> Result<Option<Vec<u8>>, BackendError> {
+        log_head::read(self)
+    }
+
+    fn write_log_head(&self, record: &[u8]) -> Result<(), BackendError> {
+        log_head::write(self, record)
     }
 }
 

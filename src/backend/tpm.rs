@@ -66,6 +66,9 @@ use super::{
 };
 pub use identity::{EkName, TpmIdentity};
 
+mod log_head;
+pub use log_head::LOG_HEAD_NV_INDEX;
+
 /// Prefix of a TPM [`KeyRef`]: `tpm:<hex TPMT_PUBLIC>.<hex TPM2B_PRIVATE contents>`.
 const KEY_REF_PREFIX: &str = "tpm:";
 /// The [`KeyRef`] of the attestation key (a primary key: nothing to store).
@@ -913,6 +916,18 @@ impl Backend for TpmBackend {
 
     fn device_key(&self, _create: bool) -> Result<HardwareKey, BackendError> {
         self.attestation_key().map(|(key, _)| key)
+    }
+
+    fn keeps_log_head(&self) -> bool {
+        true
+    }
+
+    fn read_log_head(&self) -> Result<Option<Vec<u8>>, BackendError> {
+        log_head::read(self)
+    }
+
+    fn write_log_head(&self, record: &[u8]) -> Result<(), BackendError> {
+        log_head::write(self, record)
     }
 
     fn health(&self) -> Result<(), BackendError> {

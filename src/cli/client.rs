@@ -445,7 +445,9 @@ pub fn log(command: LogCommand) -> Result<()> {
                     out.display()
                 );
             }
-            LogCommand::Export { .. } => unreachable!("export runs offline"),
+            LogCommand::Export { .. } | LogCommand::Recover { .. } | LogCommand::Check { .. } => {
+                unreachable!("export, check and recover run offline")
+            }
         }
         Ok(())
     })

@@ -85,9 +85,9 @@ enum Command {
         #[arg(long)]
         trust: PathBuf,
     },
-    /// The daemon's log: checkpoints, proofs, export.
+    /// The daemon's log: checkpoints, proofs, export, recovery (also `actseal ledger …`).
     #[cfg(feature = "daemon")]
-    #[command(subcommand)]
+    #[command(subcommand, alias = "ledger")]
     Log(LogCommand),
     /// The operator's certificate authority.
     #[cfg(feature = "daemon")]
@@ -323,6 +323,25 @@ enum LogCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Re-check the whole stored log from its first entry, rows behind the start-up check's
+    /// watermark included (offline, read-only; no token needed).
+    Check {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Begin a new log after the daemon refused a lost, damaged or rolled-back database
+    /// (offline, daemon stopped; README "When things go wrong"). Moves the database aside
+    /// (never deletes it); the new log's first entry names the replaced log's head.
+    Recover {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Required: the operator declares that the replaced log ends here.
+        #[arg(long)]
+        declare_fresh_start: bool,
+        /// The new log's origin; it must differ from the replaced log's.
+        #[arg(long)]
+        origin: String,
+    },
 }
 
 #[cfg(feature = "daemon")]
@@ -471,6 +490,20 @@ pub fn main() -> ExitCode {
         Command::Log(LogCommand::Export { config, out }) => {
             init_logging("warn", false);
             operator::export_log(&config, &out)
+        }
+        #[cfg(feature = "daemon")]
+        Command::Log(LogCommand::Check { config }) => {
+            init_logging("warn", false);
+            operator::check_log(&config)
+        }
+        #[cfg(feature = "daemon")]
+        Command::Log(LogCommand::Recover {
+            config,
+            declare_fresh_start,
+            origin,
+        }) => {
+            init_logging("warn", false);
+            operator::recover_log(&config, declare_fresh_start, &origin)
         }
         #[cfg(feature = "daemon")]
         Command::Log(command) => {

@@ -161,6 +161,106 @@ pub fn export_log(config: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `actseal log check`: the start-up check from the first entry, without the hardware and
+/// without moving the watermark.
+#[cfg(feature = "daemon")]
+pub fn check_log(config_path: &Path) -> Result<()> {
+    use crate::ledger::integrity::{self, CheckMode, Checks};
+    let config = Config::load(config_path)?;
+    let store = crate::ledger::Store::open(&config.state.database())?;
+    let log = server::stored_log_identity(&store)?
+        .ok_or_else(|| anyhow::anyhow!("the state database holds no log"))?;
+    let spki = log.spki_der();
+    let checkpoint_ok = |note: &str| {
+        crate::verify::checkpoint::verify_checkpoint(note.as_bytes(), &log.origin, &spki)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let checks = Checks {
+        origin: &log.origin,
+        checkpoint_ok: &checkpoint_ok,
+        request_fingerprint: &server::validate::fingerprint_of_receipt,
+        trusted_watermark: None,
+    };
+    let status = integrity::check(&store, &checks, CheckMode::Full)?;
+    println!(
+        "log {} checked: {} entries, root {}, {} request ids",
+        log.origin,
+        status.size,
+        hex::encode(status.root),
+        status.requests
+    );
+    Ok(())
+}
+
+/// `actseal log recover --declare-fresh-start`: moves the state database aside and leaves a
+/// new one that tells the daemon to begin a new log replacing the one whose head the hardware
+/// holds (the daemon's next start does the rest and records the replaced head).
+#[cfg(feature = "daemon")]
+pub fn recover_log(config_path: &Path, declare_fresh_start: bool, origin: &str) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    if !declare_fresh_start {
+        bail!(
+            "nothing done: recovery begins a new log and needs --declare-fresh-start. If you have \
+             a copy of the database at least as new as the last acknowledged receipt, restore \
+             it instead (README, \"When things go wrong\")"
+        );
+    }
+    let config = Config::load(config_path)?;
+    if std::os::unix::net::UnixStream::connect(&config.server.socket).is_ok() {
+        bail!(
+            "a daemon answers on {}: stop it first",
+            config.server.socket.display()
+        );
+    }
+    server::check_origin(origin)?;
+    if let Some(configured) = &config.ledger.origin
+        && configured != origin
+    {
+        bail!("ledger.origin is {configured:?} in the configuration: set it to {origin:?} first");
+    }
+    let (backend, _) = server::open_backend(&config)?;
+    let Some((head, record)) = server::rollback::read_head(backend.as_ref())? else {
+        bail!(
+            "the hardware holds no log head: nothing to recover (the daemon begins a log by itself)"
+        );
+    };
+    if <[u8; 32]>::from(Sha256::digest(origin.as_bytes())) == head.binding.origin_sha256 {
+        bail!(
+            "{origin:?} is the replaced log's origin: the new log needs another, or bundles of the \
+             two logs would pass as one log's"
+        );
+    }
+    let database = config.state.database();
+    let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    for suffix in ["", "-wal", "-shm"] {
+        let from = std::path::PathBuf::from(format!("{}{suffix}", database.display()));
+        if from.exists() {
+            let to = format!("{}.replaced-{stamp}{suffix}", database.display());
+            std::fs::rename(&from, &to)
+                .with_context(|| format!("cannot move {} aside", from.display()))?;
+            println!("moved {} to {to}", from.display());
+        }
+    }
+    let store = crate::ledger::Store::open(&database)?;
+    let declared = server::rollback::FreshStart {
+        origin: origin.to_owned(),
+        replaces: hex::encode(&record),
+    };
+    store.set_meta(
+        server::rollback::META_FRESH_START,
+        &serde_json::to_string(&declared)?,
+    )?;
+    println!(
+        "declared a fresh start: the next start begins log {origin:?} with a new log key; its \
+         first entry names the replaced log (log key {}, {} entries, root {})",
+        hex::encode(head.binding.log_key_id),
+        head.size,
+        hex::encode(head.root)
+    );
+    Ok(())
+}
+
 #[cfg(feature = "daemon")]
 pub fn ca(command: CaCommand) -> Result<()> {
     match command {

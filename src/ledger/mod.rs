@@ -3,11 +3,12 @@
 pub mod checkpoint;
 pub mod entry;
 pub mod export;
+pub mod head;
 pub mod integrity;
 pub mod merkle;
 pub mod store;
 
 pub use store::{
-    ActorHead, Batch, CheckpointRow, EntryKind, EntryRow, KeyChange, KeyRecord, KeyState,
-    ReceiptRow, Store, StoreError, StoredReceipt,
+    ActorHead, Batch, CheckedTable, CheckpointRow, EntryKind, EntryRow, KeyChange, KeyRecord,
+    KeyState, ReceiptRow, ScannedEntry, ScannedReceipt, Store, StoreError, StoredReceipt,
 };

@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS actor_keys (
 );
 CREATE TABLE IF NOT EXISTS log_entries (
     log_index   INTEGER PRIMARY KEY CHECK (log_index >= 0),
-    kind        TEXT    NOT NULL CHECK (kind IN ('receipt', 'rotation', 'retirement', 'registration')),
+    kind        TEXT    NOT NULL CHECK (kind IN ('receipt', 'rotation', 'retirement', 'registration', 'log-start')),
     actor       TEXT    NOT NULL,
     entry       BLOB    NOT NULL
 );
@@ -169,6 +169,10 @@ pub enum EntryKind {
     Retirement,
     /// A key version entering the log, signed by the log key.
     Registration,
+    /// The first entry of a log that replaced another (a declared fresh start), signed by
+    /// the log key. Only ever at index 0 of a database created since; the CHECK constraint of
+    /// older databases, which never hold one, need not change.
+    LogStart,
 }
 
 impl EntryKind {
@@ -178,6 +182,7 @@ impl EntryKind {
             EntryKind::Rotation => "rotation",
             EntryKind::Retirement => "retirement",
             EntryKind::Registration => "registration",
+            EntryKind::LogStart => "log-start",
         }
     }
 }
@@ -294,6 +299,10 @@ impl Store {
             (0, _) => return Err(StoreError::Schema { found: 1 }),
             (found, _) => return Err(StoreError::Schema { found }),
         }
+        // An index, not a schema change: the start-up check finds a receipt's request ids.
+        conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS requests_by_log_index ON requests (log_index)",
+        )?;
         Ok(Store { conn })
     }
 
@@ -404,21 +413,26 @@ impl Store {
         Ok(history)
     }
 
-    /// Every actor's newest receipt.
+    /// Every actor's newest receipt: one index probe per actor with a key (receipts need a
+    /// registered key), so it costs the same on a log of a thousand or ten million entries.
     pub fn actor_heads(&self) -> Result<HashMap<String, ActorHead>, StoreError> {
-        let mut stmt = self
+        let mut actors = self
             .conn
-            .prepare("SELECT actor, MAX(sequence), payload_sha256 FROM receipts GROUP BY actor")?;
-        let rows = stmt.query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, Vec<u8>>(2)?,
-            ))
-        })?;
+            .prepare_cached("SELECT DISTINCT actor FROM actor_keys")?;
+        let actors = actors
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut newest = self.conn.prepare_cached(
+            "SELECT sequence, payload_sha256 FROM receipts WHERE actor = ?1 ORDER BY sequence DESC LIMIT 1",
+        )?;
         let mut heads = HashMap::new();
-        for row in rows {
-            let (actor, sequence, digest) = row?;
+        for actor in actors {
+            let row: Option<(i64, Vec<u8>)> = newest
+                .query_row(params![actor], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            let Some((sequence, digest)) = row else {
+                continue;
+            };
             let payload_sha256 = <[u8; 32]>::try_from(digest.as_slice())
                 .map_err(|_| StoreError::Corrupt(format!("receipt digest of {actor:?}")))?;
             heads.insert(
@@ -429,6 +443,7 @@ impl Store {
                 },
             );
         }
+        // A receipt of an actor without a key is caught by the start-up check's row counts.
         Ok(heads)
     }
 
@@ -620,17 +635,9 @@ impl Store {
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let index = to_u64(row.get(0)?, "log index")?;
-            let kind = match row.get_ref(1)?.as_str().unwrap_or_default() {
-                "receipt" => EntryKind::Receipt,
-                "rotation" => EntryKind::Rotation,
-                "retirement" => EntryKind::Retirement,
-                "registration" => EntryKind::Registration,
-                other => {
-                    return Err(StoreError::Corrupt(format!(
-                        "entry {index}: kind {other:?}"
-                    )));
-                }
-            };
+            let text = row.get_ref(1)?.as_str().unwrap_or_default();
+            let kind = parse_kind(text)
+                .ok_or_else(|| StoreError::Corrupt(format!("entry {index}: kind {text:?}")))?;
             let actor: String = row.get(2)?;
             let entry = row.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
             visit(index, kind, &actor, entry)?;
@@ -733,6 +740,117 @@ impl Store {
         Ok(found)
     }
 
+    /// Request ids recorded for the first `size` entries.
+    pub fn request_count_below(&self, size: u64) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM requests WHERE log_index < ?1",
+            params![to_i64(size, "tree size")?],
+            |row| row.get(0),
+        )?;
+        to_u64(n, "count")
+    }
+
+    /// Rows of `table` (receipts, requests, checkpoints) about entries at or after `from`:
+    /// what the start-up check must have met walking the entries from there.
+    pub fn rows_from(&self, table: CheckedTable, from: u64) -> Result<u64, StoreError> {
+        let sql = match table {
+            CheckedTable::Receipts => "SELECT COUNT(*) FROM receipts WHERE log_index >= ?1",
+            CheckedTable::Requests => "SELECT COUNT(*) FROM requests WHERE log_index >= ?1",
+            // The checkpoint of size s is met at entry s - 1.
+            CheckedTable::Checkpoints => "SELECT COUNT(*) FROM checkpoints WHERE size > ?1",
+        };
+        let n: i64 = self
+            .conn
+            .query_row(sql, params![to_i64(from, "log index")?], |row| row.get(0))?;
+        to_u64(n, "count")
+    }
+
+    /// The highest stored node index at `level`, if any.
+    pub fn max_node_index(&self, level: u8) -> Result<Option<u64>, StoreError> {
+        let max: Option<i64> = self.conn.query_row(
+            "SELECT MAX(idx) FROM tree_nodes WHERE level = ?1",
+            params![level],
+            |row| row.get(0),
+        )?;
+        max.map(|m| to_u64(m, "node index")).transpose()
+    }
+
+    /// Calls `visit` with every log entry from `from` on, in index order, with the rows that
+    /// refer to it: its receipt row (and the root of the checkpoint its proof is against), the
+    /// checkpoint whose size it completes, and its request ids. One pass over the log for the
+    /// start-up check.
+    pub fn scan_from(
+        &self,
+        from: u64,
+        mut visit: impl FnMut(ScannedEntry<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT e.log_index, e.kind, e.entry,
+                    r.actor, r.sequence, r.key_id, r.payload_sha256, r.signed_at, r.proof_size, r.proof, pc.root,
+                    c.root, c.note,
+                    (SELECT COUNT(*) FROM requests q WHERE q.log_index = e.log_index),
+                    (SELECT request_sha256 FROM requests q WHERE q.log_index = e.log_index LIMIT 1)
+             FROM log_entries e
+             LEFT JOIN receipts r ON r.log_index = e.log_index
+             LEFT JOIN checkpoints pc ON pc.size = r.proof_size
+             LEFT JOIN checkpoints c ON c.size = e.log_index + 1
+             WHERE e.log_index >= ?1 ORDER BY e.log_index",
+        )?;
+        let mut rows = stmt.query(params![to_i64(from, "log index")?])?;
+        while let Some(row) = rows.next()? {
+            let index = to_u64(row.get(0)?, "log index")?;
+            let corrupt = |what: &str| StoreError::Corrupt(format!("log entry {index}: {what}"));
+            let kind = parse_kind(row.get_ref(1)?.as_str().unwrap_or_default())
+                .ok_or_else(|| corrupt("unknown kind"))?;
+            let entry = row.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
+            let receipt = match row.get::<_, Option<String>>(3)? {
+                None => None,
+                Some(actor) => {
+                    let digest: Vec<u8> = row.get(6)?;
+                    let proof: Vec<u8> = row.get(9)?;
+                    let (hashes, tail) = proof.as_chunks::<32>();
+                    if !tail.is_empty() {
+                        return Err(corrupt("its receipt's proof is not whole hashes"));
+                    }
+                    Some(ScannedReceipt {
+                        actor,
+                        sequence: to_u64(row.get(4)?, "sequence")?,
+                        key_id: row.get(5)?,
+                        payload_sha256: <[u8; 32]>::try_from(digest.as_slice())
+                            .map_err(|_| corrupt("its receipt's digest"))?,
+                        signed_at: row.get(7)?,
+                        proof_size: to_u64(row.get(8)?, "tree size")?,
+                        proof: hashes.to_vec(),
+                        proof_root: optional_hash(row.get(10)?)
+                            .map_err(|_| corrupt("the root of its proof's checkpoint"))?,
+                    })
+                }
+            };
+            let checkpoint = match optional_hash(row.get(11)?) {
+                Ok(Some(root)) => Some((root, row.get::<_, String>(12)?)),
+                Ok(None) => None,
+                Err(()) => return Err(corrupt("the root of the checkpoint it completes")),
+            };
+            let request = match row.get::<_, Option<Vec<u8>>>(14)? {
+                None => None,
+                Some(f) => Some(
+                    <[u8; 32]>::try_from(f.as_slice())
+                        .map_err(|_| corrupt("its request's fingerprint"))?,
+                ),
+            };
+            visit(ScannedEntry {
+                index,
+                kind,
+                entry,
+                receipt,
+                checkpoint,
+                requests: to_u64(row.get(13)?, "count")?,
+                request,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Number of receipts in the log.
     pub fn receipt_count(&self) -> Result<u64, StoreError> {
         let n: i64 = self
@@ -740,6 +858,58 @@ impl Store {
             .query_row("SELECT COUNT(*) FROM receipts", [], |row| row.get(0))?;
         to_u64(n, "count")
     }
+}
+
+fn parse_kind(text: &str) -> Option<EntryKind> {
+    Some(match text {
+        "receipt" => EntryKind::Receipt,
+        "rotation" => EntryKind::Rotation,
+        "retirement" => EntryKind::Retirement,
+        "registration" => EntryKind::Registration,
+        "log-start" => EntryKind::LogStart,
+        _ => return None,
+    })
+}
+
+fn optional_hash(bytes: Option<Vec<u8>>) -> Result<Option<Hash>, ()> {
+    bytes
+        .map(|b| <Hash>::try_from(b.as_slice()).map_err(|_| ()))
+        .transpose()
+}
+
+/// Tables the start-up check counts rows of.
+#[derive(Debug, Clone, Copy)]
+pub enum CheckedTable {
+    Receipts,
+    Requests,
+    Checkpoints,
+}
+
+/// A receipt row as the start-up check reads it.
+#[derive(Debug, Clone)]
+pub struct ScannedReceipt {
+    pub actor: String,
+    pub sequence: u64,
+    pub key_id: String,
+    pub payload_sha256: [u8; 32],
+    pub signed_at: String,
+    pub proof_size: u64,
+    pub proof: Vec<Hash>,
+    /// The stored root of the checkpoint at `proof_size`, if there is one.
+    pub proof_root: Option<Hash>,
+}
+
+/// A log entry with the rows that refer to it (see [`Store::scan_from`]).
+pub struct ScannedEntry<'a> {
+    pub index: u64,
+    pub kind: EntryKind,
+    pub entry: &'a [u8],
+    pub receipt: Option<ScannedReceipt>,
+    /// The checkpoint of size `index + 1`: its stored root and note.
+    pub checkpoint: Option<(Hash, String)>,
+    /// How many request ids name this entry, and the fingerprint of one of them.
+    pub requests: u64,
+    pub request: Option<[u8; 32]>,
 }
 
 /// The columns [`key_from_row`] decodes, in its order.

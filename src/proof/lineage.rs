@@ -379,3 +379,55 @@ pub fn registration_payload(r: &Registration<'_>) -> Result<Vec<u8>, EncodeError
     };
     encode("registration", &statement)
 }
+
+/// Predicate type URI of a log's first entry after a declared fresh start (FORMAT.md §11.5).
+pub const LOG_START_PREDICATE_TYPE: &str = "https://actseal.dev/log-start/v1";
+
+/// The head of the log a declared fresh start replaced, as the new log's first entry names it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplacedLog {
+    /// Hex SHA-256 of the replaced log's origin (the hardware record keeps only the digest).
+    pub origin_sha256: String,
+    /// Hex key id (SHA-256 of the SPKI DER) of the replaced log's key.
+    pub log_key_id: String,
+    /// The newest tree size acknowledged in the replaced log.
+    pub size: u64,
+    /// Hex Merkle root at that size.
+    pub root_hash: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LogStartPredicate<'a> {
+    origin: &'a str,
+    replaces: &'a ReplacedLog,
+    reason: &'static str,
+    started_at: &'a str,
+}
+
+/// The payload of a log-start entry, signed by the new log's key: this log replaces that one,
+/// by the operator's declaration (`actseal log recover --declare-fresh-start`).
+pub fn log_start_payload(
+    origin: &str,
+    replaces: &ReplacedLog,
+    started_at: &str,
+) -> Result<Vec<u8>, EncodeError> {
+    let statement = Statement {
+        statement_type: IN_TOTO_STATEMENT_V1,
+        subject: vec![Subject {
+            name: format!("replaced-log:{}", replaces.log_key_id),
+            digest: Digest {
+                sha256: replaces.root_hash.clone(),
+            },
+        }],
+        predicate_type: LOG_START_PREDICATE_TYPE,
+        predicate: LogStartPredicate {
+            origin,
+            replaces,
+            reason: "declared fresh start",
+            started_at,
+        },
+    };
+    encode("log start", &statement)
+}

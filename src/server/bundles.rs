@@ -189,20 +189,45 @@ pub fn stored(
         return Ok(None);
     };
     let corrupt = |what: &str| StoreError::Corrupt(format!("receipt {log_index}: {what}"));
-    let envelope = store
+    let bytes = store
         .entry(log_index)?
-        .and_then(|bytes| envelope_of(&bytes, &receipt.key_id))
-        .ok_or_else(|| corrupt("its log entry is missing or unreadable"))?;
+        .ok_or_else(|| corrupt("its log entry is missing"))?;
+    let envelope = envelope_of(&bytes, &receipt.key_id)
+        .ok_or_else(|| corrupt("its log entry is unreadable"))?;
     let key = store
         .key_by_id(&receipt.key_id)?
         .ok_or_else(|| corrupt("its key is not registered"))?;
     let lineage = lineage(store, &key, certs)?;
     let signed_at = unix(&receipt.signed_at).ok_or_else(|| corrupt("its time is unreadable"))?;
     let (tree_size, hashes) = proof.unwrap_or((receipt.proof_size, receipt.proof));
-    let note = store
+    let checkpoint = store
         .checkpoint(tree_size)?
-        .ok_or_else(|| corrupt("the checkpoint of its proof is missing"))?
-        .note;
+        .ok_or_else(|| corrupt("the checkpoint of its proof is missing"))?;
+    // Checked at use too: rows behind the start-up check's watermark are not re-read at start.
+    crate::verify::merkle::verify_inclusion(
+        &crate::ledger::merkle::leaf_hash(&bytes),
+        log_index,
+        tree_size,
+        &hashes,
+        &checkpoint.root,
+    )
+    .map_err(|e| corrupt(&format!("its stored inclusion proof does not verify: {e}")))?;
+    crate::verify::checkpoint::verify_checkpoint(
+        checkpoint.note.as_bytes(),
+        &log.origin,
+        &log.spki_der(),
+    )
+    .map_err(|e| corrupt(&format!("the checkpoint of its proof: {e}")))
+    .and_then(|parsed| {
+        if parsed.size == tree_size && parsed.root == checkpoint.root {
+            Ok(())
+        } else {
+            Err(corrupt(
+                "the checkpoint of its proof states another tree head",
+            ))
+        }
+    })?;
+    let note = checkpoint.note;
     Ok(Some(SignedReceipt {
         bundle_json: bundle_json(
             envelope,

@@ -12,7 +12,13 @@ use crate::ledger::{Store, StoreError, entry};
 pub const DEFAULT_MAX_STEP_BACK_S: u64 = 300;
 
 /// The predicate members that date an entry, one per kind (receipt, rotation, retirement).
-const TIME_MEMBERS: [&str; 4] = ["signedAt", "rotatedAt", "retiredAt", "registeredAt"];
+const TIME_MEMBERS: [&str; 5] = [
+    "signedAt",
+    "rotatedAt",
+    "retiredAt",
+    "registeredAt",
+    "startedAt",
+];
 
 /// A source of wall-clock time, in Unix seconds. Production reads the system clock; tests
 /// inject one they can step back.

@@ -13,6 +13,7 @@ pub mod listen;
 mod memory;
 pub mod metrics;
 pub mod policy;
+pub mod rollback;
 pub mod sequencer;
 mod signer;
 mod status;
@@ -42,7 +43,11 @@ use crate::{
         tpm::TpmBackend,
     },
     config::{BackendConfig, Config, TlsConfig},
-    ledger::{KeyRecord, Store, StoreError, integrity},
+    ledger::{
+        KeyRecord, Store, StoreError,
+        head::{LogHead, PreviousLog},
+        integrity,
+    },
     pki::device::{CertificateHistory, DeviceIdentity, load_identity},
     proof::{
         key_id,
@@ -150,8 +155,9 @@ pub enum StartError {
     Device(#[from] crate::pki::PkiError),
     #[error("state: {0}")]
     Store(#[from] StoreError),
-    #[error("{0}")]
-    Integrity(#[from] integrity::IntegrityError),
+    /// Not `#[from]`: its text is already in the message, and a source would print it twice.
+    #[error("refusing to sign on a damaged log: {0}")]
+    Integrity(integrity::IntegrityError),
     #[error("sequencer: {0}")]
     Sequencer(#[from] sequencer::SequencerError),
     #[error("log key: {0}")]
@@ -164,6 +170,15 @@ pub enum StartError {
     Policy(#[from] policy::PolicyError),
     #[error("TLS: {0}")]
     Tls(String),
+    /// The stored log is not the one the hardware's log head record vouches for.
+    #[error("refusing to sign: {0}")]
+    Rollback(String),
+}
+
+impl From<integrity::IntegrityError> for StartError {
+    fn from(e: integrity::IntegrityError) -> Self {
+        StartError::Integrity(e)
+    }
 }
 
 /// Reads the TLS listener's certificate, key and client CAs. The key's bytes never reach an
@@ -321,8 +336,10 @@ fn open_log(
     device: &DeviceIdentity,
     configured_origin: Option<&str>,
     token_serial: &str,
-) -> Result<sequencer::LogIdentity, StartError> {
+    hardware: Option<&(LogHead, Vec<u8>)>,
+) -> Result<(sequencer::LogIdentity, Option<PreviousLog>), StartError> {
     use base64::{Engine, engine::general_purpose::STANDARD as B64};
+    let fresh = rollback::pending_fresh_start(store, hardware)?;
     if let Some(log) = stored_log_identity(store)? {
         if let Some(configured) = configured_origin
             && configured != log.origin
@@ -332,23 +349,31 @@ fn open_log(
                 log.origin
             )));
         }
-        return Ok(log);
+        // A fresh start interrupted after its log key was made: still this one's to finish.
+        let fresh = fresh.filter(|(f, _)| f.origin == log.origin);
+        return Ok((log, fresh.map(|(_, previous)| previous)));
     }
-    let origin = configured_origin
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("actseal/{token_serial}"));
-    // The origin doubles as the checkpoint key name: both rules apply.
-    crate::ledger::checkpoint::Checkpoint::new(
-        origin.clone(),
-        0,
-        crate::ledger::merkle::empty_root(),
-    )
-    .map_err(|e| StartError::Config(format!("ledger.origin: {e}")))?;
-    if origin.contains([' ', '+']) {
-        return Err(StartError::Config(format!(
-            "ledger.origin {origin:?} must not contain spaces or '+' (it is also the checkpoint key name)"
-        )));
+    if let (Some((head, _)), None) = (hardware, &fresh) {
+        return Err(rollback::head_error(
+            crate::ledger::head::HeadError::DatabaseLost {
+                size: head.size,
+                log_key: hex::encode(head.binding.log_key_id),
+            },
+        ));
     }
+    let origin = match (&fresh, configured_origin) {
+        (Some((f, _)), Some(configured)) if f.origin != configured => {
+            return Err(StartError::Config(format!(
+                "ledger.origin is {configured:?} but the declared fresh start names {:?}; set ledger.origin to it",
+                f.origin
+            )));
+        }
+        (Some((f, _)), _) => f.origin.clone(),
+        (None, configured) => configured
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("actseal/{token_serial}")),
+    };
+    check_origin(&origin)?;
     let key = backend.create_key("actseal-log")?;
     let attestation = build_attestation(
         backend,
@@ -374,12 +399,31 @@ fn open_log(
     // Written last: its presence means the identity is complete.
     store.set_meta(META_ORIGIN, &origin)?;
     tracing::info!(origin = %origin, key_id = %key_id(&key.public_key), "log key created");
-    Ok(sequencer::LogIdentity {
-        origin,
-        key_id: key_id(&key.public_key),
-        key,
-        lineage,
-    })
+    Ok((
+        sequencer::LogIdentity {
+            origin,
+            key_id: key_id(&key.public_key),
+            key,
+            lineage,
+        },
+        fresh.map(|(_, previous)| previous),
+    ))
+}
+
+/// A log origin doubles as the checkpoint key name: both rules apply.
+pub fn check_origin(origin: &str) -> Result<(), StartError> {
+    crate::ledger::checkpoint::Checkpoint::new(
+        origin.to_owned(),
+        0,
+        crate::ledger::merkle::empty_root(),
+    )
+    .map_err(|e| StartError::Config(format!("ledger.origin: {e}")))?;
+    if origin.contains([' ', '+']) {
+        return Err(StartError::Config(format!(
+            "ledger.origin {origin:?} must not contain spaces or '+' (it is also the checkpoint key name)"
+        )));
+    }
+    Ok(())
 }
 
 fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
@@ -479,30 +523,38 @@ fn check_device_certificate(certificates: &CertificateHistory) -> Result<(), Sta
     }
 }
 
-/// Opens the state database and the log, and checks the log from end to end.
+/// Opens the state database and the log, checks the log against the head kept in the
+/// hardware (refusing a lost, rolled-back or foreign database), and checks what is new in it.
 fn open_ledger(
     config: &Config,
     backend: &dyn Backend,
     device: &DeviceIdentity,
     token_serial: &str,
-) -> Result<(Store, sequencer::LogIdentity), StartError> {
+) -> Result<(Store, sequencer::LogIdentity, Option<LogHead>), StartError> {
     let reader = Store::open(&config.state.database())?;
-    let log = open_log(
+    let hardware = rollback::read_head(backend)?;
+    let (log, fresh) = open_log(
         &reader,
         backend,
         device,
         config.ledger.origin.as_deref(),
         token_serial,
-    )?;
-    let spki = log.spki_der();
-    let status = integrity::check(&reader, &log.origin, |note| {
-        crate::verify::checkpoint::verify_checkpoint(note.as_bytes(), &log.origin, &spki)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    })
+        hardware.as_ref(),
+    )
+    .inspect_err(|e| tracing::error!(error = %e, "refusing to sign"))?;
+    let checking = std::time::Instant::now();
+    let (status, head) = rollback::check_start(
+        &reader,
+        backend,
+        &log,
+        hardware.as_ref().map(|(head, _)| head),
+        fresh,
+    )
     .inspect_err(|e| tracing::error!(error = %e, "refusing to sign on a broken log"))?;
-    tracing::info!(origin = %log.origin, size = status.size, root = %hex::encode(status.root), "log verified");
-    Ok((reader, log))
+    tracing::info!(origin = %log.origin, size = status.size, root = %hex::encode(status.root),
+        checked = status.checked, check_ms = checking.elapsed().as_millis() as u64,
+        head_in_hardware = head.is_some(), "log verified");
+    Ok((reader, log, head))
 }
 
 /// Opens the backend, the device identity and the ledger, and starts the sequencer.
@@ -520,7 +572,7 @@ fn open_state(
         device_key,
     )?);
     check_device_certificate(&certificates)?;
-    let (reader, log) = open_ledger(config, backend.as_ref(), &device, &token_serial)?;
+    let (reader, log, head) = open_ledger(config, backend.as_ref(), &device, &token_serial)?;
     let (sequencer, sequencer_thread) = sequencer::start(
         Store::open(&config.state.database())?,
         Arc::clone(&backend),
@@ -528,6 +580,7 @@ fn open_state(
         Arc::clone(&certificates),
         std::time::Duration::from_millis(config.ledger.batch_window_ms),
         clock::EntryClock::new(clock::daemon_clock(), config.ledger.max_clock_step_back_s()),
+        head,
     )?;
     let state = Arc::new(DaemonState {
         backend,

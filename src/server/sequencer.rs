@@ -26,6 +26,7 @@ use crate::{
         ReceiptRow, Store, StoreError,
         checkpoint::Checkpoint,
         entry,
+        head::{LogHead, PreviousLog},
         merkle::{self, Frontier, Hash, MerkleError, NodeReader},
     },
     pki::device::CertificateHistory,
@@ -34,8 +35,8 @@ use crate::{
         bundle::LogKeyInBundle,
         dsse::{Envelope, signing_digest},
         lineage::{
-            EncodeError, KeyDisposition, Lineage, Registration, VersionRef, registration_payload,
-            retirement_payload, rotation_payload,
+            EncodeError, KeyDisposition, Lineage, Registration, ReplacedLog, VersionRef,
+            log_start_payload, registration_payload, retirement_payload, rotation_payload,
         },
         receipt::{
             self, Action, CallerInReceipt, KeyRefInReceipt, ReceiptPredicate, ReceiptStatement,
@@ -267,6 +268,11 @@ struct Sequencer {
     node_cache: std::cell::RefCell<HashMap<(u8, u64), Hash>>,
     /// Dates entries so that times never decrease in log order.
     clock: EntryClock,
+    /// The log head record the hardware holds (`None`: the backend keeps none). Rewritten
+    /// after every commit, before anyone is answered.
+    head: Option<LogHead>,
+    /// A commit went through but the record could not be rewritten: it is behind the store.
+    head_behind: bool,
 }
 
 /// Starts the sequencer thread on `store`. It stops when every handle is dropped.
@@ -277,7 +283,9 @@ pub fn start(
     certificates: Arc<CertificateHistory>,
     batch_window: std::time::Duration,
     clock: EntryClock,
+    head: Option<LogHead>,
 ) -> Result<(SequencerHandle, thread::JoinHandle<()>), SequencerError> {
+    let begin = head.and_then(|h| h.previous.filter(|_| h.size == 0));
     let mut sequencer = Sequencer {
         store,
         backend,
@@ -289,8 +297,15 @@ pub fn start(
         actors: HashMap::new(),
         frontier: Frontier::default(),
         node_cache: std::cell::RefCell::new(HashMap::new()),
+        head,
+        head_behind: false,
     };
     sequencer.reload()?;
+    if let Some(previous) = begin
+        && sequencer.frontier.size() == 0
+    {
+        sequencer.begin_log(previous)?;
+    }
     let (tx, rx) = mpsc::channel(1024);
     let thread = thread::Builder::new()
         .name("actseal-sequencer".into())
@@ -484,6 +499,14 @@ impl Sequencer {
                     None,
                 ) {
                     Ok(Some(answer)) => {
+                        // A stored answer is an acknowledgement too: the request must be
+                        // the one that receipt answered, and the hardware's head cover it.
+                        if let Err(e) = self
+                            .check_retry(index, &fingerprint)
+                            .and_then(|()| self.sync_head())
+                        {
+                            fail!(e)
+                        }
                         let _ = reply.send(Ok(answer));
                         return Ok(());
                     }
@@ -871,6 +894,99 @@ impl Sequencer {
         }
     }
 
+    /// Rewrites the hardware's log head record after a commit of `requests` request ids: DB
+    /// commit, then the record, then the answers (a crash between leaves the store ahead of
+    /// the record, which the next start accepts and records).
+    fn record_head(&mut self, requests: usize) -> Result<(), SequencerError> {
+        let Some(head) = self.head else {
+            return Ok(());
+        };
+        let size = self.frontier.size();
+        let requests = if self.head_behind {
+            self.store.request_count_below(size)?
+        } else {
+            head.requests + requests as u64
+        };
+        let next = LogHead {
+            size,
+            root: self.frontier.root(),
+            requests,
+            ..head
+        };
+        if let Err(e) = self.backend.write_log_head(&next.encode()) {
+            self.head_behind = true;
+            tracing::error!(error = %e, size, "cannot record the log head in the hardware; nothing of this batch is acknowledged");
+            return Err(e.into());
+        }
+        self.head = Some(next);
+        self.head_behind = false;
+        Ok(())
+    }
+
+    /// Brings the record up to the store after a failed rewrite, before a stored answer
+    /// goes out.
+    fn sync_head(&mut self) -> Result<(), SequencerError> {
+        if !self.head_behind {
+            return Ok(());
+        }
+        let Some(head) = self.head else {
+            return Ok(());
+        };
+        let size = self.store.next_log_index()?;
+        let next = LogHead {
+            size,
+            root: merkle::root_at(&self.store, size)?,
+            requests: self.store.request_count_below(size)?,
+            ..head
+        };
+        self.backend.write_log_head(&next.encode())?;
+        self.head = Some(next);
+        self.head_behind = false;
+        Ok(())
+    }
+
+    /// A stored receipt handed to a retry must be the one made for this request: a
+    /// re-pointed request id would hand out another caller's bundle.
+    fn check_retry(&self, index: u64, fingerprint: &[u8; 32]) -> Result<(), SequencerError> {
+        let payload = self
+            .store
+            .entry(index)?
+            .and_then(|bytes| entry::decode(&bytes))
+            .map(|parts| parts.payload);
+        match payload
+            .as_deref()
+            .and_then(super::validate::fingerprint_of_receipt)
+        {
+            Some(found) if found == *fingerprint => Ok(()),
+            _ => Err(SequencerError::Store(StoreError::Corrupt(format!(
+                "the request id names receipt {index}, which was made for another request"
+            )))),
+        }
+    }
+
+    /// The first entry of a log that replaces another (a declared fresh start): the new log
+    /// key names the replaced log's head, and this is committed before anything is signed.
+    fn begin_log(&mut self, previous: PreviousLog) -> Result<(), SequencerError> {
+        let started_at = self.clock.next(&[])?;
+        let payload = log_start_payload(
+            &self.log.origin,
+            &ReplacedLog {
+                origin_sha256: hex::encode(previous.origin_sha256),
+                log_key_id: hex::encode(previous.log_key_id),
+                size: previous.size,
+                root_hash: hex::encode(previous.root),
+            },
+            &started_at,
+        )?;
+        let bytes = self.log_key_entry(&payload)?;
+        let mut staged = Staged::default();
+        self.append_entry(&mut staged, EntryKind::LogStart, "", bytes);
+        self.seal(&mut staged)?;
+        tracing::warn!(origin = %self.log.origin, replaced_size = previous.size,
+            replaced_log_key = %hex::encode(previous.log_key_id), "new log started; it records the replaced log's head");
+        Ok(())
+    }
+
     fn seal(&mut self, staged: &mut Staged) -> Result<(), SequencerError> {
         if !staged.batch.entries.is_empty() {
             let checkpoint = Checkpoint::new(
@@ -921,6 +1037,7 @@ impl Sequencer {
             });
         }
         self.store.commit(&staged.batch)?;
+        self.record_head(staged.batch.requests.len())?;
         let mut cache = self.node_cache.borrow_mut();
         if cache.len() > NODE_CACHE_LIMIT {
             cache.clear();

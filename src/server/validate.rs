@@ -73,6 +73,31 @@ impl ValidAction {
     }
 }
 
+/// The fingerprint ([`ValidAction::fingerprint`]) of the request a stored receipt answered,
+/// rebuilt from its statement's bytes: a request id whose stored fingerprint differs was made
+/// for another request (a re-pointed `requests` row). `None` if the payload is no receipt.
+pub fn fingerprint_of_receipt(payload: &[u8]) -> Option<[u8; 32]> {
+    let statement: crate::proof::receipt::ReceiptStatement =
+        serde_json::from_slice(payload).ok()?;
+    let subject = statement.subject.first()?;
+    let document_sha256 = <[u8; 32]>::try_from(hex::decode(&subject.digest.sha256).ok()?).ok()?;
+    let parent_sha256 = match &statement.predicate.action.parent_sha256 {
+        None => None,
+        Some(p) => Some(<[u8; 32]>::try_from(hex::decode(p).ok()?).ok()?),
+    };
+    let p = statement.predicate;
+    let action = ValidAction {
+        actor: p.actor,
+        action_type: p.action.action_type,
+        target: p.action.target,
+        document_sha256,
+        context: p.context,
+        parent_sha256,
+        caller: Box::new(p.caller),
+    };
+    Some(action.fingerprint())
+}
+
 /// Printable text: no control characters, which would let a caller forge lines in logs and
 /// in a human's reading of a receipt.
 fn text(field: &'static str, value: &str, max: usize) -> Result<(), FieldError> {

@@ -182,6 +182,7 @@ fn time_member(kind: &str) -> Result<&'static str, String> {
         statement::RECEIPT_PREDICATE_TYPE => Ok("signedAt"),
         statement::ROTATION_PREDICATE_TYPE => Ok("rotatedAt"),
         statement::RETIREMENT_PREDICATE_TYPE => Ok("retiredAt"),
+        statement::LOG_START_PREDICATE_TYPE => Ok("startedAt"),
         other => Err(format!("no time rule for entry type {other:?}")),
     }
 }
@@ -360,6 +361,17 @@ impl Replay<'_> {
             statement::RETIREMENT_PREDICATE_TYPE => self
                 .retirement(&envelope)
                 .map_err(|e| (AuditStep::Retirement, e)),
+            statement::LOG_START_PREDICATE_TYPE if index == 0 => {
+                dsse::verify(&envelope, &self.log.verifying).map_err(|e| {
+                    (
+                        AuditStep::Export,
+                        format!("log start not signed by the log key: {e}"),
+                    )
+                })
+            }
+            statement::LOG_START_PREDICATE_TYPE => {
+                Err(export("a log-start entry after the first entry".into()))
+            }
             other => Err(export(format!("unknown entry type {other:?}"))),
         }?;
         check_time_order(&envelope, &kind, index, &mut self.previous_time)

@@ -640,6 +640,8 @@ pub(crate) const RECEIPT_PREDICATE_TYPE: &str = RECEIPT_PREDICATE;
 pub(crate) const ROTATION_PREDICATE_TYPE: &str = ROTATION_PREDICATE;
 pub(crate) const RETIREMENT_PREDICATE_TYPE: &str = RETIREMENT_PREDICATE;
 pub(crate) const REGISTRATION_PREDICATE_TYPE: &str = REGISTRATION_PREDICATE;
+/// A log's first entry after a declared fresh start (FORMAT.md §11.5).
+pub(crate) const LOG_START_PREDICATE_TYPE: &str = "https://actseal.dev/log-start/v1";
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
