@@ -99,3 +99,31 @@ async fn tpm_keys_sign_verify_and_survive_restarts() {
     let audit = common::export_and_audit(&lab, "log-export.json");
     assert!(audit.contains("1 rotations"), "{audit}");
 }
+
+/// A daemon killed in the middle of TPM commands leaves nothing in the TPM that stops the next
+/// one (swtpm over TCP has no resource manager to clean up after a dead client): ten SIGKILLs
+/// under signing load, each followed by a start that signs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkills_mid_command_leave_the_tpm_usable() {
+    let mut lab = new_tpm_lab();
+    lab.start_daemon().expect("daemon start");
+    let key = create_key(&lab, ACTOR).await;
+    for kill in 0..10u64 {
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            let mut signer = signer(&lab).await;
+            clients.push(tokio::spawn(async move {
+                while signer.sign(sign_request(ACTOR, DOCUMENT)).await.is_ok() {}
+            }));
+        }
+        // A varying moment, so that some kill lands inside a command.
+        tokio::time::sleep(std::time::Duration::from_millis(150 + 37 * kill)).await;
+        lab.kill_daemon().unwrap();
+        for client in clients {
+            client.await.unwrap();
+        }
+        lab.start_daemon()
+            .unwrap_or_else(|e| panic!("start after SIGKILL {}: {e}", kill + 1));
+        sign_and_verify(&lab, &key.key_id).await;
+    }
+}

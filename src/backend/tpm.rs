@@ -21,6 +21,12 @@
 //! objects is flushed (the check's own transient AK and EK are flushed after it).
 //! The AK is also checked each time it is re-created, and the health probe checks that the
 //! storage primary key is still ours, so a TPM swapped under an open connection is noticed.
+//!
+//! Authorization: every object and hierarchy here has an empty authValue, so commands use the
+//! password session, which takes no TPM memory. An HMAC session would be loaded in the TPM
+//! for the command, and a daemon killed in the middle leaves it there: without a resource
+//! manager (swtpm over TCP, `/dev/tpm0`) three such kills exhaust the TPM's session slots and
+//! no later start can talk to it (found by the soak test).
 
 pub mod identity;
 
@@ -431,7 +437,7 @@ impl Open {
         flush_transient(&mut ctx);
         let template = storage_template()?;
         let primary = ctx
-            .execute_with_nullauth_session(|ctx| {
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
                 ctx.create_primary(Hierarchy::Owner, template, None, None, None, None)
             })
             .map_err(|e| {
@@ -498,7 +504,7 @@ impl Open {
                 let primary = self.primary;
                 let handle = self
                     .ctx
-                    .execute_with_nullauth_session(|ctx| {
+                    .execute_with_session(Some(AuthSession::Password), |ctx| {
                         ctx.load(primary, blobs.private.clone(), blobs.public.clone())
                     })
                     .map_err(failed("load"))?;
@@ -520,7 +526,7 @@ impl Open {
         let primary = self.primary;
         let handle = self
             .ctx
-            .execute_with_nullauth_session(|ctx| {
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
                 ctx.load(primary, blobs.private.clone(), blobs.public.clone())
             })
             .map_err(failed("load"))?;
@@ -538,7 +544,7 @@ impl Open {
         let template = ak_template()?;
         let created = self
             .ctx
-            .execute_with_nullauth_session(|ctx| {
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
                 ctx.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
             })
             .map_err(failed("create attestation key"))?;
@@ -746,7 +752,7 @@ impl TpmBackend {
                     })?;
                 let activated = (|| {
                     let policy = PolicySession::try_from(session).map_err(failed("policy"))?;
-                    ctx.execute_with_nullauth_session(|ctx| {
+                    ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
                         ctx.policy_secret(
                             policy,
                             AuthHandle::Endorsement,
@@ -785,7 +791,7 @@ impl TpmBackend {
             open.with_key(&blobs, |ctx, key_handle| {
                 let template = ak_template()?;
                 let ak = ctx
-                    .execute_with_nullauth_session(|ctx| {
+                    .execute_with_session(Some(AuthSession::Password), |ctx| {
                         ctx.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
                     })
                     .map_err(failed("create attestation key"))?;
@@ -840,7 +846,7 @@ impl Backend for TpmBackend {
             let primary = open.primary;
             let template = template.clone();
             open.ctx
-                .execute_with_nullauth_session(|ctx| {
+                .execute_with_session(Some(AuthSession::Password), |ctx| {
                     ctx.create(primary, template, None, None, None, None)
                 })
                 .map_err(failed("create key"))
@@ -867,7 +873,7 @@ impl Backend for TpmBackend {
         let tpm_digest = Digest::try_from(digest.to_vec()).map_err(failed("sign"))?;
         let signature = self.run(|open| {
             open.with_cached_key(&blobs, |ctx, handle| {
-                ctx.execute_with_nullauth_session(|ctx| {
+                ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
                     ctx.sign(
                         handle,
                         tpm_digest.clone(),

@@ -114,7 +114,7 @@ fn verdict(ctx: &mut Context, expected: &TpmIdentity) -> Result<Result<(), Strin
 fn ak_matches(ctx: &mut Context, expected: &str) -> Result<Result<(), String>, BackendError> {
     let template = ak_template()?;
     let ak = ctx
-        .execute_with_nullauth_session(|ctx| {
+        .execute_with_session(Some(AuthSession::Password), |ctx| {
             ctx.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
         })
         .map_err(tpm_error("create attestation key"))?;

@@ -17,6 +17,7 @@ use tss_esapi::{
     interface_types::{
         algorithm::HashingAlgorithm,
         resource_handles::{NvAuth, Provision},
+        session_handles::AuthSession,
     },
     structures::{CapabilityData, MaxNvBuffer, NvPublicBuilder},
 };
@@ -82,7 +83,9 @@ pub(super) fn read(backend: &TpmBackend) -> Result<Option<Vec<u8>>, BackendError
                 detail: format!("NV index {LOG_HEAD_NV_INDEX:#x} is {size} bytes"),
             })?;
             let data = ctx
-                .execute_with_nullauth_session(|ctx| ctx.nv_read(NvAuth::Owner, handle, size, 0))
+                .execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.nv_read(NvAuth::Owner, handle, size, 0)
+                })
                 .map_err(failed("NV read log head"))?;
             Ok(Some(data.to_vec()))
         })
@@ -104,7 +107,7 @@ pub(super) fn write(backend: &TpmBackend, record: &[u8]) -> Result<(), BackendEr
                     record.len()
                 )));
             }
-            ctx.execute_with_nullauth_session(|ctx| {
+            ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
                 ctx.nv_write(NvAuth::Owner, handle, buffer.clone(), 0)
             })
             .map_err(failed("NV write log head"))
@@ -127,7 +130,9 @@ fn define(ctx: &mut Context, size: usize) -> Result<(), BackendError> {
         .build()
         .map_err(failed("NV index public area"))?;
     let handle = ctx
-        .execute_with_nullauth_session(|ctx| ctx.nv_define_space(Provision::Owner, None, public))
+        .execute_with_session(Some(AuthSession::Password), |ctx| {
+            ctx.nv_define_space(Provision::Owner, None, public)
+        })
         .map_err(failed("NV define log head index"))?;
     let mut object = ObjectHandle::from(handle);
     let _ = ctx.tr_close(&mut object);
