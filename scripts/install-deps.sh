@@ -26,6 +26,12 @@ if ((${#missing[@]})); then
 fi
 # The stock-client tests (tests/stock_client.rs) talk to the daemon with Python's grpcio.
 if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    echo "installing: python3-pip"
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
   echo "installing: grpcio grpcio-tools (pip)"
   python3 -m pip install --quiet grpcio grpcio-tools 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages grpcio grpcio-tools
