@@ -246,7 +246,8 @@ fn head_write_cost(lab: &Lab) {
 /// Starts the daemon; returns the time to its socket and its "log verified" line.
 fn timed_start(lab: &mut Lab) -> (Duration, String) {
     let start = Instant::now();
-    lab.start_daemon().expect("daemon start");
+    lab.start_daemon_within(Duration::from_secs(1800), |_| {})
+        .expect("daemon start");
     let took = start.elapsed();
     lab.stop_daemon().unwrap();
     let log = std::fs::read_to_string(lab.daemon_log()).unwrap();

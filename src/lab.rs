@@ -303,6 +303,16 @@ impl Lab {
     /// Starts the daemon with its command adjusted by `configure` (e.g. its environment) and
     /// waits until it accepts connections on its socket.
     pub fn start_daemon_with(&mut self, configure: impl FnOnce(&mut Command)) -> Result<()> {
+        self.start_daemon_within(Duration::from_secs(30), configure)
+    }
+
+    /// Like [`Lab::start_daemon_with`], waiting up to `wait` for the socket (a start-up check
+    /// of a very large log takes minutes).
+    pub fn start_daemon_within(
+        &mut self,
+        wait: Duration,
+        configure: impl FnOnce(&mut Command),
+    ) -> Result<()> {
         if self.daemon.is_some() {
             bail!("the daemon is already running");
         }
@@ -322,7 +332,7 @@ impl Lab {
             .stderr(log);
         configure(&mut command);
         let mut child = command.spawn().context("cannot start the daemon")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + wait;
         loop {
             if let Some(status) = child.try_wait()? {
                 bail!(
@@ -335,7 +345,7 @@ impl Lab {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("the daemon did not open its socket within 30 s");
+                bail!("the daemon did not open its socket within {wait:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -45,7 +45,7 @@ struct Tally {
 }
 
 /// Faults done to one daemon, by kind.
-#[derive(Default, Debug)]
+#[derive(Default)]
 struct Faults {
     kills: u32,
     swtpm_restarts: u32,
@@ -265,10 +265,14 @@ fn check(lab: &mut TestLab, name: &str, tally: &Tally, faults: &Faults) {
         );
     }
     println!(
-        "soak {name}: {} bundles acknowledged and verified, {} log entries, faults {faults:?}, \
-         answers {:?}, longest recovery {recovery:?}\naudit: {}",
+        "soak {name}: {} bundles acknowledged and verified, {} log entries; faults: {} SIGKILLs, \
+         {} swtpm restarts, {} token outages; answers {:?}, longest recovery {recovery:?}\n\
+         audit: {}",
         tally.acknowledged.len(),
         entries.len(),
+        faults.kills,
+        faults.swtpm_restarts,
+        faults.token_outages,
         tally.codes,
         report.trim()
     );
