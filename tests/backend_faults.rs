@@ -117,15 +117,24 @@ fn start_signers(
         .collect()
 }
 
-/// Every acknowledged bundle verifies, and the log holds exactly the acknowledged receipts.
+/// Every acknowledged bundle verifies, at an index of its own, and the log holds every one.
+/// It may hold a few more: a batch committed just before the fault, whose log head record the
+/// token could no longer take, is answered UNAVAILABLE (a retry with its request id gets it).
 fn assert_nothing_lost(lab: &Lab, ok: &[String], receipts_before: u64) {
+    let mut indexes = std::collections::BTreeSet::new();
     for bundle in ok {
-        verify(lab, bundle, None).expect("an acknowledged bundle verifies");
+        let verified = verify(lab, bundle, None).expect("an acknowledged bundle verifies");
+        assert!(
+            indexes.insert(verified.log_index),
+            "two bundles at one index"
+        );
     }
-    assert_eq!(
-        receipt_count(lab),
-        receipts_before + ok.len() as u64,
-        "the log holds exactly the acknowledged receipts"
+    let stored = receipt_count(lab);
+    assert!(
+        stored >= receipts_before + ok.len() as u64,
+        "the log lacks acknowledged receipts: {stored} stored, {} before and {} acknowledged",
+        receipts_before,
+        ok.len()
     );
     export_and_audit(lab, "log-export.json");
 }
