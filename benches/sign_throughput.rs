@@ -75,19 +75,7 @@ fn raw_token_rate(
 
 fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
-    let dir = tempfile::Builder::new()
-        .prefix("actseal-bench-")
-        .tempdir()
-        .unwrap();
-    let mut lab = Lab::create(
-        Path::new(env!("CARGO_BIN_EXE_actseal")),
-        &dir.path().join("lab"),
-        false,
-    )
-    .expect("lab set-up");
-    // SAFETY: set before any thread is started; the module reads it at C_Initialize.
-    unsafe { std::env::set_var("SOFTHSM2_CONF", lab.dir.join("softhsm2.conf")) };
-    lab.start_daemon().unwrap();
+    let (_dir, mut lab) = support::started_softhsm_lab("actseal-bench-");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

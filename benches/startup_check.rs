@@ -14,9 +14,11 @@
 //! Run: `cargo bench --bench startup_check`. `ACTSEAL_BENCH_SIZES` (default
 //! "100000,1000000") sets the log sizes measured, in increasing order.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::{
     collections::HashMap,
-    path::Path,
     time::{Duration, Instant},
 };
 
@@ -273,19 +275,7 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().expect("a size"))
         .collect();
-    let dir = tempfile::Builder::new()
-        .prefix("actseal-startup-bench-")
-        .tempdir()
-        .unwrap();
-    let mut lab = Lab::create(
-        Path::new(env!("CARGO_BIN_EXE_actseal")),
-        &dir.path().join("lab"),
-        false,
-    )
-    .expect("lab set-up");
-    // SAFETY: no other thread runs yet; the backend opened in this process reads it.
-    unsafe { std::env::set_var("SOFTHSM2_CONF", lab.dir.join("softhsm2.conf")) };
-    lab.start_daemon().unwrap();
+    let (_dir, mut lab) = support::started_softhsm_lab("actseal-startup-bench-");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,4 +1,7 @@
-//! What the throughput benches share: phase length and the daemon load generator.
+//! What the benches share: a SoftHSM lab with its daemon, phase length and the daemon load
+//! generator.
+// Each bench uses some of these.
+#![allow(dead_code)]
 
 use std::{
     sync::Arc,
@@ -9,6 +12,22 @@ use actseal::{
     api::{SignRequest, sign_request::Action, signer_client::SignerClient},
     lab::Lab,
 };
+
+/// A SoftHSM lab in a temporary directory (`prefix`), its module told where the lab's tokens
+/// are (for a backend opened in the bench process too), and its daemon started.
+pub fn started_softhsm_lab(prefix: &str) -> (tempfile::TempDir, Lab) {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let mut lab = Lab::create(
+        std::path::Path::new(env!("CARGO_BIN_EXE_actseal")),
+        &dir.path().join("lab"),
+        false,
+    )
+    .expect("lab set-up");
+    // SAFETY: set before any thread is started; the module reads it at C_Initialize.
+    unsafe { std::env::set_var("SOFTHSM2_CONF", lab.dir.join("softhsm2.conf")) };
+    lab.start_daemon().unwrap();
+    (dir, lab)
+}
 
 /// Length of each measured phase: `ACTSEAL_BENCH_SECONDS`, 5 s by default.
 pub fn phase_seconds() -> Duration {

@@ -292,6 +292,22 @@ pub(crate) fn parse_time(what: &str, text: &str) -> Result<i64, String> {
     Ok(parsed.assume_utc().unix_timestamp())
 }
 
+/// The subject of a statement about one key version: named `<actor>#<version>`, its digest
+/// the key id.
+fn require_key_version_subject(
+    subject: &Subject,
+    actor: &str,
+    version: u64,
+    key_id: &str,
+) -> Result<(), String> {
+    require_eq("subject[0].digest.sha256", &subject.digest.sha256, key_id)?;
+    require_eq(
+        "subject[0].name",
+        &subject.name,
+        &format!("{actor}#{version}"),
+    )
+}
+
 fn require_eq(what: &str, got: &str, want: &str) -> Result<(), String> {
     if got == want {
         Ok(())
@@ -535,16 +551,7 @@ pub(crate) struct Retirement {
 
 pub(crate) fn check_retirement(envelope: &Envelope) -> Result<Retirement, String> {
     let (subject, p) = parse_statement::<RetirementPredicate>(envelope, RETIREMENT_PREDICATE)?;
-    require_eq(
-        "subject[0].digest.sha256",
-        &subject.digest.sha256,
-        &p.key_id,
-    )?;
-    require_eq(
-        "subject[0].name",
-        &subject.name,
-        &format!("{}#{}", p.actor, p.version),
-    )?;
+    require_key_version_subject(&subject, &p.actor, p.version, &p.key_id)?;
     if !DISPOSITIONS.contains(&p.key_disposition.as_str()) {
         return Err(format!(
             "predicate.keyDisposition {:?} is not one of {DISPOSITIONS:?}",
@@ -589,16 +596,7 @@ pub(crate) struct Registration {
 /// attestation is decoded here and checked by the caller against the anchors.
 pub(crate) fn check_registration(envelope: &Envelope) -> Result<Registration, String> {
     let (subject, p) = parse_statement::<RegistrationPredicate>(envelope, REGISTRATION_PREDICATE)?;
-    require_eq(
-        "subject[0].digest.sha256",
-        &subject.digest.sha256,
-        &p.key_id,
-    )?;
-    require_eq(
-        "subject[0].name",
-        &subject.name,
-        &format!("{}#{}", p.actor, p.version),
-    )?;
+    require_key_version_subject(&subject, &p.actor, p.version, &p.key_id)?;
     if p.version == 0 {
         return Err("predicate.version must be 1 or more".into());
     }
@@ -675,16 +673,7 @@ pub(crate) struct Rotation {
 pub(crate) fn check_rotation(envelope: &Envelope, actor: &str) -> Result<Rotation, String> {
     let (subject, p) = parse_statement::<RotationPredicate>(envelope, ROTATION_PREDICATE)?;
     require_eq("predicate.actor", &p.actor, actor)?;
-    require_eq(
-        "subject[0].digest.sha256",
-        &subject.digest.sha256,
-        &p.next.key_id,
-    )?;
-    require_eq(
-        "subject[0].name",
-        &subject.name,
-        &format!("{actor}#{}", p.next.version),
-    )?;
+    require_key_version_subject(&subject, actor, p.next.version, &p.next.key_id)?;
     if !BACKENDS.contains(&p.next_backend.as_str()) {
         return Err(format!(
             "predicate.nextBackend {:?} is unknown",
