@@ -268,7 +268,12 @@ async fn batch_receipts_check_out_each_with_its_own_entry_and_sequence() {
     let answers = sign_concurrently(&lab, ACTOR, 12, "batched").await;
     let mut facts = Vec::new();
     for answer in &answers {
-        let answer = answer.as_ref().expect("batched sign");
+        let answer = answer.as_ref().unwrap_or_else(|e| {
+            panic!(
+                "batched sign: {e:?}\n{}",
+                std::fs::read_to_string(lab.daemon_log()).unwrap_or_default()
+            )
+        });
         let checked = check_batch_bundle(&answer.bundle_json).expect("batch bundle checks out");
         assert_eq!(checked.sequence, answer.sequence);
         assert_eq!(checked.log_index, answer.log_index);

@@ -506,8 +506,9 @@ impl Sequencer {
     ) -> Result<Option<Command>, ()> {
         let received = match self.windows.next_deadline() {
             None => Some(runtime.block_on(rx.recv())),
+            // Made inside the runtime: a timer needs its reactor.
             Some(deadline) => runtime
-                .block_on(tokio::time::timeout_at(deadline.into(), rx.recv()))
+                .block_on(async { tokio::time::timeout_at(deadline.into(), rx.recv()).await })
                 .ok(),
         };
         match received {
