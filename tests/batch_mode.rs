@@ -674,11 +674,22 @@ async fn soak_batch_throughput_on_swtpm() {
     );
     create_key(&lab, ACTOR).await;
     let clients = 32;
+    // Requests in flight on each client's connection (HTTP/2 streams), as a streaming
+    // client keeps them: ACTSEAL_SOAK_IN_FLIGHT, default 1.
+    let in_flight: usize = std::env::var("ACTSEAL_SOAK_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let duration = Duration::from_secs(5);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for c in 0..clients {
-        let mut signer = signer(&lab).await;
+    let mut channels = Vec::new();
+    for _ in 0..clients {
+        channels.push(channel(&lab).await);
+    }
+    for c in 0..clients * in_flight {
+        let mut signer =
+            actseal::api::signer_client::SignerClient::new(channels[c % clients].clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut i = 0;
@@ -700,7 +711,7 @@ async fn soak_batch_throughput_on_swtpm() {
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
     println!(
-        "batch mode on swtpm, {clients} clients, window 5 ms: {rate:.0} receipts/s (p50 {:?}, p99 {:?})",
+        "batch mode on swtpm, {clients} clients x {in_flight} in flight, window 5 ms: {rate:.0} receipts/s (p50 {:?}, p99 {:?})",
         at(0.5),
         at(0.99)
     );
