@@ -8,6 +8,8 @@
 //! [`cli`] alone: no hardware stack, gRPC or SQLite.
 
 #[cfg(feature = "daemon")]
+pub mod anchor;
+#[cfg(feature = "daemon")]
 pub mod backend;
 pub mod cli;
 #[cfg(feature = "daemon")]
@@ -18,6 +20,8 @@ pub mod files;
 pub mod lab;
 #[cfg(feature = "daemon")]
 pub mod lab_tpm;
+#[cfg(feature = "daemon")]
+pub mod lab_tsa;
 #[cfg(feature = "daemon")]
 pub mod ledger;
 #[cfg(feature = "daemon")]

@@ -31,6 +31,7 @@ mod roles;
 mod rotation;
 mod statement;
 mod summary;
+pub mod timestamp;
 pub mod tpm;
 mod x509;
 

@@ -1,0 +1,3 @@
+//! Anchoring checkpoints outside the operator's reach: witnesses and timestamp authorities.
+
+pub mod tsa;
