@@ -67,7 +67,7 @@ pub async fn connect_unix(path: &std::path::Path) -> Result<Channel, tonic::tran
         .await
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -5,6 +5,7 @@
 mod client;
 #[cfg(feature = "daemon")]
 mod demo;
+mod monitor;
 mod operator;
 pub(crate) mod out;
 
@@ -68,15 +69,47 @@ enum Command {
         #[arg(long, value_parser = parse_time)]
         at: Option<i64>,
     },
-    /// Check that an older signed checkpoint's tree is a prefix of a newer one's, offline.
+    /// Check that an older signed checkpoint's tree is a prefix of a newer one's, offline; or,
+    /// with --fork-evidence, that a log forked.
     VerifyLog {
-        /// A consistency proof written by `actseal log consistency`.
-        proof: PathBuf,
+        /// A consistency proof written by `actseal log consistency`; one end must be the
+        /// bundle's own checkpoint.
+        #[arg(
+            required_unless_present = "fork_evidence",
+            conflicts_with = "fork_evidence"
+        )]
+        proof: Option<PathBuf>,
         /// Any bundle from the log: it names (and attests) the log key.
+        #[arg(long, required_unless_present = "fork_evidence")]
+        bundle: Option<PathBuf>,
+        /// Fork evidence written by `actseal monitor`: exit 0 when it proves a fork.
         #[arg(long)]
-        bundle: PathBuf,
+        fork_evidence: Option<PathBuf>,
         #[arg(long)]
         trust: PathBuf,
+    },
+    /// Keep the checkpoints seen per log and report any two that are not consistent, writing
+    /// the fork evidence (exit 1 on a fork).
+    Monitor {
+        /// Directory of the checkpoints seen, per log (created if absent).
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long)]
+        trust: PathBuf,
+        /// Bundles, checkpoint notes or consistency proofs to add (a log's first bundle
+        /// attests its key).
+        inputs: Vec<PathBuf>,
+        /// Also copy the first fork's evidence here.
+        #[arg(long)]
+        evidence: Option<PathBuf>,
+        /// Also ask the daemon for its newest checkpoint and, for each size seen, its own
+        /// checkpoint of that size with a consistency proof.
+        #[cfg(feature = "daemon")]
+        #[arg(long)]
+        fetch: bool,
+        #[cfg(feature = "daemon")]
+        #[command(flatten)]
+        connection: Connection,
     },
     /// Replay a whole exported log offline and confirm every entry.
     Audit {
@@ -477,10 +510,45 @@ pub fn main() -> ExitCode {
         Command::VerifyLog {
             proof,
             bundle,
+            fork_evidence,
             trust,
         } => {
             init_logging("warn", false);
-            return operator::verify_log(&proof, &bundle, &trust);
+            return match (fork_evidence, proof, bundle) {
+                (Some(evidence), _, _) => operator::verify_fork(&evidence, &trust),
+                (None, Some(proof), Some(bundle)) => operator::verify_log(&proof, &bundle, &trust),
+                _ => {
+                    eprintln!("actseal verify-log: give PROOF and --bundle, or --fork-evidence");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        #[cfg(feature = "daemon")]
+        Command::Monitor {
+            state,
+            trust,
+            inputs,
+            evidence,
+            fetch,
+            connection,
+        } => {
+            init_logging("warn", false);
+            return monitor::run(&state, &trust, &inputs, evidence.as_deref(), |m| {
+                if fetch {
+                    monitor::fetch(m, &connection)
+                } else {
+                    Ok(())
+                }
+            });
+        }
+        #[cfg(not(feature = "daemon"))]
+        Command::Monitor {
+            state,
+            trust,
+            inputs,
+            evidence,
+        } => {
+            return monitor::run(&state, &trust, &inputs, evidence.as_deref(), |_| Ok(()));
         }
         Command::Audit { export, trust } => {
             init_logging("warn", false);

@@ -139,6 +139,17 @@ pub fn verify_log(proof: &Path, bundle: &Path, trust: &Path) -> ExitCode {
     })
 }
 
+/// `actseal verify-log --fork-evidence`: 0 the evidence proves a fork, 1 it does not, 2
+/// unreadable inputs.
+pub fn verify_fork(evidence: &Path, trust: &Path) -> ExitCode {
+    offline_check("verify-log", [evidence, trust], |inputs, anchors| {
+        let [evidence] = inputs else {
+            return Err("internal: wrong inputs".into());
+        };
+        crate::verify::fork::verify_fork_evidence(evidence, anchors)
+    })
+}
+
 /// `actseal audit`: 0 the log checks out, 1 a problem (named), 2 unreadable inputs.
 pub fn audit(export: &Path, trust: &Path) -> ExitCode {
     offline_check("audit", [export, trust], |inputs, anchors| {

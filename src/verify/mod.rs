@@ -25,6 +25,7 @@ pub mod consistency;
 mod digest;
 mod dsse;
 mod error;
+pub mod fork;
 mod log;
 pub mod merkle;
 mod roles;
