@@ -33,6 +33,8 @@ pub mod secret;
 #[cfg(feature = "daemon")]
 pub mod server;
 pub mod verify;
+#[cfg(feature = "daemon")]
+pub mod witness;
 
 /// Generated gRPC types for `actseal.v1`.
 #[cfg(feature = "daemon")]

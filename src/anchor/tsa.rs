@@ -9,6 +9,7 @@
 //! signature and chain are checked too before it is kept. The token is returned as the DER bytes
 //! received, never re-encoded.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use der::asn1::{Int, ObjectIdentifier, OctetString};
@@ -23,8 +24,48 @@ const ID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101
 /// A reply is a few KiB; far larger ones are refused.
 const MAX_REPLY_BYTES: usize = 256 * 1024;
 
+/// One `[[anchor.tsa]]` entry (CONFIG.md).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TsaConfig {
+    /// `http://host[:port]/path` the TimeStampReq is POSTed to.
+    pub url: String,
+    /// The TSA policy (dotted OID) to ask for; the authority's default if unset.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// PEM anchors (the authority's CA) each token must verify under before it is kept.
+    #[serde(default)]
+    pub trust: Option<PathBuf>,
+}
+
+impl TsaConfig {
+    /// The client for this entry (reads `trust`).
+    pub fn client(&self, timeout: Duration) -> Result<TsaClient, TsaError> {
+        let pem = match &self.trust {
+            Some(path) => Some(std::fs::read(path).map_err(|e| TsaError::Config {
+                url: self.url.clone(),
+                detail: format!("trust {}: {e}", path.display()),
+            })?),
+            None => None,
+        };
+        TsaClient::new(&self.url, self.policy.as_deref(), pem.as_deref(), timeout)
+    }
+}
+
+/// The anchor task's hook: a token from `tsa` over `note_text` (a checkpoint's note text),
+/// checked against the request (and the configured anchor), as the DER bytes received.
+pub async fn timestamp(
+    tsa: &TsaConfig,
+    note_text: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, TsaError> {
+    let stamped = tsa.client(timeout)?.stamp(note_text).await?;
+    tracing::debug!(tsa = %tsa.url, ms = stamped.elapsed.as_millis() as u64, "timestamp token");
+    Ok(stamped.token)
+}
+
 /// Why no token was obtained from an authority.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TsaError {
     #[error("TSA {url}: bad configuration: {detail}")]
     Config { url: String, detail: String },

@@ -22,6 +22,7 @@ pub mod audit;
 mod bundle;
 pub mod checkpoint;
 pub mod consistency;
+pub mod cosignature;
 mod digest;
 mod dsse;
 mod error;
@@ -34,6 +35,7 @@ mod statement;
 mod summary;
 pub mod timestamp;
 pub mod tpm;
+pub mod witness_policy;
 mod x509;
 
 use p256::ecdsa::VerifyingKey;

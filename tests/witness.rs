@@ -1,0 +1,1 @@
+//! Witnesses: see tests below.
