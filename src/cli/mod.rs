@@ -68,6 +68,10 @@ enum Command {
         /// no later. Certificates are still checked when their evidence was made (signedAt).
         #[arg(long, value_parser = parse_time)]
         at: Option<i64>,
+        /// Timestamp authorities' anchors (PEM): require an RFC 3161 token in log.timestamps,
+        /// under one of them, over the checkpoint and not before the receipt's signedAt.
+        #[arg(long)]
+        tsa_trust: Option<PathBuf>,
     },
     /// Check that an older signed checkpoint's tree is a prefix of a newer one's, offline; or,
     /// with --fork-evidence, that a log forked.
@@ -497,6 +501,7 @@ pub fn main() -> ExitCode {
             document,
             log_origin,
             at,
+            tsa_trust,
         } => {
             init_logging("warn", false);
             return operator::verify(
@@ -505,6 +510,7 @@ pub fn main() -> ExitCode {
                 document.as_deref(),
                 log_origin.as_deref(),
                 at,
+                tsa_trust.as_deref(),
             );
         }
         Command::VerifyLog {

@@ -90,11 +90,24 @@ pub fn verify(
     document: Option<&Path>,
     log_origin: Option<&str>,
     at: Option<i64>,
+    tsa_trust: Option<&Path>,
 ) -> ExitCode {
     let document = match document.map(std::fs::read).transpose() {
         Ok(document) => document,
         Err(e) => {
             eprintln!("actseal verify: cannot read the document: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tsa = match tsa_trust.map(|p| {
+        std::fs::read(p)
+            .map_err(|e| format!("cannot read {}: {e}", p.display()))
+            .and_then(|pem| crate::verify::timestamp::TsaAnchors::from_pem(&pem))
+    }) {
+        None => None,
+        Some(Ok(anchors)) => Some(anchors),
+        Some(Err(e)) => {
+            eprintln!("actseal verify: --tsa-trust: {e}");
             return ExitCode::from(2);
         }
     };
@@ -125,7 +138,22 @@ pub fn verify(
                 ));
             }
         }
-        Ok(format!("VERIFIED {}\n{verified}", bundle.display()))
+        let stamps = match &tsa {
+            Some(tsa) => crate::verify::verify_bundle_timestamps(bundle_bytes, &verified, tsa)
+                .map_err(|e| e.to_string())?
+                .to_string(),
+            None => String::new(),
+        };
+        let stamps = if stamps.is_empty() {
+            stamps
+        } else {
+            format!("\n{stamps}")
+        };
+        Ok(format!(
+            "VERIFIED {}\n{verified}{}",
+            bundle.display(),
+            stamps.trim_end()
+        ))
     })
 }
 

@@ -148,7 +148,6 @@ pub(crate) struct Log {
     pub(crate) key: ActorKey,
     pub(crate) key_lineage: Lineage,
     /// `log.timestamps[].token`, DER (FORMAT.md §15).
-    #[allow(dead_code)] // read by the timestamp check (issue 11B)
     pub(crate) timestamps: Vec<Vec<u8>>,
 }
 

@@ -183,6 +183,71 @@ pub fn token_info(token: &[u8]) -> Result<TokenInfo, String> {
     })
 }
 
+/// What `log.timestamp` found: the tokens that verified, and why the others did not.
+#[derive(Debug, Clone)]
+pub struct BundleStamps {
+    pub verified: Vec<Stamp>,
+    /// `(index in log.timestamps, reason)` of each token that did not verify.
+    pub ignored: Vec<(usize, String)>,
+}
+
+impl std::fmt::Display for BundleStamps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for s in &self.verified {
+            writeln!(
+                f,
+                "  stamped:   {} by {} (under {}, policy {})",
+                s.gen_time,
+                s.tsa_subject.escape_default(),
+                s.anchor_subject.escape_default(),
+                s.policy
+            )?;
+        }
+        for (i, reason) in &self.ignored {
+            writeln!(f, "  token {i} ignored: {}", reason.escape_default())?;
+        }
+        Ok(())
+    }
+}
+
+/// `log.timestamp`: of the `tokens` over the checkpoint `note`, at least one verifies under
+/// `anchors` and dates the checkpoint no earlier than `signed_at_unix` (within the tolerance).
+/// Tokens that do not verify (another authority's, say) are reported, not fatal, as
+/// signed-note ignores signatures of unknown keys.
+pub fn check_tokens(
+    tokens: &[Vec<u8>],
+    note: &str,
+    anchors: &TsaAnchors,
+    signed_at_unix: i64,
+) -> Result<BundleStamps, String> {
+    let text = note_text(note)?;
+    let mut out = BundleStamps {
+        verified: Vec::new(),
+        ignored: Vec::new(),
+    };
+    for (i, token) in tokens.iter().enumerate() {
+        let checked = verify_token(token, text.as_bytes(), anchors)
+            .and_then(|s| s.check_signed_at(signed_at_unix).map(|()| s));
+        match checked {
+            Ok(stamp) => out.verified.push(stamp),
+            Err(reason) => out.ignored.push((i, reason)),
+        }
+    }
+    if out.verified.is_empty() {
+        let reasons: Vec<String> = out
+            .ignored
+            .iter()
+            .map(|(i, r)| format!("token {i}: {r}"))
+            .collect();
+        return Err(if reasons.is_empty() {
+            "the bundle carries no timestamp token (log.timestamps)".into()
+        } else {
+            format!("no timestamp token verifies: {}", reasons.join("; "))
+        });
+    }
+    Ok(out)
+}
+
 /// The parts of a token, decoded.
 struct Token {
     signer: cms::signed_data::SignerInfo,
