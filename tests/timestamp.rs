@@ -5,6 +5,8 @@
 //! answer its request.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -14,6 +16,10 @@ use actseal::lab_tsa::{
     EssCertId, TEST_TSA_OTHER_POLICY, TEST_TSA_POLICY, TestTsa, TsaKey, TsaMode,
 };
 use actseal::verify::timestamp::{TsaAnchors, note_text, verify_token};
+use actseal::verify::{TrustAnchors, verify_bundle, verify_bundle_timestamps};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::{ACTOR, create_key, new_lab, sign_request, signer};
 
 const NOTE: &str = "log.actseal.example/test\n8\nXcnaeacGWamtVZy3Ad7ZoqudgjqtL0lgz+Nw7/RgQyg=\n\n\u{2014} log.actseal.example/test 2FxEpjBFAiEA23Es8NqAZ8BNWnvVV6XE3XPEfxYH6UcIiWeSVXHkpR8CIEqay6cjULNvsrbzt8iDQ3CuerWoyjtdbs88FL1bXAjw\n";
 
@@ -205,4 +211,152 @@ async fn the_client_refuses_what_does_not_answer_its_request() {
         gone.stamp(text).await,
         Err(TsaError::Transport { .. })
     ));
+}
+
+/// Adds `[anchor]` with one TSA (checked against its CA) to a lab's configuration.
+fn anchor_with_tsa(lab: &actseal::lab::Lab, tsa: &TestTsa) {
+    let config = std::fs::read_to_string(lab.config()).unwrap();
+    let section = format!(
+        "\n[anchor]\nacknowledge = \"anchored\"\n\n[[anchor.tsa]]\nurl = \"{}\"\ntrust = \"{}\"\n",
+        tsa.url(),
+        tsa.ca_cert().display()
+    );
+    std::fs::write(lab.config(), config + &section).unwrap();
+}
+
+/// Signs `n` documents one after another; returns the bundles and the mean latency.
+async fn sign_n(lab: &actseal::lab::Lab, n: usize, tag: &str) -> (Vec<String>, Duration) {
+    let mut client = signer(lab).await;
+    let started = std::time::Instant::now();
+    let mut bundles = Vec::new();
+    for i in 0..n {
+        let doc = format!("{tag} document {i}");
+        let answer = client
+            .sign(sign_request(ACTOR, doc.as_bytes()))
+            .await
+            .expect("sign")
+            .into_inner();
+        bundles.push(answer.bundle_json);
+    }
+    (bundles, started.elapsed() / u32::try_from(n).unwrap())
+}
+
+fn tokens_of(bundle: &str) -> (Vec<Vec<u8>>, String) {
+    let v: serde_json::Value = serde_json::from_str(bundle).unwrap();
+    let tokens = v["log"]["timestamps"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|t| B64.decode(t["token"].as_str().unwrap()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    (tokens, v["log"]["checkpoint"].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_stamps_checkpoints_and_bundles_carry_the_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = tsa(dir.path(), "stamps", TsaKey::P256, EssCertId::Sha256);
+    let foreign = tsa(dir.path(), "foreign", TsaKey::P256, EssCertId::Sha256);
+    const N: usize = 20;
+
+    // The same lab without and then with the TSA: the added latency of stamping.
+    let mut lab = new_lab();
+    lab.start_daemon().unwrap();
+    create_key(&lab, ACTOR).await;
+    let (_, plain) = sign_n(&lab, N, "plain").await;
+    lab.stop_daemon().unwrap();
+    anchor_with_tsa(&lab, &authority);
+    lab.start_daemon().unwrap();
+    let served_before = authority.served();
+    let (bundles, stamped) = sign_n(&lab, N, "stamped").await;
+    let served = authority.served() - served_before;
+    eprintln!(
+        "Sign, one caller, sequential: {plain:?} without a TSA, {stamped:?} with acknowledge = \"anchored\" and one TSA ({served} tokens for {N} receipts)"
+    );
+    assert!(served >= 1 && served <= N as u64 + 2, "{served}");
+
+    let anchor = lab.anchor().display().to_string();
+    let ca = authority.ca_cert().display().to_string();
+    let foreign_ca = foreign.ca_cert().display().to_string();
+    for (i, bundle) in bundles.iter().enumerate() {
+        let (tokens, note) = tokens_of(bundle);
+        assert!(!tokens.is_empty(), "bundle {i} carries no timestamp token");
+        let text = note_text(&note).unwrap().as_bytes();
+        verify_token(&tokens[0], text, &anchors(&authority.ca_cert())).unwrap();
+        assert!(openssl_verifies(
+            dir.path(),
+            &tokens[0],
+            text,
+            &authority.ca_cert()
+        ));
+    }
+    let path = lab.path("stamped.json");
+    std::fs::write(&path, &bundles[N - 1]).unwrap();
+    let out = lab
+        .run_ok(&["verify", &path, "--trust", &anchor, "--tsa-trust", &ca])
+        .unwrap();
+    assert!(out.contains("stamped:"), "{out}");
+    // An auditor who trusts another authority only: log.timestamp fails.
+    let out = lab
+        .run(&[
+            "verify",
+            &path,
+            "--trust",
+            &anchor,
+            "--tsa-trust",
+            &foreign_ca,
+        ])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("log.timestamp failed"), "{text}");
+
+    // An altered byte of the bundle's token fails log.timestamp (every 7th byte).
+    let bundle_anchors = TrustAnchors::from_pem(&std::fs::read(lab.anchor()).unwrap()).unwrap();
+    let verified = verify_bundle(bundles[0].as_bytes(), &bundle_anchors, None).unwrap();
+    let tsa_anchors = anchors(&authority.ca_cert());
+    verify_bundle_timestamps(bundles[0].as_bytes(), &verified, &tsa_anchors).unwrap();
+    let (tokens, _) = tokens_of(&bundles[0]);
+    let mut v: serde_json::Value = serde_json::from_str(&bundles[0]).unwrap();
+    for i in (0..tokens[0].len()).step_by(7) {
+        let mut bad = tokens[0].clone();
+        bad[i] ^= 0x01;
+        v["log"]["timestamps"] = serde_json::json!([{ "token": B64.encode(&bad) }]);
+        let altered = v.to_string();
+        let err = verify_bundle_timestamps(altered.as_bytes(), &verified, &tsa_anchors)
+            .expect_err("an altered token verifies");
+        assert_eq!(err.check, actseal::verify::Check::LogTimestamp);
+    }
+
+    // The tokens the daemon stores (anchored_checkpoints) verify with openssl.
+    let conn = rusqlite::Connection::open_with_flags(
+        lab.dir.join("state/actseal.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut stmt = conn
+        .prepare("SELECT note, timestamps FROM anchored_checkpoints")
+        .unwrap();
+    let rows: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!rows.is_empty());
+    for (note, timestamps) in rows {
+        let tokens: Vec<String> = serde_json::from_str(&timestamps).unwrap();
+        for token in tokens {
+            let token = hex::decode(token).unwrap();
+            let text = note_text(&note).unwrap().as_bytes();
+            assert!(openssl_verifies(
+                dir.path(),
+                &token,
+                text,
+                &authority.ca_cert()
+            ));
+        }
+    }
+    lab.stop_daemon().unwrap();
 }
