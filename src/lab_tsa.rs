@@ -120,6 +120,19 @@ impl TestTsa {
         self.dir.join("tsa.crt")
     }
 
+    /// Appends an `[[anchor.tsa]]` entry for this authority (checked against its CA) to a
+    /// daemon configuration file.
+    pub fn add_to_config(&self, config: &Path) -> Result<()> {
+        let mut text = fs::read_to_string(config)?;
+        text.push_str(&format!(
+            "\n[[anchor.tsa]]\nurl = \"{}\"\ntrust = \"{}\"\n",
+            self.url(),
+            self.ca_cert().display()
+        ));
+        fs::write(config, text)?;
+        Ok(())
+    }
+
     /// Replies answered so far (of any mode).
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::SeqCst)
