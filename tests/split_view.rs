@@ -272,3 +272,48 @@ async fn a_restored_database_forks_the_log_and_the_monitor_proves_it() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("not a fork"), "{out}");
 }
+
+/// The committed vector (FORMAT.md §16): `same-size` evidence built from the committed bundle
+/// (`bundle-v1.json`, its checkpoint of size 6) and a second checkpoint of size 6 over another
+/// root, signed by the same software log key (scalar SHA-256("actseal test log key"), RFC 6979).
+/// Regenerate with `ACTSEAL_REGEN_VECTORS=1 cargo test --test split_view committed_vector`.
+#[test]
+fn committed_vector() {
+    use p256::ecdsa::signature::hazmat::PrehashSigner;
+    use p256::pkcs8::EncodePublicKey;
+    use sha2::{Digest, Sha256};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let bundle = std::fs::read(dir.join("bundle-v1.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
+    let origin = v["log"]["logKey"]["keyName"].as_str().unwrap();
+    let ours = v["log"]["checkpoint"].as_str().unwrap();
+    let key =
+        p256::ecdsa::SigningKey::from_bytes(&Sha256::digest(b"actseal test log key")).unwrap();
+    let spki = key.verifying_key().to_public_key_der().unwrap().into_vec();
+    let other_root: [u8; 32] = Sha256::digest(b"actseal fork vector: another tree").into();
+    let other = actseal::ledger::checkpoint::Checkpoint::new(origin, 6, other_root)
+        .unwrap()
+        .signed_note(origin, &spki, |digest| {
+            Ok::<_, actseal::ledger::checkpoint::CheckpointError>(key.sign_prehash(digest).unwrap())
+        })
+        .unwrap();
+    let evidence =
+        actseal::verify::fork::same_size_evidence(origin, &bundle, ours, &other).unwrap();
+    let path = dir.join("fork-evidence-v1.json");
+    if std::env::var_os("ACTSEAL_REGEN_VECTORS").is_some_and(|v| v == "1") {
+        std::fs::write(&path, &evidence).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        committed, evidence,
+        "tests/vectors/fork-evidence-v1.json differs from the generator's"
+    );
+    let anchors =
+        actseal::verify::TrustAnchors::from_pem(&std::fs::read(dir.join("anchor.pem")).unwrap())
+            .unwrap();
+    let report =
+        actseal::verify::fork::verify_fork_evidence(committed.as_bytes(), &anchors).unwrap();
+    eprintln!("{report}");
+    assert_eq!(report.sizes, (6, 6));
+    assert_eq!(report.roots.1, other_root);
+}

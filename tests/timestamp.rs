@@ -360,3 +360,51 @@ async fn the_daemon_stamps_checkpoints_and_bundles_carry_the_tokens() {
     }
     lab.stop_daemon().unwrap();
 }
+
+/// The committed vector (FORMAT.md §15): a token of the test authority over the note text of
+/// `checkpoint-v1.txt`, its CA, and what it states. Regenerate (a new key and time: update the
+/// constants here and in FORMAT.md) with
+/// `ACTSEAL_REGEN_VECTORS=1 cargo test --test timestamp committed_vector`.
+#[tokio::test]
+async fn committed_vector() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let note = std::fs::read_to_string(dir.join("checkpoint-v1.txt")).unwrap();
+    let text = note_text(&note).unwrap().as_bytes();
+    if std::env::var_os("ACTSEAL_REGEN_VECTORS").is_some_and(|v| v == "1") {
+        let tmp = tempfile::tempdir().unwrap();
+        let authority = tsa(
+            tmp.path(),
+            "actseal test TSA",
+            TsaKey::P256,
+            EssCertId::Sha256,
+        );
+        let token = client(&authority, None, None)
+            .stamp(text)
+            .await
+            .unwrap()
+            .token;
+        std::fs::write(dir.join("timestamp-v1.der"), token).unwrap();
+        std::fs::copy(authority.ca_cert(), dir.join("timestamp-v1-tsa-ca.pem")).unwrap();
+    }
+    let token = std::fs::read(dir.join("timestamp-v1.der")).unwrap();
+    let ca = dir.join("timestamp-v1-tsa-ca.pem");
+    let stamp = verify_token(&token, text, &anchors(&ca)).unwrap();
+    eprintln!("{stamp:?}");
+    eprintln!(
+        "token sha256 {}, imprint {}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&token)),
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text))
+    );
+    assert_eq!(stamp.gen_time, VECTOR_GEN_TIME);
+    assert_eq!(stamp.policy, TEST_TSA_POLICY);
+    assert_eq!(stamp.tsa_subject, "CN=actseal test TSA,O=actseal tests");
+    let scratch = tempfile::tempdir().unwrap();
+    assert!(openssl_verifies(scratch.path(), &token, text, &ca));
+    // A receipt signed at genTime + tolerance is accepted, one second later is not.
+    let at = stamp.gen_time_unix + 1 + actseal::verify::timestamp::SIGNED_AT_TOLERANCE_SECONDS;
+    assert!(stamp.check_signed_at(at).is_ok());
+    assert!(stamp.check_signed_at(at + 1).is_err());
+}
+
+/// genTime of `timestamp-v1.der`.
+const VECTOR_GEN_TIME: &str = "2026-12-01T13:22:06Z";
