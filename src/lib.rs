@@ -21,6 +21,8 @@ pub mod lab;
 #[cfg(feature = "daemon")]
 pub mod lab_tpm;
 #[cfg(feature = "daemon")]
+pub mod lab_witness;
+#[cfg(feature = "daemon")]
 pub mod ledger;
 #[cfg(feature = "daemon")]
 pub mod pki;
