@@ -167,6 +167,75 @@ async fn two_of_three_signs_with_one_down_and_cosignatures_verify() {
     // The offline verifier without a policy still accepts the bundle (cosignatures are
     // lines of other keys to it).
     common::verify(&lab, &one_down, Some(b"second document")).unwrap();
+
+    // Interop: Go's golang.org/x/mod/sumdb/note reads the note and checks the log's ECDSA
+    // signature and both cosignatures (verifiers from Go's standard crypto).
+    if common::can_run(
+        go_available(),
+        "Go with golang.org/x/mod (golang-golang-x-mod-dev)",
+    ) {
+        let config = lab.config().display().to_string();
+        let log_vkey = lab.run_ok(&["log", "vkey", "--config", &config]).unwrap();
+        let keys = [
+            log_vkey.trim().to_owned(),
+            witnesses[0].vkey.clone(),
+            witnesses[1].vkey.clone(),
+        ];
+        let (ok, out) = go_checknote(&lab, &note, &keys);
+        assert!(ok, "{out}");
+        println!("Go sumdb/note: {out}");
+        let size = serde_json::from_str::<serde_json::Value>(&one_down).unwrap()["log"]["treeSize"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            out.starts_with(&format!("OK {} {size} ", note.lines().next().unwrap())),
+            "{out}"
+        );
+        let mut altered_blob = blob.clone();
+        altered_blob[20] ^= 1;
+        let altered = note.replacen(b64, &B64.encode(&altered_blob), 1);
+        let (ok, out) = go_checknote(&lab, &altered, &keys);
+        assert!(!ok, "Go accepted an altered cosignature: {out}");
+        // The witness that was down has no cosignature on it: Go says so too.
+        let mut with_third = keys.to_vec();
+        with_third.push(witnesses[2].vkey.clone());
+        let (ok, out) = go_checknote(&lab, &note, &with_third);
+        assert!(!ok && out.contains(&witnesses[2].name), "{out}");
+    }
+}
+
+fn go_available() -> bool {
+    std::process::Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && std::path::Path::new("/usr/share/gocode/src/golang.org/x/mod/sumdb/note").is_dir()
+}
+
+/// Runs tests/interop/checknote.go on `note` with the verifier keys `vkeys`.
+fn go_checknote(lab: &Lab, note: &str, vkeys: &[String]) -> (bool, String) {
+    let path = lab.path(&format!("note-{}.txt", rand_suffix()));
+    std::fs::write(&path, note).unwrap();
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/checknote.go");
+    let cache = concat!(env!("CARGO_MANIFEST_DIR"), "/target/go-build-cache");
+    let out = std::process::Command::new("go")
+        .args(["run", source, &path])
+        .args(vkeys)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", cache)
+        .env("GOFLAGS", "")
+        .current_dir(&lab.dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
