@@ -447,3 +447,126 @@ async fn a_sigkilled_witness_keeps_its_state() {
     assert_eq!(cosigners(&checkpoint_of(&third), &witnesses).len(), 1);
     lab.stop_daemon().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logged_mode_answers_at_once_and_proofs_later_carry_the_cosignatures() {
+    let (mut lab, mut witnesses) = lab_with_witnesses(2);
+    start_all(&lab, &mut witnesses);
+    configure_anchor(&lab, &witnesses, 2, "acknowledge = \"logged\"").unwrap();
+    lab.start_daemon().unwrap();
+    create_key(&lab, ACTOR).await;
+    let mut client = signer(&lab).await;
+    let signed = client
+        .sign(sign_request(ACTOR, DOCUMENT))
+        .await
+        .unwrap()
+        .into_inner();
+    // The log-signed checkpoint only.
+    assert!(cosigners(&checkpoint_of(&signed.bundle_json), &witnesses).is_empty());
+    let policy = policy_file(&lab, &witnesses, 2, "policy.txt");
+    let (ok, out) = verify_cli(&lab, &signed.bundle_json, &policy);
+    assert!(!ok && out.contains("not met"), "{out}");
+    // Soon after, the newest proof is against the anchored checkpoint.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let proof = loop {
+        let proof = client
+            .get_inclusion_proof(actseal::api::GetInclusionProofRequest {
+                log_index: signed.log_index,
+                tree_size: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if cosigners(&proof.checkpoint, &witnesses).len() == 2 {
+            break proof;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never anchored: {}",
+            proof.checkpoint
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(checkpoint_of(&proof.bundle_json), proof.checkpoint);
+    let (ok, out) = verify_cli(&lab, &proof.bundle_json, &policy);
+    assert!(ok, "{out}");
+    common::verify(&lab, &proof.bundle_json, Some(DOCUMENT)).unwrap();
+}
+
+/// Sign `count` actions, `concurrency` at a time; returns the rate (signs per second).
+async fn sign_rate(lab: &Lab, count: usize, concurrency: usize) -> f64 {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..concurrency {
+        let mut client = signer(lab).await;
+        let per = count / concurrency;
+        tasks.spawn(async move {
+            for i in 0..per {
+                let doc = format!("bench {worker} {i}");
+                client
+                    .sign(sign_request(ACTOR, doc.as_bytes()))
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Median latency of `count` single Sign calls, one after another.
+async fn sign_latency_ms(lab: &Lab, count: usize) -> f64 {
+    let mut client = signer(lab).await;
+    let mut times = Vec::new();
+    for i in 0..count {
+        let started = Instant::now();
+        client
+            .sign(sign_request(ACTOR, format!("latency {i}").as_bytes()))
+            .await
+            .unwrap();
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// The figures of the closing note: Sign latency and rate with witnessing off and on (two
+/// witnesses, 2-of-2, `anchored`), and the anchoring time per checkpoint from the daemon's
+/// log, in one run. `cargo test --release --test witness -- --ignored witness_figures --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn witness_figures() {
+    let (mut lab, mut witnesses) = lab_with_witnesses(2);
+    start_all(&lab, &mut witnesses);
+    lab.start_daemon().unwrap();
+    create_key(&lab, ACTOR).await;
+    sign_rate(&lab, 200, 8).await;
+    let off_latency = sign_latency_ms(&lab, 100).await;
+    let off_rate = sign_rate(&lab, 2000, 32).await;
+    lab.stop_daemon().unwrap();
+    configure_anchor(&lab, &witnesses, 2, "").unwrap();
+    lab.start_daemon().unwrap();
+    sign_rate(&lab, 200, 8).await;
+    let on_latency = sign_latency_ms(&lab, 100).await;
+    let on_rate = sign_rate(&lab, 2000, 32).await;
+    let log = std::fs::read_to_string(lab.daemon_log()).unwrap();
+    let rounds: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains("checkpoint anchored"))
+        .filter_map(|l| l.split(" ms=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .collect();
+    let mean = rounds.iter().sum::<f64>() / rounds.len().max(1) as f64;
+    println!(
+        "witnessing off: Sign median {off_latency:.2} ms sequential, {off_rate:.0} signs/s (32 concurrent)"
+    );
+    println!(
+        "witnessing on (2 witnesses, 2-of-2, anchored): Sign median {on_latency:.2} ms sequential, {on_rate:.0} signs/s (32 concurrent)"
+    );
+    println!(
+        "anchoring rounds: {} (mean {mean:.2} ms per anchored checkpoint)",
+        rounds.len()
+    );
+}
