@@ -570,3 +570,34 @@ async fn witness_figures() {
         rounds.len()
     );
 }
+
+/// The cosignature vector of FORMAT.md §14 (`tests/vectors/cosigned-checkpoint-v1.txt`): the
+/// checkpoint vector cosigned by an Ed25519 witness key whose seed is 32 bytes of 0x01, at time
+/// 1764547200 (Ed25519 is deterministic, so the line is reproducible). Regenerate with
+/// `ACTSEAL_REGEN_VECTORS=1 cargo test --test witness cosignature_vector`.
+#[test]
+fn cosignature_vector() {
+    use actseal::verify::cosignature::*;
+    use ed25519_dalek::Signer;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors");
+    let note = std::fs::read_to_string(format!("{dir}/checkpoint-v1.txt")).unwrap();
+    let signing = ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]);
+    let name = "witness.actseal.example/w1";
+    let public = signing.verifying_key().to_bytes();
+    let vkey = format_vkey(name, SIGNATURE_TYPE_COSIGNATURE, &public);
+    let text = &note[..=note.find("\n\n").unwrap()];
+    let time = 1_764_547_200u64;
+    let message = signed_message(text, time);
+    assert!(message.starts_with(b"cosignature/v1\ntime 1764547200\nlog.actseal.example/test\n"));
+    let key = parse_vkey(&vkey).unwrap();
+    let line = cosignature_line(name, key.key_id, time, &signing.sign(&message).to_bytes());
+    let cosigned = format!("{note}{line}");
+    let path = format!("{dir}/cosigned-checkpoint-v1.txt");
+    if std::env::var("ACTSEAL_REGEN_VECTORS").is_ok() {
+        std::fs::write(&path, format!("{vkey}\n\n{cosigned}")).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(committed, format!("{vkey}\n\n{cosigned}"));
+    assert_eq!(verify_cosignature(cosigned.as_bytes(), &key), Ok(time));
+    println!("{vkey}\n{}\n{line}", hex::encode(&message));
+}
