@@ -23,6 +23,8 @@ pub mod lab_tpm;
 #[cfg(feature = "daemon")]
 pub mod lab_tsa;
 #[cfg(feature = "daemon")]
+pub mod lab_witness;
+#[cfg(feature = "daemon")]
 pub mod ledger;
 #[cfg(feature = "daemon")]
 pub mod pki;

@@ -445,7 +445,10 @@ pub fn log(command: LogCommand) -> Result<()> {
                     out.display()
                 );
             }
-            LogCommand::Export { .. } | LogCommand::Recover { .. } | LogCommand::Check { .. } => {
+            LogCommand::Export { .. }
+            | LogCommand::Recover { .. }
+            | LogCommand::Check { .. }
+            | LogCommand::Vkey { .. } => {
                 unreachable!("export, check and recover run offline")
             }
         }

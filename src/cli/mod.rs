@@ -68,6 +68,10 @@ enum Command {
         /// no later. Certificates are still checked when their evidence was made (signedAt).
         #[arg(long, value_parser = parse_time)]
         at: Option<i64>,
+        /// A witness policy (FORMAT.md §14.3): the bundle's checkpoint must carry valid
+        /// cosignatures of witnesses meeting its quorum.
+        #[arg(long)]
+        witness_policy: Option<PathBuf>,
         /// Timestamp authorities' anchors (PEM): require an RFC 3161 token in log.timestamps,
         /// under one of them, over the checkpoint and not before the receipt's signedAt.
         #[arg(long)]
@@ -159,6 +163,10 @@ enum Command {
         #[arg(long)]
         no_log_key: bool,
     },
+    /// A C2SP tlog-witness: cosigns checkpoints of the logs it is configured for.
+    #[cfg(feature = "daemon")]
+    #[command(subcommand)]
+    Witness(WitnessCommand),
     /// Run the whole path on a fresh SoftHSM token: daemon, key, sign, verify.
     #[cfg(feature = "daemon")]
     Demo {
@@ -360,6 +368,12 @@ enum LogCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print the log's verifier key, `origin+hash+base64(0x02 || SPKI)` (C2SP signed-note),
+    /// for witnesses and note verifiers (offline; no token needed).
+    Vkey {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
     /// Re-check the whole stored log from its first entry, rows behind the start-up check's
     /// watermark included (offline, read-only; no token needed).
     Check {
@@ -378,6 +392,29 @@ enum LogCommand {
         /// The new log's origin; it must differ from the replaced log's.
         #[arg(long)]
         origin: String,
+    },
+}
+
+#[cfg(feature = "daemon")]
+#[derive(Subcommand)]
+enum WitnessCommand {
+    /// Generate the witness's Ed25519 key in its token and print its verifier key.
+    Init {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the witness's verifier key (`name+hash+base64`).
+    Key {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Serve `add-checkpoint` until SIGTERM or SIGINT.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        /// Listen here instead of the configured address.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
 }
 
@@ -486,6 +523,30 @@ fn init_logging(level: &str, json: bool) {
 #[cfg(not(feature = "daemon"))]
 fn init_logging(_level: &str, _json: bool) {}
 
+#[cfg(feature = "daemon")]
+fn witness(command: WitnessCommand) -> anyhow::Result<()> {
+    use crate::cli::out::outln;
+    match command {
+        WitnessCommand::Init { config } => {
+            init_logging("warn", false);
+            outln!("{}", crate::witness::init(&config)?);
+        }
+        WitnessCommand::Key { config } => {
+            init_logging("warn", false);
+            outln!("{}", crate::witness::vkey(&config)?);
+        }
+        WitnessCommand::Serve { config, listen } => {
+            init_logging("info", false);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("actseal-witness")
+                .build()?;
+            runtime.block_on(crate::witness::serve(&config, listen))?;
+        }
+    }
+    Ok(())
+}
+
 /// Entry point of the `actseal` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -501,6 +562,7 @@ pub fn main() -> ExitCode {
             document,
             log_origin,
             at,
+            witness_policy,
             tsa_trust,
         } => {
             init_logging("warn", false);
@@ -511,6 +573,7 @@ pub fn main() -> ExitCode {
                 log_origin.as_deref(),
                 at,
                 tsa_trust.as_deref(),
+                witness_policy.as_deref(),
             );
         }
         Command::VerifyLog {
@@ -565,6 +628,13 @@ pub fn main() -> ExitCode {
             init_logging("warn", false);
             operator::export_log(&config, &out)
         }
+        #[cfg(feature = "daemon")]
+        Command::Log(LogCommand::Vkey { config }) => {
+            init_logging("warn", false);
+            operator::log_vkey(&config)
+        }
+        #[cfg(feature = "daemon")]
+        Command::Witness(command) => witness(command),
         #[cfg(feature = "daemon")]
         Command::Log(LogCommand::Check { config }) => {
             init_logging("warn", false);
