@@ -408,3 +408,136 @@ async fn committed_vector() {
 
 /// genTime of `timestamp-v1.der`.
 const VECTOR_GEN_TIME: &str = "2026-12-01T13:22:06Z";
+
+/// Median latency (ms) of `count` Sign calls one after another.
+async fn median_ms(lab: &actseal::lab::Lab, count: usize, tag: &str) -> f64 {
+    let mut client = signer(lab).await;
+    let mut times = Vec::new();
+    for i in 0..count {
+        let started = std::time::Instant::now();
+        let doc = format!("{tag} latency {i}");
+        client
+            .sign(sign_request(ACTOR, doc.as_bytes()))
+            .await
+            .unwrap();
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Signs per second with `concurrency` callers, `count` in all.
+async fn rate(lab: &actseal::lab::Lab, count: usize, concurrency: usize, tag: &str) -> f64 {
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..concurrency {
+        let mut client = signer(lab).await;
+        let (per, tag) = (count / concurrency, tag.to_string());
+        tasks.spawn(async move {
+            for i in 0..per {
+                let doc = format!("{tag} rate {worker} {i}");
+                client
+                    .sign(sign_request(ACTOR, doc.as_bytes()))
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Mean `ms` of the daemon's "checkpoint anchored" lines after byte `from` of its log, and
+/// their number.
+fn rounds_since(lab: &actseal::lab::Lab, from: usize) -> (usize, f64) {
+    let log = std::fs::read_to_string(lab.daemon_log()).unwrap();
+    let rounds: Vec<f64> = log[from..]
+        .lines()
+        .filter(|l| l.contains("checkpoint anchored"))
+        .filter_map(|l| l.split(" ms=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .collect();
+    (
+        rounds.len(),
+        rounds.iter().sum::<f64>() / rounds.len().max(1) as f64,
+    )
+}
+
+/// The figures of the closing note, from one run: Sign latency and rate with anchoring off,
+/// with one TSA, and with two witnesses (2-of-2) and one TSA (`anchored`), and the anchoring
+/// time per checkpoint; and the TSA's own round trip. Run with
+/// `cargo test --release --test timestamp -- --ignored stamping_figures --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn stamping_figures() {
+    use actseal::lab_witness::{LabWitness, configure_anchor};
+    let dir = tempfile::tempdir().unwrap();
+    let authority = tsa(dir.path(), "figures", TsaKey::P256, EssCertId::Sha256);
+    let text = note_text(NOTE).unwrap().as_bytes();
+    let plain = client(&authority, None, Some(&authority.ca_cert()));
+    let mut rtt = Vec::new();
+    for _ in 0..50 {
+        rtt.push(plain.stamp(text).await.unwrap().elapsed.as_secs_f64() * 1000.0);
+    }
+    rtt.sort_by(f64::total_cmp);
+    println!(
+        "TSA round trip (client: request, openssl ts -reply, checks and token verification): median {:.2} ms",
+        rtt[rtt.len() / 2]
+    );
+
+    let mut lab = new_lab();
+    let original = std::fs::read_to_string(lab.config()).unwrap();
+    lab.start_daemon().unwrap();
+    create_key(&lab, ACTOR).await;
+    rate(&lab, 200, 8, "warm").await;
+    let off = (
+        median_ms(&lab, 100, "off").await,
+        rate(&lab, 2000, 32, "off").await,
+    );
+    lab.stop_daemon().unwrap();
+
+    authority.add_to_config(&lab.config()).unwrap();
+    let from = std::fs::metadata(lab.daemon_log()).unwrap().len() as usize;
+    lab.start_daemon().unwrap();
+    rate(&lab, 200, 8, "warm-tsa").await;
+    let tsa_on = (
+        median_ms(&lab, 100, "tsa").await,
+        rate(&lab, 2000, 32, "tsa").await,
+    );
+    let tsa_rounds = rounds_since(&lab, from);
+    lab.stop_daemon().unwrap();
+
+    let mut witnesses: Vec<LabWitness> = (1..=2)
+        .map(|i| LabWitness::create(&lab, i).unwrap())
+        .collect();
+    for w in &mut witnesses {
+        w.start(&lab).unwrap();
+    }
+    std::fs::write(lab.config(), &original).unwrap();
+    configure_anchor(&lab, &witnesses, 2, "").unwrap();
+    authority.add_to_config(&lab.config()).unwrap();
+    let from = std::fs::metadata(lab.daemon_log()).unwrap().len() as usize;
+    lab.start_daemon().unwrap();
+    rate(&lab, 200, 8, "warm-all").await;
+    let all_on = (
+        median_ms(&lab, 100, "all").await,
+        rate(&lab, 2000, 32, "all").await,
+    );
+    let all_rounds = rounds_since(&lab, from);
+    lab.stop_daemon().unwrap();
+
+    println!(
+        "anchoring off: Sign median {:.2} ms sequential, {:.0} signs/s (32 concurrent)",
+        off.0, off.1
+    );
+    println!(
+        "one TSA (anchored): Sign median {:.2} ms sequential, {:.0} signs/s (32 concurrent); {} rounds, mean {:.2} ms per anchored checkpoint",
+        tsa_on.0, tsa_on.1, tsa_rounds.0, tsa_rounds.1
+    );
+    println!(
+        "2 witnesses (2-of-2) + one TSA (anchored): Sign median {:.2} ms sequential, {:.0} signs/s (32 concurrent); {} rounds, mean {:.2} ms per anchored checkpoint",
+        all_on.0, all_on.1, all_rounds.0, all_rounds.1
+    );
+}
