@@ -317,3 +317,45 @@ fn committed_vector() {
     assert_eq!(report.sizes, (6, 6));
     assert_eq!(report.roots.1, other_root);
 }
+
+/// The inconsistent-proof check (§16.1) on every pair of sizes of trees up to 48 leaves: the
+/// daemon's own consistency path (with the power-of-two prefix root first) gives the roots it
+/// should; run against a forked tree (another leaf below the old size) it gives at the old size
+/// the fork's root, never the original's.
+#[test]
+fn consistency_paths_fix_the_prefix_root() {
+    use actseal::ledger::merkle::{Frontier, Hash, consistency_proof, leaf_hash, root_at};
+    use actseal::verify::fork::roots_from_path;
+    use std::collections::HashMap;
+    fn build(leaves: &[Hash]) -> HashMap<(u8, u64), Hash> {
+        let mut frontier = Frontier::default();
+        let mut store = HashMap::new();
+        for leaf in leaves {
+            for (level, index, hash) in frontier.append(*leaf) {
+                store.insert((level, index), hash);
+            }
+        }
+        store
+    }
+    let leaves: Vec<Hash> = (0u64..48).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+    let store = build(&leaves);
+    for n in 2..=48u64 {
+        for m in 1..n {
+            let mut forked = leaves[..n as usize].to_vec();
+            forked[(m - 1) as usize] = leaf_hash(b"the other branch");
+            let fork = build(&forked);
+            let proof = consistency_proof(&fork, m, n).unwrap();
+            let mut path = Vec::new();
+            if m.is_power_of_two() {
+                path.push(root_at(&fork, m).unwrap());
+            }
+            path.extend(proof);
+            let (prefix, full) = roots_from_path(m, n, &path).unwrap();
+            assert_eq!(full, root_at(&fork, n).unwrap(), "{m} → {n}");
+            assert_eq!(prefix, root_at(&fork, m).unwrap(), "{m} → {n}");
+            assert_ne!(prefix, root_at(&store, m).unwrap(), "{m} → {n}");
+            // A shortened or lengthened path proves nothing.
+            assert!(roots_from_path(m, n, &path[..path.len() - 1]).map_or(true, |r| r.1 != full));
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! Trusted time (RFC 3161, FORMAT.md §12): the daemon's client gets tokens from a real
+//! Trusted time (RFC 3161, FORMAT.md §15): the daemon's client gets tokens from a real
 //! authority (`openssl ts -reply` behind an HTTP front, its own CA); the verifier accepts them
 //! and `openssl ts -verify` does too; a token altered in any byte, over another checkpoint or
 //! from an authority not in the auditor's anchors fails; the client refuses replies that do not
@@ -540,4 +540,42 @@ async fn stamping_figures() {
         "2 witnesses (2-of-2) + one TSA (anchored): Sign median {:.2} ms sequential, {:.0} signs/s (32 concurrent); {} rounds, mean {:.2} ms per anchored checkpoint",
         all_on.0, all_on.1, all_rounds.0, all_rounds.1
     );
+}
+
+/// A TSA that fails: in the `anchored` mode the caller gets UNAVAILABLE naming it once
+/// `wait_ms` passes, the receipt is durably logged, and a retry with the same request id
+/// returns it stamped once the TSA answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_tsa_holds_anchored_answers_until_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = tsa(dir.path(), "flaky", TsaKey::P256, EssCertId::Sha256);
+    let mut lab = new_lab();
+    let config = std::fs::read_to_string(lab.config()).unwrap();
+    std::fs::write(lab.config(), config + "\n[anchor]\nwait_ms = 1500\n").unwrap();
+    authority.add_to_config(&lab.config()).unwrap();
+    lab.start_daemon().unwrap();
+    create_key(&lab, ACTOR).await;
+    authority.set_mode(TsaMode::Fail);
+    let mut client = signer(&lab).await;
+    let mut request = sign_request(ACTOR, b"while the TSA is down");
+    request.request_id = "tsa-down-1".into();
+    let status = client.sign(request.clone()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("no timestamp authority answered"),
+        "{status:?}"
+    );
+    assert_eq!(common::receipt_count(&lab), 1, "the receipt is in the log");
+    authority.set_mode(TsaMode::Normal);
+    let answer = client.sign(request).await.expect("the retry").into_inner();
+    let (tokens, note) = tokens_of(&answer.bundle_json);
+    assert!(!tokens.is_empty());
+    verify_token(
+        &tokens[0],
+        note_text(&note).unwrap().as_bytes(),
+        &anchors(&authority.ca_cert()),
+    )
+    .unwrap();
+    assert_eq!(common::receipt_count(&lab), 1, "the retry appended nothing");
+    lab.stop_daemon().unwrap();
 }

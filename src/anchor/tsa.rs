@@ -154,7 +154,7 @@ impl TsaClient {
         &self.url
     }
 
-    /// Asks for a token over `note_text` (a checkpoint's signed text, FORMAT.md §12).
+    /// Asks for a token over `note_text` (a checkpoint's signed text, FORMAT.md §15).
     pub async fn stamp(&self, note_text: &[u8]) -> Result<Stamped, TsaError> {
         let started = Instant::now();
         let imprint = Sha256::digest(note_text).to_vec();

@@ -1,6 +1,6 @@
 //! `actseal monitor`: keeps every checkpoint it is shown, per log, in a state directory, and
 //! reports any two that cannot both be views of one append-only log, writing the fork evidence
-//! (FORMAT.md §13) that `actseal verify-log --fork-evidence` checks.
+//! (FORMAT.md §16) that `actseal verify-log --fork-evidence` checks.
 //!
 //! State: `DIR/<first 16 hex of SHA-256(origin)>/` holds `origin`, `bundle.json` (the first
 //! bundle seen: it attests the log key) and `checkpoints/<size>-<root hex>.txt`, one note per

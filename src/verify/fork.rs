@@ -1,4 +1,4 @@
-//! Fork evidence (FORMAT.md §13): proof, checkable by anyone with the operator's trust anchor,
+//! Fork evidence (FORMAT.md §16): proof, checkable by anyone with the operator's trust anchor,
 //! that a log's key signed two checkpoints that cannot both be views of one append-only log.
 //!
 //! Two kinds: `same-size` (two checkpoints of one size with different roots: conclusive on its
@@ -26,7 +26,7 @@ pub enum ForkKind {
     InconsistentProof,
 }
 
-/// The evidence file (FORMAT.md §13).
+/// The evidence file (FORMAT.md §16).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ForkEvidence {

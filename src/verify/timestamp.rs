@@ -1,4 +1,4 @@
-//! RFC 3161 timestamp tokens over checkpoints (FORMAT.md §12): a CMS SignedData whose content
+//! RFC 3161 timestamp tokens over checkpoints (FORMAT.md §15): a CMS SignedData whose content
 //! is a TSTInfo, signed by a timestamp authority whose certificate chains to an anchor the
 //! auditor gives (`actseal verify --tsa-trust`).
 //!
@@ -102,7 +102,7 @@ pub struct Stamp {
 
 impl Stamp {
     /// `signedAt ≤ genTime + accuracy + tolerance`: a receipt is not dated after the time its
-    /// checkpoint was stamped (FORMAT.md §12).
+    /// checkpoint was stamped (FORMAT.md §15).
     pub fn check_signed_at(&self, signed_at_unix: i64) -> Result<(), String> {
         let accuracy = i64::try_from(self.accuracy_ms.div_ceil(1000)).unwrap_or(i64::MAX);
         let latest = self
