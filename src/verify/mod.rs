@@ -32,6 +32,7 @@ mod roles;
 mod rotation;
 mod statement;
 mod summary;
+pub mod tlog_proof;
 pub mod tpm;
 pub mod witness_policy;
 mod x509;
