@@ -491,6 +491,31 @@ async fn logged_mode_answers_at_once_and_proofs_later_carry_the_cosignatures() {
     let (ok, out) = verify_cli(&lab, &proof.bundle_json, &policy);
     assert!(ok, "{out}");
     common::verify(&lab, &proof.bundle_json, Some(DOCUMENT)).unwrap();
+
+    // The same proof as a C2SP tlog-proof@v1 file: the index, the hashes, the cosigned note.
+    let (bundle_out, tlog_out) = (lab.path("proof.json"), lab.path("proof.tlog-proof"));
+    let index = signed.log_index.to_string();
+    lab.run_ok(&[
+        "log",
+        "proof",
+        "--index",
+        &index,
+        "--out",
+        &bundle_out,
+        "--tlog-proof",
+        &tlog_out,
+    ])
+    .unwrap();
+    let text = std::fs::read_to_string(&tlog_out).unwrap();
+    let parsed = actseal::verify::tlog_proof::parse(&text).unwrap();
+    let bundle: serde_json::Value = serde_json::from_str(&proof.bundle_json).unwrap();
+    assert_eq!(parsed.index, signed.log_index);
+    let hex_hashes: Vec<String> = parsed.hashes.iter().map(hex::encode).collect();
+    assert_eq!(
+        serde_json::json!(hex_hashes),
+        bundle["log"]["inclusionProof"]
+    );
+    assert_eq!(cosigners(&parsed.note, &witnesses).len(), 2, "{text}");
 }
 
 /// Sign `count` actions, `concurrency` at a time; returns the rate (signs per second).

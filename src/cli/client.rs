@@ -384,6 +384,7 @@ pub fn log(command: LogCommand) -> Result<()> {
                 index,
                 size,
                 out,
+                tlog_proof,
                 connection,
             } => {
                 let mut client = SignerClient::new(connect(&connection).await?);
@@ -395,6 +396,21 @@ pub fn log(command: LogCommand) -> Result<()> {
                     .await
                     .map_err(status_error)?
                     .into_inner();
+                if let Some(path) = &tlog_proof {
+                    let hashes = proof
+                        .hashes
+                        .iter()
+                        .map(|h| <[u8; 32]>::try_from(h.as_slice()))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|_| anyhow::anyhow!("the daemon sent a hash of another length"))?;
+                    let text = crate::verify::tlog_proof::format(
+                        proof.log_index,
+                        &hashes,
+                        &proof.checkpoint,
+                        None,
+                    );
+                    write_out(path, &text)?;
+                }
                 let text = if proof.bundle_json.is_empty() {
                     serde_json::json!({
                         "logIndex": proof.log_index,

@@ -62,6 +62,7 @@ pub fn run(workdir: Option<PathBuf>) -> Result<()> {
     lab.start_daemon()?;
     let socket = lab.socket().display().to_string();
     outln!("daemon listening on {socket}");
+    let witnesses = start_witnesses(&mut lab)?;
 
     outln!("\n== Creating the agent's key inside the token");
     lab.run_ok(&["key", "create", "--actor", ACTOR])?;
@@ -111,6 +112,29 @@ pub fn run(workdir: Option<PathBuf>) -> Result<()> {
     }
     stamp_with_openssl(&lab.dir, &bundle, &tsa_anchor)?;
 
+    outln!("\n== Checking the witnesses' cosignatures against the auditor's witness policy");
+    let policy = lab.path("witness-policy.txt");
+    let mut text = String::from("# both witnesses must have cosigned\n");
+    for w in &witnesses {
+        text.push_str(&w.policy_line());
+    }
+    text.push_str(
+        "group both all witness-1.lab.actseal.example witness-2.lab.actseal.example\nquorum both\n",
+    );
+    std::fs::write(&policy, text)?;
+    let output = lab.run(&[
+        "verify",
+        &bundle,
+        "--trust",
+        &anchor,
+        "--witness-policy",
+        &policy,
+    ])?;
+    if !output.status.success() {
+        bail!("the demo bundle does not meet the witness policy");
+    }
+    drop(witnesses);
+
     outln!("\n== Verifying the same bundle with openssl alone");
     verify_with_openssl(&lab.dir, &bundle, &anchor, &document)?;
 
@@ -132,6 +156,26 @@ pub fn run(workdir: Option<PathBuf>) -> Result<()> {
         outln!("The lab stays in {} for you to explore.", lab.dir.display());
     }
     Ok(())
+}
+
+/// Two witnesses, each with its own SoftHSM token and state, cosign the daemon's checkpoints;
+/// the daemon answers Sign once both have (2-of-2, `anchored`).
+fn start_witnesses(lab: &mut Lab) -> Result<Vec<crate::lab_witness::LabWitness>> {
+    outln!(
+        "\n== Two witnesses (other parties' hosts in real life), each with an Ed25519 key in its own token"
+    );
+    lab.stop_daemon()?;
+    let mut witnesses = Vec::new();
+    for n in 1..=2 {
+        let mut w = crate::lab_witness::LabWitness::create(lab, n)?;
+        w.start(lab)?;
+        outln!("witness {} at {}: {}", w.name, w.url, w.vkey);
+        witnesses.push(w);
+    }
+    crate::lab_witness::configure_anchor(lab, &witnesses, 2, "acknowledge = \"anchored\"")?;
+    outln!("daemon configured: [anchor] quorum = 2 of the two witnesses");
+    lab.start_daemon()?;
+    Ok(witnesses)
 }
 
 /// The same path on a TPM: enrollment of the attestation key, a TPM-held actor key certified

@@ -346,6 +346,10 @@ enum LogCommand {
         size: u64,
         #[arg(long)]
         out: PathBuf,
+        /// Also write the proof as a C2SP tlog-proof@v1 file (index, inclusion proof, the
+        /// checkpoint with its cosignatures).
+        #[arg(long)]
+        tlog_proof: Option<PathBuf>,
         #[command(flatten)]
         connection: Connection,
     },

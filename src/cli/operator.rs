@@ -199,7 +199,7 @@ fn witness_report(
         ));
     }
     Ok(format!(
-        "  witnesses:    {} (policy met)\n",
+        "\n  witnesses:    {} (policy met)",
         cosigned.join(", ")
     ))
 }

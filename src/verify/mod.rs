@@ -34,6 +34,7 @@ mod rotation;
 mod statement;
 mod summary;
 pub mod timestamp;
+pub mod tlog_proof;
 pub mod tpm;
 pub mod witness_policy;
 mod x509;
