@@ -487,7 +487,7 @@ attestation log "log.key log.key log.key" log log.name 1 "$LOG_ID" "$SIGNED_AT" 
 # key id (the first 4 bytes of its id) must verify, and at least one must be there.
 step log.checkpoint
 jq -j .log.checkpoint "$B" > note
-[ "$(wc -c < note)" -le 65536 ] || fail "the checkpoint is over 64 KiB"
+[ "$(wc -c < note)" -le 1048576 ] || fail "the checkpoint is over 1 MiB"
 [ "$(tr -d '\000-\011\013-\037\177' < note | wc -c)" -eq "$(wc -c < note)" ] \
   || fail "the checkpoint holds a control character"
 jq -j '.log.checkpoint | split("\n\n")[0] + "\n"' "$B" > note.text

@@ -37,6 +37,9 @@ pub struct Config {
     pub ledger: LedgerConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Witnesses and timestamp authorities (docs/CONFIG.md `[anchor]`).
+    #[serde(default)]
+    pub anchor: crate::anchor::AnchorConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -467,6 +470,7 @@ impl Config {
         }
         config.ledger.check_signing().map_err(invalid)?;
         config.server.check().map_err(invalid)?;
+        config.anchor.check().map_err(invalid)?;
         Ok(config)
     }
 }

@@ -8,6 +8,8 @@
 //! [`cli`] alone: no hardware stack, gRPC or SQLite.
 
 #[cfg(feature = "daemon")]
+pub mod anchor;
+#[cfg(feature = "daemon")]
 pub mod backend;
 pub mod cli;
 #[cfg(feature = "daemon")]
@@ -19,6 +21,10 @@ pub mod lab;
 #[cfg(feature = "daemon")]
 pub mod lab_tpm;
 #[cfg(feature = "daemon")]
+pub mod lab_tsa;
+#[cfg(feature = "daemon")]
+pub mod lab_witness;
+#[cfg(feature = "daemon")]
 pub mod ledger;
 #[cfg(feature = "daemon")]
 pub mod pki;
@@ -29,6 +35,8 @@ pub mod secret;
 #[cfg(feature = "daemon")]
 pub mod server;
 pub mod verify;
+#[cfg(feature = "daemon")]
+pub mod witness;
 
 /// Generated gRPC types for `actseal.v1`.
 #[cfg(feature = "daemon")]

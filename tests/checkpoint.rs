@@ -190,8 +190,8 @@ fn malformed_notes_are_refused() {
         format!("{text}\n\u{2014} {ORIGIN} AAAA\n"),
         format!("{text}\n\u{2014} {ORIGIN} AAAAAA==\n"),
         format!("{text}\n\u{2014} {ORIGIN} !!!!\n"),
-        // Text lines: extension line, missing line, leading zero, sign.
-        note.replacen("\n\n", "\nextension\n\n", 1),
+        // Text lines: empty extension line, missing line, leading zero, sign.
+        note.replacen("\n\n", "\n\nextension\n\n", 1),
         note.replacen("\n8\n", "\n", 1),
         note.replacen("\n8\n", "\n08\n", 1),
         note.replacen("\n8\n", "\n+8\n", 1),
@@ -212,9 +212,37 @@ fn malformed_notes_are_refused() {
     let mut bytes = note.clone().into_bytes();
     bytes[2] = 0xff;
     assert!(parse_checkpoint(&bytes).is_err());
-    // Too long.
-    let huge = format!("{}{note}", "x".repeat(70_000));
+    // Too long (C2SP signed-note sets no limit; the verifier's is 1 MiB).
+    let huge = format!("{}{note}", "x".repeat(1024 * 1024));
     assert!(parse_checkpoint(huge.as_bytes()).is_err());
+    let long = format!("{}{note}", "x".repeat(70_000));
+    assert!(parse_checkpoint(long.as_bytes()).is_ok());
+}
+
+/// C2SP tlog-checkpoint extension lines are read (and signed over); at least 16 signature
+/// lines (signed-note's minimum) are accepted, and 100 post-quantum-sized ones.
+#[test]
+fn extension_lines_and_many_large_signatures_are_accepted() {
+    let (k, note) = sample();
+    let with_extension = note.replacen("\n\n", "\nextension one\nextension two\n\n", 1);
+    let parsed = parse_checkpoint(with_extension.as_bytes()).unwrap();
+    assert_eq!(parsed.extensions, ["extension one", "extension two"]);
+    // Signed over: the log's old signature does not cover the extensions.
+    assert!(matches!(
+        verify_checkpoint(with_extension.as_bytes(), ORIGIN, &spki(&k)),
+        Err(CheckpointError::BadSignature { .. })
+    ));
+    let pq_line = |i: usize| {
+        format!(
+            "\u{2014} witness-{i}.example {}\n",
+            STANDARD.encode(vec![i as u8; 4 + 4627])
+        )
+    };
+    let many: String = (0..99).map(pq_line).collect();
+    let big = format!("{note}{many}");
+    assert!(big.len() > 590 * 1024);
+    let parsed = verify_checkpoint(big.as_bytes(), ORIGIN, &spki(&k)).unwrap();
+    assert_eq!(parsed.signatures.len(), 100);
 }
 
 #[test]

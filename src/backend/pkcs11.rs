@@ -165,7 +165,10 @@ fn trimmed(s: &str) -> String {
 }
 
 /// Finds the one token matching `selector`.
-fn find_token(ctx: &Pkcs11, selector: &TokenSelector) -> Result<(Slot, TokenFacts), BackendError> {
+pub(crate) fn find_token(
+    ctx: &Pkcs11,
+    selector: &TokenSelector,
+) -> Result<(Slot, TokenFacts), BackendError> {
     let slots = ctx
         .get_slots_with_initialized_token()
         .map_err(|e| BackendError::Unavailable(format!("cannot list PKCS#11 slots: {e}")))?;

@@ -67,7 +67,7 @@ pub async fn connect_unix(path: &std::path::Path) -> Result<Channel, tonic::tran
         .await
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -384,6 +384,7 @@ pub fn log(command: LogCommand) -> Result<()> {
                 index,
                 size,
                 out,
+                tlog_proof,
                 connection,
             } => {
                 let mut client = SignerClient::new(connect(&connection).await?);
@@ -395,6 +396,21 @@ pub fn log(command: LogCommand) -> Result<()> {
                     .await
                     .map_err(status_error)?
                     .into_inner();
+                if let Some(path) = &tlog_proof {
+                    let hashes = proof
+                        .hashes
+                        .iter()
+                        .map(|h| <[u8; 32]>::try_from(h.as_slice()))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|_| anyhow::anyhow!("the daemon sent a hash of another length"))?;
+                    let text = crate::verify::tlog_proof::format(
+                        proof.log_index,
+                        &hashes,
+                        &proof.checkpoint,
+                        None,
+                    );
+                    write_out(path, &text)?;
+                }
                 let text = if proof.bundle_json.is_empty() {
                     serde_json::json!({
                         "logIndex": proof.log_index,
@@ -445,7 +461,10 @@ pub fn log(command: LogCommand) -> Result<()> {
                     out.display()
                 );
             }
-            LogCommand::Export { .. } | LogCommand::Recover { .. } | LogCommand::Check { .. } => {
+            LogCommand::Export { .. }
+            | LogCommand::Recover { .. }
+            | LogCommand::Check { .. }
+            | LogCommand::Vkey { .. } => {
                 unreachable!("export, check and recover run offline")
             }
         }

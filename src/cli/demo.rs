@@ -1,7 +1,7 @@
 //! `actseal demo`: the whole path on fresh SoftHSM tokens, every step shown as the command an
 //! operator would type.
 
-use super::out::outln;
+use super::out::{out, outln};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -48,11 +48,21 @@ pub fn run(workdir: Option<PathBuf>) -> Result<()> {
     };
     outln!("== Setting up a SoftHSM lab in {}", dir.display());
     let mut lab = Lab::create(&exe, &dir, true)?;
+    // A timestamp authority of the lab's own (test code: `openssl ts -reply` behind HTTP).
+    let tsa = crate::lab_tsa::TestTsa::start(
+        &lab.dir.join("tsa"),
+        "actseal demo TSA",
+        crate::lab_tsa::TsaKey::P256,
+        crate::lab_tsa::EssCertId::Sha256,
+    )?;
+    tsa.add_to_config(&lab.config())?;
+    outln!("timestamp authority (RFC 3161) at {}", tsa.url());
 
     outln!("\n== Starting the daemon on the SoftHSM token");
     lab.start_daemon()?;
     let socket = lab.socket().display().to_string();
     outln!("daemon listening on {socket}");
+    let witnesses = start_witnesses(&mut lab)?;
 
     outln!("\n== Creating the agent's key inside the token");
     lab.run_ok(&["key", "create", "--actor", ACTOR])?;
@@ -86,6 +96,7 @@ pub fn run(workdir: Option<PathBuf>) -> Result<()> {
 
     outln!("\n== Verifying the proof bundle offline with actseal");
     let anchor = lab.anchor().display().to_string();
+    let tsa_anchor = tsa.ca_cert().display().to_string();
     let output = lab.run(&[
         "verify",
         &bundle,
@@ -93,10 +104,36 @@ pub fn run(workdir: Option<PathBuf>) -> Result<()> {
         &anchor,
         "--document",
         &document,
+        "--tsa-trust",
+        &tsa_anchor,
     ])?;
     if !output.status.success() {
         bail!("the demo bundle did not verify");
     }
+    stamp_with_openssl(&lab.dir, &bundle, &tsa_anchor)?;
+
+    outln!("\n== Checking the witnesses' cosignatures against the auditor's witness policy");
+    let policy = lab.path("witness-policy.txt");
+    let mut text = String::from("# both witnesses must have cosigned\n");
+    for w in &witnesses {
+        text.push_str(&w.policy_line());
+    }
+    text.push_str(
+        "group both all witness-1.lab.actseal.example witness-2.lab.actseal.example\nquorum both\n",
+    );
+    std::fs::write(&policy, text)?;
+    let output = lab.run(&[
+        "verify",
+        &bundle,
+        "--trust",
+        &anchor,
+        "--witness-policy",
+        &policy,
+    ])?;
+    if !output.status.success() {
+        bail!("the demo bundle does not meet the witness policy");
+    }
+    drop(witnesses);
 
     outln!("\n== Verifying the same bundle with openssl alone");
     verify_with_openssl(&lab.dir, &bundle, &anchor, &document)?;
@@ -110,7 +147,8 @@ pub fn run(workdir: Option<PathBuf>) -> Result<()> {
     outln!(
         "\n== Proved: the agent {ACTOR} (key generated in and never extractable from the \
          token) signed exactly this payment instruction, the token's device certificate \
-         chains to the operator's CA, and the receipt is in the daemon's signed, tamper-evident log."
+         chains to the operator's CA, the receipt is in the daemon's signed, tamper-evident log, \
+         and an RFC 3161 timestamp authority dates that log's checkpoint no earlier than the receipt."
     );
 
     tpm_actor(&exe, &lab.dir.join("tpm-lab"), &document)?;
@@ -118,6 +156,26 @@ pub fn run(workdir: Option<PathBuf>) -> Result<()> {
         outln!("The lab stays in {} for you to explore.", lab.dir.display());
     }
     Ok(())
+}
+
+/// Two witnesses, each with its own SoftHSM token and state, cosign the daemon's checkpoints;
+/// the daemon answers Sign once both have (2-of-2, `anchored`).
+fn start_witnesses(lab: &mut Lab) -> Result<Vec<crate::lab_witness::LabWitness>> {
+    outln!(
+        "\n== Two witnesses (other parties' hosts in real life), each with an Ed25519 key in its own token"
+    );
+    lab.stop_daemon()?;
+    let mut witnesses = Vec::new();
+    for n in 1..=2 {
+        let mut w = crate::lab_witness::LabWitness::create(lab, n)?;
+        w.start(lab)?;
+        outln!("witness {} at {}: {}", w.name, w.url, w.vkey);
+        witnesses.push(w);
+    }
+    crate::lab_witness::configure_anchor(lab, &witnesses, 2, "acknowledge = \"anchored\"")?;
+    outln!("daemon configured: [anchor] quorum = 2 of the two witnesses");
+    lab.start_daemon()?;
+    Ok(witnesses)
 }
 
 /// The same path on a TPM: enrollment of the attestation key, a TPM-held actor key certified
@@ -187,6 +245,46 @@ fn tpm_actor(exe: &std::path::Path, dir: &std::path::Path, document: &str) -> Re
          generated in it and never leaving it (fixedTPM, fixedParent, sensitiveDataOrigin), by \
          an attestation key enrolled through the TPM's EK certificate."
     );
+    Ok(())
+}
+
+/// Checks the bundle's timestamp token with `openssl ts -verify` over the checkpoint's note
+/// text (FORMAT.md §15).
+fn stamp_with_openssl(dir: &std::path::Path, bundle: &str, tsa_anchor: &str) -> Result<()> {
+    use base64::Engine;
+    let value: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle)?)?;
+    let token = value["log"]["timestamps"][0]["token"]
+        .as_str()
+        .context("the bundle carries no timestamp token")?;
+    let note = value["log"]["checkpoint"]
+        .as_str()
+        .context("no checkpoint")?;
+    let text = crate::verify::timestamp::note_text(note).map_err(anyhow::Error::msg)?;
+    std::fs::write(
+        dir.join("token.der"),
+        base64::engine::general_purpose::STANDARD.decode(token)?,
+    )?;
+    std::fs::write(dir.join("checkpoint.txt"), text)?;
+    outln!(
+        "$ openssl ts -verify -token_in -in token.der -data checkpoint.txt -CAfile {tsa_anchor}"
+    );
+    let out = std::process::Command::new("openssl")
+        .args([
+            "ts",
+            "-verify",
+            "-token_in",
+            "-in",
+            "token.der",
+            "-data",
+            "checkpoint.txt",
+        ])
+        .args(["-CAfile", tsa_anchor])
+        .current_dir(dir)
+        .output()?;
+    out!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        bail!("openssl ts -verify refused the bundle's timestamp token");
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 mod client;
 #[cfg(feature = "daemon")]
 mod demo;
+mod monitor;
 mod operator;
 pub(crate) mod out;
 
@@ -67,16 +68,56 @@ enum Command {
         /// no later. Certificates are still checked when their evidence was made (signedAt).
         #[arg(long, value_parser = parse_time)]
         at: Option<i64>,
-    },
-    /// Check that an older signed checkpoint's tree is a prefix of a newer one's, offline.
-    VerifyLog {
-        /// A consistency proof written by `actseal log consistency`.
-        proof: PathBuf,
-        /// Any bundle from the log: it names (and attests) the log key.
+        /// A witness policy (FORMAT.md §14.3): the bundle's checkpoint must carry valid
+        /// cosignatures of witnesses meeting its quorum.
         #[arg(long)]
-        bundle: PathBuf,
+        witness_policy: Option<PathBuf>,
+        /// Timestamp authorities' anchors (PEM): require an RFC 3161 token in log.timestamps,
+        /// under one of them, over the checkpoint and not before the receipt's signedAt.
+        #[arg(long)]
+        tsa_trust: Option<PathBuf>,
+    },
+    /// Check that an older signed checkpoint's tree is a prefix of a newer one's, offline; or,
+    /// with --fork-evidence, that a log forked.
+    VerifyLog {
+        /// A consistency proof written by `actseal log consistency`; one end must be the
+        /// bundle's own checkpoint.
+        #[arg(
+            required_unless_present = "fork_evidence",
+            conflicts_with = "fork_evidence"
+        )]
+        proof: Option<PathBuf>,
+        /// Any bundle from the log: it names (and attests) the log key.
+        #[arg(long, required_unless_present = "fork_evidence")]
+        bundle: Option<PathBuf>,
+        /// Fork evidence written by `actseal monitor`: exit 0 when it proves a fork.
+        #[arg(long)]
+        fork_evidence: Option<PathBuf>,
         #[arg(long)]
         trust: PathBuf,
+    },
+    /// Keep the checkpoints seen per log and report any two that are not consistent, writing
+    /// the fork evidence (exit 1 on a fork).
+    Monitor {
+        /// Directory of the checkpoints seen, per log (created if absent).
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long)]
+        trust: PathBuf,
+        /// Bundles, checkpoint notes or consistency proofs to add (a log's first bundle
+        /// attests its key).
+        inputs: Vec<PathBuf>,
+        /// Also copy the first fork's evidence here.
+        #[arg(long)]
+        evidence: Option<PathBuf>,
+        /// Also ask the daemon for its newest checkpoint and, for each size seen, its own
+        /// checkpoint of that size with a consistency proof.
+        #[cfg(feature = "daemon")]
+        #[arg(long)]
+        fetch: bool,
+        #[cfg(feature = "daemon")]
+        #[command(flatten)]
+        connection: Connection,
     },
     /// Replay a whole exported log offline and confirm every entry.
     Audit {
@@ -122,6 +163,10 @@ enum Command {
         #[arg(long)]
         no_log_key: bool,
     },
+    /// A C2SP tlog-witness: cosigns checkpoints of the logs it is configured for.
+    #[cfg(feature = "daemon")]
+    #[command(subcommand)]
+    Witness(WitnessCommand),
     /// Run the whole path on a fresh SoftHSM token: daemon, key, sign, verify.
     #[cfg(feature = "daemon")]
     Demo {
@@ -301,6 +346,10 @@ enum LogCommand {
         size: u64,
         #[arg(long)]
         out: PathBuf,
+        /// Also write the proof as a C2SP tlog-proof@v1 file (index, inclusion proof, the
+        /// checkpoint with its cosignatures).
+        #[arg(long)]
+        tlog_proof: Option<PathBuf>,
         #[command(flatten)]
         connection: Connection,
     },
@@ -323,6 +372,12 @@ enum LogCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print the log's verifier key, `origin+hash+base64(0x02 || SPKI)` (C2SP signed-note),
+    /// for witnesses and note verifiers (offline; no token needed).
+    Vkey {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
     /// Re-check the whole stored log from its first entry, rows behind the start-up check's
     /// watermark included (offline, read-only; no token needed).
     Check {
@@ -341,6 +396,29 @@ enum LogCommand {
         /// The new log's origin; it must differ from the replaced log's.
         #[arg(long)]
         origin: String,
+    },
+}
+
+#[cfg(feature = "daemon")]
+#[derive(Subcommand)]
+enum WitnessCommand {
+    /// Generate the witness's Ed25519 key in its token and print its verifier key.
+    Init {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the witness's verifier key (`name+hash+base64`).
+    Key {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Serve `add-checkpoint` until SIGTERM or SIGINT.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        /// Listen here instead of the configured address.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
 }
 
@@ -449,6 +527,30 @@ fn init_logging(level: &str, json: bool) {
 #[cfg(not(feature = "daemon"))]
 fn init_logging(_level: &str, _json: bool) {}
 
+#[cfg(feature = "daemon")]
+fn witness(command: WitnessCommand) -> anyhow::Result<()> {
+    use crate::cli::out::outln;
+    match command {
+        WitnessCommand::Init { config } => {
+            init_logging("warn", false);
+            outln!("{}", crate::witness::init(&config)?);
+        }
+        WitnessCommand::Key { config } => {
+            init_logging("warn", false);
+            outln!("{}", crate::witness::vkey(&config)?);
+        }
+        WitnessCommand::Serve { config, listen } => {
+            init_logging("info", false);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("actseal-witness")
+                .build()?;
+            runtime.block_on(crate::witness::serve(&config, listen))?;
+        }
+    }
+    Ok(())
+}
+
 /// Entry point of the `actseal` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -464,6 +566,8 @@ pub fn main() -> ExitCode {
             document,
             log_origin,
             at,
+            witness_policy,
+            tsa_trust,
         } => {
             init_logging("warn", false);
             return operator::verify(
@@ -472,15 +576,52 @@ pub fn main() -> ExitCode {
                 document.as_deref(),
                 log_origin.as_deref(),
                 at,
+                tsa_trust.as_deref(),
+                witness_policy.as_deref(),
             );
         }
         Command::VerifyLog {
             proof,
             bundle,
+            fork_evidence,
             trust,
         } => {
             init_logging("warn", false);
-            return operator::verify_log(&proof, &bundle, &trust);
+            return match (fork_evidence, proof, bundle) {
+                (Some(evidence), _, _) => operator::verify_fork(&evidence, &trust),
+                (None, Some(proof), Some(bundle)) => operator::verify_log(&proof, &bundle, &trust),
+                _ => {
+                    eprintln!("actseal verify-log: give PROOF and --bundle, or --fork-evidence");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        #[cfg(feature = "daemon")]
+        Command::Monitor {
+            state,
+            trust,
+            inputs,
+            evidence,
+            fetch,
+            connection,
+        } => {
+            init_logging("warn", false);
+            return monitor::run(&state, &trust, &inputs, evidence.as_deref(), |m| {
+                if fetch {
+                    monitor::fetch(m, &connection)
+                } else {
+                    Ok(())
+                }
+            });
+        }
+        #[cfg(not(feature = "daemon"))]
+        Command::Monitor {
+            state,
+            trust,
+            inputs,
+            evidence,
+        } => {
+            return monitor::run(&state, &trust, &inputs, evidence.as_deref(), |_| Ok(()));
         }
         Command::Audit { export, trust } => {
             init_logging("warn", false);
@@ -491,6 +632,13 @@ pub fn main() -> ExitCode {
             init_logging("warn", false);
             operator::export_log(&config, &out)
         }
+        #[cfg(feature = "daemon")]
+        Command::Log(LogCommand::Vkey { config }) => {
+            init_logging("warn", false);
+            operator::log_vkey(&config)
+        }
+        #[cfg(feature = "daemon")]
+        Command::Witness(command) => witness(command),
         #[cfg(feature = "daemon")]
         Command::Log(LogCommand::Check { config }) => {
             init_logging("warn", false);

@@ -90,11 +90,32 @@ pub fn verify(
     document: Option<&Path>,
     log_origin: Option<&str>,
     at: Option<i64>,
+    tsa_trust: Option<&Path>,
+    witness_policy: Option<&Path>,
 ) -> ExitCode {
     let document = match document.map(std::fs::read).transpose() {
         Ok(document) => document,
         Err(e) => {
             eprintln!("actseal verify: cannot read the document: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tsa = match tsa_trust.map(|p| {
+        std::fs::read(p)
+            .map_err(|e| format!("cannot read {}: {e}", p.display()))
+            .and_then(|pem| crate::verify::timestamp::TsaAnchors::from_pem(&pem))
+    }) {
+        None => None,
+        Some(Ok(anchors)) => Some(anchors),
+        Some(Err(e)) => {
+            eprintln!("actseal verify: --tsa-trust: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let policy = match witness_policy.map(read_witness_policy).transpose() {
+        Ok(policy) => policy,
+        Err(e) => {
+            eprintln!("actseal verify: {e}");
             return ExitCode::from(2);
         }
     };
@@ -125,8 +146,62 @@ pub fn verify(
                 ));
             }
         }
-        Ok(format!("VERIFIED {}\n{verified}", bundle.display()))
+        let witnessed = match &policy {
+            Some(policy) => witness_report(policy, bundle_bytes)?,
+            None => String::new(),
+        };
+        let stamps = match &tsa {
+            Some(tsa) => crate::verify::verify_bundle_timestamps(bundle_bytes, &verified, tsa)
+                .map_err(|e| e.to_string())?
+                .to_string(),
+            None => String::new(),
+        };
+        let stamps = if stamps.is_empty() {
+            stamps
+        } else {
+            format!("\n{stamps}")
+        };
+        Ok(format!(
+            "VERIFIED {}\n{verified}{witnessed}{}",
+            bundle.display(),
+            stamps.trim_end()
+        ))
     })
+}
+
+fn read_witness_policy(
+    path: &Path,
+) -> Result<crate::verify::witness_policy::WitnessPolicy, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the witness policy {}: {e}", path.display()))?;
+    crate::verify::witness_policy::WitnessPolicy::parse(&text)
+        .map_err(|e| format!("witness policy {}: {e}", path.display()))
+}
+
+/// `log.witnesses`: the bundle's checkpoint carries cosignatures meeting the policy.
+fn witness_report(
+    policy: &crate::verify::witness_policy::WitnessPolicy,
+    bundle: &[u8],
+) -> Result<String, String> {
+    let checkpoint = serde_json::from_slice::<serde_json::Value>(bundle)
+        .ok()
+        .and_then(|b| b["log"]["checkpoint"].as_str().map(str::to_owned))
+        .ok_or("log.witnesses: the bundle has no log.checkpoint")?;
+    let outcome = policy
+        .check(checkpoint.as_bytes())
+        .map_err(|e| format!("log.witnesses: {e}"))?;
+    let cosigned: Vec<&str> = outcome.cosigned.keys().map(String::as_str).collect();
+    if !outcome.satisfied {
+        return Err(format!(
+            "log.witnesses: the witness policy is not met: cosigned by [{}], missing [{}]",
+            cosigned.join(", "),
+            outcome.missing.join(", ")
+        ));
+    }
+    Ok(format!(
+        "\n  witnesses:    {} (policy met)",
+        cosigned.join(", ")
+    ))
 }
 
 /// `actseal verify-log`: 0 consistent, 1 not, 2 unreadable inputs.
@@ -139,6 +214,17 @@ pub fn verify_log(proof: &Path, bundle: &Path, trust: &Path) -> ExitCode {
     })
 }
 
+/// `actseal verify-log --fork-evidence`: 0 the evidence proves a fork, 1 it does not, 2
+/// unreadable inputs.
+pub fn verify_fork(evidence: &Path, trust: &Path) -> ExitCode {
+    offline_check("verify-log", [evidence, trust], |inputs, anchors| {
+        let [evidence] = inputs else {
+            return Err("internal: wrong inputs".into());
+        };
+        crate::verify::fork::verify_fork_evidence(evidence, anchors)
+    })
+}
+
 /// `actseal audit`: 0 the log checks out, 1 a problem (named), 2 unreadable inputs.
 pub fn audit(export: &Path, trust: &Path) -> ExitCode {
     offline_check("audit", [export, trust], |inputs, anchors| {
@@ -147,6 +233,24 @@ pub fn audit(export: &Path, trust: &Path) -> ExitCode {
         };
         crate::verify::audit::audit_log(export, anchors).map_err(|e| e.to_string())
     })
+}
+
+/// `actseal log vkey`: the log key in the C2SP vkey form.
+#[cfg(feature = "daemon")]
+pub fn log_vkey(config: &Path) -> Result<()> {
+    let config = Config::load(config)?;
+    let store = crate::ledger::Store::open(&config.state.database())?;
+    let log = server::stored_log_identity(&store)?
+        .ok_or_else(|| anyhow::anyhow!("this daemon has no log yet"))?;
+    outln!(
+        "{}",
+        crate::verify::cosignature::format_vkey(
+            &log.origin,
+            crate::verify::cosignature::SIGNATURE_TYPE_ECDSA,
+            &log.spki_der()
+        )
+    );
+    Ok(())
 }
 
 #[cfg(feature = "daemon")]

@@ -51,9 +51,22 @@ pub struct LogProof {
     pub tree_size: u64,
     /// RFC 9162 inclusion proof, hex hashes, leaf side first.
     pub inclusion_proof: Vec<String>,
-    /// The signed checkpoint (C2SP signed note) of `tree_size`.
+    /// The signed checkpoint (C2SP signed note) of `tree_size`; once anchored, with the
+    /// witnesses' `cosignature/v1` lines after the log's signature (FORMAT.md §14).
     pub checkpoint: String,
     pub log_key: LogKeyInBundle,
+    /// RFC 3161 timestamp tokens over the checkpoint's note text (FORMAT.md §15); absent
+    /// until the checkpoint is anchored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timestamps: Vec<TimestampInBundle>,
+}
+
+/// One RFC 3161 timestamp token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TimestampInBundle {
+    /// Base64 DER TimeStampToken (a CMS ContentInfo).
+    pub token: String,
 }
 
 impl LogProof {
@@ -70,6 +83,7 @@ impl LogProof {
             inclusion_proof: proof.iter().map(hex::encode).collect(),
             checkpoint,
             log_key,
+            timestamps: Vec::new(),
         }
     }
 }

@@ -284,3 +284,44 @@ pub fn stored(
         key_id: receipt.key_id,
     }))
 }
+
+/// The stored receipt at `log_index` proved against an anchored checkpoint: the bundle
+/// carries its note (with the witnesses' cosignatures) and its timestamp tokens.
+pub fn anchored(
+    store: &Store,
+    log: &LogIdentity,
+    certs: &DeviceCertificates,
+    log_index: u64,
+    anchored: &crate::anchor::AnchoredCheckpoint,
+) -> Result<Option<SignedReceipt>, StoreError> {
+    let hashes = crate::ledger::merkle::inclusion_proof(store, log_index, anchored.size)
+        .map_err(|e| StoreError::Corrupt(format!("receipt {log_index}: {e}")))?;
+    let Some(mut receipt) = stored(store, log, certs, log_index, Some((anchored.size, hashes)))?
+    else {
+        return Ok(None);
+    };
+    receipt.bundle_json = with_anchor(&receipt.bundle_json, anchored)?;
+    Ok(Some(receipt))
+}
+
+/// A bundle with its log-signed checkpoint replaced by the anchored one of the same size.
+fn with_anchor(
+    bundle_json: &str,
+    anchored: &crate::anchor::AnchoredCheckpoint,
+) -> Result<String, StoreError> {
+    let corrupt = |e: String| StoreError::Corrupt(format!("anchored bundle: {e}"));
+    let mut bundle: Bundle =
+        serde_json::from_str(bundle_json).map_err(|e| corrupt(e.to_string()))?;
+    if bundle.log.tree_size != anchored.size {
+        return Err(corrupt("proved against another size".into()));
+    }
+    bundle.log.checkpoint = anchored.note.clone();
+    bundle.log.timestamps = anchored
+        .timestamps
+        .iter()
+        .map(|t| crate::proof::bundle::TimestampInBundle {
+            token: B64.encode(t),
+        })
+        .collect();
+    bundle.to_json().map_err(|e| corrupt(e.to_string()))
+}

@@ -73,6 +73,8 @@ pub struct DaemonState {
     pub(crate) log: sequencer::LogIdentity,
     policy: RwLock<Arc<Policy>>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The anchor task (witnesses, TSAs), if `[anchor]` configures any.
+    pub(crate) anchor: Option<crate::anchor::AnchorHandle>,
 }
 
 impl DaemonState {
@@ -164,6 +166,8 @@ pub enum StartError {
     LogKey(String),
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Anchor(#[from] crate::anchor::AnchorStartError),
     #[error("listener {what}: {reason}")]
     Listen { what: String, reason: String },
     #[error("policy: {0}")]
@@ -594,6 +598,7 @@ fn open_state(
         log,
         policy: RwLock::new(Arc::new(policy)),
         metrics: Arc::new(Metrics::default()),
+        anchor: crate::anchor::spawn(&config.anchor, config.state.database())?,
     });
     let (sign_rules, admin_rules) = state.policy().rule_counts();
     tracing::info!(policy = %config.server.policy.display(), sign_rules, admin_rules, "policy loaded");

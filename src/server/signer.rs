@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::sequencer::SignedReceipt;
 use super::{
     DaemonState,
     auth::Caller,
@@ -12,6 +13,7 @@ use super::{
     validate,
 };
 use crate::{
+    anchor::Acknowledge,
     api::{
         ActorKey, AttestRequest, AttestResponse, Checkpoint, ConsistencyProof, GetActorKeyRequest,
         GetCheckpointRequest, GetConsistencyProofRequest, GetInclusionProofRequest, InclusionProof,
@@ -71,6 +73,14 @@ impl SignerService {
         log_index: u64,
         tree_size: u64,
     ) -> Result<InclusionProof, Status> {
+        // The newest: the newest anchored checkpoint, if it includes the entry.
+        let anchored = match (&self.state.anchor, tree_size) {
+            (Some(anchor), 0) => anchor.latest().filter(|a| a.size > log_index),
+            _ => None,
+        };
+        if let Some(anchored) = anchored {
+            return self.anchored_inclusion(caller, log_index, &anchored);
+        }
         let store = self.state.reader();
         let checkpoint = checkpoint_for(&store, tree_size, "tree_size")?;
         if log_index >= checkpoint.size {
@@ -100,6 +110,38 @@ impl SignerService {
             tree_size: checkpoint.size,
             hashes: hashes.iter().map(|h| h.to_vec()).collect(),
             checkpoint: checkpoint.note,
+            bundle_json,
+        })
+    }
+
+    /// [`Self::inclusion`] against an anchored checkpoint.
+    fn anchored_inclusion(
+        &self,
+        caller: &Caller,
+        log_index: u64,
+        anchored: &crate::anchor::AnchoredCheckpoint,
+    ) -> Result<InclusionProof, Status> {
+        let store = self.state.reader();
+        let actor = store
+            .entry_actor(log_index)?
+            .ok_or_else(|| Status::internal("an anchored log entry is missing"))?;
+        self.state.authorize_read(caller, &actor)?;
+        let hashes =
+            merkle::inclusion_proof(&*store, log_index, anchored.size).map_err(merkle_status)?;
+        let bundle_json = super::bundles::anchored(
+            &store,
+            &self.state.log,
+            &self.state.certificates.get(),
+            log_index,
+            anchored,
+        )?
+        .map(|r| r.bundle_json)
+        .unwrap_or_default();
+        Ok(InclusionProof {
+            log_index,
+            tree_size: anchored.size,
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+            checkpoint: anchored.note.clone(),
             bundle_json,
         })
     }
@@ -207,6 +249,36 @@ impl Signer for SignerService {
 }
 
 impl SignerService {
+    /// In the `anchored` mode, waits for an anchored checkpoint covering the receipt and
+    /// answers with the bundle proved against it; otherwise wakes the anchor task and answers
+    /// as signed.
+    async fn anchored_answer(&self, signed: SignedReceipt) -> Result<SignedReceipt, Status> {
+        let Some(anchor) = &self.state.anchor else {
+            return Ok(signed);
+        };
+        if anchor.acknowledge() != Acknowledge::Anchored {
+            anchor.wake();
+            return Ok(signed);
+        }
+        let log_index = signed.log_index;
+        let anchored = anchor.wait_covering(log_index).await.map_err(|e| {
+            tracing::warn!(log_index, error = %e, "receipt not anchored in time");
+            Status::unavailable(e.to_string())
+        })?;
+        let state = Arc::clone(&self.state);
+        blocking(move || {
+            super::bundles::anchored(
+                &state.reader(),
+                &state.log,
+                &state.certificates.get(),
+                log_index,
+                &anchored,
+            )
+        })
+        .await??
+        .ok_or_else(|| Status::internal("the anchored receipt is missing"))
+    }
+
     /// Authenticates, validates, authorizes, signs: returns the actor and backend (for the
     /// metrics) with the answer.
     async fn sign_as_caller(
@@ -233,6 +305,7 @@ impl SignerService {
             .authorize_sign(&caller, &action.actor, &action.action_type)?;
         let actor = action.actor.clone();
         let signed = self.state.sequencer.sign(action, request_id).await?;
+        let signed = self.anchored_answer(signed).await?;
         Ok((
             actor,
             self.state.backend.kind().as_str().to_owned(),

@@ -44,6 +44,15 @@ struct LogJson {
     inclusion_proof: Vec<String>,
     checkpoint: String,
     log_key: LogKeyJson,
+    /// RFC 3161 tokens over the checkpoint (FORMAT.md §15); checked by `verify::timestamp`.
+    #[serde(default)]
+    timestamps: Vec<TimestampJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimestampJson {
+    token: String,
 }
 
 #[derive(Deserialize)]
@@ -138,6 +147,8 @@ pub(crate) struct Log {
     pub(crate) key_name: String,
     pub(crate) key: ActorKey,
     pub(crate) key_lineage: Lineage,
+    /// `log.timestamps[].token`, DER (FORMAT.md §15).
+    pub(crate) timestamps: Vec<Vec<u8>>,
 }
 
 /// An earlier version of the actor's key, decoded.
@@ -262,6 +273,10 @@ fn decode_log(json: LogJson) -> Result<Log, String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let (key_name, key, key_lineage) = decode_log_key(json.log_key)?;
+    let timestamps = (0..)
+        .zip(&json.timestamps)
+        .map(|(i, t)| base64(&format!("log.timestamps[{i}].token"), &t.token))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Log {
         index: json.index,
         tree_size: json.tree_size,
@@ -270,6 +285,7 @@ fn decode_log(json: LogJson) -> Result<Log, String> {
         key_name,
         key,
         key_lineage,
+        timestamps,
     })
 }
 

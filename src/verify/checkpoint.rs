@@ -13,11 +13,13 @@ use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey;
 use sha2::{Digest, Sha256};
 
-/// A checkpoint note is a few hundred bytes; far larger input is refused before parsing.
-const MAX_NOTE_BYTES: usize = 64 * 1024;
+/// An actseal checkpoint is a few hundred bytes, but C2SP signed-note sets no size limit and
+/// 100 post-quantum signatures (ML-DSA-87: 4.6 KiB each, base64) make about 650 KiB; larger
+/// input is refused before parsing.
+pub const MAX_NOTE_BYTES: usize = 1024 * 1024;
 
 /// signed-note asks verifiers to accept at least 16 signatures and to bound them.
-const MAX_SIGNATURES: usize = 100;
+pub const MAX_SIGNATURES: usize = 100;
 
 /// The em dash (U+2014) and space that open a signature line.
 const SIG_PREFIX: &str = "\u{2014} ";
@@ -63,6 +65,9 @@ pub struct ParsedCheckpoint {
     pub size: u64,
     /// The RFC 9162 root hash at that size.
     pub root: [u8; 32],
+    /// The extension lines after the root (C2SP tlog-checkpoint allows them; actseal writes
+    /// none), in order.
+    pub extensions: Vec<String>,
     /// Every signature line, in order.
     pub signatures: Vec<NoteSignature>,
 }
@@ -120,18 +125,24 @@ fn parse_signature_line(line: &str) -> Result<NoteSignature, CheckpointError> {
     })
 }
 
-/// Parses the checkpoint text: exactly the three lines origin, size, root.
-fn parse_body(text: &str) -> Result<(String, u64, [u8; 32]), CheckpointError> {
+/// The checkpoint text: origin, size, root, and any extension lines (each non-empty).
+type Body = (String, u64, [u8; 32], Vec<String>);
+
+/// Parses the checkpoint text: the three lines origin, size, root, then extension lines.
+fn parse_body(text: &str) -> Result<Body, CheckpointError> {
     let body = text
         .strip_suffix('\n')
         .ok_or_else(|| malformed("the note text does not end in a newline"))?;
     let lines: Vec<&str> = body.split('\n').collect();
-    let [origin, size, root] = lines.as_slice() else {
+    let [origin, size, root, extensions @ ..] = lines.as_slice() else {
         return Err(malformed(format!(
-            "the checkpoint text has {} lines, expected 3 (origin, size, root)",
+            "the checkpoint text has {} lines, expected at least 3 (origin, size, root)",
             lines.len()
         )));
     };
+    if extensions.iter().any(|line| line.is_empty()) {
+        return Err(malformed("empty extension line"));
+    }
     if origin.is_empty() {
         return Err(malformed("empty origin"));
     }
@@ -152,14 +163,15 @@ fn parse_body(text: &str) -> Result<(String, u64, [u8; 32]), CheckpointError> {
     let root: [u8; 32] = root_bytes
         .try_into()
         .map_err(|_| malformed("root hash is not 32 bytes"))?;
-    Ok((origin.to_string(), size, root))
+    let extensions = extensions.iter().map(|line| line.to_string()).collect();
+    Ok((origin.to_string(), size, root, extensions))
 }
 
 /// Parses a checkpoint note without checking any signature.
 ///
-/// Refused: more than 64 KiB; not UTF-8; ASCII control characters other than newline (so
-/// CRLF line ends too); no blank line before the signatures; a text other than exactly origin,
-/// size and root lines (actseal checkpoints carry no extension lines); a size with a sign or
+/// Refused: more than 1 MiB; not UTF-8; ASCII control characters other than newline (so
+/// CRLF line ends too); no blank line before the signatures; a text without origin, size and
+/// root lines or with an empty extension line after them; a size with a sign or
 /// leading zeros; a root that is not canonical base64 of 32 bytes; no signature lines, or more
 /// than 100; a signature line that is not `— <name> <base64>` with a key name free of spaces
 /// and `+` and a signature of more than the 4-byte key id.
@@ -192,16 +204,23 @@ fn parse(note: &[u8]) -> Result<(&str, ParsedCheckpoint), CheckpointError> {
     if signatures.len() > MAX_SIGNATURES {
         return Err(malformed(format!("more than {MAX_SIGNATURES} signatures")));
     }
-    let (origin, size, root) = parse_body(text)?;
+    let (origin, size, root, extensions) = parse_body(text)?;
     Ok((
         text,
         ParsedCheckpoint {
             origin,
             size,
             root,
+            extensions,
             signatures,
         },
     ))
+}
+
+/// Splits a signed note into its text (the signed bytes, with the final newline) and its
+/// parsed checkpoint, checking no signature: what cosignatures are verified over.
+pub fn parse_with_text(note: &[u8]) -> Result<(&str, ParsedCheckpoint), CheckpointError> {
+    parse(note)
 }
 
 /// Verifies a checkpoint note signed by the log key `key_name` whose public key is the P-256
@@ -303,6 +322,10 @@ mod tests {
     fn body_rules() {
         let root = "f+7CoKgXKE/tNys9TTXcr/ad6U/K3xvznmzew9y6SP0=";
         assert!(parse_body(&format!("o\n0\n{root}\n")).is_ok());
+        // Extension lines are allowed (C2SP tlog-checkpoint), empty ones are not.
+        assert!(
+            matches!(parse_body(&format!("o\n1\n{root}\next\nx y\n")), Ok((_, _, _, e)) if e == ["ext", "x y"])
+        );
         for bad in [
             format!("o\n01\n{root}\n"),
             format!("o\n+1\n{root}\n"),
@@ -311,7 +334,7 @@ mod tests {
             format!("o\n18446744073709551616\n{root}\n"),
             format!("\n1\n{root}\n"),
             format!("o\n1\n{root}"),
-            format!("o\n1\n{root}\next\n"),
+            format!("o\n1\n{root}\n\next\n"),
             "o\n1\nAAAA\n".to_string(),
             format!("o\n1\n{}\n", root.trim_end_matches('=')),
             format!("o\n1\n{}\n", root.replace("SP0=", "SP1=")),

@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use super::anchors::TrustAnchors;
 use super::bundle;
-use super::checkpoint::verify_checkpoint;
+use super::checkpoint::{ParsedCheckpoint, verify_checkpoint};
 use super::merkle::verify_consistency;
 
 /// A consistency proof as `actseal log consistency` writes it.
@@ -39,7 +39,10 @@ impl std::fmt::Display for ConsistencyReport {
 }
 
 /// Checks both checkpoints under the log key of `bundle_json` (itself verified in full against
-/// the anchors, which attests the log key) and the consistency proof between them.
+/// the anchors, which attests the log key) and the consistency proof between them; the bundle's
+/// own checkpoint must be one of the two (same size, same root), so the proof says something
+/// about the tree the bundle's receipt is in. A checkpoint of the bundle's size with another
+/// root is a split view, and named as one.
 pub fn verify_log_consistency(
     proof_json: &[u8],
     bundle_json: &[u8],
@@ -68,16 +71,8 @@ pub fn verify_log_consistency(
     if old.origin != log.key_name || new.origin != log.key_name {
         return Err("a checkpoint is of another log".into());
     }
-    let hashes = proof
-        .hashes
-        .iter()
-        .map(|h| {
-            hex::decode(h)
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-                .ok_or_else(|| "proof hashes must be 32-byte hex".to_string())
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    check_bundle_checkpoint(&log, &old, &new)?;
+    let hashes = super::fork::decode_hashes(&proof.hashes)?;
     verify_consistency(old.size, new.size, &old.root, &new.root, &hashes)
         .map_err(|e| format!("consistency: {e}"))?;
     Ok(ConsistencyReport {
@@ -85,4 +80,29 @@ pub fn verify_log_consistency(
         old_size: old.size,
         new_size: new.size,
     })
+}
+
+/// The bundle's checkpoint is one end of the proof: same size, same root.
+fn check_bundle_checkpoint(
+    log: &bundle::Log,
+    old: &ParsedCheckpoint,
+    new: &ParsedCheckpoint,
+) -> Result<(), String> {
+    let own = verify_checkpoint(log.checkpoint.as_bytes(), &log.key_name, &log.key.spki_der)
+        .map_err(|e| format!("the bundle's checkpoint: {e}"))?;
+    let Some(end) = [old, new].into_iter().find(|c| c.size == own.size) else {
+        return Err(format!(
+            "the proof ({} → {}) is not about the bundle's checkpoint (size {})",
+            old.size, new.size, own.size
+        ));
+    };
+    if end.root != own.root {
+        return Err(format!(
+            "SPLIT VIEW: the log key signed two checkpoints of size {} with different roots, the bundle's ({}) and the proof's ({}); `actseal monitor` writes them as fork evidence",
+            own.size,
+            hex::encode(own.root),
+            hex::encode(end.root)
+        ));
+    }
+    Ok(())
 }

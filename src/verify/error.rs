@@ -31,6 +31,9 @@ pub enum Check {
     LogCheckpoint,
     /// `log.inclusion`: the receipt is the leaf at its log index under the checkpoint's root.
     LogInclusion,
+    /// `log.timestamp` (with `--tsa-trust`): an RFC 3161 token over the checkpoint, from an
+    /// authority the auditor trusts, dates it no earlier than the receipt's `signedAt`.
+    LogTimestamp,
 }
 
 impl Check {
@@ -48,6 +51,7 @@ impl Check {
             Check::LogKey => "log.key",
             Check::LogCheckpoint => "log.checkpoint",
             Check::LogInclusion => "log.inclusion",
+            Check::LogTimestamp => "log.timestamp",
         }
     }
 }

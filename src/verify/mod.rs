@@ -22,16 +22,21 @@ pub mod audit;
 mod bundle;
 pub mod checkpoint;
 pub mod consistency;
+pub mod cosignature;
 mod digest;
 mod dsse;
 mod error;
+pub mod fork;
 mod log;
 pub mod merkle;
 mod roles;
 mod rotation;
 mod statement;
 mod summary;
+pub mod timestamp;
+pub mod tlog_proof;
 pub mod tpm;
+pub mod witness_policy;
 mod x509;
 
 use p256::ecdsa::VerifyingKey;
@@ -121,6 +126,30 @@ pub fn verify_bundle(
         tree_size: tree.size,
         caller: receipt.caller,
     })
+}
+
+/// `log.timestamp` (FORMAT.md §15): after [`verify_bundle`] accepted the bundle (`verified`),
+/// at least one of its `log.timestamps` verifies under the auditor's TSA anchors over its
+/// checkpoint and is not earlier than the receipt's `signedAt` (within
+/// [`timestamp::SIGNED_AT_TOLERANCE_SECONDS`] and the token's accuracy).
+pub fn verify_bundle_timestamps(
+    bundle_json: &[u8],
+    verified: &Verified,
+    tsa: &timestamp::TsaAnchors,
+) -> Result<timestamp::BundleStamps, VerifyError> {
+    let bundle = bundle::parse(bundle_json).map_err(under(Check::BundleParse))?;
+    let signed_at = time::OffsetDateTime::parse(
+        &verified.signed_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map_err(|e| VerifyError::new(Check::ReceiptStatement, format!("signedAt: {e}")))?;
+    timestamp::check_tokens(
+        &bundle.log.timestamps,
+        &bundle.log.checkpoint,
+        tsa,
+        signed_at.unix_timestamp(),
+    )
+    .map_err(under(Check::LogTimestamp))
 }
 
 /// What a verified key attestation (the answer to `Attest`) proves.

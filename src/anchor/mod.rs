@@ -1,0 +1,637 @@
+//! Anchoring the log outside the operator's reach (FORMAT.md §14, CONFIG.md `[anchor]`): a
+//! task beside the sequencer watches the newest committed checkpoint and, whenever it is newer
+//! than the last anchored one and no anchoring is in flight, submits the newest to every
+//! witness (C2SP `tlog-witness`, each with a consistency proof from the size it last saw) and
+//! asks every timestamp authority for a token over it, in parallel. The result, the note with
+//! the witnesses' cosignature lines and the tokens, is stored in the ledger database and
+//! published on a watch channel; `Sign` in the `anchored` mode waits on it.
+//!
+//! Coalescing keeps the cost flat: however many batches were committed meanwhile, one round
+//! anchors the newest, and it covers them all.
+
+pub mod http;
+pub mod store;
+pub mod tsa;
+pub mod witness_client;
+
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde::Deserialize;
+use tokio::sync::{Notify, watch};
+
+use crate::{
+    ledger::{CheckpointRow, Store, merkle},
+    verify::{
+        cosignature::{NoteKey, parse_vkey},
+        witness_policy::{PolicyWitness, WitnessPolicy},
+    },
+};
+use store::AnchorStore;
+use witness_client::Submitted;
+
+/// When `Sign` answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Acknowledge {
+    /// Once an anchored checkpoint covering the receipt satisfies the witness policy (and
+    /// carries a timestamp token, if TSAs are configured); the bundle carries it.
+    #[default]
+    Anchored,
+    /// At once, with the log-signed checkpoint; `GetInclusionProof` later returns the proof
+    /// against the newest anchored checkpoint.
+    Logged,
+}
+
+/// `[anchor]` of the daemon's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnchorConfig {
+    #[serde(default)]
+    pub acknowledge: Acknowledge,
+    /// How many of the witnesses must cosign (required with witnesses).
+    #[serde(default)]
+    pub quorum: Option<usize>,
+    /// How long `Sign` (anchored mode) waits for the policy before UNAVAILABLE.
+    #[serde(default = "default_wait_ms")]
+    pub wait_ms: u64,
+    /// Deadline of one request to a witness or a TSA.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// How often witnesses missing from the newest anchored checkpoint are asked again while
+    /// no new checkpoint comes.
+    #[serde(default = "default_retry_ms")]
+    pub retry_ms: u64,
+    #[serde(default)]
+    pub witness: Vec<WitnessConfig>,
+    #[serde(default)]
+    pub tsa: Vec<tsa::TsaConfig>,
+}
+
+impl Default for AnchorConfig {
+    fn default() -> Self {
+        AnchorConfig {
+            acknowledge: Acknowledge::default(),
+            quorum: None,
+            wait_ms: default_wait_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+            retry_ms: default_retry_ms(),
+            witness: Vec::new(),
+            tsa: Vec::new(),
+        }
+    }
+}
+
+fn default_wait_ms() -> u64 {
+    10_000
+}
+fn default_request_timeout_ms() -> u64 {
+    3_000
+}
+fn default_retry_ms() -> u64 {
+    1_000
+}
+
+/// One `[[anchor.witness]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// `http://host:port[/prefix]`; `add-checkpoint` is POSTed under it.
+    pub url: String,
+    /// The witness's verifier key, `name+hash+base64` (a cosignature/v1 key).
+    pub key: String,
+}
+
+impl AnchorConfig {
+    /// Whether anything is to be anchored.
+    pub fn enabled(&self) -> bool {
+        !self.witness.is_empty() || !self.tsa.is_empty()
+    }
+
+    /// The witness policy `quorum` of the configured witnesses (None without witnesses).
+    pub fn policy(&self) -> Result<Option<WitnessPolicy>, String> {
+        if self.witness.is_empty() {
+            return match self.quorum {
+                Some(_) => Err("anchor.quorum is set but no [[anchor.witness]] is".into()),
+                None => Ok(None),
+            };
+        }
+        let quorum = self.quorum.ok_or(
+            "anchor.quorum must say how many of the [[anchor.witness]] entries must cosign",
+        )?;
+        let witnesses = self
+            .witness
+            .iter()
+            .map(|w| {
+                let key = witness_key(&w.key)?;
+                crate::anchor::http::split_url(&w.url).map_err(|e| e.to_string())?;
+                Ok(PolicyWitness {
+                    name: key.name.clone(),
+                    key,
+                    url: Some(w.url.clone()),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        WitnessPolicy::threshold_of(witnesses, quorum)
+            .map(Some)
+            .map_err(|e| format!("anchor: {e}"))
+    }
+
+    /// Checks the section (called when the configuration is parsed).
+    pub fn check(&self) -> Result<(), String> {
+        self.policy()?;
+        for t in &self.tsa {
+            t.client(Duration::from_millis(self.request_timeout_ms))
+                .map_err(|e| format!("anchor.tsa: {e}"))?;
+        }
+        if self.wait_ms == 0 || self.request_timeout_ms == 0 || self.retry_ms == 0 {
+            return Err("anchor: wait_ms, request_timeout_ms and retry_ms must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+fn witness_key(vkey: &str) -> Result<NoteKey, String> {
+    let key = parse_vkey(vkey).map_err(|e| format!("anchor.witness.key: {e}"))?;
+    if key.kind != crate::verify::cosignature::SIGNATURE_TYPE_COSIGNATURE {
+        return Err(format!(
+            "anchor.witness.key {vkey:?} is not a cosignature/v1 (0x04) key"
+        ));
+    }
+    Ok(key)
+}
+
+/// A checkpoint with what anchors it: the witnesses' cosignatures (as lines on the note) and
+/// the timestamp tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnchoredCheckpoint {
+    pub size: u64,
+    pub root: merkle::Hash,
+    /// The log-signed note with the cosignature lines after the log's signature.
+    pub note: String,
+    /// The key names of the witnesses whose cosignature is on the note.
+    pub cosigners: BTreeSet<String>,
+    /// DER TimeStampTokens over the note text.
+    pub timestamps: Vec<Vec<u8>>,
+}
+
+impl AnchoredCheckpoint {
+    /// The checkpoint's note text (the signed bytes): up to the blank line.
+    pub fn note_text(&self) -> &str {
+        note_text(&self.note)
+    }
+}
+
+fn note_text(note: &str) -> &str {
+    match note.find("\n\n") {
+        Some(at) => &note[..=at],
+        None => note,
+    }
+}
+
+/// Why `Sign` could not be answered with an anchored checkpoint in time.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "receipt {log_index} is durably in the log but not anchored within {wait_ms} ms: \
+     the witness policy is not met (missing: {missing}){tsa}; retry with the same request_id \
+     to get it once anchored"
+)]
+pub struct NotAnchored {
+    pub log_index: u64,
+    pub wait_ms: u64,
+    /// The witnesses without a cosignature on the newest anchored checkpoint covering it.
+    pub missing: String,
+    pub tsa: String,
+}
+
+/// What the rest of the daemon holds of the anchor task.
+#[derive(Clone)]
+pub struct AnchorHandle {
+    latest: watch::Receiver<Option<Arc<AnchoredCheckpoint>>>,
+    wake: Arc<Notify>,
+    acknowledge: Acknowledge,
+    wait: Duration,
+    policy: Option<Arc<WitnessPolicy>>,
+    tsa_count: usize,
+}
+
+impl AnchorHandle {
+    /// Tells the task a checkpoint was committed.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn acknowledge(&self) -> Acknowledge {
+        self.acknowledge
+    }
+
+    /// The newest anchored checkpoint, if any.
+    pub fn latest(&self) -> Option<Arc<AnchoredCheckpoint>> {
+        self.latest.borrow().clone()
+    }
+
+    /// Whether `anchored` meets the witness policy and, with TSAs, carries a token.
+    pub fn satisfies(&self, anchored: &AnchoredCheckpoint) -> bool {
+        let witnessed = self
+            .policy
+            .as_ref()
+            .is_none_or(|p| p.satisfied_by(&anchored.cosigners));
+        witnessed && (self.tsa_count == 0 || !anchored.timestamps.is_empty())
+    }
+
+    /// Waits until an anchored checkpoint that includes `log_index` satisfies the policy.
+    pub async fn wait_covering(
+        &self,
+        log_index: u64,
+    ) -> Result<Arc<AnchoredCheckpoint>, NotAnchored> {
+        self.wake();
+        let mut rx = self.latest.clone();
+        let ready = |a: &Option<Arc<AnchoredCheckpoint>>| {
+            a.as_ref()
+                .is_some_and(|a| a.size > log_index && self.satisfies(a))
+        };
+        let waited = tokio::time::timeout(self.wait, rx.wait_for(ready)).await;
+        if let Ok(Ok(found)) = waited
+            && let Some(found) = found.clone()
+        {
+            return Ok(found);
+        }
+        let newest = self.latest().filter(|a| a.size > log_index);
+        let missing: Vec<String> = match (&self.policy, &newest) {
+            (None, _) => Vec::new(),
+            (Some(p), Some(a)) => p
+                .witnesses()
+                .filter(|w| !a.cosigners.contains(&w.key.name))
+                .map(|w| w.key.name.clone())
+                .collect(),
+            (Some(p), None) => p.witnesses().map(|w| w.key.name.clone()).collect(),
+        };
+        let no_token =
+            self.tsa_count > 0 && newest.as_ref().is_none_or(|a| a.timestamps.is_empty());
+        Err(NotAnchored {
+            log_index,
+            wait_ms: self.wait.as_millis() as u64,
+            missing: if missing.is_empty() {
+                "none".into()
+            } else {
+                missing.join(", ")
+            },
+            tsa: if no_token {
+                "; no timestamp authority answered".into()
+            } else {
+                String::new()
+            },
+        })
+    }
+}
+
+/// Why the anchor task could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AnchorStartError {
+    #[error("anchor: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] store::AnchorStoreError),
+    #[error("anchor: {0}")]
+    Ledger(#[from] crate::ledger::StoreError),
+}
+
+/// A witness as the task uses it.
+#[derive(Debug, Clone)]
+struct Witness {
+    url: String,
+    key: NoteKey,
+}
+
+/// The task's state.
+struct Task {
+    witnesses: Vec<Witness>,
+    tsas: Vec<tsa::TsaConfig>,
+    request_timeout: Duration,
+    retry: Duration,
+    ledger: Arc<Mutex<Store>>,
+    anchors: Arc<Mutex<AnchorStore>>,
+    tx: watch::Sender<Option<Arc<AnchoredCheckpoint>>>,
+    wake: Arc<Notify>,
+    handle: AnchorHandle,
+}
+
+/// How often the task looks at the log even if nobody woke it (entries the key service
+/// commits, a missed wake-up).
+const POLL: Duration = Duration::from_millis(500);
+
+/// How long a round waits for witnesses still answering once the policy is met: a slow or
+/// hanging witness must not hold every later checkpoint back. One dropped this way is brought
+/// up to date by the 409 it answers next time.
+const STRAGGLER_GRACE: Duration = Duration::from_millis(200);
+
+/// Starts the anchor task (None when `[anchor]` names neither witnesses nor TSAs). Call
+/// within the tokio runtime.
+pub fn spawn(
+    config: &AnchorConfig,
+    database: PathBuf,
+) -> Result<Option<AnchorHandle>, AnchorStartError> {
+    if !config.enabled() {
+        return Ok(None);
+    }
+    let policy = config.policy().map_err(AnchorStartError::Config)?;
+    let witnesses = config
+        .witness
+        .iter()
+        .map(|w| {
+            Ok(Witness {
+                url: w.url.clone(),
+                key: witness_key(&w.key)?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(AnchorStartError::Config)?;
+    let anchors = AnchorStore::open(&database)?;
+    let latest = anchors.latest()?.map(Arc::new);
+    let (tx, rx) = watch::channel(latest);
+    let wake = Arc::new(Notify::new());
+    let handle = AnchorHandle {
+        latest: rx,
+        wake: Arc::clone(&wake),
+        acknowledge: config.acknowledge,
+        wait: Duration::from_millis(config.wait_ms),
+        policy: policy.map(Arc::new),
+        tsa_count: config.tsa.len(),
+    };
+    let task = Task {
+        witnesses,
+        tsas: config.tsa.clone(),
+        request_timeout: Duration::from_millis(config.request_timeout_ms),
+        retry: Duration::from_millis(config.retry_ms),
+        ledger: Arc::new(Mutex::new(Store::open(&database)?)),
+        anchors: Arc::new(Mutex::new(anchors)),
+        tx,
+        wake,
+        handle: handle.clone(),
+    };
+    tracing::info!(witnesses = task.witnesses.len(), tsas = task.tsas.len(),
+        acknowledge = ?config.acknowledge, quorum = ?config.quorum, "anchoring checkpoints");
+    tokio::spawn(task.run());
+    Ok(Some(handle))
+}
+
+/// One answer of a round.
+enum Outcome {
+    Cosigned { name: String, line: String },
+    Token(Vec<u8>),
+    Failed,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Task {
+    async fn run(self) {
+        let mut last_try = Instant::now();
+        loop {
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(POLL) => {}
+            }
+            let ledger = Arc::clone(&self.ledger);
+            let newest = match tokio::task::spawn_blocking(move || {
+                lock(&ledger).latest_checkpoint()
+            })
+            .await
+            {
+                Ok(Ok(Some(c))) => c,
+                Ok(Ok(None)) => continue,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "anchor: cannot read the newest checkpoint");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let current = self.handle.latest();
+            let base = match &current {
+                Some(a) if a.size > newest.size => continue,
+                Some(a) if a.size == newest.size => {
+                    if self
+                        .handle
+                        .satisfies_all(a, &self.witnesses, self.tsas.len())
+                        || last_try.elapsed() < self.retry
+                    {
+                        continue;
+                    }
+                    Some(a.clone())
+                }
+                _ => None,
+            };
+            last_try = Instant::now();
+            self.round(newest, base).await;
+        }
+    }
+
+    /// Anchors `checkpoint`; with `base` (an earlier round of the same size), asks only what
+    /// it lacks and adds to it.
+    async fn round(&self, checkpoint: CheckpointRow, base: Option<Arc<AnchoredCheckpoint>>) {
+        let started = Instant::now();
+        let mut anchored = match &base {
+            Some(b) => (**b).clone(),
+            None => AnchoredCheckpoint {
+                size: checkpoint.size,
+                root: checkpoint.root,
+                note: checkpoint.note.clone(),
+                cosigners: BTreeSet::new(),
+                timestamps: Vec::new(),
+            },
+        };
+        let mut jobs = tokio::task::JoinSet::new();
+        for w in &self.witnesses {
+            if anchored.cosigners.contains(&w.key.name) {
+                continue;
+            }
+            let (w, note) = (w.clone(), checkpoint.note.clone());
+            let (ledger, anchors, timeout) = (
+                Arc::clone(&self.ledger),
+                Arc::clone(&self.anchors),
+                self.request_timeout,
+            );
+            let size = checkpoint.size;
+            jobs.spawn(async move {
+                match submit(&w, size, &note, ledger, anchors, timeout).await {
+                    Ok(line) => Outcome::Cosigned {
+                        name: w.key.name.clone(),
+                        line,
+                    },
+                    Err(e) => {
+                        tracing::warn!(witness = %w.key.name, url = %w.url, size, error = %e,
+                            "witness did not cosign");
+                        Outcome::Failed
+                    }
+                }
+            });
+        }
+        if anchored.timestamps.is_empty() {
+            for t in &self.tsas {
+                let (t, text) = (t.clone(), note_text(&checkpoint.note).as_bytes().to_vec());
+                let timeout = self.request_timeout;
+                jobs.spawn(async move {
+                    match tsa::timestamp(&t, &text, timeout).await {
+                        Ok(token) => Outcome::Token(token),
+                        Err(e) => {
+                            tracing::warn!(tsa = %t.url, error = %e, "no timestamp token");
+                            Outcome::Failed
+                        }
+                    }
+                });
+            }
+        }
+        let mut satisfied_at: Option<Instant> = None;
+        let mut changed = false;
+        loop {
+            let next = match satisfied_at {
+                Some(at) => {
+                    let left = STRAGGLER_GRACE.saturating_sub(at.elapsed());
+                    match tokio::time::timeout(left, jobs.join_next()).await {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    }
+                }
+                None => jobs.join_next().await,
+            };
+            let Some(result) = next else { break };
+            match result {
+                Ok(Outcome::Cosigned { name, line }) => {
+                    anchored.note.push_str(&line);
+                    anchored.cosigners.insert(name);
+                    changed = true;
+                }
+                Ok(Outcome::Token(token)) => {
+                    anchored.timestamps.push(token);
+                    changed = true;
+                }
+                Ok(Outcome::Failed) | Err(_) => {}
+            }
+            if changed && satisfied_at.is_none() && self.handle.satisfies(&anchored) {
+                // Publish as soon as the policy is met: callers waiting need no more.
+                self.publish(&anchored).await;
+                satisfied_at = Some(Instant::now());
+                changed = false;
+                tracing::debug!(
+                    size = anchored.size,
+                    ms = started.elapsed().as_millis() as u64,
+                    "anchored: policy met"
+                );
+            }
+        }
+        jobs.abort_all();
+        if changed || base.is_none() {
+            self.publish(&anchored).await;
+        }
+        tracing::info!(
+            size = anchored.size,
+            cosigners = anchored.cosigners.len(),
+            timestamps = anchored.timestamps.len(),
+            satisfied = self.handle.satisfies(&anchored),
+            ms = started.elapsed().as_millis() as u64,
+            "checkpoint anchored"
+        );
+    }
+
+    /// Stores and publishes; an anchored checkpoint that could not be stored is not published
+    /// (a bundle must never carry what a restart would not find again).
+    async fn publish(&self, anchored: &AnchoredCheckpoint) {
+        let anchors = Arc::clone(&self.anchors);
+        let row = anchored.clone();
+        match tokio::task::spawn_blocking(move || lock(&anchors).put(&row)).await {
+            Ok(Ok(())) => {
+                let _ = self.tx.send(Some(Arc::new(anchored.clone())));
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot store the anchored checkpoint"),
+            Err(_) => tracing::error!("anchor store task failed"),
+        }
+    }
+}
+
+impl AnchorHandle {
+    /// Whether every witness has cosigned and a TSA answered: nothing left to ask again.
+    fn satisfies_all(&self, a: &AnchoredCheckpoint, witnesses: &[Witness], tsas: usize) -> bool {
+        witnesses.iter().all(|w| a.cosigners.contains(&w.key.name))
+            && (tsas == 0 || !a.timestamps.is_empty())
+    }
+}
+
+/// Why one witness did not cosign.
+#[derive(Debug, thiserror::Error)]
+enum SubmitError {
+    #[error(transparent)]
+    Witness(#[from] witness_client::WitnessError),
+    #[error(
+        "the witness has seen size {theirs}, larger than this log's {ours}: this log was rolled back or forked"
+    )]
+    Ahead { theirs: u64, ours: u64 },
+    #[error("the witness keeps answering 409 (size {0})")]
+    Conflicts(u64),
+    #[error("{0}")]
+    Local(String),
+}
+
+/// Submits one checkpoint to one witness: from the size it last saw (per the ledger DB), or
+/// the size it names in a 409.
+async fn submit(
+    w: &Witness,
+    size: u64,
+    note: &str,
+    ledger: Arc<Mutex<Store>>,
+    anchors: Arc<Mutex<AnchorStore>>,
+    timeout: Duration,
+) -> Result<String, SubmitError> {
+    let name = w.key.name.clone();
+    let local = |e: String| SubmitError::Local(e);
+    let (a, n) = (Arc::clone(&anchors), name.clone());
+    let mut old = tokio::task::spawn_blocking(move || lock(&a).witness_size(&n))
+        .await
+        .map_err(|e| local(e.to_string()))?
+        .map_err(|e| local(e.to_string()))?;
+    for _ in 0..3 {
+        if old > size {
+            return Err(SubmitError::Ahead {
+                theirs: old,
+                ours: size,
+            });
+        }
+        let l = Arc::clone(&ledger);
+        let proof = if old == 0 || old == size {
+            Vec::new()
+        } else {
+            tokio::task::spawn_blocking(move || merkle::consistency_proof(&*lock(&l), old, size))
+                .await
+                .map_err(|e| local(e.to_string()))?
+                .map_err(|e| local(e.to_string()))?
+        };
+        match witness_client::add_checkpoint(&w.url, &w.key, old, &proof, note, timeout).await? {
+            Submitted::Cosigned { line, .. } => {
+                let (a, n) = (Arc::clone(&anchors), name.clone());
+                tokio::task::spawn_blocking(move || lock(&a).set_witness_size(&n, size))
+                    .await
+                    .map_err(|e| local(e.to_string()))?
+                    .map_err(|e| local(e.to_string()))?;
+                return Ok(line);
+            }
+            Submitted::Conflict(theirs) => {
+                tracing::info!(witness = %name, ours = old, theirs, "witness has another size; resubmitting from it");
+                let (a, n) = (Arc::clone(&anchors), name.clone());
+                tokio::task::spawn_blocking(move || lock(&a).set_witness_size(&n, theirs))
+                    .await
+                    .map_err(|e| local(e.to_string()))?
+                    .map_err(|e| local(e.to_string()))?;
+                if theirs == old {
+                    return Err(SubmitError::Conflicts(theirs));
+                }
+                old = theirs;
+            }
+        }
+    }
+    Err(SubmitError::Conflicts(old))
+}

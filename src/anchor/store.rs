@@ -1,0 +1,151 @@
+//! Anchored checkpoints and the size each witness last cosigned, in the ledger database
+//! (their own tables, their own connection: the sequencer's schema is not touched).
+
+use std::{collections::BTreeSet, path::Path, time::Duration};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::AnchoredCheckpoint;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS anchored_checkpoints (
+    size        INTEGER PRIMARY KEY,
+    root        BLOB NOT NULL,
+    note        TEXT NOT NULL,
+    cosigners   TEXT NOT NULL,
+    timestamps  TEXT NOT NULL,
+    anchored_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS witness_sizes (
+    witness TEXT PRIMARY KEY,
+    size    INTEGER NOT NULL
+);
+";
+
+/// Why the anchor tables could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum AnchorStoreError {
+    #[error("anchor tables: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("anchor tables: corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// The anchor task's connection to the ledger database.
+pub struct AnchorStore {
+    conn: Connection,
+}
+
+fn to_i64(v: u64) -> Result<i64, AnchorStoreError> {
+    i64::try_from(v).map_err(|_| AnchorStoreError::Corrupt(format!("{v} exceeds 2^63")))
+}
+
+impl AnchorStore {
+    /// Opens the database the ledger already created and adds the anchor tables.
+    pub fn open(path: &Path) -> Result<Self, AnchorStoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(AnchorStore { conn })
+    }
+
+    /// Stores an anchored checkpoint (replacing one of the same size: a later round added
+    /// cosignatures or tokens).
+    pub fn put(&self, anchored: &AnchoredCheckpoint) -> Result<(), AnchorStoreError> {
+        let cosigners = serde_json::to_string(&anchored.cosigners)
+            .map_err(|e| AnchorStoreError::Corrupt(e.to_string()))?;
+        let timestamps: Vec<String> = anchored.timestamps.iter().map(hex::encode).collect();
+        let timestamps = serde_json::to_string(&timestamps)
+            .map_err(|e| AnchorStoreError::Corrupt(e.to_string()))?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO anchored_checkpoints
+                (size, root, note, cosigners, timestamps, anchored_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, strftime('%s', 'now'))",
+            params![
+                to_i64(anchored.size)?,
+                anchored.root.as_slice(),
+                anchored.note,
+                cosigners,
+                timestamps
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The newest anchored checkpoint.
+    pub fn latest(&self) -> Result<Option<AnchoredCheckpoint>, AnchorStoreError> {
+        self.query("WHERE ?1 IS NULL ORDER BY size DESC LIMIT 1", None)
+    }
+
+    /// The anchored checkpoint of exactly `size`.
+    pub fn at(&self, size: u64) -> Result<Option<AnchoredCheckpoint>, AnchorStoreError> {
+        self.query("WHERE size = ?1", Some(to_i64(size)?))
+    }
+
+    fn query(
+        &self,
+        filter: &str,
+        size: Option<i64>,
+    ) -> Result<Option<AnchoredCheckpoint>, AnchorStoreError> {
+        let row = self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT size, root, note, cosigners, timestamps FROM anchored_checkpoints {filter}"
+                ),
+                params![size],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, Vec<u8>>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((size, root, note, cosigners, timestamps)) = row else {
+            return Ok(None);
+        };
+        let corrupt = |what: &str| AnchorStoreError::Corrupt(format!("size {size}: {what}"));
+        let cosigners: BTreeSet<String> =
+            serde_json::from_str(&cosigners).map_err(|_| corrupt("cosigners"))?;
+        let timestamps: Vec<String> =
+            serde_json::from_str(&timestamps).map_err(|_| corrupt("timestamps"))?;
+        Ok(Some(AnchoredCheckpoint {
+            size: u64::try_from(size).map_err(|_| corrupt("size"))?,
+            root: root.try_into().map_err(|_| corrupt("root"))?,
+            note,
+            cosigners,
+            timestamps: timestamps
+                .iter()
+                .map(hex::decode)
+                .collect::<Result<_, _>>()
+                .map_err(|_| corrupt("timestamps"))?,
+        }))
+    }
+
+    /// The size `witness` last cosigned (0: none yet).
+    pub fn witness_size(&self, witness: &str) -> Result<u64, AnchorStoreError> {
+        let size: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT size FROM witness_sizes WHERE witness = ?1",
+                params![witness],
+                |row| row.get(0),
+            )
+            .optional()?;
+        u64::try_from(size.unwrap_or(0)).map_err(|_| AnchorStoreError::Corrupt(witness.into()))
+    }
+
+    /// Records the size `witness` has now seen (it cosigned it, or said so in a 409).
+    pub fn set_witness_size(&self, witness: &str, size: u64) -> Result<(), AnchorStoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO witness_sizes (witness, size) VALUES (?1, ?2)",
+            params![witness, to_i64(size)?],
+        )?;
+        Ok(())
+    }
+}
