@@ -9,6 +9,7 @@ packages=(
   protobuf-compiler pkg-config               # build: protoc for the gRPC API
   openssl jq ca-certificates                 # offline verification with openssl alone
   systemd util-linux passwd                  # systemd-analyze (unit tests), setpriv, useradd
+  chromium                                   # the forensics report opened headless (tests/forensics.rs)
 )
 missing=()
 for p in "${packages[@]}"; do

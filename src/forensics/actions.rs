@@ -112,6 +112,17 @@ impl Action {
     pub fn proved(&self) -> bool {
         self.proof.is_some()
     }
+
+    /// True when the actor's attested key signed the receipt: it is proved, or only its log
+    /// proof failed (`log.*`, e.g. an export with an entry removed no longer matches its
+    /// checkpoint). Such a receipt is evidence of its place in the actor's sequence.
+    pub fn signed_by_actor(&self) -> bool {
+        self.proved()
+            || self
+                .failure
+                .as_ref()
+                .is_some_and(|f| f.check.starts_with("log."))
+    }
 }
 
 /// A hole or a break in an actor's receipts: evidence in its own right.
@@ -328,11 +339,12 @@ fn selected(a: &Action, q: &Query) -> bool {
         && q.until.is_none_or(|until| at.is_some_and(|t| t <= until))
 }
 
-/// Gaps, chain breaks and forks among each actor's *proved* receipts: an unproved receipt
-/// cannot fill a hole, as its claims are not evidence.
+/// Gaps, chain breaks and forks among the receipts each actor's key is proved to have signed
+/// ([`Action::signed_by_actor`]): a receipt whose signature or lineage fails cannot fill a hole,
+/// as its claims are not evidence.
 fn find_gaps(actions: &[Action], actor: Option<&str>) -> Vec<Gap> {
     let mut by_actor: BTreeMap<&str, Vec<&Action>> = BTreeMap::new();
-    for a in actions.iter().filter(|a| a.proved()) {
+    for a in actions.iter().filter(|a| a.signed_by_actor()) {
         if actor.is_none_or(|x| x == a.claims.actor) {
             by_actor.entry(&a.claims.actor).or_default().push(a);
         }
@@ -370,7 +382,7 @@ fn actor_gaps(actor: &str, proved: &[&Action], all: &[Action]) -> Vec<Gap> {
         }
         if at.len() > 1 {
             let detail = format!(
-                "{} different proved receipts carry sequence {seq}",
+                "{} different signed receipts carry sequence {seq}",
                 at.len()
             );
             gaps.push(gap("fork", seq, seq, detail));
@@ -397,7 +409,7 @@ fn actor_gaps(actor: &str, proved: &[&Action], all: &[Action]) -> Vec<Gap> {
 fn missing_detail(actor: &str, first: u64, last: u64, all: &[Action]) -> String {
     let claimed: BTreeSet<u64> = all
         .iter()
-        .filter(|a| !a.proved() && a.claims.actor == actor)
+        .filter(|a| !a.signed_by_actor() && a.claims.actor == actor)
         .filter_map(|a| a.claims.sequence)
         .filter(|s| (first..=last).contains(s))
         .collect();
@@ -407,9 +419,11 @@ fn missing_detail(actor: &str, first: u64, last: u64, all: &[Action]) -> String 
         format!("receipts {first} to {last} are missing")
     };
     if claimed.is_empty() {
-        format!("{span}: no proved receipt of {actor} carries this sequence")
+        format!("{span}: no receipt signed by {actor}'s key carries this sequence")
     } else {
-        format!("{span}: only receipts that failed verification claim {claimed:?}")
+        format!(
+            "{span}: only receipts whose signature or key failed verification claim {claimed:?}"
+        )
     }
 }
 

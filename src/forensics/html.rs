@@ -107,8 +107,8 @@ fn explain(h: &mut String) {
          actor's key, held in hardware certified under the trust anchor, signed exactly this \
          receipt, and the receipt is at the stated position of a log whose signed checkpoint \
          covers it. <b>FAILED</b> names the first check that did not pass: what the receipt \
-         claims is then shown but is not evidence. A <b>GAP</b> is a receipt number of the actor \
-         that none of the proved receipts carries: a receipt that existed but is not here.</p>\n",
+         claims is then shown but is not evidence (a receipt whose key is proved but whose log proof failed still counts toward its sequence). A <b>GAP</b> is a receipt number of the actor \
+         that no receipt signed by the actor's key carries: a receipt that existed but is not here.</p>\n",
     );
 }
 
