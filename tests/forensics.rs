@@ -187,6 +187,17 @@ async fn actions_verify_each_receipt_report_gaps_and_match_documents() {
     let (_, f) = actions_json(&lab, &[&export]);
     assert_eq!(f["actions"].as_array().unwrap().len(), 7, "both actors");
 
+    // The daemon's own proof RPCs: the same five, proved against its newest checkpoint.
+    let (code, f) = actions_json(&lab, &["--daemon", "--actor", ACTOR]);
+    assert_eq!(code, Some(0), "{f}");
+    assert_eq!(sequences(&f), vec![1, 2, 3, 4, 5]);
+    assert!(
+        f["actions"][0]["sources"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("daemon log entry")
+    );
+
     // Export and kept bundles together: one action per receipt, found in both.
     let (_, f) = actions_json(&lab, &[&export, &kept_s, "--actor", ACTOR]);
     assert_eq!(sequences(&f), vec![1, 2, 3, 4, 5, 5]);

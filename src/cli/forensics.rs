@@ -15,8 +15,15 @@ use super::out::outln;
 pub struct Selection {
     /// Log exports (`actseal log export`), bundles, JSON Lines or arrays of bundles, or
     /// folders of them.
-    #[arg(required = true)]
     inputs: Vec<PathBuf>,
+    /// Also every receipt of the daemon's log, each fetched with its inclusion proof
+    /// (`GetInclusionProof`) against the newest checkpoint.
+    #[cfg(feature = "daemon")]
+    #[arg(long)]
+    daemon: bool,
+    #[cfg(feature = "daemon")]
+    #[command(flatten)]
+    connection: super::Connection,
     /// The operator's trust anchor: the CA certificate (PEM).
     #[arg(long)]
     trust: PathBuf,
@@ -56,11 +63,83 @@ impl Selection {
             from: self.from,
             until: self.until,
         };
-        investigate(&self.inputs, &anchors, &query, self.documents.as_deref()).map_err(|e| {
+        let fetched = self.fetch().map_err(|e| {
+            eprintln!("actseal {command}: {e:#}");
+            ExitCode::from(2)
+        })?;
+        if self.inputs.is_empty() && fetched.is_empty() && !self.from_daemon() {
+            eprintln!(
+                "actseal {command}: no inputs: give exports, bundles or folders (or --daemon)"
+            );
+            return Err(ExitCode::from(2));
+        }
+        let documents = self.documents.as_deref();
+        investigate(&self.inputs, fetched, &anchors, &query, documents).map_err(|e| {
             eprintln!("actseal {command}: {e}");
             ExitCode::from(2)
         })
     }
+}
+
+#[cfg(feature = "daemon")]
+impl Selection {
+    fn from_daemon(&self) -> bool {
+        self.daemon
+    }
+
+    fn fetch(&self) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        if !self.daemon {
+            return Ok(Vec::new());
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(fetch_receipts(&self.connection))
+    }
+}
+
+#[cfg(not(feature = "daemon"))]
+impl Selection {
+    fn from_daemon(&self) -> bool {
+        false
+    }
+
+    fn fetch(&self) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
+}
+
+/// Every receipt of the daemon's log as a bundle proved against one checkpoint (the newest):
+/// one `GetInclusionProof` per entry; entries that are not receipts come without a bundle.
+#[cfg(feature = "daemon")]
+async fn fetch_receipts(connection: &super::Connection) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    use crate::api::{GetCheckpointRequest, GetInclusionProofRequest, signer_client::SignerClient};
+    let mut client = SignerClient::new(super::client::connect(connection).await?);
+    let rpc = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
+    let size = client
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .size;
+    let mut out = Vec::new();
+    for index in 0..size {
+        let proof = client
+            .get_inclusion_proof(GetInclusionProofRequest {
+                log_index: index,
+                tree_size: size,
+            })
+            .await
+            .map_err(rpc)?
+            .into_inner();
+        if !proof.bundle_json.is_empty() {
+            out.push((
+                format!("daemon log entry {index}"),
+                proof.bundle_json.into_bytes(),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// 0 when everything shown holds, 1 when a receipt failed or a gap was found.
@@ -100,6 +179,7 @@ pub fn report(selection: &Selection, out: &Path) -> ExitCode {
     };
     let title = match (&selection.actor, selection.inputs.as_slice()) {
         (Some(actor), _) => format!("actor {actor}"),
+        (None, []) => "the daemon's log".to_string(),
         (None, [one]) => one.display().to_string(),
         (None, _) => format!("{} inputs", selection.inputs.len()),
     };

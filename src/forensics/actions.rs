@@ -159,10 +159,12 @@ impl Findings {
     }
 }
 
-/// Reads `inputs`, verifies every receipt and applies `query`. `documents`: a folder of
-/// retained documents, matched to receipts by SHA-256.
+/// Reads `inputs` (files and folders) and `fetched` (named contents of the same kinds, e.g.
+/// bundles the daemon served), verifies every receipt and applies `query`. `documents`: a folder
+/// of retained documents, matched to receipts by SHA-256.
 pub fn investigate(
     inputs: &[PathBuf],
+    fetched: Vec<(String, Vec<u8>)>,
     anchors: &TrustAnchors,
     query: &Query,
     documents: Option<&Path>,
@@ -172,6 +174,9 @@ pub fn investigate(
         move |source| ForensicsError::Read { path, source }
     };
     let mut loaded = load::load(inputs)?;
+    for (source, bytes) in fetched {
+        load::load_file(&source, bytes, &mut loaded);
+    }
     let docs = match documents {
         Some(dir) => hash_documents(dir).map_err(read_err(dir))?,
         None => HashMap::new(),

@@ -117,7 +117,7 @@ fn load_path(path: &Path, depth: usize, loaded: &mut Loaded) -> Result<(), Foren
 }
 
 /// One file: a bundle, an export, a JSON array of bundles, or JSON Lines.
-fn load_file(source: &str, bytes: Vec<u8>, loaded: &mut Loaded) {
+pub fn load_file(source: &str, bytes: Vec<u8>, loaded: &mut Loaded) {
     if let Ok(json) = serde_json::from_slice::<Value>(&bytes) {
         if export::is_export(&json) {
             match export::bundles(&json, source) {
