@@ -170,6 +170,28 @@ async fn actions_verify_each_receipt_report_gaps_and_match_documents() {
         "{text}"
     );
 
+    // JSON Lines records that carry their document (as `actseal mcp-proxy` writes them): the
+    // carried document is checked; a record whose document was swapped fails receipt.document.
+    let records = lab.dir.join("records.jsonl");
+    let mut lines = String::new();
+    for (i, (document, bundle)) in signed.iter().enumerate().take(2) {
+        let doc = if i == 0 {
+            String::from_utf8(document.clone()).unwrap()
+        } else {
+            "swapped".into()
+        };
+        let record = serde_json::json!({"kind": "intent", "document": doc, "bundle": serde_json::from_str::<Value>(bundle).unwrap()});
+        lines.push_str(&format!("{record}\n"));
+    }
+    std::fs::write(&records, lines).unwrap();
+    let (code, f) = actions_json(&lab, &[&records.display().to_string()]);
+    assert_eq!(code, Some(1), "{f}");
+    assert_eq!(f["actions"][0]["proof"]["documentChecked"], true, "{f}");
+    assert_eq!(
+        f["actions"][1]["failure"]["check"], "receipt.document",
+        "{f}"
+    );
+
     // The whole log export: every receipt proved, no gap, the log audits clean; filters apply.
     let export = export_log(&lab, "export.json");
     let (code, f) = actions_json(&lab, &[&export, "--actor", ACTOR]);

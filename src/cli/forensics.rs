@@ -67,7 +67,7 @@ impl Selection {
             eprintln!("actseal {command}: {e:#}");
             ExitCode::from(2)
         })?;
-        if self.inputs.is_empty() && fetched.is_empty() && !self.from_daemon() {
+        if self.inputs.is_empty() && fetched.is_empty() && !self.reads_daemon() {
             eprintln!(
                 "actseal {command}: no inputs: give exports, bundles or folders (or --daemon)"
             );
@@ -83,7 +83,7 @@ impl Selection {
 
 #[cfg(feature = "daemon")]
 impl Selection {
-    fn from_daemon(&self) -> bool {
+    fn reads_daemon(&self) -> bool {
         self.daemon
     }
 
@@ -100,7 +100,7 @@ impl Selection {
 
 #[cfg(not(feature = "daemon"))]
 impl Selection {
-    fn from_daemon(&self) -> bool {
+    fn reads_daemon(&self) -> bool {
         false
     }
 

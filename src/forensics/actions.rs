@@ -102,6 +102,9 @@ pub struct Action {
     pub failure: Option<Failure>,
     /// Retained documents whose SHA-256 is the receipt's subject digest.
     pub documents: Vec<String>,
+    /// The record that held the bundle carried the action document, and it was given to the
+    /// verifier (when no retained file matched).
+    pub document_carried: bool,
     /// Retained documents whose SHA-256 is the receipt's parent digest.
     pub parent_documents: Vec<String>,
     pub extras: Extras,
@@ -226,7 +229,10 @@ fn check(item: &Item, anchors: &TrustAnchors, docs: &HashMap<String, Vec<PathBuf
         .as_ref()
         .and_then(|p| docs.get(p).cloned())
         .unwrap_or_default();
-    let document = documents.first().and_then(|p| std::fs::read(p).ok());
+    let document = documents
+        .first()
+        .and_then(|p| std::fs::read(p).ok())
+        .or_else(|| item.document.clone());
     let (proof, failure, extras) = match &item.bundle {
         Ok(bytes) => match verify_bundle(bytes, anchors, document.as_deref()) {
             Ok(v) => (Some(Proof::from(&v)), None, extras::of_bundle(bytes)),
@@ -252,6 +258,7 @@ fn check(item: &Item, anchors: &TrustAnchors, docs: &HashMap<String, Vec<PathBuf
         claims,
         proof,
         failure,
+        document_carried: documents.is_empty() && item.document.is_some(),
         documents: shown(documents),
         parent_documents: shown(parent_documents),
         extras,

@@ -187,6 +187,14 @@ fn document_rows(h: &mut String, a: &Action) {
             "{} (retained file {path} has this digest; receipt not proved)",
             c.document_sha256
         ),
+        None if checked => format!(
+            "{} (the document kept with the bundle matches)",
+            c.document_sha256
+        ),
+        None if a.document_carried => format!(
+            "{} (the document kept with the bundle does NOT match)",
+            c.document_sha256
+        ),
         None => format!("{} (no retained document given)", c.document_sha256),
     };
     row(h, "document SHA-256", &doc);

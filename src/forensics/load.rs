@@ -23,6 +23,9 @@ pub struct Item {
     pub bundle: Result<Vec<u8>, String>,
     /// The receipt's decoded DSSE payload, read without trusting it (to show what it claims).
     pub payload: Option<Vec<u8>>,
+    /// The action document when the record that held the bundle carries it (`document` as a
+    /// JSON string, or `documentBase64`: the JSON Lines records of `actseal mcp-proxy`).
+    pub document: Option<Vec<u8>>,
 }
 
 impl Item {
@@ -31,6 +34,7 @@ impl Item {
             source,
             bundle,
             payload,
+            document: None,
         }
     }
 
@@ -167,14 +171,17 @@ fn load_value(source: &str, raw: Option<Vec<u8>>, json: &Value, loaded: &mut Loa
         })
         .unwrap_or_default();
     if inner.is_empty() {
-        loaded.note(source, false, "holds no proof bundle: not read");
+        loaded.note(source, true, "holds no proof bundle: skipped");
     }
+    let document = match (&json["document"], &json["documentBase64"]) {
+        (Value::String(text), _) => Some(text.clone().into_bytes()),
+        (_, Value::String(b64)) => STANDARD.decode(b64).ok(),
+        _ => None,
+    };
     for (name, bundle) in inner {
         let bytes = bundle.to_string().into_bytes();
-        loaded.items.push(Item::from_bundle(
-            format!("{source} .{name}"),
-            bytes,
-            bundle,
-        ));
+        let mut item = Item::from_bundle(format!("{source} .{name}"), bytes, bundle);
+        item.document.clone_from(&document);
+        loaded.items.push(item);
     }
 }

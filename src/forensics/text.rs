@@ -57,7 +57,11 @@ fn action(f: &mut fmt::Formatter<'_>, a: &Action) -> fmt::Result {
     ) {
         (Some(path), true) => format!("matches {}", Esc(path)),
         (Some(path), false) => format!("same digest as {} (not proved)", Esc(path)),
-        (None, _) => "no retained document".into(),
+        (None, true) => "matches the document kept with the bundle".into(),
+        (None, false) if a.document_carried => {
+            "the document kept with the bundle does not match".into()
+        }
+        (None, false) => "no retained document".into(),
     };
     writeln!(f, "  document sha256 {}: {doc}", Esc(&c.document_sha256))?;
     if let Some(parent) = &c.parent_sha256 {
