@@ -433,8 +433,10 @@ fn missing_detail(actor: &str, first: u64, last: u64, all: &[Action]) -> String 
     if claimed.is_empty() {
         format!("{span}: no receipt signed by {actor}'s key carries this sequence")
     } else {
+        let numbers: Vec<String> = claimed.iter().map(u64::to_string).collect();
         format!(
-            "{span}: only receipts whose signature or key failed verification claim {claimed:?}"
+            "{span}: only receipts whose signature or key failed verification claim {}",
+            numbers.join(", ")
         )
     }
 }
@@ -484,4 +486,79 @@ fn unmatched(docs: &HashMap<String, Vec<PathBuf>>, actions: &[Action]) -> Vec<St
         .collect();
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A receipt the verifier accepted, claiming `seq` with `previous` as its predecessor.
+    fn proved(seq: u64, payload: &str, previous: Option<&str>) -> Action {
+        Action {
+            sources: vec![format!("test {seq}")],
+            claims: Claims {
+                actor: "a".into(),
+                sequence: Some(seq),
+                previous_receipt: previous.map(String::from),
+                payload_sha256: payload.into(),
+                ..Claims::default()
+            },
+            proof: Some(Proof {
+                key_id: String::new(),
+                key_version: 1,
+                backend: "pkcs11".into(),
+                key_origin: String::new(),
+                hardware: String::new(),
+                device_subject: String::new(),
+                anchor_subject: String::new(),
+                log_origin: String::new(),
+                log_index: seq,
+                tree_size: seq + 1,
+                caller: String::new(),
+                document_checked: false,
+            }),
+            failure: None,
+            documents: Vec::new(),
+            document_carried: false,
+            parent_documents: Vec::new(),
+            extras: Extras::default(),
+        }
+    }
+
+    #[test]
+    fn holes_forks_and_chain_breaks_are_each_reported() {
+        let mut failed = proved(5, "p5", Some("p4"));
+        failed.proof = None;
+        failed.failure = Some(Failure {
+            check: "receipt.signature".into(),
+            detail: String::new(),
+        });
+        let actions = vec![
+            proved(2, "p2", Some("p1")),
+            proved(3, "p3", Some("p2")),
+            proved(3, "p3b", Some("p2")),
+            proved(4, "p4", Some("not-p3")),
+            failed,
+            proved(6, "p6", Some("p5")),
+        ];
+        let gaps = find_gaps(&actions, None);
+        let kinds: Vec<(&str, u64, u64)> = gaps
+            .iter()
+            .map(|g| (g.kind.as_str(), g.first, g.last))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("missing", 1, 1),
+                ("fork", 3, 3),
+                ("chain", 3, 4),
+                ("missing", 5, 5)
+            ]
+        );
+        assert!(
+            gaps[3].detail.ends_with("failed verification claim 5"),
+            "{}",
+            gaps[3].detail
+        );
+    }
 }

@@ -67,21 +67,55 @@ fn envelope(entry: &Entry, keyid: &str) -> Value {
     })
 }
 
-/// The RFC 9162 root of `leaves` (MTH).
-fn root(leaves: &[[u8; 32]]) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    match leaves {
-        [] => Sha256::digest([]).into(),
-        [one] => *one,
-        _ => {
-            let k = split(leaves.len());
-            let (left, right) = leaves.split_at(k);
-            let mut h = Sha256::new();
-            h.update([0x01u8]);
-            h.update(root(left));
-            h.update(root(right));
-            h.finalize().into()
+/// The tree over an export's leaves, with each subtree's root (RFC 9162 MTH) computed once:
+/// the audit paths of all receipts share their subtrees, so an export of n entries costs O(n)
+/// hashes in all rather than O(n) for each receipt.
+struct Tree<'a> {
+    leaves: &'a [[u8; 32]],
+    roots: HashMap<(usize, usize), [u8; 32]>,
+}
+
+impl<'a> Tree<'a> {
+    fn new(leaves: &'a [[u8; 32]]) -> Self {
+        Tree {
+            leaves,
+            roots: HashMap::new(),
         }
+    }
+
+    /// MTH of the `len` leaves from `start` (len ≥ 1).
+    fn root(&mut self, start: usize, len: usize) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        if len == 1 {
+            return self.leaves[start];
+        }
+        if let Some(r) = self.roots.get(&(start, len)) {
+            return *r;
+        }
+        let k = split(len);
+        let (left, right) = (self.root(start, k), self.root(start + k, len - k));
+        let mut h = Sha256::new();
+        h.update([0x01u8]);
+        h.update(left);
+        h.update(right);
+        let r: [u8; 32] = h.finalize().into();
+        self.roots.insert((start, len), r);
+        r
+    }
+
+    /// RFC 9162 §2.1.3.1 PATH(m, D[start..start+len]): leaf `m`'s audit path, leaf first.
+    fn path(&mut self, m: usize, start: usize, len: usize) -> Vec<[u8; 32]> {
+        if len <= 1 {
+            return Vec::new();
+        }
+        let k = split(len);
+        let (mut proof, sibling) = if m < k {
+            (self.path(m, start, k), self.root(start + k, len - k))
+        } else {
+            (self.path(m - k, start + k, len - k), self.root(start, k))
+        };
+        proof.push(sibling);
+        proof
     }
 }
 
@@ -92,22 +126,6 @@ fn split(n: usize) -> usize {
         k *= 2;
     }
     k
-}
-
-/// RFC 9162 §2.1.3.1 PATH(m, D[n]): the audit path of leaf `m`, leaf first.
-fn path(m: usize, leaves: &[[u8; 32]]) -> Vec<[u8; 32]> {
-    if leaves.len() <= 1 {
-        return Vec::new();
-    }
-    let k = split(leaves.len());
-    let (left, right) = leaves.split_at(k);
-    let (mut proof, sibling) = if m < k {
-        (path(m, left), root(right))
-    } else {
-        (path(m - k, right), root(left))
-    };
-    proof.push(sibling);
-    proof
 }
 
 /// A registered key version: its id, public key and attestation (§11.2).
@@ -208,6 +226,7 @@ pub fn bundles(export: &Value, source: &str) -> Result<Vec<Item>, String> {
     }
     let leaves: Vec<[u8; 32]> = decoded.iter().map(|(leaf, _)| *leaf).collect();
     let mut keys = Keys::default();
+    let mut tree = Tree::new(&leaves);
     let mut items = Vec::new();
     for (index, (_, entry)) in decoded.iter().enumerate() {
         let Ok(statement) = serde_json::from_slice::<Value>(&entry.payload) else {
@@ -218,7 +237,7 @@ pub fn bundles(export: &Value, source: &str) -> Result<Vec<Item>, String> {
             continue;
         }
         let at = format!("{source} entry {index}");
-        let bundle = receipt_bundle(export, &keys, &leaves, index, entry, &statement);
+        let bundle = receipt_bundle(export, &keys, &mut tree, index, entry, &statement);
         items.push(Item::new(
             at,
             bundle.map(|b| b.to_string().into_bytes()),
@@ -232,7 +251,7 @@ pub fn bundles(export: &Value, source: &str) -> Result<Vec<Item>, String> {
 fn receipt_bundle(
     export: &Value,
     keys: &Keys,
-    leaves: &[[u8; 32]],
+    tree: &mut Tree<'_>,
     index: usize,
     entry: &Entry,
     statement: &Value,
@@ -243,7 +262,8 @@ fn receipt_bundle(
         .as_u64()
         .ok_or("the receipt names no key version")?;
     let (key, lineage) = keys.lineage(actor, version)?;
-    let proof: Vec<String> = path(index, leaves).iter().map(hex::encode).collect();
+    let size = tree.leaves.len();
+    let proof: Vec<String> = tree.path(index, 0, size).iter().map(hex::encode).collect();
     Ok(json!({
         "mediaType": "application/vnd.actseal.bundle.v1+json",
         "receipt": envelope(entry, p["key"]["id"].as_str().unwrap_or_default()),
@@ -251,7 +271,7 @@ fn receipt_bundle(
         "lineage": lineage,
         "log": {
             "index": index,
-            "treeSize": leaves.len(),
+            "treeSize": size,
             "inclusionProof": proof,
             "checkpoint": export["checkpoint"],
             "logKey": export["logKey"],
@@ -268,11 +288,12 @@ mod tests {
     fn every_path_leads_to_the_root() {
         for n in 1..20usize {
             let leaves: Vec<[u8; 32]> = (0..n).map(|i| leaf_hash(&[i as u8])).collect();
-            let r = root(&leaves);
-            for m in 0..n {
-                let proof = path(m, &leaves);
+            let mut tree = Tree::new(&leaves);
+            let r = tree.root(0, n);
+            for (m, leaf) in leaves.iter().enumerate() {
+                let proof = tree.path(m, 0, n);
                 assert!(
-                    verify_inclusion(&leaves[m], m as u64, n as u64, &proof, &r).is_ok(),
+                    verify_inclusion(leaf, m as u64, n as u64, &proof, &r).is_ok(),
                     "leaf {m} of {n}"
                 );
             }

@@ -138,6 +138,11 @@ fn action(h: &mut String, a: &Action) {
             "failed check",
             &format!("{}: {}", fail.check, fail.detail),
         );
+        row(
+            h,
+            "so",
+            "what this receipt says below is its claim, not proved",
+        );
     }
     if let Some(p) = &a.proof {
         let hw = if p.backend == "tpm" {
