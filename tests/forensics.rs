@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use actseal::api::SignRequest;
+use actseal::api::{RotateKeyRequest, SignRequest};
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use common::*;
 use serde_json::Value;
@@ -192,11 +192,25 @@ async fn actions_verify_each_receipt_report_gaps_and_match_documents() {
         "{f}"
     );
 
+    // Two rotations, then receipt 6 by key version 3: its bundle rebuilt from the export must
+    // carry versions 1 and 2 and both rotations.
+    for _ in 0..2 {
+        admin(&lab)
+            .await
+            .rotate_key(RotateKeyRequest {
+                actor: ACTOR.into(),
+            })
+            .await
+            .expect("rotate");
+    }
+    sign_many(&lab, ACTOR, 1).await;
+
     // The whole log export: every receipt proved, no gap, the log audits clean; filters apply.
     let export = export_log(&lab, "export.json");
     let (code, f) = actions_json(&lab, &[&export, "--actor", ACTOR]);
     assert_eq!(code, Some(0), "{f}");
-    assert_eq!(sequences(&f), vec![1, 2, 3, 4, 5]);
+    assert_eq!(sequences(&f), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(f["actions"][5]["proof"]["keyVersion"], 3, "{f}");
     assert!(f["gaps"].as_array().unwrap().is_empty());
     assert_eq!(f["notes"][0]["ok"], true, "{f}");
     let (_, f) = actions_json(
@@ -207,12 +221,12 @@ async fn actions_verify_each_receipt_report_gaps_and_match_documents() {
     let (_, f) = actions_json(&lab, &[&export, "--from", "2100-01-01T00:00:00Z"]);
     assert_eq!(sequences(&f), Vec::<u64>::new());
     let (_, f) = actions_json(&lab, &[&export]);
-    assert_eq!(f["actions"].as_array().unwrap().len(), 7, "both actors");
+    assert_eq!(f["actions"].as_array().unwrap().len(), 8, "both actors");
 
-    // The daemon's own proof RPCs: the same five, proved against its newest checkpoint.
+    // The daemon's own proof RPCs: the same six, proved against its newest checkpoint.
     let (code, f) = actions_json(&lab, &["--daemon", "--actor", ACTOR]);
     assert_eq!(code, Some(0), "{f}");
-    assert_eq!(sequences(&f), vec![1, 2, 3, 4, 5]);
+    assert_eq!(sequences(&f), vec![1, 2, 3, 4, 5, 6]);
     assert!(
         f["actions"][0]["sources"][0]
             .as_str()
@@ -222,7 +236,7 @@ async fn actions_verify_each_receipt_report_gaps_and_match_documents() {
 
     // Export and kept bundles together: one action per receipt, found in both.
     let (_, f) = actions_json(&lab, &[&export, &kept_s, "--actor", ACTOR]);
-    assert_eq!(sequences(&f), vec![1, 2, 3, 4, 5, 5]);
+    assert_eq!(sequences(&f), vec![1, 2, 3, 4, 5, 5, 6]);
     assert_eq!(f["actions"][0]["sources"].as_array().unwrap().len(), 2);
 
     // An export with receipt 3's entry removed: the audit fails, receipt 3 is a gap, and the
@@ -237,7 +251,7 @@ async fn actions_verify_each_receipt_report_gaps_and_match_documents() {
     std::fs::write(&cut, json.to_string()).unwrap();
     let (code, f) = actions_json(&lab, &[&cut, "--actor", ACTOR]);
     assert_eq!(code, Some(1));
-    assert_eq!(sequences(&f), vec![1, 2, 4, 5]);
+    assert_eq!(sequences(&f), vec![1, 2, 4, 5, 6]);
     assert_eq!(f["notes"][0]["ok"], false, "{f}");
     assert_eq!(f["gaps"][0]["first"], 3, "{f}");
     assert_eq!(f["gaps"][0]["last"], 3, "{f}");
@@ -394,13 +408,23 @@ async fn report_in_headless_chromium_shows_every_action_and_failure() {
     assert!(text.contains(HOSTILE_CONTEXT), "{text}");
     assert!(text.contains("<i>target</i>"), "{text}");
 
-    // One bundle's report: it holds.
+    // One bundle's report: it holds. The bundle also carries what later formats add (a second
+    // signature line on the checkpoint, `log.timestamps`, an unknown member): shown, marked as
+    // not checked here, and the receipt still proved.
+    let mut bundle: Value = serde_json::from_str(&signed[0].1).unwrap();
+    let note = bundle["log"]["checkpoint"].as_str().unwrap().to_string();
+    bundle["log"]["checkpoint"] =
+        format!("{note}\u{2014} witness.example/w1 AAAAAAAAAAA=\n").into();
+    bundle["log"]["timestamps"] = serde_json::json!(["MAA="]);
+    bundle["later"] = serde_json::json!({});
+    let witnessed = lab.dir.join("witnessed.json");
+    std::fs::write(&witnessed, bundle.to_string()).unwrap();
     let one = lab.dir.join("one.html");
     let (code, _) = run(
         &lab,
         &[
             "report",
-            &kept.join("b1.json").display().to_string(),
+            &witnessed.display().to_string(),
             "--trust",
             &anchor,
             "--out",
