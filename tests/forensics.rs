@@ -446,3 +446,44 @@ async fn report_in_headless_chromium_shows_every_action_and_failure() {
         "{text}"
     );
 }
+
+/// A measurement, not a check of behaviour: `actions` over an export of many receipts
+/// (`cargo test --release --test forensics -- --ignored soak --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn soak_actions_over_a_large_export() {
+    let n: usize = std::env::var("FORENSICS_RECEIPTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    let lab = started_lab();
+    create_key(&lab, ACTOR).await;
+    let mut tasks = Vec::new();
+    for c in 0..4 {
+        let mut signer = signer(&lab).await;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..n / 4 {
+                let doc = format!("client {c} action {i}");
+                signer
+                    .sign(sign_request(ACTOR, doc.as_bytes()))
+                    .await
+                    .expect("sign");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let export = export_log(&lab, "large.json");
+    let started = std::time::Instant::now();
+    let (code, f) = actions_json(&lab, &[&export, "--actor", ACTOR]);
+    let took = started.elapsed();
+    assert_eq!(code, Some(0));
+    assert_eq!(f["actions"].as_array().unwrap().len(), n / 4 * 4);
+    println!(
+        "actions over an export of {} receipts: {:.2} s ({:.2} ms a receipt)",
+        n / 4 * 4,
+        took.as_secs_f64(),
+        took.as_secs_f64() * 1000.0 / (n / 4 * 4) as f64
+    );
+}

@@ -87,7 +87,9 @@ pub fn render(findings: &Findings, title: &str, generated_at: &str) -> String {
 fn summary(h: &mut String, f: &Findings) {
     let proved = f.actions.iter().filter(|a| a.proved()).count();
     let failed = f.actions.len() - proved;
-    let (class, head) = if f.all_hold() {
+    let (class, head) = if f.actions.is_empty() && f.all_hold() {
+        ("bad", "No receipt matched: nothing is proved")
+    } else if f.all_hold() {
         ("good", "Everything shown holds")
     } else {
         ("bad", "Not everything holds: see the red entries")
