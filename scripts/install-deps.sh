@@ -10,6 +10,7 @@ packages=(
   openssl jq ca-certificates                 # offline verification with openssl alone
   systemd util-linux passwd                  # systemd-analyze (unit tests), setpriv, useradd
   golang-go golang-golang-x-mod-dev          # interop: Go sumdb/note reads our checkpoints (tests/witness.rs)
+  chromium                                   # the forensics report opened headless (tests/forensics.rs)
 )
 missing=()
 for p in "${packages[@]}"; do

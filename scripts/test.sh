@@ -25,6 +25,14 @@ fi
 verifier() { cargo run --locked --no-default-features --quiet -- "$@"; }
 verifier verify tests/vectors/bundle-v1.json --trust tests/vectors/anchor.pem \
     --document tests/vectors/document.json
+# The forensics commands (actions, report) in the verifier alone, on the same vector.
+forensics_dir=$(mktemp -d)
+cp tests/vectors/document.json "$forensics_dir/"
+verifier actions tests/vectors/bundle-v1.json --trust tests/vectors/anchor.pem \
+    --documents "$forensics_dir" >/dev/null
+verifier report tests/vectors/bundle-v1.json --trust tests/vectors/anchor.pem \
+    --out "$forensics_dir/report.html" >/dev/null
+rm -rf "$forensics_dir"
 if out=$(verifier serve 2>&1) || ! grep -q 'without the `daemon` feature' <<<"$out"; then
     echo "test.sh: the verifier-only actseal must refuse daemon commands, naming the feature" >&2
     exit 1

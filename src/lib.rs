@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 #[cfg(feature = "daemon")]
 pub mod files;
+pub mod forensics;
 #[cfg(feature = "daemon")]
 pub mod lab;
 #[cfg(feature = "daemon")]

@@ -6,6 +6,7 @@ mod client;
 #[cfg(feature = "daemon")]
 mod demo;
 mod monitor;
+mod forensics;
 mod operator;
 pub(crate) mod out;
 
@@ -125,6 +126,23 @@ enum Command {
         export: PathBuf,
         #[arg(long)]
         trust: PathBuf,
+    },
+    /// Every receipt of an actor, action type or time range in exports and kept bundles,
+    /// each verified, with the gaps in each actor's sequence and retained documents matched.
+    Actions {
+        #[command(flatten)]
+        selection: forensics::Selection,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one self-contained HTML report (a timeline per actor, or of one bundle).
+    Report {
+        #[command(flatten)]
+        selection: forensics::Selection,
+        /// The HTML file to write.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// The daemon's log: checkpoints, proofs, export, recovery (also `actseal ledger …`).
     #[cfg(feature = "daemon")]
@@ -627,6 +645,14 @@ pub fn main() -> ExitCode {
             init_logging("warn", false);
             return operator::audit(&export, &trust);
         }
+        Command::Actions { selection, json } => {
+            init_logging("warn", false);
+            return forensics::actions(&selection, json);
+        }
+        Command::Report { selection, out } => {
+            init_logging("warn", false);
+            return forensics::report(&selection, &out);
+        }
         #[cfg(feature = "daemon")]
         Command::Log(LogCommand::Export { config, out }) => {
             init_logging("warn", false);
@@ -701,7 +727,7 @@ pub fn main() -> ExitCode {
         }
         #[cfg(not(feature = "daemon"))]
         Command::NotBuilt(args) => Err(anyhow::anyhow!(
-            "no command {:?} here (offline: verify, verify-log, audit). {VERIFIER_ONLY}",
+            "no command {:?} here (offline: verify, verify-log, audit, actions, report). {VERIFIER_ONLY}",
             args.first().map_or("", String::as_str)
         )),
     };
