@@ -415,7 +415,7 @@ async fn report_in_headless_chromium_shows_every_action_and_failure() {
     let note = bundle["log"]["checkpoint"].as_str().unwrap().to_string();
     bundle["log"]["checkpoint"] =
         format!("{note}\u{2014} witness.example/w1 AAAAAAAAAAA=\n").into();
-    bundle["log"]["timestamps"] = serde_json::json!(["MAA="]);
+    bundle["log"]["timestamps"] = serde_json::json!([{"token": "MAA="}]);
     bundle["later"] = serde_json::json!({});
     let witnessed = lab.dir.join("witnessed.json");
     std::fs::write(&witnessed, bundle.to_string()).unwrap();
