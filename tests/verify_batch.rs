@@ -4,6 +4,8 @@
 //! check that stands for it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+#[path = "common/openssl.rs"]
+mod openssl;
 mod support;
 
 use actseal::verify::audit::{AuditStep, audit_log};
@@ -23,6 +25,19 @@ fn check_of(bundle: &Value, pem: &str, document: Option<&[u8]>) -> Result<(), (C
         .map_err(|e| (e.check, e.detail))
 }
 
+/// The script of FORMAT.md §8 on `bundle`: Ok, or the check it names.
+fn script(bundle: &Value, pem: &str, document: Option<&[u8]>) -> Result<(), Option<String>> {
+    openssl::require_openssl();
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = dir.path().join("anchor.pem");
+    std::fs::write(&anchor, pem).unwrap();
+    let text = serde_json::to_string(bundle).unwrap();
+    openssl::verify_with_openssl(&text, &anchor, document, dir.path())
+        .map(|_| ())
+        .map_err(|r| r.check)
+}
+
+/// The crate and the openssl script both refuse `bundle`, by check `want`.
 fn refused(what: &str, bundle: &Value, pem: &str, want: Check) {
     match check_of(bundle, pem, None) {
         Ok(()) => panic!("{what}: accepted"),
@@ -32,6 +47,14 @@ fn refused(what: &str, bundle: &Value, pem: &str, want: Check) {
                 "{what}: refused by {check} ({detail}), expected {want}"
             )
         }
+    }
+    match script(bundle, pem, None) {
+        Ok(()) => panic!("{what}: the openssl script accepted"),
+        Err(check) => assert_eq!(
+            check.as_deref(),
+            Some(want.name()),
+            "{what}: the openssl script refused by {check:?}, expected {want}"
+        ),
     }
 }
 
@@ -57,6 +80,11 @@ fn every_leaf_of_batches_of_any_size_verifies() {
                 v.to_string().contains(&format!("leaf {i} of {size}")),
                 "{v}"
             );
+            if [(1, 0), (3, 0), (3, 2), (8, 5)].contains(&(size, i)) {
+                script(bundle, &pem, Some(&g.documents[i])).unwrap_or_else(|c| {
+                    panic!("the openssl script refused size {size} leaf {i}: {c:?}")
+                });
+            }
             // The same answer from a verifier that remembers what bundles share.
             let again = many.verify(&text, Some(&g.documents[i])).unwrap();
             assert_eq!(again.batch, v.batch);

@@ -52,8 +52,10 @@ enum Command {
     Sign(SignArgs),
     /// Verify a proof bundle offline.
     Verify {
-        /// The bundle (JSON) to verify.
-        bundle: PathBuf,
+        /// The bundle (JSON) to verify; several bundles are verified in one run, what they
+        /// share checked once (without --document), one line each.
+        #[arg(required = true)]
+        bundle: Vec<PathBuf>,
         /// The operator's trust anchor: the CA certificate (PEM).
         #[arg(long)]
         trust: PathBuf,
@@ -466,13 +468,23 @@ pub fn main() -> ExitCode {
             at,
         } => {
             init_logging("warn", false);
-            return operator::verify(
-                &bundle,
-                &trust,
-                document.as_deref(),
-                log_origin.as_deref(),
-                at,
-            );
+            if let [one] = bundle.as_slice() {
+                return operator::verify(
+                    one,
+                    &trust,
+                    document.as_deref(),
+                    log_origin.as_deref(),
+                    at,
+                );
+            }
+            if document.is_some() {
+                eprintln!(
+                    "actseal verify: --document goes with one bundle, not {}",
+                    bundle.len()
+                );
+                return ExitCode::from(2);
+            }
+            return operator::verify_many(&bundle, &trust, log_origin.as_deref(), at);
         }
         Command::VerifyLog {
             proof,

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 
 #[cfg(feature = "daemon")]
 use super::{CaCommand, DeviceCommand, TokenCommand};
-use crate::verify::{TrustAnchors, verify_bundle};
+use crate::verify::{BundleVerifier, TrustAnchors, verify_bundle};
 #[cfg(feature = "daemon")]
 use crate::{
     backend::{Backend, pkcs11},
@@ -104,29 +104,99 @@ pub fn verify(
         };
         let verified =
             verify_bundle(bundle_bytes, anchors, document.as_deref()).map_err(|e| e.to_string())?;
-        if let Some(origin) = log_origin
-            && verified.log_origin != origin
-        {
-            return Err(format!(
-                "log.origin: the bundle is from log {:?}, not {origin:?}",
-                verified.log_origin
-            ));
-        }
-        if let Some(at) = at {
-            let signed = time::OffsetDateTime::parse(
-                &verified.signed_at,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .map_err(|e| format!("receipt.statement: signedAt: {e}"))?;
-            if signed.unix_timestamp() > at {
-                return Err(format!(
-                    "receipt.statement: signed at {}, after the time given with --at",
-                    verified.signed_at
-                ));
-            }
-        }
+        check_origin_and_time(&verified, log_origin, at)?;
         Ok(format!("VERIFIED {}\n{verified}", bundle.display()))
     })
+}
+
+/// `--log-origin` and `--at`, checked on a verified bundle.
+fn check_origin_and_time(
+    verified: &crate::verify::Verified,
+    log_origin: Option<&str>,
+    at: Option<i64>,
+) -> Result<(), String> {
+    if let Some(origin) = log_origin
+        && verified.log_origin != origin
+    {
+        return Err(format!(
+            "log.origin: the bundle is from log {:?}, not {origin:?}",
+            verified.log_origin
+        ));
+    }
+    if let Some(at) = at {
+        let signed = time::OffsetDateTime::parse(
+            &verified.signed_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|e| format!("receipt.statement: signedAt: {e}"))?;
+        if signed.unix_timestamp() > at {
+            return Err(format!(
+                "receipt.statement: signed at {}, after the time given with --at",
+                verified.signed_at
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `actseal verify` of several bundles (without a document): one line each, `VERIFIED` or
+/// `FAILED`, then a count. What the bundles share (lineage, log key, checkpoints, batch
+/// statements) is checked once ([`BundleVerifier`]). 0 all verified, 1 any failed, 2 an
+/// unreadable file.
+pub fn verify_many(
+    bundles: &[std::path::PathBuf],
+    trust: &Path,
+    log_origin: Option<&str>,
+    at: Option<i64>,
+) -> ExitCode {
+    let anchors = match std::fs::read(trust)
+        .map_err(|e| format!("cannot read {}: {e}", trust.display()))
+        .and_then(|pem| TrustAnchors::from_pem(&pem).map_err(|e| e.to_string()))
+    {
+        Ok(anchors) => anchors,
+        Err(e) => {
+            eprintln!("actseal verify: trust anchor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut verifier = BundleVerifier::new(&anchors);
+    let (mut good, mut unreadable) = (0usize, false);
+    for path in bundles {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                eprintln!("actseal verify: cannot read {}: {e}", path.display());
+                unreadable = true;
+                continue;
+            }
+        };
+        let result = verifier
+            .verify(&bytes, None)
+            .map_err(|e| e.to_string())
+            .and_then(|v| check_origin_and_time(&v, log_origin, at).map(|()| v));
+        match result {
+            Ok(v) => {
+                good = good.saturating_add(1);
+                outln!(
+                    "VERIFIED {}: {} receipt #{} (log index {}, {})",
+                    path.display(),
+                    v.actor.escape_default(),
+                    v.sequence,
+                    v.log_index,
+                    v.mode
+                );
+            }
+            Err(reason) => outln!("FAILED {}: {reason}", path.display()),
+        }
+    }
+    outln!("{good} of {} bundles verified", bundles.len());
+    if unreadable {
+        ExitCode::from(2)
+    } else if good == bundles.len() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// `actseal verify-log`: 0 consistent, 1 not, 2 unreadable inputs.
