@@ -113,6 +113,13 @@ pub struct LimitsConfig {
     /// Time a connection may stay open with no request in flight.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_ms: u64,
+    /// Actions of `SignStream` in flight per caller, over all its streams.
+    #[serde(default = "default_stream_actions")]
+    pub max_stream_actions_in_flight: usize,
+}
+
+fn default_stream_actions() -> usize {
+    64
 }
 
 fn default_per_caller() -> usize {
@@ -139,6 +146,7 @@ impl Default for LimitsConfig {
             max_concurrent_streams: default_streams(),
             header_timeout_ms: default_header_timeout(),
             idle_timeout_ms: default_idle_timeout(),
+            max_stream_actions_in_flight: default_stream_actions(),
         }
     }
 }
@@ -157,6 +165,10 @@ impl LimitsConfig {
             ),
             ("header_timeout_ms", self.header_timeout_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
+            (
+                "max_stream_actions_in_flight",
+                self.max_stream_actions_in_flight as u64,
+            ),
         ];
         match positive.iter().find(|(_, v)| *v == 0) {
             Some((key, _)) => Err(format!("server.limits.{key} must be at least 1")),

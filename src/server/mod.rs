@@ -17,6 +17,7 @@ pub mod rollback;
 pub mod sequencer;
 mod signer;
 mod status;
+mod stream;
 pub mod systemd;
 pub mod validate;
 
@@ -613,6 +614,7 @@ fn builder(limits: &listen::Limits) -> Builder {
 async fn routes(
     state: &Arc<DaemonState>,
     probe: &Arc<health::HealthProbe>,
+    stream_bound: usize,
 ) -> Result<tonic::service::Routes, StartError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     {
@@ -639,11 +641,21 @@ async fn routes(
         state: Arc::clone(state),
     })
     .max_decoding_message_size(MAX_MESSAGE);
+    // SignStream (src/server/stream.rs) hands each action to the same Sign path.
+    let streams =
+        crate::api::stream_signer_server::StreamSignerServer::new(stream::StreamSignerService {
+            signer: Arc::new(signer::SignerService {
+                state: Arc::clone(state),
+            }),
+            bounds: Arc::new(stream::InFlight::new(stream_bound)),
+        })
+        .max_decoding_message_size(MAX_MESSAGE);
     Ok(tonic::service::Routes::new(health)
         .add_service(reflection().build_v1().map_err(reflection_error)?)
         .add_service(reflection().build_v1alpha().map_err(reflection_error)?)
         .add_service(signer)
-        .add_service(admin))
+        .add_service(admin)
+        .add_service(streams))
 }
 
 /// The daemon's signal handlers, installed before the socket exists: a client that sees the
@@ -780,7 +792,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // One prober for gRPC health and /metrics: both say the same, and a hung backend is
     // asked one question at a time.
     let probe = Arc::new(health::HealthProbe::new(Arc::clone(&state.backend)));
-    let routes = routes(&state, &probe).await?;
+    let routes = routes(
+        &state,
+        &probe,
+        config.server.limits.max_stream_actions_in_flight,
+    )
+    .await?;
     let limits = listen::Limits::new(&config.server.limits);
     let signals = Signals::install()?;
     let unix = bind_unix(&config.server.socket, config.server.socket_mode)?;
