@@ -180,7 +180,33 @@ fn run(what: &str, bundles: &[Vec<u8>], pem: &str) {
     );
 }
 
+/// ECDSA P-256 verifications a second with `ring` alone: the floor of a single receipt's cost.
+fn ring_alone() {
+    use p256::ecdsa::signature::Signer;
+    let key = p256::ecdsa::SigningKey::from_bytes(&[7u8; 32].into()).unwrap();
+    let point = key.verifying_key().to_encoded_point(false);
+    let message = vec![0x42u8; 1200];
+    let sig: p256::ecdsa::Signature = key.sign(&message);
+    let der = sig.to_der();
+    let public = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+        point.as_bytes(),
+    );
+    let n = 4000;
+    let t = thread_cpu();
+    for _ in 0..n {
+        public.verify(&message, der.as_bytes()).unwrap();
+    }
+    let each = (thread_cpu() - t).as_secs_f64() / n as f64;
+    println!(
+        "ring ECDSA P-256 verify alone (1.2 KB message): {:.0}/s, {:.1} µs each",
+        1.0 / each,
+        each * 1e6
+    );
+}
+
 fn main() {
+    ring_alone();
     let n: usize = std::env::var("ACTSEAL_BENCH_BUNDLES")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -37,6 +37,19 @@ pub struct Config {
     pub ledger: LedgerConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Benchmark aids (docs/CONFIG.md `[testing]`); never for production.
+    #[serde(default)]
+    pub testing: TestingConfig,
+}
+
+/// `[testing]`: benchmark aids that change how fast the hardware is, never what is signed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestingConfig {
+    /// Limit the backend to this many signatures a second, one at a time: an emulated
+    /// discrete TPM (`backend::throttle`). Absent: the backend's own speed.
+    #[serde(default)]
+    pub emulate_signatures_per_second: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -251,6 +251,22 @@ pub fn open_pkcs11_backend(config: &Config) -> Result<Pkcs11Backend, StartError>
 /// Opens the configured backend; also returns the name that makes the default log origin
 /// (`actseal/<name>`): the token serial, or `tpm-<AK key id prefix>`.
 pub fn open_backend(config: &Config) -> Result<(Arc<dyn Backend>, String), StartError> {
+    let (backend, name) = open_hardware(config)?;
+    let Some(rate) = config.testing.emulate_signatures_per_second else {
+        return Ok((backend, name));
+    };
+    // A benchmark aid ([testing] in docs/CONFIG.md): an emulated discrete TPM.
+    tracing::warn!(
+        signatures_per_second = rate,
+        "BENCHMARK AID: the backend is limited to this many signatures a second ([testing] emulate_signatures_per_second)"
+    );
+    Ok((
+        Arc::new(crate::backend::throttle::Throttled::new(backend, rate)),
+        name,
+    ))
+}
+
+fn open_hardware(config: &Config) -> Result<(Arc<dyn Backend>, String), StartError> {
     match config.backend().map_err(StartError::Config)? {
         BackendConfig::Pkcs11(_) => {
             let backend = open_pkcs11_backend(config)?;

@@ -59,6 +59,9 @@ pub struct BundleVerifier<'a> {
     /// Decoded lineages and log keys by their JSON text, each with a number naming it.
     lineages: HashMap<String, (usize, Arc<Lineage>)>,
     log_keys: HashMap<String, (usize, Arc<LogKey>)>,
+    /// The last lineage and log key seen, compared before any hashing.
+    last_lineage: Option<(String, usize, Arc<Lineage>)>,
+    last_log_key: Option<(String, usize, Arc<LogKey>)>,
     next_id: usize,
     actors: HashMap<ActorClaim, ActorChecked>,
     /// Log key number → the interval its attestation holds in.
@@ -82,6 +85,8 @@ impl<'a> BundleVerifier<'a> {
             anchors,
             lineages: HashMap::new(),
             log_keys: HashMap::new(),
+            last_lineage: None,
+            last_log_key: None,
             next_id: 0,
             actors: HashMap::new(),
             log_key_windows: HashMap::new(),
@@ -162,27 +167,46 @@ impl<'a> BundleVerifier<'a> {
     }
 
     fn lineage(&mut self, text: &str) -> Result<(usize, Arc<Lineage>), String> {
-        if let Some((id, lineage)) = self.lineages.get(text) {
+        // Bundles of one key come in runs: compare with the last one before hashing the text.
+        if let Some((last, id, lineage)) = &self.last_lineage
+            && last == text
+        {
             return Ok((*id, Arc::clone(lineage)));
         }
-        let lineage = Arc::new(bundle::decode_lineage_text(text)?);
-        let id = self.new_id();
-        bounded(&mut self.lineages);
-        self.lineages
-            .insert(text.to_owned(), (id, Arc::clone(&lineage)));
-        Ok((id, lineage))
+        let found = match self.lineages.get(text) {
+            Some((id, lineage)) => (*id, Arc::clone(lineage)),
+            None => {
+                let lineage = Arc::new(bundle::decode_lineage_text(text)?);
+                let id = self.new_id();
+                bounded(&mut self.lineages);
+                self.lineages
+                    .insert(text.to_owned(), (id, Arc::clone(&lineage)));
+                (id, lineage)
+            }
+        };
+        self.last_lineage = Some((text.to_owned(), found.0, Arc::clone(&found.1)));
+        Ok(found)
     }
 
     fn log_key(&mut self, text: &str) -> Result<(usize, Arc<LogKey>), String> {
-        if let Some((id, key)) = self.log_keys.get(text) {
+        if let Some((last, id, key)) = &self.last_log_key
+            && last == text
+        {
             return Ok((*id, Arc::clone(key)));
         }
-        let key = Arc::new(bundle::decode_log_key_text(text)?);
-        let id = self.new_id();
-        bounded(&mut self.log_keys);
-        self.log_keys
-            .insert(text.to_owned(), (id, Arc::clone(&key)));
-        Ok((id, key))
+        let found = match self.log_keys.get(text) {
+            Some((id, key)) => (*id, Arc::clone(key)),
+            None => {
+                let key = Arc::new(bundle::decode_log_key_text(text)?);
+                let id = self.new_id();
+                bounded(&mut self.log_keys);
+                self.log_keys
+                    .insert(text.to_owned(), (id, Arc::clone(&key)));
+                (id, key)
+            }
+        };
+        self.last_log_key = Some((text.to_owned(), found.0, Arc::clone(&found.1)));
+        Ok(found)
     }
 
     fn new_id(&mut self) -> usize {
