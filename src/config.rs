@@ -69,9 +69,90 @@ pub struct LedgerConfig {
     /// (FORMAT.md §11.4). Default 300.
     #[serde(default)]
     pub max_clock_step_back_s: Option<u64>,
+    /// Threads that make hardware signing calls in parallel (1–64, default 4).
+    #[serde(default)]
+    pub signing_threads: Option<usize>,
+    /// How long (ms) a hardware call may take before its request is answered UNAVAILABLE
+    /// (100–60000, default 5000).
+    #[serde(default)]
+    pub hardware_timeout_ms: Option<u64>,
+    /// Most receipts under one batch statement (1–4096, default 256).
+    #[serde(default)]
+    pub max_batch_size: Option<usize>,
+    /// Actors whose requests are signed in batch mode (`[[ledger.batch]]`); default none.
+    #[serde(default)]
+    pub batch: Vec<BatchRuleConfig>,
+}
+
+/// `[[ledger.batch]]`: the requests for these actors that arrive within `window_ms` of the
+/// first are signed as one batch (one hardware signature over a Merkle root).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRuleConfig {
+    /// Actor patterns, as in the policy's `actors`.
+    pub actors: Vec<String>,
+    /// How long a window stays open after its first request (1–1000 ms).
+    pub window_ms: u64,
 }
 
 impl LedgerConfig {
+    /// The sequencer's signing settings, defaults filled in.
+    pub fn signing_settings(&self) -> crate::server::sequencer::SigningSettings {
+        crate::server::sequencer::SigningSettings {
+            batch_window: std::time::Duration::from_millis(self.batch_window_ms),
+            threads: self.signing_threads.unwrap_or(4),
+            hardware_timeout: std::time::Duration::from_millis(
+                self.hardware_timeout_ms.unwrap_or(5000),
+            ),
+            batching: crate::server::sequencer::BatchRules {
+                rules: self
+                    .batch
+                    .iter()
+                    .map(|rule| {
+                        let patterns = rule
+                            .actors
+                            .iter()
+                            .filter_map(|a| crate::server::policy::Pattern::parse(a).ok())
+                            .collect();
+                        (patterns, std::time::Duration::from_millis(rule.window_ms))
+                    })
+                    .collect(),
+                max_size: self.max_batch_size.unwrap_or(256),
+            },
+        }
+    }
+
+    fn check_signing(&self) -> Result<(), String> {
+        if self.signing_threads.is_some_and(|n| !(1..=64).contains(&n)) {
+            return Err("ledger.signing_threads must be 1 to 64".into());
+        }
+        if self
+            .hardware_timeout_ms
+            .is_some_and(|ms| !(100..=60_000).contains(&ms))
+        {
+            return Err("ledger.hardware_timeout_ms must be 100 to 60000".into());
+        }
+        if self
+            .max_batch_size
+            .is_some_and(|n| !(1..=4096).contains(&n))
+        {
+            return Err("ledger.max_batch_size must be 1 to 4096".into());
+        }
+        for rule in &self.batch {
+            if !(1..=1000).contains(&rule.window_ms) {
+                return Err("ledger.batch.window_ms must be 1 to 1000".into());
+            }
+            if rule.actors.is_empty() {
+                return Err("ledger.batch.actors must name at least one actor pattern".into());
+            }
+            for actor in &rule.actors {
+                crate::server::policy::Pattern::parse(actor)
+                    .map_err(|e| format!("ledger.batch.actors: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn max_clock_step_back_s(&self) -> u64 {
         self.max_clock_step_back_s
             .unwrap_or(crate::server::clock::DEFAULT_MAX_STEP_BACK_S)
@@ -409,6 +490,7 @@ impl Config {
                     .into(),
             ));
         }
+        config.ledger.check_signing().map_err(invalid)?;
         config.server.check().map_err(invalid)?;
         Ok(config)
     }

@@ -564,6 +564,16 @@ impl Backend for Pkcs11Backend {
     }
 
     fn sign_digest(&self, key: &HardwareKey, digest: &[u8; 32]) -> Result<Signature, BackendError> {
+        let signature = self.sign_digest_unchecked(key, digest)?;
+        check_signature(&key.public_key, digest, &signature)?;
+        Ok(signature)
+    }
+
+    fn sign_digest_unchecked(
+        &self,
+        key: &HardwareKey,
+        digest: &[u8; 32],
+    ) -> Result<Signature, BackendError> {
         self.pool.run("sign", |s| {
             // A registered key that cannot be found means the token is gone or was swapped:
             // a fault of the hardware, not of the caller's request.
@@ -588,9 +598,7 @@ impl Backend for Pkcs11Backend {
                 other => other,
             }
             .map_err(|e| classify("C_Sign", e))?;
-            let signature = decode_signature(&raw)?;
-            check_signature(&key.public_key, digest, &signature)?;
-            Ok(signature)
+            decode_signature(&raw)
         })
     }
 

@@ -833,6 +833,40 @@ impl TpmBackend {
             ak_public_area: ak_public.marshall().map_err(failed("certify"))?,
         })
     }
+
+    /// TPM2_Sign with the cached key; `check` verifies the signature here (with `p256`), so
+    /// that a bad one (another TPM's key under a reused handle) makes `run` reconnect, and
+    /// the new connection checks the TPM's identity. Unchecked, the caller checks.
+    fn sign_with(
+        &self,
+        key: &HardwareKey,
+        digest: &[u8; 32],
+        check: bool,
+    ) -> Result<Signature, BackendError> {
+        let blobs = blobs_of(&key.key_ref)?;
+        let ticket = null_ticket()?;
+        let tpm_digest = Digest::try_from(digest.to_vec()).map_err(failed("sign"))?;
+        self.run(|open| {
+            open.with_cached_key(&blobs, |ctx, handle| {
+                ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.sign(
+                        handle,
+                        tpm_digest.clone(),
+                        SignatureScheme::Null,
+                        ticket.clone(),
+                    )
+                })
+                .map_err(failed("sign"))
+            })
+            .and_then(signature_of)
+            .and_then(|signature| {
+                if check {
+                    check_signature(&key.public_key, digest, &signature)?;
+                }
+                Ok(signature)
+            })
+        })
+    }
 }
 
 impl Backend for TpmBackend {
@@ -868,29 +902,15 @@ impl Backend for TpmBackend {
     }
 
     fn sign_digest(&self, key: &HardwareKey, digest: &[u8; 32]) -> Result<Signature, BackendError> {
-        let blobs = blobs_of(&key.key_ref)?;
-        let ticket = null_ticket()?;
-        let tpm_digest = Digest::try_from(digest.to_vec()).map_err(failed("sign"))?;
-        let signature = self.run(|open| {
-            open.with_cached_key(&blobs, |ctx, handle| {
-                ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
-                    ctx.sign(
-                        handle,
-                        tpm_digest.clone(),
-                        SignatureScheme::Null,
-                        ticket.clone(),
-                    )
-                })
-                .map_err(failed("sign"))
-            })
-            // Checked here: a bad signature (another TPM's key under a reused handle) makes
-            // `run` reconnect, and the new connection checks the TPM's identity.
-            .and_then(signature_of)
-            .and_then(|signature| {
-                check_signature(&key.public_key, digest, &signature).map(|()| signature)
-            })
-        })?;
-        Ok(signature)
+        self.sign_with(key, digest, true)
+    }
+
+    fn sign_digest_unchecked(
+        &self,
+        key: &HardwareKey,
+        digest: &[u8; 32],
+    ) -> Result<Signature, BackendError> {
+        self.sign_with(key, digest, false)
     }
 
     fn key_evidence(&self, key: &KeyRef) -> Result<KeyEvidence, BackendError> {

@@ -135,6 +135,32 @@ impl Checkpoint {
     }
 }
 
+impl Checkpoint {
+    /// The signed note, where `sign` receives the body (the signed message) and returns a
+    /// signature it has already checked against the key (`signed_note` checks once more).
+    pub fn signed_note_checked<E>(
+        &self,
+        key_name: &str,
+        spki_der: &[u8],
+        sign: impl FnOnce(&[u8]) -> Result<Signature, E>,
+    ) -> Result<String, E>
+    where
+        E: From<CheckpointError>,
+    {
+        if !is_valid_key_name(key_name) {
+            return Err(CheckpointError::InvalidKeyName(key_name.to_string()).into());
+        }
+        let body = self.body();
+        let signature = sign(body.as_bytes())?;
+        let mut blob = key_id(spki_der).to_vec();
+        blob.extend_from_slice(signature.to_der().as_bytes());
+        Ok(format!(
+            "{body}\n\u{2014} {key_name} {}\n",
+            STANDARD.encode(blob)
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,77 @@ pub fn encode(envelope: &Envelope) -> Result<Vec<u8>, base64::DecodeError> {
     Ok(out)
 }
 
+/// The first bytes of a batch receipt's signature slot; a DER signature begins with 0x30.
+pub const BATCH_SEAL_MAGIC: &[u8] = b"actseal-batch-seal/v1\n";
+
+/// What a batch receipt's entry holds in place of a signature: its leaf index and path in
+/// the batch tree and the signed batch statement (FORMAT.md §11.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchSeal {
+    pub leaf_index: u32,
+    pub path: Vec<[u8; 32]>,
+    pub statement_payload: Vec<u8>,
+    pub statement_signature_der: Vec<u8>,
+}
+
+impl BatchSeal {
+    /// `magic || u32be(leafIndex) || u8(len(path)) || path || u32be(len(statement)) ||
+    /// statement || u32be(len(sig)) || sig`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            BATCH_SEAL_MAGIC.len() + 13 + 32 * self.path.len() + self.statement_payload.len() + 72,
+        );
+        out.extend_from_slice(BATCH_SEAL_MAGIC);
+        out.extend_from_slice(&self.leaf_index.to_be_bytes());
+        // A path has at most 32 hashes (batches are far smaller than 2^32 leaves).
+        out.push(u8::try_from(self.path.len()).unwrap_or(u8::MAX));
+        for hash in &self.path {
+            out.extend_from_slice(hash);
+        }
+        put(&mut out, &self.statement_payload);
+        put(&mut out, &self.statement_signature_der);
+        out
+    }
+
+    /// Reads a seal written by [`encode`](Self::encode); `None` if `slot` is not one.
+    pub fn decode(slot: &[u8]) -> Option<Self> {
+        let rest = slot.strip_prefix(BATCH_SEAL_MAGIC)?;
+        let (leaf_index, rest) = rest.split_first_chunk::<4>()?;
+        let (&count, mut rest) = rest.split_first()?;
+        let mut path = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let (hash, tail) = rest.split_first_chunk::<32>()?;
+            path.push(*hash);
+            rest = tail;
+        }
+        let mut take = || {
+            let (len, tail) = rest.split_first_chunk::<4>()?;
+            let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+            let (field, tail) = tail.split_at_checked(len)?;
+            rest = tail;
+            Some(field.to_vec())
+        };
+        let statement_payload = take()?;
+        let statement_signature_der = take()?;
+        rest.is_empty().then_some(BatchSeal {
+            leaf_index: u32::from_be_bytes(*leaf_index),
+            path,
+            statement_payload,
+            statement_signature_der,
+        })
+    }
+}
+
+/// A batch receipt's entry: the receipt's payload type and payload, and its seal.
+pub fn encode_batch(payload_type: &str, payload: &[u8], seal: &BatchSeal) -> Vec<u8> {
+    let seal = seal.encode();
+    let mut out = Vec::with_capacity(payload.len() + seal.len() + 48);
+    put(&mut out, payload_type.as_bytes());
+    put(&mut out, payload);
+    put(&mut out, &seal);
+    out
+}
+
 /// The parts of an entry: payload type, payload bytes, DER signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryParts {
@@ -57,6 +128,26 @@ pub fn decode(entry: &[u8]) -> Option<EntryParts> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_seals_round_trip_and_are_never_a_der_signature() {
+        let seal = BatchSeal {
+            leaf_index: 3,
+            path: vec![[1; 32], [2; 32]],
+            statement_payload: b"{}".to_vec(),
+            statement_signature_der: vec![0x30, 0x06, 2, 1, 1, 2, 1, 1],
+        };
+        let bytes = encode_batch("application/vnd.in-toto+json", b"{\"a\":1}", &seal);
+        let parts = decode(&bytes).unwrap();
+        assert_ne!(parts.signature_der[0], 0x30);
+        assert_eq!(BatchSeal::decode(&parts.signature_der), Some(seal.clone()));
+        let encoded = seal.encode();
+        assert!(BatchSeal::decode(&encoded[..encoded.len() - 1]).is_none());
+        let mut longer = encoded.clone();
+        longer.push(0);
+        assert!(BatchSeal::decode(&longer).is_none());
+        assert!(BatchSeal::decode(&seal.statement_signature_der).is_none());
+    }
 
     #[test]
     fn entries_round_trip_and_garbage_is_refused() {

@@ -25,6 +25,9 @@ pub struct Bundle {
     pub lineage: Lineage,
     /// Where the receipt is in the log, proved against a signed checkpoint.
     pub log: LogProof,
+    /// A batch receipt's statement and path (its `receipt` has no signature of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<super::batch::BatchInBundle>,
 }
 
 /// The log key: its public half and its lineage (attested like an actor key whose actor is

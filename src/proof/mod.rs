@@ -1,6 +1,7 @@
 //! The signed documents actseal produces: DSSE envelopes, receipts, lineage statements and
 //! the proof bundle that carries them (byte layout in `docs/FORMAT.md`).
 
+pub mod batch;
 pub mod bundle;
 pub mod dsse;
 pub mod lineage;

@@ -14,6 +14,7 @@ use crate::{
     ledger::{KeyRecord, Store, StoreError, entry, merkle::Hash},
     pki::device::DeviceCertificates,
     proof::{
+        batch::BatchInBundle,
         bundle::{ActorKeyInBundle, BUNDLE_MEDIA_TYPE, Bundle, LogProof},
         dsse::{Envelope, EnvelopeSignature},
         lineage::{Attestation, EncodeError, Lineage, PredecessorKey},
@@ -82,6 +83,37 @@ fn envelope_of(bytes: &[u8], keyid: &str) -> Option<Envelope> {
     })
 }
 
+/// A stored receipt entry as its bundle carries it: a single receipt's envelope with its
+/// signature, or a batch receipt's unsigned envelope with its batch member.
+fn receipt_of(bytes: &[u8], keyid: &str) -> Option<(Envelope, Option<BatchInBundle>)> {
+    let parts = entry::decode(bytes)?;
+    if !parts.signature_der.starts_with(entry::BATCH_SEAL_MAGIC) {
+        return Some((envelope_of(bytes, keyid)?, None));
+    }
+    let seal = entry::BatchSeal::decode(&parts.signature_der)?;
+    let statement = Envelope {
+        payload_type: parts.payload_type.clone(),
+        payload: B64.encode(&seal.statement_payload),
+        signatures: vec![EnvelopeSignature {
+            keyid: keyid.to_owned(),
+            sig: B64.encode(&seal.statement_signature_der),
+        }],
+    };
+    let receipt = Envelope {
+        payload_type: parts.payload_type,
+        payload: B64.encode(&parts.payload),
+        signatures: Vec::new(),
+    };
+    Some((
+        receipt,
+        Some(BatchInBundle {
+            statement,
+            leaf_index: u64::from(seal.leaf_index),
+            inclusion_proof: seal.path.iter().map(hex::encode).collect(),
+        }),
+    ))
+}
+
 /// The lineage bundles of `key` carry, assembled from the stored versions 1 to `key.version`
 /// and the log's rotation entries between them.
 pub fn lineage(
@@ -146,7 +178,7 @@ pub struct Inclusion<'a> {
 /// The bundle of a receipt whose parts are at hand, signed at `signed_at` (Unix seconds):
 /// the actor key's and the log key's attestations carry the device certificate in force then.
 pub fn bundle_json(
-    receipt: Envelope,
+    (receipt, batch): (Envelope, Option<BatchInBundle>),
     key: SigningKey<'_>,
     log: &LogIdentity,
     inclusion: Inclusion<'_>,
@@ -172,6 +204,7 @@ pub fn bundle_json(
         },
         lineage,
         log: LogProof::new(log_index, tree_size, proof, checkpoint_note, log_key),
+        batch,
     }
     .to_json()
 }
@@ -192,7 +225,7 @@ pub fn stored(
     let bytes = store
         .entry(log_index)?
         .ok_or_else(|| corrupt("its log entry is missing"))?;
-    let envelope = envelope_of(&bytes, &receipt.key_id)
+    let envelope = receipt_of(&bytes, &receipt.key_id)
         .ok_or_else(|| corrupt("its log entry is unreadable"))?;
     let key = store
         .key_by_id(&receipt.key_id)?

@@ -591,11 +591,14 @@ fn open_state(
     check_device_certificate(&certificates)?;
     let (reader, log, head) = open_ledger(config, backend.as_ref(), &device, &token_serial)?;
     let (sequencer, sequencer_thread) = sequencer::start(
-        Store::open(&config.state.database())?,
+        (
+            Store::open(&config.state.database())?,
+            Store::open(&config.state.database())?,
+        ),
         Arc::clone(&backend),
         log.clone(),
         Arc::clone(&certificates),
-        std::time::Duration::from_millis(config.ledger.batch_window_ms),
+        config.ledger.signing_settings(),
         clock::EntryClock::new(clock::daemon_clock(), config.ledger.max_clock_step_back_s()),
         head,
     )?;

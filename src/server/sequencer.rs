@@ -14,6 +14,17 @@ use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+mod commit;
+mod pool;
+mod window;
+
+pub use window::BatchRules;
+use window::{Request, Windows};
+
+use commit::{CommitBatch, Committer};
+use p256::ecdsa::Signature;
+use pool::{SignJob, SignPool};
+
 use super::{
     bundles,
     clock::{self, ClockError, EntryClock},
@@ -25,15 +36,16 @@ use crate::{
         ActorHead, Batch, CheckpointRow, EntryKind, EntryRow, KeyChange, KeyRecord, KeyState,
         ReceiptRow, Store, StoreError,
         checkpoint::Checkpoint,
-        entry,
+        entry::{self, BatchSeal},
         head::{LogHead, PreviousLog},
         merkle::{self, Frontier, Hash, MerkleError, NodeReader},
     },
     pki::device::CertificateHistory,
     proof::{
         IN_TOTO_PAYLOAD_TYPE,
+        batch::{BatchInBundle, BatchPredicate, BatchStatement, BatchTree},
         bundle::LogKeyInBundle,
-        dsse::{Envelope, signing_digest},
+        dsse::{Envelope, pae},
         lineage::{
             EncodeError, KeyDisposition, Lineage, Registration, ReplacedLog, VersionRef,
             log_start_payload, registration_payload, retirement_payload, rotation_payload,
@@ -231,13 +243,75 @@ impl NodeReader for Overlay<'_> {
 }
 
 /// A receipt signed in this batch, waiting for its inclusion proof and the commit.
-struct PendingReceipt {
+pub(super) struct PendingReceipt {
     row: ReceiptRow,
     envelope: Envelope,
     key: ActiveKey,
     signed_at_unix: i64,
     bundle_json: String,
+    request_id: Option<String>,
     reply: Option<Reply<SignedReceipt>>,
+    /// A batch receipt's member of its bundle.
+    batch: Option<BatchInBundle>,
+}
+
+/// A receipt whose place is fixed (log index, sequence, previous receipt, time) and whose
+/// payload is built, waiting for its hardware signature.
+struct Prepared {
+    action: ValidAction,
+    /// The request id and the request's fingerprint.
+    request: Option<(String, [u8; 32])>,
+    reply: Reply<SignedReceipt>,
+    key: ActiveKey,
+    /// The actor's head before this receipt, restored should its signing fail.
+    previous_head: Option<ActorHead>,
+    row: ReceiptRow,
+    signed_at_unix: i64,
+    payload: Vec<u8>,
+}
+
+/// The receipts of one closed window, placed consecutively, with their tree and the
+/// statement the actor key signs over its root.
+struct PreparedBatch {
+    receipts: Vec<Prepared>,
+    tree: BatchTree,
+    statement: Vec<u8>,
+    key: ActiveKey,
+}
+
+/// What waits for one hardware signature: a single receipt or a batch statement.
+// Few exist at once (one per receipt or batch of a batch), so the size is of no concern.
+#[allow(clippy::large_enum_variant)]
+enum Unsigned {
+    Single(Prepared),
+    Batch(PreparedBatch),
+}
+
+impl Unsigned {
+    fn receipts(&self) -> &[Prepared] {
+        match self {
+            Unsigned::Single(prepared) => std::slice::from_ref(prepared),
+            Unsigned::Batch(batch) => &batch.receipts,
+        }
+    }
+
+    fn job(&self) -> SignJob {
+        let (key, payload) = match self {
+            Unsigned::Single(p) => (&p.key, &p.payload),
+            Unsigned::Batch(b) => (&b.key, &b.statement),
+        };
+        SignJob {
+            key: hardware_key(&key.record),
+            message: pae(IN_TOTO_PAYLOAD_TYPE, payload),
+        }
+    }
+
+    fn into_receipts(self) -> Vec<Prepared> {
+        match self {
+            Unsigned::Single(prepared) => vec![prepared],
+            Unsigned::Batch(batch) => batch.receipts,
+        }
+    }
 }
 
 /// What one batch has staged so far.
@@ -246,10 +320,42 @@ struct Staged {
     batch: Batch,
     nodes: HashMap<(u8, u64), Hash>,
     receipts: Vec<PendingReceipt>,
-    /// Retries of a request made earlier in the same batch: (log index, reply).
-    followers: Vec<(u64, Reply<SignedReceipt>)>,
+    /// Receipts placed in order but not yet signed; signed together, in parallel.
+    unsigned: Vec<Unsigned>,
+    /// Retries of a request made earlier in the same batch: (request id, reply).
+    followers: Vec<(String, Reply<SignedReceipt>)>,
     requests: HashMap<String, ([u8; 32], u64)>,
     key_replies: Vec<Reply<()>>,
+    /// The batch before failed to commit while this one was staged on top of it.
+    poisoned: Option<String>,
+}
+
+impl Staged {
+    /// Receipts placed but not yet signed.
+    fn unsigned_len(&self) -> u64 {
+        self.unsigned
+            .iter()
+            .map(|u| u.receipts().len() as u64)
+            .sum()
+    }
+
+    fn into_commit(self, tree: (u64, Hash)) -> CommitBatch {
+        CommitBatch {
+            batch: self.batch,
+            tree,
+            receipts: self.receipts,
+            followers: self.followers,
+            key_replies: self.key_replies,
+        }
+    }
+}
+
+/// What the sequencer needs to know of a retry before it places a request.
+enum Retry {
+    /// A request never seen: place it.
+    New(Reply<SignedReceipt>),
+    /// Answered already (stored, or it waits for its original in this batch).
+    Answered,
 }
 
 struct Sequencer {
@@ -268,37 +374,62 @@ struct Sequencer {
     node_cache: std::cell::RefCell<HashMap<(u8, u64), Hash>>,
     /// Dates entries so that times never decrease in log order.
     clock: EntryClock,
-    /// The log head record the hardware holds (`None`: the backend keeps none). Rewritten
-    /// after every commit, before anyone is answered.
-    head: Option<LogHead>,
-    /// A commit went through but the record could not be rewritten: it is behind the store.
-    head_behind: bool,
+    /// The signing threads: hardware calls with a timeout, each signature re-checked.
+    pool: SignPool,
+    /// The commit thread, which owns the write connection and the log head record.
+    committer: Committer,
+    /// Request ids of the batch handed to the committer and not yet known to be stored.
+    in_flight_requests: HashMap<String, ([u8; 32], u64)>,
+    batching: BatchRules,
+    /// Batch-mode requests waiting for their window to close.
+    windows: Windows,
 }
 
-/// Starts the sequencer thread on `store`. It stops when every handle is dropped.
+/// How the sequencer signs: its threads, their timeout, its batching.
+#[derive(Debug, Clone)]
+pub struct SigningSettings {
+    /// How long a batch waits for more commands after its first (0: take what is waiting).
+    pub batch_window: std::time::Duration,
+    /// Threads that make hardware calls in parallel.
+    pub threads: usize,
+    /// A hardware call that takes longer is answered UNAVAILABLE.
+    pub hardware_timeout: std::time::Duration,
+    /// Which actors sign in batch mode.
+    pub batching: BatchRules,
+}
+
+/// Starts the sequencer thread on `store` (read) and its commit thread on `writer`. It stops
+/// when every handle is dropped.
 pub fn start(
-    store: Store,
+    (store, writer): (Store, Store),
     backend: Arc<dyn Backend>,
     log: LogIdentity,
     certificates: Arc<CertificateHistory>,
-    batch_window: std::time::Duration,
+    settings: SigningSettings,
     clock: EntryClock,
     head: Option<LogHead>,
 ) -> Result<(SequencerHandle, thread::JoinHandle<()>), SequencerError> {
     let begin = head.and_then(|h| h.previous.filter(|_| h.size == 0));
     let mut sequencer = Sequencer {
         store,
+        pool: SignPool::new(
+            Arc::clone(&backend),
+            settings.threads,
+            settings.hardware_timeout,
+        ),
+        committer: Committer::start(writer, Arc::clone(&backend), head)?,
         backend,
         log,
         certificates,
-        batch_window,
+        batch_window: settings.batch_window,
         clock,
         halted: None,
         actors: HashMap::new(),
         frontier: Frontier::default(),
         node_cache: std::cell::RefCell::new(HashMap::new()),
-        head,
-        head_behind: false,
+        in_flight_requests: HashMap::new(),
+        batching: settings.batching,
+        windows: Windows::default(),
     };
     sequencer.reload()?;
     if let Some(previous) = begin
@@ -366,11 +497,42 @@ impl Sequencer {
         Ok(())
     }
 
+    /// The next command, or `None` once the next window is due; `Err` once every handle
+    /// is gone.
+    fn next_command(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        rx: &mut mpsc::Receiver<Command>,
+    ) -> Result<Option<Command>, ()> {
+        let received = match self.windows.next_deadline() {
+            None => Some(runtime.block_on(rx.recv())),
+            // Made inside the runtime: a timer needs its reactor.
+            Some(deadline) => runtime
+                .block_on(async { tokio::time::timeout_at(deadline.into(), rx.recv()).await })
+                .ok(),
+        };
+        match received {
+            Some(Some(command)) => Ok(Some(command)),
+            Some(None) => Err(()),
+            None => Ok(None),
+        }
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        while let Some(first) = rx.blocking_recv() {
-            let mut commands = vec![first];
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the sequencer's timer; it stops");
+                return;
+            }
+        };
+        while let Ok(first) = self.next_command(&runtime, &mut rx) {
+            let mut commands: Vec<Command> = first.into_iter().collect();
             let deadline = std::time::Instant::now() + self.batch_window;
-            while commands.len() < MAX_BATCH {
+            while !commands.is_empty() && commands.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(command) => commands.push(command),
                     Err(mpsc::error::TryRecvError::Empty)
@@ -383,11 +545,20 @@ impl Sequencer {
                 }
             }
             let mut staged = Staged::default();
+            if let Err(message) = self.committer.poll() {
+                // The batch before failed: start from what is on disk.
+                self.recover(&message);
+            }
             for command in commands {
                 self.stage(&mut staged, command);
             }
+            self.close_windows(&mut staged, false);
             self.finish(staged);
         }
+        // Stopping: what waits in windows is signed and stored, not dropped.
+        let mut staged = Staged::default();
+        self.close_windows(&mut staged, true);
+        self.finish(staged);
         tracing::debug!("sequencer stopped");
     }
 
@@ -406,10 +577,33 @@ impl Sequencer {
             }
             return;
         }
+        if !matches!(command, Command::Sign(..)) {
+            // Key events change what later receipts are signed with (and may destroy a key):
+            // the receipts placed before one are signed first, and what the store says of
+            // keys must include the batch in flight.
+            self.close_windows(staged, true);
+            self.sign_unsigned(staged, true);
+            self.settle(staged);
+        }
         match command {
             Command::Sign(action, request_id, reply) => {
-                if let Err(e) = self.stage_sign(staged, &action, request_id, reply) {
-                    // stage_sign answers on success paths itself; errors come back here.
+                if let Some(window) = self.batching.window(&action.actor) {
+                    let actor = action.actor.clone();
+                    if self.windows.add(window, (action, request_id, reply))
+                        >= self.batching.max_size
+                    {
+                        let requests = self.windows.close(&actor);
+                        self.place_batch(staged, requests);
+                    }
+                    return;
+                }
+                if self.windows.is_open(&action.actor) {
+                    // Its batch came first: it takes the sequence numbers before this one.
+                    let requests = self.windows.close(&action.actor);
+                    self.place_batch(staged, requests);
+                }
+                if let Err(e) = self.place(staged, action, request_id, reply) {
+                    // place answers on success paths itself; errors come back here.
                     let (e, reply) = *e;
                     let _ = reply.send(Err(e));
                 }
@@ -459,135 +653,254 @@ impl Sequencer {
         index
     }
 
-    #[allow(clippy::type_complexity)]
-    fn stage_sign(
+    /// Finds what a request id says of a request: new, or answered here (a stored receipt
+    /// made for this request, or a follower of its original in this batch).
+    fn retry(
         &mut self,
         staged: &mut Staged,
-        action: &ValidAction,
+        id: &str,
+        fingerprint: &[u8; 32],
+        reply: Reply<SignedReceipt>,
+    ) -> Result<Retry, (SequencerError, Reply<SignedReceipt>)> {
+        if self.in_flight_requests.contains_key(id) {
+            // Its original is being committed: wait, then read it from the store.
+            self.settle(staged);
+        }
+        let earlier = match staged.requests.get(id).copied() {
+            Some(found) => Some(found),
+            None => match self.store.request(id) {
+                Ok(found) => found,
+                Err(e) => return Err((e.into(), reply)),
+            },
+        };
+        let Some((earlier_fingerprint, index)) = earlier else {
+            return Ok(Retry::New(reply));
+        };
+        if earlier_fingerprint != *fingerprint {
+            return Err((
+                SequencerError::Conflict(format!(
+                    "request_id {id:?} was used for a different request"
+                )),
+                reply,
+            ));
+        }
+        if staged.requests.contains_key(id) {
+            staged.followers.push((id.to_owned(), reply));
+            return Ok(Retry::Answered);
+        }
+        let stored = bundles::stored(
+            &self.store,
+            &self.log,
+            &self.certificates.get(),
+            index,
+            None,
+        );
+        match stored {
+            Ok(Some(answer)) => {
+                // A stored answer is an acknowledgement too: the request must be the one
+                // that receipt answered, and the hardware's head cover it.
+                if let Err(e) = self
+                    .check_retry(index, fingerprint)
+                    .and_then(|()| self.committer.sync_head())
+                {
+                    return Err((e, reply));
+                }
+                let _ = reply.send(Ok(answer));
+                Ok(Retry::Answered)
+            }
+            Ok(None) => Err((
+                SequencerError::Store(StoreError::Corrupt(format!(
+                    "request {id:?} names missing receipt {index}"
+                ))),
+                reply,
+            )),
+            Err(e) => Err((e.into(), reply)),
+        }
+    }
+
+    /// Places a Sign request in the log's order: its index, sequence, previous receipt and
+    /// time; the payload is built here and signed later, with the batch's others.
+    #[allow(clippy::type_complexity)]
+    fn place(
+        &mut self,
+        staged: &mut Staged,
+        action: ValidAction,
         request_id: Option<String>,
         reply: Reply<SignedReceipt>,
     ) -> Result<(), Box<(SequencerError, Reply<SignedReceipt>)>> {
-        macro_rules! fail {
-            ($e:expr) => {
-                return Err(Box::new(($e, reply)))
-            };
+        let log_index = self.frontier.size() + staged.unsigned_len();
+        match self.place_one(staged, (action, request_id, reply), log_index, None) {
+            Ok(Some(prepared)) => {
+                staged.unsigned.push(Unsigned::Single(prepared));
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
         }
+    }
+
+    /// A request placed at `log_index` (dated `at`, or now): `None` if a retry answered it.
+    #[allow(clippy::type_complexity)]
+    fn place_one(
+        &mut self,
+        staged: &mut Staged,
+        (action, request_id, reply): Request,
+        log_index: u64,
+        at: Option<&(String, i64)>,
+    ) -> Result<Option<Prepared>, Box<(SequencerError, Reply<SignedReceipt>)>> {
         let fingerprint = action.fingerprint();
-        if let Some(id) = &request_id {
-            let earlier = match staged.requests.get(id).copied() {
-                Some(found) => Some(found),
-                None => match self.store.request(id) {
-                    Ok(found) => found,
-                    Err(e) => fail!(e.into()),
-                },
+        let reply = match &request_id {
+            Some(id) => match self.retry(staged, id, &fingerprint, reply) {
+                Ok(Retry::New(reply)) => reply,
+                Ok(Retry::Answered) => return Ok(None),
+                Err(e) => return Err(Box::new(e)),
+            },
+            None => reply,
+        };
+        let mode = if at.is_some() { "batch" } else { "single" };
+        let (key, previous_head, row, signed_at_unix, payload) =
+            match self.prepare(&action, log_index, mode, at) {
+                Ok(parts) => parts,
+                Err(e) => return Err(Box::new((e, reply))),
             };
-            if let Some((earlier_fingerprint, index)) = earlier {
-                if earlier_fingerprint != fingerprint {
-                    fail!(SequencerError::Conflict(format!(
-                        "request_id {id:?} was used for a different request"
-                    )));
+        let request = request_id.map(|id| (id, fingerprint));
+        if let Some((id, fingerprint)) = &request {
+            staged
+                .requests
+                .insert(id.clone(), (*fingerprint, log_index));
+        }
+        Ok(Some(Prepared {
+            action,
+            request,
+            reply,
+            key,
+            previous_head,
+            row,
+            signed_at_unix,
+            payload,
+        }))
+    }
+
+    /// The time of a batch: one for all its receipts and its statement.
+    fn batch_time(&mut self, actor: &str) -> Result<(ActiveKey, (String, i64)), SequencerError> {
+        let key = self.active_key(actor)?;
+        let signed_at = self.clock.next(&[created_at(&key.record)?])?;
+        let unix = self.certified_at(&signed_at)?;
+        Ok((key, (signed_at, unix)))
+    }
+
+    /// Places the requests of a closed window as one batch: consecutive log indices and
+    /// sequence numbers, one time, one tree, one statement for the actor key to sign.
+    fn place_batch(&mut self, staged: &mut Staged, requests: Vec<Request>) {
+        let Some(actor) = requests.first().map(|r| r.0.actor.clone()) else {
+            return;
+        };
+        let halted = self.halted.clone().map(SequencerError::Halted);
+        let (key, at) = match halted.map_or_else(|| self.batch_time(&actor), Err) {
+            Ok(found) => found,
+            Err(e) => {
+                let message = e.to_string();
+                for (_, _, reply) in requests {
+                    let _ = reply.send(Err(same_error(&e, &message)));
                 }
-                if staged.receipts.iter().any(|p| p.row.log_index == index) {
-                    staged.followers.push((index, reply));
-                    return Ok(());
-                }
-                match bundles::stored(
-                    &self.store,
-                    &self.log,
-                    &self.certificates.get(),
-                    index,
-                    None,
-                ) {
-                    Ok(Some(answer)) => {
-                        // A stored answer is an acknowledgement too: the request must be
-                        // the one that receipt answered, and the hardware's head cover it.
-                        if let Err(e) = self
-                            .check_retry(index, &fingerprint)
-                            .and_then(|()| self.sync_head())
-                        {
-                            fail!(e)
-                        }
-                        let _ = reply.send(Ok(answer));
-                        return Ok(());
-                    }
-                    Ok(None) => fail!(SequencerError::Store(StoreError::Corrupt(format!(
-                        "request {id:?} names missing receipt {index}"
-                    )))),
-                    Err(e) => fail!(e.into()),
+                return;
+            }
+        };
+        let first_log_index = self.frontier.size() + staged.unsigned_len();
+        let mut receipts: Vec<Prepared> = Vec::with_capacity(requests.len());
+        for request in requests {
+            let log_index = first_log_index + receipts.len() as u64;
+            match self.place_one(staged, request, log_index, Some(&at)) {
+                Ok(Some(prepared)) => receipts.push(prepared),
+                Ok(None) => {}
+                Err(e) => {
+                    let (e, reply) = *e;
+                    let _ = reply.send(Err(e));
                 }
             }
         }
-        let Some(chain) = self.actors.get(&action.actor) else {
-            fail!(SequencerError::UnknownActor(action.actor.clone()))
+        let Some(first) = receipts.first() else {
+            return;
         };
-        let Some(active) = chain.key.clone() else {
-            fail!(SequencerError::Precondition(format!(
-                "actor {:?} has no active key: it was retired",
-                action.actor
-            )))
-        };
-        let key = Arc::clone(&active.record);
-        let sequence = chain.head.map_or(1, |h| h.sequence + 1);
-        let previous_receipt = chain.head.map(|h| receipt::Digest {
-            sha256: hex::encode(h.payload_sha256),
-        });
-        let log_index = self.frontier.size();
-        let signed_at =
-            match created_at(&key).and_then(|c| self.clock.next(&[c]).map_err(Into::into)) {
-                Ok(time) => time,
-                Err(e) => fail!(e),
-            };
-        let signed_at_unix = match self.certified_at(&signed_at) {
-            Ok(at) => at,
-            Err(e) => fail!(e),
-        };
-        let payload = ReceiptStatement::new(
-            &action.document_sha256,
-            ReceiptPredicate {
-                actor: action.actor.clone(),
-                key: KeyRefInReceipt {
-                    id: key.key_id.clone(),
-                    version: key.version,
-                    backend: key.backend.as_str().into(),
-                },
-                action: Action {
-                    action_type: action.action_type.clone(),
-                    target: action.target.clone(),
-                    parent_sha256: action.parent_sha256.map(hex::encode),
-                },
-                context: action.context.clone(),
-                caller: (*action.caller).clone(),
-                signed_at: signed_at.clone(),
-                sequence,
-                previous_receipt,
-                log_index,
-                mode: "single".into(),
+        let predicate = BatchPredicate {
+            actor: actor.clone(),
+            key: KeyRefInReceipt {
+                id: key.record.key_id.clone(),
+                version: key.record.version,
+                backend: key.record.backend.as_str().into(),
             },
-        )
-        .to_payload();
-        let payload = match payload {
-            Ok(payload) => payload,
-            Err(e) => fail!(e.into()),
+            size: receipts.len() as u64,
+            first_sequence: first.row.sequence,
+            first_log_index,
+            signed_at: at.0.clone(),
         };
-        let hardware_key = HardwareKey {
-            key_ref: key.key_ref.clone(),
-            public_key: key.public_key,
-        };
-        let signature = match self.backend.sign_digest(
-            &hardware_key,
-            &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload),
-        ) {
-            Ok(signature) => signature,
-            Err(e) => fail!(e.into()),
-        };
-        let envelope = Envelope::new(IN_TOTO_PAYLOAD_TYPE, &payload, &key.key_id, &signature);
-        let bytes = match entry::encode(&envelope) {
-            Ok(bytes) => bytes,
-            Err(e) => fail!(SequencerError::NotStored(format!("entry encoding: {e}"))),
-        };
-        let appended = self.append_entry(staged, EntryKind::Receipt, &action.actor, bytes);
-        debug_assert_eq!(appended, log_index);
+        let payloads: Vec<&[u8]> = receipts.iter().map(|p| p.payload.as_slice()).collect();
+        let tree = BatchTree::new(&payloads);
+        let statement = tree
+            .as_ref()
+            .ok_or_else(|| SequencerError::NotStored("empty batch".into()))
+            .and_then(|tree| Ok(BatchStatement::new(&tree.root(), predicate).to_payload()?));
+        match (tree, statement) {
+            (Some(tree), Ok(statement)) => staged.unsigned.push(Unsigned::Batch(PreparedBatch {
+                receipts,
+                tree,
+                statement,
+                key,
+            })),
+            (_, Err(e)) => {
+                self.unwind(staged, &receipts);
+                for prepared in receipts {
+                    Self::refuse(staged, prepared, &e);
+                }
+            }
+            (None, Ok(_)) => {}
+        }
+    }
 
+    /// Closes the windows that are due (every window with `all`) and places their batches.
+    fn close_windows(&mut self, staged: &mut Staged, all: bool) {
+        for requests in self.windows.close_due(all) {
+            self.place_batch(staged, requests);
+        }
+    }
+
+    fn active_key(&self, actor: &str) -> Result<ActiveKey, SequencerError> {
+        let chain = self
+            .actors
+            .get(actor)
+            .ok_or_else(|| SequencerError::UnknownActor(actor.to_owned()))?;
+        chain.key.clone().ok_or_else(|| {
+            SequencerError::Precondition(format!(
+                "actor {actor:?} has no active key: it was retired"
+            ))
+        })
+    }
+
+    /// The next receipt of `action`'s actor, at `log_index`: its place and payload; the
+    /// actor's head moves on in memory (put back by [`unwind`](Self::unwind) should its
+    /// signing fail).
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &mut self,
+        action: &ValidAction,
+        log_index: u64,
+        mode: &str,
+        at: Option<&(String, i64)>,
+    ) -> Result<(ActiveKey, Option<ActorHead>, ReceiptRow, i64, Vec<u8>), SequencerError> {
+        let active = self.active_key(&action.actor)?;
+        let previous_head = self.actors.get(&action.actor).and_then(|c| c.head);
+        let key = Arc::clone(&active.record);
+        let sequence = previous_head.map_or(1, |h| h.sequence + 1);
+        let (signed_at, signed_at_unix) = match at {
+            Some(at) => at.clone(),
+            None => {
+                let signed_at = self.clock.next(&[created_at(&key)?])?;
+                let unix = self.certified_at(&signed_at)?;
+                (signed_at, unix)
+            }
+        };
+        let place = (sequence, previous_head, log_index);
+        let payload = receipt_payload(action, &key, place, &signed_at, mode)?;
         let payload_sha256: [u8; 32] = Sha256::digest(&payload).into();
         if let Some(chain) = self.actors.get_mut(&action.actor) {
             chain.head = Some(ActorHead {
@@ -595,29 +908,191 @@ impl Sequencer {
                 payload_sha256,
             });
         }
-        if let Some(id) = request_id {
-            staged.requests.insert(id.clone(), (fingerprint, log_index));
-            staged.batch.requests.push((id, fingerprint, log_index));
+        let row = ReceiptRow {
+            log_index,
+            actor: action.actor.clone(),
+            sequence,
+            key_id: key.key_id.clone(),
+            payload_sha256,
+            signed_at,
+            // Filled in once the batch's checkpoint is signed.
+            proof_size: 0,
+            proof: Vec::new(),
+        };
+        Ok((active, previous_head, row, signed_at_unix, payload))
+    }
+
+    /// Signs every placed receipt and batch statement at once on the signing threads, then
+    /// appends them in order. Where some fail, all are unplaced; the failed ones (every
+    /// receipt of a failed batch) are answered with their error and the others (`retry`)
+    /// placed and signed once more, so that a key that fails or hangs costs the other
+    /// actors a second signature, not their answer.
+    fn sign_unsigned(&mut self, staged: &mut Staged, retry: bool) {
+        if staged.unsigned.is_empty() {
+            return;
         }
-        staged.receipts.push(PendingReceipt {
-            row: ReceiptRow {
-                log_index,
-                actor: action.actor.clone(),
-                sequence,
-                key_id: key.key_id.clone(),
-                payload_sha256,
-                signed_at,
-                // Filled in once the batch's checkpoint is signed.
-                proof_size: 0,
-                proof: Vec::new(),
-            },
-            envelope,
-            key: active,
-            signed_at_unix,
-            bundle_json: String::new(),
-            reply: Some(reply),
+        let jobs = staged.unsigned.iter().map(Unsigned::job).collect();
+        let results = self.pool.sign_all(jobs);
+        let placed = std::mem::take(&mut staged.unsigned);
+        if results.iter().all(Result::is_ok) {
+            for (unsigned, signature) in placed.into_iter().zip(results) {
+                match (unsigned, signature) {
+                    (Unsigned::Single(p), Ok(signature)) => {
+                        self.append_single(staged, p, &signature)
+                    }
+                    (Unsigned::Batch(b), Ok(signature)) => self.append_batch(staged, b, &signature),
+                    (_, Err(_)) => {}
+                }
+            }
+            return;
+        }
+        let receipts: Vec<&Prepared> = placed.iter().flat_map(Unsigned::receipts).collect();
+        self.unwind_refs(staged, &receipts);
+        let mut survivors: Vec<Unsigned> = Vec::new();
+        for (unsigned, result) in placed.into_iter().zip(results) {
+            match result {
+                Err(e) => {
+                    let e = e.into();
+                    for prepared in unsigned.into_receipts() {
+                        Self::refuse(staged, prepared, &e);
+                    }
+                }
+                Ok(_) if retry => survivors.push(unsigned),
+                Ok(_) => {
+                    let e = SequencerError::Backend(BackendError::Unavailable(
+                        "another signature of its batch failed twice".into(),
+                    ));
+                    for prepared in unsigned.into_receipts() {
+                        Self::refuse(staged, prepared, &e);
+                    }
+                }
+            }
+        }
+        for unsigned in survivors {
+            let batch = matches!(unsigned, Unsigned::Batch(_));
+            let requests: Vec<Request> = unsigned
+                .into_receipts()
+                .into_iter()
+                .map(|p| (p.action, p.request.map(|(id, _)| id), p.reply))
+                .collect();
+            if batch {
+                self.place_batch(staged, requests);
+                continue;
+            }
+            for (action, request_id, reply) in requests {
+                if let Err(e) = self.place(staged, action, request_id, reply) {
+                    let (e, reply) = *e;
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        self.sign_unsigned(staged, false);
+    }
+
+    /// Puts back what placing `placed` changed: the actors' heads and the request ids.
+    fn unwind(&mut self, staged: &mut Staged, placed: &[Prepared]) {
+        let refs: Vec<&Prepared> = placed.iter().collect();
+        self.unwind_refs(staged, &refs);
+    }
+
+    fn unwind_refs(&mut self, staged: &mut Staged, placed: &[&Prepared]) {
+        for prepared in placed.iter().rev() {
+            if let Some(chain) = self.actors.get_mut(&prepared.row.actor) {
+                chain.head = prepared.previous_head;
+            }
+            if let Some((id, _)) = &prepared.request {
+                staged.requests.remove(id);
+            }
+        }
+    }
+
+    /// Answers a placed receipt, and the retries that wait for it, with an error.
+    fn refuse(staged: &mut Staged, prepared: Prepared, error: &SequencerError) {
+        let message = error.to_string();
+        tracing::warn!(actor = %prepared.row.actor, error = %message, "signature failed; request refused");
+        if let Some((id, _)) = &prepared.request {
+            let (waiting, others): (Vec<_>, Vec<_>) = std::mem::take(&mut staged.followers)
+                .into_iter()
+                .partition(|(follower, _)| follower == id);
+            staged.followers = others;
+            for (_, reply) in waiting {
+                let _ = reply.send(Err(same_error(error, &message)));
+            }
+        }
+        let _ = prepared.reply.send(Err(same_error(error, &message)));
+    }
+
+    /// Appends a signed single receipt.
+    fn append_single(&mut self, staged: &mut Staged, prepared: Prepared, signature: &Signature) {
+        let key_id = &prepared.key.record.key_id;
+        let envelope = Envelope::new(IN_TOTO_PAYLOAD_TYPE, &prepared.payload, key_id, signature);
+        // Infallible here: the envelope's base64 was written just now.
+        let bytes = entry::encode(&envelope).unwrap_or_default();
+        self.push_receipt(staged, prepared, bytes, envelope, None);
+    }
+
+    /// Appends the receipts of a batch whose statement is signed: each entry holds its
+    /// seal (leaf index, path, the signed statement), each bundle its batch member.
+    fn append_batch(&mut self, staged: &mut Staged, batch: PreparedBatch, signature: &Signature) {
+        let key_id = &batch.key.record.key_id;
+        let statement = Envelope::new(IN_TOTO_PAYLOAD_TYPE, &batch.statement, key_id, signature);
+        let signature_der = signature.to_der().as_bytes().to_vec();
+        for (leaf, prepared) in batch.receipts.into_iter().enumerate() {
+            let path = batch.tree.path(leaf);
+            let seal = BatchSeal {
+                leaf_index: u32::try_from(leaf).unwrap_or(u32::MAX),
+                path: path.clone(),
+                statement_payload: batch.statement.clone(),
+                statement_signature_der: signature_der.clone(),
+            };
+            let bytes = entry::encode_batch(IN_TOTO_PAYLOAD_TYPE, &prepared.payload, &seal);
+            let envelope = Envelope {
+                payload_type: IN_TOTO_PAYLOAD_TYPE.into(),
+                payload: B64.encode(&prepared.payload),
+                signatures: Vec::new(),
+            };
+            let member = BatchInBundle {
+                statement: statement.clone(),
+                leaf_index: leaf as u64,
+                inclusion_proof: path.iter().map(hex::encode).collect(),
+            };
+            self.push_receipt(staged, prepared, bytes, envelope, Some(member));
+        }
+    }
+
+    /// Appends a receipt's entry to the tree in memory and stages its rows.
+    fn push_receipt(
+        &mut self,
+        staged: &mut Staged,
+        prepared: Prepared,
+        bytes: Vec<u8>,
+        envelope: Envelope,
+        batch: Option<BatchInBundle>,
+    ) {
+        let index = self.append_entry(staged, EntryKind::Receipt, &prepared.row.actor, bytes);
+        debug_assert_eq!(index, prepared.row.log_index);
+        let request_id = prepared.request.map(|(id, fingerprint)| {
+            staged.batch.requests.push((id.clone(), fingerprint, index));
+            id
         });
-        Ok(())
+        staged.receipts.push(PendingReceipt {
+            row: prepared.row,
+            envelope,
+            key: prepared.key,
+            signed_at_unix: prepared.signed_at_unix,
+            bundle_json: String::new(),
+            request_id,
+            reply: Some(prepared.reply),
+            batch,
+        });
+    }
+
+    /// Waits for the batch in flight; if it failed, this batch (staged on top of it) fails.
+    fn settle(&mut self, staged: &mut Staged) {
+        if let Err(message) = self.committer.wait() {
+            staged.poisoned.get_or_insert(message);
+        }
+        self.in_flight_requests.clear();
     }
 
     /// The Unix time of `at` if an installed device certificate is valid then: a receipt or
@@ -673,10 +1148,10 @@ impl Sequencer {
 
     /// A statement signed by the log key, as a log entry.
     fn log_key_entry(&self, payload: &[u8]) -> Result<Vec<u8>, SequencerError> {
-        let signature = self.backend.sign_digest(
-            &self.log.key,
-            &signing_digest(IN_TOTO_PAYLOAD_TYPE, payload),
-        )?;
+        let signature = self.pool.sign(SignJob {
+            key: self.log.key.clone(),
+            message: pae(IN_TOTO_PAYLOAD_TYPE, payload),
+        })?;
         let statement = Envelope::new(IN_TOTO_PAYLOAD_TYPE, payload, &self.log.key_id, &signature);
         entry::encode(&statement)
             .map_err(|e| SequencerError::NotStored(format!("entry encoding: {e}")))
@@ -764,10 +1239,10 @@ impl Sequencer {
             key_ref: previous.key_ref.clone(),
             public_key: previous.public_key,
         };
-        let signature = self.backend.sign_digest(
-            &previous_key,
-            &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload),
-        )?;
+        let signature = self.pool.sign(SignJob {
+            key: previous_key,
+            message: pae(IN_TOTO_PAYLOAD_TYPE, &payload),
+        })?;
         let statement = Envelope::new(IN_TOTO_PAYLOAD_TYPE, &payload, &previous.key_id, &signature);
         let bytes = entry::encode(&statement)
             .map_err(|e| SequencerError::NotStored(format!("entry encoding: {e}")))?;
@@ -830,119 +1305,58 @@ impl Sequencer {
         Ok(())
     }
 
-    /// Signs the batch's checkpoint, proves each receipt against it, commits, then answers.
+    /// Signs what is still unsigned, seals the batch (checkpoint, proofs, bundles), and
+    /// hands it to the commit thread once the batch before is known to be stored; its
+    /// commit then overlaps the signing of the next.
     fn finish(&mut self, mut staged: Staged) {
+        self.sign_unsigned(&mut staged, true);
         if staged.batch.is_empty() {
             return;
         }
-        match self.seal(&mut staged) {
-            Ok(()) => {
-                for pending in &staged.receipts {
-                    tracing::info!(
-                        actor = %pending.row.actor,
-                        sequence = pending.row.sequence,
-                        log_index = pending.row.log_index,
-                        key_id = %pending.row.key_id,
-                        "receipt signed"
-                    );
-                }
-                let answers: HashMap<u64, SignedReceipt> = staged
-                    .receipts
-                    .iter()
-                    .map(|p| (p.row.log_index, receipt_answer(p)))
-                    .collect();
-                for pending in staged.receipts {
-                    if let (Some(reply), Some(answer)) =
-                        (pending.reply, answers.get(&pending.row.log_index))
-                    {
-                        let _ = reply.send(Ok(answer.clone()));
-                    }
-                }
-                for (index, reply) in staged.followers {
-                    let answer = answers
-                        .get(&index)
-                        .cloned()
-                        .ok_or_else(|| SequencerError::NotStored("retry lost its original".into()));
-                    let _ = reply.send(answer);
-                }
-                for reply in staged.key_replies {
-                    let _ = reply.send(Ok(()));
-                }
+        let sealed = self.seal(&mut staged);
+        self.settle(&mut staged);
+        let failure = match (staged.poisoned.take(), sealed) {
+            (Some(message), _) => Some(format!("an earlier batch failed: {message}")),
+            (None, Err(e)) => Some(e.to_string()),
+            (None, Ok(())) => None,
+        };
+        let tree = (self.frontier.size(), self.frontier.root());
+        match failure {
+            None => {
+                self.cache_nodes(&mut staged);
+                self.in_flight_requests = std::mem::take(&mut staged.requests);
+                self.committer.send(staged.into_commit(tree));
             }
-            Err(e) => {
-                tracing::error!(error = %e, "batch failed; nothing in it was acknowledged");
-                let message = e.to_string();
-                for pending in staged.receipts {
-                    if let Some(reply) = pending.reply {
-                        let _ = reply.send(Err(SequencerError::NotStored(message.clone())));
-                    }
-                }
-                for (_, reply) in staged.followers {
-                    let _ = reply.send(Err(SequencerError::NotStored(message.clone())));
-                }
-                for reply in staged.key_replies {
-                    let _ = reply.send(Err(SequencerError::NotStored(message.clone())));
-                }
-                if let Err(e) = self.reload() {
-                    // Memory is ahead of the database and cannot be brought back: signing on
-                    // would leave gaps and forks. Refuse everything until a restart, whose
-                    // start-up check starts from what is on disk.
-                    tracing::error!(error = %e, "cannot reload state after a failed batch; the sequencer halts");
-                    self.halted = Some(format!("the log is halted after a storage failure: {e}"));
-                }
+            Some(message) => {
+                tracing::error!(error = %message, "batch failed; nothing in it was acknowledged");
+                staged.into_commit(tree).answer(Err(&message));
+                self.recover(&message);
             }
         }
     }
 
-    /// Rewrites the hardware's log head record after a commit of `requests` request ids: DB
-    /// commit, then the record, then the answers (a crash between leaves the store ahead of
-    /// the record, which the next start accepts and records).
-    fn record_head(&mut self, requests: usize) -> Result<(), SequencerError> {
-        let Some(head) = self.head else {
-            return Ok(());
-        };
-        let size = self.frontier.size();
-        let requests = if self.head_behind {
-            self.store.request_count_below(size)?
-        } else {
-            head.requests + requests as u64
-        };
-        let next = LogHead {
-            size,
-            root: self.frontier.root(),
-            requests,
-            ..head
-        };
-        if let Err(e) = self.backend.write_log_head(&next.encode()) {
-            self.head_behind = true;
-            tracing::error!(error = %e, size, "cannot record the log head in the hardware; nothing of this batch is acknowledged");
-            return Err(e.into());
+    /// After a failed batch: memory is ahead of the database; rebuild it from the store.
+    fn recover(&mut self, message: &str) {
+        tracing::warn!(error = %message, "reloading the log's state after a failed batch");
+        let _ = self.committer.wait();
+        self.in_flight_requests.clear();
+        if let Err(e) = self.reload() {
+            // Memory is ahead of the database and cannot be brought back: signing on
+            // would leave gaps and forks. Refuse everything until a restart, whose
+            // start-up check starts from what is on disk.
+            tracing::error!(error = %e, "cannot reload state after a failed batch; the sequencer halts");
+            self.halted = Some(format!("the log is halted after a storage failure: {e}"));
         }
-        self.head = Some(next);
-        self.head_behind = false;
-        Ok(())
     }
 
-    /// Brings the record up to the store after a failed rewrite, before a stored answer
-    /// goes out.
-    fn sync_head(&mut self) -> Result<(), SequencerError> {
-        if !self.head_behind {
-            return Ok(());
+    /// The batch's nodes join the cache as it goes to be committed, so that the next batch's
+    /// proofs find them; a failed commit clears the cache ([`reload`](Self::reload)).
+    fn cache_nodes(&mut self, staged: &mut Staged) {
+        let mut cache = self.node_cache.borrow_mut();
+        if cache.len() > NODE_CACHE_LIMIT {
+            cache.clear();
         }
-        let Some(head) = self.head else {
-            return Ok(());
-        };
-        let size = self.store.next_log_index()?;
-        let next = LogHead {
-            size,
-            root: merkle::root_at(&self.store, size)?,
-            requests: self.store.request_count_below(size)?,
-            ..head
-        };
-        self.backend.write_log_head(&next.encode())?;
-        self.head = Some(next);
-        self.head_behind = false;
-        Ok(())
+        cache.extend(staged.nodes.drain());
     }
 
     /// A stored receipt handed to a retry must be the one made for this request: a
@@ -982,67 +1396,126 @@ impl Sequencer {
         let mut staged = Staged::default();
         self.append_entry(&mut staged, EntryKind::LogStart, "", bytes);
         self.seal(&mut staged)?;
+        let tree = (self.frontier.size(), self.frontier.root());
+        self.committer.send(staged.into_commit(tree));
+        self.committer.wait().map_err(SequencerError::NotStored)?;
         tracing::warn!(origin = %self.log.origin, replaced_size = previous.size,
             replaced_log_key = %hex::encode(previous.log_key_id), "new log started; it records the replaced log's head");
         Ok(())
     }
 
+    /// Signs the batch's checkpoint (checked once, on a signing thread), proves each receipt
+    /// against it and builds its bundle.
     fn seal(&mut self, staged: &mut Staged) -> Result<(), SequencerError> {
-        if !staged.batch.entries.is_empty() {
-            let checkpoint = Checkpoint::new(
-                self.log.origin.clone(),
-                self.frontier.size(),
-                self.frontier.root(),
-            )?;
-            let note = checkpoint.signed_note(
-                &self.log.origin,
-                &self.log.spki_der(),
-                |digest| -> Result<_, SequencerError> {
-                    Ok(self.backend.sign_digest(&self.log.key, digest)?)
+        if staged.batch.entries.is_empty() {
+            return Ok(());
+        }
+        let checkpoint = Checkpoint::new(
+            self.log.origin.clone(),
+            self.frontier.size(),
+            self.frontier.root(),
+        )?;
+        let note = checkpoint.signed_note_checked(
+            &self.log.origin,
+            &self.log.spki_der(),
+            |body| -> Result<_, SequencerError> {
+                Ok(self.pool.sign(SignJob {
+                    key: self.log.key.clone(),
+                    message: body.to_vec(),
+                })?)
+            },
+        )?;
+        let certificates = self.certificates.get();
+        let overlay = Overlay {
+            store: &self.store,
+            staged: &staged.nodes,
+            cache: &self.node_cache,
+        };
+        for pending in &mut staged.receipts {
+            let proof =
+                merkle::inclusion_proof(&overlay, pending.row.log_index, checkpoint.size())?;
+            pending.bundle_json = bundles::bundle_json(
+                (pending.envelope.clone(), pending.batch.clone()),
+                bundles::SigningKey {
+                    record: &pending.key.record,
+                    lineage: &pending.key.lineage,
                 },
+                &self.log,
+                bundles::Inclusion {
+                    log_index: pending.row.log_index,
+                    tree_size: checkpoint.size(),
+                    proof: &proof,
+                    checkpoint_note: note.clone(),
+                },
+                &certificates,
+                pending.signed_at_unix,
             )?;
-            let certificates = self.certificates.get();
-            let overlay = Overlay {
-                store: &self.store,
-                staged: &staged.nodes,
-                cache: &self.node_cache,
-            };
-            for pending in &mut staged.receipts {
-                let proof =
-                    merkle::inclusion_proof(&overlay, pending.row.log_index, checkpoint.size())?;
-                pending.bundle_json = bundles::bundle_json(
-                    pending.envelope.clone(),
-                    bundles::SigningKey {
-                        record: &pending.key.record,
-                        lineage: &pending.key.lineage,
-                    },
-                    &self.log,
-                    bundles::Inclusion {
-                        log_index: pending.row.log_index,
-                        tree_size: checkpoint.size(),
-                        proof: &proof,
-                        checkpoint_note: note.clone(),
-                    },
-                    &certificates,
-                    pending.signed_at_unix,
-                )?;
-                pending.row.proof_size = checkpoint.size();
-                pending.row.proof = proof;
-                staged.batch.receipts.push(pending.row.clone());
-            }
-            staged.batch.checkpoint = Some(CheckpointRow {
-                size: checkpoint.size(),
-                root: *checkpoint.root(),
-                note,
-            });
+            pending.row.proof_size = checkpoint.size();
+            pending.row.proof = proof;
+            staged.batch.receipts.push(pending.row.clone());
         }
-        self.store.commit(&staged.batch)?;
-        self.record_head(staged.batch.requests.len())?;
-        let mut cache = self.node_cache.borrow_mut();
-        if cache.len() > NODE_CACHE_LIMIT {
-            cache.clear();
-        }
-        cache.extend(staged.nodes.drain());
+        staged.batch.checkpoint = Some(CheckpointRow {
+            size: checkpoint.size(),
+            root: *checkpoint.root(),
+            note,
+        });
         Ok(())
+    }
+}
+
+/// A receipt's payload (FORMAT.md §3): `place` is (sequence, previous head, log index).
+fn receipt_payload(
+    action: &ValidAction,
+    key: &KeyRecord,
+    (sequence, previous, log_index): (u64, Option<ActorHead>, u64),
+    signed_at: &str,
+    mode: &str,
+) -> Result<Vec<u8>, SequencerError> {
+    Ok(ReceiptStatement::new(
+        &action.document_sha256,
+        ReceiptPredicate {
+            actor: action.actor.clone(),
+            key: KeyRefInReceipt {
+                id: key.key_id.clone(),
+                version: key.version,
+                backend: key.backend.as_str().into(),
+            },
+            action: Action {
+                action_type: action.action_type.clone(),
+                target: action.target.clone(),
+                parent_sha256: action.parent_sha256.map(hex::encode),
+            },
+            context: action.context.clone(),
+            caller: (*action.caller).clone(),
+            signed_at: signed_at.to_owned(),
+            sequence,
+            previous_receipt: previous.map(|h| receipt::Digest {
+                sha256: hex::encode(h.payload_sha256),
+            }),
+            log_index,
+            mode: mode.into(),
+        },
+    )
+    .to_payload()?)
+}
+
+/// The same error again, for another caller: backend faults stay UNAVAILABLE.
+fn same_error(error: &SequencerError, message: &str) -> SequencerError {
+    match error {
+        SequencerError::Backend(e) if e.is_fault() => {
+            SequencerError::Backend(BackendError::Unavailable(message.to_owned()))
+        }
+        SequencerError::Halted(_) => SequencerError::Halted(message.to_owned()),
+        SequencerError::Uncertified(_) => SequencerError::Uncertified(message.to_owned()),
+        SequencerError::UnknownActor(actor) => SequencerError::UnknownActor(actor.clone()),
+        SequencerError::Precondition(_) => SequencerError::Precondition(message.to_owned()),
+        _ => SequencerError::NotStored(message.to_owned()),
+    }
+}
+
+fn hardware_key(record: &KeyRecord) -> HardwareKey {
+    HardwareKey {
+        key_ref: record.key_ref.clone(),
+        public_key: record.public_key,
     }
 }

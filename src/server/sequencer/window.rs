@@ -1,0 +1,91 @@
+//! Batch windows: which actors sign in batch mode, and the requests each open window holds.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use super::{Reply, SignedReceipt};
+use crate::server::{policy::Pattern, validate::ValidAction};
+
+/// A Sign request waiting in a window: the action, its request id, its caller's reply.
+pub(super) type Request = (ValidAction, Option<String>, Reply<SignedReceipt>);
+
+/// Which actors' requests are batched, and how.
+#[derive(Debug, Clone, Default)]
+pub struct BatchRules {
+    /// (actor patterns, window): the first rule whose pattern matches an actor applies.
+    pub rules: Vec<(Vec<Pattern>, Duration)>,
+    /// Most receipts under one batch statement; a window that fills closes at once.
+    pub max_size: usize,
+}
+
+impl BatchRules {
+    /// The window of `actor`'s requests; `None`: each is signed alone (the default).
+    pub fn window(&self, actor: &str) -> Option<Duration> {
+        self.rules
+            .iter()
+            .find(|(patterns, _)| patterns.iter().any(|p| p.matches(actor)))
+            .map(|(_, window)| *window)
+    }
+}
+
+/// One actor's open window.
+pub(super) struct Window {
+    pub deadline: Instant,
+    pub requests: Vec<Request>,
+}
+
+/// The open windows, by actor.
+#[derive(Default)]
+pub(super) struct Windows {
+    open: HashMap<String, Window>,
+}
+
+impl Windows {
+    /// Adds a request to its actor's window (opened now if none is); returns the number of
+    /// requests the window holds.
+    pub fn add(&mut self, window: Duration, request: Request) -> usize {
+        let open = self
+            .open
+            .entry(request.0.actor.clone())
+            .or_insert_with(|| Window {
+                deadline: Instant::now() + window,
+                requests: Vec::new(),
+            });
+        open.requests.push(request);
+        open.requests.len()
+    }
+
+    pub fn is_open(&self, actor: &str) -> bool {
+        self.open.contains_key(actor)
+    }
+
+    /// Closes `actor`'s window: its requests, in arrival order.
+    pub fn close(&mut self, actor: &str) -> Vec<Request> {
+        self.open
+            .remove(actor)
+            .map(|w| w.requests)
+            .unwrap_or_default()
+    }
+
+    /// Closes the windows whose time is up (all of them with `all`), oldest first.
+    pub fn close_due(&mut self, all: bool) -> Vec<Vec<Request>> {
+        let now = Instant::now();
+        let mut due: Vec<(Instant, String)> = self
+            .open
+            .iter()
+            .filter(|(_, w)| all || w.deadline <= now)
+            .map(|(actor, w)| (w.deadline, actor.clone()))
+            .collect();
+        due.sort();
+        due.into_iter()
+            .map(|(_, actor)| self.close(&actor))
+            .collect()
+    }
+
+    /// When the next window closes.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.open.values().map(|w| w.deadline).min()
+    }
+}
