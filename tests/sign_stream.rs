@@ -206,3 +206,74 @@ async fn a_client_past_its_in_flight_bound_is_refused_per_action_and_others_go_o
         .await
         .unwrap();
 }
+
+/// End to end: the daemon in batch mode (its own builder, src/proof/batch.rs) signs streamed
+/// actions as batches; every bundle verifies with the crate's verifier and with the openssl
+/// script as a batch receipt, the batches are whole and consecutive, and the exported log
+/// audits clean, batch seals and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_batch_bundles_verify_offline_and_audit() {
+    let mut lab = new_lab();
+    let config = std::fs::read_to_string(lab.config()).unwrap();
+    std::fs::write(
+        lab.config(),
+        format!("{config}\n[[ledger.batch]]\nactors = [\"{ACTOR}\"]\nwindow_ms = 20\n"),
+    )
+    .unwrap();
+    lab.start_daemon().unwrap();
+    create_key(&lab, ACTOR).await;
+    create_key(&lab, OTHER).await;
+    // 60 actions: within the default in-flight bound of 64.
+    let mut requests: Vec<_> = (1..=50).map(|i| action(i, ACTOR)).collect();
+    requests.extend((51..=60).map(|i| action(i, OTHER)));
+    let answers = burst(&lab, requests).await;
+    let anchors = TrustAnchors::from_pem(&std::fs::read(lab.anchor()).unwrap()).unwrap();
+    let mut verifier = BundleVerifier::new(&anchors);
+    let mut sizes = BTreeMap::new();
+    let mut checked_by_script = 0;
+    for (id, answer) in &answers {
+        let Some(Answer::Signed(signed)) = &answer.result else {
+            panic!("action {id}: {answer:?}");
+        };
+        let v = verifier
+            .verify(signed.bundle_json.as_bytes(), Some(&document(*id)))
+            .unwrap_or_else(|e| panic!("action {id}: {e}"));
+        if v.actor == ACTOR {
+            assert_eq!(v.mode, "batch", "action {id}");
+            let (leaf, size) = v.batch.unwrap();
+            assert_eq!(v.sequence, {
+                let b: serde_json::Value = serde_json::from_str(&signed.bundle_json).unwrap();
+                let statement = receipt_statement(&signed.bundle_json);
+                assert_eq!(b["batch"]["leafIndex"], serde_json::json!(leaf));
+                statement["predicate"]["sequence"].as_u64().unwrap()
+            });
+            sizes.insert(v.sequence - leaf, size);
+            if checked_by_script < 3 {
+                let dir = tempfile::tempdir().unwrap();
+                common::openssl::verify_with_openssl(
+                    &signed.bundle_json,
+                    &lab.anchor(),
+                    Some(&document(*id)),
+                    dir.path(),
+                )
+                .unwrap_or_else(|e| panic!("the openssl script refused action {id}: {e}"));
+                checked_by_script += 1;
+            }
+        } else {
+            assert_eq!((v.mode.as_str(), v.batch), ("single", None), "action {id}");
+        }
+    }
+    // The batches tile sequences 1..=50 without a gap.
+    let mut next = 1;
+    for (first, size) in &sizes {
+        assert_eq!(*first, next, "batches {sizes:?}");
+        next += size;
+    }
+    assert_eq!(next, 51, "batches {sizes:?}");
+    assert!(
+        sizes.len() < 50,
+        "some batch held more than one receipt: {sizes:?}"
+    );
+    let audit = export_and_audit(&lab, "batch-export.json");
+    assert!(audit.contains("60 receipts"), "{audit}");
+}
