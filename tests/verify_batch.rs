@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 use support::make_batch::*;
 use support::make_bundle::*;
 
+/// Replacements in the batch statement: (JSON pointer, value).
+type Overrides = Vec<(String, Value)>;
+
 fn anchors(pem: &str) -> TrustAnchors {
     TrustAnchors::from_pem(pem.as_bytes()).unwrap()
 }
@@ -307,7 +310,7 @@ fn the_statement_must_be_this_keys_about_this_batch() {
 
     let o = BatchOptions::default();
     let actor = o.base.actor.clone();
-    let cases: Vec<(&str, Vec<(String, Value)>, Check)> = vec![
+    let cases: Vec<(&str, Overrides, Check)> = vec![
         (
             "another actor (name and member)",
             vec![
