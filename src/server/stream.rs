@@ -103,9 +103,11 @@ impl StreamSigner for StreamSignerService {
                     (Arc::clone(&signer), answers.clone(), identity.clone());
                 tokio::spawn(async move {
                     let answer = sign_one(&signer, &identity, id, item.request).await;
-                    drop(permit);
                     // A client that went away just misses its answer; the receipt is stored.
                     let _ = answers.send(Ok(answer)).await;
+                    // Held until the answer is queued: a client that does not read its answers
+                    // keeps its slots, so what waits for it stays bounded too.
+                    drop(permit);
                 });
             }
         });
