@@ -224,6 +224,9 @@ struct Open {
     loaded: Vec<([u8; 32], KeyHandle)>,
     /// Keys that may stay loaded: the budget minus the storage primary.
     capacity: usize,
+    /// The log head NV index, opened once per connection (ESYS handle, data size): each
+    /// record write is then one TPM command rather than four.
+    log_head_index: Option<(tss_esapi::handles::NvIndexHandle, usize)>,
 }
 
 /// The TPM backend for one TPM.
@@ -456,6 +459,7 @@ impl Open {
             ak_name: expected.map(|e| e.ak_name.clone()),
             loaded: Vec::new(),
             capacity: max_objects.saturating_sub(1).max(1),
+            log_head_index: None,
         })
     }
 

@@ -1,12 +1,20 @@
 //! The sequencer: the one place where log entries get their index, receipts their per-actor
 //! sequence number and previous-receipt digest, and where the log grows.
 //!
-//! It is a single thread that owns the write connection. Commands that arrive while it works
-//! are taken as a batch: each is signed in order and appended to the Merkle tree, then the
-//! log key signs a checkpoint of the new tree, every receipt of the batch gets its inclusion
-//! proof against it, and the whole batch is committed in one transaction before any caller
-//! is answered (group commit). Ordering is never in doubt, an fsync and a checkpoint
-//! signature are shared by the batch, and nobody is told "signed" before it is on disk.
+//! A pipeline of three stages, so that the one ordering thread does little but order:
+//! - the sequencer thread takes the commands waiting as a batch and places each receipt: log
+//!   index, sequence, previous receipt, time and payload, in arrival order. Batch-mode actors'
+//!   requests first wait in their window (`window.rs`) and are then placed consecutively under
+//!   one batch statement (`proof::batch`);
+//! - the signing threads (`pool.rs`) make the batch's hardware signatures in parallel, each
+//!   re-checked with `ring` before anything uses it, each call bounded by a timeout; the
+//!   sequencer then appends the entries in order, has the log key sign the checkpoint
+//!   (checked once), and proves each receipt against it;
+//! - the commit thread (`commit.rs`) writes the batch in one transaction, rewrites the
+//!   hardware's log head record, and only then answers the callers (group commit), while the
+//!   sequencer already signs the next batch. The next batch is handed over only once this
+//!   one is known to be stored; if it failed, the next one (staged on top of it) fails too
+//!   and the state is rebuilt from the store. Nobody is told "signed" before it is on disk.
 
 use std::{collections::HashMap, sync::Arc, thread};
 

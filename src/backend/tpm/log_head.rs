@@ -96,23 +96,48 @@ pub(super) fn read(backend: &TpmBackend) -> Result<Option<Vec<u8>>, BackendError
 pub(super) fn write(backend: &TpmBackend, record: &[u8]) -> Result<(), BackendError> {
     let buffer = MaxNvBuffer::try_from(record.to_vec()).map_err(failed("NV buffer"))?;
     backend.run(|open| {
-        if !defined(&mut open.ctx)? {
-            define(&mut open.ctx, record.len())?;
-        }
-        with_index(&mut open.ctx, |ctx, handle, size, _| {
-            if size != record.len() {
-                return Err(BackendError::KeyRefused(format!(
-                    "NV index {LOG_HEAD_NV_INDEX:#x} holds {size} bytes, a log head record is {}; \
-                     it is not actseal's (undefine it or free the index)",
-                    record.len()
-                )));
+        let (handle, size) = match open.log_head_index {
+            Some(found) => found,
+            None => {
+                if !defined(&mut open.ctx)? {
+                    define(&mut open.ctx, record.len())?;
+                }
+                let found = open_index(&mut open.ctx)?;
+                open.log_head_index = Some(found);
+                found
             }
-            ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
+        };
+        if size != record.len() {
+            return Err(BackendError::KeyRefused(format!(
+                "NV index {LOG_HEAD_NV_INDEX:#x} holds {size} bytes, a log head record is {}; \
+                 it is not actseal's (undefine it or free the index)",
+                record.len()
+            )));
+        }
+        // A failure drops the connection (`run`), and the cached handle with it.
+        open.ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
                 ctx.nv_write(NvAuth::Owner, handle, buffer.clone(), 0)
             })
             .map_err(failed("NV write log head"))
-        })
     })
+}
+
+/// An ESYS handle for the (defined) index and its data size, kept open for the connection:
+/// it holds nothing in the TPM, only in ESYS.
+fn open_index(ctx: &mut Context) -> Result<(NvIndexHandle, usize), BackendError> {
+    let nv = TpmHandle::NvIndex(index()?);
+    let mut object = ctx
+        .execute_without_session(|ctx| ctx.tr_from_tpm_public(nv))
+        .map_err(failed("open NV index"))?;
+    let handle = NvIndexHandle::from(object);
+    match ctx.execute_without_session(|ctx| ctx.nv_read_public(handle)) {
+        Ok((public, _)) => Ok((handle, public.data_size())),
+        Err(e) => {
+            let _ = ctx.tr_close(&mut object);
+            Err(failed("read NV index public area")(e))
+        }
+    }
 }
 
 fn define(ctx: &mut Context, size: usize) -> Result<(), BackendError> {
