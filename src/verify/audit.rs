@@ -475,6 +475,9 @@ impl Replay<'_> {
                 ));
             }
         };
+        if statement.key_id != key_id {
+            return Err("a leaf names another key than its batch statement".into());
+        }
         batch::check_leaf(&statement, &member, &entry.payload)?;
         let receipt =
             statement::check_receipt(&entry.payload_type, &entry.payload, key_id, MODE_BATCH)?;

@@ -45,6 +45,7 @@ pub(crate) struct BatchMember {
 #[derive(Debug, Clone)]
 pub(crate) struct BatchStatement {
     pub(crate) actor: String,
+    pub(crate) key_id: String,
     pub(crate) key_version: u64,
     pub(crate) backend: String,
     pub(crate) size: u64,
@@ -110,6 +111,7 @@ pub(crate) fn check_statement(envelope: &Envelope, key_id: &str) -> Result<Batch
     statement::parse_time("the batch statement's predicate.signedAt", &p.signed_at)?;
     Ok(BatchStatement {
         actor: p.actor,
+        key_id: p.key.id,
         key_version: p.key.version,
         backend: p.key.backend,
         size: p.size,
