@@ -633,6 +633,60 @@ mod tests {
     }
 
     #[test]
+    fn batch_rules_signing_threads_and_timeouts_are_checked() {
+        let ok = format!(
+            "{GOOD}\n[ledger]\nsigning_threads = 8\nhardware_timeout_ms = 800\nmax_batch_size = 64\n\
+             [[ledger.batch]]\nactors = [\"spiffe://acme.example/agents/*\"]\nwindow_ms = 5\n"
+        );
+        let settings = Config::parse(&ok, Path::new("t.toml"))
+            .unwrap()
+            .ledger
+            .signing_settings();
+        assert_eq!(settings.threads, 8);
+        assert_eq!(settings.hardware_timeout.as_millis(), 800);
+        assert_eq!(settings.batching.max_size, 64);
+        let window = settings.batching.window("spiffe://acme.example/agents/pay");
+        assert_eq!(window.map(|w| w.as_millis()), Some(5));
+        assert!(
+            settings
+                .batching
+                .window("spiffe://other.example/x")
+                .is_none()
+        );
+        let defaults = Config::parse(GOOD, Path::new("t.toml"))
+            .unwrap()
+            .ledger
+            .signing_settings();
+        assert_eq!((defaults.threads, defaults.batching.max_size), (4, 256));
+        assert!(
+            defaults
+                .batching
+                .window("spiffe://acme.example/agents/pay")
+                .is_none()
+        );
+        for (bad, says) in [
+            ("signing_threads = 0", "signing_threads"),
+            ("hardware_timeout_ms = 10", "hardware_timeout_ms"),
+            ("max_batch_size = 5000", "max_batch_size"),
+            (
+                "[[ledger.batch]]\nactors = [\"a\"]\nwindow_ms = 0",
+                "window_ms",
+            ),
+            ("[[ledger.batch]]\nactors = []\nwindow_ms = 5", "actors"),
+            (
+                "[[ledger.batch]]\nactors = [\"a***\"]\nwindow_ms = 5",
+                "actors",
+            ),
+        ] {
+            let text = format!("{GOOD}\n[ledger]\n{bad}\n");
+            let err = Config::parse(&text, Path::new("t.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn batch_window_is_bounded_by_a_second() {
         let ok = format!("{GOOD}\n[ledger]\nbatch_window_ms = 1000\n");
         assert_eq!(

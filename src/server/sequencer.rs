@@ -827,41 +827,17 @@ impl Sequencer {
                 }
             }
         }
-        let Some(first) = receipts.first() else {
+        if receipts.is_empty() {
             return;
-        };
-        let predicate = BatchPredicate {
-            actor: actor.clone(),
-            key: KeyRefInReceipt {
-                id: key.record.key_id.clone(),
-                version: key.record.version,
-                backend: key.record.backend.as_str().into(),
-            },
-            size: receipts.len() as u64,
-            first_sequence: first.row.sequence,
-            first_log_index,
-            signed_at: at.0.clone(),
-        };
-        let payloads: Vec<&[u8]> = receipts.iter().map(|p| p.payload.as_slice()).collect();
-        let tree = BatchTree::new(&payloads);
-        let statement = tree
-            .as_ref()
-            .ok_or_else(|| SequencerError::NotStored("empty batch".into()))
-            .and_then(|tree| Ok(BatchStatement::new(&tree.root(), predicate).to_payload()?));
-        match (tree, statement) {
-            (Some(tree), Ok(statement)) => staged.unsigned.push(Unsigned::Batch(PreparedBatch {
-                receipts,
-                tree,
-                statement,
-                key,
-            })),
-            (_, Err(e)) => {
+        }
+        match prepared_batch(receipts, key, &at, first_log_index) {
+            Ok(batch) => staged.unsigned.push(Unsigned::Batch(batch)),
+            Err((e, receipts)) => {
                 self.unwind(staged, &receipts);
                 for prepared in receipts {
                     Self::refuse(staged, prepared, &e);
                 }
             }
-            (None, Ok(_)) => {}
         }
     }
 
@@ -954,6 +930,18 @@ impl Sequencer {
             }
             return;
         }
+        self.refuse_failed(staged, placed, results, retry);
+    }
+
+    /// After a failed signature in a batch: unplaces every receipt, refuses the failed ones
+    /// and places and signs the others again (`retry`), or refuses them too.
+    fn refuse_failed(
+        &mut self,
+        staged: &mut Staged,
+        placed: Vec<Unsigned>,
+        results: Vec<Result<Signature, BackendError>>,
+        retry: bool,
+    ) {
         let receipts: Vec<&Prepared> = placed.iter().flat_map(Unsigned::receipts).collect();
         self.unwind_refs(staged, &receipts);
         let mut survivors: Vec<Unsigned> = Vec::new();
@@ -1505,6 +1493,41 @@ fn receipt_payload(
         },
     )
     .to_payload()?)
+}
+
+/// A batch of placed receipts (at least one) with its tree and the statement over its root;
+/// the receipts back with the error if the statement cannot be encoded.
+fn prepared_batch(
+    receipts: Vec<Prepared>,
+    key: ActiveKey,
+    (signed_at, _): &(String, i64),
+    first_log_index: u64,
+) -> Result<PreparedBatch, (SequencerError, Vec<Prepared>)> {
+    let payloads: Vec<&[u8]> = receipts.iter().map(|p| p.payload.as_slice()).collect();
+    let (Some(tree), Some(first)) = (BatchTree::new(&payloads), receipts.first()) else {
+        return Err((SequencerError::NotStored("an empty batch".into()), receipts));
+    };
+    let predicate = BatchPredicate {
+        actor: first.row.actor.clone(),
+        key: KeyRefInReceipt {
+            id: key.record.key_id.clone(),
+            version: key.record.version,
+            backend: key.record.backend.as_str().into(),
+        },
+        size: receipts.len() as u64,
+        first_sequence: first.row.sequence,
+        first_log_index,
+        signed_at: signed_at.clone(),
+    };
+    match BatchStatement::new(&tree.root(), predicate).to_payload() {
+        Ok(statement) => Ok(PreparedBatch {
+            receipts,
+            tree,
+            statement,
+            key,
+        }),
+        Err(e) => Err((e.into(), receipts)),
+    }
 }
 
 /// The same error again, for another caller: backend faults stay UNAVAILABLE.
