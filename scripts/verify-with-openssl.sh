@@ -25,6 +25,8 @@ BUNDLE_TYPE=application/vnd.actseal.bundle.v1+json
 PAYLOAD_TYPE=application/vnd.in-toto+json
 STATEMENT_TYPE=https://in-toto.io/Statement/v1
 RECEIPT_TYPE=https://actseal.dev/receipt/v1
+BATCH_TYPE=https://actseal.dev/receipt-batch/v1
+SEAL_MAGIC='actseal-batch-seal/v1'  # then a newline (§12.3)
 PKCS11_LINEAGE_TYPE=https://actseal.dev/lineage/pkcs11-attributes/v2
 ROTATION_TYPE=https://actseal.dev/rotation/v1
 TPM_EXTRA_DATA_DOMAIN=actseal/tpm2-certify/v2
@@ -73,6 +75,28 @@ p256() {
   [ "$(wc -c < "$1")" -eq 91 ] && [ "$(head -c 26 "$1" | hex)" = "$P256_SPKI_PREFIX" ] \
     || fail "$3 is not an EC P-256 public key"
   openssl pkey -pubin -inform DER -in "$1" -out "$2" 2>/dev/null || fail "$3 is not a P-256 point"
+}
+# path_root INDEX SIZE LEAF PATH: $R := the root that the RFC 9162 inclusion proof in file PATH
+# (hex hashes, one a line, leaf side first) leads to from leaf hash LEAF at INDEX of a tree of
+# SIZE (§2.1.3.2, shell arithmetic; node hashes SHA-256(01 || left || right)).
+node() { printf '01%s%s' "$1" "$2" | unhex | sha256; }
+path_root() {
+  R=$3 FN=$1 SN=$(($2 - 1))
+  for P in $(cat "$4"); do
+    case $P in *[!0-9a-f]*) fail "inclusion proof hash '$P' is not lowercase hex";; esac
+    [ ${#P} -eq 64 ] || fail "inclusion proof hash '$P' is not 32 bytes"
+    [ "$SN" -ne 0 ] || fail "the inclusion proof is longer than the tree is tall"
+    if [ $((FN & 1)) -eq 1 ] || [ "$FN" -eq "$SN" ]; then
+      R=$(node "$P" "$R")
+      if [ $((FN & 1)) -eq 0 ]; then
+        while [ "$FN" -ne 0 ] && [ $((FN & 1)) -eq 0 ]; do FN=$((FN >> 1)) SN=$((SN >> 1)); done
+      fi
+    else
+      R=$(node "$R" "$P")
+    fi
+    FN=$((FN >> 1)) SN=$((SN >> 1))
+  done
+  [ "$SN" -eq 0 ] || fail "the inclusion proof is shorter than the tree is tall"
 }
 pae() {  # pae PAYLOAD_TYPE BODY_FILE > PAE_FILE   (§2)
   printf 'DSSEv1 %d %s %d ' "$(printf '%s' "$1" | wc -c)" "$1" "$(wc -c < "$2")"
@@ -343,6 +367,11 @@ expect "$B" "the bundle" 'def text: type == "string";
     "array" and all(.certificateChain[]; text) and has("statement") != has("tpm2Certify");
   ["mediaType", .mediaType == $type],
   ["receipt", (.receipt | type) == "object" and (.receipt.signatures | type) == "array"],
+  ["receipt: its own signature and no batch member, or a batch member and no signature (§12)",
+   if has("batch") then (.receipt.signatures | length) == 0 and (.batch | type) == "object"
+   and (.batch.statement.signatures | type == "array" and length == 1)
+   and (.batch.leafIndex | count) and (.batch.inclusionProof | type) == "array"
+   and all(.batch.inclusionProof[]; text) else (.receipt.signatures | length) == 1 end],
   ["actorKey", (.actorKey.publicKey | text) and (.actorKey.keyId | text)],
   ["lineage: a device certificate, its chain, a statement or a tpm2Certify", (.lineage | lineage)],
   ["lineage.predecessors", (.lineage.predecessors // [] | type == "array"
@@ -357,10 +386,11 @@ expect "$B" "the bundle" 'def text: type == "string";
    and (.lineage | lineage))]' \
   '(.actorKey | .publicKey, .keyId), (.lineage | (.predecessors // [] | length),
    (.rotations // [] | length)), (.log | .index, .treeSize, .logKey.publicKey, .logKey.keyId,
-   .logKey.lineage.backend)' --arg type "$BUNDLE_TYPE"
+   .logKey.lineage.backend), if has("batch") then "batch" else "single" end' \
+  --arg type "$BUNDLE_TYPE"
 { read -r _; read -r ACTOR_KEY; read -r ACTOR_KEY_ID; read -r PREDECESSORS; read -r ROTATIONS
   read -r INDEX; read -r SIZE; read -r LOG_KEY; read -r LOG_KEY_ID; read -r LOG_BACKEND
-} < expect.out
+  read -r MODE; } < expect.out
 
 # receipt.signature: key ids are the SHA-256 of the key's SubjectPublicKeyInfo DER.
 step receipt.signature
@@ -369,7 +399,40 @@ printf '%s' "$ACTOR_KEY" | base64 -d > actor.spki.der 2>/dev/null \
 p256 actor.spki.der actor.pub.pem actorKey.publicKey
 KEYID=$(sha256 actor.spki.der)
 same actorKey.keyId "$ACTOR_KEY_ID" "$KEYID"
-dsse "$B" .receipt actor.pub.pem "$KEYID" receipt "the receipt"
+if [ "$MODE" = single ]; then
+  dsse "$B" .receipt actor.pub.pem "$KEYID" receipt "the receipt"
+else
+  # A batch receipt (§12): the actor key signed the batch statement; receipt.batch then proves
+  # the receipt payload is the leaf it claims under the statement's root.
+  dsse "$B" .batch.statement actor.pub.pem "$KEYID" batch "the batch statement"
+  step receipt.batch
+  # format: the batch statement (§12.2).
+  expect batch.json "the batch statement" '
+    ["_type", ._type == $st], ["predicateType", .predicateType == $type],
+    ["one subject", (.subject | length) == 1],
+    ["subject digest", (.subject[0].digest.sha256 | test("^[0-9a-f]{64}$"))],
+    ["predicate.key.id", .predicate.key.id == $key],
+    ["predicate.size", (.predicate.size | type == "number" and . >= 1 and . == floor)],
+    ["predicate.firstSequence",
+     (.predicate.firstSequence | type == "number" and . >= 1 and . == floor)],
+    ["predicate.key.version",
+     (.predicate.key.version | type == "number" and . >= 1 and . == floor)],
+    ["subject name", .subject[0].name == "receipt-batch:\(.predicate.actor)#\(.predicate.key.version)/\(.predicate.firstSequence)"]' \
+    '.predicate.size, .subject[0].digest.sha256' \
+    --arg st "$STATEMENT_TYPE" --arg type "$BATCH_TYPE" --arg key "$KEYID"
+  { read -r _; read -r BATCH_SIZE; read -r BATCH_ROOT; } < expect.out
+  jq -r '.receipt.payload' "$B" | base64 -d > receipt.json 2>/dev/null \
+    || fail "receipt.payload is not base64"
+  LEAF=$(jq -r .batch.leafIndex "$B")
+  jq -r '.batch.inclusionProof[]' "$B" > batch.path
+  [ "$LEAF" -lt "$BATCH_SIZE" ] || fail "batch.leafIndex $LEAF is not in a batch of $BATCH_SIZE"
+  path_root "$LEAF" "$BATCH_SIZE" "$({ printf 00 | unhex; cat receipt.json; } | sha256)" batch.path
+  same "the root the batch inclusion proof leads to" "$R" "$BATCH_ROOT"
+  # The log entry's signature slot holds the batch seal (§12.3), built here as receipt.sig.der.
+  { printf '%s\n' "$SEAL_MAGIC"; u32be "$LEAF"; printf '%02X' "$(wc -l < batch.path)" | unhex
+    tr -d '\n' < batch.path | unhex; u32be "$(wc -c < batch.json)"; cat batch.json
+    u32be "$(wc -c < batch.sig.der)"; cat batch.sig.der; } > receipt.sig.der
+fi
 
 # receipt.statement: what the receipt says (§3; `actseal verify` checks the finer rules).
 step receipt.statement
@@ -385,12 +448,23 @@ expect receipt.json "the receipt" '
   ["previousReceipt null exactly at sequence 1",
    (.predicate.sequence == 1) == (.predicate.previousReceipt == null)],
   ["predicate.logIndex", (.predicate.logIndex | type == "number")],
-  ["predicate.mode", .predicate.mode == "single"]' \
+  ["predicate.mode: single with its own signature, batch with a batch member",
+   .predicate.mode == $mode]' \
   '.predicate | .key.version, .key.backend, .signedAt, .logIndex' \
-  --arg st "$STATEMENT_TYPE" --arg type "$RECEIPT_TYPE" --arg key "$KEYID"
+  --arg st "$STATEMENT_TYPE" --arg type "$RECEIPT_TYPE" --arg key "$KEYID" --arg mode "$MODE"
 jq -j .predicate.actor receipt.json > actor.txt
 { read -r _; read -r VERSION; read -r BACKEND; read -r SIGNED; read -r LOG_INDEX; } < expect.out
 epoch predicate.signedAt "$SIGNED"; SIGNED_AT=$EPOCH
+if [ "$MODE" = batch ]; then
+  # format: a leaf is the receipt the batch statement places there (§12.4).
+  expect receipt.json "the receipt" '.predicate as $p | $b[0].predicate as $s |
+    ["actor", $p.actor == $s.actor], ["key version", $p.key.version == $s.key.version],
+    ["key backend", $p.key.backend == $s.key.backend], ["signedAt", $p.signedAt == $s.signedAt],
+    ["sequence = firstSequence + leafIndex", $p.sequence == $s.firstSequence + $leaf],
+    ["logIndex = firstLogIndex + leafIndex", $p.logIndex == $s.firstLogIndex + $leaf]' empty \
+    --slurpfile b batch.json --argjson leaf "$LEAF"
+  same receipt.payloadType "$(jq -r .receipt.payloadType "$B")" "$PAYLOAD_TYPE"
+fi
 
 # receipt.document (when the auditor has the document)
 if [ -n "$DOC" ]; then
@@ -522,24 +596,8 @@ number log.index "$INDEX"
 same log.index "$INDEX" "$LOG_INDEX"
 { u32be ${#PAYLOAD_TYPE}; printf '%s' "$PAYLOAD_TYPE"; u32be "$(wc -c < receipt.json)"
   cat receipt.json; u32be "$(wc -c < receipt.sig.der)"; cat receipt.sig.der; } > entry
-R=$({ printf 00 | unhex; cat entry; } | sha256)
-node() { printf '01%s%s' "$1" "$2" | unhex | sha256; }
 [ "$INDEX" -lt "$SIZE" ] || fail "leaf $INDEX is not in a tree of $SIZE"
-FN=$INDEX SN=$((SIZE - 1))
-for P in $(jq -r '.log.inclusionProof[]' "$B"); do
-  case $P in *[!0-9a-f]*) fail "inclusion proof hash '$P' is not lowercase hex";; esac
-  [ ${#P} -eq 64 ] || fail "inclusion proof hash '$P' is not 32 bytes"
-  [ "$SN" -ne 0 ] || fail "the inclusion proof is longer than the tree is tall"
-  if [ $((FN & 1)) -eq 1 ] || [ "$FN" -eq "$SN" ]; then
-    R=$(node "$P" "$R")
-    if [ $((FN & 1)) -eq 0 ]; then
-      while [ "$FN" -ne 0 ] && [ $((FN & 1)) -eq 0 ]; do FN=$((FN >> 1)) SN=$((SN >> 1)); done
-    fi
-  else
-    R=$(node "$R" "$P")
-  fi
-  FN=$((FN >> 1)) SN=$((SN >> 1))
-done
-[ "$SN" -eq 0 ] || fail "the inclusion proof is shorter than the tree is tall"
+jq -r '.log.inclusionProof[]' "$B" > log.path
+path_root "$INDEX" "$SIZE" "$({ printf 00 | unhex; cat entry; } | sha256)" log.path
 same "the root the inclusion proof leads to" "$R" "$ROOT"
 echo "bundle verified"

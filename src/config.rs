@@ -40,6 +40,19 @@ pub struct Config {
     /// Witnesses and timestamp authorities (docs/CONFIG.md `[anchor]`).
     #[serde(default)]
     pub anchor: crate::anchor::AnchorConfig,
+    /// Benchmark aids (docs/CONFIG.md `[testing]`); never for production.
+    #[serde(default)]
+    pub testing: TestingConfig,
+}
+
+/// `[testing]`: benchmark aids that change how fast the hardware is, never what is signed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestingConfig {
+    /// Limit the backend to this many signatures a second, one at a time: an emulated
+    /// discrete TPM (`backend::throttle`). Absent: the backend's own speed.
+    #[serde(default)]
+    pub emulate_signatures_per_second: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -197,6 +210,13 @@ pub struct LimitsConfig {
     /// Time a connection may stay open with no request in flight.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_ms: u64,
+    /// Actions of `SignStream` in flight per caller, over all its streams.
+    #[serde(default = "default_stream_actions")]
+    pub max_stream_actions_in_flight: usize,
+}
+
+fn default_stream_actions() -> usize {
+    64
 }
 
 fn default_per_caller() -> usize {
@@ -223,6 +243,7 @@ impl Default for LimitsConfig {
             max_concurrent_streams: default_streams(),
             header_timeout_ms: default_header_timeout(),
             idle_timeout_ms: default_idle_timeout(),
+            max_stream_actions_in_flight: default_stream_actions(),
         }
     }
 }
@@ -241,6 +262,10 @@ impl LimitsConfig {
             ),
             ("header_timeout_ms", self.header_timeout_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
+            (
+                "max_stream_actions_in_flight",
+                self.max_stream_actions_in_flight as u64,
+            ),
         ];
         match positive.iter().find(|(_, v)| *v == 0) {
             Some((key, _)) => Err(format!("server.limits.{key} must be at least 1")),

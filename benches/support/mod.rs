@@ -3,6 +3,8 @@
 // Each bench uses some of these.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -85,4 +87,107 @@ pub async fn daemon_rate(lab: &Lab, actor: &str, clients: usize) -> (f64, Durati
         percentile(&all, 0.5),
         percentile(&all, 0.99),
     )
+}
+
+/// `SignStream` actions per second as `actor` with `clients` concurrent streams, each on its
+/// own connection keeping `in_flight` actions outstanding (sending the next as an answer
+/// comes); with the p50 and p99 latency from sending an action to its answer. Panics on any
+/// per-action error.
+pub async fn stream_rate(
+    lab: &Lab,
+    actor: &str,
+    clients: usize,
+    in_flight: usize,
+) -> (f64, Duration, Duration) {
+    use actseal::api::{
+        SignStreamRequest, sign_stream_response::Result as Answer,
+        stream_signer_client::StreamSignerClient,
+    };
+    use tokio_stream::StreamExt;
+    let duration = phase_seconds();
+    let document = vec![b'x'; 512];
+    let request = SignRequest {
+        actor: actor.to_owned(),
+        action_type: "bench.action".into(),
+        target: "bench:target".into(),
+        action: Some(Action::Document(document)),
+        context: Default::default(),
+        parent_action_sha256: vec![],
+        request_id: String::new(),
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let channel = actseal::cli::connect_unix(&lab.socket()).await.unwrap();
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(in_flight);
+            let mut answers = StreamSignerClient::new(channel)
+                .sign_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut sent_at = std::collections::HashMap::new();
+            let mut next = 0u64;
+            let start = Instant::now();
+            for _ in 0..in_flight {
+                sent_at.insert(next, Instant::now());
+                tx.send(SignStreamRequest {
+                    correlation_id: next,
+                    request: Some(request.clone()),
+                })
+                .await
+                .unwrap();
+                next += 1;
+            }
+            let mut latencies = Vec::new();
+            while let Some(answer) = answers.next().await {
+                let answer = answer.unwrap();
+                match answer.result {
+                    Some(Answer::Signed(_)) => {}
+                    other => panic!("stream action failed: {other:?}"),
+                }
+                let sent = sent_at.remove(&answer.correlation_id).unwrap();
+                // Only actions sent within the phase count.
+                if start.elapsed() < duration {
+                    latencies.push(sent.elapsed());
+                    sent_at.insert(next, Instant::now());
+                    tx.send(SignStreamRequest {
+                        correlation_id: next,
+                        request: Some(request.clone()),
+                    })
+                    .await
+                    .unwrap();
+                    next += 1;
+                } else if sent_at.is_empty() {
+                    break;
+                }
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all.sort();
+    (
+        all.len() as f64 / duration.as_secs_f64(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+    )
+}
+
+/// The daemon's resident set (VmRSS) and its peak (VmHWM), in KiB, from /proc.
+pub fn daemon_rss_kib(lab: &Lab) -> (u64, u64) {
+    let pid = lab.daemon_pid().expect("the daemon runs");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }

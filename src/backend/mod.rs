@@ -6,6 +6,7 @@
 
 pub mod outage;
 pub mod pkcs11;
+pub mod throttle;
 pub mod tpm;
 
 use std::fmt;

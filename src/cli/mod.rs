@@ -54,8 +54,10 @@ enum Command {
     Sign(SignArgs),
     /// Verify a proof bundle offline.
     Verify {
-        /// The bundle (JSON) to verify.
-        bundle: PathBuf,
+        /// The bundle (JSON) to verify; several bundles are verified in one run, what they
+        /// share checked once (without --document), one line each.
+        #[arg(required = true)]
+        bundle: Vec<PathBuf>,
         /// The operator's trust anchor: the CA certificate (PEM).
         #[arg(long)]
         trust: PathBuf,
@@ -588,10 +590,27 @@ pub fn main() -> ExitCode {
             tsa_trust,
         } => {
             init_logging("warn", false);
-            return operator::verify(
+            if let [one] = bundle.as_slice() {
+                return operator::verify(
+                    one,
+                    &trust,
+                    document.as_deref(),
+                    log_origin.as_deref(),
+                    at,
+                    tsa_trust.as_deref(),
+                    witness_policy.as_deref(),
+                );
+            }
+            if document.is_some() {
+                eprintln!(
+                    "actseal verify: --document goes with one bundle, not {}",
+                    bundle.len()
+                );
+                return ExitCode::from(2);
+            }
+            return operator::verify_many(
                 &bundle,
                 &trust,
-                document.as_deref(),
                 log_origin.as_deref(),
                 at,
                 tsa_trust.as_deref(),

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 
 #[cfg(feature = "daemon")]
 use super::{CaCommand, DeviceCommand, TokenCommand};
-use crate::verify::{TrustAnchors, verify_bundle};
+use crate::verify::{BundleVerifier, TrustAnchors, verify_bundle};
 #[cfg(feature = "daemon")]
 use crate::{
     backend::{Backend, pkcs11},
@@ -100,20 +100,8 @@ pub fn verify(
             return ExitCode::from(2);
         }
     };
-    let tsa = match tsa_trust.map(|p| {
-        std::fs::read(p)
-            .map_err(|e| format!("cannot read {}: {e}", p.display()))
-            .and_then(|pem| crate::verify::timestamp::TsaAnchors::from_pem(&pem))
-    }) {
-        None => None,
-        Some(Ok(anchors)) => Some(anchors),
-        Some(Err(e)) => {
-            eprintln!("actseal verify: --tsa-trust: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let policy = match witness_policy.map(read_witness_policy).transpose() {
-        Ok(policy) => policy,
+    let anchoring = match Anchoring::read(tsa_trust, witness_policy) {
+        Ok(anchoring) => anchoring,
         Err(e) => {
             eprintln!("actseal verify: {e}");
             return ExitCode::from(2);
@@ -125,48 +113,48 @@ pub fn verify(
         };
         let verified =
             verify_bundle(bundle_bytes, anchors, document.as_deref()).map_err(|e| e.to_string())?;
-        if let Some(origin) = log_origin
-            && verified.log_origin != origin
-        {
-            return Err(format!(
-                "log.origin: the bundle is from log {:?}, not {origin:?}",
-                verified.log_origin
-            ));
-        }
-        if let Some(at) = at {
-            let signed = time::OffsetDateTime::parse(
-                &verified.signed_at,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .map_err(|e| format!("receipt.statement: signedAt: {e}"))?;
-            if signed.unix_timestamp() > at {
-                return Err(format!(
-                    "receipt.statement: signed at {}, after the time given with --at",
-                    verified.signed_at
-                ));
-            }
-        }
-        let witnessed = match &policy {
-            Some(policy) => witness_report(policy, bundle_bytes)?,
-            None => String::new(),
-        };
-        let stamps = match &tsa {
-            Some(tsa) => crate::verify::verify_bundle_timestamps(bundle_bytes, &verified, tsa)
-                .map_err(|e| e.to_string())?
-                .to_string(),
-            None => String::new(),
-        };
-        let stamps = if stamps.is_empty() {
-            stamps
-        } else {
-            format!("\n{stamps}")
-        };
-        Ok(format!(
-            "VERIFIED {}\n{verified}{witnessed}{}",
-            bundle.display(),
-            stamps.trim_end()
-        ))
+        check_origin_and_time(&verified, log_origin, at)?;
+        let anchored = anchoring.check(bundle_bytes, &verified)?;
+        Ok(format!("VERIFIED {}\n{verified}{anchored}", bundle.display()))
     })
+}
+
+/// What `--tsa-trust` and `--witness-policy` ask of a bundle beyond `verify_bundle`.
+struct Anchoring {
+    tsa: Option<crate::verify::timestamp::TsaAnchors>,
+    policy: Option<crate::verify::witness_policy::WitnessPolicy>,
+}
+
+impl Anchoring {
+    fn read(tsa_trust: Option<&Path>, witness_policy: Option<&Path>) -> Result<Self, String> {
+        let tsa = tsa_trust
+            .map(|p| {
+                std::fs::read(p)
+                    .map_err(|e| format!("cannot read {}: {e}", p.display()))
+                    .and_then(|pem| crate::verify::timestamp::TsaAnchors::from_pem(&pem))
+                    .map_err(|e| format!("--tsa-trust: {e}"))
+            })
+            .transpose()?;
+        let policy = witness_policy.map(read_witness_policy).transpose()?;
+        Ok(Anchoring { tsa, policy })
+    }
+
+    /// `log.witnesses` and `log.timestamp` on a bundle `verify_bundle` accepted: the lines
+    /// they add to the report (empty when neither was asked for).
+    fn check(&self, bundle: &[u8], verified: &crate::verify::Verified) -> Result<String, String> {
+        let mut report = match &self.policy {
+            Some(policy) => witness_report(policy, bundle)?,
+            None => String::new(),
+        };
+        if let Some(tsa) = &self.tsa {
+            let stamps = crate::verify::verify_bundle_timestamps(bundle, verified, tsa)
+                .map_err(|e| e.to_string())?
+                .to_string();
+            report.push('\n');
+            report.push_str(stamps.trim_end());
+        }
+        Ok(report)
+    }
 }
 
 fn read_witness_policy(
@@ -202,6 +190,106 @@ fn witness_report(
         "\n  witnesses:    {} (policy met)",
         cosigned.join(", ")
     ))
+}
+
+/// `--log-origin` and `--at`, checked on a verified bundle.
+fn check_origin_and_time(
+    verified: &crate::verify::Verified,
+    log_origin: Option<&str>,
+    at: Option<i64>,
+) -> Result<(), String> {
+    if let Some(origin) = log_origin
+        && verified.log_origin != origin
+    {
+        return Err(format!(
+            "log.origin: the bundle is from log {:?}, not {origin:?}",
+            verified.log_origin
+        ));
+    }
+    if let Some(at) = at {
+        let signed = time::OffsetDateTime::parse(
+            &verified.signed_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|e| format!("receipt.statement: signedAt: {e}"))?;
+        if signed.unix_timestamp() > at {
+            return Err(format!(
+                "receipt.statement: signed at {}, after the time given with --at",
+                verified.signed_at
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `actseal verify` of several bundles (without a document): one line each, `VERIFIED` or
+/// `FAILED`, then a count. What the bundles share (lineage, log key, checkpoints, batch
+/// statements) is checked once ([`BundleVerifier`]). 0 all verified, 1 any failed, 2 an
+/// unreadable file.
+pub fn verify_many(
+    bundles: &[std::path::PathBuf],
+    trust: &Path,
+    log_origin: Option<&str>,
+    at: Option<i64>,
+    tsa_trust: Option<&Path>,
+    witness_policy: Option<&Path>,
+) -> ExitCode {
+    let anchoring = match Anchoring::read(tsa_trust, witness_policy) {
+        Ok(anchoring) => anchoring,
+        Err(e) => {
+            eprintln!("actseal verify: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let anchors = match std::fs::read(trust)
+        .map_err(|e| format!("cannot read {}: {e}", trust.display()))
+        .and_then(|pem| TrustAnchors::from_pem(&pem).map_err(|e| e.to_string()))
+    {
+        Ok(anchors) => anchors,
+        Err(e) => {
+            eprintln!("actseal verify: trust anchor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut verifier = BundleVerifier::new(&anchors);
+    let (mut good, mut unreadable) = (0usize, false);
+    for path in bundles {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                eprintln!("actseal verify: cannot read {}: {e}", path.display());
+                unreadable = true;
+                continue;
+            }
+        };
+        let result = verifier
+            .verify(&bytes, None)
+            .map_err(|e| e.to_string())
+            .and_then(|v| check_origin_and_time(&v, log_origin, at).map(|()| v))
+            .and_then(|v| anchoring.check(&bytes, &v).map(|_| v));
+        match result {
+            Ok(v) => {
+                good = good.saturating_add(1);
+                outln!(
+                    "VERIFIED {}: {} receipt #{} (log index {}, {})",
+                    path.display(),
+                    v.actor.escape_default(),
+                    v.sequence,
+                    v.log_index,
+                    v.mode
+                );
+            }
+            Err(reason) => outln!("FAILED {}: {reason}", path.display()),
+        }
+    }
+    outln!("{good} of {} bundles verified", bundles.len());
+    if unreadable {
+        ExitCode::from(2)
+    } else if good == bundles.len() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// `actseal verify-log`: 0 consistent, 1 not, 2 unreadable inputs.

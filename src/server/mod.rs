@@ -17,6 +17,7 @@ pub mod rollback;
 pub mod sequencer;
 mod signer;
 mod status;
+mod stream;
 pub mod systemd;
 pub mod validate;
 
@@ -254,6 +255,22 @@ pub fn open_pkcs11_backend(config: &Config) -> Result<Pkcs11Backend, StartError>
 /// Opens the configured backend; also returns the name that makes the default log origin
 /// (`actseal/<name>`): the token serial, or `tpm-<AK key id prefix>`.
 pub fn open_backend(config: &Config) -> Result<(Arc<dyn Backend>, String), StartError> {
+    let (backend, name) = open_hardware(config)?;
+    let Some(rate) = config.testing.emulate_signatures_per_second else {
+        return Ok((backend, name));
+    };
+    // A benchmark aid ([testing] in docs/CONFIG.md): an emulated discrete TPM.
+    tracing::warn!(
+        signatures_per_second = rate,
+        "BENCHMARK AID: the backend is limited to this many signatures a second ([testing] emulate_signatures_per_second)"
+    );
+    Ok((
+        Arc::new(crate::backend::throttle::Throttled::new(backend, rate)),
+        name,
+    ))
+}
+
+fn open_hardware(config: &Config) -> Result<(Arc<dyn Backend>, String), StartError> {
     match config.backend().map_err(StartError::Config)? {
         BackendConfig::Pkcs11(_) => {
             let backend = open_pkcs11_backend(config)?;
@@ -621,6 +638,7 @@ fn builder(limits: &listen::Limits) -> Builder {
 async fn routes(
     state: &Arc<DaemonState>,
     probe: &Arc<health::HealthProbe>,
+    stream_bound: usize,
 ) -> Result<tonic::service::Routes, StartError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     {
@@ -647,11 +665,21 @@ async fn routes(
         state: Arc::clone(state),
     })
     .max_decoding_message_size(MAX_MESSAGE);
+    // SignStream (src/server/stream.rs) hands each action to the same Sign path.
+    let streams =
+        crate::api::stream_signer_server::StreamSignerServer::new(stream::StreamSignerService {
+            signer: Arc::new(signer::SignerService {
+                state: Arc::clone(state),
+            }),
+            bounds: Arc::new(stream::InFlight::new(stream_bound)),
+        })
+        .max_decoding_message_size(MAX_MESSAGE);
     Ok(tonic::service::Routes::new(health)
         .add_service(reflection().build_v1().map_err(reflection_error)?)
         .add_service(reflection().build_v1alpha().map_err(reflection_error)?)
         .add_service(signer)
-        .add_service(admin))
+        .add_service(admin)
+        .add_service(streams))
 }
 
 /// The daemon's signal handlers, installed before the socket exists: a client that sees the
@@ -788,7 +816,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // One prober for gRPC health and /metrics: both say the same, and a hung backend is
     // asked one question at a time.
     let probe = Arc::new(health::HealthProbe::new(Arc::clone(&state.backend)));
-    let routes = routes(&state, &probe).await?;
+    let routes = routes(
+        &state,
+        &probe,
+        config.server.limits.max_stream_actions_in_flight,
+    )
+    .await?;
     let limits = listen::Limits::new(&config.server.limits);
     let signals = Signals::install()?;
     let unix = bind_unix(&config.server.socket, config.server.socket_mode)?;

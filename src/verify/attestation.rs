@@ -89,3 +89,18 @@ fn check_signature(lineage: &Lineage) -> Result<(), String> {
     }
     dsse::verify(statement, &key)
 }
+
+/// The times at which [`check`] of `lineage`, closed by `anchor`, gives the same answer: the
+/// intersection of the validity periods of the device certificate, its chain and the anchor.
+/// Nothing else in an attestation depends on the time it is checked at.
+pub(crate) fn validity(lineage: &Lineage, anchor: &ParsedCert) -> Result<(i64, i64), String> {
+    let mut window = (i64::MIN, i64::MAX);
+    for cert in std::iter::once(&lineage.device)
+        .chain(&lineage.chain)
+        .chain(std::iter::once(anchor))
+    {
+        let (from, to) = x509::validity(cert)?;
+        window = (window.0.max(from), window.1.min(to));
+    }
+    Ok(window)
+}

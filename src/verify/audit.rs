@@ -14,10 +14,11 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::anchors::TrustAnchors;
+use super::batch::{self, BatchMember, BatchStatement, MODE_BATCH, MODE_SINGLE};
 use super::bundle::{self, LogKeyJson};
 use super::checkpoint::verify_checkpoint;
 use super::dsse::{self, Envelope};
-use super::statement::{self, KeyClaim, KeySubject};
+use super::statement::{self, KeyClaim, KeySubject, Receipt};
 use super::{attestation, digest, log};
 
 /// Media type of a log export (`actseal log export`).
@@ -127,8 +128,16 @@ struct ActorState {
     previous_sha256: Option<String>,
 }
 
-/// Splits a log entry into its envelope (FORMAT.md §10).
-fn decode_entry(entry: &[u8]) -> Result<Envelope, String> {
+/// A log entry split into its three fields (FORMAT.md §11.1). The signature slot holds a DER
+/// signature, or for a batch receipt the batch seal (§12.3).
+struct RawEntry {
+    payload_type: String,
+    payload: Vec<u8>,
+    slot: Vec<u8>,
+}
+
+/// Splits a log entry into its fields.
+fn split_entry(entry: &[u8]) -> Result<RawEntry, String> {
     let mut rest = entry;
     let mut fields: Vec<&[u8]> = Vec::with_capacity(3);
     for _ in 0..3 {
@@ -144,18 +153,50 @@ fn decode_entry(entry: &[u8]) -> Result<Envelope, String> {
     if !rest.is_empty() {
         return Err("entry has trailing bytes".into());
     }
-    let [payload_type, payload, sig] = <[&[u8]; 3]>::try_from(fields).map_err(|_| "entry shape")?;
+    let [payload_type, payload, slot] =
+        <[&[u8]; 3]>::try_from(fields).map_err(|_| "entry shape")?;
     let payload_type =
         String::from_utf8(payload_type.to_vec()).map_err(|_| "payload type is not UTF-8")?;
-    let signature =
-        p256::ecdsa::Signature::from_der(sig).map_err(|_| "signature is not DER ECDSA P-256")?;
-    Ok(Envelope {
+    Ok(RawEntry {
         payload_type,
         payload: payload.to_vec(),
+        slot: slot.to_vec(),
+    })
+}
+
+/// The envelope of an entry whose slot holds a DER signature.
+fn signed_envelope(entry: &RawEntry) -> Result<Envelope, String> {
+    if batch::is_seal(&entry.slot) {
+        return Err("the signature slot holds a batch seal, which only a batch receipt may".into());
+    }
+    let signature = p256::ecdsa::Signature::from_der(&entry.slot)
+        .map_err(|_| "signature is not DER ECDSA P-256")?;
+    Ok(Envelope {
+        payload_type: entry.payload_type.clone(),
+        payload: entry.payload.clone(),
         keyid: String::new(),
         signature,
-        signature_der: sig.to_vec(),
+        signature_der: entry.slot.clone(),
     })
+}
+
+/// The batch whose receipts the replay is in the middle of: the rest of its leaves must follow
+/// at once, in order, under the same signed statement (FORMAT.md §12.3).
+struct OpenBatch {
+    /// SHA-256 over the seal's statement payload and signature.
+    digest: [u8; 32],
+    statement: BatchStatement,
+    next_leaf: u64,
+}
+
+/// The digest naming a batch statement as a seal carries it.
+fn statement_digest(member: &BatchMember) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [&member.statement.payload, &member.statement.signature_der] {
+        h.update(u64::try_from(part.len()).unwrap_or(u64::MAX).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
 }
 
 fn root_of(leaves: &[[u8; 32]]) -> [u8; 32] {
@@ -191,14 +232,14 @@ fn time_member(kind: &str) -> Result<&'static str, String> {
 /// it was backdated, or signed by a daemon whose clock stepped back. `previous` is the index
 /// and time of the last dated entry.
 fn check_time_order(
-    envelope: &Envelope,
+    payload: &[u8],
     kind: &str,
     index: u64,
     previous: &mut Option<(u64, i64)>,
 ) -> Result<(), String> {
     let member = time_member(kind)?;
     let statement: serde_json::Value =
-        serde_json::from_slice(&envelope.payload).map_err(|e| format!("payload: {e}"))?;
+        serde_json::from_slice(payload).map_err(|e| format!("payload: {e}"))?;
     let text = statement
         .get("predicate")
         .and_then(|p| p.get(member))
@@ -302,6 +343,8 @@ struct Replay<'a> {
     retired_kept: u64,
     /// The index and time of the last entry replayed.
     previous_time: Option<(u64, i64)>,
+    /// A batch whose leaves are still to come.
+    open_batch: Option<OpenBatch>,
 }
 
 /// Replays an exported log. The first problem found is returned.
@@ -321,6 +364,7 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
         registrations: 0,
         retired_kept: 0,
         previous_time: None,
+        open_batch: None,
     };
     for (position, entry) in log.entries.iter().enumerate() {
         let index = u64::try_from(position).unwrap_or(u64::MAX);
@@ -346,36 +390,107 @@ impl Replay<'_> {
     /// Checks one entry against everything before it.
     fn entry(&mut self, index: u64, entry: &[u8]) -> Result<(), (AuditStep, String)> {
         let export = |e| (AuditStep::Export, e);
-        let envelope = decode_entry(entry).map_err(export)?;
-        let kind = statement::predicate_type(&envelope).map_err(export)?;
-        match kind.as_str() {
-            statement::REGISTRATION_PREDICATE_TYPE => self
-                .registration(&envelope)
-                .map_err(|e| (AuditStep::Registration, e)),
-            statement::RECEIPT_PREDICATE_TYPE => self
-                .receipt(index, &envelope)
-                .map_err(|e| (AuditStep::Receipt, e)),
-            statement::ROTATION_PREDICATE_TYPE => self
-                .rotation(&envelope)
-                .map_err(|e| (AuditStep::Rotation, e)),
-            statement::RETIREMENT_PREDICATE_TYPE => self
-                .retirement(&envelope)
-                .map_err(|e| (AuditStep::Retirement, e)),
-            statement::LOG_START_PREDICATE_TYPE if index == 0 => {
-                dsse::verify(&envelope, &self.log.verifying).map_err(|e| {
-                    (
-                        AuditStep::Export,
-                        format!("log start not signed by the log key: {e}"),
-                    )
-                })
-            }
-            statement::LOG_START_PREDICATE_TYPE => {
-                Err(export("a log-start entry after the first entry".into()))
-            }
-            other => Err(export(format!("unknown entry type {other:?}"))),
-        }?;
-        check_time_order(&envelope, &kind, index, &mut self.previous_time)
+        let raw = split_entry(entry).map_err(export)?;
+        let kind = statement::predicate_type_of(&raw.payload_type, &raw.payload).map_err(export)?;
+        if kind == statement::RECEIPT_PREDICATE_TYPE {
+            self.receipt(index, &raw)
+                .map_err(|e| (AuditStep::Receipt, e))?;
+        } else {
+            self.require_no_open_batch()
+                .map_err(|e| (AuditStep::Receipt, e))?;
+            let envelope = signed_envelope(&raw).map_err(export)?;
+            match kind.as_str() {
+                statement::REGISTRATION_PREDICATE_TYPE => self
+                    .registration(&envelope)
+                    .map_err(|e| (AuditStep::Registration, e)),
+                statement::ROTATION_PREDICATE_TYPE => self
+                    .rotation(&envelope)
+                    .map_err(|e| (AuditStep::Rotation, e)),
+                statement::RETIREMENT_PREDICATE_TYPE => self
+                    .retirement(&envelope)
+                    .map_err(|e| (AuditStep::Retirement, e)),
+                statement::LOG_START_PREDICATE_TYPE if index == 0 => {
+                    dsse::verify(&envelope, &self.log.verifying).map_err(|e| {
+                        (
+                            AuditStep::Export,
+                            format!("log start not signed by the log key: {e}"),
+                        )
+                    })
+                }
+                statement::LOG_START_PREDICATE_TYPE => {
+                    Err(export("a log-start entry after the first entry".into()))
+                }
+                other => Err(export(format!("unknown entry type {other:?}"))),
+            }?;
+        }
+        check_time_order(&raw.payload, &kind, index, &mut self.previous_time)
             .map_err(|e| (AuditStep::TimeOrder, e))
+    }
+
+    /// Every batch is whole: once its first leaf is in the log, the others follow at once.
+    fn require_no_open_batch(&self) -> Result<(), String> {
+        match &self.open_batch {
+            Some(open) => Err(format!(
+                "the batch of {} receipts by {} from sequence {} stops at leaf {}: a batch is logged whole",
+                open.statement.size,
+                open.statement.actor,
+                open.statement.first_sequence,
+                open.next_leaf
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// A batch receipt's seal: the statement verifies under `key` (once per batch), the
+    /// payload is the leaf it claims, and the leaf is the next of its batch.
+    fn batch_receipt(
+        &mut self,
+        entry: &RawEntry,
+        key_id: &str,
+        verifying: &VerifyingKey,
+    ) -> Result<Receipt, String> {
+        if !batch::is_seal(&entry.slot) {
+            return Err("a batch receipt's entry holds a signature, not a batch seal".into());
+        }
+        let member = batch::parse_seal(&entry.slot)?;
+        let digest = statement_digest(&member);
+        let statement = match self.open_batch.take() {
+            Some(open) if open.digest == digest && open.next_leaf == member.leaf_index => {
+                open.statement
+            }
+            Some(open) => {
+                self.open_batch = Some(open);
+                self.require_no_open_batch()?;
+                return Err("internal: an open batch".into());
+            }
+            None if member.leaf_index == 0 => {
+                dsse::verify(&member.statement, verifying)
+                    .map_err(|e| format!("the batch statement: {e}"))?;
+                batch::check_statement(&member.statement, key_id)?
+            }
+            None => {
+                return Err(format!(
+                    "leaf {} of a batch whose earlier leaves are not right before it",
+                    member.leaf_index
+                ));
+            }
+        };
+        if statement.key_id != key_id {
+            return Err("a leaf names another key than its batch statement".into());
+        }
+        batch::check_leaf(&statement, &member, &entry.payload)?;
+        let receipt =
+            statement::check_receipt(&entry.payload_type, &entry.payload, key_id, MODE_BATCH)?;
+        batch::check_agrees(&statement, member.leaf_index, &receipt)?;
+        let next_leaf = member.leaf_index.saturating_add(1);
+        if next_leaf < statement.size {
+            self.open_batch = Some(OpenBatch {
+                digest,
+                statement,
+                next_leaf,
+            });
+        }
+        Ok(receipt)
     }
 
     /// A key registration: signed by the log key, attested for its actor and version when it
@@ -436,21 +551,31 @@ impl Replay<'_> {
 
     /// A receipt: signed by the actor's key in service, at its own position, continuing the
     /// actor's hash chain.
-    fn receipt(&mut self, index: u64, envelope: &Envelope) -> Result<(), String> {
-        // The signer is named inside the payload; find it, then check the signature.
-        let claimed: serde_json::Value = serde_json::from_slice(&envelope.payload)
-            .map_err(|e| format!("receipt payload: {e}"))?;
+    fn receipt(&mut self, index: u64, entry: &RawEntry) -> Result<(), String> {
+        // The signer and the mode are named inside the payload; find them, then check the
+        // signature or the batch seal the mode calls for.
+        let claimed: serde_json::Value =
+            serde_json::from_slice(&entry.payload).map_err(|e| format!("receipt payload: {e}"))?;
         let key_id = claimed
             .pointer("/predicate/key/id")
             .and_then(|v| v.as_str())
             .ok_or("receipt names no key")?
             .to_owned();
+        let is_batch =
+            claimed.pointer("/predicate/mode").and_then(|v| v.as_str()) == Some(MODE_BATCH);
         let key = self.keys.get(&key_id).ok_or_else(|| {
             format!("receipt signed by key {key_id}, which the log never registered")
         })?;
-        dsse::verify(envelope, &key.verifying)?;
-        let receipt = statement::check_receipt(envelope, &key_id)?;
-        if receipt.actor != key.actor || receipt.key_version != key.version {
+        let (actor, version, verifying) = (key.actor.clone(), key.version, key.verifying);
+        let receipt = if is_batch {
+            self.batch_receipt(entry, &key_id, &verifying)?
+        } else {
+            self.require_no_open_batch()?;
+            let envelope = signed_envelope(entry)?;
+            dsse::verify(&envelope, &verifying)?;
+            statement::check_receipt(&entry.payload_type, &entry.payload, &key_id, MODE_SINGLE)?
+        };
+        if receipt.actor != actor || receipt.key_version != version {
             return Err("receipt's actor or key version is not its key's".into());
         }
         if receipt.log_index != index {
@@ -483,7 +608,7 @@ impl Replay<'_> {
             ));
         }
         state.sequence = expected;
-        state.previous_sha256 = Some(digest::sha256_hex(&envelope.payload));
+        state.previous_sha256 = Some(digest::sha256_hex(&entry.payload));
         self.receipts = self.receipts.saturating_add(1);
         Ok(())
     }
@@ -558,6 +683,8 @@ impl Replay<'_> {
     /// What can only be checked once the whole log is known: no key signed after its
     /// retirement by time, and the log key was attested as this log's key.
     fn finish(&self) -> Result<(), AuditError> {
+        self.require_no_open_batch()
+            .map_err(|e| fail(AuditStep::Receipt, None, e))?;
         for (key_id, retired) in &self.retired_at {
             if self
                 .last_signed

@@ -10,10 +10,12 @@ use base64::engine::general_purpose::STANDARD;
 use der::Decode;
 use p256::ecdsa::Signature;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::tpm::Tpm2Certify;
 use spki::SubjectPublicKeyInfoRef;
 
+use super::batch::BatchMember;
 use super::dsse::Envelope;
 use super::x509::ParsedCert;
 
@@ -26,24 +28,33 @@ const MAX_BUNDLE_BYTES: usize = 4 * 1024 * 1024;
 /// Bounds the work spent on intermediates; real deployments have zero or one.
 const MAX_CHAIN_LEN: usize = 8;
 
+/// The bundle's members. `lineage` and `log.logKey`, which every bundle of one key and one
+/// log repeats, are kept as raw JSON text: [`decode_lineage_text`] and [`decode_log_key_text`]
+/// decode them, and a verifier of many bundles does so once per distinct text.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct BundleJson {
+struct BundleJson<'a> {
     media_type: String,
     receipt: EnvelopeJson,
     actor_key: ActorKeyJson,
-    lineage: LineageJson,
-    log: LogJson,
+    #[serde(borrow)]
+    lineage: &'a RawValue,
+    #[serde(borrow)]
+    log: LogJson<'a>,
+    /// Present exactly in a batch receipt's bundle (FORMAT.md §12).
+    #[serde(default)]
+    batch: Option<BatchJson>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct LogJson {
+struct LogJson<'a> {
     index: u64,
     tree_size: u64,
     inclusion_proof: Vec<String>,
     checkpoint: String,
-    log_key: LogKeyJson,
+    #[serde(borrow)]
+    log_key: &'a RawValue,
     /// RFC 3161 tokens over the checkpoint (FORMAT.md §15); checked by `verify::timestamp`.
     #[serde(default)]
     timestamps: Vec<TimestampJson>,
@@ -53,6 +64,14 @@ struct LogJson {
 #[serde(deny_unknown_fields)]
 struct TimestampJson {
     token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchJson {
+    statement: EnvelopeJson,
+    leaf_index: u64,
+    inclusion_proof: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -128,27 +147,61 @@ pub(crate) struct LineageJson {
     rotations: Vec<EnvelopeJson>,
 }
 
-/// A bundle with every blob decoded.
+/// A bundle with every blob decoded, but for the lineage and the log key, which are held as
+/// their JSON text (see [`BundleJson`]).
 #[derive(Debug)]
-pub(crate) struct Bundle {
-    pub(crate) receipt: Envelope,
+pub(crate) struct Bundle<'a> {
+    pub(crate) receipt: SealedReceipt,
     pub(crate) actor_key: ActorKey,
-    pub(crate) lineage: Lineage,
-    pub(crate) log: Log,
+    pub(crate) lineage_json: &'a str,
+    pub(crate) log: LogProof<'a>,
 }
 
-/// `log`, decoded.
+/// The receipt: its payload and what seals it, its own signature or its place in a batch.
 #[derive(Debug)]
-pub(crate) struct Log {
+pub(crate) struct SealedReceipt {
+    pub(crate) payload_type: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) seal: Seal,
+}
+
+/// A receipt is sealed by its own signature (`single`) or by a batch (`batch`), never both.
+#[derive(Debug)]
+pub(crate) enum Seal {
+    Single(Envelope),
+    Batch(BatchMember),
+}
+
+impl SealedReceipt {
+    /// The receipt's log entry (FORMAT.md §11.1): the signature slot holds the DER signature
+    /// of a single receipt, the batch seal of a batch receipt (§12.3).
+    pub(crate) fn entry_bytes(&self) -> Result<Vec<u8>, String> {
+        let slot = match &self.seal {
+            Seal::Single(envelope) => envelope.signature_der.clone(),
+            Seal::Batch(member) => super::batch::seal_bytes(member)?,
+        };
+        super::log::entry_of(&self.payload_type, &self.payload, &slot)
+    }
+}
+
+/// `log`, decoded but for the log key (its JSON text).
+#[derive(Debug)]
+pub(crate) struct LogProof<'a> {
     pub(crate) index: u64,
     pub(crate) tree_size: u64,
     pub(crate) inclusion_proof: Vec<[u8; 32]>,
     pub(crate) checkpoint: String,
+    pub(crate) log_key_json: &'a str,
+    /// `log.timestamps[].token`, DER (FORMAT.md §15).
+    pub(crate) timestamps: Vec<Vec<u8>>,
+}
+
+/// The log key, decoded.
+#[derive(Debug)]
+pub(crate) struct LogKey {
     pub(crate) key_name: String,
     pub(crate) key: ActorKey,
     pub(crate) key_lineage: Lineage,
-    /// `log.timestamps[].token`, DER (FORMAT.md §15).
-    pub(crate) timestamps: Vec<Vec<u8>>,
 }
 
 /// An earlier version of the actor's key, decoded.
@@ -203,15 +256,16 @@ pub(crate) fn parse_attestation(bytes: &[u8]) -> Result<Lineage, String> {
     Ok(lineage)
 }
 
-/// Parses and decodes a bundle; the error is the `bundle.parse` detail.
-pub(crate) fn parse(bytes: &[u8]) -> Result<Bundle, String> {
+/// Parses and decodes a bundle but for its lineage and log key (see [`Bundle`]); the error is
+/// the `bundle.parse` detail.
+pub(crate) fn parse(bytes: &[u8]) -> Result<Bundle<'_>, String> {
     if bytes.len() > MAX_BUNDLE_BYTES {
         return Err(format!(
             "bundle is {} bytes, more than the {MAX_BUNDLE_BYTES} accepted",
             bytes.len()
         ));
     }
-    let json: BundleJson =
+    let json: BundleJson<'_> =
         serde_json::from_slice(bytes).map_err(|e| format!("not a bundle JSON document: {e}"))?;
     if json.media_type != MEDIA_TYPE {
         return Err(format!(
@@ -220,14 +274,62 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Bundle, String> {
         ));
     }
     Ok(Bundle {
-        receipt: decode_envelope("receipt", json.receipt)?,
+        receipt: decode_receipt(json.receipt, json.batch)?,
         actor_key: decode_actor_key(
             "actorKey",
             json.actor_key.key_id,
             &json.actor_key.public_key,
         )?,
-        lineage: decode_lineage("lineage", json.lineage)?,
+        lineage_json: json.lineage.get(),
         log: decode_log(json.log)?,
+    })
+}
+
+/// The receipt and its seal: exactly one signature and no `batch` member, or no signature and
+/// a `batch` member (FORMAT.md §12.2).
+fn decode_receipt(json: EnvelopeJson, batch: Option<BatchJson>) -> Result<SealedReceipt, String> {
+    let Some(batch) = batch else {
+        let envelope = decode_envelope("receipt", json)?;
+        return Ok(SealedReceipt {
+            payload_type: envelope.payload_type.clone(),
+            payload: envelope.payload.clone(),
+            seal: Seal::Single(envelope),
+        });
+    };
+    if !json.signatures.is_empty() {
+        return Err(format!(
+            "receipt.signatures must be empty in a batch receipt (it is sealed by its batch), found {}",
+            json.signatures.len()
+        ));
+    }
+    let inclusion_proof = decode_proof("batch.inclusionProof", &batch.inclusion_proof)?;
+    Ok(SealedReceipt {
+        payload_type: json.payload_type,
+        payload: base64("receipt.payload", &json.payload)?,
+        seal: Seal::Batch(BatchMember {
+            statement: decode_envelope("batch.statement", batch.statement)?,
+            leaf_index: batch.leaf_index,
+            proof: inclusion_proof,
+        }),
+    })
+}
+
+/// Decodes a bundle's `lineage` from its JSON text.
+pub(crate) fn decode_lineage_text(text: &str) -> Result<Lineage, String> {
+    let json: LineageJson = serde_json::from_str(text)
+        .map_err(|e| format!("lineage is not of the shape of §5: {e}"))?;
+    decode_lineage("lineage", json)
+}
+
+/// Decodes a bundle's `log.logKey` from its JSON text.
+pub(crate) fn decode_log_key_text(text: &str) -> Result<LogKey, String> {
+    let json: LogKeyJson = serde_json::from_str(text)
+        .map_err(|e| format!("log.logKey is not of the shape of §5: {e}"))?;
+    let (key_name, key, key_lineage) = decode_log_key(json)?;
+    Ok(LogKey {
+        key_name,
+        key,
+        key_lineage,
     })
 }
 
@@ -249,44 +351,46 @@ pub(crate) fn decode_log_key(json: LogKeyJson) -> Result<(String, ActorKey, Line
     ))
 }
 
-fn decode_log(json: LogJson) -> Result<Log, String> {
-    if json.inclusion_proof.len() > MAX_PROOF_HASHES {
+fn decode_log(json: LogJson<'_>) -> Result<LogProof<'_>, String> {
+    Ok(LogProof {
+        index: json.index,
+        tree_size: json.tree_size,
+        inclusion_proof: decode_proof("log.inclusionProof", &json.inclusion_proof)?,
+        checkpoint: json.checkpoint,
+        log_key_json: json.log_key.get(),
+        timestamps: (0..)
+            .zip(&json.timestamps)
+            .map(|(i, t)| base64(&format!("log.timestamps[{i}].token"), &t.token))
+            .collect::<Result<Vec<_>, _>>()?,
+    })
+}
+
+/// An inclusion proof: at most 64 lowercase hex SHA-256 hashes.
+fn decode_proof(what: &str, hashes: &[String]) -> Result<Vec<[u8; 32]>, String> {
+    if hashes.len() > MAX_PROOF_HASHES {
         return Err(format!(
-            "log.inclusionProof holds {} hashes, more than {MAX_PROOF_HASHES}",
-            json.inclusion_proof.len()
+            "{what} holds {} hashes, more than {MAX_PROOF_HASHES}",
+            hashes.len()
         ));
     }
-    let inclusion_proof = json
-        .inclusion_proof
+    hashes
         .iter()
         .enumerate()
         .map(|(i, h)| {
-            let bytes = hex::decode(h)
-                .ok()
-                .filter(|_| {
-                    h.bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-                })
-                .ok_or_else(|| format!("log.inclusionProof[{i}] is not lowercase hex"))?;
-            <[u8; 32]>::try_from(bytes.as_slice())
-                .map_err(|_| format!("log.inclusionProof[{i}] is not 32 bytes"))
+            let lower = h
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            let mut out = [0u8; 32];
+            match hex::decode_to_slice(h, &mut out) {
+                _ if !lower => Err(format!("{what}[{i}] is not lowercase hex")),
+                Ok(()) => Ok(out),
+                Err(hex::FromHexError::InvalidStringLength) => {
+                    Err(format!("{what}[{i}] is not 32 bytes"))
+                }
+                Err(_) => Err(format!("{what}[{i}] is not lowercase hex")),
+            }
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let (key_name, key, key_lineage) = decode_log_key(json.log_key)?;
-    let timestamps = (0..)
-        .zip(&json.timestamps)
-        .map(|(i, t)| base64(&format!("log.timestamps[{i}].token"), &t.token))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Log {
-        index: json.index,
-        tree_size: json.tree_size,
-        inclusion_proof,
-        checkpoint: json.checkpoint,
-        key_name,
-        key,
-        key_lineage,
-        timestamps,
-    })
+        .collect()
 }
 
 /// Standard base64 with padding, canonical (RFC 4648 §4): no whitespace, no loose bits.

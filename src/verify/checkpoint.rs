@@ -8,7 +8,6 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey;
 use sha2::{Digest, Sha256};
@@ -249,7 +248,9 @@ pub fn verify_checkpoint(
             key_name: key_name.to_string(),
         };
         let signature = Signature::from_der(&line.signature).map_err(|_| bad())?;
-        key.verify(text.as_bytes(), &signature).map_err(|_| bad())?;
+        if !super::ecdsa::verify(&key, text.as_bytes(), &signature) {
+            return Err(bad());
+        }
     }
     if !found {
         return Err(CheckpointError::NoSignature {

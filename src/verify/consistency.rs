@@ -50,7 +50,7 @@ pub fn verify_log_consistency(
 ) -> Result<ConsistencyReport, String> {
     super::verify_bundle(bundle_json, anchors, None)
         .map_err(|e| format!("the bundle naming the log key does not verify: {e}"))?;
-    let log = bundle::parse(bundle_json)?.log;
+    let log = bundle::decode_log_key_text(bundle::parse(bundle_json)?.log.log_key_json)?;
     let proof: ProofJson =
         serde_json::from_slice(proof_json).map_err(|e| format!("not a consistency proof: {e}"))?;
     let old = verify_checkpoint(

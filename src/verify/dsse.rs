@@ -3,7 +3,6 @@
 //! The verifier signs nothing and re-serialises nothing: it rebuilds the PAE from the payload
 //! type and the *decoded* payload bytes exactly as carried in the bundle.
 
-use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 
 /// The only payload type actseal envelopes carry: an in-toto Statement.
@@ -41,12 +40,28 @@ pub(crate) fn pae(payload_type: &str, body: &[u8]) -> Vec<u8> {
 
 /// Verifies the envelope's signature: ECDSA P-256 over SHA-256(PAE).
 ///
-/// `VerifyingKey::verify` hashes with SHA-256 and accepts high-S signatures, as §1 requires
-/// (the hardware does not normalise S).
+/// High-S signatures are accepted, as §1 requires (the hardware does not normalise S).
 pub(crate) fn verify(envelope: &Envelope, key: &VerifyingKey) -> Result<(), String> {
-    let message = pae(&envelope.payload_type, &envelope.payload);
-    key.verify(&message, &envelope.signature)
-        .map_err(|_| "the ECDSA P-256 signature over the DSSE PAE does not verify".to_string())
+    verify_parts(
+        &envelope.payload_type,
+        &envelope.payload,
+        &envelope.signature,
+        key,
+    )
+}
+
+/// [`verify`] for a payload and signature held apart from an [`Envelope`].
+pub(crate) fn verify_parts(
+    payload_type: &str,
+    payload: &[u8],
+    signature: &Signature,
+    key: &VerifyingKey,
+) -> Result<(), String> {
+    if super::ecdsa::verify(key, &pae(payload_type, payload), signature) {
+        Ok(())
+    } else {
+        Err("the ECDSA P-256 signature over the DSSE PAE does not verify".to_string())
+    }
 }
 
 #[cfg(test)]

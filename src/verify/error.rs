@@ -12,6 +12,9 @@ pub enum Check {
     BundleParse,
     /// `receipt.signature`: the receipt's DSSE signature verifies under the actor key.
     ReceiptSignature,
+    /// `receipt.batch`: (batch receipts) the batch statement names this key and the receipt's
+    /// payload is the leaf it claims under the signed batch root.
+    ReceiptBatch,
     /// `receipt.statement`: the receipt payload is a well-formed actseal receipt.
     ReceiptStatement,
     /// `receipt.document`: the action document hashes to the receipt's subject digest.
@@ -42,6 +45,7 @@ impl Check {
         match self {
             Check::BundleParse => "bundle.parse",
             Check::ReceiptSignature => "receipt.signature",
+            Check::ReceiptBatch => "receipt.batch",
             Check::ReceiptStatement => "receipt.statement",
             Check::ReceiptDocument => "receipt.document",
             Check::LineageCertificate => "lineage.certificate",

@@ -6,15 +6,18 @@ use p256::pkcs8::DecodePublicKey;
 use sha2::{Digest, Sha256};
 
 use super::anchors::TrustAnchors;
-use super::bundle::{Bundle, Log};
-use super::checkpoint::{ParsedCheckpoint, verify_checkpoint};
-use super::dsse::Envelope;
+use super::bundle::{Bundle, LogKey, LogProof};
+use super::checkpoint::ParsedCheckpoint;
 use super::statement::{KeyClaim, KeySubject, Receipt};
 use super::{attestation, digest, merkle};
 
 /// `log.key`: a P-256 key whose id matches, attested as the key of the log named by the
 /// checkpoint key name, by a device certified to attest log keys, under a trust anchor.
-pub(crate) fn check_log_key(log: &Log, anchors: &TrustAnchors, at_unix: i64) -> Result<(), String> {
+pub(crate) fn check_log_key(
+    log: &LogKey,
+    anchors: &TrustAnchors,
+    at_unix: i64,
+) -> Result<(i64, i64), String> {
     VerifyingKey::from_public_key_der(&log.key.spki_der)
         .map_err(|e| format!("log key is not an EC P-256 key: {e}"))?;
     let id = digest::key_id(&log.key.spki_der);
@@ -30,38 +33,37 @@ pub(crate) fn check_log_key(log: &Log, anchors: &TrustAnchors, at_unix: i64) -> 
         key_id: &id,
         backend: &log.key_lineage.backend,
     };
-    attestation::check(&log.key_lineage, anchors, &claim, at_unix).map_err(|e| e.to_string())?;
-    Ok(())
+    let attested = attestation::check(&log.key_lineage, anchors, &claim, at_unix)
+        .map_err(|e| e.to_string())?;
+    attestation::validity(&log.key_lineage, attested.anchor)
 }
 
-/// `log.checkpoint`: the note is signed by the log key under its name, for this origin and the
-/// tree size the proof claims.
-pub(crate) fn check_checkpoint(log: &Log) -> Result<ParsedCheckpoint, String> {
-    let parsed = verify_checkpoint(log.checkpoint.as_bytes(), &log.key_name, &log.key.spki_der)
-        .map_err(|e| e.to_string())?;
+/// The checkpoint is this log's (its origin is the log key's name) and of the claimed size.
+pub(crate) fn check_checkpoint_claims(
+    parsed: &ParsedCheckpoint,
+    proof: &LogProof<'_>,
+    log: &LogKey,
+) -> Result<(), String> {
     if parsed.origin != log.key_name {
         return Err(format!(
             "checkpoint origin {:?} is not the log key's name {:?}",
             parsed.origin, log.key_name
         ));
     }
-    if parsed.size != log.tree_size {
+    if parsed.size != proof.tree_size {
         return Err(format!(
             "checkpoint is for {} entries, log.treeSize says {}",
-            parsed.size, log.tree_size
+            parsed.size, proof.tree_size
         ));
     }
-    Ok(parsed)
+    Ok(())
 }
 
-/// The log entry of an envelope (FORMAT.md §10): each field with a 4-byte big-endian length.
-pub(crate) fn entry_bytes(envelope: &Envelope) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    for field in [
-        envelope.payload_type.as_bytes(),
-        &envelope.payload,
-        &envelope.signature_der,
-    ] {
+/// The log entry (FORMAT.md §11.1) of a payload and what fills its signature slot: each field
+/// with a 4-byte big-endian length.
+pub(crate) fn entry_of(payload_type: &str, payload: &[u8], slot: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(payload.len().saturating_add(slot.len()).saturating_add(64));
+    for field in [payload_type.as_bytes(), payload, slot] {
         let len = u32::try_from(field.len()).map_err(|_| "an envelope field exceeds 4 GiB")?;
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(field);
@@ -80,7 +82,7 @@ pub(crate) fn leaf_hash(entry: &[u8]) -> [u8; 32] {
 /// `log.inclusion`: the receipt, as a log entry, is the leaf at its index in the checkpoint's
 /// tree.
 pub(crate) fn check_inclusion(
-    bundle: &Bundle,
+    bundle: &Bundle<'_>,
     receipt: &Receipt,
     checkpoint: &ParsedCheckpoint,
 ) -> Result<(), String> {
@@ -91,7 +93,7 @@ pub(crate) fn check_inclusion(
             log.index, receipt.log_index
         ));
     }
-    let leaf = leaf_hash(&entry_bytes(&bundle.receipt)?);
+    let leaf = leaf_hash(&bundle.receipt.entry_bytes()?);
     merkle::verify_inclusion(
         &leaf,
         log.index,

@@ -19,12 +19,15 @@
 mod anchors;
 mod attestation;
 pub mod audit;
+mod batch;
 mod bundle;
+mod cache;
 pub mod checkpoint;
 pub mod consistency;
 pub mod cosignature;
 mod digest;
 mod dsse;
+mod ecdsa;
 mod error;
 pub mod fork;
 mod log;
@@ -44,6 +47,7 @@ use p256::pkcs8::DecodePublicKey;
 
 pub use anchors::TrustAnchors;
 pub use attestation::AttestationError;
+pub use cache::BundleVerifier;
 pub use error::{Check, VerifyError};
 pub use roles::{
     ACTSEAL_KP_LOG_KEY_ATTESTER, ACTSEAL_KP_PKCS11_DEVICE, DeviceRole, EvidenceRole,
@@ -57,75 +61,14 @@ use statement::{KeySubject, LineageFacts};
 /// Verifies a proof bundle offline. `document`: the action document, if the auditor has it.
 ///
 /// Without a document, `receipt.document` is skipped and [`Verified::document_checked`] is false:
-/// the bundle then proves who signed *a* document with that digest, not which one.
+/// the bundle then proves who signed *a* document with that digest, not which one. To verify
+/// many bundles, use one [`BundleVerifier`]: it checks what they share once.
 pub fn verify_bundle(
     bundle_json: &[u8],
     anchors: &TrustAnchors,
     document: Option<&[u8]>,
 ) -> Result<Verified, VerifyError> {
-    let bundle = bundle::parse(bundle_json).map_err(under(Check::BundleParse))?;
-
-    let key_id = check_receipt_signature(&bundle).map_err(under(Check::ReceiptSignature))?;
-
-    let receipt = statement::check_receipt(&bundle.receipt, &key_id)
-        .map_err(under(Check::ReceiptStatement))?;
-
-    let document_checked = match document {
-        Some(doc) => {
-            check_document(doc, &receipt.document_sha256).map_err(under(Check::ReceiptDocument))?;
-            true
-        }
-        None => false,
-    };
-
-    let lineage = &bundle.lineage;
-    let claim = statement::KeyClaim {
-        subject: KeySubject::Actor {
-            actor: &receipt.actor,
-            version: receipt.key_version,
-        },
-        key_id: &key_id,
-        backend: &receipt.backend,
-    };
-    let attested = attestation::check(lineage, anchors, &claim, receipt.signed_at_unix)
-        .map_err(attestation_failure)?;
-    let (anchor, facts) = (attested.anchor, attested.facts);
-    if facts.created_at_unix > receipt.signed_at_unix {
-        return Err(VerifyError::new(
-            Check::LineageStatement,
-            "the receipt is dated before its key was created",
-        ));
-    }
-
-    rotation::check_chain(lineage, &key_id, facts.created_at_unix, &receipt, anchors)
-        .map_err(under(Check::LineageRotation))?;
-
-    log::check_log_key(&bundle.log, anchors, receipt.signed_at_unix)
-        .map_err(under(Check::LogKey))?;
-    let tree = log::check_checkpoint(&bundle.log).map_err(under(Check::LogCheckpoint))?;
-    log::check_inclusion(&bundle, &receipt, &tree).map_err(under(Check::LogInclusion))?;
-
-    Ok(Verified {
-        actor: receipt.actor,
-        action_type: receipt.action_type,
-        target: receipt.target,
-        document_sha256: receipt.document_sha256,
-        document_checked,
-        key_id,
-        key_version: receipt.key_version,
-        backend: receipt.backend,
-        sequence: receipt.sequence,
-        log_index: receipt.log_index,
-        signed_at: receipt.signed_at,
-        device_subject: lineage.device.subject(),
-        anchor_subject: anchor.subject(),
-        token_serial: facts.token_serial,
-        origin: facts.origin,
-        context: receipt.context,
-        log_origin: bundle.log.key_name.clone(),
-        tree_size: tree.size,
-        caller: receipt.caller,
-    })
+    BundleVerifier::new(anchors).verify(bundle_json, document)
 }
 
 /// `log.timestamp` (FORMAT.md §15): after [`verify_bundle`] accepted the bundle (`verified`),
@@ -203,13 +146,9 @@ pub fn verify_attestation(
     })
 }
 
-/// `receipt.signature`: the actor key is P-256, the three key ids agree with its hash, and the
-/// receipt's signature verifies under it. Returns the key id.
-///
-/// The ids are compared before the signature so that a bundle pairing a receipt with the wrong
-/// key says so plainly.
-fn check_receipt_signature(bundle: &bundle::Bundle) -> Result<String, String> {
-    let actor = &bundle.actor_key;
+/// The actor key is P-256 and both key ids agree with its hash (part of `receipt.signature`).
+/// Returns the key id and the key.
+fn check_actor_key(actor: &bundle::ActorKey) -> Result<(String, VerifyingKey), String> {
     let key = VerifyingKey::from_public_key_der(&actor.spki_der)
         .map_err(|e| format!("actorKey.publicKey is not an EC P-256 key: {e}"))?;
     let key_id = digest::key_id(&actor.spki_der);
@@ -219,14 +158,19 @@ fn check_receipt_signature(bundle: &bundle::Bundle) -> Result<String, String> {
             actor.key_id
         ));
     }
-    if bundle.receipt.keyid != key_id {
-        return Err(format!(
-            "receipt keyid {:?} is not the actor key id {key_id}",
-            bundle.receipt.keyid
-        ));
+    Ok((key_id, key))
+}
+
+/// An envelope's `keyid` names the actor key (compared before the signature so that a bundle
+/// pairing a receipt with the wrong key says so plainly).
+fn check_keyid(what: &str, keyid: &str, key_id: &str) -> Result<(), String> {
+    if keyid == key_id {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} keyid {keyid:?} is not the actor key id {key_id}"
+        ))
     }
-    dsse::verify(&bundle.receipt, &key)?;
-    Ok(key_id)
 }
 
 /// `receipt.document`: the document the auditor holds is the one the receipt names.

@@ -15,13 +15,15 @@ use super::statement::{self, KeyClaim, KeySubject, Receipt};
 use super::{attestation, digest, dsse};
 
 /// Checks the whole ancestry of the receipt's key (`key_id`, created at `key_created_at`).
+/// Returns the time of the last rotation (`i64::MIN` for version 1): the key's start of
+/// service, which nothing else here depends on the receipt's time.
 pub(crate) fn check_chain(
     lineage: &Lineage,
     key_id: &str,
     key_created_at: i64,
     receipt: &Receipt,
     anchors: &TrustAnchors,
-) -> Result<(), String> {
+) -> Result<i64, String> {
     check_shape(lineage, key_id, receipt.key_version)?;
     let mut last_rotation = i64::MIN;
     // (createdAt of version k, rotatedAt of rotation k → k+1), checked once all are known.
@@ -44,7 +46,13 @@ pub(crate) fn check_chain(
         times.push((created, rotated));
     }
     check_handover_times(&times, key_created_at)?;
-    if receipt.signed_at_unix < last_rotation {
+    check_in_service(receipt.signed_at_unix, last_rotation)?;
+    Ok(last_rotation)
+}
+
+/// The receipt is not dated before its key's rotation into service.
+pub(crate) fn check_in_service(signed_at: i64, last_rotation: i64) -> Result<(), String> {
+    if signed_at < last_rotation {
         return Err("the receipt is dated before its key came into service".into());
     }
     Ok(())

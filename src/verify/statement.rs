@@ -322,21 +322,48 @@ fn parse_statement<P: for<'de> Deserialize<'de>>(
     envelope: &Envelope,
     predicate_type: &str,
 ) -> Result<(Subject, P), String> {
-    require_eq("payloadType", &envelope.payload_type, IN_TOTO_PAYLOAD_TYPE)?;
-    let head: StatementHead = serde_json::from_slice(&envelope.payload)
+    parse_statement_bytes(&envelope.payload_type, &envelope.payload, predicate_type)
+}
+
+/// [`parse_statement`] for a payload held apart from an envelope: (subject name, subject
+/// digest, predicate).
+pub(crate) fn parse_statement_parts<P: for<'de> Deserialize<'de>>(
+    payload_type: &str,
+    payload: &[u8],
+    predicate_type: &str,
+) -> Result<(String, String, P), String> {
+    let (subject, p) = parse_statement_bytes(payload_type, payload, predicate_type)?;
+    Ok((subject.name, subject.digest.sha256, p))
+}
+
+fn parse_statement_bytes<P: for<'de> Deserialize<'de>>(
+    payload_type: &str,
+    payload: &[u8],
+    predicate_type: &str,
+) -> Result<(Subject, P), String> {
+    require_eq("payloadType", payload_type, IN_TOTO_PAYLOAD_TYPE)?;
+    let head: StatementHead = serde_json::from_slice(payload)
         .map_err(|e| format!("payload is not an in-toto statement: {e}"))?;
     require_eq("_type", &head.statement_type, STATEMENT_TYPE)?;
     require_eq("predicateType", &head.predicate_type, predicate_type)?;
-    let statement: Statement<P> = serde_json::from_slice(&envelope.payload)
+    let statement: Statement<P> = serde_json::from_slice(payload)
         .map_err(|e| format!("payload is not a valid {predicate_type} statement: {e}"))?;
     let [subject] = <[Subject; 1]>::try_from(statement.subject)
         .map_err(|s| format!("subject must hold exactly one entry, found {}", s.len()))?;
     Ok((subject, statement.predicate))
 }
 
-/// The `receipt.statement` check. `key_id` is the actor key id already bound to the signature.
-pub(crate) fn check_receipt(envelope: &Envelope, key_id: &str) -> Result<Receipt, String> {
-    let (subject, p) = parse_statement::<ReceiptPredicate>(envelope, RECEIPT_PREDICATE)?;
+/// The `receipt.statement` check. `key_id` is the actor key id already bound to the signature
+/// (or to the batch statement), `mode` the mode its seal stands for (`single` for a receipt's
+/// own signature, `batch` for a batch member): a receipt of one mode cannot pass as the other.
+pub(crate) fn check_receipt(
+    payload_type: &str,
+    payload: &[u8],
+    key_id: &str,
+    mode: &str,
+) -> Result<Receipt, String> {
+    let (subject, p) =
+        parse_statement_bytes::<ReceiptPredicate>(payload_type, payload, RECEIPT_PREDICATE)?;
     require_sha256_hex("subject[0].digest.sha256", &subject.digest.sha256)?;
     require_eq("subject[0].name", &subject.name, &p.action.target)?;
     require_eq("predicate.key.id", &p.key.id, key_id)?;
@@ -354,7 +381,12 @@ pub(crate) fn check_receipt(envelope: &Envelope, key_id: &str) -> Result<Receipt
     }
     check_sequence(p.sequence, p.previous_receipt.as_ref())?;
     let signed_at_unix = parse_time("predicate.signedAt", &p.signed_at)?;
-    require_eq("predicate.mode", &p.mode, "single")?;
+    if p.mode != mode {
+        return Err(format!(
+            "predicate.mode is {:?}, but the receipt is sealed as {mode:?} (single: its own signature; batch: a batch member)",
+            p.mode
+        ));
+    }
     let caller = p.caller.summary()?;
     Ok(Receipt {
         actor: p.actor,
@@ -627,9 +659,9 @@ pub(crate) fn check_registration(envelope: &Envelope) -> Result<Registration, St
 }
 
 /// The predicate type of an envelope's statement, to tell log entries apart.
-pub(crate) fn predicate_type(envelope: &Envelope) -> Result<String, String> {
-    require_eq("payloadType", &envelope.payload_type, IN_TOTO_PAYLOAD_TYPE)?;
-    let head: StatementHead = serde_json::from_slice(&envelope.payload)
+pub(crate) fn predicate_type_of(payload_type: &str, payload: &[u8]) -> Result<String, String> {
+    require_eq("payloadType", payload_type, IN_TOTO_PAYLOAD_TYPE)?;
+    let head: StatementHead = serde_json::from_slice(payload)
         .map_err(|e| format!("payload is not an in-toto statement: {e}"))?;
     Ok(head.predicate_type)
 }

@@ -34,6 +34,10 @@ pub struct Verified {
     /// Who obtained the receipt from the daemon, e.g. `unix uid=1000 gid=1000 pid=4242` or
     /// `x509 spiffe://acme.example/agents/payments (subject "CN=payments")`.
     pub caller: String,
+    /// `single`, or `batch` for a receipt sealed by a batch statement (FORMAT.md §12).
+    pub mode: String,
+    /// For a batch receipt: its leaf index and the batch's size.
+    pub batch: Option<(u64, u64)>,
 }
 
 /// Writes a string with control characters, quotes and non-ASCII escaped.
@@ -75,6 +79,12 @@ impl fmt::Display for Verified {
             Esc(&self.document_sha256)
         )?;
         writeln!(f, "  requested by {}", Esc(&self.caller))?;
+        if let Some((leaf, size)) = self.batch {
+            writeln!(
+                f,
+                "  sealed in a batch: leaf {leaf} of {size} under one signed batch root"
+            )?;
+        }
         if self.backend == "tpm" {
             write!(
                 f,

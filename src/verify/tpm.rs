@@ -4,7 +4,6 @@
 //! Every read is bounds-checked and every structure must be consumed exactly: a byte too many
 //! or too few is an error, never a guess.
 
-use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::EncodePublicKey;
 use sha2::{Digest, Sha256};
@@ -339,10 +338,12 @@ pub(crate) fn check_ak_signature(certify: &Tpm2Certify, ak: &VerifyingKey) -> Re
     }
     let signature = Signature::from_der(&certify.signature)
         .map_err(|e| format!("tpm2Certify.signature is not a DER ECDSA signature: {e}"))?;
-    ak.verify(&certify.attest, &signature).map_err(|_| {
-        "tpm2Certify.signature does not verify under the attestation key certificate over SHA-256(attest)"
-            .to_string()
-    })
+    if super::ecdsa::verify(ak, &certify.attest, &signature) {
+        Ok(())
+    } else {
+        Err("tpm2Certify.signature does not verify under the attestation key certificate over SHA-256(attest)"
+            .to_string())
+    }
 }
 
 /// What a verified TPM2_Certify says.

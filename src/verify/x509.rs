@@ -8,7 +8,6 @@
 
 use der::asn1::ObjectIdentifier;
 use der::{Decode, DecodePem, Encode, Header, Reader, SliceReader, Tag, Tagged};
-use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey;
 use x509_cert::Certificate;
@@ -186,11 +185,19 @@ fn check_common(cert: &ParsedCert, at: i64) -> Result<Constraints, String> {
     constraints(cert)
 }
 
+/// A certificate's (notBefore, notAfter) in Unix seconds.
+pub(crate) fn validity(cert: &ParsedCert) -> Result<(i64, i64), String> {
+    let validity = &cert.cert.tbs_certificate.validity;
+    Ok((
+        unix_seconds(validity.not_before.to_unix_duration().as_secs())?,
+        unix_seconds(validity.not_after.to_unix_duration().as_secs())?,
+    ))
+}
+
 /// `notBefore <= at <= notAfter` (RFC 5280 §4.1.2.5: both bounds inclusive).
 fn check_validity(cert: &ParsedCert, at: i64) -> Result<(), String> {
     let validity = &cert.cert.tbs_certificate.validity;
-    let not_before = unix_seconds(validity.not_before.to_unix_duration().as_secs())?;
-    let not_after = unix_seconds(validity.not_after.to_unix_duration().as_secs())?;
+    let (not_before, not_after) = self::validity(cert)?;
     if at < not_before {
         return Err(format!(
             "not yet valid at signedAt (notBefore {})",
@@ -274,12 +281,14 @@ fn check_issued_by(child: &ParsedCert, issuer: &ParsedCert) -> Result<(), String
         .ok_or_else(|| "signature BIT STRING has unused bits".to_string())?;
     let signature = Signature::from_der(sig_bytes)
         .map_err(|e| format!("signature is not a DER ECDSA P-256 signature: {e}"))?;
-    key.verify(&child.tbs_der, &signature).map_err(|_| {
-        format!(
+    if super::ecdsa::verify(&key, &child.tbs_der, &signature) {
+        Ok(())
+    } else {
+        Err(format!(
             "signature does not verify under the key of {:?}",
             issuer.subject()
-        )
-    })
+        ))
+    }
 }
 
 /// Labels a failure with the certificate it is about.
