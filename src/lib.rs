@@ -21,6 +21,8 @@ pub mod lab_tpm;
 #[cfg(feature = "daemon")]
 pub mod ledger;
 #[cfg(feature = "daemon")]
+pub mod mcp;
+#[cfg(feature = "daemon")]
 pub mod pki;
 #[cfg(feature = "daemon")]
 pub mod proof;
