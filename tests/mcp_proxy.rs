@@ -122,7 +122,12 @@ impl Sides {
 
     /// The client's command: the proxy (recorded) in front of the server (recorded).
     fn command(&self, socket: &Path, options: &[&str]) -> Vec<String> {
-        let server = recorded(&self.server_got, &self.server_sent, server());
+        self.command_for(server(), socket, options)
+    }
+
+    /// The same in front of another server.
+    fn command_for(&self, server: Vec<String>, socket: &Path, options: &[&str]) -> Vec<String> {
+        let server = recorded(&self.server_got, &self.server_sent, server);
         recorded(
             &self.client_sent,
             &self.client_got,
@@ -426,6 +431,48 @@ fn with_the_daemon_down_a_call_is_refused_or_passes_with_warn() {
     assert_eq!(std::fs::read_to_string(jsonl).unwrap().lines().count(), 6);
 }
 
+/// A published MCP server (the reference `mcp-server-time` from PyPI) behind the proxy, as
+/// README shows it.
+#[test]
+fn a_published_mcp_server_behind_the_proxy() {
+    let ok = Command::new("python3")
+        .args(["-c", "import mcp_server_time"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_mcp_sdk() || !can_run(ok, "python3 with mcp-server-time (pip)") {
+        return;
+    }
+    let lab = lab_with_key();
+    let work = tempfile::tempdir().unwrap();
+    let sides = Sides::new(work.path());
+    let dir = work.path().join("bundles");
+    let server = vec!["python3".into(), "-m".into(), "mcp_server_time".into()];
+    let command = sides.command_for(
+        server,
+        &lab.socket(),
+        &["--bundles-dir", dir.to_str().unwrap()],
+    );
+    let calls = json!([{"tool": "get_current_time", "arguments": {"timezone": "Europe/Berlin"}}]);
+    let (answers, _) = client(command, &calls, 1);
+    let text = answers[0]["text"].as_str().unwrap_or_default();
+    assert!(text.contains("Europe/Berlin"), "{answers:?}");
+    sides.assert_identical();
+    let bundles: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".bundle.json"))
+        .collect();
+    assert_eq!(bundles.len(), 2);
+    for bundle in bundles {
+        let doc = PathBuf::from(
+            bundle
+                .to_string_lossy()
+                .replace(".bundle.json", ".document.json"),
+        );
+        verify_cli(&lab, &bundle, &doc);
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
@@ -443,8 +490,29 @@ fn call_times(command: Vec<String>, calls: &Value, repeat: usize) -> Vec<f64> {
     times
 }
 
+/// `Sign` latencies (ms) of the daemon alone, for `n` documents like the proxy's, sorted.
+fn sign_times(lab: &TestLab, n: usize) -> Vec<f64> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = signer(lab).await;
+        let mut times = Vec::new();
+        for i in 0..n {
+            let document = format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"measure"}}}}}}"#);
+            let start = Instant::now();
+            client
+                .sign(sign_request(AGENT, document.as_bytes()))
+                .await
+                .expect("sign");
+            times.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        times
+    })
+}
+
 /// The latency the proxy adds per tool call (an intent and an outcome sealed), against the
-/// same server without it. `cargo test --release --test mcp_proxy -- --ignored --nocapture`.
+/// same server without it; and, to tell the parts apart, the proxy sealing nothing and the
+/// daemon's `Sign` alone. `cargo test --release --test mcp_proxy -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn added_latency_per_tool_call() {
@@ -454,24 +522,48 @@ fn added_latency_per_tool_call() {
     let lab = lab_with_key();
     let work = tempfile::tempdir().unwrap();
     let jsonl = work.path().join("bundles.jsonl");
-    let rounds = 500;
+    let rounds: usize = std::env::var("MCP_PROXY_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500);
     let calls = json!([{"tool": "echo", "arguments": {"text": "measure"}}]);
     let started = Instant::now();
-    let direct = call_times(server(), &calls, rounds);
-    let options = ["--bundles-jsonl", jsonl.to_str().unwrap()];
-    let proxied = call_times(proxy(&lab.socket(), &options, server()), &calls, rounds);
-    let (d50, d99) = (percentile(&direct, 0.5), percentile(&direct, 0.99));
-    let (p50, p99) = (percentile(&proxied, 0.5), percentile(&proxied, 0.99));
-    println!(
-        "tool calls: {rounds} each way ({:?} in all)",
-        started.elapsed()
-    );
-    println!("direct:       p50 {d50:.2} ms  p99 {d99:.2} ms");
-    println!("through proxy: p50 {p50:.2} ms  p99 {p99:.2} ms");
-    println!(
-        "added:        p50 {:.2} ms  p99 {:.2} ms",
-        p50 - d50,
-        p99 - d99
-    );
-    assert_eq!(receipt_count(&lab), 2 * (rounds as u64 + 1));
+    let jsonl_option = ["--bundles-jsonl", jsonl.to_str().unwrap()];
+    let unsealed_options = [
+        "--bundles-jsonl",
+        jsonl.to_str().unwrap(),
+        "--seal",
+        "none-such",
+    ];
+    let runs = [
+        ("direct", call_times(server(), &calls, rounds)),
+        (
+            "proxy, sealing nothing",
+            call_times(
+                proxy(&lab.socket(), &unsealed_options, server()),
+                &calls,
+                rounds,
+            ),
+        ),
+        (
+            "proxy, sealing",
+            call_times(
+                proxy(&lab.socket(), &jsonl_option, server()),
+                &calls,
+                rounds,
+            ),
+        ),
+        ("daemon Sign alone", sign_times(&lab, rounds)),
+    ];
+    println!("{rounds} calls each ({:?} in all)", started.elapsed());
+    let (d50, d99) = (percentile(&runs[0].1, 0.5), percentile(&runs[0].1, 0.99));
+    for (name, times) in &runs {
+        let (p50, p99) = (percentile(times, 0.5), percentile(times, 0.99));
+        println!(
+            "{name:>24}: p50 {p50:7.2} ms  p99 {p99:7.2} ms   (vs direct: +{:.2} / +{:.2})",
+            p50 - d50,
+            p99 - d99
+        );
+    }
+    assert_eq!(receipt_count(&lab), 2 * (rounds as u64 + 1) + rounds as u64);
 }
