@@ -473,6 +473,46 @@ fn a_published_mcp_server_behind_the_proxy() {
     }
 }
 
+#[test]
+fn a_call_the_daemon_does_not_permit_is_refused() {
+    if !has_mcp_sdk() {
+        return;
+    }
+    let lab = lab_with_key();
+    // The proxy's user may sign for the agent, but no MCP action types.
+    write_policy(
+        &lab,
+        &format!(
+            "[[sign]]\ncallers = [\"uid:{}\"]\nactors = [\"*\"]\nactions = [\"payment.*\"]\n",
+            own_uid()
+        ),
+    );
+    lab.signal_daemon("HUP").unwrap();
+    wait_for_log(&lab, "policy reloaded", 1);
+    let work = tempfile::tempdir().unwrap();
+    let sides = Sides::new(work.path());
+    let jsonl = work.path().join("bundles.jsonl");
+    let command = sides.command(&lab.socket(), &["--bundles-jsonl", jsonl.to_str().unwrap()]);
+    let (answers, _) = client(command, &calls(), 1);
+    for a in &answers {
+        assert_eq!(a["errorCode"], -32001, "{a}");
+        assert!(
+            a["errorMessage"]
+                .as_str()
+                .unwrap()
+                .contains("PermissionDenied"),
+            "{a}"
+        );
+    }
+    let server_got = String::from_utf8(Sides::read(&sides.server_got)).unwrap();
+    assert!(
+        !server_got.contains("tools/call"),
+        "a refused call reached the server"
+    );
+    assert_eq!(receipt_count(&lab), 0);
+    assert!(!jsonl.exists());
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
