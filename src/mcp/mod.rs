@@ -257,7 +257,7 @@ impl Session {
             intent_log_index: None,
         };
         let result = self
-            .seal_and_store("intent", INTENT_TYPE, document, call, number, None, vec![])
+            .seal_and_store(Kind::Intent, document, call, number, None, vec![])
             .await;
         if let Ok(index) = &result {
             pending.intent_log_index = Some(*index);
@@ -284,8 +284,7 @@ impl Session {
             };
             let result = self
                 .seal_and_store(
-                    "outcome",
-                    OUTCOME_TYPE,
+                    Kind::Outcome,
                     document(line),
                     &call,
                     pending.call,
@@ -299,11 +298,9 @@ impl Session {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn seal_and_store(
         &self,
-        kind: &'static str,
-        action_type: &'static str,
+        kind: Kind,
         document: &[u8],
         call: &message::ToolCall,
         number: u64,
@@ -312,7 +309,7 @@ impl Session {
     ) -> Result<u64, SealFailure> {
         let info = self.client_info.lock().await.clone();
         let seal = Seal {
-            action_type,
+            action_type: kind.action_type(),
             tool: &call.tool,
             request_id: &call.id,
             document,
@@ -320,6 +317,7 @@ impl Session {
             extra,
         };
         let sealed = self.sealer.seal(seal, info.as_ref()).await?;
+        let kind = kind.as_str();
         self.store.put(&Record {
             kind,
             session: &self.id,
@@ -332,6 +330,29 @@ impl Session {
         })?;
         tracing::info!(session = %self.id, kind, tool = %call.tool, id = %call.id, log_index = sealed.log_index, "sealed");
         Ok(sealed.log_index)
+    }
+}
+
+/// Which of a call's two receipts.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Intent,
+    Outcome,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Intent => "intent",
+            Kind::Outcome => "outcome",
+        }
+    }
+
+    fn action_type(self) -> &'static str {
+        match self {
+            Kind::Intent => INTENT_TYPE,
+            Kind::Outcome => OUTCOME_TYPE,
+        }
     }
 }
 
