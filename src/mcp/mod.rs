@@ -373,3 +373,24 @@ pub fn store(dir: Option<PathBuf>, jsonl: Option<PathBuf>) -> Result<Store> {
         _ => bail!("give exactly one of --bundles-dir and --bundles-jsonl"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tool_policy_takes_names_and_prefixes() {
+        let policy = ToolPolicy::new(vec!["bank.*".into(), "send_mail".into()]);
+        assert!(policy.seals("bank.transfer"));
+        assert!(policy.seals("send_mail"));
+        assert!(!policy.seals("send_mail2"));
+        assert!(!policy.seals("read_file"));
+        assert!(ToolPolicy::new(vec!["*".into()]).seals(""));
+    }
+
+    #[test]
+    fn a_document_is_the_line_without_its_newline() {
+        assert_eq!(document(b"{\"a\":1}\r\n"), b"{\"a\":1}\r");
+        assert_eq!(document(b"{\"a\":1}"), b"{\"a\":1}");
+    }
+}
