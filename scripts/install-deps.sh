@@ -38,4 +38,12 @@ if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
   python3 -m pip install --quiet grpcio grpcio-tools 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages grpcio grpcio-tools
 fi
+# The MCP proxy tests (tests/mcp_proxy.rs): the official MCP Python SDK (1.x: FastMCP) and the
+# reference time server built on it.
+if ! python3 -c 'import mcp.server.fastmcp, mcp.client.stdio, mcp_server_time' 2>/dev/null; then
+  echo "installing: mcp mcp-server-time (pip)"
+  mcp=("mcp>=1.10,<2" "mcp-server-time<2026.10")
+  python3 -m pip install --quiet "${mcp[@]}" 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages "${mcp[@]}"
+fi
 command -v cargo >/dev/null || { echo "cargo (Rust 1.88 or newer) is required: https://rustup.rs" >&2; exit 1; }

@@ -28,6 +28,8 @@ pub mod lab_witness;
 #[cfg(feature = "daemon")]
 pub mod ledger;
 #[cfg(feature = "daemon")]
+pub mod mcp;
+#[cfg(feature = "daemon")]
 pub mod pki;
 #[cfg(feature = "daemon")]
 pub mod proof;

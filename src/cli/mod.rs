@@ -17,6 +17,8 @@ use clap::Args;
 use clap::{Parser, Subcommand};
 
 #[cfg(feature = "daemon")]
+pub(crate) use client::connect;
+#[cfg(feature = "daemon")]
 pub use client::{ExpectedKey, check_attestation, connect_unix, expected_key};
 
 #[cfg(feature = "daemon")]
@@ -52,6 +54,10 @@ enum Command {
     /// Sign an action as an actor and write its proof bundle.
     #[cfg(feature = "daemon")]
     Sign(SignArgs),
+    /// Stand in for an MCP server (stdio): forward its messages unchanged and have the
+    /// daemon seal every tool call's intent and outcome.
+    #[cfg(feature = "daemon")]
+    McpProxy(McpProxyArgs),
     /// Verify a proof bundle offline.
     Verify {
         /// The bundle (JSON) to verify; several bundles are verified in one run, what they
@@ -349,6 +355,36 @@ struct SignArgs {
     connection: Connection,
 }
 
+/// `actseal mcp-proxy` (docs/CONFIG.md, "MCP proxy").
+#[cfg(feature = "daemon")]
+#[derive(Args)]
+struct McpProxyArgs {
+    /// The actor every tool call is sealed as (the agent's identity).
+    #[arg(long)]
+    actor: String,
+    /// Store each bundle and its document as files in this directory.
+    #[arg(long, value_name = "DIR", required_unless_present = "bundles_jsonl")]
+    bundles_dir: Option<PathBuf>,
+    /// Append each bundle and its document as one line to this JSON Lines file.
+    #[arg(long, value_name = "FILE", conflicts_with = "bundles_dir")]
+    bundles_jsonl: Option<PathBuf>,
+    /// Tools whose calls are sealed: a name, or a prefix ending in `*` (repeatable).
+    #[arg(long = "seal", value_name = "TOOL", default_value = "*")]
+    seal: Vec<String>,
+    /// When a call's intent cannot be sealed: refuse it with a JSON-RPC error, or forward it
+    /// with a warning.
+    #[arg(long, value_enum, default_value = "refuse")]
+    on_seal_failure: crate::mcp::OnSealFailure,
+    /// How long one seal may take before it counts as failed, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    seal_timeout_ms: u64,
+    #[command(flatten)]
+    connection: Connection,
+    /// The MCP server's command line, after `--`.
+    #[arg(last = true, required = true, value_name = "SERVER")]
+    command: Vec<String>,
+}
+
 #[cfg(feature = "daemon")]
 #[derive(Subcommand)]
 enum LogCommand {
@@ -571,6 +607,37 @@ fn witness(command: WitnessCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the MCP proxy; exits with the server's exit code.
+#[cfg(feature = "daemon")]
+fn mcp_proxy(args: McpProxyArgs) -> ExitCode {
+    let result = (|| {
+        let config = crate::mcp::ProxyConfig {
+            actor: args.actor,
+            connection: args.connection,
+            store: crate::mcp::store(args.bundles_dir, args.bundles_jsonl)?,
+            tools: crate::mcp::ToolPolicy::new(args.seal),
+            on_failure: args.on_seal_failure,
+            seal_timeout: std::time::Duration::from_millis(args.seal_timeout_ms),
+            command: args.command,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let code = runtime.block_on(crate::mcp::run(config));
+        // A read of our stdin may still block a runtime thread: do not wait for it.
+        runtime.shutdown_background();
+        code
+    })();
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("actseal: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Entry point of the `actseal` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -712,6 +779,11 @@ pub fn main() -> ExitCode {
         Command::Sign(args) => {
             init_logging("warn", false);
             client::sign(args)
+        }
+        #[cfg(feature = "daemon")]
+        Command::McpProxy(args) => {
+            init_logging("info", false);
+            return mcp_proxy(args);
         }
         #[cfg(feature = "daemon")]
         Command::Ca(command) => {
