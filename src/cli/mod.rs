@@ -5,8 +5,8 @@
 mod client;
 #[cfg(feature = "daemon")]
 mod demo;
-mod monitor;
 mod forensics;
+mod monitor;
 mod operator;
 pub(crate) mod out;
 

@@ -115,7 +115,10 @@ pub fn verify(
             verify_bundle(bundle_bytes, anchors, document.as_deref()).map_err(|e| e.to_string())?;
         check_origin_and_time(&verified, log_origin, at)?;
         let anchored = anchoring.check(bundle_bytes, &verified)?;
-        Ok(format!("VERIFIED {}\n{verified}{anchored}", bundle.display()))
+        Ok(format!(
+            "VERIFIED {}\n{verified}{anchored}",
+            bundle.display()
+        ))
     })
 }
 

@@ -50,7 +50,8 @@ pub fn verify_log_consistency(
 ) -> Result<ConsistencyReport, String> {
     super::verify_bundle(bundle_json, anchors, None)
         .map_err(|e| format!("the bundle naming the log key does not verify: {e}"))?;
-    let log = bundle::decode_log_key_text(bundle::parse(bundle_json)?.log.log_key_json)?;
+    let parsed = bundle::parse(bundle_json)?;
+    let log = bundle::decode_log_key_text(parsed.log.log_key_json)?;
     let proof: ProofJson =
         serde_json::from_slice(proof_json).map_err(|e| format!("not a consistency proof: {e}"))?;
     let old = verify_checkpoint(
@@ -71,7 +72,7 @@ pub fn verify_log_consistency(
     if old.origin != log.key_name || new.origin != log.key_name {
         return Err("a checkpoint is of another log".into());
     }
-    check_bundle_checkpoint(&log, &old, &new)?;
+    check_bundle_checkpoint(&parsed.log.checkpoint, &log, &old, &new)?;
     let hashes = super::fork::decode_hashes(&proof.hashes)?;
     verify_consistency(old.size, new.size, &old.root, &new.root, &hashes)
         .map_err(|e| format!("consistency: {e}"))?;
@@ -84,11 +85,12 @@ pub fn verify_log_consistency(
 
 /// The bundle's checkpoint is one end of the proof: same size, same root.
 fn check_bundle_checkpoint(
-    log: &bundle::Log,
+    checkpoint: &str,
+    log: &bundle::LogKey,
     old: &ParsedCheckpoint,
     new: &ParsedCheckpoint,
 ) -> Result<(), String> {
-    let own = verify_checkpoint(log.checkpoint.as_bytes(), &log.key_name, &log.key.spki_der)
+    let own = verify_checkpoint(checkpoint.as_bytes(), &log.key_name, &log.key.spki_der)
         .map_err(|e| format!("the bundle's checkpoint: {e}"))?;
     let Some(end) = [old, new].into_iter().find(|c| c.size == own.size) else {
         return Err(format!(

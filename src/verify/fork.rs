@@ -144,7 +144,7 @@ pub fn verify_fork_evidence(json: &[u8], anchors: &TrustAnchors) -> Result<ForkR
     let bundle_json = serde_json::to_vec(&e.bundle).map_err(|e| e.to_string())?;
     super::verify_bundle(&bundle_json, anchors, None)
         .map_err(|e| format!("the bundle naming the log key does not verify: {e}"))?;
-    let log = bundle::parse(&bundle_json)?.log;
+    let log = bundle::decode_log_key_text(bundle::parse(&bundle_json)?.log.log_key_json)?;
     if log.key_name != e.origin {
         return Err(format!(
             "the bundle is of log {:?}, not {:?}",
