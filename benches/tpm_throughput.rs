@@ -14,98 +14,12 @@ use actseal::{
     api::{CreateKeyRequest, key_admin_client::KeyAdminClient},
     backend::{
         Backend,
-        tpm::{TpmBackend, TpmSettings, storage_template},
+        tpm::{TpmBackend, TpmSettings},
     },
     lab::{Lab, LabBackend},
 };
-use tss_esapi::{
-    Context, TctiNameConf,
-    attributes::ObjectAttributesBuilder,
-    constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK},
-    interface_types::{
-        algorithm::{HashingAlgorithm, PublicAlgorithm},
-        ecc::EccCurve,
-        resource_handles::Hierarchy,
-    },
-    structures::{
-        Digest, EccPoint, EccScheme, HashScheme, HashcheckTicket, PublicBuilder,
-        PublicEccParametersBuilder, SignatureScheme,
-    },
-    tss2_esys::TPMT_TK_HASHCHECK,
-};
 
 const ACTOR: &str = "spiffe://acme.example/agents/tpm-bench";
-
-/// TPM2_Sign with the key loaded once: the TPM's own rate.
-fn raw_tpm_sign_rate(tcti: &str) -> f64 {
-    let mut ctx = Context::new(tcti.parse::<TctiNameConf>().unwrap()).unwrap();
-    let primary = ctx
-        .execute_with_nullauth_session(|ctx| {
-            ctx.create_primary(
-                Hierarchy::Owner,
-                storage_template().unwrap(),
-                None,
-                None,
-                None,
-                None,
-            )
-        })
-        .unwrap()
-        .key_handle;
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_sign_encrypt(true)
-        .build()
-        .unwrap();
-    let template = PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new_unrestricted_signing_key(
-                EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
-                EccCurve::NistP256,
-            )
-            .build()
-            .unwrap(),
-        )
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
-        .unwrap();
-    let created = ctx
-        .execute_with_nullauth_session(|ctx| ctx.create(primary, template, None, None, None, None))
-        .unwrap();
-    let key = ctx
-        .execute_with_nullauth_session(|ctx| {
-            ctx.load(primary, created.out_private, created.out_public)
-        })
-        .unwrap();
-    let ticket = HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
-        tag: TPM2_ST_HASHCHECK,
-        hierarchy: TPM2_RH_NULL,
-        digest: Default::default(),
-    })
-    .unwrap();
-    let digest = Digest::try_from(vec![0x5a; 32]).unwrap();
-    let duration = support::phase_seconds();
-    let start = Instant::now();
-    let mut n = 0u64;
-    ctx.execute_with_nullauth_session(|ctx| {
-        while start.elapsed() < duration {
-            ctx.sign(key, digest.clone(), SignatureScheme::Null, ticket.clone())?;
-            n += 1;
-        }
-        Ok::<_, tss_esapi::Error>(())
-    })
-    .unwrap();
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    let _ = ctx.flush_context(key.into());
-    let _ = ctx.flush_context(primary.into());
-    rate
-}
 
 /// The backend's sign_digest: the key stays loaded; a software check of each signature.
 fn backend_sign_rate(tcti: &str) -> f64 {
@@ -140,7 +54,7 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     // swtpm serves one connection at a time: raw figures first, then the daemon.
-    let raw = raw_tpm_sign_rate(&tcti);
+    let raw = support::raw::tpm_rate(&tcti);
     println!("raw TPM2_Sign (ECDSA P-256, key loaded once):    {raw:>8.0} signs/s");
     let backend = backend_sign_rate(&tcti);
     println!("backend sign_digest (cached key, checked):       {backend:>8.0} signs/s");

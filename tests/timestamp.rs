@@ -313,6 +313,45 @@ async fn the_daemon_stamps_checkpoints_and_bundles_carry_the_tokens() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("log.timestamp failed"), "{text}");
 
+    // The forensic view and a many-bundle verify check the tokens too when given the anchors:
+    // proved with the authority's CA, failed (log.timestamp) with a foreign one.
+    let many = lab.path("many.json");
+    std::fs::write(&many, &bundles[N - 2]).unwrap();
+    let out = lab
+        .run_ok(&[
+            "verify",
+            &path,
+            &many,
+            "--trust",
+            &anchor,
+            "--tsa-trust",
+            &ca,
+        ])
+        .unwrap();
+    assert!(out.contains("2 of 2 bundles verified"), "{out}");
+    // (One bundle of many: `actions` reports the rest as a gap, so it exits 1 either way.)
+    let out = lab
+        .run(&["actions", &path, "--trust", &anchor, "--tsa-trust", &ca])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("PROVED") && text.contains("stamped:") && !text.contains("not checked"),
+        "{text}"
+    );
+    let out = lab
+        .run(&[
+            "actions",
+            &path,
+            "--trust",
+            &anchor,
+            "--tsa-trust",
+            &foreign_ca,
+        ])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("log.timestamp"), "{text}");
+
     // An altered byte of the bundle's token fails log.timestamp (every 7th byte).
     let bundle_anchors = TrustAnchors::from_pem(&std::fs::read(lab.anchor()).unwrap()).unwrap();
     let verified = verify_bundle(bundles[0].as_bytes(), &bundle_anchors, None).unwrap();

@@ -148,6 +148,42 @@ async fn two_of_three_signs_with_one_down_and_cosignatures_verify() {
     let all_three = policy_file(&lab, &witnesses, 3, "policy-3of3.txt");
     let (ok, out) = verify_cli(&lab, &one_down, &all_three);
     assert!(!ok && out.contains(&witnesses[2].name), "{out}");
+    // The forensic view checks the cosignatures under a policy too: met (both receipts of the
+    // actor, so no gap), and not met.
+    let first = lab.path("all-up.json");
+    std::fs::write(&first, &all_up).unwrap();
+    let kept = lab.path("one-down.json");
+    std::fs::write(&kept, &one_down).unwrap();
+    let anchor = lab.anchor().display().to_string();
+    let out = lab
+        .run_ok(&[
+            "actions",
+            &first,
+            &kept,
+            "--trust",
+            &anchor,
+            "--witness-policy",
+            &two_of_three,
+        ])
+        .unwrap();
+    assert!(out.contains("witness policy met"), "{out}");
+    let out = lab
+        .run(&[
+            "actions",
+            &first,
+            &kept,
+            "--trust",
+            &anchor,
+            "--witness-policy",
+            &all_three,
+        ])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("log.witnesses") && text.contains(&witnesses[2].name),
+        "{text}"
+    );
 
     // Any altered byte of a cosignature (key id, time, signature) fails.
     let line = note

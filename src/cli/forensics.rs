@@ -42,6 +42,12 @@ pub struct Selection {
     /// A folder of retained action documents, matched to receipts by SHA-256.
     #[arg(long)]
     documents: Option<PathBuf>,
+    /// Require each bundle's checkpoint to meet this witness policy (FORMAT.md §14.3).
+    #[arg(long)]
+    witness_policy: Option<PathBuf>,
+    /// Check each bundle's RFC 3161 timestamp tokens under these TSA anchors (PEM, §15.2).
+    #[arg(long)]
+    tsa_trust: Option<PathBuf>,
 }
 
 impl Selection {
@@ -57,11 +63,17 @@ impl Selection {
                 );
                 ExitCode::from(2)
             })?;
+        let bad = |e: String| {
+            eprintln!("actseal {command}: {e}");
+            ExitCode::from(2)
+        };
         let query = Query {
             actor: self.actor.clone(),
             action_type: self.action_type.clone(),
             from: self.from,
             until: self.until,
+            witness_policy: self.witness_policy().map_err(bad)?,
+            tsa: self.tsa_anchors().map_err(bad)?,
         };
         let fetched = self.fetch().map_err(|e| {
             eprintln!("actseal {command}: {e:#}");
@@ -78,6 +90,32 @@ impl Selection {
             eprintln!("actseal {command}: {e}");
             ExitCode::from(2)
         })
+    }
+}
+
+impl Selection {
+    fn witness_policy(
+        &self,
+    ) -> Result<Option<crate::verify::witness_policy::WitnessPolicy>, String> {
+        let Some(path) = &self.witness_policy else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the witness policy {}: {e}", path.display()))?;
+        crate::verify::witness_policy::WitnessPolicy::parse(&text)
+            .map(Some)
+            .map_err(|e| format!("witness policy {}: {e}", path.display()))
+    }
+
+    fn tsa_anchors(&self) -> Result<Option<crate::verify::timestamp::TsaAnchors>, String> {
+        let Some(path) = &self.tsa_trust else {
+            return Ok(None);
+        };
+        std::fs::read(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .and_then(|pem| crate::verify::timestamp::TsaAnchors::from_pem(&pem))
+            .map(Some)
+            .map_err(|e| format!("--tsa-trust: {e}"))
     }
 }
 

@@ -8,6 +8,8 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::verify::timestamp::TsaAnchors;
+use crate::verify::witness_policy::WitnessPolicy;
 use crate::verify::{TrustAnchors, Verified, verify_bundle};
 
 use super::ForensicsError;
@@ -24,6 +26,10 @@ pub struct Query {
     pub from: Option<i64>,
     /// Unix seconds, inclusive.
     pub until: Option<i64>,
+    /// Check each bundle's witness cosignatures against this policy (`log.witnesses`).
+    pub witness_policy: Option<WitnessPolicy>,
+    /// Check each bundle's RFC 3161 tokens under these TSA anchors (`log.timestamp`).
+    pub tsa: Option<TsaAnchors>,
 }
 
 /// What a receipt says about itself, read without trusting it.
@@ -187,7 +193,12 @@ pub fn investigate(
     for (source, bytes) in &loaded.exports {
         loaded.notes.push(audit_note(source, bytes, anchors));
     }
-    let mut all = dedupe(loaded.items.iter().map(|item| check(item, anchors, &docs)));
+    let mut all = dedupe(
+        loaded
+            .items
+            .iter()
+            .map(|item| check(item, anchors, query, &docs)),
+    );
     sort(&mut all);
     let gaps = find_gaps(&all, query.actor.as_deref());
     let unmatched_documents = unmatched(&docs, &all);
@@ -218,7 +229,12 @@ fn audit_note(source: &str, bytes: &[u8], anchors: &TrustAnchors) -> Note {
 }
 
 /// Verifies one item, with its retained document when one matches.
-fn check(item: &Item, anchors: &TrustAnchors, docs: &HashMap<String, Vec<PathBuf>>) -> Action {
+fn check(
+    item: &Item,
+    anchors: &TrustAnchors,
+    query: &Query,
+    docs: &HashMap<String, Vec<PathBuf>>,
+) -> Action {
     let claims = item.payload.as_deref().map(claims_of).unwrap_or_default();
     let documents = docs
         .get(&claims.document_sha256)
@@ -235,7 +251,13 @@ fn check(item: &Item, anchors: &TrustAnchors, docs: &HashMap<String, Vec<PathBuf
         .or_else(|| item.document.clone());
     let (proof, failure, extras) = match &item.bundle {
         Ok(bytes) => match verify_bundle(bytes, anchors, document.as_deref()) {
-            Ok(v) => (Some(Proof::from(&v)), None, extras::of_bundle(bytes)),
+            Ok(v) => {
+                let mut extras = extras::of_bundle(bytes);
+                match check_anchoring(bytes, &v, query, &mut extras) {
+                    Ok(()) => (Some(Proof::from(&v)), None, extras),
+                    Err(f) => (None, Some(f), extras),
+                }
+            }
             Err(e) => {
                 let f = Failure {
                     check: e.check.to_string(),
@@ -263,6 +285,47 @@ fn check(item: &Item, anchors: &TrustAnchors, docs: &HashMap<String, Vec<PathBuf
         parent_documents: shown(parent_documents),
         extras,
     }
+}
+
+/// `log.witnesses` and `log.timestamp`, when the query asks for them, on a bundle the verifier
+/// accepted; what they proved goes into `extras`.
+fn check_anchoring(
+    bytes: &[u8],
+    verified: &Verified,
+    query: &Query,
+    extras: &mut Extras,
+) -> Result<(), Failure> {
+    let failure = |check: &str, detail: String| Failure {
+        check: check.into(),
+        detail,
+    };
+    if let Some(policy) = &query.witness_policy {
+        let note = serde_json::from_slice::<Value>(bytes)
+            .ok()
+            .and_then(|b| b["log"]["checkpoint"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let outcome = policy
+            .check(note.as_bytes())
+            .map_err(|e| failure("log.witnesses", e.to_string()))?;
+        let cosigned: Vec<String> = outcome.cosigned.keys().cloned().collect();
+        if !outcome.satisfied {
+            return Err(failure(
+                "log.witnesses",
+                format!(
+                    "the witness policy is not met: cosigned by [{}], missing [{}]",
+                    cosigned.join(", "),
+                    outcome.missing.join(", ")
+                ),
+            ));
+        }
+        extras.witnesses_checked = Some(cosigned);
+    }
+    if let Some(tsa) = &query.tsa {
+        let stamps = crate::verify::verify_bundle_timestamps(bytes, verified, tsa)
+            .map_err(|e| failure("log.timestamp", e.detail))?;
+        extras.stamps_checked = Some(stamps.to_string().trim_end().to_string());
+    }
+    Ok(())
 }
 
 /// The claims of a receipt payload; members that are missing or of the wrong type are empty.

@@ -35,6 +35,12 @@ pub struct Extras {
     pub batch: Option<Vec<String>>,
     /// Members this version does not know (`log.x` for those inside `log`).
     pub unknown_members: Vec<String>,
+    /// With a witness policy: the policy witnesses whose cosignatures verified (the policy is
+    /// met). `None`: not checked.
+    pub witnesses_checked: Option<Vec<String>>,
+    /// With TSA anchors: the timestamp tokens that verified, as `actseal verify` prints them.
+    /// `None`: not checked.
+    pub stamps_checked: Option<String>,
 }
 
 /// Reads the extras of a bundle; anything unreadable is simply not there.
@@ -57,6 +63,8 @@ pub fn of_bundle(bytes: &[u8]) -> Extras {
                 .unwrap_or_default()
         }),
         unknown_members: Vec::new(),
+        witnesses_checked: None,
+        stamps_checked: None,
     };
     if let Some(top) = json.as_object() {
         for name in top.keys().filter(|k| !KNOWN_TOP.contains(&k.as_str())) {

@@ -217,25 +217,39 @@ fn document_rows(h: &mut String, a: &Action) {
 
 fn extras_rows(h: &mut String, a: &Action) {
     let x = &a.extras;
-    if x.cosigners.is_empty() {
-        row(h, "witnesses", "none on this checkpoint");
-    }
-    for w in &x.cosigners {
-        row(
+    match &x.witnesses_checked {
+        Some(names) => row(
             h,
-            "witness",
-            &format!("{w} cosigned the checkpoint (carried; not checked by this report)"),
-        );
+            "witnesses",
+            &format!(
+                "the witness policy is met: cosigned by {} (checked)",
+                names.join(", ")
+            ),
+        ),
+        None if x.cosigners.is_empty() => row(h, "witnesses", "none on this checkpoint"),
+        None => {
+            for w in &x.cosigners {
+                row(
+                    h,
+                    "witness",
+                    &format!(
+                        "{w} cosigned the checkpoint (carried; not checked: no --witness-policy)"
+                    ),
+                );
+            }
+        }
     }
-    if x.timestamps > 0 {
-        row(
+    match &x.stamps_checked {
+        Some(stamps) => row(h, "timestamp", &format!("{stamps} (checked)")),
+        None if x.timestamps > 0 => row(
             h,
             "timestamps",
             &format!(
-                "{} RFC 3161 token(s) carried (not checked by this report)",
+                "{} RFC 3161 token(s) carried (not checked: no --tsa-trust)",
                 x.timestamps
             ),
-        );
+        ),
+        None => {}
     }
     if let Some(batch) = &x.batch {
         row(

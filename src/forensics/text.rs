@@ -67,19 +67,30 @@ fn action(f: &mut fmt::Formatter<'_>, a: &Action) -> fmt::Result {
     if let Some(parent) = &c.parent_sha256 {
         writeln!(f, "  parent sha256 {}", Esc(parent))?;
     }
-    for w in &a.extras.cosigners {
-        writeln!(
+    match &a.extras.witnesses_checked {
+        Some(names) => writeln!(
             f,
-            "  checkpoint cosigned by {} (carried, not checked here)",
-            Esc(w)
-        )?;
+            "  witness policy met: cosigned by {}",
+            Esc(&names.join(", "))
+        )?,
+        None => {
+            for w in &a.extras.cosigners {
+                writeln!(
+                    f,
+                    "  checkpoint cosigned by {} (carried, not checked: no --witness-policy)",
+                    Esc(w)
+                )?;
+            }
+        }
     }
-    if a.extras.timestamps > 0 {
-        writeln!(
+    match &a.extras.stamps_checked {
+        Some(stamps) => writeln!(f, "  {}", Esc(stamps))?,
+        None if a.extras.timestamps > 0 => writeln!(
             f,
-            "  {} timestamp token(s) carried, not checked here",
+            "  {} timestamp token(s) carried, not checked: no --tsa-trust",
             a.extras.timestamps
-        )?;
+        )?,
+        None => {}
     }
     for (k, v) in &c.context {
         writeln!(f, "  context {} = {}", Esc(k), Esc(v))?;
