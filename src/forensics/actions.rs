@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::verify::timestamp::TsaAnchors;
 use crate::verify::witness_policy::WitnessPolicy;
-use crate::verify::{TrustAnchors, Verified, verify_bundle};
+use crate::verify::{BundleVerifier, TrustAnchors, Verified};
 
 use super::ForensicsError;
 use super::extras::{self, Extras};
@@ -193,11 +193,13 @@ pub fn investigate(
     for (source, bytes) in &loaded.exports {
         loaded.notes.push(audit_note(source, bytes, anchors));
     }
+    // What the receipts of one log share (lineage, log key, checkpoints) is checked once.
+    let mut verifier = BundleVerifier::new(anchors);
     let mut all = dedupe(
         loaded
             .items
             .iter()
-            .map(|item| check(item, anchors, query, &docs)),
+            .map(|item| check(item, &mut verifier, query, &docs)),
     );
     sort(&mut all);
     let gaps = find_gaps(&all, query.actor.as_deref());
@@ -231,7 +233,7 @@ fn audit_note(source: &str, bytes: &[u8], anchors: &TrustAnchors) -> Note {
 /// Verifies one item, with its retained document when one matches.
 fn check(
     item: &Item,
-    anchors: &TrustAnchors,
+    verifier: &mut BundleVerifier<'_>,
     query: &Query,
     docs: &HashMap<String, Vec<PathBuf>>,
 ) -> Action {
@@ -250,7 +252,7 @@ fn check(
         .and_then(|p| std::fs::read(p).ok())
         .or_else(|| item.document.clone());
     let (proof, failure, extras) = match &item.bundle {
-        Ok(bytes) => match verify_bundle(bytes, anchors, document.as_deref()) {
+        Ok(bytes) => match verifier.verify(bytes, document.as_deref()) {
             Ok(v) => {
                 let mut extras = extras::of_bundle(bytes);
                 match check_anchoring(bytes, &v, query, &mut extras) {
