@@ -264,6 +264,36 @@ fn decode_signature(raw: &[u8]) -> Result<Signature, BackendError> {
         })
 }
 
+/// The templates of a token signing key pair: the private half sensitive, never extractable and
+/// able only to sign; both halves token objects under `label` and `id`. Actor, log and device
+/// keys (P-256) and the witness's key (Ed25519) are made from these.
+pub(crate) fn signing_key_pair_templates(
+    key_type: KeyType,
+    ec_params: &[u8],
+    label: &[u8],
+    id: &[u8],
+) -> ([Attribute; 7], [Attribute; 7]) {
+    let public = [
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::KeyType(key_type),
+        Attribute::Verify(true),
+        Attribute::EcParams(ec_params.to_vec()),
+        Attribute::Label(label.to_vec()),
+        Attribute::Id(id.to_vec()),
+    ];
+    let private = [
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::Label(label.to_vec()),
+        Attribute::Id(id.to_vec()),
+    ];
+    (public, private)
+}
+
 impl Pkcs11Backend {
     /// Opens the token, reads the PIN from its source and logs in once, so that a missing
     /// token or a wrong PIN is reported at start-up rather than on the first request.
@@ -443,25 +473,8 @@ impl Pkcs11Backend {
         let id = session
             .generate_random_vec(KEY_ID_LEN)
             .map_err(|e| classify("C_GenerateRandom", e))?;
-        let label = label.as_bytes().to_vec();
-        let public_template = [
-            Attribute::Token(true),
-            Attribute::Private(false),
-            Attribute::KeyType(KeyType::EC),
-            Attribute::Verify(true),
-            Attribute::EcParams(P256_EC_PARAMS.to_vec()),
-            Attribute::Label(label.clone()),
-            Attribute::Id(id.clone()),
-        ];
-        let private_template = [
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Sign(true),
-            Attribute::Label(label),
-            Attribute::Id(id.clone()),
-        ];
+        let (public_template, private_template) =
+            signing_key_pair_templates(KeyType::EC, &P256_EC_PARAMS, label.as_bytes(), &id);
         let (public_handle, private_handle) = session
             .generate_key_pair(
                 &Mechanism::EccKeyPairGen,

@@ -85,15 +85,18 @@ impl Sealer {
     }
 
     async fn sign(&self, request: SignRequest) -> Result<Sealed, SealError> {
-        let mut slot = self.client.lock().await;
-        if slot.is_none() {
-            let channel = crate::cli::connect(&self.connection)
-                .await
-                .map_err(SealError::Connect)?;
-            *slot = Some(SignerClient::new(channel));
-        }
-        let Some(client) = slot.as_mut() else {
-            unreachable!("connected above")
+        let mut client = {
+            let mut slot = self.client.lock().await;
+            match slot.as_ref() {
+                Some(client) => client.clone(),
+                None => {
+                    let channel = crate::cli::connect(&self.connection)
+                        .await
+                        .map_err(SealError::Connect)?;
+                    // A tonic client is a handle on one channel: clones share it.
+                    slot.insert(SignerClient::new(channel)).clone()
+                }
+            }
         };
         let answer = client
             .sign(request)

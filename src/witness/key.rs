@@ -16,7 +16,7 @@ use cryptoki::{
 };
 
 use super::{WitnessError, config::WitnessPkcs11};
-use crate::backend::pkcs11::{TokenSelector, find_token, load_module};
+use crate::backend::pkcs11::{TokenSelector, find_token, load_module, signing_key_pair_templates};
 
 /// DER of the OID id-Ed25519 (1.3.101.112), as CKA_EC_PARAMS holds it.
 const ED25519_EC_PARAMS: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
@@ -94,26 +94,12 @@ impl TokenKey {
                 config.key_label
             )));
         }
-        let label = config.key_label.as_bytes().to_vec();
-        let id = b"actseal-witness".to_vec();
-        let public = [
-            Attribute::Token(true),
-            Attribute::Private(false),
-            Attribute::KeyType(KeyType::EC_EDWARDS),
-            Attribute::Verify(true),
-            Attribute::EcParams(ED25519_EC_PARAMS.to_vec()),
-            Attribute::Label(label.clone()),
-            Attribute::Id(id.clone()),
-        ];
-        let private = [
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Sign(true),
-            Attribute::Label(label),
-            Attribute::Id(id),
-        ];
+        let (public, private) = signing_key_pair_templates(
+            KeyType::EC_EDWARDS,
+            &ED25519_EC_PARAMS,
+            config.key_label.as_bytes(),
+            b"actseal-witness",
+        );
         let (public, _) = session
             .generate_key_pair(&Mechanism::EccEdwardsKeyPairGen, &public, &private)
             .map_err(|e| failed("C_GenerateKeyPair (Ed25519)", e))?;
