@@ -22,7 +22,7 @@ use std::path::Path;
 
 use actseal::{
     api::{CreateKeyRequest, key_admin_client::KeyAdminClient},
-    lab::{Lab, LabBackend, SOFTHSM_MODULE},
+    lab::{Lab, SOFTHSM_MODULE},
 };
 
 const SINGLE: &str = "spiffe://acme.example/agents/bench-single";
@@ -167,17 +167,7 @@ fn softhsm(runtime: &tokio::runtime::Runtime, emulated: Option<u32>) {
 }
 
 fn swtpm(runtime: &tokio::runtime::Runtime) {
-    let dir = tempfile::Builder::new()
-        .prefix("actseal-series-tpm-")
-        .tempdir()
-        .unwrap();
-    let mut lab = Lab::create_with_backend(
-        Path::new(env!("CARGO_BIN_EXE_actseal")),
-        &dir.path().join("lab"),
-        false,
-        LabBackend::Tpm,
-    )
-    .expect("TPM lab set-up");
+    let (_dir, mut lab) = support::tpm_lab("actseal-series-tpm-");
     // The raw rate first: swtpm serves one client at a time.
     let tcti = lab.tpm().unwrap().tcti();
     let raw = support::raw::tpm_rate(&tcti);

@@ -8,7 +8,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::{path::Path, time::Instant};
+use std::time::Instant;
 
 use actseal::{
     api::{CreateKeyRequest, key_admin_client::KeyAdminClient},
@@ -16,7 +16,6 @@ use actseal::{
         Backend,
         tpm::{TpmBackend, TpmSettings},
     },
-    lab::{Lab, LabBackend},
 };
 
 const ACTOR: &str = "spiffe://acme.example/agents/tpm-bench";
@@ -36,17 +35,7 @@ fn backend_sign_rate(tcti: &str) -> f64 {
 }
 
 fn main() {
-    let dir = tempfile::Builder::new()
-        .prefix("actseal-tpm-bench-")
-        .tempdir()
-        .unwrap();
-    let mut lab = Lab::create_with_backend(
-        Path::new(env!("CARGO_BIN_EXE_actseal")),
-        &dir.path().join("lab"),
-        false,
-        LabBackend::Tpm,
-    )
-    .expect("TPM lab set-up");
+    let (_dir, mut lab) = support::tpm_lab("actseal-tpm-bench-");
     let tcti = lab.tpm().unwrap().tcti();
     println!(
         "swtpm at {tcti}; phase length: {:?}; cores: {}",

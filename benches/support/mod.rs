@@ -31,6 +31,20 @@ pub fn started_softhsm_lab(prefix: &str) -> (tempfile::TempDir, Lab) {
     (dir, lab)
 }
 
+/// A TPM lab (its own swtpm) in a new temporary directory, the daemon not yet started: swtpm
+/// serves one client at a time, so raw TPM figures come first.
+pub fn tpm_lab(prefix: &str) -> (tempfile::TempDir, Lab) {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let lab = Lab::create_with_backend(
+        std::path::Path::new(env!("CARGO_BIN_EXE_actseal")),
+        &dir.path().join("lab"),
+        false,
+        actseal::lab::LabBackend::Tpm,
+    )
+    .expect("TPM lab set-up");
+    (dir, lab)
+}
+
 /// Length of each measured phase: `ACTSEAL_BENCH_SECONDS`, 5 s by default.
 pub fn phase_seconds() -> Duration {
     let secs = std::env::var("ACTSEAL_BENCH_SECONDS")
