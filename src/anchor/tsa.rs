@@ -12,17 +12,14 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::http::{self, HttpError};
+use crate::verify::timestamp::{self, TsaAnchors};
 use der::asn1::{Int, ObjectIdentifier, OctetString};
 use der::{Decode, Encode, Header, Reader, SliceReader};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use crate::verify::timestamp::{self, TsaAnchors};
 
 /// SHA-256 (the imprint's algorithm).
 const ID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
-/// A reply is a few KiB; far larger ones are refused.
-const MAX_REPLY_BYTES: usize = 256 * 1024;
 
 /// One `[[anchor.tsa]]` entry (CONFIG.md).
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -87,8 +84,8 @@ pub enum TsaError {
 #[derive(Debug, Clone)]
 pub struct TsaClient {
     url: String,
-    host: String,
-    port: u16,
+    /// `http://HOST:PORT` (the port made explicit) and the path, as `http::post` takes them.
+    base: String,
     path: String,
     policy: Option<ObjectIdentifier>,
     trust: Option<TsaAnchors>,
@@ -136,8 +133,7 @@ impl TsaClient {
             .map_err(config)?;
         Ok(TsaClient {
             url: url.to_string(),
-            host: host.to_string(),
-            port,
+            base: format!("http://{host}:{port}"),
             path: if path.is_empty() {
                 "/".into()
             } else {
@@ -160,12 +156,7 @@ impl TsaClient {
         let imprint = Sha256::digest(note_text).to_vec();
         let nonce = fresh_nonce();
         let request = self.request(&imprint, &nonce)?;
-        let reply = tokio::time::timeout(self.timeout, self.post(&request))
-            .await
-            .map_err(|_| TsaError::Timeout {
-                url: self.url.clone(),
-                timeout: self.timeout,
-            })??;
+        let reply = self.post(request).await?;
         let token = self.check_reply(&reply, &imprint, &nonce)?;
         if let Some(trust) = &self.trust {
             timestamp::verify_token(&token, note_text, trust).map_err(|detail| {
@@ -203,82 +194,36 @@ impl TsaClient {
         req.to_der().map_err(config)
     }
 
-    /// One HTTP/1.1 POST; returns the reply body.
-    async fn post(&self, body: &[u8]) -> Result<Vec<u8>, TsaError> {
-        let transport = |e: std::io::Error| TsaError::Transport {
-            url: self.url.clone(),
-            detail: e.to_string(),
-        };
-        let mut stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+    /// One POST (`anchor::http`, bounded and under the timeout); the body of a 200
+    /// `application/timestamp-reply` answer.
+    async fn post(&self, request: Vec<u8>) -> Result<Vec<u8>, TsaError> {
+        let content_type = "application/timestamp-query";
+        let answer = http::post(&self.base, &self.path, content_type, request, self.timeout)
             .await
-            .map_err(transport)?;
-        let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/timestamp-query\r\n\
-             Accept: application/timestamp-reply\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.path,
-            self.host,
-            self.port,
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.map_err(transport)?;
-        stream.write_all(body).await.map_err(transport)?;
-        let mut reply = Vec::new();
-        let mut limited = stream.take(u64::try_from(MAX_REPLY_BYTES).unwrap_or(u64::MAX) + 1);
-        limited.read_to_end(&mut reply).await.map_err(transport)?;
-        if reply.len() > MAX_REPLY_BYTES {
-            return Err(self.transport("the reply is too large"));
-        }
-        self.http_body(reply)
-    }
-
-    fn transport(&self, detail: &str) -> TsaError {
-        TsaError::Transport {
-            url: self.url.clone(),
-            detail: detail.to_string(),
-        }
-    }
-
-    /// Status 200, `application/timestamp-reply`, and the body (Content-Length, or to the end).
-    fn http_body(&self, reply: Vec<u8>) -> Result<Vec<u8>, TsaError> {
-        let end = reply
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| self.transport("not an HTTP reply"))?;
-        let head = std::str::from_utf8(&reply[..end]).map_err(|_| self.transport("bad head"))?;
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| self.transport("no HTTP status line"))?;
-        if status != 200 {
+            .map_err(|e| match e {
+                HttpError::Timeout(..) => TsaError::Timeout {
+                    url: self.url.clone(),
+                    timeout: self.timeout,
+                },
+                other => TsaError::Transport {
+                    url: self.url.clone(),
+                    detail: other.to_string(),
+                },
+            })?;
+        if answer.status != 200 {
             return Err(TsaError::Http {
                 url: self.url.clone(),
-                status,
+                status: answer.status,
             });
         }
-        let mut length = None;
-        let mut content_type = None;
-        for line in lines {
-            if let Some((name, value)) = line.split_once(':') {
-                let value = value.trim();
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.parse::<usize>().ok();
-                } else if name.eq_ignore_ascii_case("content-type") {
-                    content_type = Some(value.to_ascii_lowercase());
-                }
-            }
+        let reply_type = answer.content_type.map(|t| t.to_ascii_lowercase());
+        if reply_type.as_deref() != Some("application/timestamp-reply") {
+            return Err(TsaError::Transport {
+                url: self.url.clone(),
+                detail: "the reply is not application/timestamp-reply".into(),
+            });
         }
-        if content_type.as_deref() != Some("application/timestamp-reply") {
-            return Err(self.transport("the reply is not application/timestamp-reply"));
-        }
-        let body = &reply[end + 4..];
-        let body = match length {
-            Some(n) if n <= body.len() => &body[..n],
-            Some(_) => return Err(self.transport("the reply is shorter than its Content-Length")),
-            None => body,
-        };
-        Ok(body.to_vec())
+        Ok(answer.body)
     }
 
     /// The reply grants a token for this imprint, nonce and policy; returns the token's bytes.
@@ -348,9 +293,9 @@ mod tests {
             None,
             Duration::from_secs(1),
         );
-        assert!(matches!(c, Ok(c) if c.port == 3180 && c.path == "/tsa" && c.host == "127.0.0.1"));
+        assert!(matches!(c, Ok(c) if c.base == "http://127.0.0.1:3180" && c.path == "/tsa"));
         let c = TsaClient::new("http://tsa.example", None, None, Duration::from_secs(1));
-        assert!(matches!(c, Ok(c) if c.port == 80 && c.path == "/"));
+        assert!(matches!(c, Ok(c) if c.base == "http://tsa.example:80" && c.path == "/"));
         for bad in [
             "https://tsa.example/",
             "http://:80/",
