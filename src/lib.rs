@@ -20,6 +20,8 @@ pub mod forensics;
 #[cfg(feature = "daemon")]
 pub mod lab;
 #[cfg(feature = "daemon")]
+pub mod lab_postgres;
+#[cfg(feature = "daemon")]
 pub mod lab_tpm;
 #[cfg(feature = "daemon")]
 pub mod lab_tsa;

@@ -552,7 +552,7 @@ fn open_ledger(
     device: &DeviceIdentity,
     token_serial: &str,
 ) -> Result<(Store, sequencer::LogIdentity, Option<LogHead>), StartError> {
-    let reader = Store::open(&config.state.database())?;
+    let reader = Store::open_at(&config.ledger_location())?;
     let hardware = rollback::read_head(backend)?;
     let (log, fresh) = open_log(
         &reader,
@@ -593,12 +593,14 @@ fn open_state(
         device_key,
     )?);
     check_device_certificate(&certificates)?;
+    // The writer first: on PostgreSQL it holds the single-host lock, refusing a second
+    // daemon before anything is read or signed.
+    let location = config.ledger_location();
+    let writer = Store::open_writer(&location)?;
+    tracing::info!(engine = writer.engine(), "ledger opened");
     let (reader, log, head) = open_ledger(config, backend.as_ref(), &device, &token_serial)?;
     let (sequencer, sequencer_thread) = sequencer::start(
-        (
-            Store::open(&config.state.database())?,
-            Store::open(&config.state.database())?,
-        ),
+        (Store::open_at(&location)?, writer),
         Arc::clone(&backend),
         log.clone(),
         Arc::clone(&certificates),
@@ -615,7 +617,7 @@ fn open_state(
         log,
         policy: RwLock::new(Arc::new(policy)),
         metrics: Arc::new(Metrics::default()),
-        anchor: crate::anchor::spawn(&config.anchor, config.state.database())?,
+        anchor: crate::anchor::spawn(&config.anchor, &location)?,
     });
     let (sign_rules, admin_rules) = state.policy().rule_counts();
     tracing::info!(policy = %config.server.policy.display(), sign_rules, admin_rules, "policy loaded");
