@@ -15,6 +15,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use crate::ledger::store::postgres::blocking;
+
 /// The superuser `initdb` creates; tests connect as it.
 pub const USER: &str = "actseal_lab";
 /// Where Debian installs the server's programs.
@@ -269,13 +271,28 @@ impl Postgres {
         Ok(fs::read_to_string(&self.password_file)?.trim().to_owned())
     }
 
-    /// A client of `database`, as the superuser.
+    /// A client of `database`, as the superuser. Inside an async test, call its methods
+    /// within `tokio::task::block_in_place` (the client runs a runtime of its own).
     pub fn client(&self, database: &str) -> Result<postgres::Client> {
         let mut config: postgres::Config = self.url(database).parse()?;
         config
             .password(self.password()?)
             .connect_timeout(Duration::from_secs(10));
-        Ok(config.connect(postgres::NoTls)?)
+        Ok(blocking(|| config.connect(postgres::NoTls))?)
+    }
+
+    /// Runs `sql` (several statements) in `database`.
+    pub fn execute(&self, database: &str, sql: &str) -> Result<()> {
+        let mut client = self.client(database)?;
+        blocking(move || client.batch_execute(sql))
+            .with_context(|| format!("in database {database}"))?;
+        Ok(())
+    }
+
+    /// The first column of the first row of `sql` in `database`, as an integer.
+    pub fn query_i64(&self, database: &str, sql: &str) -> Result<i64> {
+        let mut client = self.client(database)?;
+        Ok(blocking(move || client.query_one(sql, &[]))?.try_get(0)?)
     }
 
     /// Creates an empty database and returns its URL.
@@ -283,8 +300,7 @@ impl Postgres {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             bail!("database name {name:?}: letters, digits and _ only");
         }
-        self.client("postgres")?
-            .batch_execute(&format!("CREATE DATABASE {name}"))
+        self.execute("postgres", &format!("CREATE DATABASE {name}"))
             .with_context(|| format!("cannot create database {name}"))?;
         Ok(self.url(name))
     }

@@ -464,6 +464,7 @@ pub fn log(command: LogCommand) -> Result<()> {
             LogCommand::Export { .. }
             | LogCommand::Recover { .. }
             | LogCommand::Check { .. }
+            | LogCommand::Migrate { .. }
             | LogCommand::Vkey { .. } => {
                 unreachable!("export, check and recover run offline")
             }

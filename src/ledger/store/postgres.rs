@@ -104,7 +104,7 @@ impl PgSettings {
 
 /// Runs blocking client work; inside a multi-threaded runtime (a caller that did not move to
 /// `spawn_blocking`) the worker is told it blocks, since the client runs its own runtime.
-fn blocking<T>(work: impl FnOnce() -> T) -> T {
+pub fn blocking<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(work)
@@ -224,6 +224,14 @@ pub struct PgStore {
     session: RefCell<Option<Session>>,
 }
 
+impl Drop for PgStore {
+    /// The client closes its session through its own runtime: never on an async worker.
+    fn drop(&mut self) {
+        let session = self.session.get_mut().take();
+        blocking(move || drop(session));
+    }
+}
+
 // The RefCell is only borrowed inside one call (scans release it before visiting), and the
 // store moves between threads whole, never shared: `LedgerStore: Send`.
 
@@ -231,16 +239,16 @@ impl PgStore {
     /// Connects, applies the migrations the database lacks ([`super::migrations`]) and
     /// refuses a schema newer than this actseal knows.
     pub fn open(settings: &PgSettings) -> Result<Self, StoreError> {
-        let mut client = connect(settings)?;
-        blocking(|| super::migrations::apply_postgres(&mut client))?;
-        Ok(PgStore {
+        let store = PgStore {
             settings: Some(settings.clone()),
             single_host: false,
             session: RefCell::new(Some(Session {
-                client,
+                client: connect(settings)?,
                 statements: HashMap::new(),
             })),
-        })
+        };
+        store.with(|s| super::migrations::apply_postgres(&mut s.client))?;
+        Ok(store)
     }
 
     /// [`PgStore::open`] for the writer of a single-host daemon: its session holds
@@ -249,12 +257,7 @@ impl PgStore {
     pub fn open_single_host(settings: &PgSettings) -> Result<Self, StoreError> {
         let mut store = Self::open(settings)?;
         store.single_host = true;
-        let mut slot = store.session.borrow_mut();
-        let session = slot
-            .as_mut()
-            .ok_or_else(|| StoreError::Unavailable("no session".into()))?;
-        take_single_host_lock(&mut session.client)?;
-        drop(slot);
+        store.with(|s| take_single_host_lock(&mut s.client))?;
         Ok(store)
     }
 
