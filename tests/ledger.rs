@@ -214,15 +214,24 @@ async fn every_receipt_is_proved_in_a_growing_log_with_consistent_checkpoints_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stops_signing() {
-    rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stops_signing_on(Engine::Sqlite).await;
+    rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stops_signing_on(
+        Engine::Sqlite,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stops_signing_on_postgres() {
-    rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stops_signing_on(Engine::Postgres).await;
+async fn rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stops_signing_on_postgres()
+ {
+    rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stops_signing_on(
+        Engine::Postgres,
+    )
+    .await;
 }
 
-async fn rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stops_signing_on(engine: Engine) {
+async fn rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stops_signing_on(
+    engine: Engine,
+) {
     let Some(lab) = started_lab_on(engine) else {
         return;
     };

@@ -29,7 +29,12 @@ enum Col {
 const TABLES: &[(&str, &[(&str, Col)])] = &[
     (
         "log_entries",
-        &[("log_index", Col::Int), ("kind", Col::Text), ("actor", Col::Text), ("entry", Col::Bytes)],
+        &[
+            ("log_index", Col::Int),
+            ("kind", Col::Text),
+            ("actor", Col::Text),
+            ("entry", Col::Bytes),
+        ],
     ),
     (
         "actor_keys",
@@ -48,8 +53,18 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("rotation_index", Col::Int),
         ],
     ),
-    ("tree_nodes", &[("level", Col::Int), ("idx", Col::Int), ("hash", Col::Bytes)]),
-    ("checkpoints", &[("size", Col::Int), ("root", Col::Bytes), ("note", Col::Text)]),
+    (
+        "tree_nodes",
+        &[("level", Col::Int), ("idx", Col::Int), ("hash", Col::Bytes)],
+    ),
+    (
+        "checkpoints",
+        &[
+            ("size", Col::Int),
+            ("root", Col::Bytes),
+            ("note", Col::Text),
+        ],
+    ),
     (
         "receipts",
         &[
@@ -65,7 +80,11 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
     ),
     (
         "requests",
-        &[("request_id", Col::Text), ("request_sha256", Col::Bytes), ("log_index", Col::Int)],
+        &[
+            ("request_id", Col::Text),
+            ("request_sha256", Col::Bytes),
+            ("log_index", Col::Int),
+        ],
     ),
     ("meta", &[("name", Col::Text), ("value", Col::Text)]),
     (
@@ -79,7 +98,10 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("anchored_at", Col::Int),
         ],
     ),
-    ("witness_sizes", &[("witness", Col::Text), ("size", Col::Int)]),
+    (
+        "witness_sizes",
+        &[("witness", Col::Text), ("size", Col::Int)],
+    ),
 ];
 
 /// Rows sent per statement.
@@ -186,13 +208,15 @@ pub fn migrate(args: &MigrateArgs<'_>) -> Result<()> {
         ..PgSettings::new(args.to, args.password_file.map(Path::to_owned))
     };
     // Read in one SQLite transaction: one consistent state of the log.
-    let mut sqlite = rusqlite::Connection::open_with_flags(
-        &source,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?;
+    let mut sqlite =
+        rusqlite::Connection::open_with_flags(&source, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let found: i64 = sqlite.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if found != crate::ledger::store::SCHEMA_VERSION {
-        bail!("{} has schema version {found}: this actseal migrates version {}", source.display(), crate::ledger::store::SCHEMA_VERSION);
+        bail!(
+            "{} has schema version {found}: this actseal migrates version {}",
+            source.display(),
+            crate::ledger::store::SCHEMA_VERSION
+        );
     }
     let read = sqlite.transaction()?;
     // The target: migrated to the current schema, empty, and no daemon writing it.
@@ -221,9 +245,13 @@ fn copy(read: &rusqlite::Transaction<'_>, target: &PgStore) -> Result<Vec<(&'sta
     let counts = target.with_client(|client| {
         let mut tx = client.transaction()?;
         for (table, _) in TABLES {
-            let n: i64 = tx.query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])?.get(0);
+            let n: i64 = tx
+                .query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])?
+                .get(0);
             if n > 0 {
-                failure = Some(format!("the target database is not empty ({table} has {n} rows): nothing was copied"));
+                failure = Some(format!(
+                    "the target database is not empty ({table} has {n} rows): nothing was copied"
+                ));
                 return Ok(Vec::new());
             }
         }
@@ -294,7 +322,10 @@ fn copy_table(
         .enumerate()
         .map(|(i, c)| format!("${}::{}", i + 1, pg_type(c.1)))
         .collect();
-    let insert = format!("INSERT INTO {table} ({list}) SELECT * FROM UNNEST({})", casts.join(", "));
+    let insert = format!(
+        "INSERT INTO {table} ({list}) SELECT * FROM UNNEST({})",
+        casts.join(", ")
+    );
     let mut rows = stmt.query([])?;
     let mut chunk: Vec<Values> = cols.iter().map(|c| Values::new(c.1)).collect();
     let mut total = 0u64;
@@ -324,13 +355,16 @@ fn verify(source: &Path, settings: &PgSettings, counts: &[(&str, u64)]) -> Resul
     let target = PgStore::open(settings)?;
     for (table, n) in counts {
         let found: i64 = target.with_client(|c| {
-            Ok(c.query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])?.get(0))
+            Ok(c.query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])?
+                .get(0))
         })?;
         if found as u64 != *n {
             bail!("after the copy {table} has {found} rows, not {n}");
         }
     }
-    let source = Store::open_at(&crate::ledger::store::LedgerLocation::Sqlite(source.to_owned()))?;
+    let source = Store::open_at(&crate::ledger::store::LedgerLocation::Sqlite(
+        source.to_owned(),
+    ))?;
     let target = Store::from(Box::new(target) as Box<dyn crate::ledger::store::LedgerStore>);
     if source.latest_checkpoint()? != target.latest_checkpoint()? {
         bail!("the newest checkpoint differs after the copy");

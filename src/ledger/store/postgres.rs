@@ -274,10 +274,22 @@ impl PgStore {
     }
 
     /// Runs `work` on the session, connecting first if it was lost. An error that means the
-    /// connection is gone drops it: the next call connects again.
+    /// connection is gone drops it: the next call connects again. Reads found a session that
+    /// died since its last use (a server restart) try once more on a new one; a commit never
+    /// does (whether a commit whose answer was lost is stored, only a read can tell).
     fn with<T>(
         &self,
-        work: impl FnOnce(&mut Session) -> Result<T, StoreError>,
+        mut work: impl FnMut(&mut Session) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match self.with_once(&mut work) {
+            Err(StoreError::Unavailable(_)) if self.settings.is_some() => self.with_once(&mut work),
+            result => result,
+        }
+    }
+
+    fn with_once<T>(
+        &self,
+        work: &mut impl FnMut(&mut Session) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut slot = self.session.borrow_mut();
         blocking(|| {
@@ -304,10 +316,12 @@ impl PgStore {
         })
     }
 
-    /// Runs `work` with the session's client (the anchor tables, `ledger migrate`).
+    /// Runs `work` with the session's client (the anchor tables, `ledger migrate`); like the
+    /// reads, once more on a new session if the old one had died (so `work` must be safe to
+    /// run again after a failure: one transaction, or idempotent statements).
     pub fn with_client<T>(
         &self,
-        work: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+        mut work: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         self.with(|session| work(&mut session.client).map_err(StoreError::from))
     }
@@ -674,7 +688,7 @@ impl LedgerStore for PgStore {
     }
 
     fn commit(&mut self, batch: &Batch) -> Result<(), StoreError> {
-        self.with(|s| {
+        self.with_once(&mut |s: &mut Session| {
             let mut tx = s.client.transaction()?;
             write_batch(&mut tx, batch)?;
             tx.commit()?;
