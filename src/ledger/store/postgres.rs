@@ -547,21 +547,18 @@ const SCAN_SQL: &str = "SELECT e.log_index, e.kind, e.entry,
      LEFT JOIN checkpoints c ON c.size = e.log_index + 1
      WHERE e.log_index >= $1 ORDER BY e.log_index LIMIT $2";
 
-/// One row of [`SCAN_SQL`], owned, handed to the visitor as a [`ScannedEntry`].
-fn scanned(
-    row: &Row,
-) -> Result<
-    (
-        u64,
-        EntryKind,
-        Vec<u8>,
-        Option<ScannedReceipt>,
-        Option<(Hash, String)>,
-        u64,
-        Option<[u8; 32]>,
-    ),
-    StoreError,
-> {
+/// One row of [`SCAN_SQL`], owned: a [`ScannedEntry`] without the borrow.
+struct Scanned {
+    index: u64,
+    kind: EntryKind,
+    entry: Vec<u8>,
+    receipt: Option<ScannedReceipt>,
+    checkpoint: Option<(Hash, String)>,
+    requests: u64,
+    request: Option<[u8; 32]>,
+}
+
+fn scanned(row: &Row) -> Result<Scanned, StoreError> {
     let index = to_u64(row.try_get(0)?, "log index")?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("log entry {index}: {what}"));
     let kind = parse_kind(row.try_get(1)?).ok_or_else(|| corrupt("unknown kind"))?;
@@ -601,7 +598,15 @@ fn scanned(
         })
         .transpose()?;
     let requests = to_u64(row.try_get(13)?, "count")?;
-    Ok((index, kind, entry, receipt, checkpoint, requests, request))
+    Ok(Scanned {
+        index,
+        kind,
+        entry,
+        receipt,
+        checkpoint,
+        requests,
+        request,
+    })
 }
 
 impl LedgerStore for PgStore {
@@ -890,15 +895,16 @@ impl LedgerStore for PgStore {
             let rows = self.with(|s| Ok(s.query(SCAN_SQL, &[&next, &PAGE])?))?;
             let full = rows.len() as i64 == PAGE;
             for row in rows {
-                let (index, kind, entry, receipt, checkpoint, requests, request) = scanned(&row)?;
+                let row = scanned(&row)?;
+                let index = row.index;
                 visit(ScannedEntry {
                     index,
-                    kind,
-                    entry: &entry,
-                    receipt,
-                    checkpoint,
-                    requests,
-                    request,
+                    kind: row.kind,
+                    entry: &row.entry,
+                    receipt: row.receipt,
+                    checkpoint: row.checkpoint,
+                    requests: row.requests,
+                    request: row.request,
                 })?;
                 next = to_i64(index + 1, "log index")?;
             }
