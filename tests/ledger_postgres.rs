@@ -527,3 +527,43 @@ async fn ledger_migrate_moves_a_sqlite_log_to_postgres_byte_for_byte() {
         .unwrap();
     assert!(audit.starts_with("OK"), "{audit}");
 }
+
+#[test]
+fn tls_to_the_server_is_required_and_verified_against_the_configured_ca() {
+    use actseal::ledger::store::PgStore;
+    let Some(mut pg) = postgres() else { return };
+    let url = pg.create_database("ledger").unwrap();
+    let password = Some(pg.password_file().to_owned());
+    let with_ca = |ca: &std::path::Path, url: &str| PgSettings {
+        tls_ca_file: Some(ca.to_owned()),
+        ..PgSettings::new(url, password.clone())
+    };
+    // The server offers no TLS yet: a client that requires it is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let other_ca = actseal::lab_postgres::make_ca(dir.path(), "other").unwrap();
+    assert!(PgStore::open(&with_ca(&other_ca, &url)).is_err());
+    let ca = pg.enable_tls().unwrap();
+    let store = PgStore::open(&with_ca(&ca, &url)).expect("TLS with the right CA");
+    let ssl: bool = store
+        .with_client(|c| {
+            c.query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )?
+            .try_get(0)
+        })
+        .unwrap();
+    assert!(ssl, "the session is not encrypted");
+    drop(store);
+    // Another CA, or a name the certificate does not hold, is refused.
+    assert!(PgStore::open(&with_ca(&other_ca, &url)).is_err());
+    let by_name = url.replace("127.0.0.1", "localhost");
+    assert!(PgStore::open(&with_ca(&ca, &by_name)).is_err());
+    // A CA file that holds no certificate is a settings error, before any connection.
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    assert!(matches!(
+        PgStore::open(&with_ca(&empty, &url)).err(),
+        Some(StoreError::Settings(_))
+    ));
+}
