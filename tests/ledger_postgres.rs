@@ -567,3 +567,46 @@ fn tls_to_the_server_is_required_and_verified_against_the_configured_ca() {
         Some(StoreError::Settings(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_or_emptied_postgres_database_is_refused_at_start_up() {
+    let Some(mut lab) = started_lab_on(Engine::Postgres) else {
+        return;
+    };
+    create_key(&lab, ACTOR).await;
+    let mut signer = signer(&lab).await;
+    signer.sign(sign_request(ACTOR, b"one")).await.unwrap();
+    lab.stop_daemon().unwrap();
+    let pg = lab.pg.as_ref().unwrap();
+    // A copy of the database as it is now (a backup), then more acknowledged receipts.
+    pg.execute("postgres", "CREATE DATABASE backup TEMPLATE ledger")
+        .unwrap();
+    lab.start_daemon().unwrap();
+    let mut signer = common::signer(&lab).await;
+    for i in 0..3 {
+        signer
+            .sign(sign_request(
+                ACTOR,
+                format!("after the backup {i}").as_bytes(),
+            ))
+            .await
+            .unwrap();
+    }
+    lab.stop_daemon().unwrap();
+    let pg = lab.pg.as_ref().unwrap();
+    let (backup, empty) = (pg.url("backup"), pg.create_database("empty").unwrap());
+    let config = std::fs::read_to_string(lab.config()).unwrap();
+    let current = pg.url("ledger");
+    for (url, cause) in [
+        (backup, "behind the newest acknowledged tree head"),
+        (empty, "holds no log"),
+    ] {
+        std::fs::write(lab.config(), config.replace(&current, &url)).unwrap();
+        let err = lab
+            .start_daemon()
+            .expect_err("started on a rolled-back log");
+        assert!(err.to_string().contains(cause), "{cause}: {err}");
+    }
+    std::fs::write(lab.config(), config).unwrap();
+    lab.start_daemon().expect("the real log starts");
+}
