@@ -423,6 +423,27 @@ async fn ledger_migrate_moves_a_sqlite_log_to_postgres_byte_for_byte() {
         retried = Some((request, response));
     }
     lab.stop_daemon().unwrap();
+    // Anchor rows too (issue 11 keeps them in the same database): an anchored checkpoint
+    // and a witness's size, as the anchor task writes them.
+    let sqlite = LedgerLocation::Sqlite(lab.dir.join("state/actseal.db"));
+    let newest = Store::open_at(&sqlite)
+        .unwrap()
+        .latest_checkpoint()
+        .unwrap()
+        .unwrap();
+    let anchored = actseal::anchor::AnchoredCheckpoint {
+        size: newest.size,
+        root: newest.root,
+        note: newest.note.clone(),
+        cosigners: ["witness.example/w1".to_owned()].into(),
+        timestamps: vec![vec![0x30, 0x03, 0x02, 0x01, 0x07]],
+    };
+    let anchors = actseal::anchor::store::AnchorStore::open(&sqlite).unwrap();
+    anchors.put(&anchored).unwrap();
+    anchors
+        .set_witness_size("witness.example/w1", newest.size)
+        .unwrap();
+    drop(anchors);
     let before = export_log(&lab, "before.json");
     let (before_entries, before_export) = export_entries(&before);
 
@@ -459,6 +480,8 @@ async fn ledger_migrate_moves_a_sqlite_log_to_postgres_byte_for_byte() {
         .unwrap();
     assert!(report.contains("migrated and checked log"), "{report}");
     assert!(report.contains("log_entries: 14 rows"), "{report}");
+    assert!(report.contains("anchored_checkpoints: 1 rows"), "{report}");
+    assert!(report.contains("witness_sizes: 1 rows"), "{report}");
     // A second run finds the target not empty and changes nothing.
     let out = lab
         .run(&[
@@ -484,6 +507,15 @@ async fn ledger_migrate_moves_a_sqlite_log_to_postgres_byte_for_byte() {
         14
     );
 
+    let on_pg =
+        LedgerLocation::Postgres(PgSettings::new(&url, Some(pg.password_file().to_owned())));
+    let anchors = actseal::anchor::store::AnchorStore::open(&on_pg).unwrap();
+    assert_eq!(anchors.latest().unwrap(), Some(anchored.clone()));
+    assert_eq!(
+        anchors.witness_size("witness.example/w1").unwrap(),
+        newest.size
+    );
+    drop(anchors);
     // The same daemon, same token, now on PostgreSQL: the export is the same, byte for byte.
     lab.use_postgres(&url, pg.password_file()).unwrap();
     let migrated = export_log(&lab, "migrated.json");
