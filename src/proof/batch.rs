@@ -25,7 +25,9 @@ pub struct BatchPredicate {
     pub key: KeyRefInReceipt,
     pub size: u64,
     pub first_sequence: u64,
-    pub first_log_index: u64,
+    /// The first receipt's place in the log; `None` (`"firstLogIndex": null`, always
+    /// present) for a batch a fleet node signed before it was ordered (FORMAT.md §12).
+    pub first_log_index: Option<u64>,
     pub signed_at: String,
 }
 

@@ -86,7 +86,9 @@ pub struct ReceiptPredicate {
     pub signed_at: String,
     pub sequence: u64,
     pub previous_receipt: Option<Digest>,
-    pub log_index: u64,
+    /// The receipt's place in the log; `None` (`"logIndex": null`, the member is always
+    /// present) when a fleet node signed it before the integrator ordered it (FORMAT.md §3).
+    pub log_index: Option<u64>,
     pub mode: String,
 }
 
