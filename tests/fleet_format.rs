@@ -82,10 +82,9 @@ fn refused_by_crate(what: &str, bundle: &Value, pem: &str, want: Check) -> Strin
 
 fn fleet_at(index: u64, size: u64) -> Generated {
     generate(&Options {
-        fleet: true,
         log_index: index,
         log_tree_size: size,
-        ..Options::default()
+        ..fleet_bundle().options
     })
 }
 
@@ -238,15 +237,6 @@ fn log_index_is_required_and_a_number_or_null() {
 
 // ---------------------------------------------------------------------------------------------
 // verify: batch receipts
-
-/// A fleet batch of 3 whose leaves the integrator put at 1, 3 and 4 of a log of 6.
-fn fleet_batch() -> BatchOptions {
-    BatchOptions {
-        fleet: true,
-        log_positions: Some(vec![1, 3, 4]),
-        ..BatchOptions::default()
-    }
-}
 
 #[test]
 fn fleet_batch_leaves_verify_wherever_the_log_put_them() {

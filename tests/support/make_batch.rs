@@ -2,7 +2,7 @@
 //! independently of both the daemon's batch builder (`src/proof/batch.rs`) and the verifier.
 //!
 //! A batch of `size` receipts by the default actor (version 1): leaf `i` has sequence
-//! `first_sequence + i`, log index `first_log_index + i`, its own document, and names the
+//! `first_sequence + i`, log index `first_log_index + i` (`null` in a fleet batch), its own document, and names the
 //! receipt before it. The actor key signs one batch statement over the RFC 9162 root of the
 //! receipt payloads. The log holds filler entries around the batch's entries, whose signature
 //! slot is the batch seal. [`BatchOptions`] lets a test bend each rule to build a forgery.
@@ -67,6 +67,17 @@ impl Default for BatchOptions {
             fleet: false,
             log_positions: None,
         }
+    }
+}
+
+/// The committed fleet batch (`fleet-batch-v1-leaf1.json`, FORMAT.md §12.5): the default batch
+/// as a fleet node signs it, `firstLogIndex` and every `logIndex` null; the integrator put its
+/// leaves at entries 1, 3 and 4 of a log of 6, other nodes' entries between them.
+pub fn fleet_batch() -> BatchOptions {
+    BatchOptions {
+        fleet: true,
+        log_positions: Some(vec![1, 3, 4]),
+        ..BatchOptions::default()
     }
 }
 

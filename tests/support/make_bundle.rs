@@ -1081,6 +1081,15 @@ pub fn default_bundle() -> Generated {
     generate(&Options::default())
 }
 
+/// The committed fleet vector (`fleet-v1.json`, FORMAT.md §9): the default bundle as a fleet node
+/// signs it, `logIndex` null; the log put it at entry 3 of 6.
+pub fn fleet_bundle() -> Generated {
+    generate(&Options {
+        fleet: true,
+        ..Options::default()
+    })
+}
+
 /// A log export (FORMAT.md §11.3) of receipts by the default actor key (version 1), one per
 /// time in `signed_at`, in that order: logIndex 0, 1, …, sequence 1, 2, …, each naming the
 /// previous receipt, under a checkpoint signed by the default log key. Returns the export JSON
