@@ -641,3 +641,49 @@ fn audit_refuses_a_batch_mixing_the_two_kinds() {
     let detail = log.refused(AuditStep::Receipt, 1);
     assert!(detail.contains("firstLogIndex is null"), "{detail}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// verify-log
+
+/// A consistency proof (as `actseal log consistency` writes it) from `g`'s checkpoint to the
+/// tree of `grown`, signed by the log key.
+fn consistency(g: &Generated, grown: &[Vec<u8>]) -> Value {
+    let leaves: Vec<Hash> = grown.iter().map(|e| leaf_hash(e)).collect();
+    let mut nodes = std::collections::HashMap::new();
+    for level in 0..8u8 {
+        let width = 1usize << level;
+        for i in 0..leaves.len() / width {
+            let root = tree_root(&leaves[i * width..(i + 1) * width]);
+            nodes.insert((level, i as u64), root);
+        }
+    }
+    let (old, new) = (g.log_entries.len() as u64, leaves.len() as u64);
+    let hashes = actseal::ledger::merkle::consistency_proof(&nodes, old, new).unwrap();
+    let body = checkpoint_body(LOG_ORIGIN, new, &tree_root(&leaves));
+    json!({
+        "oldSize": old, "newSize": new,
+        "hashes": hashes.iter().map(hex::encode).collect::<Vec<_>>(),
+        "oldCheckpoint": g.bundle["log"]["checkpoint"],
+        "newCheckpoint": signed_note(&body, LOG_ORIGIN, &g.log_key, &g.log_key),
+    })
+}
+
+#[test]
+fn verify_log_takes_a_fleet_bundle() {
+    use actseal::verify::consistency::verify_log_consistency;
+    let g = fleet_at(3, 6);
+    let a = anchors(&g.anchor_pem);
+    let bundle = serde_json::to_vec(&g.bundle).unwrap();
+    let mut grown = g.log_entries.clone();
+    grown.extend((6..9).map(filler_entry));
+    let proof = serde_json::to_vec(&consistency(&g, &grown)).unwrap();
+    let report = verify_log_consistency(&proof, &bundle, &a).unwrap();
+    assert_eq!((report.old_size, report.new_size), (6, 9));
+    // A newer tree in which the fleet receipt is no longer entry 3 is no extension of it.
+    let mut rewritten = grown.clone();
+    rewritten.swap(3, 4);
+    let mut proof = consistency(&g, &rewritten);
+    proof["oldCheckpoint"] = g.bundle["log"]["checkpoint"].clone();
+    let e = verify_log_consistency(&serde_json::to_vec(&proof).unwrap(), &bundle, &a).unwrap_err();
+    assert!(e.contains("consistency"), "{e}");
+}

@@ -2,8 +2,8 @@
 //! independently of both the daemon's batch builder (`src/proof/batch.rs`) and the verifier.
 //!
 //! A batch of `size` receipts by the default actor (version 1): leaf `i` has sequence
-//! `first_sequence + i`, log index `first_log_index + i` (`null` in a fleet batch), its own document, and names the
-//! receipt before it. The actor key signs one batch statement over the RFC 9162 root of the
+//! `first_sequence + i`, log index `first_log_index + i` (`null` in a fleet batch), its own
+//! document, and names the receipt before it. The actor key signs one batch statement over the RFC 9162 root of the
 //! receipt payloads. The log holds filler entries around the batch's entries, whose signature
 //! slot is the batch seal. [`BatchOptions`] lets a test bend each rule to build a forgery.
 //!
