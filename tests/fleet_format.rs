@@ -326,6 +326,43 @@ fn first_log_index_is_required_and_a_number_or_null() {
     }
 }
 
+#[test]
+fn a_fleet_receipt_of_one_mode_cannot_pass_as_the_other() {
+    let g = generate_batch(&fleet_batch());
+    let pem = &g.anchor_pem;
+    let key = &g.single.actor_key;
+    // A fleet leaf's payload (mode batch) signed on its own by the actor key.
+    let mut single = g.bundles[1].clone();
+    single.as_object_mut().unwrap().remove("batch");
+    single["receipt"] = envelope(key, &g.payloads[1]);
+    refused(
+        "fleet leaf as single",
+        &single,
+        pem,
+        Check::ReceiptStatement,
+    );
+    // A fleet single receipt relabelled batch and re-signed.
+    let f = fleet_at(3, 6);
+    let mut payload = payload_of(&f.bundle);
+    payload["predicate"]["mode"] = json!("batch");
+    refused(
+        "fleet single relabelled batch",
+        &resigned(&f, &payload),
+        pem,
+        Check::ReceiptStatement,
+    );
+    // The fleet batch statement as a receipt.
+    let mut whole = g.bundles[1].clone();
+    whole.as_object_mut().unwrap().remove("batch");
+    whole["receipt"] = g.bundles[1]["batch"]["statement"].clone();
+    refused(
+        "fleet statement as a receipt",
+        &whole,
+        pem,
+        Check::ReceiptStatement,
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // audit
 
