@@ -634,6 +634,35 @@ fn audit_replays_fleet_batches_with_other_nodes_entries_between_their_leaves() {
 }
 
 #[test]
+fn audit_replays_an_indexed_batch_then_fleet_batches() {
+    // A single host's batch at entries 1-3, then the fleet's: a batch of A with B between its
+    // leaves.
+    let indexed = generate_batch(&BatchOptions {
+        first_log_index: 1,
+        ..BatchOptions::default()
+    });
+    let fleet = generate_batch(&BatchOptions {
+        first_sequence: 4,
+        previous_of_first: Some(sha256_hex(indexed.payloads.last().unwrap())),
+        ..fleet_batch()
+    });
+    let mut log = Log::new();
+    log.register(A, &t(30)).batch_leaves(&indexed, &[0, 1, 2]);
+    log.register(B, &t(36))
+        .batch_leaves(&fleet, &[0])
+        .receipt(B, &t(36), true)
+        .batch_leaves(&fleet, &[1, 2]);
+    let report = log.audit().unwrap();
+    assert_eq!((report.receipts, report.fleet_receipts), (7, 4));
+    // The indexed batch must still be whole and at its indices: one of its leaves moved past
+    // B's registration is refused.
+    let mut moved = Log::new();
+    moved.register(A, &t(30)).batch_leaves(&indexed, &[0, 1]);
+    moved.register(B, &t(36)).batch_leaves(&indexed, &[2]);
+    moved.refused(AuditStep::Receipt, 3);
+}
+
+#[test]
 fn a_fleet_batch_may_still_be_integrating_at_the_end_of_the_log() {
     let batch = a_fleet_batch();
     let mut log = Log::new();
