@@ -129,7 +129,7 @@ impl Filler {
                 previous_receipt: Some(ReceiptDigest {
                     sha256: hex::encode(self.previous),
                 }),
-                log_index: index,
+                log_index: Some(index),
                 mode: "single".into(),
             },
         )

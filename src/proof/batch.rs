@@ -25,7 +25,9 @@ pub struct BatchPredicate {
     pub key: KeyRefInReceipt,
     pub size: u64,
     pub first_sequence: u64,
-    pub first_log_index: u64,
+    /// The first receipt's place in the log; `None` (`"firstLogIndex": null`, always
+    /// present) for a batch a fleet node signed before it was ordered (FORMAT.md §12).
+    pub first_log_index: Option<u64>,
     pub signed_at: String,
 }
 
@@ -193,6 +195,30 @@ mod tests {
             }
         }
         assert!(BatchTree::new::<Vec<u8>>(&[]).is_none());
+    }
+
+    #[test]
+    fn a_fleet_batch_says_first_log_index_null() {
+        let statement = |first_log_index| {
+            let predicate = BatchPredicate {
+                actor: "a".into(),
+                key: KeyRefInReceipt {
+                    id: "k".into(),
+                    version: 1,
+                    backend: "pkcs11".into(),
+                },
+                size: 2,
+                first_sequence: 1,
+                first_log_index,
+                signed_at: "2026-11-26T17:51:36Z".into(),
+            };
+            let bytes = BatchStatement::new(&[0; 32], predicate)
+                .to_payload()
+                .unwrap_or_default();
+            String::from_utf8(bytes).unwrap_or_default()
+        };
+        assert!(statement(None).contains(r#""firstLogIndex":null,"#));
+        assert!(statement(Some(4)).contains(r#""firstLogIndex":4,"#));
     }
 
     #[test]

@@ -86,7 +86,9 @@ pub struct ReceiptPredicate {
     pub signed_at: String,
     pub sequence: u64,
     pub previous_receipt: Option<Digest>,
-    pub log_index: u64,
+    /// The receipt's place in the log; `None` (`"logIndex": null`, the member is always
+    /// present) when a fleet node signed it before the integrator ordered it (FORMAT.md §3).
+    pub log_index: Option<u64>,
     pub mode: String,
 }
 
@@ -120,5 +122,44 @@ impl ReceiptStatement {
     /// encoded.
     pub fn to_payload(&self) -> Result<Vec<u8>, EncodeError> {
         serde_json::to_vec(self).map_err(|e| EncodeError::new("receipt", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fleet_receipt_says_log_index_null_and_an_indexed_one_its_index() {
+        let predicate = |log_index| ReceiptPredicate {
+            actor: "a".into(),
+            key: KeyRefInReceipt {
+                id: "k".into(),
+                version: 1,
+                backend: "pkcs11".into(),
+            },
+            action: Action {
+                action_type: "t".into(),
+                target: "x".into(),
+                parent_sha256: None,
+            },
+            context: BTreeMap::new(),
+            caller: CallerInReceipt::InsecureTcp {
+                address: "127.0.0.1:1".into(),
+            },
+            signed_at: "2026-11-26T17:51:36Z".into(),
+            sequence: 1,
+            previous_receipt: None,
+            log_index,
+            mode: "single".into(),
+        };
+        let payload = |log_index| {
+            let bytes = ReceiptStatement::new(&[0; 32], predicate(log_index))
+                .to_payload()
+                .unwrap_or_default();
+            String::from_utf8(bytes).unwrap_or_default()
+        };
+        assert!(payload(None).contains(r#""logIndex":null,"mode""#));
+        assert!(payload(Some(7)).contains(r#""logIndex":7,"mode""#));
     }
 }

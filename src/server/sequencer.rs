@@ -1521,7 +1521,7 @@ fn receipt_payload(
             previous_receipt: previous.map(|h| receipt::Digest {
                 sha256: hex::encode(h.payload_sha256),
             }),
-            log_index,
+            log_index: Some(log_index),
             mode: mode.into(),
         },
     )
@@ -1549,7 +1549,7 @@ fn prepared_batch(
         },
         size: receipts.len() as u64,
         first_sequence: first.row.sequence,
-        first_log_index,
+        first_log_index: Some(first_log_index),
         signed_at: signed_at.clone(),
     };
     match BatchStatement::new(&tree.root(), predicate).to_payload() {
