@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use actseal::lab::Lab;
 use actseal::lab_witness::{LabWitness, configure_anchor};
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
-use common::{ACTOR, DOCUMENT, TestLab, create_key, new_lab, sign_request, signer};
+use common::{ACTOR, DOCUMENT, TestLab, create_key, sign_request, signer};
 
 /// A lab whose log exists, with `n` witnesses made for it (not started) and the daemon
 /// stopped.
