@@ -13,7 +13,9 @@
 //! ratio to the raw rate; after c = 32 the daemon's resident set (VmRSS, VmHWM).
 //!
 //! Run: `cargo bench --bench throughput_series` (ACTSEAL_BENCH_SECONDS per phase, default 5;
-//! ACTSEAL_BENCH_BACKENDS, default "softhsm,swtpm,emulated", picks the series).
+//! ACTSEAL_BENCH_BACKENDS, default "softhsm,swtpm,emulated", picks the series;
+//! ACTSEAL_BENCH_MODES, default "per-action,batch,stream", the rows; ACTSEAL_BENCH_DAEMON
+//! another daemon binary, e.g. an earlier build's copy for a before/after run).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -93,7 +95,13 @@ fn series(name: &str, lab: &Lab, runtime: &tokio::runtime::Runtime, raw: f64) {
     println!(
         "| mode | c | receipts/s | p50 ms | p99 ms | of raw |\n| --- | --- | --- | --- | --- | --- |"
     );
+    let modes =
+        std::env::var("ACTSEAL_BENCH_MODES").unwrap_or_else(|_| "per-action,batch,stream".into());
+    let wanted = |mode: &str| modes.split(',').any(|m| m == mode);
     for (mode, actor) in [("per-action", SINGLE), ("batch", BATCH)] {
+        if !wanted(mode) {
+            continue;
+        }
         for c in CLIENTS {
             row(
                 mode,
@@ -108,6 +116,9 @@ fn series(name: &str, lab: &Lab, runtime: &tokio::runtime::Runtime, raw: f64) {
             rss as f64 / 1024.0,
             hwm as f64 / 1024.0
         );
+    }
+    if !wanted("stream") {
+        return;
     }
     for c in CLIENTS {
         row(
@@ -130,12 +141,8 @@ fn softhsm(runtime: &tokio::runtime::Runtime, emulated: Option<u32>) {
         .prefix("actseal-series-")
         .tempdir()
         .unwrap();
-    let mut lab = Lab::create(
-        Path::new(env!("CARGO_BIN_EXE_actseal")),
-        &dir.path().join("lab"),
-        false,
-    )
-    .expect("lab set-up");
+    let mut lab =
+        Lab::create(&support::daemon_binary(), &dir.path().join("lab"), false).expect("lab set-up");
     // SAFETY: set before this process opens the module; it reads it at C_Initialize.
     unsafe { std::env::set_var("SOFTHSM2_CONF", lab.dir.join("softhsm2.conf")) };
     configure(&lab, emulated);

@@ -31,12 +31,19 @@ pub fn started_softhsm_lab(prefix: &str) -> (tempfile::TempDir, Lab) {
     (dir, lab)
 }
 
+/// The daemon binary the labs run: `ACTSEAL_BENCH_DAEMON` (e.g. a copy of an earlier build,
+/// for a before/after comparison in one run), else this build's.
+pub fn daemon_binary() -> std::path::PathBuf {
+    std::env::var_os("ACTSEAL_BENCH_DAEMON")
+        .map_or_else(|| env!("CARGO_BIN_EXE_actseal").into(), Into::into)
+}
+
 /// A TPM lab (its own swtpm) in a new temporary directory, the daemon not yet started: swtpm
 /// serves one client at a time, so raw TPM figures come first.
 pub fn tpm_lab(prefix: &str) -> (tempfile::TempDir, Lab) {
     let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
     let lab = Lab::create_with_backend(
-        std::path::Path::new(env!("CARGO_BIN_EXE_actseal")),
+        &daemon_binary(),
         &dir.path().join("lab"),
         false,
         actseal::lab::LabBackend::Tpm,

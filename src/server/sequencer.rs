@@ -595,7 +595,7 @@ impl Sequencer {
         }
         match command {
             Command::Sign(action, request_id, reply) => {
-                if let Some(window) = self.batching.window(&action.actor) {
+                if let Some(window) = self.batching.window_of(&action.actor, action.rule_window) {
                     let actor = action.actor.clone();
                     if self.windows.add(window, (action, request_id, reply))
                         >= self.batching.max_size
@@ -1427,11 +1427,13 @@ impl Sequencer {
             staged: &staged.nodes,
             cache: &self.node_cache,
         };
+        // What the batch's bundles share is serialised once per key, not once per receipt.
+        let mut shared = bundles::SharedParts::default();
         for pending in &mut staged.receipts {
             let proof =
                 merkle::inclusion_proof(&overlay, pending.row.log_index, checkpoint.size())?;
-            pending.bundle_json = bundles::bundle_json(
-                (pending.envelope.clone(), pending.batch.clone()),
+            pending.bundle_json = shared.bundle_json(
+                (&pending.envelope, pending.batch.as_ref()),
                 bundles::SigningKey {
                     record: &pending.key.record,
                     lineage: &pending.key.lineage,
@@ -1441,7 +1443,7 @@ impl Sequencer {
                     log_index: pending.row.log_index,
                     tree_size: checkpoint.size(),
                     proof: &proof,
-                    checkpoint_note: note.clone(),
+                    checkpoint_note: &note,
                 },
                 &certificates,
                 pending.signed_at_unix,
