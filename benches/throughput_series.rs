@@ -29,7 +29,14 @@ use actseal::{
 
 const SINGLE: &str = "spiffe://acme.example/agents/bench-single";
 const BATCH: &str = "spiffe://acme.example/agents/bench-batch";
-const CLIENTS: [usize; 4] = [1, 2, 8, 32];
+/// Client counts: `ACTSEAL_BENCH_CLIENTS`, default 1,2,8,32.
+fn clients() -> Vec<usize> {
+    std::env::var("ACTSEAL_BENCH_CLIENTS")
+        .unwrap_or_else(|_| "1,2,8,32".into())
+        .split(',')
+        .map(|c| c.trim().parse().expect("ACTSEAL_BENCH_CLIENTS: numbers"))
+        .collect()
+}
 /// The emulated discrete TPM's signatures a second.
 const EMULATED_RATE: u32 = 20;
 
@@ -102,7 +109,7 @@ fn series(name: &str, lab: &Lab, runtime: &tokio::runtime::Runtime, raw: f64) {
         if !wanted(mode) {
             continue;
         }
-        for c in CLIENTS {
+        for c in clients() {
             row(
                 mode,
                 c,
@@ -120,7 +127,7 @@ fn series(name: &str, lab: &Lab, runtime: &tokio::runtime::Runtime, raw: f64) {
     if !wanted("stream") {
         return;
     }
-    for c in CLIENTS {
+    for c in clients() {
         row(
             &format!("batch+stream ({in_flight} in flight each)"),
             c,

@@ -716,4 +716,59 @@ actors = ["*"]
         fails_at("\n\ncallers = \"uid:1\"\n", 3, "unknown field `callers`");
         assert!(parse("").unwrap().rule_counts() == (0, 0));
     }
+
+    #[test]
+    fn the_first_allowing_rule_gives_the_batch_window() {
+        let policy = Policy::parse(
+            "[[sign]]\ncallers = [\"uid:1\"]\nactors = [\"*\"]\nactions = [\"bulk.*\"]\n\
+             batch_window_ms = 5\n\n\
+             [[sign]]\ncallers = [\"uid:1\"]\nactors = [\"*\"]\nactions = [\"urgent.*\"]\n\
+             batch_window_ms = 0\n\n\
+             [[sign]]\ncallers = [\"uid:1\"]\nactors = [\"*\"]\nactions = [\"*\"]\n",
+            Path::new("p.toml"),
+        )
+        .unwrap();
+        let caller = Caller::Unix {
+            uid: 1,
+            gid: 1,
+            pid: 1,
+        };
+        let window = |action: &str| {
+            policy
+                .sign_rule(&caller, "spiffe://a/b", action)
+                .map(|r| r.batch_window)
+        };
+        assert_eq!(
+            window("bulk.x"),
+            Some(Some(std::time::Duration::from_millis(5)))
+        );
+        assert_eq!(window("urgent.x"), Some(Some(std::time::Duration::ZERO)));
+        assert_eq!(window("other"), Some(None));
+        let stranger = Caller::Unix {
+            uid: 2,
+            gid: 1,
+            pid: 1,
+        };
+        assert!(
+            policy
+                .sign_rule(&stranger, "spiffe://a/b", "bulk.x")
+                .is_none()
+        );
+        let error = Policy::parse(
+            "[[sign]]\ncallers = [\"uid:1\"]\nactors = [\"*\"]\nactions = [\"*\"]\nbatch_window_ms = 1001\n",
+            Path::new("p.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(error.line, Some(5));
+        assert!(
+            error.message.contains("batch_window_ms must be 0 to 1000"),
+            "{error}"
+        );
+        let error = Policy::parse(
+            "[[sign]]\ncallers = [\"uid:1\"]\nactors = [\"*\"]\nactions = [\"*\"]\nbatch_window_ms = -1\n",
+            Path::new("p.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(error.line, Some(5), "{error}");
+    }
 }

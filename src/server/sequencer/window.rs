@@ -104,3 +104,25 @@ impl Windows {
         self.open.values().map(|w| w.deadline).min()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_window_wins_over_the_actors_and_zero_means_single() {
+        let rules = BatchRules {
+            rules: vec![(
+                vec![Pattern::parse("spiffe://a/*").unwrap()],
+                Duration::from_millis(5),
+            )],
+            max_size: 16,
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(rules.window_of("spiffe://a/x", None), Some(ms(5)));
+        assert_eq!(rules.window_of("spiffe://a/x", Some(ms(40))), Some(ms(40)));
+        assert_eq!(rules.window_of("spiffe://a/x", Some(ms(0))), None);
+        assert_eq!(rules.window_of("spiffe://b/x", None), None);
+        assert_eq!(rules.window_of("spiffe://b/x", Some(ms(2))), Some(ms(2)));
+    }
+}
