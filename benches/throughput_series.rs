@@ -82,17 +82,23 @@ async fn create_key(lab: &Lab, actor: &str) -> actseal::api::ActorKey {
         .into_inner()
 }
 
+type Rate = (f64, std::time::Duration, std::time::Duration);
+
+/// One row; with the daemon's CPU per receipt and its largest RSS during the phase.
 fn row(
     what: &str,
     c: usize,
-    (rate, p50, p99): (f64, std::time::Duration, std::time::Duration),
+    ((rate, p50, p99), cpu, rss_kib): (Rate, std::time::Duration, u64),
     raw: f64,
 ) {
+    let receipts = rate * support::phase_seconds().as_secs_f64();
     println!(
-        "| {what} | {c} | {rate:.0} | {:.2} | {:.2} | {:.1} % |",
+        "| {what} | {c} | {rate:.0} | {:.2} | {:.2} | {:.1} % | {:.0} µs | {:.1} MiB |",
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3,
-        100.0 * rate / raw
+        100.0 * rate / raw,
+        cpu.as_secs_f64() * 1e6 / receipts.max(1.0),
+        rss_kib as f64 / 1024.0
     );
 }
 
@@ -100,7 +106,8 @@ fn series(name: &str, lab: &Lab, runtime: &tokio::runtime::Runtime, raw: f64) {
     let in_flight = env_or("ACTSEAL_BENCH_IN_FLIGHT", 64) as usize;
     println!("\n{name} (raw rate {raw:.0}/s)\n");
     println!(
-        "| mode | c | receipts/s | p50 ms | p99 ms | of raw |\n| --- | --- | --- | --- | --- | --- |"
+        "| mode | c | receipts/s | p50 ms | p99 ms | of raw | daemon CPU per receipt | max RSS |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     let modes =
         std::env::var("ACTSEAL_BENCH_MODES").unwrap_or_else(|_| "per-action,batch,stream".into());
@@ -113,7 +120,9 @@ fn series(name: &str, lab: &Lab, runtime: &tokio::runtime::Runtime, raw: f64) {
             row(
                 mode,
                 c,
-                runtime.block_on(support::daemon_rate(lab, actor, c)),
+                support::watching_daemon(lab, || {
+                    runtime.block_on(support::daemon_rate(lab, actor, c))
+                }),
                 raw,
             );
         }
@@ -131,7 +140,9 @@ fn series(name: &str, lab: &Lab, runtime: &tokio::runtime::Runtime, raw: f64) {
         row(
             &format!("batch+stream ({in_flight} in flight each)"),
             c,
-            runtime.block_on(support::stream_rate(lab, BATCH, c, in_flight)),
+            support::watching_daemon(lab, || {
+                runtime.block_on(support::stream_rate(lab, BATCH, c, in_flight))
+            }),
             raw,
         );
     }
