@@ -129,7 +129,25 @@ pub struct BundleParts<'a> {
     pub checkpoint: &'a str,
     /// The [`LogKeyInBundle`], at depth 2.
     pub log_key: &'a SplicedJson,
-    pub batch: Option<&'a super::batch::BatchInBundle>,
+    pub batch: Option<BatchParts<'a>>,
+}
+
+/// A batch receipt's member of its bundle, its statement (the same for the whole batch)
+/// serialised once, at depth 2.
+#[derive(Clone, Copy)]
+pub struct BatchParts<'a> {
+    pub statement: &'a SplicedJson,
+    pub leaf_index: u64,
+    /// Hex hashes, leaf side first.
+    pub inclusion_proof: &'a [String],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchOut<'a> {
+    statement: &'a serde_json::value::RawValue,
+    leaf_index: u64,
+    inclusion_proof: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -141,7 +159,7 @@ struct BundleOut<'a> {
     lineage: &'a serde_json::value::RawValue,
     log: LogOut<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    batch: Option<&'a super::batch::BatchInBundle>,
+    batch: Option<BatchOut<'a>>,
 }
 
 #[derive(Serialize)]
@@ -196,7 +214,11 @@ impl BundleParts<'_> {
                 checkpoint: self.checkpoint,
                 log_key: &self.log_key.0,
             },
-            batch: self.batch,
+            batch: self.batch.map(|b| BatchOut {
+                statement: &b.statement.0,
+                leaf_index: b.leaf_index,
+                inclusion_proof: b.inclusion_proof,
+            }),
         };
         let mut json = Vec::with_capacity(12 * 1024);
         serde_json::to_writer_pretty(&mut json, &out).map_err(|e| EncodeError::new("bundle", e))?;
@@ -295,6 +317,7 @@ mod tests {
                         ),
                         batch: batch.then(|| member.clone()),
                     };
+                    let statement = SplicedJson::new(&member.statement, 2).unwrap();
                     let spliced = BundleParts {
                         receipt: &receipt,
                         actor_key_id: "actor",
@@ -305,7 +328,11 @@ mod tests {
                         inclusion_proof: &hashes[..proof],
                         checkpoint,
                         log_key: &SplicedJson::new(&log_key, 2).unwrap(),
-                        batch: batch.then_some(&member),
+                        batch: batch.then_some(BatchParts {
+                            statement: &statement,
+                            leaf_index: member.leaf_index,
+                            inclusion_proof: &member.inclusion_proof,
+                        }),
                     };
                     assert_eq!(spliced.to_json().unwrap(), whole.to_json().unwrap());
                 }

@@ -17,7 +17,7 @@ use crate::{
     pki::device::DeviceCertificates,
     proof::{
         batch::BatchInBundle,
-        bundle::{Bundle, BundleParts, SplicedJson},
+        bundle::{BatchParts, Bundle, BundleParts, SplicedJson},
         dsse::{Envelope, EnvelopeSignature},
         lineage::{Attestation, EncodeError, Lineage, PredecessorKey},
         spki_der,
@@ -186,6 +186,8 @@ pub struct SharedParts {
     actors: HashMap<String, Vec<(usize, String, SplicedJson)>>,
     /// By certificate in force.
     log: Vec<(usize, SplicedJson)>,
+    /// Batch statements, by their signature and payload.
+    statements: Vec<(Envelope, SplicedJson)>,
 }
 
 /// Which of `certs` is in force at `at`, as an identity valid while `certs` is held.
@@ -228,6 +230,28 @@ impl SharedParts {
                 certs.resolve(&mut log_key.lineage.attestation, signed_at);
                 self.log.push((cert, SplicedJson::new(&log_key, 2)?));
                 self.log.len() - 1
+            }
+        };
+        let batch = match batch {
+            None => None,
+            Some(member) => {
+                let at = match self
+                    .statements
+                    .iter()
+                    .position(|(s, _)| *s == member.statement)
+                {
+                    Some(at) => at,
+                    None => {
+                        let spliced = SplicedJson::new(&member.statement, 2)?;
+                        self.statements.push((member.statement.clone(), spliced));
+                        self.statements.len() - 1
+                    }
+                };
+                Some(BatchParts {
+                    statement: &self.statements[at].1,
+                    leaf_index: member.leaf_index,
+                    inclusion_proof: &member.inclusion_proof,
+                })
             }
         };
         BundleParts {
