@@ -14,7 +14,8 @@
 //!
 //! Run: `cargo bench --bench throughput_series` (ACTSEAL_BENCH_SECONDS per phase, default 5;
 //! ACTSEAL_BENCH_BACKENDS, default "softhsm,swtpm,emulated", picks the series;
-//! ACTSEAL_BENCH_MODES, default "per-action,batch,stream", the rows; ACTSEAL_BENCH_DAEMON
+//! ACTSEAL_BENCH_MODES, default "per-action,batch,stream", the rows; ACTSEAL_BENCH_MAX_BATCH,
+//! default 4096, `ledger.max_batch_size`; ACTSEAL_BENCH_DAEMON
 //! another daemon binary, e.g. an earlier build's copy for a before/after run).
 
 #[path = "support/mod.rs"]
@@ -60,8 +61,9 @@ fn configure(lab: &Lab, emulated: Option<u32>) {
         !config.contains("[ledger]"),
         "the lab's config has no [ledger] table yet"
     );
+    let max_batch = env_or("ACTSEAL_BENCH_MAX_BATCH", 4096);
     config.push_str(&format!(
-        "\n[ledger]\nmax_batch_size = 4096\n\n[[ledger.batch]]\nactors = [\"{BATCH}\"]\nwindow_ms = {window}\n"
+        "\n[ledger]\nmax_batch_size = {max_batch}\n\n[[ledger.batch]]\nactors = [\"{BATCH}\"]\nwindow_ms = {window}\n"
     ));
     if let Some(rate) = emulated {
         config.push_str(&format!(

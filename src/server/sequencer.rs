@@ -1462,6 +1462,11 @@ impl Sequencer {
                 &certificates,
                 pending.signed_at_unix,
             )?;
+            // The bundle holds them now: freed at once, the next bundles reuse the memory (a
+            // batch holds thousands of these until its commit).
+            drop(std::mem::take(&mut pending.envelope.payload));
+            drop(std::mem::take(&mut pending.envelope.signatures));
+            drop(pending.batch.take());
             pending.row.proof_size = checkpoint.size();
             pending.row.proof = proof;
             staged.batch.receipts.push(pending.row.clone());
