@@ -32,7 +32,6 @@ pub fn serve(config_path: &Path, check_only: bool) -> Result<()> {
         );
         return Ok(());
     }
-    server::memory::limit_arenas();
     super::init_logging(&config.log.level, config.log.format == LogFormat::Json);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -10,7 +10,7 @@ pub mod codec;
 pub mod health;
 mod keys;
 pub mod listen;
-pub(crate) mod memory;
+mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod rollback;
