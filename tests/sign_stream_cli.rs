@@ -193,3 +193,54 @@ async fn json_lines_in_one_result_each_out_with_per_action_errors() {
     assert!(!ok);
     assert_eq!(code(&results[&1]), "InvalidArgument");
 }
+
+/// A client asking for more in flight than the daemon allows this caller: what is over the
+/// daemon's bound is refused per line (RESOURCE_EXHAUSTED, nothing of it stored), every other
+/// line is signed, and every line is answered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_daemons_bound_lines_are_refused_one_by_one_and_nothing_of_them_is_stored() {
+    let mut lab = new_lab();
+    configure_server(&lab, "limits = { max_stream_actions_in_flight = 2 }");
+    lab.start_daemon().expect("daemon start");
+    create_key(&lab, ACTOR).await;
+    let input: String = (0..40)
+        .map(|i| format!("{{\"id\":{i},\"document\":\"over the bound {i}\"}}\n"))
+        .collect();
+    let (ok, results, _) = sign_stream(
+        &lab,
+        &[
+            "--actor",
+            ACTOR,
+            "--type",
+            "t",
+            "--target",
+            "x",
+            "--in-flight",
+            "16",
+        ],
+        &input,
+    );
+    assert_eq!(results.len(), 40, "every line answered once");
+    let signed = results
+        .values()
+        .filter(|r| r.get("error").is_none())
+        .count() as u64;
+    let refused: Vec<&Value> = results
+        .values()
+        .filter(|r| r.get("error").is_some())
+        .collect();
+    assert!(
+        refused.iter().all(|r| code(r) == "ResourceExhausted"),
+        "{refused:?}"
+    );
+    assert!(
+        !refused.is_empty(),
+        "16 sent at once against a bound of 2: some are refused"
+    );
+    assert!(signed > 0 && !ok);
+    assert_eq!(
+        receipt_count(&lab),
+        signed,
+        "nothing of a refused line is stored"
+    );
+}
