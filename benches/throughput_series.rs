@@ -13,7 +13,10 @@
 //! ratio to the raw rate; after c = 32 the daemon's resident set (VmRSS, VmHWM).
 //!
 //! Run: `cargo bench --bench throughput_series` (ACTSEAL_BENCH_SECONDS per phase, default 5;
-//! ACTSEAL_BENCH_BACKENDS, default "softhsm,swtpm,emulated", picks the series).
+//! ACTSEAL_BENCH_BACKENDS, default "softhsm,swtpm,emulated", picks the series;
+//! ACTSEAL_BENCH_MODES, default "per-action,batch,stream", the rows; ACTSEAL_BENCH_MAX_BATCH,
+//! default 4096, `ledger.max_batch_size`; ACTSEAL_BENCH_DAEMON
+//! another daemon binary, e.g. an earlier build's copy for a before/after run).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -27,7 +30,14 @@ use actseal::{
 
 const SINGLE: &str = "spiffe://acme.example/agents/bench-single";
 const BATCH: &str = "spiffe://acme.example/agents/bench-batch";
-const CLIENTS: [usize; 4] = [1, 2, 8, 32];
+/// Client counts: `ACTSEAL_BENCH_CLIENTS`, default 1,2,8,32.
+fn clients() -> Vec<usize> {
+    std::env::var("ACTSEAL_BENCH_CLIENTS")
+        .unwrap_or_else(|_| "1,2,8,32".into())
+        .split(',')
+        .map(|c| c.trim().parse().expect("ACTSEAL_BENCH_CLIENTS: numbers"))
+        .collect()
+}
 /// The emulated discrete TPM's signatures a second.
 const EMULATED_RATE: u32 = 20;
 
@@ -51,8 +61,9 @@ fn configure(lab: &Lab, emulated: Option<u32>) {
         !config.contains("[ledger]"),
         "the lab's config has no [ledger] table yet"
     );
+    let max_batch = env_or("ACTSEAL_BENCH_MAX_BATCH", 4096);
     config.push_str(&format!(
-        "\n[ledger]\nmax_batch_size = 4096\n\n[[ledger.batch]]\nactors = [\"{BATCH}\"]\nwindow_ms = {window}\n"
+        "\n[ledger]\nmax_batch_size = {max_batch}\n\n[[ledger.batch]]\nactors = [\"{BATCH}\"]\nwindow_ms = {window}\n"
     ));
     if let Some(rate) = emulated {
         config.push_str(&format!(
@@ -73,17 +84,23 @@ async fn create_key(lab: &Lab, actor: &str) -> actseal::api::ActorKey {
         .into_inner()
 }
 
+type Rate = (f64, std::time::Duration, std::time::Duration);
+
+/// One row; with the daemon's CPU per receipt and its largest RSS during the phase.
 fn row(
     what: &str,
     c: usize,
-    (rate, p50, p99): (f64, std::time::Duration, std::time::Duration),
+    ((rate, p50, p99), cpu, rss_kib): (Rate, std::time::Duration, u64),
     raw: f64,
 ) {
+    let receipts = rate * support::phase_seconds().as_secs_f64();
     println!(
-        "| {what} | {c} | {rate:.0} | {:.2} | {:.2} | {:.1} % |",
+        "| {what} | {c} | {rate:.0} | {:.2} | {:.2} | {:.1} % | {:.0} µs | {:.1} MiB |",
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3,
-        100.0 * rate / raw
+        100.0 * rate / raw,
+        cpu.as_secs_f64() * 1e6 / receipts.max(1.0),
+        rss_kib as f64 / 1024.0
     );
 }
 
@@ -91,14 +108,23 @@ fn series(name: &str, lab: &Lab, runtime: &tokio::runtime::Runtime, raw: f64) {
     let in_flight = env_or("ACTSEAL_BENCH_IN_FLIGHT", 64) as usize;
     println!("\n{name} (raw rate {raw:.0}/s)\n");
     println!(
-        "| mode | c | receipts/s | p50 ms | p99 ms | of raw |\n| --- | --- | --- | --- | --- | --- |"
+        "| mode | c | receipts/s | p50 ms | p99 ms | of raw | daemon CPU per receipt | max RSS |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
+    let modes =
+        std::env::var("ACTSEAL_BENCH_MODES").unwrap_or_else(|_| "per-action,batch,stream".into());
+    let wanted = |mode: &str| modes.split(',').any(|m| m == mode);
     for (mode, actor) in [("per-action", SINGLE), ("batch", BATCH)] {
-        for c in CLIENTS {
+        if !wanted(mode) {
+            continue;
+        }
+        for c in clients() {
             row(
                 mode,
                 c,
-                runtime.block_on(support::daemon_rate(lab, actor, c)),
+                support::watching_daemon(lab, || {
+                    runtime.block_on(support::daemon_rate(lab, actor, c))
+                }),
                 raw,
             );
         }
@@ -109,11 +135,16 @@ fn series(name: &str, lab: &Lab, runtime: &tokio::runtime::Runtime, raw: f64) {
             hwm as f64 / 1024.0
         );
     }
-    for c in CLIENTS {
+    if !wanted("stream") {
+        return;
+    }
+    for c in clients() {
         row(
             &format!("batch+stream ({in_flight} in flight each)"),
             c,
-            runtime.block_on(support::stream_rate(lab, BATCH, c, in_flight)),
+            support::watching_daemon(lab, || {
+                runtime.block_on(support::stream_rate(lab, BATCH, c, in_flight))
+            }),
             raw,
         );
     }
@@ -130,12 +161,8 @@ fn softhsm(runtime: &tokio::runtime::Runtime, emulated: Option<u32>) {
         .prefix("actseal-series-")
         .tempdir()
         .unwrap();
-    let mut lab = Lab::create(
-        Path::new(env!("CARGO_BIN_EXE_actseal")),
-        &dir.path().join("lab"),
-        false,
-    )
-    .expect("lab set-up");
+    let mut lab =
+        Lab::create(&support::daemon_binary(), &dir.path().join("lab"), false).expect("lab set-up");
     // SAFETY: set before this process opens the module; it reads it at C_Initialize.
     unsafe { std::env::set_var("SOFTHSM2_CONF", lab.dir.join("softhsm2.conf")) };
     configure(&lab, emulated);

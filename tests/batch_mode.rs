@@ -721,3 +721,105 @@ async fn soak_batch_throughput_on_swtpm() {
         at(0.99)
     );
 }
+
+/// Sends the requests at once (each on its own connection); the answers in the order sent.
+async fn sign_all_at_once(
+    lab: &actseal::lab::Lab,
+    requests: Vec<actseal::api::SignRequest>,
+) -> Vec<actseal::api::SignResponse> {
+    let mut tasks = Vec::new();
+    for request in requests {
+        let mut signer = signer(lab).await;
+        tasks.push(tokio::spawn(async move { signer.sign(request).await }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap().expect("signed").into_inner());
+    }
+    answers
+}
+
+/// Batch windows per policy rule (`batch_window_ms`): the rule that allows an action decides
+/// its mode over the actor's `[[ledger.batch]]` window, `0` making single receipts. Requests
+/// of one actor under three rules (a rule window, a rule's 0, the actor's window) arrive
+/// interleaved, so one actor's chain mixes modes: every receipt still checks out (batch
+/// members by this file's own code, all by the verifier), its mode is the one its rule gives,
+/// and sequence numbers, previous-receipt digests and log indices form one unbroken chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_rules_batch_window_decides_the_mode_and_the_mixed_chain_stays_whole() {
+    let mut lab = new_lab();
+    let uid = own_uid();
+    write_policy(
+        &lab,
+        &format!(
+            "[[sign]]\ncallers = [\"uid:{uid}\"]\nactors = [\"{ACTOR}\"]\nactions = [\"bulk.*\"]\n\
+             batch_window_ms = 40\n\n\
+             [[sign]]\ncallers = [\"uid:{uid}\"]\nactors = [\"{ACTOR}\"]\nactions = [\"urgent.*\"]\n\
+             batch_window_ms = 0\n\n\
+             [[sign]]\ncallers = [\"uid:{uid}\"]\nactors = [\"*\"]\nactions = [\"*\"]\n\n\
+             [[admin]]\ncallers = [\"uid:{uid}\"]\nactors = [\"*\"]\n"
+        ),
+    );
+    configure_ledger(
+        &lab,
+        &format!("[[ledger.batch]]\nactors = [\"{ACTOR}\"]\nwindow_ms = 40\n"),
+    );
+    lab.start_daemon().expect("daemon start");
+    create_key(&lab, ACTOR).await;
+    let mut all = Vec::new();
+    for round in 0..3 {
+        let mut requests = Vec::new();
+        let mut kinds = Vec::new();
+        for i in 0..12 {
+            let kind = ["bulk.export", "urgent.page", "payment.initiate"][i % 3];
+            let mut request = sign_request(ACTOR, format!("{kind} {round} {i}").as_bytes());
+            request.action_type = kind.into();
+            requests.push(request);
+            kinds.push(kind);
+        }
+        for (kind, answer) in kinds
+            .into_iter()
+            .zip(sign_all_at_once(&lab, requests).await)
+        {
+            let mode = receipt_statement(&answer.bundle_json)["predicate"]["mode"].clone();
+            let batched = check_batch_bundle(&answer.bundle_json);
+            if kind == "urgent.page" {
+                assert_eq!(mode, "single", "a rule's batch_window_ms = 0 signs alone");
+                assert!(batched.is_err());
+            } else {
+                assert_eq!(
+                    mode, "batch",
+                    "{kind} is batched (its rule, or the actor's window)"
+                );
+                batched.expect("batch bundle checks out");
+            }
+            verify(&lab, &answer.bundle_json, None).expect("every receipt verifies");
+            all.push(answer);
+        }
+    }
+    assert!(
+        all.iter()
+            .any(|a| check_batch_bundle(&a.bundle_json).is_ok_and(|f| f.size > 1)),
+        "no batch larger than one receipt was made"
+    );
+    // One chain: sequences 1..=36 in log order, each naming the one before.
+    all.sort_by_key(|a| a.sequence);
+    let sequences: Vec<u64> = all.iter().map(|a| a.sequence).collect();
+    assert_eq!(sequences, (1..=36).collect::<Vec<_>>());
+    for pair in all.windows(2) {
+        assert!(
+            pair[0].log_index < pair[1].log_index,
+            "log order follows sequence"
+        );
+        let previous = &receipt_statement(&pair[1].bundle_json)["predicate"]["previousReceipt"];
+        assert_eq!(
+            previous["sha256"],
+            payload_sha256(&pair[0].bundle_json),
+            "receipt {} names receipt {} as its previous one",
+            pair[1].sequence,
+            pair[0].sequence
+        );
+    }
+    assert!(receipt_statement(&all[0].bundle_json)["predicate"]["previousReceipt"].is_null());
+    assert_eq!(receipt_count(&lab), 36);
+}

@@ -31,12 +31,19 @@ pub fn started_softhsm_lab(prefix: &str) -> (tempfile::TempDir, Lab) {
     (dir, lab)
 }
 
+/// The daemon binary the labs run: `ACTSEAL_BENCH_DAEMON` (e.g. a copy of an earlier build,
+/// for a before/after comparison in one run), else this build's.
+pub fn daemon_binary() -> std::path::PathBuf {
+    std::env::var_os("ACTSEAL_BENCH_DAEMON")
+        .map_or_else(|| env!("CARGO_BIN_EXE_actseal").into(), Into::into)
+}
+
 /// A TPM lab (its own swtpm) in a new temporary directory, the daemon not yet started: swtpm
 /// serves one client at a time, so raw TPM figures come first.
 pub fn tpm_lab(prefix: &str) -> (tempfile::TempDir, Lab) {
     let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
     let lab = Lab::create_with_backend(
-        std::path::Path::new(env!("CARGO_BIN_EXE_actseal")),
+        &daemon_binary(),
         &dir.path().join("lab"),
         false,
         actseal::lab::LabBackend::Tpm,
@@ -204,4 +211,53 @@ pub fn daemon_rss_kib(lab: &Lab) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The daemon's CPU time so far (user + system, all its threads), from /proc.
+pub fn daemon_cpu(lab: &Lab) -> Duration {
+    let pid = lab.daemon_pid().expect("the daemon runs");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Duration::from_secs_f64((fields[11] + fields[12]) as f64 / ticks)
+}
+
+/// Runs `phase` while watching the daemon: its result, the daemon's CPU time meanwhile and its
+/// largest resident set (VmRSS, KiB) sampled every 20 ms.
+pub fn watching_daemon<T>(lab: &Lab, phase: impl FnOnce() -> T) -> (T, Duration, u64) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let (stop, peak) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let pid = lab.daemon_pid().expect("the daemon runs");
+    let sampler = {
+        let (stop, peak) = (Arc::clone(&stop), Arc::clone(&peak));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                    let rss = status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.split_whitespace().next())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let before = daemon_cpu(lab);
+    let result = phase();
+    let cpu = daemon_cpu(lab).saturating_sub(before);
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    (result, cpu, peak.load(Ordering::Relaxed))
 }

@@ -473,7 +473,7 @@ pub fn log(command: LogCommand) -> Result<()> {
     })
 }
 
-fn parse_context(entries: &[String]) -> Result<HashMap<String, String>> {
+pub(super) fn parse_context(entries: &[String]) -> Result<HashMap<String, String>> {
     let mut context = HashMap::new();
     for entry in entries {
         let Some((key, value)) = entry.split_once('=') else {
@@ -485,6 +485,14 @@ fn parse_context(entries: &[String]) -> Result<HashMap<String, String>> {
 }
 
 pub fn sign(args: SignArgs) -> Result<()> {
+    if args.stream {
+        return super::stream::sign_stream(&args);
+    }
+    let given = |value: &Option<String>, name: &str| {
+        value
+            .clone()
+            .with_context(|| format!("{name} is required without --stream"))
+    };
     let action = match (&args.document, &args.digest) {
         (Some(path), None) => Action::Document(
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
@@ -499,9 +507,9 @@ pub fn sign(args: SignArgs) -> Result<()> {
         None => Vec::new(),
     };
     let request = SignRequest {
-        actor: args.actor.clone(),
-        action_type: args.action_type.clone(),
-        target: args.target.clone(),
+        actor: given(&args.actor, "--actor")?,
+        action_type: given(&args.action_type, "--type")?,
+        target: given(&args.target, "--target")?,
         action: Some(action),
         context: parse_context(&args.context)?,
         parent_action_sha256,

@@ -11,6 +11,8 @@ mod migrate;
 mod monitor;
 mod operator;
 pub(crate) mod out;
+#[cfg(feature = "daemon")]
+mod stream;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -327,16 +329,17 @@ enum KeyCommand {
 #[cfg(feature = "daemon")]
 #[derive(Args)]
 struct SignArgs {
-    #[arg(long)]
-    actor: String,
-    /// Action type, e.g. payment.initiate.
-    #[arg(long = "type")]
-    action_type: String,
-    /// The resource the action targets.
-    #[arg(long)]
-    target: String,
+    /// The actor (with --stream: for input lines that name none).
+    #[arg(long, required_unless_present = "stream")]
+    actor: Option<String>,
+    /// Action type, e.g. payment.initiate (with --stream: the default).
+    #[arg(long = "type", required_unless_present = "stream")]
+    action_type: Option<String>,
+    /// The resource the action targets (with --stream: the default).
+    #[arg(long, required_unless_present = "stream")]
+    target: Option<String>,
     /// The action document; the daemon hashes it.
-    #[arg(long, conflicts_with = "digest", required_unless_present = "digest")]
+    #[arg(long, conflicts_with = "digest", required_unless_present_any = ["digest", "stream"])]
     document: Option<PathBuf>,
     /// The document's SHA-256 (hex), when the document stays with the caller.
     #[arg(long)]
@@ -353,6 +356,14 @@ struct SignArgs {
     /// Where to write the bundle; standard output if unset.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Sign many actions over one stream: JSON lines on stdin, one result line each on
+    /// stdout (src/cli/stream.rs, README "Signing many actions").
+    #[arg(long)]
+    stream: bool,
+    /// With --stream: most actions outstanding at once (1–4096; keep it within the daemon's
+    /// server.limits.max_stream_actions_in_flight).
+    #[arg(long, default_value_t = 64, requires = "stream")]
+    in_flight: usize,
     #[command(flatten)]
     connection: Connection,
 }

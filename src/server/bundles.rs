@@ -7,6 +7,8 @@
 //! rotation statement) is assembled here, once per bundle, so storage grows with the number
 //! of versions and not with its square.
 
+use std::collections::HashMap;
+
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 
 use super::sequencer::{LogIdentity, SignedReceipt};
@@ -15,7 +17,7 @@ use crate::{
     pki::device::DeviceCertificates,
     proof::{
         batch::BatchInBundle,
-        bundle::{ActorKeyInBundle, BUNDLE_MEDIA_TYPE, Bundle, LogProof},
+        bundle::{BatchParts, Bundle, BundleParts, SplicedJson},
         dsse::{Envelope, EnvelopeSignature},
         lineage::{Attestation, EncodeError, Lineage, PredecessorKey},
         spki_der,
@@ -172,41 +174,112 @@ pub struct Inclusion<'a> {
     pub log_index: u64,
     pub tree_size: u64,
     pub proof: &'a [Hash],
-    pub checkpoint_note: String,
+    pub checkpoint_note: &'a str,
 }
 
-/// The bundle of a receipt whose parts are at hand, signed at `signed_at` (Unix seconds):
-/// the actor key's and the log key's attestations carry the device certificate in force then.
+/// What the bundles of one key share under one device certificate, serialised once: the
+/// actor key's public key and lineage, and the log key with its lineage. The sequencer keeps
+/// one for a batch's bundles; each bundle then costs its own parts only.
+#[derive(Default)]
+pub struct SharedParts {
+    /// By key id: (certificate in force, base64 SPKI, lineage).
+    actors: HashMap<String, Vec<(usize, String, SplicedJson)>>,
+    /// By certificate in force.
+    log: Vec<(usize, SplicedJson)>,
+    /// Batch statements, by their signature and payload.
+    statements: Vec<(Envelope, SplicedJson)>,
+}
+
+/// Which of `certs` is in force at `at`, as an identity valid while `certs` is held.
+fn certificate_in_force(certs: &DeviceCertificates, at: i64) -> usize {
+    certs
+        .in_force(at)
+        .map_or(0, |c| std::ptr::from_ref(c) as usize)
+}
+
+impl SharedParts {
+    /// The bundle of a receipt whose parts are at hand, signed at `signed_at` (Unix seconds):
+    /// the actor key's and the log key's attestations carry the device certificate in force
+    /// then. `certs` must be the same for every call on one `SharedParts`.
+    pub fn bundle_json(
+        &mut self,
+        (receipt, batch): (&Envelope, Option<&BatchInBundle>),
+        key: SigningKey<'_>,
+        log: &LogIdentity,
+        inclusion: Inclusion<'_>,
+        certs: &DeviceCertificates,
+        signed_at: i64,
+    ) -> Result<String, EncodeError> {
+        let cert = certificate_in_force(certs, signed_at);
+        let versions = self.actors.entry(key.record.key_id.clone()).or_default();
+        let at = match versions.iter().position(|(c, _, _)| *c == cert) {
+            Some(at) => at,
+            None => {
+                let mut lineage = key.lineage.clone();
+                certs.resolve(&mut lineage.attestation, signed_at);
+                let public_key = B64.encode(spki_der(&key.record.public_key));
+                versions.push((cert, public_key, SplicedJson::new(&lineage, 1)?));
+                versions.len() - 1
+            }
+        };
+        let (_, public_key, lineage) = &versions[at];
+        let log_at = match self.log.iter().position(|(c, _)| *c == cert) {
+            Some(at) => at,
+            None => {
+                let mut log_key = log.in_bundle();
+                certs.resolve(&mut log_key.lineage.attestation, signed_at);
+                self.log.push((cert, SplicedJson::new(&log_key, 2)?));
+                self.log.len() - 1
+            }
+        };
+        let batch = match batch {
+            None => None,
+            Some(member) => {
+                let at = match self
+                    .statements
+                    .iter()
+                    .position(|(s, _)| *s == member.statement)
+                {
+                    Some(at) => at,
+                    None => {
+                        let spliced = SplicedJson::new(&member.statement, 2)?;
+                        self.statements.push((member.statement.clone(), spliced));
+                        self.statements.len() - 1
+                    }
+                };
+                Some(BatchParts {
+                    statement: &self.statements[at].1,
+                    leaf_index: member.leaf_index,
+                    inclusion_proof: &member.inclusion_proof,
+                })
+            }
+        };
+        BundleParts {
+            receipt,
+            actor_key_id: &key.record.key_id,
+            actor_public_key: public_key,
+            lineage,
+            index: inclusion.log_index,
+            tree_size: inclusion.tree_size,
+            inclusion_proof: inclusion.proof,
+            checkpoint: inclusion.checkpoint_note,
+            log_key: &self.log[log_at].1,
+            batch,
+        }
+        .to_json()
+    }
+}
+
+/// One bundle, nothing shared with others ([`SharedParts::bundle_json`]).
 pub fn bundle_json(
-    (receipt, batch): (Envelope, Option<BatchInBundle>),
+    receipt: (&Envelope, Option<&BatchInBundle>),
     key: SigningKey<'_>,
     log: &LogIdentity,
     inclusion: Inclusion<'_>,
     certs: &DeviceCertificates,
     signed_at: i64,
 ) -> Result<String, EncodeError> {
-    let mut lineage = key.lineage.clone();
-    certs.resolve(&mut lineage.attestation, signed_at);
-    let mut log_key = log.in_bundle();
-    certs.resolve(&mut log_key.lineage.attestation, signed_at);
-    let Inclusion {
-        log_index,
-        tree_size,
-        proof,
-        checkpoint_note,
-    } = inclusion;
-    Bundle {
-        media_type: BUNDLE_MEDIA_TYPE.into(),
-        receipt,
-        actor_key: ActorKeyInBundle {
-            key_id: key.record.key_id.clone(),
-            public_key: B64.encode(spki_der(&key.record.public_key)),
-        },
-        lineage,
-        log: LogProof::new(log_index, tree_size, proof, checkpoint_note, log_key),
-        batch,
-    }
-    .to_json()
+    SharedParts::default().bundle_json(receipt, key, log, inclusion, certs, signed_at)
 }
 
 /// The stored receipt at `log_index`, proved against `proof` (tree size and hashes) or, if
@@ -263,7 +336,7 @@ pub fn stored(
     let note = checkpoint.note;
     Ok(Some(SignedReceipt {
         bundle_json: bundle_json(
-            envelope,
+            (&envelope.0, envelope.1.as_ref()),
             SigningKey {
                 record: &key,
                 lineage: &lineage,
@@ -273,7 +346,7 @@ pub fn stored(
                 log_index,
                 tree_size,
                 proof: &hashes,
-                checkpoint_note: note,
+                checkpoint_note: &note,
             },
             certs,
             signed_at,

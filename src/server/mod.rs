@@ -88,15 +88,16 @@ impl DaemonState {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
     }
 
-    /// PERMISSION_DENIED unless the policy lets `caller` sign `action_type` as `actor`.
+    /// PERMISSION_DENIED unless the policy lets `caller` sign `action_type` as `actor`; the
+    /// allowing rule's batch window (`batch_window_ms`), if it gives one.
     pub(crate) fn authorize_sign(
         &self,
         caller: &Caller,
         actor: &str,
         action_type: &str,
-    ) -> Result<(), Status> {
-        if self.policy().may_sign(caller, actor, action_type) {
-            return Ok(());
+    ) -> Result<Option<std::time::Duration>, Status> {
+        if let Some(rule) = self.policy().sign_rule(caller, actor, action_type) {
+            return Ok(rule.batch_window);
         }
         tracing::warn!(caller = %caller, actor, action_type, "permission denied: sign");
         Err(Status::permission_denied(format!(

@@ -6,6 +6,12 @@
 //! actors  = ["spiffe://acme.example/agents/payments"]
 //! actions = ["payment.*"]
 //!
+//! [[sign]]                      # batch mode for what this rule allows
+//! callers = ["uid:1001"]
+//! actors  = ["spiffe://acme.example/agents/bulk"]
+//! actions = ["*"]
+//! batch_window_ms = 5           # 0: single receipts, whatever [[ledger.batch]] says
+//!
 //! [[admin]]
 //! callers = ["uid:0"]
 //! actors  = ["*"]
@@ -252,7 +258,13 @@ pub struct SignRule {
     pub callers: Vec<CallerPattern>,
     pub actors: Vec<Pattern>,
     pub actions: Vec<Pattern>,
+    /// `batch_window_ms`: the batch window of the requests this rule allows (zero: single
+    /// receipts); `None` leaves it to `[[ledger.batch]]`.
+    pub batch_window: Option<std::time::Duration>,
 }
+
+/// Most milliseconds a rule's batch window may be (as `[[ledger.batch]]` `window_ms`).
+pub const MAX_RULE_WINDOW_MS: u64 = 1000;
 
 #[derive(Debug, Clone)]
 pub struct AdminRule {
@@ -283,6 +295,8 @@ struct RawSign {
     callers: Spanned<Vec<Spanned<String>>>,
     actors: Spanned<Vec<Spanned<String>>>,
     actions: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    batch_window_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -359,11 +373,22 @@ impl Policy {
         for rule in &raw.sign {
             let line = line_of(rule.span().start);
             let rule = rule.get_ref();
+            let batch_window = match &rule.batch_window_ms {
+                Some(ms) if *ms.get_ref() > MAX_RULE_WINDOW_MS => {
+                    return Err(at(
+                        ms.span().start,
+                        format!("batch_window_ms must be 0 to {MAX_RULE_WINDOW_MS}"),
+                    ));
+                }
+                Some(ms) => Some(std::time::Duration::from_millis(*ms.get_ref())),
+                None => None,
+            };
             policy.sign.push(SignRule {
                 line,
                 callers: callers(&rule.callers)?,
                 actors: patterns("actors", &rule.actors)?,
                 actions: patterns("actions", &rule.actions)?,
+                batch_window,
             });
         }
         for rule in &raw.admin {
@@ -380,7 +405,13 @@ impl Policy {
 
     /// Whether `caller` may sign `action_type` as `actor`.
     pub fn may_sign(&self, caller: &Caller, actor: &str, action_type: &str) -> bool {
-        self.sign.iter().any(|rule| {
+        self.sign_rule(caller, actor, action_type).is_some()
+    }
+
+    /// The first rule (in file order) that lets `caller` sign `action_type` as `actor`: its
+    /// `batch_window_ms` is the one that applies to the request.
+    pub fn sign_rule(&self, caller: &Caller, actor: &str, action_type: &str) -> Option<&SignRule> {
+        self.sign.iter().find(|rule| {
             rule.callers.iter().any(|c| c.matches(caller))
                 && rule.actors.iter().any(|p| p.matches(actor))
                 && rule.actions.iter().any(|p| p.matches(action_type))
@@ -684,5 +715,60 @@ actors = ["*"]
         fails_at("[[signers]]\ncallers = []\n", 1, "unknown field `signers`");
         fails_at("\n\ncallers = \"uid:1\"\n", 3, "unknown field `callers`");
         assert!(parse("").unwrap().rule_counts() == (0, 0));
+    }
+
+    #[test]
+    fn the_first_allowing_rule_gives_the_batch_window() {
+        let policy = Policy::parse(
+            "[[sign]]\ncallers = [\"uid:1\"]\nactors = [\"*\"]\nactions = [\"bulk.*\"]\n\
+             batch_window_ms = 5\n\n\
+             [[sign]]\ncallers = [\"uid:1\"]\nactors = [\"*\"]\nactions = [\"urgent.*\"]\n\
+             batch_window_ms = 0\n\n\
+             [[sign]]\ncallers = [\"uid:1\"]\nactors = [\"*\"]\nactions = [\"*\"]\n",
+            Path::new("p.toml"),
+        )
+        .unwrap();
+        let caller = Caller::Unix {
+            uid: 1,
+            gid: 1,
+            pid: 1,
+        };
+        let window = |action: &str| {
+            policy
+                .sign_rule(&caller, "spiffe://a/b", action)
+                .map(|r| r.batch_window)
+        };
+        assert_eq!(
+            window("bulk.x"),
+            Some(Some(std::time::Duration::from_millis(5)))
+        );
+        assert_eq!(window("urgent.x"), Some(Some(std::time::Duration::ZERO)));
+        assert_eq!(window("other"), Some(None));
+        let stranger = Caller::Unix {
+            uid: 2,
+            gid: 1,
+            pid: 1,
+        };
+        assert!(
+            policy
+                .sign_rule(&stranger, "spiffe://a/b", "bulk.x")
+                .is_none()
+        );
+        let error = Policy::parse(
+            "[[sign]]\ncallers = [\"uid:1\"]\nactors = [\"*\"]\nactions = [\"*\"]\nbatch_window_ms = 1001\n",
+            Path::new("p.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(error.line, Some(5));
+        assert!(
+            error.message.contains("batch_window_ms must be 0 to 1000"),
+            "{error}"
+        );
+        let error = Policy::parse(
+            "[[sign]]\ncallers = [\"uid:1\"]\nactors = [\"*\"]\nactions = [\"*\"]\nbatch_window_ms = -1\n",
+            Path::new("p.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(error.line, Some(5), "{error}");
     }
 }

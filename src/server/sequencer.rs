@@ -467,6 +467,19 @@ fn created_at(key: &KeyRecord) -> Result<i64, SequencerError> {
     })
 }
 
+impl PendingReceipt {
+    /// Its answer, the bundle moved rather than copied (a bundle is ~8 KB, and a batch's
+    /// bundles are all alive at once until answered).
+    fn into_answer(self) -> SignedReceipt {
+        SignedReceipt {
+            bundle_json: self.bundle_json,
+            log_index: self.row.log_index,
+            sequence: self.row.sequence,
+            key_id: self.row.key_id,
+        }
+    }
+}
+
 fn receipt_answer(pending: &PendingReceipt) -> SignedReceipt {
     SignedReceipt {
         bundle_json: pending.bundle_json.clone(),
@@ -602,7 +615,7 @@ impl Sequencer {
         }
         match command {
             Command::Sign(action, request_id, reply) => {
-                if let Some(window) = self.batching.window(&action.actor) {
+                if let Some(window) = self.batching.window_of(&action.actor, action.rule_window) {
                     let actor = action.actor.clone();
                     if self.windows.add(window, (action, request_id, reply))
                         >= self.batching.max_size
@@ -763,14 +776,15 @@ impl Sequencer {
         log_index: u64,
         at: Option<&(String, i64)>,
     ) -> Result<Option<Prepared>, Box<(SequencerError, Reply<SignedReceipt>)>> {
-        let fingerprint = action.fingerprint();
-        let reply = match &request_id {
-            Some(id) => match self.retry(staged, id, &fingerprint, reply) {
+        // Only a request id needs the fingerprint (to tell a retry from a reuse).
+        let fingerprint = request_id.as_ref().map(|_| action.fingerprint());
+        let reply = match (&request_id, &fingerprint) {
+            (Some(id), Some(fingerprint)) => match self.retry(staged, id, fingerprint, reply) {
                 Ok(Retry::New(reply)) => reply,
                 Ok(Retry::Answered) => return Ok(None),
                 Err(e) => return Err(Box::new(e)),
             },
-            None => reply,
+            _ => reply,
         };
         let mode = if at.is_some() { "batch" } else { "single" };
         let (key, previous_head, row, signed_at_unix, payload) =
@@ -778,7 +792,7 @@ impl Sequencer {
                 Ok(parts) => parts,
                 Err(e) => return Err(Box::new((e, reply))),
             };
-        let request = request_id.map(|id| (id, fingerprint));
+        let request = request_id.zip(fingerprint);
         if let Some((id, fingerprint)) = &request {
             staged
                 .requests
@@ -1057,7 +1071,7 @@ impl Sequencer {
             let member = BatchInBundle {
                 statement: statement.clone(),
                 leaf_index: leaf as u64,
-                inclusion_proof: path.iter().map(hex::encode).collect(),
+                inclusion_proof: path.iter().map(hex_hash).collect(),
             };
             self.push_receipt(staged, prepared, bytes, envelope, Some(member));
         }
@@ -1460,11 +1474,13 @@ impl Sequencer {
             staged: &staged.nodes,
             cache: &self.node_cache,
         };
+        // What the batch's bundles share is serialised once per key, not once per receipt.
+        let mut shared = bundles::SharedParts::default();
         for pending in &mut staged.receipts {
             let proof =
                 merkle::inclusion_proof(&overlay, pending.row.log_index, checkpoint.size())?;
-            pending.bundle_json = bundles::bundle_json(
-                (pending.envelope.clone(), pending.batch.clone()),
+            pending.bundle_json = shared.bundle_json(
+                (&pending.envelope, pending.batch.as_ref()),
                 bundles::SigningKey {
                     record: &pending.key.record,
                     lineage: &pending.key.lineage,
@@ -1474,11 +1490,16 @@ impl Sequencer {
                     log_index: pending.row.log_index,
                     tree_size: checkpoint.size(),
                     proof: &proof,
-                    checkpoint_note: note.clone(),
+                    checkpoint_note: &note,
                 },
                 &certificates,
                 pending.signed_at_unix,
             )?;
+            // The bundle holds them now: freed at once, the next bundles reuse the memory (a
+            // batch holds thousands of these until its commit).
+            drop(std::mem::take(&mut pending.envelope.payload));
+            drop(std::mem::take(&mut pending.envelope.signatures));
+            drop(pending.batch.take());
             pending.row.proof_size = checkpoint.size();
             pending.row.proof = proof;
             staged.batch.receipts.push(pending.row.clone());
@@ -1575,6 +1596,15 @@ fn same_error(error: &SequencerError, message: &str) -> SequencerError {
         SequencerError::Precondition(_) => SequencerError::Precondition(message.to_owned()),
         _ => SequencerError::NotStored(message.to_owned()),
     }
+}
+
+/// A hash as lower-case hex: `hex::encode` goes through a `char` iterator, which showed in
+/// the batch path's profile (a batch of n receipts writes n·log₂n of these).
+fn hex_hash(hash: &Hash) -> String {
+    let mut text = [0u8; 64];
+    // Cannot fail: the buffer is twice the hash's length, and hex is ASCII.
+    let _ = hex::encode_to_slice(hash, &mut text);
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 fn hardware_key(record: &KeyRecord) -> HardwareKey {

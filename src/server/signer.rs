@@ -297,12 +297,13 @@ impl SignerService {
             // A receipt dated when no device certificate is valid would never verify.
             return Err(Status::unavailable(super::sequencer::NO_CERTIFICATE));
         }
-        let action = validate::sign_request(request.get_ref(), caller.to_receipt())?;
+        let mut action = validate::sign_request(request.get_ref(), caller.to_receipt())?;
         // Request ids are per caller: two callers' ids never collide.
         let request_id = validate::request_id(&request.get_ref().request_id)?
             .map(|id| format!("{} {id}", action.caller.principal()));
-        self.state
-            .authorize_sign(&caller, &action.actor, &action.action_type)?;
+        action.rule_window =
+            self.state
+                .authorize_sign(&caller, &action.actor, &action.action_type)?;
         let actor = action.actor.clone();
         let signed = self.state.sequencer.sign(action, request_id).await?;
         let signed = self.anchored_answer(signed).await?;

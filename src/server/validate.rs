@@ -47,6 +47,9 @@ pub struct ValidAction {
     /// Who asked for it (recorded in the receipt); boxed to keep the sequencer's queue
     /// entries small.
     pub caller: Box<CallerInReceipt>,
+    /// The batch window of the policy rule that allowed it (zero: single), set once it is
+    /// authorised; `None` leaves it to `[[ledger.batch]]`. Not part of what is signed.
+    pub rule_window: Option<std::time::Duration>,
 }
 
 impl ValidAction {
@@ -94,6 +97,7 @@ pub fn fingerprint_of_receipt(payload: &[u8]) -> Option<[u8; 32]> {
         context: p.context,
         parent_sha256,
         caller: Box::new(p.caller),
+        rule_window: None,
     };
     Some(action.fingerprint())
 }
@@ -267,6 +271,7 @@ pub fn sign_request(
         context: context(&request.context)?,
         parent_sha256,
         caller: Box::new(caller),
+        rule_window: None,
     })
 }
 

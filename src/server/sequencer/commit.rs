@@ -63,7 +63,7 @@ impl CommitBatch {
         }
         for mut pending in self.receipts {
             if let Some(reply) = pending.reply.take() {
-                let _ = reply.send(Ok(receipt_answer(&pending)));
+                let _ = reply.send(Ok(pending.into_answer()));
             }
         }
         for reply in self.key_replies {

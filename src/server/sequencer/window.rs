@@ -21,6 +21,17 @@ pub struct BatchRules {
 }
 
 impl BatchRules {
+    /// The window of a request for `actor` allowed by a policy rule whose
+    /// `batch_window_ms` is `rule`: the rule's if it gives one (zero: single), else the
+    /// actor's `[[ledger.batch]]` window; `None`: signed alone (the default).
+    pub fn window_of(&self, actor: &str, rule: Option<Duration>) -> Option<Duration> {
+        match rule {
+            Some(window) if window.is_zero() => None,
+            Some(window) => Some(window),
+            None => self.window(actor),
+        }
+    }
+
     /// The window of `actor`'s requests; `None`: each is signed alone (the default).
     pub fn window(&self, actor: &str) -> Option<Duration> {
         self.rules
@@ -44,15 +55,19 @@ pub(super) struct Windows {
 
 impl Windows {
     /// Adds a request to its actor's window (opened now if none is); returns the number of
-    /// requests the window holds.
+    /// requests the window holds. Requests of one actor may have different windows (policy
+    /// rules): the window closes when the shortest of its requests' windows is up, so none
+    /// waits longer than its own.
     pub fn add(&mut self, window: Duration, request: Request) -> usize {
+        let due = Instant::now() + window;
         let open = self
             .open
             .entry(request.0.actor.clone())
             .or_insert_with(|| Window {
-                deadline: Instant::now() + window,
+                deadline: due,
                 requests: Vec::new(),
             });
+        open.deadline = open.deadline.min(due);
         open.requests.push(request);
         open.requests.len()
     }
@@ -87,5 +102,27 @@ impl Windows {
     /// When the next window closes.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.open.values().map(|w| w.deadline).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_window_wins_over_the_actors_and_zero_means_single() {
+        let rules = BatchRules {
+            rules: vec![(
+                vec![Pattern::parse("spiffe://a/*").unwrap()],
+                Duration::from_millis(5),
+            )],
+            max_size: 16,
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(rules.window_of("spiffe://a/x", None), Some(ms(5)));
+        assert_eq!(rules.window_of("spiffe://a/x", Some(ms(40))), Some(ms(40)));
+        assert_eq!(rules.window_of("spiffe://a/x", Some(ms(0))), None);
+        assert_eq!(rules.window_of("spiffe://b/x", None), None);
+        assert_eq!(rules.window_of("spiffe://b/x", Some(ms(2))), Some(ms(2)));
     }
 }
