@@ -318,3 +318,144 @@ async fn sigkill_during_head_writes_under_load_loses_nothing_acknowledged() {
     lab.stop_daemon().unwrap();
     assert!(head_line(&lab, &config).starts_with(&format!("size {} ", log_size(&lab))));
 }
+
+/// Runs [`legacy_head_helper`] in a child process of this test binary with the lab's SoftHSM
+/// configuration (a process of its own: SOFTHSM2_CONF is read at C_Initialize); its output.
+fn legacy_helper(lab: &Lab, task: &str) -> String {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "legacy_head_helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("ACTSEAL_LEGACY_HEAD_TASK", task)
+        .env("SOFTHSM2_CONF", lab.dir.join("softhsm2.conf"))
+        .env(
+            "ACTSEAL_LEGACY_HEAD_PIN",
+            lab.dir.join("secrets/log-token.pin"),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Not a test of its own: the child of [`legacy_helper`]. `to-legacy` turns the log token's
+/// head slots into the earlier layout (one object, label `actseal-log-head/<n>`, the record
+/// as its CKA_VALUE), as a token written by an earlier actseal holds it; `count` prints the
+/// objects of each layout.
+#[test]
+fn legacy_head_helper() {
+    use cryptoki::{
+        context::{CInitializeArgs, CInitializeFlags, Pkcs11},
+        object::{Attribute, AttributeType, ObjectClass},
+        session::UserType,
+        types::AuthPin,
+    };
+    let Ok(task) = std::env::var("ACTSEAL_LEGACY_HEAD_TASK") else {
+        return;
+    };
+    let pin_file = std::env::var("ACTSEAL_LEGACY_HEAD_PIN").unwrap();
+    let pin = std::fs::read_to_string(pin_file).unwrap().trim().to_owned();
+    let ctx = Pkcs11::new(actseal::lab::SOFTHSM_MODULE).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = ctx
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == LOG_TOKEN_LABEL)
+        .unwrap();
+    let session = ctx.open_rw_session(slot).unwrap();
+    session
+        .login(UserType::User, Some(&AuthPin::from(pin)))
+        .unwrap();
+    let find = |application: &str| {
+        session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Application(application.as_bytes().to_vec()),
+            ])
+            .unwrap()
+    };
+    let (slots, legacy) = (find("actseal-log-head-slot"), find("actseal"));
+    if task == "count" {
+        println!("slots {} legacy {}", slots.len(), legacy.len());
+        return;
+    }
+    assert_eq!((slots.len(), legacy.len()), (2, 0), "the current layout");
+    let mut newest: Option<(u64, Vec<u8>)> = None;
+    for &handle in &slots {
+        let label = session
+            .get_attributes(handle, &[AttributeType::Label])
+            .unwrap()
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::Label(label) => Some(label),
+                _ => None,
+            })
+            .unwrap();
+        let generation = u64::from_be_bytes(label[..8].try_into().unwrap());
+        let record = label[8..label.len() - 16].to_vec();
+        if newest.as_ref().is_none_or(|(g, _)| generation > *g) {
+            newest = Some((generation, record));
+        }
+        session.destroy_object(handle).unwrap();
+    }
+    let (generation, record) = newest.unwrap();
+    session
+        .create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Label(format!("actseal-log-head/{generation}").into_bytes()),
+            Attribute::Application(b"actseal".to_vec()),
+            Attribute::Value(record),
+        ])
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_in_the_earlier_one_object_layout_is_read_and_replaced() {
+    let mut lab = log_token_lab();
+    create_key(&lab, ACTOR).await;
+    sign_n(&lab, 0, 3).await;
+    lab.stop_daemon().unwrap();
+    legacy_helper(&lab, "to-legacy");
+    assert!(legacy_helper(&lab, "count").contains("slots 0 legacy 1"));
+    let config = lab.config().display().to_string();
+    assert!(head_line(&lab, &config).starts_with(&format!("size {} ", log_size(&lab))));
+    // The earlier record still guards the log: without the database the daemon refuses.
+    let entries = log_size(&lab);
+    let saved: Vec<(PathBuf, Option<Vec<u8>>)> = ["", "-wal", "-shm"]
+        .iter()
+        .map(|s| (db(&lab, s), std::fs::read(db(&lab, s)).ok()))
+        .collect();
+    for (path, _) in &saved {
+        let _ = std::fs::remove_file(path);
+    }
+    let error = lab
+        .start_daemon()
+        .expect_err("started without its log")
+        .to_string();
+    assert!(error.contains("holds no log"), "{error}");
+    for (path, bytes) in saved {
+        let _ = std::fs::remove_file(&path);
+        if let Some(bytes) = bytes {
+            std::fs::write(path, bytes).unwrap();
+        }
+    }
+    lab.start_daemon()
+        .expect("starts on the earlier layout's head");
+    sign_n(&lab, 3, 2).await;
+    lab.stop_daemon().unwrap();
+    assert!(legacy_helper(&lab, "count").contains("slots 2 legacy 0"));
+    assert!(head_line(&lab, &config).starts_with(&format!("size {} ", log_size(&lab))));
+    assert!(log_size(&lab) > entries);
+}
