@@ -270,7 +270,7 @@ async fn sigkill_during_head_writes_under_load_loses_nothing_acknowledged() {
     let mut lab = log_token_lab();
     create_key(&lab, ACTOR).await;
     let mut acknowledged = Vec::new();
-    for round in 0..6 {
+    for round in 0..10 {
         let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
         let mut clients = Vec::new();
         for client in 0..8 {
