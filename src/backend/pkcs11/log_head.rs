@@ -35,16 +35,22 @@ const CHECK_LEN: usize = 16;
 /// a C_FindObjects makes SoftHSM re-read every object file of the token (33 files a head
 /// write on the lab's token, more with every actor key). Only handles: the slots' contents
 /// are read before every write, as another process sharing the token may have written them.
+/// Handles of an earlier library epoch (a re-initialisation) are not used.
 #[derive(Default)]
-pub(super) struct SlotCache(Mutex<Vec<ObjectHandle>>);
+pub(super) struct SlotCache(Mutex<(u64, Vec<ObjectHandle>)>);
 
 impl SlotCache {
     fn get(&self) -> Vec<ObjectHandle> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.0 == super::pool::library_epoch() {
+            cached.1.clone()
+        } else {
+            Vec::new()
+        }
     }
 
     fn set(&self, handles: Vec<ObjectHandle>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = handles;
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = (super::pool::library_epoch(), handles);
     }
 }
 
