@@ -15,6 +15,20 @@ use std::{
 use actseal::lab::{LOG_TOKEN_LABEL, Lab, TOKEN_LABEL};
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use common::*;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+async fn signer_health(lab: &Lab) -> ServingStatus {
+    HealthClient::new(channel(lab).await)
+        .check(HealthCheckRequest {
+            service: "actseal.v1.Signer".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status()
+}
 
 fn db(lab: &Lab, suffix: &str) -> PathBuf {
     lab.dir.join(format!("state/actseal.db{suffix}"))
@@ -466,7 +480,17 @@ async fn a_vanished_log_token_fails_signing_and_comes_back_without_a_restart() {
     create_key(&lab, ACTOR).await;
     sign_n(&lab, 0, 2).await;
     let (dir, away) = (log_token_dir(&lab), lab.dir.join("log-token-away"));
+    assert_eq!(signer_health(&lab).await, ServingStatus::Serving);
     std::fs::rename(&dir, &away).unwrap();
+    // Without traffic, the health probe sees the log token go.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while signer_health(&lab).await != ServingStatus::NotServing {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health never said NOT_SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut signer = signer(&lab).await;
     let mut refused = None;
     for i in 0..20 {
@@ -495,6 +519,14 @@ async fn a_vanished_log_token_fails_signing_and_comes_back_without_a_restart() {
         }
     };
     verify(&lab, &bundle, None).expect("verifies");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while signer_health(&lab).await != ServingStatus::Serving {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health never said SERVING again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let log = std::fs::read_to_string(lab.daemon_log()).unwrap();
     for line in log.lines().filter(|l| l.contains("PKCS#11 token")) {
         eprintln!("daemon: {line}");

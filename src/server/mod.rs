@@ -889,7 +889,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let (state, sequencer_thread) = tokio::task::block_in_place(|| open_state(&config, policy))?;
     // One prober for gRPC health and /metrics: both say the same, and a hung backend is
     // asked one question at a time.
-    let probe = Arc::new(health::HealthProbe::new(Arc::clone(&state.backend)));
+    let mut probe = health::HealthProbe::new(Arc::clone(&state.backend));
+    if !Arc::ptr_eq(&state.backend, &state.log.backend) {
+        probe = probe.with_log_token(Arc::clone(&state.log.backend));
+    }
+    let probe = Arc::new(probe);
     let routes = routes(
         &state,
         &probe,
