@@ -331,7 +331,7 @@ pub fn audit(export: &Path, trust: &Path) -> ExitCode {
 pub fn log_vkey(config: &Path) -> Result<()> {
     let config = Config::load(config)?;
     let store = crate::ledger::Store::open_at(&config.ledger_location())?;
-    let log = server::stored_log_identity(&store)?
+    let log = server::stored_log_identity(&store, crate::backend::offline())?
         .ok_or_else(|| anyhow::anyhow!("this daemon has no log yet"))?;
     outln!(
         "{}",
@@ -348,7 +348,7 @@ pub fn log_vkey(config: &Path) -> Result<()> {
 pub fn export_log(config: &Path, out: &Path) -> Result<()> {
     let config = Config::load(config)?;
     let store = crate::ledger::Store::open_at(&config.ledger_location())?;
-    let log = server::stored_log_identity(&store)?
+    let log = server::stored_log_identity(&store, crate::backend::offline())?
         .ok_or_else(|| anyhow::anyhow!("this daemon has no log yet"))?;
     let json = crate::ledger::export::export(&store, log.in_bundle())?;
     crate::files::write_atomic(out, json.as_bytes(), crate::files::PRIVATE_FILE)?;
@@ -379,7 +379,7 @@ pub(crate) fn check_whole_log(
     store: &crate::ledger::Store,
 ) -> Result<(String, crate::ledger::integrity::LogStatus)> {
     use crate::ledger::integrity::{self, CheckMode, Checks};
-    let log = server::stored_log_identity(store)?
+    let log = server::stored_log_identity(store, crate::backend::offline())?
         .ok_or_else(|| anyhow::anyhow!("the state database holds no log"))?;
     let spki = log.spki_der();
     let checkpoint_ok = |note: &str| {
@@ -395,6 +395,37 @@ pub(crate) fn check_whole_log(
     };
     let status = integrity::check(store, &checks, CheckMode::Full)?;
     Ok((log.origin.clone(), status))
+}
+
+/// `actseal log head`: the hardware's log head record, once or at each change (`--follow`,
+/// one open token: what a second process sharing a log token sees of the first's writes).
+#[cfg(feature = "daemon")]
+pub fn log_head(config_path: &Path, follow: bool) -> Result<()> {
+    use std::io::Write;
+    let config = Config::load(config_path)?;
+    let backends = server::open_backends(&config)?;
+    let mut last: Option<Option<Vec<u8>>> = None;
+    loop {
+        let head = server::rollback::read_head(backends.log.as_ref())?;
+        let bytes = head.as_ref().map(|(_, bytes)| bytes.clone());
+        if last.as_ref() != Some(&bytes) {
+            match &head {
+                None => println!("no log head in the hardware"),
+                Some((head, _)) => println!(
+                    "size {} root {} requests {}",
+                    head.size,
+                    hex::encode(head.root),
+                    head.requests
+                ),
+            }
+            std::io::stdout().flush()?;
+            last = Some(bytes);
+        }
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// `actseal log recover --declare-fresh-start`: moves the state database aside and leaves a
@@ -423,8 +454,8 @@ pub fn recover_log(config_path: &Path, declare_fresh_start: bool, origin: &str) 
     {
         bail!("ledger.origin is {configured:?} in the configuration: set it to {origin:?} first");
     }
-    let (backend, _) = server::open_backend(&config)?;
-    let Some((head, record)) = server::rollback::read_head(backend.as_ref())? else {
+    let backends = server::open_backends(&config)?;
+    let Some((head, record)) = server::rollback::read_head(backends.log.as_ref())? else {
         bail!(
             "the hardware holds no log head: nothing to recover (the daemon begins a log by itself)"
         );

@@ -21,6 +21,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// costs one blocked thread, however many probes and scrapes come meanwhile.
 pub struct HealthProbe {
     backend: Arc<dyn Backend>,
+    /// The `[log_token]`'s backend, asked after the actors': without it nothing is logged.
+    log_token: Option<Arc<dyn Backend>>,
     in_flight: Mutex<Option<JoinHandle<Result<(), String>>>>,
 }
 
@@ -28,8 +30,15 @@ impl HealthProbe {
     pub fn new(backend: Arc<dyn Backend>) -> Self {
         HealthProbe {
             backend,
+            log_token: None,
             in_flight: Mutex::new(None),
         }
+    }
+
+    /// Also asks the separate log token (`[log_token]`).
+    pub fn with_log_token(mut self, log_token: Arc<dyn Backend>) -> Self {
+        self.log_token = Some(log_token);
+        self
     }
 
     /// `Ok` if the backend answered and is ours; the reason otherwise. A hung backend
@@ -38,7 +47,14 @@ impl HealthProbe {
         let mut in_flight = self.in_flight.lock().await;
         let task = in_flight.get_or_insert_with(|| {
             let backend = Arc::clone(&self.backend);
-            tokio::task::spawn_blocking(move || backend.health().map_err(|e| e.to_string()))
+            let log_token = self.log_token.clone();
+            tokio::task::spawn_blocking(move || {
+                backend.health().map_err(|e| e.to_string())?;
+                match log_token {
+                    Some(log_token) => log_token.health().map_err(|e| format!("log token: {e}")),
+                    None => Ok(()),
+                }
+            })
         });
         match tokio::time::timeout(PROBE_TIMEOUT, task).await {
             Ok(answer) => {
