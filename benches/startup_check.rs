@@ -162,7 +162,9 @@ impl Filler {
     fn fill(&mut self, lab: &Lab, until: u64) {
         let config = Config::load(&lab.config()).unwrap();
         let (backend, _) = server::open_backend(&config).unwrap();
-        let log = server::stored_log_identity(&self.store).unwrap().unwrap();
+        let log = server::stored_log_identity(&self.store, std::sync::Arc::clone(&backend))
+            .unwrap()
+            .unwrap();
         let caller = CallerInReceipt::Unix {
             uid: 0,
             gid: 0,

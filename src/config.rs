@@ -33,6 +33,9 @@ pub struct Config {
     pub pkcs11: Option<Pkcs11Config>,
     #[serde(default)]
     pub tpm: Option<TpmConfig>,
+    /// A separate token for the log key and the log head (docs/CONFIG.md `[log_token]`).
+    #[serde(default)]
+    pub log_token: Option<LogTokenConfig>,
     #[serde(default)]
     pub ledger: LedgerConfig,
     #[serde(default)]
@@ -349,6 +352,56 @@ pub struct Pkcs11Config {
     pub device_key_label: String,
 }
 
+/// `[log_token]`: a token of the `[pkcs11]` module that holds the log key and the log head
+/// instead of the actors' token; several daemons may share it (a network HSM partition).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogTokenConfig {
+    #[serde(default)]
+    pub token_label: Option<String>,
+    #[serde(default)]
+    pub token_serial: Option<String>,
+    pub pin: PinSource,
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+}
+
+impl LogTokenConfig {
+    pub fn token_selector(&self) -> Result<TokenSelector, String> {
+        match (&self.token_label, &self.token_serial) {
+            (Some(label), None) => Ok(TokenSelector::Label(label.clone())),
+            (None, Some(serial)) => Ok(TokenSelector::Serial(serial.clone())),
+            _ => Err("log_token: set exactly one of token_label and token_serial".into()),
+        }
+    }
+
+    /// The settings to open it with, on the `[pkcs11]` module. It has no device key: the
+    /// actors' token's device key attests the log key.
+    pub fn settings(&self, pkcs11: &Pkcs11Config) -> Result<Pkcs11Settings, String> {
+        Ok(Pkcs11Settings {
+            module: pkcs11.module.clone(),
+            token: self.token_selector()?,
+            pin: self.pin.clone(),
+            sessions: self.sessions,
+            device_key_label: pkcs11.device_key_label.clone(),
+        })
+    }
+
+    fn check(&self, backend: &BackendConfig<'_>) -> Result<(), String> {
+        self.token_selector()?;
+        if self.sessions == 0 || self.sessions > 256 {
+            return Err("log_token.sessions must be between 1 and 256".into());
+        }
+        match backend {
+            BackendConfig::Pkcs11(_) => Ok(()),
+            BackendConfig::Tpm(_) => Err(
+                "[log_token] is a token of the [pkcs11] module; a TPM daemon keeps its log key in the TPM"
+                    .into(),
+            ),
+        }
+    }
+}
+
 /// A TPM 2.0 reached through a TCTI.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -476,6 +529,11 @@ impl Config {
             reason,
         };
         let config: Config = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        if let Some(log_token) = &config.log_token {
+            log_token
+                .check(&config.backend().map_err(invalid)?)
+                .map_err(invalid)?;
+        }
         match config.backend().map_err(invalid)? {
             BackendConfig::Pkcs11(pkcs11) => {
                 pkcs11.token_selector().map_err(invalid)?;

@@ -22,6 +22,8 @@ pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 pub const TOKEN_LABEL: &str = "actseal-lab";
 /// Label of the CA's own token in a lab.
 pub const CA_TOKEN_LABEL: &str = "actseal-ca";
+/// Label of a lab's separate log token (`[log_token]`, [`Lab::add_log_token`]).
+pub const LOG_TOKEN_LABEL: &str = "actseal-lab-log";
 
 const SOFTHSM_CONF_TEMPLATE: &str = include_str!("../softhsm-fixtures/softhsm2.conf.in");
 const CONFIG_TEMPLATE: &str = include_str!("../softhsm-fixtures/actseal.toml.in");
@@ -389,6 +391,40 @@ impl Lab {
     /// The lab's swtpm, if its backend is a TPM.
     pub fn tpm(&mut self) -> Option<&mut crate::lab_tpm::Swtpm> {
         self.tpm.as_mut()
+    }
+
+    /// Initialises a separate log token (label [`LOG_TOKEN_LABEL`], its PIN in
+    /// `secrets/log-token.pin`) in the lab's token directory and names it as the daemon's
+    /// `[log_token]`. Before the daemon's first start, so that the log key is made there.
+    pub fn add_log_token(&self) -> Result<()> {
+        for name in ["log-token.so-pin", "log-token.pin"] {
+            write_secret(&self.dir.join("secrets").join(name), &random_pin())?;
+        }
+        self.run_ok(&[
+            "token",
+            "init",
+            "--module",
+            SOFTHSM_MODULE,
+            "--label",
+            LOG_TOKEN_LABEL,
+            "--so-pin-file",
+            &self.path("secrets/log-token.so-pin"),
+            "--pin-file",
+            &self.path("secrets/log-token.pin"),
+        ])?;
+        self.use_log_token(LOG_TOKEN_LABEL, &self.dir.join("secrets/log-token.pin"))
+    }
+
+    /// Names an existing token (of the lab's SoftHSM token directory) as the daemon's
+    /// `[log_token]`.
+    pub fn use_log_token(&self, label: &str, pin_file: &Path) -> Result<()> {
+        let mut config = fs::OpenOptions::new().append(true).open(self.config())?;
+        writeln!(
+            config,
+            "\n[log_token]\ntoken_label = \"{label}\"\npin = {{ file = \"{}\" }}\nsessions = 4",
+            pin_file.display()
+        )?;
+        Ok(())
     }
 
     /// The daemon's process id, while it runs.

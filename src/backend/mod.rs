@@ -235,3 +235,46 @@ pub(crate) fn check_message_signature(
         detail: "the hardware returned a signature that does not verify under the key".into(),
     })
 }
+
+/// A stand-in for commands that read the log and sign nothing (`log vkey`, `export`, `log
+/// check`): every hardware call answers UNAVAILABLE instead of opening a token.
+pub fn offline() -> std::sync::Arc<dyn Backend> {
+    std::sync::Arc::new(Offline)
+}
+
+struct Offline;
+
+impl Offline {
+    fn refuse<T>(&self) -> Result<T, BackendError> {
+        Err(BackendError::Unavailable(
+            "this command opens no hardware".into(),
+        ))
+    }
+}
+
+impl Backend for Offline {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Pkcs11
+    }
+    fn create_key(&self, _: &str) -> Result<HardwareKey, BackendError> {
+        self.refuse()
+    }
+    fn adopt_key(&self, _: &KeySelector) -> Result<HardwareKey, BackendError> {
+        self.refuse()
+    }
+    fn sign_digest(&self, _: &HardwareKey, _: &[u8; 32]) -> Result<Signature, BackendError> {
+        self.refuse()
+    }
+    fn key_evidence(&self, _: &KeyRef) -> Result<KeyEvidence, BackendError> {
+        self.refuse()
+    }
+    fn destroy_key(&self, _: &KeyRef) -> Result<(), BackendError> {
+        self.refuse()
+    }
+    fn device_key(&self, _: bool) -> Result<HardwareKey, BackendError> {
+        self.refuse()
+    }
+    fn health(&self) -> Result<(), BackendError> {
+        self.refuse()
+    }
+}

@@ -331,7 +331,7 @@ pub fn audit(export: &Path, trust: &Path) -> ExitCode {
 pub fn log_vkey(config: &Path) -> Result<()> {
     let config = Config::load(config)?;
     let store = crate::ledger::Store::open(&config.state.database())?;
-    let log = server::stored_log_identity(&store)?
+    let log = server::stored_log_identity(&store, crate::backend::offline())?
         .ok_or_else(|| anyhow::anyhow!("this daemon has no log yet"))?;
     outln!(
         "{}",
@@ -348,7 +348,7 @@ pub fn log_vkey(config: &Path) -> Result<()> {
 pub fn export_log(config: &Path, out: &Path) -> Result<()> {
     let config = Config::load(config)?;
     let store = crate::ledger::Store::open(&config.state.database())?;
-    let log = server::stored_log_identity(&store)?
+    let log = server::stored_log_identity(&store, crate::backend::offline())?
         .ok_or_else(|| anyhow::anyhow!("this daemon has no log yet"))?;
     let json = crate::ledger::export::export(&store, log.in_bundle())?;
     crate::files::write_atomic(out, json.as_bytes(), crate::files::PRIVATE_FILE)?;
@@ -363,7 +363,7 @@ pub fn check_log(config_path: &Path) -> Result<()> {
     use crate::ledger::integrity::{self, CheckMode, Checks};
     let config = Config::load(config_path)?;
     let store = crate::ledger::Store::open(&config.state.database())?;
-    let log = server::stored_log_identity(&store)?
+    let log = server::stored_log_identity(&store, crate::backend::offline())?
         .ok_or_else(|| anyhow::anyhow!("the state database holds no log"))?;
     let spki = log.spki_der();
     let checkpoint_ok = |note: &str| {
@@ -414,8 +414,8 @@ pub fn recover_log(config_path: &Path, declare_fresh_start: bool, origin: &str) 
     {
         bail!("ledger.origin is {configured:?} in the configuration: set it to {origin:?} first");
     }
-    let (backend, _) = server::open_backend(&config)?;
-    let Some((head, record)) = server::rollback::read_head(backend.as_ref())? else {
+    let backends = server::open_backends(&config)?;
+    let Some((head, record)) = server::rollback::read_head(backends.log.as_ref())? else {
         bail!(
             "the hardware holds no log head: nothing to recover (the daemon begins a log by itself)"
         );

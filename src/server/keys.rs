@@ -56,6 +56,19 @@ pub fn build_attestation(
     key: &HardwareKey,
     request: &AttestationRequest<'_>,
 ) -> Result<Attestation, BackendError> {
+    build_attestation_by(backend, backend, device, key, request)
+}
+
+/// [`build_attestation`] of a key held by `holder` (e.g. the log token) with the device key
+/// of `device_backend` (the actors' token).
+pub(crate) fn build_attestation_by(
+    holder: &dyn Backend,
+    device_backend: &dyn Backend,
+    device: &DeviceIdentity,
+    key: &HardwareKey,
+    request: &AttestationRequest<'_>,
+) -> Result<Attestation, BackendError> {
+    let backend = holder;
     let facts = match backend.key_evidence(&key.key_ref)? {
         KeyEvidence::Pkcs11(facts) => facts,
         KeyEvidence::Tpm(facts) => {
@@ -86,7 +99,7 @@ pub fn build_attestation(
     })
     .map_err(encode_failed)?;
     let signature =
-        backend.sign_digest(&device.key, &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload))?;
+        device_backend.sign_digest(&device.key, &signing_digest(IN_TOTO_PAYLOAD_TYPE, &payload))?;
     Ok(Attestation {
         backend: backend.kind().as_str().into(),
         statement: Some(Envelope::new(

@@ -252,22 +252,69 @@ pub fn open_pkcs11_backend(config: &Config) -> Result<Pkcs11Backend, StartError>
     )?)
 }
 
+/// The backends a daemon signs with: the actors' and the one that holds the log key and the
+/// log head (the same one unless `[log_token]` names another token).
+#[derive(Clone)]
+pub struct Backends {
+    pub actors: Arc<dyn Backend>,
+    pub log: Arc<dyn Backend>,
+    /// What makes the default log origin (`actseal/<name>`): the serial of the token that
+    /// holds the log key, or `tpm-<AK key id prefix>`.
+    pub name: String,
+}
+
 /// Opens the configured backend; also returns the name that makes the default log origin
-/// (`actseal/<name>`): the token serial, or `tpm-<AK key id prefix>`.
+/// (`actseal/<name>`): the token serial, or `tpm-<AK key id prefix>`. The actors' backend
+/// only: a daemon opens [`open_backends`].
 pub fn open_backend(config: &Config) -> Result<(Arc<dyn Backend>, String), StartError> {
     let (backend, name) = open_hardware(config)?;
+    Ok((throttled(config, backend), name))
+}
+
+/// Opens the actors' backend and, with `[log_token]`, the log token on the same PKCS#11
+/// context (one context per module and process).
+pub fn open_backends(config: &Config) -> Result<Backends, StartError> {
+    let Some(log_token) = &config.log_token else {
+        let (actors, name) = open_backend(config)?;
+        return Ok(Backends {
+            log: Arc::clone(&actors),
+            actors,
+            name,
+        });
+    };
+    let pkcs11 = config.pkcs11().map_err(StartError::Config)?;
+    let actor_settings = pkcs11.settings().map_err(StartError::Config)?;
+    let log_settings = log_token.settings(pkcs11).map_err(StartError::Config)?;
+    let ctx = load_module(&actor_settings.module)?;
+    let actors = Pkcs11Backend::open(ctx.clone(), &actor_settings)?;
+    let log = Pkcs11Backend::open(ctx, &log_settings)?;
+    if log.token().serial == actors.token().serial {
+        return Err(StartError::Config(format!(
+            "[log_token] names the actors' token (serial {:?}); remove [log_token] to keep the log key there",
+            log.token().serial
+        )));
+    }
+    tracing::info!(log_token.label = %log.token().label, log_token.serial = %log.token().serial,
+        "the log key and the log head are on the log token");
+    let name = log.token().serial.clone();
+    Ok(Backends {
+        actors: throttled(config, Arc::new(actors)),
+        log: throttled(config, Arc::new(log)),
+        name,
+    })
+}
+
+/// The backend as configured, or limited by the `[testing]` benchmark aid.
+fn throttled(config: &Config, backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
     let Some(rate) = config.testing.emulate_signatures_per_second else {
-        return Ok((backend, name));
+        return backend;
     };
     // A benchmark aid ([testing] in docs/CONFIG.md): an emulated discrete TPM.
     tracing::warn!(
         signatures_per_second = rate,
         "BENCHMARK AID: the backend is limited to this many signatures a second ([testing] emulate_signatures_per_second)"
     );
-    Ok((
-        Arc::new(crate::backend::throttle::Throttled::new(backend, rate)),
-        name,
-    ))
+    Arc::new(crate::backend::throttle::Throttled::new(backend, rate))
 }
 
 fn open_hardware(config: &Config) -> Result<(Arc<dyn Backend>, String), StartError> {
@@ -317,8 +364,13 @@ const META_KEY_REF: &str = "log.key_ref";
 const META_PUBLIC_KEY: &str = "log.public_key";
 const META_LINEAGE: &str = "log.lineage";
 
-/// The log identity recorded in the state database, if the log has been set up.
-pub fn stored_log_identity(store: &Store) -> Result<Option<sequencer::LogIdentity>, StartError> {
+/// The log identity recorded in the state database, if the log has been set up; `backend`
+/// is the one that holds its key (offline commands that sign nothing pass
+/// [`crate::backend::offline`]).
+pub fn stored_log_identity(
+    store: &Store,
+    backend: Arc<dyn Backend>,
+) -> Result<Option<sequencer::LogIdentity>, StartError> {
     use base64::{Engine, engine::general_purpose::STANDARD as B64};
     use spki::DecodePublicKey;
     let bad = |what: &str| StartError::LogKey(format!("stored {what} is unreadable"));
@@ -346,6 +398,7 @@ pub fn stored_log_identity(store: &Store) -> Result<Option<sequencer::LogIdentit
             public_key,
         },
         lineage,
+        backend,
     }))
 }
 
@@ -353,15 +406,16 @@ pub fn stored_log_identity(store: &Store) -> Result<Option<sequencer::LogIdentit
 /// whose actor is the origin) on first start.
 fn open_log(
     store: &Store,
-    backend: &dyn Backend,
+    backends: &Backends,
     device: &DeviceIdentity,
     configured_origin: Option<&str>,
-    token_serial: &str,
     hardware: Option<&(LogHead, Vec<u8>)>,
 ) -> Result<(sequencer::LogIdentity, Option<PreviousLog>), StartError> {
     use base64::{Engine, engine::general_purpose::STANDARD as B64};
     let fresh = rollback::pending_fresh_start(store, hardware)?;
-    if let Some(log) = stored_log_identity(store)? {
+    let backend = backends.log.as_ref();
+    if let Some(log) = stored_log_identity(store, Arc::clone(&backends.log))? {
+        check_log_key_present(backends, &log)?;
         if let Some(configured) = configured_origin
             && configured != log.origin
         {
@@ -392,12 +446,13 @@ fn open_log(
         (Some((f, _)), _) => f.origin.clone(),
         (None, configured) => configured
             .map(str::to_owned)
-            .unwrap_or_else(|| format!("actseal/{token_serial}")),
+            .unwrap_or_else(|| format!("actseal/{}", backends.name)),
     };
     check_origin(&origin)?;
     let key = backend.create_key("actseal-log")?;
-    let attestation = build_attestation(
+    let attestation = keys::build_attestation_by(
         backend,
+        backends.actors.as_ref(),
         device,
         &key,
         &keys::AttestationRequest {
@@ -426,9 +481,30 @@ fn open_log(
             key_id: key_id(&key.public_key),
             key,
             lineage,
+            backend: Arc::clone(&backends.log),
         },
         fresh.map(|(_, previous)| previous),
     ))
+}
+
+/// With a separate log token, the stored log key must be on it: a log never moves to another
+/// token (its checkpoints could not be signed, and its head would start from nothing).
+fn check_log_key_present(
+    backends: &Backends,
+    log: &sequencer::LogIdentity,
+) -> Result<(), StartError> {
+    if Arc::ptr_eq(&backends.actors, &backends.log) {
+        return Ok(());
+    }
+    match backends.log.key_evidence(&log.key.key_ref) {
+        Ok(_) => Ok(()),
+        Err(crate::backend::BackendError::KeyNotFound(_)) => Err(StartError::LogKey(format!(
+            "this log's key ({}) is not on the log token; a log cannot move to another token \
+             (was [log_token] added to a daemon whose log key is on the actors' token?)",
+            log.key_id
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A log origin doubles as the checkpoint key name: both rules apply.
@@ -548,25 +624,22 @@ fn check_device_certificate(certificates: &CertificateHistory) -> Result<(), Sta
 /// hardware (refusing a lost, rolled-back or foreign database), and checks what is new in it.
 fn open_ledger(
     config: &Config,
-    backend: &dyn Backend,
+    backends: &Backends,
     device: &DeviceIdentity,
-    token_serial: &str,
 ) -> Result<(Store, sequencer::LogIdentity, Option<LogHead>), StartError> {
     let reader = Store::open(&config.state.database())?;
-    let hardware = rollback::read_head(backend)?;
+    let hardware = rollback::read_head(backends.log.as_ref())?;
     let (log, fresh) = open_log(
         &reader,
-        backend,
+        backends,
         device,
         config.ledger.origin.as_deref(),
-        token_serial,
         hardware.as_ref(),
     )
     .inspect_err(|e| tracing::error!(error = %e, "refusing to sign"))?;
     let checking = std::time::Instant::now();
     let (status, head) = rollback::check_start(
         &reader,
-        backend,
         &log,
         hardware.as_ref().map(|(head, _)| head),
         fresh,
@@ -585,7 +658,8 @@ fn open_state(
 ) -> Result<(Arc<DaemonState>, std::thread::JoinHandle<()>), StartError> {
     crate::files::private_dir(&config.state.dir)
         .map_err(|e| StartError::Config(format!("state dir: {e}")))?;
-    let (backend, token_serial) = open_backend(config)?;
+    let backends = open_backends(config)?;
+    let backend = Arc::clone(&backends.actors);
     let device_key = backend.device_key(false)?;
     let device = load_identity(&config.state.device_certificate(), device_key.clone())?;
     let certificates = Arc::new(CertificateHistory::open(
@@ -593,7 +667,7 @@ fn open_state(
         device_key,
     )?);
     check_device_certificate(&certificates)?;
-    let (reader, log, head) = open_ledger(config, backend.as_ref(), &device, &token_serial)?;
+    let (reader, log, head) = open_ledger(config, &backends, &device)?;
     let (sequencer, sequencer_thread) = sequencer::start(
         (
             Store::open(&config.state.database())?,

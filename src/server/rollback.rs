@@ -28,7 +28,8 @@ pub struct FreshStart {
     pub replaces: String,
 }
 
-/// The log head record the hardware holds, decoded.
+/// The log head record the hardware holds, decoded. `backend` is the one that holds the log
+/// key ([`sequencer::LogIdentity::backend`], the log token's with `[log_token]`).
 pub fn read_head(backend: &dyn Backend) -> Result<Option<(LogHead, Vec<u8>)>, StartError> {
     if !backend.keeps_log_head() {
         return Ok(None);
@@ -94,11 +95,11 @@ fn stored_binding(store: &Store) -> Result<LogBinding, StartError> {
 /// hardware's record is of that log, not this one.
 pub(super) fn check_start(
     store: &Store,
-    backend: &dyn Backend,
     log: &sequencer::LogIdentity,
     hardware: Option<&LogHead>,
     fresh: Option<PreviousLog>,
 ) -> Result<(LogStatus, Option<LogHead>), StartError> {
+    let backend = log.backend.as_ref();
     let spki = log.spki_der();
     let checkpoint_ok = |note: &str| {
         crate::verify::checkpoint::verify_checkpoint(note.as_bytes(), &log.origin, &spki)

@@ -73,12 +73,26 @@ pub const NO_CERTIFICATE: &str = "no installed device certificate is valid now, 
 const MAX_BATCH: usize = 256;
 
 /// The log's identity: its origin and the hardware key that signs its checkpoints.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LogIdentity {
     pub origin: String,
     pub key: HardwareKey,
     pub key_id: String,
     pub lineage: Lineage,
+    /// The backend that holds the log key and the log head record: the `[log_token]`'s, or
+    /// the actors' backend without one.
+    pub backend: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for LogIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogIdentity")
+            .field("origin", &self.origin)
+            .field("key", &self.key)
+            .field("key_id", &self.key_id)
+            .field("backend", &self.backend.kind())
+            .finish_non_exhaustive()
+    }
 }
 
 impl LogIdentity {
@@ -308,10 +322,10 @@ impl Unsigned {
             Unsigned::Single(p) => (&p.key, &p.payload),
             Unsigned::Batch(b) => (&b.key, &b.statement),
         };
-        SignJob {
-            key: hardware_key(&key.record),
-            message: pae(IN_TOTO_PAYLOAD_TYPE, payload),
-        }
+        SignJob::actor(
+            hardware_key(&key.record),
+            pae(IN_TOTO_PAYLOAD_TYPE, payload),
+        )
     }
 
     fn into_receipts(self) -> Vec<Prepared> {
@@ -425,7 +439,7 @@ pub fn start(
             settings.threads,
             settings.hardware_timeout,
         ),
-        committer: Committer::start(writer, Arc::clone(&backend), head)?,
+        committer: Committer::start(writer, Arc::clone(&log.backend), head)?,
         backend,
         log,
         certificates,
@@ -1144,10 +1158,9 @@ impl Sequencer {
 
     /// A statement signed by the log key, as a log entry.
     fn log_key_entry(&self, payload: &[u8]) -> Result<Vec<u8>, SequencerError> {
-        let signature = self.pool.sign(SignJob {
-            key: self.log.key.clone(),
-            message: pae(IN_TOTO_PAYLOAD_TYPE, payload),
-        })?;
+        let signature = self
+            .pool
+            .sign(SignJob::log(&self.log, pae(IN_TOTO_PAYLOAD_TYPE, payload)))?;
         let statement = Envelope::new(IN_TOTO_PAYLOAD_TYPE, payload, &self.log.key_id, &signature);
         entry::encode(&statement)
             .map_err(|e| SequencerError::NotStored(format!("entry encoding: {e}")))
@@ -1235,10 +1248,10 @@ impl Sequencer {
             key_ref: previous.key_ref.clone(),
             public_key: previous.public_key,
         };
-        let signature = self.pool.sign(SignJob {
-            key: previous_key,
-            message: pae(IN_TOTO_PAYLOAD_TYPE, &payload),
-        })?;
+        let signature = self.pool.sign(SignJob::actor(
+            previous_key,
+            pae(IN_TOTO_PAYLOAD_TYPE, &payload),
+        ))?;
         let statement = Envelope::new(IN_TOTO_PAYLOAD_TYPE, &payload, &previous.key_id, &signature);
         let bytes = entry::encode(&statement)
             .map_err(|e| SequencerError::NotStored(format!("entry encoding: {e}")))?;
@@ -1415,10 +1428,7 @@ impl Sequencer {
             &self.log.origin,
             &self.log.spki_der(),
             |body| -> Result<_, SequencerError> {
-                Ok(self.pool.sign(SignJob {
-                    key: self.log.key.clone(),
-                    message: body.to_vec(),
-                })?)
+                Ok(self.pool.sign(SignJob::log(&self.log, body.to_vec()))?)
             },
         )?;
         let certificates = self.certificates.get();

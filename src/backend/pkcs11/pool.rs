@@ -7,11 +7,13 @@
 //! in a fresh session, then, if the module itself is stuck (SoftHSM never re-reads a token
 //! whose directory disappeared), by re-initialising the library: C_Finalize and
 //! C_Initialize on the same loaded module, only once no session of it is left. There is
-//! never a second `Pkcs11` context in the process (SoftHSM can crash on two).
+//! never a second `Pkcs11` context in the process (SoftHSM can crash on two): the pools of
+//! two tokens of one module (the actors' token and a `[log_token]`) share the context, and
+//! [`LIBRARY`] keeps every call of either out of a re-initialisation.
 
 use std::{
     collections::HashMap,
-    sync::{Condvar, Mutex, MutexGuard},
+    sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard},
     time::{Duration, Instant},
 };
 
@@ -31,6 +33,15 @@ use crate::backend::{BackendError, outage::Outage};
 const SESSION_WAIT: Duration = Duration::from_secs(10);
 /// How long a re-initialisation waits for sessions still in use to be returned.
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
+
+/// Held (shared) by every call into a PKCS#11 library of this process, taken exclusively by a
+/// re-initialisation: the pools sharing a context cannot finalise it under each other's calls.
+/// One gate for the process: modules are few and re-initialisations rare.
+static LIBRARY: RwLock<()> = RwLock::new(());
+
+fn library() -> RwLockReadGuard<'static, ()> {
+    LIBRARY.read().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A session with the private-key handles it has already looked up.
 pub(super) struct PooledSession {
@@ -119,12 +130,14 @@ impl SessionPool {
         op: impl FnOnce(&mut PooledSession) -> Result<T, BackendError>,
     ) -> Result<T, BackendError> {
         let mut session = self.acquire()?;
+        let calling = library();
         let mut result = op(&mut session);
         if matches!(result, Err(BackendError::KeyNotFound(_)))
             && let Err(fault) = self.probe(&session)
         {
             result = Err(fault);
         }
+        drop(calling);
         let fault = result.as_ref().err().filter(|e| e.is_fault());
         if let Some(e) = fault {
             tracing::warn!(operation, error = %e, "PKCS#11 token fault");
@@ -155,11 +168,13 @@ impl SessionPool {
             state.probes += 1;
             state.slot
         };
+        let calling = library();
         let result = self
             .ctx
             .get_token_info(slot)
             .map(|_| ())
             .map_err(|e| classify("C_GetTokenInfo", e));
+        drop(calling);
         let mut state = self.lock();
         state.probes -= 1;
         let closing = match &result {
@@ -178,6 +193,7 @@ impl SessionPool {
     /// Opens a session, logs in (once per token: later logins answer UserAlreadyLoggedIn)
     /// and checks that the token answers.
     fn open_session(&self, slot: Slot, generation: u64) -> Result<PooledSession, BackendError> {
+        let _calling = library();
         let session = self
             .ctx
             .open_rw_session(slot)
@@ -275,10 +291,12 @@ impl SessionPool {
     }
 
     fn close(&self, sessions: Vec<PooledSession>) {
+        let calling = library();
         for session in sessions {
             // Closing may fail on a dead token; the session is gone either way.
             let _ = session.session.close();
         }
+        drop(calling);
         self.freed.notify_all();
     }
 
@@ -371,7 +389,22 @@ impl SessionPool {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        // The state lock stays held: nothing else calls into the library meanwhile.
+        // The state lock stays held: nothing else of this pool calls into the library
+        // meanwhile; the exclusive gate keeps out the other pools of the context.
+        let exclusive = loop {
+            match LIBRARY.try_write() {
+                Ok(guard) => break guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    return Err(BackendError::Unavailable(
+                        "another token of the PKCS#11 library is in use; it is re-initialised once its calls end".into(),
+                    ));
+                }
+            }
+        };
         // Finalizing a library that is not initialised (a failed attempt before) is harmless.
         let _ = self.ctx.clone().finalize();
         self.ctx
@@ -381,7 +414,9 @@ impl SessionPool {
                     "re-initialising the PKCS#11 library failed: C_Initialize: {e}"
                 ))
             })?;
-        let (slot, facts) = find_token(&self.ctx, &self.selector)?;
+        let found = find_token(&self.ctx, &self.selector);
+        drop(exclusive);
+        let (slot, facts) = found?;
         if facts.serial != self.token.serial {
             return Err(BackendError::Unavailable(format!(
                 "the {} now has serial {:?}, not {:?}: it is not the token this daemon opened",

@@ -23,6 +23,29 @@ use crate::backend::{Backend, BackendError, HardwareKey, check_message_signature
 pub(super) struct SignJob {
     pub key: HardwareKey,
     pub message: Vec<u8>,
+    /// The backend that holds `key`, if not the pool's (the actors'): the log key's
+    /// ([`super::LogIdentity::backend`]).
+    pub backend: Option<Arc<dyn Backend>>,
+}
+
+impl SignJob {
+    /// A message for an actor key, on the pool's backend.
+    pub fn actor(key: HardwareKey, message: Vec<u8>) -> Self {
+        SignJob {
+            key,
+            message,
+            backend: None,
+        }
+    }
+
+    /// A message for the log key, on the backend that holds it.
+    pub fn log(log: &super::LogIdentity, message: Vec<u8>) -> Self {
+        SignJob {
+            key: log.key.clone(),
+            message,
+            backend: Some(Arc::clone(&log.backend)),
+        }
+    }
 }
 
 type Task = Box<dyn FnOnce() + Send>;
@@ -104,7 +127,11 @@ impl SignPool {
         let count = jobs.len();
         let (done, results) = mpsc::channel();
         for (at, job) in jobs.into_iter().enumerate() {
-            let (backend, done) = (Arc::clone(&self.backend), done.clone());
+            let backend = job
+                .backend
+                .clone()
+                .unwrap_or_else(|| Arc::clone(&self.backend));
+            let done = done.clone();
             let task: Task = Box::new(move || {
                 let _ = done.send((at, sign_checked(backend.as_ref(), &job)));
             });
