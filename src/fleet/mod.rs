@@ -62,3 +62,9 @@ impl From<postgres::Error> for FleetError {
 pub(crate) fn seconds(d: Duration) -> f64 {
     d.as_secs_f64()
 }
+
+/// A store on the shared log's database (its own connection).
+pub fn open_store(pg: &crate::ledger::store::postgres::PgSettings) -> Result<crate::ledger::Store, FleetError> {
+    let client = crate::ledger::store::postgres::connect(pg)?;
+    Ok(crate::ledger::Store::from(crate::ledger::store::postgres::PgStore::from_client(client)?))
+}
