@@ -16,6 +16,8 @@ pub mod cli;
 pub mod config;
 #[cfg(feature = "daemon")]
 pub mod files;
+#[cfg(feature = "daemon")]
+pub mod fleet;
 pub mod forensics;
 #[cfg(feature = "daemon")]
 pub mod lab;
