@@ -22,6 +22,8 @@ pub mod forensics;
 #[cfg(feature = "daemon")]
 pub mod lab;
 #[cfg(feature = "daemon")]
+pub mod lab_fleet;
+#[cfg(feature = "daemon")]
 pub mod lab_tpm;
 #[cfg(feature = "daemon")]
 pub mod lab_tsa;

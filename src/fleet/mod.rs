@@ -43,7 +43,7 @@ pub enum FleetError {
     #[error("the fleet's database is unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// This node no longer holds the lease (another took it over): it stops integrating.
     #[error("fenced: the lease is held by {holder:?} at epoch {epoch}, not by this node")]
     Fenced { holder: String, epoch: i64 },
@@ -58,13 +58,25 @@ impl From<postgres::Error> for FleetError {
     }
 }
 
+impl From<StoreError> for FleetError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(message) => FleetError::Unavailable(message),
+            other => FleetError::Store(other),
+        }
+    }
+}
+
 /// Milliseconds as the `make_interval` seconds PostgreSQL takes.
 pub(crate) fn seconds(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// A store on the shared log's database (its own connection).
-pub fn open_store(pg: &crate::ledger::store::postgres::PgSettings) -> Result<crate::ledger::Store, FleetError> {
-    let client = crate::ledger::store::postgres::connect(pg)?;
-    Ok(crate::ledger::Store::from(crate::ledger::store::postgres::PgStore::from_client(client)?))
+/// A store on the shared log's database (its own connection, made again when lost; the
+/// migrations applied). Never the single-host writer's: a fleet takes no single-host lock.
+pub fn open_store(
+    pg: &crate::ledger::store::postgres::PgSettings,
+) -> Result<crate::ledger::Store, FleetError> {
+    let location = crate::ledger::store::LedgerLocation::Postgres(pg.clone());
+    Ok(crate::ledger::Store::open_at(&location)?)
 }

@@ -26,8 +26,14 @@ pub(super) struct FleetParts {
 
 /// The PostgreSQL settings of the shared log (fleet mode requires them).
 pub(super) fn pg_settings(config: &Config) -> Result<PgSettings, StartError> {
-    match config.ledger_location().map_err(StartError::Config)? {
-        crate::ledger::store::LedgerLocation::Postgres(pg) => Ok(pg),
+    match config.ledger_location() {
+        crate::ledger::store::LedgerLocation::Postgres(pg) => Ok(PgSettings {
+            application_name: format!(
+                "actseal-{}",
+                config.fleet.as_ref().map_or("", |f| f.node.as_str())
+            ),
+            ..pg
+        }),
         crate::ledger::store::LedgerLocation::Sqlite(_) => Err(StartError::Config(
             "[fleet] needs the log on PostgreSQL: set [ledger] url (and password_file)".into(),
         )),
