@@ -1,0 +1,308 @@
+//! Fleet mode (issue 12) against the real thing: one PostgreSQL server started for the test
+//! (initdb/pg_ctl as an unprivileged user) and three daemons, each with its own SoftHSM token,
+//! sharing one log token, queueing into one log; one integrator at a time under a lease.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use actseal::{
+    api::{GetInclusionProofRequest, SignRequest, signer_client::SignerClient},
+    lab_fleet::Fleet,
+    verify::{TrustAnchors, verify_bundle},
+};
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use tonic::Code;
+
+/// A short lease so that failovers fit a test; integration every 5 ms.
+const FLEET: &str = "lease_ms = 1500\nintegrate_interval_ms = 5\nanswer_timeout_ms = 20000";
+
+struct TestFleet {
+    fleet: Fleet,
+    _dir: TempDir,
+}
+
+impl std::ops::Deref for TestFleet {
+    type Target = Fleet;
+    fn deref(&self) -> &Fleet {
+        &self.fleet
+    }
+}
+
+impl std::ops::DerefMut for TestFleet {
+    fn deref_mut(&mut self) -> &mut Fleet {
+        &mut self.fleet
+    }
+}
+
+/// Three nodes started, each with `actors` actors of its own; `None` where PostgreSQL is
+/// missing (a failure under CI=true).
+async fn started_fleet(actors: usize) -> Option<TestFleet> {
+    if !common::can_run(
+        actseal::lab_postgres::server_bin().is_some(),
+        "PostgreSQL (initdb, pg_ctl) is not installed",
+    ) {
+        return None;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("actseal-fleet-")
+        .tempdir()
+        .expect("temp dir");
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_actseal"));
+    let dir_path = dir.path().to_owned();
+    let mut fleet = tokio::task::spawn_blocking(move || {
+        let mut fleet = Fleet::create(&exe, &dir_path, 3, FLEET).expect("fleet set-up");
+        fleet.start_all().expect("fleet start");
+        fleet
+    })
+    .await
+    .unwrap();
+    for (n, node) in fleet.nodes.iter_mut().enumerate() {
+        for a in 0..actors {
+            common::create_key(node, &actor(n, a)).await;
+        }
+    }
+    Some(TestFleet { fleet, _dir: dir })
+}
+
+fn actor(node: usize, n: usize) -> String {
+    format!("spiffe://acme.example/node-{node}/agent-{n}")
+}
+
+fn document(request_id: &str) -> Vec<u8> {
+    format!(r#"{{"tool_call":"bank.transfer","request":"{request_id}"}}"#).into_bytes()
+}
+
+/// What a caller was told: its request, the bundle, and the actor's sequence.
+#[derive(Clone)]
+struct Acked {
+    request_id: String,
+    actor: String,
+    bundle: String,
+    log_index: u64,
+}
+
+/// Signs until acknowledged: an UNAVAILABLE answer or a broken connection (a killed or
+/// restarted daemon, PostgreSQL down) is retried with the same request id.
+async fn sign_until_acked(
+    socket: &Path,
+    request: SignRequest,
+    unavailable: &Mutex<u64>,
+) -> Result<(String, u64), tonic::Status> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let outcome = match actseal::cli::connect_unix(socket).await {
+            Ok(channel) => SignerClient::new(channel).sign(request.clone()).await,
+            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        };
+        match outcome {
+            Ok(response) => {
+                let r = response.into_inner();
+                return Ok((r.bundle_json, r.log_index));
+            }
+            Err(status)
+                if matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
+                    && Instant::now() < deadline =>
+            {
+                *unavailable.lock().unwrap() += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => return Err(status),
+        }
+    }
+}
+
+/// `workers` callers per node, each signing `count` actions as its own actor; what they were
+/// told and how many UNAVAILABLE answers they met on the way.
+fn spawn_load(
+    fleet: &Fleet,
+    workers: usize,
+    count: usize,
+    tag: &str,
+) -> (
+    Vec<tokio::task::JoinHandle<Vec<Acked>>>,
+    Arc<Mutex<u64>>,
+) {
+    let unavailable = Arc::new(Mutex::new(0));
+    let mut tasks = Vec::new();
+    for (n, node) in fleet.nodes.iter().enumerate() {
+        for w in 0..workers {
+            let socket = node.socket();
+            let unavailable = Arc::clone(&unavailable);
+            let tag = tag.to_owned();
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for k in 0..count {
+                    let request_id = format!("{tag}-{n}-{w}-{k}");
+                    let mut request =
+                        common::sign_request(&actor(n, w), &document(&request_id));
+                    request.request_id = request_id.clone();
+                    let (bundle, log_index) = sign_until_acked(&socket, request, &unavailable)
+                        .await
+                        .unwrap_or_else(|e| panic!("{request_id}: {e}"));
+                    acked.push(Acked {
+                        request_id,
+                        actor: actor(n, w),
+                        bundle,
+                        log_index,
+                    });
+                }
+                acked
+            }));
+        }
+    }
+    (tasks, unavailable)
+}
+
+async fn collect(tasks: Vec<tokio::task::JoinHandle<Vec<Acked>>>) -> Vec<Acked> {
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("load task"));
+    }
+    all
+}
+
+fn payload_of(bundle: &str) -> Vec<u8> {
+    let bundle: serde_json::Value = serde_json::from_str(bundle).unwrap();
+    B64.decode(bundle["receipt"]["payload"].as_str().unwrap())
+        .unwrap()
+}
+
+/// Everything the callers were told holds: each bundle verifies offline under the one trust
+/// anchor, carries `logIndex: null` and its own index; one index each; each actor's
+/// sequence has no gap and no repeat; every bundle proving against a tree size names the
+/// same root there (no two checkpoints of one size disagree).
+fn check_acked(fleet: &Fleet, acked: &[Acked]) {
+    let anchors = TrustAnchors::from_pem(&std::fs::read(fleet.anchor()).unwrap()).unwrap();
+    let mut indices = HashSet::new();
+    let mut roots: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut sequences: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for a in acked {
+        verify_bundle(a.bundle.as_bytes(), &anchors, Some(&document(&a.request_id)))
+            .unwrap_or_else(|e| panic!("{}: bundle does not verify: {e}", a.request_id));
+        let statement = common::receipt_statement(&a.bundle);
+        assert!(statement["predicate"]["logIndex"].is_null(), "a fleet receipt names no index");
+        let bundle: serde_json::Value = serde_json::from_str(&a.bundle).unwrap();
+        assert_eq!(bundle["log"]["index"].as_u64(), Some(a.log_index));
+        assert!(indices.insert(a.log_index), "log index {} given twice", a.log_index);
+        let note = bundle["log"]["checkpoint"].as_str().unwrap();
+        let parsed = actseal::verify::checkpoint::parse_checkpoint(note.as_bytes()).unwrap();
+        let root = roots.entry(parsed.size).or_insert(parsed.root.to_vec());
+        assert_eq!(*root, parsed.root.to_vec(), "two checkpoints of size {} disagree", parsed.size);
+        sequences
+            .entry(a.actor.clone())
+            .or_default()
+            .push(statement["predicate"]["sequence"].as_u64().unwrap());
+    }
+    for (actor, mut seen) in sequences {
+        seen.sort_unstable();
+        let n = seen.len() as u64;
+        assert_eq!(seen, (1..=n).collect::<Vec<_>>(), "{actor}: sequences");
+    }
+}
+
+/// Exports the log from `node`, audits it, and checks every acknowledged receipt is in it
+/// exactly once and nothing is in it twice.
+fn export_and_check(fleet: &Fleet, node: usize, acked: &[Acked], name: &str) {
+    let lab = &fleet.nodes[node];
+    let export = common::export_log(lab, name);
+    let anchor = fleet.anchor().display().to_string();
+    lab.run_ok(&["audit", &export, "--trust", &anchor])
+        .expect("the fleet's log audits clean");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&export).unwrap()).unwrap();
+    let mut in_log: HashMap<[u8; 32], usize> = HashMap::new();
+    for entry in json["entries"].as_array().unwrap() {
+        let bytes = B64.decode(entry.as_str().unwrap()).unwrap();
+        let parts = actseal::ledger::entry::decode(&bytes).unwrap();
+        *in_log.entry(Sha256::digest(&parts.payload).into()).or_default() += 1;
+    }
+    assert!(in_log.values().all(|&n| n == 1), "an entry is in the log twice");
+    for a in acked {
+        let digest: [u8; 32] = Sha256::digest(payload_of(&a.bundle)).into();
+        assert_eq!(in_log.get(&digest), Some(&1), "{}: not in the log exactly once", a.request_id);
+    }
+}
+
+/// Nothing was integrated twice and the queue drained.
+fn check_tables(fleet: &Fleet) {
+    let mut client = fleet.client().unwrap();
+    let row = client
+        .query_one(
+            "SELECT (SELECT COUNT(*) FROM fleet_integrated),
+                    (SELECT COUNT(DISTINCT log_index) FROM fleet_integrated),
+                    (SELECT COUNT(*) FROM log_entries),
+                    (SELECT COUNT(*) FROM fleet_queue)",
+            &[],
+        )
+        .unwrap();
+    let (integrated, distinct, entries, queued): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(integrated, distinct);
+    assert_eq!(integrated, entries, "every entry came through the queue once");
+    assert_eq!(queued, 0, "the queue drained");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_sign_into_one_log_and_the_audit_passes() {
+    let Some(fleet) = started_fleet(3).await else {
+        return;
+    };
+    let (tasks, _) = spawn_load(&fleet, 3, 20, "all");
+    let acked = collect(tasks).await;
+    assert_eq!(acked.len(), 3 * 3 * 20);
+    check_acked(&fleet, &acked);
+    check_tables(&fleet);
+    // Any node exports the whole log and serves proofs of every node's receipts.
+    export_and_check(&fleet, 2, &acked, "export-2.json");
+    let mut other = common::signer(&fleet.nodes[1]).await;
+    let of_node_0 = acked.iter().find(|a| a.actor == actor(0, 0)).unwrap();
+    let proof = other
+        .get_inclusion_proof(GetInclusionProofRequest {
+            log_index: of_node_0.log_index,
+            tree_size: 0,
+        })
+        .await
+        .expect("inclusion proof from another node")
+        .into_inner();
+    let anchors = TrustAnchors::from_pem(&std::fs::read(fleet.anchor()).unwrap()).unwrap();
+    verify_bundle(
+        proof.bundle_json.as_bytes(),
+        &anchors,
+        Some(&document(&of_node_0.request_id)),
+    )
+    .expect("the other node's bundle verifies");
+    // A retry by request id gets the first answer, byte for byte.
+    let mut again = common::sign_request(&of_node_0.actor, &document(&of_node_0.request_id));
+    again.request_id = of_node_0.request_id.clone();
+    let retried = common::signer(&fleet.nodes[0])
+        .await
+        .sign(again.clone())
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(retried.bundle_json, of_node_0.bundle);
+    // An actor belongs to the node that registered it: another node refuses, naming it.
+    let refused = other.sign(again).await.expect_err("another node's actor");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("node-0"), "{}", refused.message());
+    // Registering an actor another node owns is refused.
+    let taken = common::admin(&fleet.nodes[2])
+        .await
+        .create_key(actseal::api::CreateKeyRequest {
+            actor: actor(0, 0),
+        })
+        .await
+        .expect_err("another node's actor");
+    assert!(
+        matches!(taken.code(), Code::FailedPrecondition | Code::AlreadyExists),
+        "{taken:?}"
+    );
+}
