@@ -7,7 +7,10 @@ mod common;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -130,6 +133,20 @@ fn spawn_load(
     Vec<tokio::task::JoinHandle<Vec<Acked>>>,
     Arc<Mutex<u64>>,
 ) {
+    spawn_load_until(fleet, workers, count, tag, Arc::new(AtomicBool::new(false)))
+}
+
+/// [`spawn_load`] until `stop` is set (or `count` each).
+fn spawn_load_until(
+    fleet: &Fleet,
+    workers: usize,
+    count: usize,
+    tag: &str,
+    stop: Arc<AtomicBool>,
+) -> (
+    Vec<tokio::task::JoinHandle<Vec<Acked>>>,
+    Arc<Mutex<u64>>,
+) {
     let unavailable = Arc::new(Mutex::new(0));
     let mut tasks = Vec::new();
     for (n, node) in fleet.nodes.iter().enumerate() {
@@ -137,9 +154,13 @@ fn spawn_load(
             let socket = node.socket();
             let unavailable = Arc::clone(&unavailable);
             let tag = tag.to_owned();
+            let stop = Arc::clone(&stop);
             tasks.push(tokio::spawn(async move {
                 let mut acked = Vec::new();
                 for k in 0..count {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
                     let request_id = format!("{tag}-{n}-{w}-{k}");
                     let mut request =
                         common::sign_request(&actor(n, w), &document(&request_id));
@@ -305,4 +326,112 @@ async fn three_nodes_sign_into_one_log_and_the_audit_passes() {
         matches!(taken.code(), Code::FailedPrecondition | Code::AlreadyExists),
         "{taken:?}"
     );
+}
+
+/// Waits until the lease moved past `epoch` to another node than `from` and that node has
+/// published a bigger tree than `published`; how long it took.
+async fn wait_for_takeover(fleet: &Fleet, from: usize, epoch: i64, published: i64) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (holder, now, size) = fleet.lease().unwrap().unwrap();
+        if now > epoch && holder != format!("node-{from}") && size > published {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no other node took over from node-{from} (lease {holder} epoch {now}, size {size})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_integrator_sigkilled_under_load_fails_over_and_loses_nothing() {
+    let Some(mut fleet) = started_fleet(2).await else {
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tasks, _) = spawn_load_until(&fleet, 2, 100_000, "kill", Arc::clone(&stop));
+    let mut failovers = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let holder = fleet.holder().unwrap().expect("someone holds the lease");
+        let (_, epoch, published) = fleet.lease().unwrap().unwrap();
+        fleet.nodes[holder].kill_daemon().unwrap();
+        failovers.push(wait_for_takeover(&fleet, holder, epoch, published).await);
+        // The killed node comes back (its callers retry with their request ids).
+        tokio::task::block_in_place(|| fleet.nodes[holder].start_daemon()).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let acked = collect(tasks).await;
+    assert!(acked.len() > 100, "only {} acknowledged", acked.len());
+    check_acked(&fleet, &acked);
+    check_tables(&fleet);
+    export_and_check(&fleet, 0, &acked, "export-kill.json");
+    for failover in &failovers {
+        // The lease is 1.5 s here; the bound is the lease plus a follower's poll (lease / 6)
+        // plus the takeover's check.
+        assert!(*failover < Duration::from_secs(5), "failover took {failover:?}");
+    }
+    eprintln!("failovers: {failovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_integrator_is_fenced_and_signs_no_checkpoint_into_the_log() {
+    let Some(mut fleet) = started_fleet(2).await else {
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tasks, _) = spawn_load_until(&fleet, 2, 100_000, "stop", Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let holder = fleet.holder().unwrap().expect("someone holds the lease");
+    let (_, epoch, published) = fleet.lease().unwrap().unwrap();
+    // Stopped mid-work, past its lease: its open transaction is ended by the server and
+    // another node takes the lease at the next epoch.
+    fleet.nodes[holder].signal_daemon("STOP").unwrap();
+    wait_for_takeover(&fleet, holder, epoch, published).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fleet.nodes[holder].signal_daemon("CONT").unwrap();
+    tokio::task::block_in_place(|| common::wait_for_log(&fleet.nodes[holder], "fenced", 1));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let acked = collect(tasks).await;
+    check_acked(&fleet, &acked);
+    check_tables(&fleet);
+    // Every stored checkpoint (the fenced node's included, had it stored one) agrees with
+    // the tree: the whole log re-verified from its first entry.
+    let lab = &fleet.nodes[holder];
+    lab.run_ok(&["log", "check", "--config", &lab.config().display().to_string()])
+        .expect("the whole log checks");
+    export_and_check(&fleet, holder, &acked, "export-fenced.json");
+    let (now_holder, now_epoch, _) = fleet.lease().unwrap().unwrap();
+    assert!(now_epoch > epoch);
+    assert_ne!(now_holder, format!("node-{holder}"), "the fenced node did not take the lease back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restarted_under_load_answers_unavailable_then_recovers() {
+    let Some(mut fleet) = started_fleet(2).await else {
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tasks, unavailable) = spawn_load_until(&fleet, 2, 100_000, "pg", Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::task::block_in_place(|| fleet.postgres.stop()).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::task::block_in_place(|| fleet.postgres.start_again()).unwrap();
+    let before = fleet.lease().unwrap().unwrap().2;
+    // Integration continues after the restart.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fleet.lease().unwrap().unwrap().2 <= before + 20 {
+        assert!(Instant::now() < deadline, "integration did not resume after the restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let acked = collect(tasks).await;
+    assert!(*unavailable.lock().unwrap() > 0, "callers were told UNAVAILABLE while it was down");
+    check_acked(&fleet, &acked);
+    check_tables(&fleet);
+    export_and_check(&fleet, 1, &acked, "export-pg.json");
 }

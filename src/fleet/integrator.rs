@@ -117,8 +117,12 @@ fn connect(setup: &Setup) -> Result<Conn, FleetError> {
 fn run(setup: Setup, stop: &AtomicBool) {
     let mut conn: Option<Conn> = None;
     let mut holding: Option<Holding> = None;
+    // The lease this node held when its connection broke or an integration failed: it
+    // continues at the same epoch if it still holds it (state rebuilt from the store).
+    let mut resume: Option<Held> = None;
     let poll = setup.settings.lease / 6;
     let mut next_try = Instant::now();
+    let mut metrics_at = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let c = match conn.as_mut() {
             Some(c) => c,
@@ -132,44 +136,49 @@ fn run(setup: Setup, stop: &AtomicBool) {
             },
         };
         let outcome = match holding.as_mut() {
-            Some(h) => step_holder(&setup, c, h),
-            None if Instant::now() >= next_try => {
+            Some(h) => step_holder(&setup, c, h).map(|n| n > 0),
+            None if resume.is_some() || Instant::now() >= next_try => {
                 next_try = Instant::now() + poll;
-                match try_take_over(&setup, c) {
-                    Ok(Some(h)) => {
-                        holding = Some(h);
-                        Ok(())
+                match take_over(&setup, c, resume.take()) {
+                    Ok(taken) => {
+                        holding = taken;
+                        Ok(false)
                     }
-                    Ok(None) => Ok(()),
                     Err(e) => Err(e),
                 }
             }
-            None => Ok(()),
+            None => Ok(false),
         };
-        match outcome {
-            Ok(()) => {}
+        let busy = match outcome {
+            Ok(busy) => busy,
             Err(FleetError::Fenced { holder, epoch }) => {
                 tracing::warn!(node = %setup.settings.node, holder = %holder, epoch,
                     "fenced: the lease moved on; this node stops integrating");
                 setup.metrics.was_fenced();
                 holding = None;
-            }
-            Err(e @ FleetError::Unavailable(_)) => {
-                tracing::warn!(error = %e, "integrator: database connection lost");
-                conn = None;
-                // The lease may still be ours: the next round renews it or finds it fenced.
-                continue;
+                false
             }
             Err(e) => {
-                tracing::error!(error = %e, "integrator: integration failed; starting over from the store");
-                holding = None;
-                conn = None;
-                thread::sleep(Duration::from_millis(100));
+                tracing::warn!(error = %e, "integrator: integration interrupted; continuing from the store");
+                resume = holding.take().map(|h| h.held).or(resume);
+                if matches!(e, FleetError::Unavailable(_)) {
+                    conn = None;
+                }
+                thread::sleep(Duration::from_millis(50));
                 continue;
             }
+        };
+        let Some(c) = conn.as_mut() else { continue };
+        if !busy {
+            let interval = if holding.is_some() {
+                setup.settings.integrate_interval
+            } else {
+                poll.min(Duration::from_millis(100))
+            };
+            wait(c, interval);
         }
-        if let Some(c) = conn.as_mut() {
-            wait(c, if holding.is_some() { setup.settings.integrate_interval } else { poll.min(Duration::from_millis(50)) });
+        if metrics_at.elapsed() > Duration::from_millis(250) {
+            metrics_at = Instant::now();
             refresh_metrics(&setup, c);
         }
     }
@@ -197,10 +206,26 @@ fn refresh_metrics(setup: &Setup, c: &mut Conn) {
     let _ = queue::seen(&mut c.client, &setup.settings.node);
 }
 
-fn try_take_over(setup: &Setup, c: &mut Conn) -> Result<Option<Holding>, FleetError> {
-    let Some(held) = lease::try_take(&mut c.client, &setup.settings.node, setup.settings.lease)?
-    else {
-        return Ok(None);
+/// Takes the lease if it is free (or continues `resume`, the epoch this node held), then,
+/// under it, rebuilds the holder's state from the store.
+fn take_over(
+    setup: &Setup,
+    c: &mut Conn,
+    resume: Option<Held>,
+) -> Result<Option<Holding>, FleetError> {
+    let node = &setup.settings.node;
+    let held = match resume {
+        Some(held) => {
+            lease::renew(&mut c.client, node, held, setup.settings.lease)?;
+            held
+        }
+        None => match lease::try_take(&mut c.client, node, setup.settings.lease)? {
+            Some(held) => {
+                setup.metrics.took_over();
+                held
+            }
+            None => return Ok(None),
+        },
     };
     let started = Instant::now();
     // Under the lease: the identity (made on an empty log), the start-up check of the store
@@ -209,11 +234,10 @@ fn try_take_over(setup: &Setup, c: &mut Conn) -> Result<Option<Holding>, FleetEr
     let size = c.store.next_log_index()?;
     let frontier = Frontier::from_reader(&c.store, size)
         .map_err(|e| FleetError::Store(StoreError::Corrupt(format!("tree: {e}"))))?;
-    lease::renew(&mut c.client, &setup.settings.node, held, setup.settings.lease)?;
-    lease::publish(&mut c.client, &setup.settings.node, held, size)?;
-    setup.metrics.took_over();
-    tracing::info!(node = %setup.settings.node, epoch = held.epoch, size,
-        takeover_ms = started.elapsed().as_millis() as u64, "took the integrator lease");
+    lease::renew(&mut c.client, node, held, setup.settings.lease)?;
+    lease::publish(&mut c.client, node, held, size)?;
+    tracing::info!(node = %node, epoch = held.epoch, size, resumed = resume.is_some(),
+        takeover_ms = started.elapsed().as_millis() as u64, "holding the integrator lease");
     Ok(Some(Holding {
         held,
         log,
@@ -225,9 +249,12 @@ fn try_take_over(setup: &Setup, c: &mut Conn) -> Result<Option<Holding>, FleetEr
     }))
 }
 
-fn step_holder(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<(), FleetError> {
+/// One round of the holder: the head brought up if a rewrite failed, an integration, and a
+/// renewal when nothing was integrated for a third of the lease. The number integrated.
+fn step_holder(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, FleetError> {
     if h.head_behind {
-        record_head(setup, h, 0)?;
+        let requests = c.store.request_count_below(h.frontier.size())?;
+        record_head(setup, h, requests)?;
         lease::publish(&mut c.client, &setup.settings.node, h.held, h.frontier.size())?;
     }
     let integrated = integrate(setup, c, h)?;
@@ -235,7 +262,7 @@ fn step_holder(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<(), Fleet
         lease::renew(&mut c.client, &setup.settings.node, h.held, setup.settings.lease)?;
         h.renewed = Instant::now();
     }
-    Ok(())
+    Ok(integrated)
 }
 
 /// A queued row as the integrator reads it.
@@ -451,7 +478,7 @@ fn integrate(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, Flee
         }
     }
     if !staged.batch.entries.is_empty() {
-        seal(c, h, &frontier, &mut staged)?;
+        seal(setup, &c.store, h, &frontier, &mut staged)?;
         write_batch(&mut tx, &staged.batch)?;
         let (ids, indices): (Vec<i64>, Vec<i64>) = staged.placed.iter().copied().unzip();
         tx.execute(
@@ -480,7 +507,8 @@ fn integrate(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, Flee
     }
     h.cache.extend(staged.nodes.drain());
     if count > 0 {
-        record_head(setup, h, requests)?;
+        let total = h.head.map_or(0, |head| head.requests) + requests as u64;
+        record_head(setup, h, total)?;
         lease::publish(&mut c.client, node, h.held, h.frontier.size())?;
     }
     let spent = started.elapsed().as_secs_f64();
@@ -492,11 +520,17 @@ fn integrate(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, Flee
 
 /// Signs the checkpoint of the new tree with the log key (checked) and proves each receipt
 /// against it.
-fn seal(c: &Conn, h: &Holding, frontier: &Frontier, staged: &mut Staged) -> Result<(), FleetError> {
+fn seal(
+    setup: &Setup,
+    store: &Store,
+    h: &Holding,
+    frontier: &Frontier,
+    staged: &mut Staged,
+) -> Result<(), FleetError> {
     let corrupt = |e: String| FleetError::Store(StoreError::Corrupt(e));
     let checkpoint = Checkpoint::new(h.log.origin.clone(), frontier.size(), frontier.root())
         .map_err(|e| corrupt(e.to_string()))?;
-    let backend = Arc::clone(&h.log.backend);
+    let backend = Arc::clone(&setup.log_backend);
     let note = checkpoint
         .signed_note_checked(&h.log.origin, &h.log.spki_der(), |body| {
             let digest: [u8; 32] = Sha256::digest(body).into();
@@ -505,7 +539,7 @@ fn seal(c: &Conn, h: &Holding, frontier: &Frontier, staged: &mut Staged) -> Resu
                 .map_err(|e| FleetError::Unavailable(format!("log key: {e}")))
         })?;
     let nodes = Nodes {
-        store: &c.store,
+        store,
         staged: &staged.nodes,
         cache: &h.cache,
     };
@@ -523,14 +557,15 @@ fn seal(c: &Conn, h: &Holding, frontier: &Frontier, staged: &mut Staged) -> Resu
 }
 
 /// Rewrites the log head in the log token to the tree just committed.
-fn record_head(setup: &Setup, h: &mut Holding, requests: usize) -> Result<(), FleetError> {
+/// `requests`: request ids recorded for the whole tree.
+fn record_head(setup: &Setup, h: &mut Holding, requests: u64) -> Result<(), FleetError> {
     let Some(head) = h.head else {
         return Ok(());
     };
     let next = LogHead {
         size: h.frontier.size(),
         root: h.frontier.root(),
-        requests: head.requests + requests as u64,
+        requests,
         ..head
     };
     if let Err(e) = setup.log_backend.write_log_head(&next.encode()) {
