@@ -83,23 +83,14 @@ async fn main() {
         create_key(node, &format!("{ACTOR}-{n}")).await;
     }
     let from = newest_queue_id(&fleet);
-    let mut phases = Vec::new();
-    for (n, node) in fleet.nodes.iter().enumerate() {
-        let socket_lab = node as *const Lab as usize;
-        let actor = format!("{ACTOR}-{n}");
-        phases.push(tokio::spawn(async move {
-            // SAFETY: the labs outlive the phases, which are awaited below.
-            let lab = unsafe { &*(socket_lab as *const Lab) };
-            support::daemon_rate(lab, &actor, clients).await
-        }));
-    }
-    let mut fleet_rate = 0.0;
-    let mut p99s = Vec::new();
-    for phase in phases {
-        let (rate, _, p99) = phase.await.unwrap();
-        fleet_rate += rate;
-        p99s.push(p99);
-    }
+    let actors: Vec<String> = (0..3).map(|n| format!("{ACTOR}-{n}")).collect();
+    let (a, b, c) = tokio::join!(
+        support::daemon_rate(&fleet.nodes[0], &actors[0], clients),
+        support::daemon_rate(&fleet.nodes[1], &actors[1], clients),
+        support::daemon_rate(&fleet.nodes[2], &actors[2], clients),
+    );
+    let fleet_rate = a.0 + b.0 + c.0;
+    let p99s = [a.2, b.2, c.2];
     let (lag50, lag99, integrated) = lag_ms(&fleet, from);
     println!(
         "3 nodes, PostgreSQL : {fleet_rate:8.0} receipts/s  Sign p99 per node {p99s:?}  ({:.2}x one SQLite node)",
@@ -109,26 +100,26 @@ async fn main() {
 
     // Failover: SIGKILL the integrator under load; time to the next integration elsewhere.
     let holder = fleet.holder().unwrap().expect("a lease holder");
+    let pids: Vec<u32> = fleet.nodes.iter().map(|n| n.daemon_pid().unwrap()).collect();
     let load_node = (holder + 1) % 3;
-    let lab = &fleet.nodes[load_node] as *const Lab as usize;
-    let actor = format!("{ACTOR}-{load_node}");
-    let load = tokio::spawn(async move {
-        // SAFETY: as above; awaited before the fleet is dropped.
-        let lab = unsafe { &*(lab as *const Lab) };
-        support::daemon_rate(lab, &actor, 2).await
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let load_actor = format!("{ACTOR}-{load_node}");
+    let load_lab = &fleet.nodes[load_node];
+    let load = support::daemon_rate(load_lab, &load_actor, 2);
+    let watch = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, epoch, published) = fleet.lease().unwrap().unwrap();
-    let killed = Instant::now();
-    fleet.nodes[holder].kill_daemon().unwrap();
-    let failover = loop {
-        let (who, now, size) = fleet.lease().unwrap().unwrap();
-        if now > epoch && who != format!("node-{holder}") && size > published {
-            break killed.elapsed();
+        let killed = Instant::now();
+        // The integrator's pid, killed from here: the lab itself is borrowed by the load.
+        let _ = std::process::Command::new("kill").args(["-KILL", &pids[holder].to_string()]).status();
+        loop {
+            let (who, now, size) = fleet.lease().unwrap().unwrap();
+            if now > epoch && who != format!("node-{holder}") && size > published {
+                break killed.elapsed();
+            }
+            assert!(killed.elapsed() < Duration::from_secs(30), "no failover");
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(killed.elapsed() < Duration::from_secs(30), "no failover");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let _ = load.await;
+    let (_, failover) = tokio::join!(load, watch);
     println!("failover            : {failover:?} (lease 3 s; SIGKILL -> next integration by another node)");
 }
