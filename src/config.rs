@@ -170,6 +170,17 @@ pub struct LedgerConfig {
     /// Actors whose requests are signed in batch mode (`[[ledger.batch]]`); default none.
     #[serde(default)]
     pub batch: Vec<BatchRuleConfig>,
+    /// The log on PostgreSQL: `postgres://user@host:port/database` (no password in it).
+    /// Absent: SQLite in the state directory (docs/CONFIG.md `[ledger]`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The file holding the PostgreSQL password (owner-only, one line).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// PEM CA certificate(s) the PostgreSQL server's certificate must chain to; set, the
+    /// connection requires TLS and verifies the server's name.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// `[[ledger.batch]]`: the requests for these actors that arrive within `window_ms` of the
@@ -184,6 +195,26 @@ pub struct BatchRuleConfig {
 }
 
 impl LedgerConfig {
+    /// Checks the PostgreSQL keys: they need `url`, and the url no password.
+    fn check_location(&self) -> Result<(), String> {
+        match &self.url {
+            None if self.password_file.is_some() || self.tls_ca_file.is_some() => Err(
+                "ledger.password_file and ledger.tls_ca_file need ledger.url (PostgreSQL)".into(),
+            ),
+            None => Ok(()),
+            Some(url) if !url.starts_with("postgres://") && !url.starts_with("postgresql://") => {
+                Err("ledger.url must be a postgres:// URL".into())
+            }
+            Some(url) => match url.parse::<postgres::Config>() {
+                Err(e) => Err(format!("ledger.url does not parse: {e}")),
+                Ok(parsed) if parsed.get_password().is_some() => Err(
+                    "ledger.url holds a password: put it in ledger.password_file instead".into(),
+                ),
+                Ok(_) => Ok(()),
+            },
+        }
+    }
+
     /// The sequencer's signing settings, defaults filled in.
     pub fn signing_settings(&self) -> crate::server::sequencer::SigningSettings {
         crate::server::sequencer::SigningSettings {
@@ -598,6 +629,19 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Where the ledger lives: PostgreSQL when `[ledger] url` is set, else SQLite in the
+    /// state directory.
+    pub fn ledger_location(&self) -> crate::ledger::store::LedgerLocation {
+        use crate::ledger::store::{LedgerLocation, PgSettings};
+        match &self.ledger.url {
+            None => LedgerLocation::Sqlite(self.state.database()),
+            Some(url) => LedgerLocation::Postgres(PgSettings {
+                tls_ca_file: self.ledger.tls_ca_file.clone(),
+                ..PgSettings::new(url, self.ledger.password_file.clone())
+            }),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.display().to_string(),
@@ -635,6 +679,7 @@ impl Config {
             ));
         }
         config.ledger.check_signing().map_err(invalid)?;
+        config.ledger.check_location().map_err(invalid)?;
         config.server.check().map_err(invalid)?;
         config.anchor.check().map_err(invalid)?;
         if let Some(fleet) = &config.fleet {

@@ -497,10 +497,35 @@ impl Lab {
         Ok(())
     }
 
+    /// Puts the daemon's ledger on PostgreSQL: `[ledger] url` and `password_file` in its
+    /// configuration (into its `[ledger]` section if it has one).
+    pub fn use_postgres(&self, url: &str, password_file: &Path) -> Result<()> {
+        let config = fs::read_to_string(self.config())?;
+        let lines = format!(
+            "url = {}\npassword_file = {}\n",
+            toml_string(url),
+            toml_string(&password_file.display().to_string())
+        );
+        let config = match config.find("\n[ledger]\n") {
+            Some(at) => {
+                let at = at + "\n[ledger]\n".len();
+                format!("{}{lines}{}", &config[..at], &config[at..])
+            }
+            None => format!("{config}\n[ledger]\n{lines}"),
+        };
+        fs::write(self.config(), config)?;
+        Ok(())
+    }
+
     /// The daemon's process id, while it runs.
     pub fn daemon_pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(Child::id)
     }
+}
+
+/// A TOML basic string.
+fn toml_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_default()
 }
 
 fn signal(child: &Child, name: &str) -> Result<()> {

@@ -24,6 +24,8 @@ pub mod lab;
 #[cfg(feature = "daemon")]
 pub mod lab_fleet;
 #[cfg(feature = "daemon")]
+pub mod lab_postgres;
+#[cfg(feature = "daemon")]
 pub mod lab_tpm;
 #[cfg(feature = "daemon")]
 pub mod lab_tsa;

@@ -16,7 +16,6 @@ pub mod witness_client;
 
 use std::{
     collections::BTreeSet,
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -333,7 +332,7 @@ const STRAGGLER_GRACE: Duration = Duration::from_millis(200);
 /// within the tokio runtime.
 pub fn spawn(
     config: &AnchorConfig,
-    database: PathBuf,
+    database: &crate::ledger::store::LedgerLocation,
 ) -> Result<Option<AnchorHandle>, AnchorStartError> {
     if !config.enabled() {
         return Ok(None);
@@ -350,7 +349,7 @@ pub fn spawn(
         })
         .collect::<Result<Vec<_>, String>>()
         .map_err(AnchorStartError::Config)?;
-    let anchors = AnchorStore::open(&database)?;
+    let anchors = AnchorStore::open(database)?;
     let latest = anchors.latest()?.map(Arc::new);
     let (tx, rx) = watch::channel(latest);
     let wake = Arc::new(Notify::new());
@@ -367,7 +366,7 @@ pub fn spawn(
         tsas: config.tsa.clone(),
         request_timeout: Duration::from_millis(config.request_timeout_ms),
         retry: Duration::from_millis(config.retry_ms),
-        ledger: Arc::new(Mutex::new(Store::open(&database)?)),
+        ledger: Arc::new(Mutex::new(Store::open_at(database)?)),
         anchors: Arc::new(Mutex::new(anchors)),
         tx,
         wake,

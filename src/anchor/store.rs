@@ -1,11 +1,13 @@
 //! Anchored checkpoints and the size each witness last cosigned, in the ledger database
-//! (their own tables, their own connection: the sequencer's schema is not touched).
+//! (their own tables, their own connection: the sequencer's schema is not touched). On
+//! PostgreSQL the tables are part of the ledger's schema (ledger::store::migrations).
 
-use std::{collections::BTreeSet, path::Path, time::Duration};
+use std::{collections::BTreeSet, time::Duration};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::AnchoredCheckpoint;
+use crate::ledger::store::{LedgerLocation, PgStore, StoreError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS anchored_checkpoints (
@@ -29,25 +31,38 @@ pub enum AnchorStoreError {
     Sql(#[from] rusqlite::Error),
     #[error("anchor tables: corrupt row: {0}")]
     Corrupt(String),
+    #[error("anchor tables: {0}")]
+    Postgres(#[from] StoreError),
 }
 
 /// The anchor task's connection to the ledger database.
-pub struct AnchorStore {
-    conn: Connection,
+pub enum AnchorStore {
+    Sqlite(Connection),
+    Postgres(PgStore),
 }
+
+/// A stored anchored checkpoint's columns: size, root, note, cosigners, timestamps.
+type AnchoredRow = (i64, Vec<u8>, String, String, String);
 
 fn to_i64(v: u64) -> Result<i64, AnchorStoreError> {
     i64::try_from(v).map_err(|_| AnchorStoreError::Corrupt(format!("{v} exceeds 2^63")))
 }
 
 impl AnchorStore {
-    /// Opens the database the ledger already created and adds the anchor tables.
-    pub fn open(path: &Path) -> Result<Self, AnchorStoreError> {
+    /// Opens the database the ledger already created and adds the anchor tables (SQLite;
+    /// PostgreSQL's schema has them).
+    pub fn open(location: &LedgerLocation) -> Result<Self, AnchorStoreError> {
+        let path = match location {
+            LedgerLocation::Sqlite(path) => path,
+            LedgerLocation::Postgres(settings) => {
+                return Ok(AnchorStore::Postgres(PgStore::open(settings)?));
+            }
+        };
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(AnchorStore { conn })
+        Ok(AnchorStore::Sqlite(conn))
     }
 
     /// Stores an anchored checkpoint (replacing one of the same size: a later round added
@@ -58,54 +73,98 @@ impl AnchorStore {
         let timestamps: Vec<String> = anchored.timestamps.iter().map(hex::encode).collect();
         let timestamps = serde_json::to_string(&timestamps)
             .map_err(|e| AnchorStoreError::Corrupt(e.to_string()))?;
-        self.conn.execute(
-            "INSERT OR REPLACE INTO anchored_checkpoints
-                (size, root, note, cosigners, timestamps, anchored_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, strftime('%s', 'now'))",
-            params![
-                to_i64(anchored.size)?,
-                anchored.root.as_slice(),
-                anchored.note,
-                cosigners,
-                timestamps
-            ],
-        )?;
+        let size = to_i64(anchored.size)?;
+        match self {
+            AnchorStore::Sqlite(conn) => {
+                conn.execute(
+                    "INSERT OR REPLACE INTO anchored_checkpoints
+                        (size, root, note, cosigners, timestamps, anchored_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, strftime('%s', 'now'))",
+                    params![
+                        size,
+                        anchored.root.as_slice(),
+                        anchored.note,
+                        cosigners,
+                        timestamps
+                    ],
+                )?;
+            }
+            AnchorStore::Postgres(pg) => {
+                pg.with_client(|c| {
+                    c.execute(
+                        "INSERT INTO anchored_checkpoints
+                            (size, root, note, cosigners, timestamps, anchored_at)
+                         VALUES ($1, $2, $3, $4, $5, EXTRACT(EPOCH FROM now())::BIGINT)
+                         ON CONFLICT (size) DO UPDATE SET root = excluded.root,
+                            note = excluded.note, cosigners = excluded.cosigners,
+                            timestamps = excluded.timestamps, anchored_at = excluded.anchored_at",
+                        &[
+                            &size,
+                            &anchored.root.as_slice(),
+                            &anchored.note,
+                            &cosigners,
+                            &timestamps,
+                        ],
+                    )
+                })?;
+            }
+        }
         Ok(())
     }
 
     /// The newest anchored checkpoint.
     pub fn latest(&self) -> Result<Option<AnchoredCheckpoint>, AnchorStoreError> {
-        self.query("WHERE ?1 IS NULL ORDER BY size DESC LIMIT 1", None)
+        self.query(None)
     }
 
     /// The anchored checkpoint of exactly `size`.
     pub fn at(&self, size: u64) -> Result<Option<AnchoredCheckpoint>, AnchorStoreError> {
-        self.query("WHERE size = ?1", Some(to_i64(size)?))
+        self.query(Some(to_i64(size)?))
     }
 
-    fn query(
-        &self,
-        filter: &str,
-        size: Option<i64>,
-    ) -> Result<Option<AnchoredCheckpoint>, AnchorStoreError> {
-        let row = self
-            .conn
-            .query_row(
-                &format!(
-                    "SELECT size, root, note, cosigners, timestamps FROM anchored_checkpoints {filter}"
-                ),
-                params![size],
-                |row| {
+    /// The row of `size`, or the newest when `None`.
+    fn row(&self, size: Option<i64>) -> Result<Option<AnchoredRow>, AnchorStoreError> {
+        const COLUMNS: &str =
+            "SELECT size, root, note, cosigners, timestamps FROM anchored_checkpoints";
+        match self {
+            AnchorStore::Sqlite(conn) => Ok(conn
+                .query_row(
+                    &format!("{COLUMNS} WHERE ?1 IS NULL OR size = ?1 ORDER BY size DESC LIMIT 1"),
+                    params![size],
+                    |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                        ))
+                    },
+                )
+                .optional()?),
+            AnchorStore::Postgres(pg) => Ok(pg.with_client(|c| {
+                c.query_opt(
+                    &format!(
+                        "{COLUMNS} WHERE $1::BIGINT IS NULL OR size = $1 ORDER BY size DESC LIMIT 1"
+                    ),
+                    &[&size],
+                )?
+                .map(|r| {
                     Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, Vec<u8>>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, String>(4)?,
+                        r.try_get(0)?,
+                        r.try_get(1)?,
+                        r.try_get(2)?,
+                        r.try_get(3)?,
+                        r.try_get(4)?,
                     ))
-                },
-            )
-            .optional()?;
+                })
+                .transpose()
+            })?),
+        }
+    }
+
+    fn query(&self, size: Option<i64>) -> Result<Option<AnchoredCheckpoint>, AnchorStoreError> {
+        let row = self.row(size)?;
         let Some((size, root, note, cosigners, timestamps)) = row else {
             return Ok(None);
         };
@@ -129,23 +188,46 @@ impl AnchorStore {
 
     /// The size `witness` last cosigned (0: none yet).
     pub fn witness_size(&self, witness: &str) -> Result<u64, AnchorStoreError> {
-        let size: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT size FROM witness_sizes WHERE witness = ?1",
-                params![witness],
-                |row| row.get(0),
-            )
-            .optional()?;
+        let size: Option<i64> = match self {
+            AnchorStore::Sqlite(conn) => conn
+                .query_row(
+                    "SELECT size FROM witness_sizes WHERE witness = ?1",
+                    params![witness],
+                    |row| row.get(0),
+                )
+                .optional()?,
+            AnchorStore::Postgres(pg) => pg.with_client(|c| {
+                c.query_opt(
+                    "SELECT size FROM witness_sizes WHERE witness = $1",
+                    &[&witness],
+                )?
+                .map(|r| r.try_get(0))
+                .transpose()
+            })?,
+        };
         u64::try_from(size.unwrap_or(0)).map_err(|_| AnchorStoreError::Corrupt(witness.into()))
     }
 
     /// Records the size `witness` has now seen (it cosigned it, or said so in a 409).
     pub fn set_witness_size(&self, witness: &str, size: u64) -> Result<(), AnchorStoreError> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO witness_sizes (witness, size) VALUES (?1, ?2)",
-            params![witness, to_i64(size)?],
-        )?;
+        let size = to_i64(size)?;
+        match self {
+            AnchorStore::Sqlite(conn) => {
+                conn.execute(
+                    "INSERT OR REPLACE INTO witness_sizes (witness, size) VALUES (?1, ?2)",
+                    params![witness, size],
+                )?;
+            }
+            AnchorStore::Postgres(pg) => {
+                pg.with_client(|c| {
+                    c.execute(
+                        "INSERT INTO witness_sizes (witness, size) VALUES ($1, $2)
+                         ON CONFLICT (witness) DO UPDATE SET size = excluded.size",
+                        &[&witness, &size],
+                    )
+                })?;
+            }
+        }
         Ok(())
     }
 }

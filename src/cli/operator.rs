@@ -330,7 +330,7 @@ pub fn audit(export: &Path, trust: &Path) -> ExitCode {
 #[cfg(feature = "daemon")]
 pub fn log_vkey(config: &Path) -> Result<()> {
     let config = Config::load(config)?;
-    let store = crate::ledger::Store::open(&config.state.database())?;
+    let store = crate::ledger::Store::open_at(&config.ledger_location())?;
     let log = server::stored_log_identity(&store, crate::backend::offline())?
         .ok_or_else(|| anyhow::anyhow!("this daemon has no log yet"))?;
     outln!(
@@ -347,7 +347,7 @@ pub fn log_vkey(config: &Path) -> Result<()> {
 #[cfg(feature = "daemon")]
 pub fn export_log(config: &Path, out: &Path) -> Result<()> {
     let config = Config::load(config)?;
-    let store = crate::ledger::Store::open(&config.state.database())?;
+    let store = crate::ledger::Store::open_at(&config.ledger_location())?;
     let log = server::stored_log_identity(&store, crate::backend::offline())?
         .ok_or_else(|| anyhow::anyhow!("this daemon has no log yet"))?;
     let json = crate::ledger::export::export(&store, log.in_bundle())?;
@@ -362,7 +362,7 @@ pub fn export_log(config: &Path, out: &Path) -> Result<()> {
 pub fn check_log(config_path: &Path) -> Result<()> {
     use crate::ledger::integrity::{self, CheckMode, Checks};
     let config = Config::load(config_path)?;
-    let store = crate::ledger::Store::open(&config.state.database())?;
+    let store = crate::ledger::Store::open_at(&config.ledger_location())?;
     let log = server::stored_log_identity(&store, crate::backend::offline())?
         .ok_or_else(|| anyhow::anyhow!("the state database holds no log"))?;
     let spki = log.spki_der();
@@ -426,18 +426,30 @@ pub fn recover_log(config_path: &Path, declare_fresh_start: bool, origin: &str) 
              two logs would pass as one log's"
         );
     }
-    let database = config.state.database();
-    let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
-    for suffix in ["", "-wal", "-shm"] {
-        let from = std::path::PathBuf::from(format!("{}{suffix}", database.display()));
-        if from.exists() {
-            let to = format!("{}.replaced-{stamp}{suffix}", database.display());
-            std::fs::rename(&from, &to)
-                .with_context(|| format!("cannot move {} aside", from.display()))?;
-            println!("moved {} to {to}", from.display());
+    let store = if config.ledger.url.is_some() {
+        // On PostgreSQL the replaced log stays in its database: the new log needs a new one.
+        let store = crate::ledger::Store::open_at(&config.ledger_location())?;
+        if store.next_log_index()? != 0 {
+            bail!(
+                "ledger.url names a database that holds a log: a fresh start begins in a new, \
+                 empty database; create one, point ledger.url at it and run this again"
+            );
         }
-    }
-    let store = crate::ledger::Store::open(&database)?;
+        store
+    } else {
+        let database = config.state.database();
+        let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+        for suffix in ["", "-wal", "-shm"] {
+            let from = std::path::PathBuf::from(format!("{}{suffix}", database.display()));
+            if from.exists() {
+                let to = format!("{}.replaced-{stamp}{suffix}", database.display());
+                std::fs::rename(&from, &to)
+                    .with_context(|| format!("cannot move {} aside", from.display()))?;
+                println!("moved {} to {to}", from.display());
+            }
+        }
+        crate::ledger::Store::open(&database)?
+    };
     let declared = server::rollback::FreshStart {
         origin: origin.to_owned(),
         replaces: hex::encode(&record),

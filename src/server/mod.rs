@@ -630,7 +630,7 @@ fn open_ledger(
     backends: &Backends,
     device: &DeviceIdentity,
 ) -> Result<(Store, sequencer::LogIdentity, Option<LogHead>), StartError> {
-    let reader = Store::open(&config.state.database())?;
+    let reader = Store::open_at(&config.ledger_location())?;
     let hardware = rollback::read_head(backends.log.as_ref())?;
     let (log, fresh) = open_log(
         &reader,
@@ -670,23 +670,28 @@ fn open_state(
         device_key,
     )?);
     check_device_certificate(&certificates)?;
+    let location = config.ledger_location();
     let mut signing = config.ledger.signing_settings();
-    let (reader, log, head, fleet) = match &config.fleet {
+    let (writer, reader, log, head, fleet) = match &config.fleet {
         None => {
+            // The writer first: on PostgreSQL it holds the single-host lock, refusing a
+            // second daemon before anything is read or signed.
+            let writer = Store::open_writer(&location)?;
+            tracing::info!(engine = writer.engine(), "ledger opened");
             let (reader, log, head) = open_ledger(config, &backends, &device)?;
-            (reader, log, head, None)
+            (writer, reader, log, head, None)
         }
         Some(_) => {
+            // A fleet node takes no single-host lock: the lease orders its integrators.
             let parts = fleet::open(config, &backends, &device)?;
             signing.fleet = Some(parts.node);
-            (parts.reader, parts.log, None, Some((parts.integrator, parts.metrics)))
+            let writer = Store::open_at(&location)?;
+            let fleet = Some((parts.integrator, parts.metrics));
+            (writer, parts.reader, parts.log, None, fleet)
         }
     };
     let (sequencer, sequencer_thread) = sequencer::start(
-        (
-            Store::open(&config.state.database())?,
-            Store::open(&config.state.database())?,
-        ),
+        (Store::open_at(&location)?, writer),
         Arc::clone(&backend),
         log.clone(),
         Arc::clone(&certificates),
@@ -706,7 +711,7 @@ fn open_state(
             Some((_, metrics)) => Metrics::with_fleet(Arc::clone(metrics)),
             None => Metrics::default(),
         }),
-        anchor: crate::anchor::spawn(&config.anchor, config.state.database())?,
+        anchor: crate::anchor::spawn(&config.anchor, &location)?,
         _integrator: fleet.map(|(integrator, _)| integrator),
     });
     let (sign_rules, admin_rules) = state.policy().rule_counts();

@@ -33,9 +33,17 @@ impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(_) => Status::already_exists(e.to_string()),
+            // The PostgreSQL ledger is unreachable for now: the caller may retry.
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "state database unavailable");
+                Status::unavailable("the state database is unavailable; retry")
+            }
             StoreError::Sqlite(_)
             | StoreError::Corrupt(_)
             | StoreError::Schema { .. }
+            | StoreError::NewerSchema { .. }
+            | StoreError::Postgres(_)
+            | StoreError::Settings(_)
             | StoreError::File(_) => {
                 tracing::error!(error = %e, "state database error");
                 Status::internal("state database error")

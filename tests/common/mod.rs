@@ -15,7 +15,7 @@ use actseal::{
     lab::Lab,
     verify::{TrustAnchors, Verified, VerifyError, verify_bundle},
 };
-use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
@@ -55,6 +55,65 @@ pub fn new_lab() -> TestLab {
     )
     .expect("lab set-up");
     TestLab { lab, _dir: dir }
+}
+
+/// Which engine holds a test daemon's ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A PostgreSQL server of its own in a temporary directory; stopped and removed when dropped.
+pub struct TestPg {
+    pub pg: actseal::lab_postgres::Postgres,
+    _dir: TempDir,
+}
+
+impl std::ops::Deref for TestPg {
+    type Target = actseal::lab_postgres::Postgres;
+    fn deref(&self) -> &Self::Target {
+        &self.pg
+    }
+}
+
+impl std::ops::DerefMut for TestPg {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.pg
+    }
+}
+
+/// A fresh PostgreSQL server, or `None` (SKIPPED; a failure under `CI=true`) when it is not
+/// installed.
+pub fn postgres() -> Option<TestPg> {
+    if !can_run(
+        actseal::lab_postgres::server_bin().is_some(),
+        "PostgreSQL (initdb, pg_ctl) is not installed: scripts/install-deps.sh",
+    ) {
+        return None;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("actseal-pg-")
+        .tempdir()
+        .expect("temp dir");
+    let pg = actseal::lab_postgres::Postgres::start(&dir.path().join("pg")).expect("PostgreSQL");
+    Some(TestPg { pg, _dir: dir })
+}
+
+/// A new lab whose daemon's ledger is on `engine` (for PostgreSQL: a server of its own and a
+/// database `ledger` in it), the daemon not yet started; `None` when the engine is missing.
+pub fn new_lab_on(engine: Engine) -> Option<(TestLab, Option<TestPg>)> {
+    let lab = new_lab();
+    match engine {
+        Engine::Sqlite => Some((lab, None)),
+        Engine::Postgres => {
+            let pg = postgres()?;
+            let url = pg.create_database("ledger").expect("database");
+            lab.use_postgres(&url, pg.password_file())
+                .expect("ledger on PostgreSQL");
+            Some((lab, Some(pg)))
+        }
+    }
 }
 
 /// A new lab whose daemon uses a private swtpm (AK enrolled), its daemon not yet started.

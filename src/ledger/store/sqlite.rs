@@ -4,20 +4,21 @@
 use std::{collections::HashMap, ops::ControlFlow, path::Path, time::Duration};
 
 use rusqlite::{Connection, OptionalExtension, params};
-use spki::DecodePublicKey;
 
-use super::merkle::{Hash, MerkleError, NodeReader};
-use crate::{
-    backend::{BackendKind, KeyRef},
-    proof::lineage::{Attestation, KeyOrigin},
+use super::{
+    ActorHead, Batch, CheckedTable, CheckpointRow, EntryVisitor, KEY_COLUMN_COUNT, KEY_COLUMNS,
+    KeyChange, KeyRecord, KeyVersion, KeyVisitor, LedgerStore, RawKey, ScanVisitor, ScannedEntry,
+    ScannedReceipt, StoreError, StoredReceipt, attestation_json, optional_hash, parse_kind, to_i64,
+    to_u64,
 };
+use crate::ledger::merkle::Hash;
 
 /// The schema this code reads and writes (`PRAGMA user_version`). 2: each key version stores
 /// its own attestation and refers to the log entry of the rotation that made it; the lineage
 /// of bundles is assembled from those (schema 1 stored every predecessor in every version).
 pub const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS actor_keys (
     actor       TEXT    NOT NULL,
     version     INTEGER NOT NULL CHECK (version >= 1),
@@ -73,188 +74,6 @@ CREATE TABLE IF NOT EXISTS receipts (
 );
 ";
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("state database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// A unique constraint refused the write: the thing exists already.
-    #[error("{0}")]
-    Conflict(String),
-    /// A stored row does not decode: the database was damaged or edited.
-    #[error("state database is corrupt: {0}")]
-    Corrupt(String),
-    /// The database was made by another version of actseal. Nothing is deployed on schema 1,
-    /// so there is no migration: refusing is safer than guessing.
-    #[error(
-        "state database has schema version {found}, this actseal reads version {SCHEMA_VERSION} \
-         (key lineage by reference); there is no migration: start from a new state directory"
-    )]
-    Schema { found: i64 },
-    /// The database file could not be created or given owner-only access.
-    #[error("state database: {0}")]
-    File(#[from] crate::files::FileError),
-}
-
-/// Whether a key version may still sign.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyState {
-    Active,
-    Retired,
-}
-
-impl KeyState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyState::Active => "active",
-            KeyState::Retired => "retired",
-        }
-    }
-}
-
-/// One version of one actor's key.
-#[derive(Debug, Clone)]
-pub struct KeyRecord {
-    pub actor: String,
-    pub version: u32,
-    pub backend: BackendKind,
-    pub key_ref: KeyRef,
-    pub key_id: String,
-    pub public_key: p256::PublicKey,
-    pub origin: KeyOrigin,
-    pub state: KeyState,
-    pub created_at: String,
-    /// This version's own attestation; bundles assemble the lineage from every version's.
-    pub attestation: Attestation,
-    /// When the key stopped signing (rotation or retirement).
-    pub retired_at: Option<String>,
-}
-
-/// An actor's newest receipt: where its hash chain continues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ActorHead {
-    pub sequence: u64,
-    pub payload_sha256: [u8; 32],
-}
-
-/// A receipt ready to append.
-#[derive(Debug, Clone)]
-pub struct ReceiptRow {
-    pub log_index: u64,
-    pub actor: String,
-    pub sequence: u64,
-    pub key_id: String,
-    pub payload_sha256: [u8; 32],
-    pub signed_at: String,
-    /// The checkpoint (tree size) the stored inclusion proof is against: the receipt's batch.
-    pub proof_size: u64,
-    pub proof: Vec<Hash>,
-}
-
-/// A stored receipt's own facts; the bundle is assembled from these, the log entry, the key's
-/// lineage and the checkpoint, so that per-key and per-batch data is stored once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredReceipt {
-    pub sequence: u64,
-    pub key_id: String,
-    pub signed_at: String,
-    pub proof_size: u64,
-    pub proof: Vec<Hash>,
-}
-
-/// Kinds of log entries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryKind {
-    Receipt,
-    Rotation,
-    Retirement,
-    /// A key version entering the log, signed by the log key.
-    Registration,
-    /// The first entry of a log that replaced another (a declared fresh start), signed by
-    /// the log key. Only ever at index 0 of a database created since; the CHECK constraint of
-    /// older databases, which never hold one, need not change.
-    LogStart,
-}
-
-impl EntryKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EntryKind::Receipt => "receipt",
-            EntryKind::Rotation => "rotation",
-            EntryKind::Retirement => "retirement",
-            EntryKind::Registration => "registration",
-            EntryKind::LogStart => "log-start",
-        }
-    }
-}
-
-/// One leaf of the log.
-#[derive(Debug, Clone)]
-pub struct EntryRow {
-    pub log_index: u64,
-    pub kind: EntryKind,
-    pub actor: String,
-    pub entry: Vec<u8>,
-}
-
-/// A signed checkpoint as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckpointRow {
-    pub size: u64,
-    pub root: Hash,
-    pub note: String,
-}
-
-/// A stored key version with the log entry of the rotation that made it (`None` for v1).
-pub type KeyVersion = (KeyRecord, Option<Vec<u8>>);
-
-/// A change to the key table.
-#[derive(Debug, Clone)]
-pub enum KeyChange {
-    Insert(Box<KeyRecord>),
-    /// A version made by a rotation, whose statement is the log entry at `rotation_index`.
-    Rotated {
-        key: Box<KeyRecord>,
-        rotation_index: u64,
-    },
-    Retire {
-        actor: String,
-        version: u32,
-        retired_at: String,
-    },
-}
-
-/// Everything one sequencer batch writes, committed in one transaction.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub keys: Vec<KeyChange>,
-    pub entries: Vec<EntryRow>,
-    pub nodes: Vec<(u8, u64, Hash)>,
-    pub receipts: Vec<ReceiptRow>,
-    /// (request id, request fingerprint, log index)
-    pub requests: Vec<(String, [u8; 32], u64)>,
-    pub checkpoint: Option<CheckpointRow>,
-}
-
-impl Batch {
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.entries.is_empty()
-    }
-}
-
-/// A connection to the state database.
-pub struct Store {
-    conn: Connection,
-}
-
-fn to_i64(value: u64, what: &str) -> Result<i64, StoreError> {
-    i64::try_from(value)
-        .map_err(|_| StoreError::Conflict(format!("{what} {value} is out of range")))
-}
-
-fn to_u64(value: i64, what: &str) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {what} {value}")))
-}
-
 fn is_unique_violation(err: &rusqlite::Error) -> bool {
     matches!(
         err,
@@ -264,7 +83,12 @@ fn is_unique_violation(err: &rusqlite::Error) -> bool {
     )
 }
 
-impl Store {
+/// The SQLite ledger: one file, one writer at a time.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl SqliteStore {
     /// Opens (creating if needed) the database at `path`. The database is created owner-only
     /// before SQLite opens it, and SQLite gives its -wal and -shm files the same mode; files
     /// left readable by others (an older daemon, a copy) are narrowed first. A database of
@@ -288,22 +112,26 @@ impl Store {
             |row| row.get(0),
         )?;
         match (found, tables) {
-            (SCHEMA_VERSION, _) => {}
-            (0, 0) => {
-                let tx = conn.unchecked_transaction()?;
-                tx.execute_batch(SCHEMA)?;
-                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-                tx.commit()?;
-            }
             // Schema 1 had no version number.
-            (0, _) => return Err(StoreError::Schema { found: 1 }),
-            (found, _) => return Err(StoreError::Schema { found }),
+            (0, n) if n > 0 => return Err(StoreError::Schema { found: 1 }),
+            (found, _) => {
+                let todo = super::migrations::pending(super::migrations::SQLITE, found)
+                    .ok_or(StoreError::Schema { found })?;
+                if !todo.is_empty() {
+                    let tx = conn.unchecked_transaction()?;
+                    for migration in todo {
+                        tx.execute_batch(migration.sql)?;
+                    }
+                    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+                    tx.commit()?;
+                }
+            }
         }
         // An index, not a schema change: the start-up check finds a receipt's request ids.
         conn.execute_batch(
             "CREATE INDEX IF NOT EXISTS requests_by_log_index ON requests (log_index)",
         )?;
-        Ok(Store { conn })
+        Ok(SqliteStore { conn })
     }
 
     /// Registers a key version. A second key for the same (actor, version) or the same key
@@ -313,8 +141,7 @@ impl Store {
         key: &KeyRecord,
         rotation_index: Option<u64>,
     ) -> Result<(), StoreError> {
-        let attestation = serde_json::to_string(&key.attestation)
-            .map_err(|e| StoreError::Corrupt(format!("attestation does not serialise: {e}")))?;
+        let attestation = attestation_json(key)?;
         let rotation_index = rotation_index.map(|i| to_i64(i, "log index")).transpose()?;
         let result = conn.execute(
             "INSERT INTO actor_keys (actor, version, backend, key_ref, key_id, public_key, origin, state, created_at, attestation, retired_at, rotation_index)
@@ -362,8 +189,38 @@ impl Store {
         Ok(())
     }
 
+    fn checkpoint_query(
+        &self,
+        sql: &str,
+        size: Option<u64>,
+    ) -> Result<Option<CheckpointRow>, StoreError> {
+        let size = size.map(|s| to_i64(s, "tree size")).transpose()?;
+        let row = self
+            .conn
+            .prepare_cached(sql)?
+            .query_row(params![size], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, Vec<u8>>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })
+            .optional()?;
+        row.map(|(size, root, note)| {
+            Ok(CheckpointRow {
+                size: to_u64(size, "tree size")?,
+                root: <Hash>::try_from(root.as_slice())
+                    .map_err(|_| StoreError::Corrupt(format!("checkpoint root at {size}")))?,
+                note,
+            })
+        })
+        .transpose()
+    }
+}
+
+impl LedgerStore for SqliteStore {
     /// Key versions, oldest first; of one actor, or of all when `actor` is `None`.
-    pub fn keys(&self, actor: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+    fn keys(&self, actor: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
         let mut keys = Vec::new();
         self.visit_keys(
             &format!(
@@ -380,11 +237,7 @@ impl Store {
 
     /// Key versions in (actor, version) order, starting after `after` (exclusive), handed to
     /// `visit` one at a time until it breaks: a page reads only the rows it walks over.
-    pub fn scan_keys(
-        &self,
-        after: (&str, u32),
-        mut visit: impl FnMut(KeyRecord) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
+    fn scan_keys(&self, after: (&str, u32), visit: &mut KeyVisitor<'_>) -> Result<(), StoreError> {
         self.visit_keys(
             &format!(
                 "SELECT {KEY_COLUMNS} FROM actor_keys k WHERE (k.actor, k.version) > (?1, ?2) ORDER BY k.actor, k.version"
@@ -396,7 +249,7 @@ impl Store {
 
     /// Versions 1 to `version` of `actor`, oldest first, each with the log entry of the
     /// rotation that made it (`None` for version 1): what a lineage is assembled from.
-    pub fn key_history(&self, actor: &str, version: u32) -> Result<Vec<KeyVersion>, StoreError> {
+    fn key_history(&self, actor: &str, version: u32) -> Result<Vec<KeyVersion>, StoreError> {
         let mut history = Vec::new();
         self.visit_keys(
             &format!(
@@ -415,7 +268,7 @@ impl Store {
 
     /// Every actor's newest receipt: one index probe per actor with a key (receipts need a
     /// registered key), so it costs the same on a log of a thousand or ten million entries.
-    pub fn actor_heads(&self) -> Result<HashMap<String, ActorHead>, StoreError> {
+    fn actor_heads(&self) -> Result<HashMap<String, ActorHead>, StoreError> {
         let mut actors = self
             .conn
             .prepare_cached("SELECT DISTINCT actor FROM actor_keys")?;
@@ -448,7 +301,7 @@ impl Store {
     }
 
     /// The index the next appended receipt gets.
-    pub fn next_log_index(&self) -> Result<u64, StoreError> {
+    fn next_log_index(&self) -> Result<u64, StoreError> {
         let max: Option<i64> =
             self.conn
                 .query_row("SELECT MAX(log_index) FROM log_entries", [], |row| {
@@ -461,15 +314,15 @@ impl Store {
     }
 
     /// Writes a batch in one transaction; when this returns Ok it is on disk.
-    pub fn commit(&mut self, batch: &Batch) -> Result<(), StoreError> {
+    fn commit(&mut self, batch: &Batch) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         for change in &batch.keys {
             match change {
-                KeyChange::Insert(key) => Self::insert_key(&tx, key, None)?,
+                KeyChange::Insert(key) => SqliteStore::insert_key(&tx, key, None)?,
                 KeyChange::Rotated {
                     key,
                     rotation_index,
-                } => Self::insert_key(&tx, key, Some(*rotation_index))?,
+                } => SqliteStore::insert_key(&tx, key, Some(*rotation_index))?,
                 KeyChange::Retire {
                     actor,
                     version,
@@ -548,7 +401,7 @@ impl Store {
     }
 
     /// A stored node of the Merkle tree.
-    pub fn node(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError> {
+    fn node(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError> {
         let hash: Option<Vec<u8>> = self
             .conn
             .prepare_cached("SELECT hash FROM tree_nodes WHERE level = ?1 AND idx = ?2")?
@@ -563,36 +416,8 @@ impl Store {
         .transpose()
     }
 
-    fn checkpoint_query(
-        &self,
-        sql: &str,
-        size: Option<u64>,
-    ) -> Result<Option<CheckpointRow>, StoreError> {
-        let size = size.map(|s| to_i64(s, "tree size")).transpose()?;
-        let row = self
-            .conn
-            .prepare_cached(sql)?
-            .query_row(params![size], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, Vec<u8>>(1)?,
-                    row.get::<_, String>(2)?,
-                ))
-            })
-            .optional()?;
-        row.map(|(size, root, note)| {
-            Ok(CheckpointRow {
-                size: to_u64(size, "tree size")?,
-                root: <Hash>::try_from(root.as_slice())
-                    .map_err(|_| StoreError::Corrupt(format!("checkpoint root at {size}")))?,
-                note,
-            })
-        })
-        .transpose()
-    }
-
     /// The newest signed checkpoint.
-    pub fn latest_checkpoint(&self) -> Result<Option<CheckpointRow>, StoreError> {
+    fn latest_checkpoint(&self) -> Result<Option<CheckpointRow>, StoreError> {
         self.checkpoint_query(
             "SELECT size, root, note FROM checkpoints WHERE ?1 IS NULL ORDER BY size DESC LIMIT 1",
             None,
@@ -600,7 +425,7 @@ impl Store {
     }
 
     /// The signed checkpoint of exactly `size`.
-    pub fn checkpoint(&self, size: u64) -> Result<Option<CheckpointRow>, StoreError> {
+    fn checkpoint(&self, size: u64) -> Result<Option<CheckpointRow>, StoreError> {
         self.checkpoint_query(
             "SELECT size, root, note FROM checkpoints WHERE size = ?1",
             Some(size),
@@ -608,7 +433,7 @@ impl Store {
     }
 
     /// A request id's fingerprint and the log index it produced.
-    pub fn request(&self, request_id: &str) -> Result<Option<([u8; 32], u64)>, StoreError> {
+    fn request(&self, request_id: &str) -> Result<Option<([u8; 32], u64)>, StoreError> {
         let row: Option<(Vec<u8>, i64)> = self
             .conn
             .prepare_cached("SELECT request_sha256, log_index FROM requests WHERE request_id = ?1")?
@@ -625,10 +450,7 @@ impl Store {
     }
 
     /// Calls `visit` with every log entry in index order (for start-up checks and export).
-    pub fn for_each_entry(
-        &self,
-        mut visit: impl FnMut(u64, EntryKind, &str, &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    fn for_each_entry(&self, visit: &mut EntryVisitor<'_>) -> Result<(), StoreError> {
         let mut stmt = self
             .conn
             .prepare("SELECT log_index, kind, actor, entry FROM log_entries ORDER BY log_index")?;
@@ -645,7 +467,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {
+    fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
             .query_row(
@@ -656,7 +478,7 @@ impl Store {
             .optional()?)
     }
 
-    pub fn set_meta(&self, name: &str, value: &str) -> Result<(), StoreError> {
+    fn set_meta(&self, name: &str, value: &str) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO meta (name, value) VALUES (?1, ?2)
              ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -666,7 +488,7 @@ impl Store {
     }
 
     /// Number of stored tree nodes.
-    pub fn node_count(&self) -> Result<u64, StoreError> {
+    fn node_count(&self) -> Result<u64, StoreError> {
         let n: i64 = self
             .conn
             .query_row("SELECT COUNT(*) FROM tree_nodes", [], |row| row.get(0))?;
@@ -674,7 +496,7 @@ impl Store {
     }
 
     /// Whether a key id belongs to any registered key version.
-    pub fn key_id_registered(&self, key_id: &str) -> Result<bool, StoreError> {
+    fn key_id_registered(&self, key_id: &str) -> Result<bool, StoreError> {
         Ok(self
             .conn
             .prepare_cached("SELECT 1 FROM actor_keys WHERE key_id = ?1")?
@@ -682,7 +504,7 @@ impl Store {
     }
 
     /// A stored receipt, by log index.
-    pub fn receipt(&self, log_index: u64) -> Result<Option<StoredReceipt>, StoreError> {
+    fn receipt(&self, log_index: u64) -> Result<Option<StoredReceipt>, StoreError> {
         let row: Option<(i64, String, i64, Vec<u8>, String)> = self
             .conn
             .prepare_cached(
@@ -709,7 +531,7 @@ impl Store {
     }
 
     /// The actor a log entry is about, by index.
-    pub fn entry_actor(&self, log_index: u64) -> Result<Option<String>, StoreError> {
+    fn entry_actor(&self, log_index: u64) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
             .prepare_cached("SELECT actor FROM log_entries WHERE log_index = ?1")?
@@ -718,7 +540,7 @@ impl Store {
     }
 
     /// A log entry's bytes, by index.
-    pub fn entry(&self, log_index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    fn entry(&self, log_index: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .conn
             .prepare_cached("SELECT entry FROM log_entries WHERE log_index = ?1")?
@@ -727,7 +549,7 @@ impl Store {
     }
 
     /// The key version with this key id.
-    pub fn key_by_id(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
+    fn key_by_id(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
         let mut found = None;
         self.visit_keys(
             &format!("SELECT {KEY_COLUMNS} FROM actor_keys k WHERE k.key_id = ?1"),
@@ -741,7 +563,7 @@ impl Store {
     }
 
     /// Request ids recorded for the first `size` entries.
-    pub fn request_count_below(&self, size: u64) -> Result<u64, StoreError> {
+    fn request_count_below(&self, size: u64) -> Result<u64, StoreError> {
         let n: i64 = self.conn.query_row(
             "SELECT COUNT(*) FROM requests WHERE log_index < ?1",
             params![to_i64(size, "tree size")?],
@@ -752,7 +574,7 @@ impl Store {
 
     /// Rows of `table` (receipts, requests, checkpoints) about entries at or after `from`:
     /// what the start-up check must have met walking the entries from there.
-    pub fn rows_from(&self, table: CheckedTable, from: u64) -> Result<u64, StoreError> {
+    fn rows_from(&self, table: CheckedTable, from: u64) -> Result<u64, StoreError> {
         let sql = match table {
             CheckedTable::Receipts => "SELECT COUNT(*) FROM receipts WHERE log_index >= ?1",
             CheckedTable::Requests => "SELECT COUNT(*) FROM requests WHERE log_index >= ?1",
@@ -766,7 +588,7 @@ impl Store {
     }
 
     /// The highest stored node index at `level`, if any.
-    pub fn max_node_index(&self, level: u8) -> Result<Option<u64>, StoreError> {
+    fn max_node_index(&self, level: u8) -> Result<Option<u64>, StoreError> {
         let max: Option<i64> = self.conn.query_row(
             "SELECT MAX(idx) FROM tree_nodes WHERE level = ?1",
             params![level],
@@ -779,11 +601,7 @@ impl Store {
     /// refer to it: its receipt row (and the root of the checkpoint its proof is against), the
     /// checkpoint whose size it completes, and its request ids. One pass over the log for the
     /// start-up check.
-    pub fn scan_from(
-        &self,
-        from: u64,
-        mut visit: impl FnMut(ScannedEntry<'_>) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    fn scan_from(&self, from: u64, visit: &mut ScanVisitor<'_>) -> Result<(), StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT e.log_index, e.kind, e.entry,
                     r.actor, r.sequence, r.key_id, r.payload_sha256, r.signed_at, r.proof_size, r.proof, pc.root,
@@ -852,116 +670,39 @@ impl Store {
     }
 
     /// Number of receipts in the log.
-    pub fn receipt_count(&self) -> Result<u64, StoreError> {
+    fn receipt_count(&self) -> Result<u64, StoreError> {
         let n: i64 = self
             .conn
             .query_row("SELECT COUNT(*) FROM receipts", [], |row| row.get(0))?;
         to_u64(n, "count")
     }
-}
 
-fn parse_kind(text: &str) -> Option<EntryKind> {
-    Some(match text {
-        "receipt" => EntryKind::Receipt,
-        "rotation" => EntryKind::Rotation,
-        "retirement" => EntryKind::Retirement,
-        "registration" => EntryKind::Registration,
-        "log-start" => EntryKind::LogStart,
-        _ => return None,
-    })
+    fn engine(&self) -> &'static str {
+        "sqlite"
+    }
 }
-
-fn optional_hash(bytes: Option<Vec<u8>>) -> Result<Option<Hash>, ()> {
-    bytes
-        .map(|b| <Hash>::try_from(b.as_slice()).map_err(|_| ()))
-        .transpose()
-}
-
-/// Tables the start-up check counts rows of.
-#[derive(Debug, Clone, Copy)]
-pub enum CheckedTable {
-    Receipts,
-    Requests,
-    Checkpoints,
-}
-
-/// A receipt row as the start-up check reads it.
-#[derive(Debug, Clone)]
-pub struct ScannedReceipt {
-    pub actor: String,
-    pub sequence: u64,
-    pub key_id: String,
-    pub payload_sha256: [u8; 32],
-    pub signed_at: String,
-    pub proof_size: u64,
-    pub proof: Vec<Hash>,
-    /// The stored root of the checkpoint at `proof_size`, if there is one.
-    pub proof_root: Option<Hash>,
-}
-
-/// A log entry with the rows that refer to it (see [`Store::scan_from`]).
-pub struct ScannedEntry<'a> {
-    pub index: u64,
-    pub kind: EntryKind,
-    pub entry: &'a [u8],
-    pub receipt: Option<ScannedReceipt>,
-    /// The checkpoint of size `index + 1`: its stored root and note.
-    pub checkpoint: Option<(Hash, String)>,
-    /// How many request ids name this entry, and the fingerprint of one of them.
-    pub requests: u64,
-    pub request: Option<[u8; 32]>,
-}
-
-/// The columns [`key_from_row`] decodes, in its order.
-const KEY_COLUMNS: &str = "k.actor, k.version, k.backend, k.key_ref, k.key_id, k.public_key, k.origin, k.state, k.created_at, k.attestation, k.retired_at";
-const KEY_COLUMN_COUNT: usize = 11;
 
 fn key_from_row(row: &rusqlite::Row<'_>) -> Result<KeyRecord, StoreError> {
-    let key_id: String = row.get(4)?;
-    let corrupt = |what: &str| StoreError::Corrupt(format!("key {key_id}: bad {what}"));
-    let spki: Vec<u8> = row.get(5)?;
-    let attestation: String = row.get(9)?;
-    Ok(KeyRecord {
+    RawKey {
         actor: row.get(0)?,
         version: row.get(1)?,
-        backend: BackendKind::parse(&row.get::<_, String>(2)?).ok_or_else(|| corrupt("backend"))?,
-        key_ref: KeyRef(row.get(3)?),
-        public_key: p256::PublicKey::from_public_key_der(&spki)
-            .map_err(|_| corrupt("public key"))?,
-        origin: match row.get::<_, String>(6)?.as_str() {
-            "generated" => KeyOrigin::Generated,
-            "adopted" => KeyOrigin::Adopted,
-            _ => return Err(corrupt("origin")),
-        },
-        state: match row.get::<_, String>(7)?.as_str() {
-            "active" => KeyState::Active,
-            "retired" => KeyState::Retired,
-            _ => return Err(corrupt("state")),
-        },
+        backend: row.get(2)?,
+        key_ref: row.get(3)?,
+        key_id: row.get(4)?,
+        spki: row.get(5)?,
+        origin: row.get(6)?,
+        state: row.get(7)?,
         created_at: row.get(8)?,
-        attestation: serde_json::from_str(&attestation).map_err(|_| corrupt("attestation"))?,
+        attestation: row.get(9)?,
         retired_at: row.get(10)?,
-        key_id,
-    })
-}
-
-impl NodeReader for Store {
-    fn node(&self, level: u8, index: u64) -> Result<Hash, MerkleError> {
-        match Store::node(self, level, index) {
-            Ok(Some(hash)) => Ok(hash),
-            Ok(None) => Err(MerkleError::OutOfRange { level, index }),
-            Err(e) => Err(MerkleError::Reader {
-                level,
-                index,
-                source: Box::new(e),
-            }),
-        }
     }
+    .decode()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::store::Store;
 
     #[test]
     fn a_database_of_another_schema_is_refused_and_left_alone() {
