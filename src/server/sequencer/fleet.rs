@@ -33,7 +33,7 @@ pub(super) enum Follow {
 }
 
 /// What a node needs to queue and to answer.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct FleetNode {
     pub settings: FleetSettings,
     pub pg: PgSettings,
@@ -245,21 +245,27 @@ impl Waiter {
                 Follow::Integrated(..) => None,
             }))
             .collect();
-        let (client, _) = self.conn()?;
-        let published = fleet::lease::state(client)?.map_or(0, |s| s.published_size);
-        let placed = queue::integrated(client, &ids)?;
-        let covered = |index: &u64| *index < published;
-        let mut refused = Vec::new();
         let old: Vec<i64> = self
             .batches
             .iter()
             .filter(|(_, _, at)| at.elapsed() > Duration::from_secs(1))
             .flat_map(|(_, ids, _)| ids.iter().map(|(_, id)| *id))
-            .filter(|id| !placed.contains_key(id))
             .collect();
+        let (client, _) = self.conn()?;
+        let published = fleet::lease::state(client)?.map_or(0, |s| s.published_size);
+        let placed = queue::integrated(client, &ids)?;
+        let covered = |index: &u64| *index < published;
+        let old: Vec<i64> = old.into_iter().filter(|id| !placed.contains_key(id)).collect();
+        let mut refused = Vec::new();
         if !old.is_empty() {
+            // Gone from the queue and (asked after that) not integrated: refused.
             let waiting = queue::still_queued(client, &old)?;
-            refused = old.into_iter().filter(|id| !waiting.contains(id)).collect();
+            let gone: Vec<i64> = old.into_iter().filter(|id| !waiting.contains(id)).collect();
+            let integrated_since = queue::integrated(client, &gone)?;
+            refused = gone
+                .into_iter()
+                .filter(|id| !integrated_since.contains_key(id))
+                .collect();
         }
         let batches = std::mem::take(&mut self.batches);
         for (batch, ids, at) in batches {
