@@ -417,6 +417,8 @@ else
      (.predicate.firstSequence | type == "number" and . >= 1 and . == floor)],
     ["predicate.key.version",
      (.predicate.key.version | type == "number" and . >= 1 and . == floor)],
+    ["predicate.firstLogIndex: a number, or null in a fleet batch",
+     (.predicate | has("firstLogIndex") and (.firstLogIndex | type == "number" or . == null))],
     ["subject name", .subject[0].name == "receipt-batch:\(.predicate.actor)#\(.predicate.key.version)/\(.predicate.firstSequence)"]' \
     '.predicate.size, .subject[0].digest.sha256' \
     --arg st "$STATEMENT_TYPE" --arg type "$BATCH_TYPE" --arg key "$KEYID"
@@ -447,7 +449,8 @@ expect receipt.json "the receipt" '
   ["predicate.sequence", (.predicate.sequence | type == "number" and . >= 1 and . == floor)],
   ["previousReceipt null exactly at sequence 1",
    (.predicate.sequence == 1) == (.predicate.previousReceipt == null)],
-  ["predicate.logIndex", (.predicate.logIndex | type == "number")],
+  ["predicate.logIndex: a number, or null in a fleet receipt",
+   (.predicate | has("logIndex") and (.logIndex | type == "number" or . == null))],
   ["predicate.mode: single with its own signature, batch with a batch member",
    .predicate.mode == $mode]' \
   '.predicate | .key.version, .key.backend, .signedAt, .logIndex' \
@@ -461,7 +464,9 @@ if [ "$MODE" = batch ]; then
     ["actor", $p.actor == $s.actor], ["key version", $p.key.version == $s.key.version],
     ["key backend", $p.key.backend == $s.key.backend], ["signedAt", $p.signedAt == $s.signedAt],
     ["sequence = firstSequence + leafIndex", $p.sequence == $s.firstSequence + $leaf],
-    ["logIndex = firstLogIndex + leafIndex", $p.logIndex == $s.firstLogIndex + $leaf]' empty \
+    ["logIndex = firstLogIndex + leafIndex, or both null (a fleet batch)",
+     if $s.firstLogIndex == null then $p.logIndex == null
+     else $p.logIndex != null and $p.logIndex == $s.firstLogIndex + $leaf end]' empty \
     --slurpfile b batch.json --argjson leaf "$LEAF"
   same receipt.payloadType "$(jq -r .receipt.payloadType "$B")" "$PAYLOAD_TYPE"
 fi
@@ -593,7 +598,8 @@ done < note.sigs
 # checkpoint's root, by RFC 9162 §2.1.3.2 with node hashes SHA-256(01 || left || right).
 step log.inclusion
 number log.index "$INDEX"
-same log.index "$INDEX" "$LOG_INDEX"
+# A fleet receipt (logIndex null, §3) is at the index its proof proves; others must say so.
+[ "$LOG_INDEX" = null ] || same log.index "$INDEX" "$LOG_INDEX"
 { u32be ${#PAYLOAD_TYPE}; printf '%s' "$PAYLOAD_TYPE"; u32be "$(wc -c < receipt.json)"
   cat receipt.json; u32be "$(wc -c < receipt.sig.der)"; cat receipt.sig.der; } > entry
 [ "$INDEX" -lt "$SIZE" ] || fail "leaf $INDEX is not in a tree of $SIZE"

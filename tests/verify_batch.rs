@@ -170,6 +170,59 @@ fn committed_batch_vector() {
     }
 }
 
+/// The committed fleet batch vector (FORMAT.md §12.5): leaf 1 of the default batch as a fleet
+/// node signs it (`firstLogIndex` and `logIndex` null), at entry 3 of a log whose entries 1, 3
+/// and 4 are the batch's.
+#[test]
+fn committed_fleet_batch_vector() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let g = generate_batch(&fleet_batch());
+    let name = "fleet-batch-v1-leaf1.json";
+    let bytes = batch_to_pretty(&g.bundles[1]).into_bytes();
+    if std::env::var_os("ACTSEAL_REGEN_VECTORS").is_some_and(|v| v == "1") {
+        std::fs::write(dir.join(name), &bytes).unwrap();
+    }
+    let on_disk = std::fs::read(dir.join(name))
+        .unwrap_or_else(|e| panic!("{name}: {e} (regenerate with ACTSEAL_REGEN_VECTORS=1)"));
+    assert!(
+        on_disk == bytes,
+        "tests/vectors/{name} differs from the generator's output"
+    );
+    // The same leaf documents as the indexed batch vector.
+    let document = std::fs::read(dir.join("batch-v1-document1.json")).unwrap();
+    assert_eq!(document, g.documents[1]);
+    let v = verify_bundle(&on_disk, &anchors(&g.anchor_pem), Some(&document)).unwrap();
+    assert_eq!(
+        (v.sequence, v.log_index, v.log_index_signed, v.batch),
+        (2, 3, false, Some((1, 3)))
+    );
+    let statement: Value = serde_json::from_slice(&g.statement_payload).unwrap();
+    assert_eq!(statement["predicate"]["firstLogIndex"], Value::Null);
+    println!(
+        "fleet statement payload sha256 {} ({} bytes), root {}, leaf 1 payload sha256 {}, leaf hash {}",
+        sha256_hex(&g.statement_payload),
+        g.statement_payload.len(),
+        hex::encode(g.root),
+        sha256_hex(&g.payloads[1]),
+        hex::encode(leaf_hash(&g.batch_entries[1]))
+    );
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/FORMAT.md"),
+    )
+    .unwrap();
+    for value in [
+        sha256_hex(&g.statement_payload),
+        hex::encode(g.root),
+        sha256_hex(&g.payloads[1]),
+        hex::encode(leaf_hash(&g.batch_entries[1])),
+    ] {
+        assert!(
+            doc.contains(&value),
+            "FORMAT.md §12.5 does not list {value}"
+        );
+    }
+}
+
 /// A valid leaf-1 bundle of the default batch and its anchor.
 fn base() -> (GeneratedBatch, Value, String) {
     let g = generate_batch(&BatchOptions::default());

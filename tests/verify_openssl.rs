@@ -122,6 +122,41 @@ fn committed_vector_verifies_with_openssl_alone() {
     );
 }
 
+/// The committed fleet vectors (FORMAT.md §9, §12.5): a single receipt and a batch leaf whose
+/// `logIndex` is null verify with openssl alone, at the index their proof proves; moved to
+/// another index, or with an index written in without the actor key, they are refused.
+#[test]
+fn committed_fleet_vectors_verify_with_openssl_alone() {
+    require_openssl();
+    let anchor = vectors().join("anchor.pem");
+    for (file, document) in [
+        ("fleet-v1.json", "document.json"),
+        ("fleet-batch-v1-leaf1.json", "batch-v1-document1.json"),
+    ] {
+        let text = std::fs::read_to_string(vectors().join(file)).unwrap();
+        let document = std::fs::read(vectors().join(document)).unwrap();
+        verified_by_both(&text, &anchor, &document, file);
+        let bundle: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(bundle["log"]["index"], json!(3), "{file}");
+        for index in [2, 4, 6] {
+            let mut moved = bundle.clone();
+            moved["log"]["index"] = json!(index);
+            refused_by_both(&moved, &anchor, &document, "log.inclusion", file);
+        }
+        let mut payload: Value =
+            serde_json::from_slice(&unb64(bundle["receipt"]["payload"].as_str().unwrap())).unwrap();
+        payload["predicate"]["logIndex"] = json!(3);
+        let mut indexed = bundle.clone();
+        indexed["receipt"]["payload"] = json!(b64(&serde_json::to_vec(&payload).unwrap()));
+        let want = if bundle.get("batch").is_some() {
+            "receipt.batch"
+        } else {
+            "receipt.signature"
+        };
+        refused_by_both(&indexed, &anchor, &document, want, file);
+    }
+}
+
 /// Every link of the committed vector, broken one at a time: each is refused by the check that
 /// stands for it, by the script and by the crate alike.
 #[test]

@@ -2497,10 +2497,12 @@ fn rotation_statement_problems() {
 fn committed_vectors() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
     let g = default_bundle();
+    let fleet = fleet_bundle();
     let files = [
         ("bundle-v1.json", g.bundle_json.as_bytes()),
         ("anchor.pem", g.anchor_pem.as_bytes()),
         ("document.json", g.document.as_slice()),
+        ("fleet-v1.json", fleet.bundle_json.as_bytes()),
     ];
     if std::env::var_os("ACTSEAL_REGEN_VECTORS").is_some_and(|v| v == "1") {
         std::fs::create_dir_all(&dir).unwrap();
@@ -2526,6 +2528,39 @@ fn committed_vectors() {
     ));
     assert_eq!(v.key_id, g.actor_key.key_id());
     assert!(v.document_checked);
+    // The fleet vector (FORMAT.md §9): the same receipt as a fleet node signs it, logIndex
+    // null, proved at entry 3 of 6; the values FORMAT.md lists.
+    let v = assert_ok(verify_bundle(
+        &read("fleet-v1.json"),
+        &anchor,
+        Some(&read("document.json")),
+    ));
+    assert_eq!(
+        (v.log_index, v.log_index_signed, v.tree_size),
+        (3, false, 6)
+    );
+    assert_eq!(
+        decode_payload(&fleet.receipt_payload)["predicate"]["logIndex"],
+        Value::Null
+    );
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/FORMAT.md"),
+    )
+    .unwrap();
+    let leaf = hex::encode(leaf_hash(&fleet.log_entries[3]));
+    let root = str_at(&fleet.bundle, "/log/checkpoint")
+        .lines()
+        .nth(2)
+        .unwrap()
+        .to_string();
+    println!(
+        "fleet payload sha256 {} ({} bytes), leaf hash {leaf}, root {root}",
+        sha256_hex(&fleet.receipt_payload),
+        fleet.receipt_payload.len()
+    );
+    for value in [sha256_hex(&fleet.receipt_payload), leaf, root] {
+        assert!(doc.contains(&value), "FORMAT.md §9 does not list {value}");
+    }
 }
 
 #[test]

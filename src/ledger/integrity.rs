@@ -112,8 +112,8 @@ impl Derived {
                     .predicate
                     .sequence
                     .ok_or_else(|| corrupt("no sequence"))?;
-                // A fleet's receipts carry no index (null): their place is their position.
-                if head.predicate.log_index.is_some_and(|i| i != index) {
+                // A fleet receipt names no index (null, FORMAT.md §3): it is where the log put it.
+                if head.predicate.log_index.is_some_and(|named| named != index) {
                     return Err(corrupt("its statement names another log index"));
                 }
                 let payload_sha256: [u8; 32] = Sha256::digest(&parts.payload).into();

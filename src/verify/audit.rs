@@ -19,6 +19,7 @@ use super::bundle::{self, LogKeyJson};
 use super::checkpoint::verify_checkpoint;
 use super::dsse::{self, Envelope};
 use super::statement::{self, KeyClaim, KeySubject, Receipt};
+use super::time_order::{self, TimeOrder};
 use super::{attestation, digest, log};
 
 /// Media type of a log export (`actseal log export`).
@@ -89,6 +90,11 @@ pub struct AuditReport {
     pub registrations: u64,
     /// Retirements whose statement says the key was kept in the hardware, not destroyed.
     pub retired_keys_kept: u64,
+    /// Receipts signed by fleet nodes (`logIndex` null, FORMAT.md §3).
+    pub fleet_receipts: u64,
+    /// Fleet batches whose last leaves are not in the log yet (FORMAT.md §12.4): the
+    /// integrator had not ordered them when the checkpoint was signed.
+    pub open_fleet_batches: u64,
 }
 
 impl std::fmt::Display for AuditReport {
@@ -106,7 +112,15 @@ impl std::fmt::Display for AuditReport {
             self.rotations,
             self.retirements,
             self.retired_keys_kept
-        )
+        )?;
+        if self.fleet_receipts > 0 {
+            write!(
+                f,
+                "; {} fleet receipts (logIndex null) placed by the log, {} fleet batches still being integrated",
+                self.fleet_receipts, self.open_fleet_batches
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -180,8 +194,9 @@ fn signed_envelope(entry: &RawEntry) -> Result<Envelope, String> {
     })
 }
 
-/// The batch whose receipts the replay is in the middle of: the rest of its leaves must follow
-/// at once, in order, under the same signed statement (FORMAT.md §12.3).
+/// A batch whose receipts the replay is in the middle of: the rest of its leaves must follow in
+/// order under the same signed statement (FORMAT.md §12.4): at once for an indexed batch; for a
+/// fleet batch, with nothing of its actor between them.
 struct OpenBatch {
     /// SHA-256 over the seal's statement payload and signature.
     digest: [u8; 32],
@@ -214,48 +229,6 @@ fn root_of(leaves: &[[u8; 32]]) -> [u8; 32] {
             h.finalize().into()
         }
     }
-}
-
-/// The member that dates each kind of entry (FORMAT.md §11.4).
-fn time_member(kind: &str) -> Result<&'static str, String> {
-    match kind {
-        statement::REGISTRATION_PREDICATE_TYPE => Ok("registeredAt"),
-        statement::RECEIPT_PREDICATE_TYPE => Ok("signedAt"),
-        statement::ROTATION_PREDICATE_TYPE => Ok("rotatedAt"),
-        statement::RETIREMENT_PREDICATE_TYPE => Ok("retiredAt"),
-        statement::LOG_START_PREDICATE_TYPE => Ok("startedAt"),
-        other => Err(format!("no time rule for entry type {other:?}")),
-    }
-}
-
-/// Times never decrease in log order (FORMAT.md §11.4): an entry dated before the one ahead of
-/// it was backdated, or signed by a daemon whose clock stepped back. `previous` is the index
-/// and time of the last dated entry.
-fn check_time_order(
-    payload: &[u8],
-    kind: &str,
-    index: u64,
-    previous: &mut Option<(u64, i64)>,
-) -> Result<(), String> {
-    let member = time_member(kind)?;
-    let statement: serde_json::Value =
-        serde_json::from_slice(payload).map_err(|e| format!("payload: {e}"))?;
-    let text = statement
-        .get("predicate")
-        .and_then(|p| p.get(member))
-        .and_then(|t| t.as_str())
-        .ok_or_else(|| format!("predicate.{member} is missing"))?;
-    let time = statement::parse_time(&format!("predicate.{member}"), text)?;
-    if let Some((earlier, earlier_time)) = *previous
-        && time < earlier_time
-    {
-        return Err(format!(
-            "dated {text}, {} s before entry {earlier}: times go backwards in the log",
-            earlier_time.saturating_sub(time)
-        ));
-    }
-    *previous = Some((index, time));
-    Ok(())
 }
 
 /// The log an export claims to be, checked against its newest checkpoint.
@@ -341,15 +314,28 @@ struct Replay<'a> {
     retirements: u64,
     registrations: u64,
     retired_kept: u64,
-    /// The index and time of the last entry replayed.
-    previous_time: Option<(u64, i64)>,
-    /// A batch whose leaves are still to come.
+    fleet_receipts: u64,
+    /// The time rules of FORMAT.md §11.4.
+    times: TimeOrder,
+    /// An indexed batch whose leaves are still to come.
     open_batch: Option<OpenBatch>,
+    /// Fleet batches whose leaves are still to come, by actor.
+    fleet_batches: HashMap<String, OpenBatch>,
 }
 
 /// Replays an exported log. The first problem found is returned.
 pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditReport, AuditError> {
     let log = open_export(export_json)?;
+    let size = u64::try_from(log.entries.len()).unwrap_or(u64::MAX);
+    let receipts = log.entries.iter().enumerate().filter_map(|(i, entry)| {
+        let raw = split_entry(entry).ok()?;
+        let kind = statement::predicate_type_of(&raw.payload_type, &raw.payload).ok()?;
+        (kind == statement::RECEIPT_PREDICATE_TYPE).then(|| {
+            let index = u64::try_from(i).unwrap_or(u64::MAX);
+            (index, time_order::is_fleet_receipt(&raw.payload))
+        })
+    });
+    let single_host_len = time_order::single_host_len(receipts, size);
     let mut replay = Replay {
         log: &log,
         anchors,
@@ -363,8 +349,10 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
         retirements: 0,
         registrations: 0,
         retired_kept: 0,
-        previous_time: None,
+        fleet_receipts: 0,
+        times: TimeOrder::new(single_host_len),
         open_batch: None,
+        fleet_batches: HashMap::new(),
     };
     for (position, entry) in log.entries.iter().enumerate() {
         let index = u64::try_from(position).unwrap_or(u64::MAX);
@@ -375,7 +363,7 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
     replay.finish()?;
     Ok(AuditReport {
         origin: log.origin.clone(),
-        size: u64::try_from(log.entries.len()).unwrap_or(u64::MAX),
+        size,
         root_hex: hex::encode(log.root),
         receipts: replay.receipts,
         actors: u64::try_from(replay.actors.len()).unwrap_or(u64::MAX),
@@ -383,6 +371,8 @@ pub fn audit_log(export_json: &[u8], anchors: &TrustAnchors) -> Result<AuditRepo
         retirements: replay.retirements,
         registrations: replay.registrations,
         retired_keys_kept: replay.retired_kept,
+        fleet_receipts: replay.fleet_receipts,
+        open_fleet_batches: u64::try_from(replay.fleet_batches.len()).unwrap_or(u64::MAX),
     })
 }
 
@@ -423,11 +413,28 @@ impl Replay<'_> {
                 other => Err(export(format!("unknown entry type {other:?}"))),
             }?;
         }
-        check_time_order(&raw.payload, &kind, index, &mut self.previous_time)
+        self.times
+            .check(&raw.payload, &kind, index)
             .map_err(|e| (AuditStep::TimeOrder, e))
     }
 
-    /// Every batch is whole: once its first leaf is in the log, the others follow at once.
+    /// A fleet batch of `actor` is open: nothing else of that actor may come before its next
+    /// leaf.
+    fn require_no_open_fleet_batch(&self, actor: &str) -> Result<(), String> {
+        match self.fleet_batches.get(actor) {
+            Some(open) => Err(format!(
+                "the fleet batch of {} receipts by {} from sequence {} stops at leaf {}: its leaves come in order, with nothing of its actor between them",
+                open.statement.size,
+                open.statement.actor,
+                open.statement.first_sequence,
+                open.next_leaf
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Every indexed batch is whole: once its first leaf is in the log, the others follow at
+    /// once.
     fn require_no_open_batch(&self) -> Result<(), String> {
         match &self.open_batch {
             Some(open) => Err(format!(
@@ -441,40 +448,54 @@ impl Replay<'_> {
         }
     }
 
+    /// The batch statement the leaf `member` of `actor` continues, or starts (leaf 0): an open
+    /// indexed batch must be continued at once; an open fleet batch of the actor by its next
+    /// leaf.
+    fn leaf_statement(
+        &mut self,
+        member: &BatchMember,
+        digest: [u8; 32],
+        (actor, key_id, verifying): (&str, &str, &VerifyingKey),
+    ) -> Result<BatchStatement, String> {
+        let next = |open: &OpenBatch| open.digest == digest && open.next_leaf == member.leaf_index;
+        if let Some(open) = self.open_batch.take() {
+            if next(&open) {
+                return Ok(open.statement);
+            }
+            self.open_batch = Some(open);
+            self.require_no_open_batch()?;
+        }
+        if let Some(open) = self.fleet_batches.remove(actor) {
+            if next(&open) {
+                return Ok(open.statement);
+            }
+            self.fleet_batches.insert(actor.to_owned(), open);
+            self.require_no_open_fleet_batch(actor)?;
+        }
+        if member.leaf_index != 0 {
+            return Err(format!(
+                "leaf {} of a batch whose earlier leaves are not before it",
+                member.leaf_index
+            ));
+        }
+        dsse::verify(&member.statement, verifying)
+            .map_err(|e| format!("the batch statement: {e}"))?;
+        batch::check_statement(&member.statement, key_id)
+    }
+
     /// A batch receipt's seal: the statement verifies under `key` (once per batch), the
     /// payload is the leaf it claims, and the leaf is the next of its batch.
     fn batch_receipt(
         &mut self,
         entry: &RawEntry,
-        key_id: &str,
-        verifying: &VerifyingKey,
+        (actor, key_id, verifying): (&str, &str, &VerifyingKey),
     ) -> Result<Receipt, String> {
         if !batch::is_seal(&entry.slot) {
             return Err("a batch receipt's entry holds a signature, not a batch seal".into());
         }
         let member = batch::parse_seal(&entry.slot)?;
         let digest = statement_digest(&member);
-        let statement = match self.open_batch.take() {
-            Some(open) if open.digest == digest && open.next_leaf == member.leaf_index => {
-                open.statement
-            }
-            Some(open) => {
-                self.open_batch = Some(open);
-                self.require_no_open_batch()?;
-                return Err("internal: an open batch".into());
-            }
-            None if member.leaf_index == 0 => {
-                dsse::verify(&member.statement, verifying)
-                    .map_err(|e| format!("the batch statement: {e}"))?;
-                batch::check_statement(&member.statement, key_id)?
-            }
-            None => {
-                return Err(format!(
-                    "leaf {} of a batch whose earlier leaves are not right before it",
-                    member.leaf_index
-                ));
-            }
-        };
+        let statement = self.leaf_statement(&member, digest, (actor, key_id, verifying))?;
         if statement.key_id != key_id {
             return Err("a leaf names another key than its batch statement".into());
         }
@@ -484,11 +505,17 @@ impl Replay<'_> {
         batch::check_agrees(&statement, member.leaf_index, &receipt)?;
         let next_leaf = member.leaf_index.saturating_add(1);
         if next_leaf < statement.size {
-            self.open_batch = Some(OpenBatch {
+            let fleet = statement.first_log_index.is_none();
+            let open = OpenBatch {
                 digest,
                 statement,
                 next_leaf,
-            });
+            };
+            if fleet {
+                self.fleet_batches.insert(actor.to_owned(), open);
+            } else {
+                self.open_batch = Some(open);
+            }
         }
         Ok(receipt)
     }
@@ -499,6 +526,7 @@ impl Replay<'_> {
         dsse::verify(envelope, &self.log.verifying)
             .map_err(|e| format!("registration not signed by the log key: {e}"))?;
         let r = statement::check_registration(envelope)?;
+        self.require_no_open_fleet_batch(&r.actor)?;
         let claim = KeyClaim {
             subject: KeySubject::Actor {
                 actor: &r.actor,
@@ -568,9 +596,10 @@ impl Replay<'_> {
         })?;
         let (actor, version, verifying) = (key.actor.clone(), key.version, key.verifying);
         let receipt = if is_batch {
-            self.batch_receipt(entry, &key_id, &verifying)?
+            self.batch_receipt(entry, (&actor, &key_id, &verifying))?
         } else {
             self.require_no_open_batch()?;
+            self.require_no_open_fleet_batch(&actor)?;
             let envelope = signed_envelope(entry)?;
             dsse::verify(&envelope, &verifying)?;
             statement::check_receipt(&entry.payload_type, &entry.payload, &key_id, MODE_SINGLE)?
@@ -578,8 +607,12 @@ impl Replay<'_> {
         if receipt.actor != actor || receipt.key_version != version {
             return Err("receipt's actor or key version is not its key's".into());
         }
-        if receipt.log_index != index {
-            return Err(format!("receipt says logIndex {}", receipt.log_index));
+        // An indexed receipt must be where it says; a fleet receipt (null) is where the log
+        // put it, and the actor's chain below keeps it there once.
+        match receipt.log_index {
+            Some(said) if said != index => return Err(format!("receipt says logIndex {said}")),
+            Some(_) => {}
+            None => self.fleet_receipts = self.fleet_receipts.saturating_add(1),
         }
         let last = self.last_signed.entry(key_id.clone()).or_insert(i64::MIN);
         *last = (*last).max(receipt.signed_at_unix);
@@ -624,6 +657,7 @@ impl Replay<'_> {
                     .map(str::to_owned)
             })
             .ok_or("rotation names no actor")?;
+        self.require_no_open_fleet_batch(&actor)?;
         let rotation = statement::check_rotation(envelope, &actor)?;
         let previous = self
             .keys
@@ -661,6 +695,7 @@ impl Replay<'_> {
         dsse::verify(envelope, &self.log.verifying)
             .map_err(|e| format!("retirement not signed by the log key: {e}"))?;
         let retirement = statement::check_retirement(envelope)?;
+        self.require_no_open_fleet_batch(&retirement.actor)?;
         let state = self.actors.entry(retirement.actor.clone()).or_default();
         if state.retired
             || state.active.as_deref() != Some(retirement.key_id.as_str())

@@ -50,7 +50,8 @@ pub(crate) struct BatchStatement {
     pub(crate) backend: String,
     pub(crate) size: u64,
     pub(crate) first_sequence: u64,
-    pub(crate) first_log_index: u64,
+    /// `None` for a fleet batch (FORMAT.md §12.1): its leaves carry no log index either.
+    pub(crate) first_log_index: Option<u64>,
     pub(crate) signed_at: String,
     pub(crate) root: Hash,
 }
@@ -62,7 +63,9 @@ struct BatchPredicate {
     key: KeyJson,
     size: u64,
     first_sequence: u64,
-    first_log_index: u64,
+    /// Required, and may be `null` (a fleet batch).
+    #[serde(deserialize_with = "statement::present_or_null")]
+    first_log_index: Option<u64>,
     signed_at: String,
 }
 
@@ -181,14 +184,26 @@ pub(crate) fn check_agrees(
             receipt.sequence
         ));
     }
-    let log_index = at(batch.first_log_index, "log index")?;
-    if receipt.log_index != log_index {
-        return Err(format!(
-            "predicate.logIndex {} is not firstLogIndex + leafIndex ({log_index})",
-            receipt.log_index
-        ));
+    // A batch is indexed or a fleet's as a whole: its leaves' indices are its own plus their
+    // offsets, or all null (then each leaf's index is what its log proof proves).
+    match (batch.first_log_index, receipt.log_index) {
+        (Some(first), Some(index)) => {
+            let want = at(first, "log index")?;
+            if index != want {
+                return Err(format!(
+                    "predicate.logIndex {index} is not firstLogIndex + leafIndex ({want})"
+                ));
+            }
+            Ok(())
+        }
+        (None, None) => Ok(()),
+        (Some(first), None) => Err(format!(
+            "predicate.logIndex is null, but the batch statement's firstLogIndex is {first}"
+        )),
+        (None, Some(index)) => Err(format!(
+            "predicate.logIndex is {index}, but the batch statement's firstLogIndex is null (a fleet batch)"
+        )),
     }
-    Ok(())
 }
 
 /// The batch seal written in a batch receipt's log entry (FORMAT.md §12.3):

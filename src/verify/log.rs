@@ -80,17 +80,21 @@ pub(crate) fn leaf_hash(entry: &[u8]) -> [u8; 32] {
 }
 
 /// `log.inclusion`: the receipt, as a log entry, is the leaf at its index in the checkpoint's
-/// tree.
+/// tree (`log.index`, which an indexed receipt's `logIndex` must equal).
 pub(crate) fn check_inclusion(
     bundle: &Bundle<'_>,
     receipt: &Receipt,
     checkpoint: &ParsedCheckpoint,
 ) -> Result<(), String> {
     let log = &bundle.log;
-    if log.index != receipt.log_index {
+    // A fleet receipt (logIndex null) was signed before the log ordered it: its index is the
+    // one this proof proves under the signed checkpoint. An indexed one must be where it says.
+    if let Some(signed) = receipt.log_index
+        && log.index != signed
+    {
         return Err(format!(
-            "log.index {} is not the receipt's logIndex {}",
-            log.index, receipt.log_index
+            "log.index {} is not the receipt's logIndex {signed}",
+            log.index
         ));
     }
     let leaf = leaf_hash(&bundle.receipt.entry_bytes()?);

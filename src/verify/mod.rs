@@ -36,6 +36,7 @@ mod roles;
 mod rotation;
 mod statement;
 mod summary;
+mod time_order;
 pub mod timestamp;
 pub mod tlog_proof;
 pub mod tpm;

@@ -79,7 +79,10 @@ struct ReceiptPredicate {
     /// member as `None`.
     #[serde(deserialize_with = "present_or_null")]
     previous_receipt: Option<PreviousReceipt>,
-    log_index: u64,
+    /// Required, and `null` in a fleet receipt (FORMAT.md §3): its index is then the one its
+    /// inclusion proof proves.
+    #[serde(deserialize_with = "present_or_null")]
+    log_index: Option<u64>,
     mode: String,
 }
 
@@ -208,7 +211,9 @@ struct Attributes {
     sign: bool,
 }
 
-fn present_or_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+/// Reads a member that must be present and may be `null` (serde reads a missing `Option`
+/// member as `None` unless told otherwise).
+pub(crate) fn present_or_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
@@ -258,7 +263,8 @@ pub(crate) struct Receipt {
     /// `signedAt` as Unix seconds: the instant certificates must be valid at.
     pub(crate) signed_at_unix: i64,
     pub(crate) sequence: u64,
-    pub(crate) log_index: u64,
+    /// `predicate.logIndex`; `None` for a fleet receipt, signed before the log ordered it.
+    pub(crate) log_index: Option<u64>,
     /// `previousReceipt.sha256`, when there is one.
     pub(crate) previous_sha256: Option<String>,
 }

@@ -20,7 +20,11 @@ pub struct Verified {
     pub key_version: u64,
     pub backend: String,
     pub sequence: u64,
+    /// Where the receipt is in the log, as its inclusion proof proves it.
     pub log_index: u64,
+    /// True when the receipt itself names that index; false for a fleet receipt (`logIndex`
+    /// null, FORMAT.md §3), whose index only the proof fixes.
+    pub log_index_signed: bool,
     pub signed_at: String,
     pub device_subject: String,
     pub anchor_subject: String,
@@ -58,11 +62,18 @@ impl fmt::Display for Verified {
             Esc(&self.action_type),
             Esc(&self.target)
         )?;
+        let index = if self.log_index_signed {
+            format!("log index {}", self.log_index)
+        } else {
+            format!(
+                "log index {} by its inclusion proof: signed by a fleet node before ordering",
+                self.log_index
+            )
+        };
         writeln!(
             f,
-            "  receipt #{} (log index {}) signed at {} by key {} v{} ({})",
+            "  receipt #{} ({index}) signed at {} by key {} v{} ({})",
             self.sequence,
-            self.log_index,
             Esc(&self.signed_at),
             Esc(&self.key_id),
             self.key_version,

@@ -2,8 +2,8 @@
 //! independently of both the daemon's batch builder (`src/proof/batch.rs`) and the verifier.
 //!
 //! A batch of `size` receipts by the default actor (version 1): leaf `i` has sequence
-//! `first_sequence + i`, log index `first_log_index + i`, its own document, and names the
-//! receipt before it. The actor key signs one batch statement over the RFC 9162 root of the
+//! `first_sequence + i`, log index `first_log_index + i` (`null` in a fleet batch), its own
+//! document, and names the receipt before it. The actor key signs one batch statement over the RFC 9162 root of the
 //! receipt payloads. The log holds filler entries around the batch's entries, whose signature
 //! slot is the batch seal. [`BatchOptions`] lets a test bend each rule to build a forgery.
 //!
@@ -40,6 +40,12 @@ pub struct BatchOptions {
     pub statement_signer: Option<String>,
     /// Write the statement's DER signature in the log entries' slot instead of the seal.
     pub log_der_slot: bool,
+    /// A fleet node's batch (FORMAT.md §12.1): `firstLogIndex` and every leaf's `logIndex`
+    /// are `null`; `first_log_index` is then only where the leaves start in the log.
+    pub fleet: bool,
+    /// Where each leaf (by sequence) sits in the log; `None`: `first_log_index + i`. A fleet's
+    /// integrator may put other nodes' entries between a batch's leaves.
+    pub log_positions: Option<Vec<u64>>,
 }
 
 impl Default for BatchOptions {
@@ -58,7 +64,20 @@ impl Default for BatchOptions {
             leaf_overrides: Vec::new(),
             statement_signer: None,
             log_der_slot: false,
+            fleet: false,
+            log_positions: None,
         }
+    }
+}
+
+/// The committed fleet batch (`fleet-batch-v1-leaf1.json`, FORMAT.md §12.5): the default batch
+/// as a fleet node signs it, `firstLogIndex` and every `logIndex` null; the integrator put its
+/// leaves at entries 1, 3 and 4 of a log of 6, other nodes' entries between them.
+pub fn fleet_batch() -> BatchOptions {
+    BatchOptions {
+        fleet: true,
+        log_positions: Some(vec![1, 3, 4]),
+        ..BatchOptions::default()
     }
 }
 
@@ -128,7 +147,11 @@ fn leaf_payload(
     receipt["subject"][0]["digest"]["sha256"] = json!(sha256_hex(&document));
     let p = &mut receipt["predicate"];
     p["sequence"] = json!(o.first_sequence + i as u64);
-    p["logIndex"] = json!(o.first_log_index + i as u64);
+    p["logIndex"] = if o.fleet {
+        Value::Null
+    } else {
+        json!(o.first_log_index + i as u64)
+    };
     p["previousReceipt"] = match previous {
         Some(h) => json!({"sha256": h}),
         None => Value::Null,
@@ -158,7 +181,7 @@ pub fn batch_statement(o: &BatchOptions, key_id: &str, root: &Hash) -> Value {
             "key": {"id": key_id, "version": base.key_version, "backend": base.backend},
             "size": o.size,
             "firstSequence": o.first_sequence,
-            "firstLogIndex": o.first_log_index,
+            "firstLogIndex": if o.fleet { Value::Null } else { json!(o.first_log_index) },
             "signedAt": base.signed_at,
         }
     });
@@ -216,14 +239,17 @@ pub fn generate_batch(o: &BatchOptions) -> GeneratedBatch {
         })
         .collect();
     let first = usize::try_from(o.first_log_index).unwrap();
-    let log_size = std::cmp::max(o.base.log_tree_size as usize, first + size);
+    let positions: Vec<usize> = match &o.log_positions {
+        Some(at) => at.iter().map(|&n| usize::try_from(n).unwrap()).collect(),
+        None => (first..first + size).collect(),
+    };
+    assert_eq!(positions.len(), size, "one log position per leaf");
+    let end = positions.iter().max().map_or(0, |&n| n + 1);
+    let log_size = std::cmp::max(o.base.log_tree_size as usize, end);
     let log_entries: Vec<Vec<u8>> = (0..log_size)
-        .map(|n| {
-            if (first..first + size).contains(&n) {
-                batch_entries[n - first].clone()
-            } else {
-                filler_entry(n as u64)
-            }
+        .map(|n| match positions.iter().position(|&at| at == n) {
+            Some(i) => batch_entries[i].clone(),
+            None => filler_entry(n as u64),
         })
         .collect();
     let log_leaves: Vec<Hash> = log_entries.iter().map(|e| leaf_hash(e)).collect();
@@ -244,9 +270,9 @@ pub fn generate_batch(o: &BatchOptions) -> GeneratedBatch {
                 "actorKey": single.bundle["actorKey"],
                 "lineage": single.bundle["lineage"],
                 "log": {
-                    "index": first + i,
+                    "index": positions[i],
                     "treeSize": log_size,
-                    "inclusionProof": inclusion_path(first + i, &log_leaves)
+                    "inclusionProof": inclusion_path(positions[i], &log_leaves)
                         .iter().map(hex::encode).collect::<Vec<_>>(),
                     "checkpoint": note,
                     "logKey": single.bundle["log"]["logKey"],

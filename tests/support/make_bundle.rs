@@ -260,6 +260,9 @@ pub struct Options {
     pub previous_receipt: Option<String>,
     /// The receipt's `logIndex`, `log.index`, and where the receipt sits in the generated log.
     pub log_index: u64,
+    /// A fleet node's receipt (FORMAT.md §3): `logIndex` is `null`, and `log_index` is only its
+    /// place in the log.
+    pub fleet: bool,
     pub mode: String,
     /// Lineage fields; `None` means "the receipt's".
     pub lineage_actor: Option<String>,
@@ -334,6 +337,7 @@ impl Default for Options {
             sequence: 1,
             previous_receipt: None,
             log_index: 3,
+            fleet: false,
             mode: "single".into(),
             lineage_actor: None,
             lineage_key_version: None,
@@ -574,7 +578,7 @@ fn receipt_statement(o: &Options, actor_key_id: &str) -> Value {
             "signedAt": o.signed_at,
             "sequence": o.sequence,
             "previousReceipt": previous,
-            "logIndex": o.log_index,
+            "logIndex": if o.fleet { Value::Null } else { json!(o.log_index) },
             "mode": o.mode,
         }
     })
@@ -1075,6 +1079,15 @@ pub fn generate(o: &Options) -> Generated {
 /// The default bundle (the committed vector).
 pub fn default_bundle() -> Generated {
     generate(&Options::default())
+}
+
+/// The committed fleet vector (`fleet-v1.json`, FORMAT.md §9): the default bundle as a fleet node
+/// signs it, `logIndex` null; the log put it at entry 3 of 6.
+pub fn fleet_bundle() -> Generated {
+    generate(&Options {
+        fleet: true,
+        ..Options::default()
+    })
 }
 
 /// A log export (FORMAT.md §11.3) of receipts by the default actor key (version 1), one per
