@@ -13,7 +13,8 @@
 //! ratio to the raw rate; after c = 32 the daemon's resident set (VmRSS, VmHWM).
 //!
 //! Run: `cargo bench --bench throughput_series` (ACTSEAL_BENCH_SECONDS per phase, default 5;
-//! ACTSEAL_BENCH_BACKENDS, default "softhsm,swtpm,emulated", picks the series).
+//! ACTSEAL_BENCH_BACKENDS, default "softhsm,swtpm,emulated", picks the series;
+//! ACTSEAL_BENCH_MODES, default "per-action,batch,batch+stream", the modes).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -87,6 +88,13 @@ fn row(
     );
 }
 
+/// Whether ACTSEAL_BENCH_MODES asks for `mode`.
+fn wanted(mode: &str) -> bool {
+    std::env::var("ACTSEAL_BENCH_MODES")
+        .map(|modes| modes.split(',').any(|m| m.trim() == mode))
+        .unwrap_or(true)
+}
+
 fn series(name: &str, lab: &Lab, runtime: &tokio::runtime::Runtime, raw: f64) {
     let in_flight = env_or("ACTSEAL_BENCH_IN_FLIGHT", 64) as usize;
     println!("\n{name} (raw rate {raw:.0}/s)\n");
@@ -94,6 +102,9 @@ fn series(name: &str, lab: &Lab, runtime: &tokio::runtime::Runtime, raw: f64) {
         "| mode | c | receipts/s | p50 ms | p99 ms | of raw |\n| --- | --- | --- | --- | --- | --- |"
     );
     for (mode, actor) in [("per-action", SINGLE), ("batch", BATCH)] {
+        if !wanted(mode) {
+            continue;
+        }
         for c in CLIENTS {
             row(
                 mode,
@@ -108,6 +119,9 @@ fn series(name: &str, lab: &Lab, runtime: &tokio::runtime::Runtime, raw: f64) {
             rss as f64 / 1024.0,
             hwm as f64 / 1024.0
         );
+    }
+    if !wanted("batch+stream") {
+        return;
     }
     for c in CLIENTS {
         row(

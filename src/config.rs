@@ -978,4 +978,50 @@ mod tests {
         assert!(server_error("metrics = \"127.0.0.1:9464\"").is_empty());
         assert!(server_error("socket_mode = 0o4777").contains("permission bits"));
     }
+
+    #[test]
+    fn log_token_needs_one_selector_a_session_bound_and_a_pkcs11_backend() {
+        let with = |section: &str, base: &str| {
+            Config::parse(
+                &format!("{base}\n[log_token]\n{section}"),
+                Path::new("t.toml"),
+            )
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+        };
+        let pin = "pin = { file = \"/etc/actseal/log.pin\" }";
+        assert!(with(&format!("token_label = \"log\"\n{pin}"), GOOD).is_empty());
+        let config = Config::parse(
+            &format!("{GOOD}\n[log_token]\ntoken_serial = \"42\"\n{pin}"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let log_token = config.log_token.as_ref().unwrap();
+        let settings = log_token.settings(config.pkcs11.as_ref().unwrap()).unwrap();
+        assert_eq!(settings.token, TokenSelector::Serial("42".into()));
+        assert_eq!(settings.module, config.pkcs11.as_ref().unwrap().module);
+        assert!(with(pin, GOOD).contains("exactly one of token_label and token_serial"));
+        assert!(
+            with(
+                &format!("token_label = \"a\"\ntoken_serial = \"b\"\n{pin}"),
+                GOOD
+            )
+            .contains("exactly one")
+        );
+        assert!(
+            with(&format!("token_label = \"a\"\nsessions = 0\n{pin}"), GOOD)
+                .contains("log_token.sessions")
+        );
+        assert!(with("token_label = \"a\"", GOOD).contains("pin"));
+        let tpm = GOOD.replace(
+            "[pkcs11]\n        module = \"/usr/lib/softhsm/libsofthsm2.so\"\n        token_label = \"actseal\"\n        pin = { file = \"/etc/actseal/pin\" }",
+            "[tpm]\n        tcti = \"device:/dev/tpmrm0\"",
+        );
+        assert!(tpm.contains("[tpm]"), "{tpm}");
+        assert!(
+            with(&format!("token_label = \"a\"\n{pin}"), &tpm)
+                .contains("[log_token] is a token of the [pkcs11] module")
+        );
+    }
 }

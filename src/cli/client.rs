@@ -463,6 +463,7 @@ pub fn log(command: LogCommand) -> Result<()> {
             }
             LogCommand::Export { .. }
             | LogCommand::Recover { .. }
+            | LogCommand::Head { .. }
             | LogCommand::Check { .. }
             | LogCommand::Vkey { .. } => {
                 unreachable!("export, check and recover run offline")

@@ -440,6 +440,15 @@ enum LogCommand {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Print the log head record the hardware holds (the log token's with `[log_token]`):
+    /// tree size, root, request count (read-only; the daemon may run).
+    Head {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Keep the token open and print a line each time the record changes.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Begin a new log after the daemon refused a lost, damaged or rolled-back database
     /// (offline, daemon stopped; README "When things go wrong"). Moves the database aside
     /// (never deletes it); the new log's first entry names the replaced log's head.
@@ -755,6 +764,11 @@ pub fn main() -> ExitCode {
         Command::Log(LogCommand::Check { config }) => {
             init_logging("warn", false);
             operator::check_log(&config)
+        }
+        #[cfg(feature = "daemon")]
+        Command::Log(LogCommand::Head { config, follow }) => {
+            init_logging("warn", false);
+            operator::log_head(&config, follow)
         }
         #[cfg(feature = "daemon")]
         Command::Log(LogCommand::Recover {

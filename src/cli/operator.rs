@@ -388,6 +388,37 @@ pub fn check_log(config_path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `actseal log head`: the hardware's log head record, once or at each change (`--follow`,
+/// one open token: what a second process sharing a log token sees of the first's writes).
+#[cfg(feature = "daemon")]
+pub fn log_head(config_path: &Path, follow: bool) -> Result<()> {
+    use std::io::Write;
+    let config = Config::load(config_path)?;
+    let backends = server::open_backends(&config)?;
+    let mut last: Option<Option<Vec<u8>>> = None;
+    loop {
+        let head = server::rollback::read_head(backends.log.as_ref())?;
+        let bytes = head.as_ref().map(|(_, bytes)| bytes.clone());
+        if last.as_ref() != Some(&bytes) {
+            match &head {
+                None => println!("no log head in the hardware"),
+                Some((head, _)) => println!(
+                    "size {} root {} requests {}",
+                    head.size,
+                    hex::encode(head.root),
+                    head.requests
+                ),
+            }
+            std::io::stdout().flush()?;
+            last = Some(bytes);
+        }
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// `actseal log recover --declare-fresh-start`: moves the state database aside and leaves a
 /// new one that tells the daemon to begin a new log replacing the one whose head the hardware
 /// holds (the daemon's next start does the rest and records the replaced head).
