@@ -280,9 +280,9 @@ async fn three_nodes_sign_into_one_log_and_the_audit_passes() {
     let acked = collect(tasks).await;
     assert_eq!(acked.len(), 3 * 3 * 20);
     check_acked(&fleet, &acked);
-    check_tables(&fleet);
+    tokio::task::block_in_place(|| check_tables(&fleet));
     // Any node exports the whole log and serves proofs of every node's receipts.
-    export_and_check(&fleet, 2, &acked, "export-2.json");
+    tokio::task::block_in_place(|| export_and_check(&fleet, 2, &acked, "export-2.json"));
     let mut other = common::signer(&fleet.nodes[1]).await;
     let of_node_0 = acked.iter().find(|a| a.actor == actor(0, 0)).unwrap();
     let proof = other
@@ -312,7 +312,7 @@ async fn three_nodes_sign_into_one_log_and_the_audit_passes() {
     assert_eq!(retried.bundle_json, of_node_0.bundle);
     // An actor belongs to the node that registered it: another node refuses, naming it.
     let refused = other.sign(again).await.expect_err("another node's actor");
-    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains("node-0"), "{}", refused.message());
     // Registering an actor another node owns is refused.
     let taken = common::admin(&fleet.nodes[2])
@@ -328,12 +328,21 @@ async fn three_nodes_sign_into_one_log_and_the_audit_passes() {
     );
 }
 
+/// The lease row (blocking client, off the async workers).
+fn lease(fleet: &Fleet) -> Option<(String, i64, i64)> {
+    tokio::task::block_in_place(|| fleet.lease()).unwrap()
+}
+
+fn holder(fleet: &Fleet) -> Option<usize> {
+    tokio::task::block_in_place(|| fleet.holder()).unwrap()
+}
+
 /// Waits until the lease moved past `epoch` to another node than `from` and that node has
 /// published a bigger tree than `published`; how long it took.
 async fn wait_for_takeover(fleet: &Fleet, from: usize, epoch: i64, published: i64) -> Duration {
     let started = Instant::now();
     loop {
-        let (holder, now, size) = fleet.lease().unwrap().unwrap();
+        let (holder, now, size) = lease(&fleet).unwrap();
         if now > epoch && holder != format!("node-{from}") && size > published {
             return started.elapsed();
         }
@@ -355,8 +364,8 @@ async fn the_integrator_sigkilled_under_load_fails_over_and_loses_nothing() {
     let mut failovers = Vec::new();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(800)).await;
-        let holder = fleet.holder().unwrap().expect("someone holds the lease");
-        let (_, epoch, published) = fleet.lease().unwrap().unwrap();
+        let holder = holder(&fleet).expect("someone holds the lease");
+        let (_, epoch, published) = lease(&fleet).unwrap();
         fleet.nodes[holder].kill_daemon().unwrap();
         failovers.push(wait_for_takeover(&fleet, holder, epoch, published).await);
         // The killed node comes back (its callers retry with their request ids).
@@ -367,8 +376,8 @@ async fn the_integrator_sigkilled_under_load_fails_over_and_loses_nothing() {
     let acked = collect(tasks).await;
     assert!(acked.len() > 100, "only {} acknowledged", acked.len());
     check_acked(&fleet, &acked);
-    check_tables(&fleet);
-    export_and_check(&fleet, 0, &acked, "export-kill.json");
+    tokio::task::block_in_place(|| check_tables(&fleet));
+    tokio::task::block_in_place(|| export_and_check(&fleet, 0, &acked, "export-kill.json"));
     for failover in &failovers {
         // The lease is 1.5 s here; the bound is the lease plus a follower's poll (lease / 6)
         // plus the takeover's check.
@@ -385,8 +394,8 @@ async fn a_stopped_integrator_is_fenced_and_signs_no_checkpoint_into_the_log() {
     let stop = Arc::new(AtomicBool::new(false));
     let (tasks, _) = spawn_load_until(&fleet, 2, 100_000, "stop", Arc::clone(&stop));
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let holder = fleet.holder().unwrap().expect("someone holds the lease");
-    let (_, epoch, published) = fleet.lease().unwrap().unwrap();
+    let holder = holder(&fleet).expect("someone holds the lease");
+    let (_, epoch, published) = lease(&fleet).unwrap();
     // Stopped mid-work, past its lease: its open transaction is ended by the server and
     // another node takes the lease at the next epoch.
     fleet.nodes[holder].signal_daemon("STOP").unwrap();
@@ -398,14 +407,16 @@ async fn a_stopped_integrator_is_fenced_and_signs_no_checkpoint_into_the_log() {
     stop.store(true, Ordering::SeqCst);
     let acked = collect(tasks).await;
     check_acked(&fleet, &acked);
-    check_tables(&fleet);
+    tokio::task::block_in_place(|| check_tables(&fleet));
     // Every stored checkpoint (the fenced node's included, had it stored one) agrees with
     // the tree: the whole log re-verified from its first entry.
     let lab = &fleet.nodes[holder];
-    lab.run_ok(&["log", "check", "--config", &lab.config().display().to_string()])
-        .expect("the whole log checks");
-    export_and_check(&fleet, holder, &acked, "export-fenced.json");
-    let (now_holder, now_epoch, _) = fleet.lease().unwrap().unwrap();
+    tokio::task::block_in_place(|| {
+        lab.run_ok(&["log", "check", "--config", &lab.config().display().to_string()])
+    })
+    .expect("the whole log checks");
+    tokio::task::block_in_place(|| export_and_check(&fleet, holder, &acked, "export-fenced.json"));
+    let (now_holder, now_epoch, _) = lease(&fleet).unwrap();
     assert!(now_epoch > epoch);
     assert_ne!(now_holder, format!("node-{holder}"), "the fenced node did not take the lease back");
 }
@@ -421,10 +432,10 @@ async fn postgres_restarted_under_load_answers_unavailable_then_recovers() {
     tokio::task::block_in_place(|| fleet.postgres.stop()).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     tokio::task::block_in_place(|| fleet.postgres.start_again()).unwrap();
-    let before = fleet.lease().unwrap().unwrap().2;
+    let before = lease(&fleet).unwrap().2;
     // Integration continues after the restart.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while fleet.lease().unwrap().unwrap().2 <= before + 20 {
+    while lease(&fleet).unwrap().2 <= before + 20 {
         assert!(Instant::now() < deadline, "integration did not resume after the restart");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -432,6 +443,6 @@ async fn postgres_restarted_under_load_answers_unavailable_then_recovers() {
     let acked = collect(tasks).await;
     assert!(*unavailable.lock().unwrap() > 0, "callers were told UNAVAILABLE while it was down");
     check_acked(&fleet, &acked);
-    check_tables(&fleet);
-    export_and_check(&fleet, 1, &acked, "export-pg.json");
+    tokio::task::block_in_place(|| check_tables(&fleet));
+    tokio::task::block_in_place(|| export_and_check(&fleet, 1, &acked, "export-pg.json"));
 }

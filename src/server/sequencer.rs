@@ -591,8 +591,10 @@ impl Sequencer {
         if local && matches!(command, Command::Sign(..)) {
             return None;
         }
-        match link.borrow_mut().owner(actor) {
-            Ok(Some(owner)) if owner != link.borrow().node.settings.node => {
+        let owner = link.borrow_mut().owner(actor);
+        let node = link.borrow().node.settings.node.clone();
+        match owner {
+            Ok(Some(owner)) if owner != node => {
                 Some(SequencerError::Precondition(format!(
                     "actor {actor:?} belongs to fleet node {owner:?}; sign there"
                 )))
