@@ -402,7 +402,7 @@ async fn a_stopped_integrator_is_fenced_and_signs_no_checkpoint_into_the_log() {
     wait_for_takeover(&fleet, holder, epoch, published).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     fleet.nodes[holder].signal_daemon("CONT").unwrap();
-    tokio::task::block_in_place(|| common::wait_for_log(&fleet.nodes[holder], "fenced", 1));
+    tokio::task::block_in_place(|| common::wait_for_log(&fleet.nodes[holder], "fenced: the lease moved on", 1));
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     let acked = collect(tasks).await;
