@@ -52,7 +52,10 @@ fn lag_ms(fleet: &Fleet, from: i64) -> (f64, f64, i64) {
 fn newest_queue_id(fleet: &Fleet) -> i64 {
     let mut client = fleet.client().unwrap();
     client
-        .query_one("SELECT COALESCE(MAX(queue_id), 0) FROM fleet_integrated", &[])
+        .query_one(
+            "SELECT COALESCE(MAX(queue_id), 0) FROM fleet_integrated",
+            &[],
+        )
         .unwrap()
         .get(0)
 }
@@ -61,7 +64,9 @@ fn newest_queue_id(fleet: &Fleet) -> i64 {
 async fn main() {
     let clients = clients();
     let seconds = support::phase_seconds();
-    println!("fleet_throughput: {clients} clients per node, {seconds:?} per phase, SoftHSM per-action Sign");
+    println!(
+        "fleet_throughput: {clients} clients per node, {seconds:?} per phase, SoftHSM per-action Sign"
+    );
 
     // One node on SQLite.
     let (_single_dir, single) = support::started_softhsm_lab("actseal-bench-single-");
@@ -76,8 +81,13 @@ async fn main() {
         .tempdir()
         .unwrap();
     let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_actseal"));
-    let mut fleet = Fleet::create(&exe, dir.path(), 3, "lease_ms = 3000\nintegrate_interval_ms = 5")
-        .expect("fleet set-up");
+    let mut fleet = Fleet::create(
+        &exe,
+        dir.path(),
+        3,
+        "lease_ms = 3000\nintegrate_interval_ms = 5",
+    )
+    .expect("fleet set-up");
     fleet.start_all().expect("fleet start");
     for (n, node) in fleet.nodes.iter().enumerate() {
         create_key(node, &format!("{ACTOR}-{n}")).await;
@@ -96,21 +106,29 @@ async fn main() {
         "3 nodes, PostgreSQL : {fleet_rate:8.0} receipts/s  Sign p99 per node {p99s:?}  ({:.2}x one SQLite node)",
         fleet_rate / single_rate
     );
-    println!("integration lag     : p50 {lag50:.1} ms  p99 {lag99:.1} ms  over {integrated} entries");
+    println!(
+        "integration lag     : p50 {lag50:.1} ms  p99 {lag99:.1} ms  over {integrated} entries"
+    );
 
     // Failover: SIGKILL the integrator under load; time to the next integration elsewhere.
     let holder = fleet.holder().unwrap().expect("a lease holder");
-    let pids: Vec<u32> = fleet.nodes.iter().map(|n| n.daemon_pid().unwrap()).collect();
+    let pids: Vec<u32> = fleet
+        .nodes
+        .iter()
+        .map(|n| n.daemon_pid().unwrap())
+        .collect();
     let load_node = (holder + 1) % 3;
     let load_actor = format!("{ACTOR}-{load_node}");
     let load_lab = &fleet.nodes[load_node];
     let load = support::daemon_rate(load_lab, &load_actor, 2);
     let watch = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, epoch, published) = fleet.lease().unwrap().unwrap();
+        let (_, epoch, published) = fleet.lease().unwrap().unwrap();
         let killed = Instant::now();
         // The integrator's pid, killed from here: the lab itself is borrowed by the load.
-        let _ = std::process::Command::new("kill").args(["-KILL", &pids[holder].to_string()]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pids[holder].to_string()])
+            .status();
         loop {
             let (who, now, size) = fleet.lease().unwrap().unwrap();
             if now > epoch && who != format!("node-{holder}") && size > published {
@@ -121,5 +139,7 @@ async fn main() {
         }
     };
     let (_, failover) = tokio::join!(load, watch);
-    println!("failover            : {failover:?} (lease 3 s; SIGKILL -> next integration by another node)");
+    println!(
+        "failover            : {failover:?} (lease 3 s; SIGKILL -> next integration by another node)"
+    );
 }

@@ -118,13 +118,18 @@ impl FleetConfig {
             return Err("fleet.lease_ms must be between 300 and 60000".into());
         }
         if self.integrate_interval_ms == 0 || self.integrate_interval_ms > self.lease_ms / 3 {
-            return Err("fleet.integrate_interval_ms must be at least 1 and at most lease_ms / 3".into());
+            return Err(
+                "fleet.integrate_interval_ms must be at least 1 and at most lease_ms / 3".into(),
+            );
         }
         if self.max_integration_batch == 0 || self.max_integration_batch > 100_000 {
             return Err("fleet.max_integration_batch must be between 1 and 100000".into());
         }
         if self.answer_timeout_ms < self.lease_ms {
-            return Err("fleet.answer_timeout_ms must be at least lease_ms (a failover must fit in it)".into());
+            return Err(
+                "fleet.answer_timeout_ms must be at least lease_ms (a failover must fit in it)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -686,7 +691,8 @@ impl Config {
             fleet.check().map_err(invalid)?;
             if config.log_token.is_none() {
                 return Err(invalid(
-                    "[fleet] needs a [log_token]: the log key every node's integrator signs with".into(),
+                    "[fleet] needs a [log_token]: the log key every node's integrator signs with"
+                        .into(),
                 ));
             }
             if config.anchor.enabled() {

@@ -474,7 +474,14 @@ impl Lab {
             &d("secrets/token.pin"),
         ])?;
         let config = d("actseal.toml");
-        lab.run_ok(&["device", "csr", "--config", &config, "--out", &d("device.csr")])?;
+        lab.run_ok(&[
+            "device",
+            "csr",
+            "--config",
+            &config,
+            "--out",
+            &d("device.csr"),
+        ])?;
         first.run_ok(&[
             "ca",
             "issue",

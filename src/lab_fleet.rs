@@ -26,8 +26,11 @@ impl Fleet {
         first.add_log_token()?;
         let mut nodes = vec![first];
         for i in 1..count {
-            let member =
-                Lab::create_member(&nodes[0], &dir.join(format!("node-{i}")), &format!("actseal-node-{i}"))?;
+            let member = Lab::create_member(
+                &nodes[0],
+                &dir.join(format!("node-{i}")),
+                &format!("actseal-node-{i}"),
+            )?;
             nodes.push(member);
         }
         for (i, node) in nodes.iter().enumerate() {

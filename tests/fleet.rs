@@ -111,8 +111,10 @@ async fn sign_until_acked(
                 return Ok((r.bundle_json, r.log_index));
             }
             Err(status)
-                if matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
-                    && Instant::now() < deadline =>
+                if matches!(
+                    status.code(),
+                    Code::Unavailable | Code::Unknown | Code::Cancelled
+                ) && Instant::now() < deadline =>
             {
                 *unavailable.lock().unwrap() += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -129,10 +131,7 @@ fn spawn_load(
     workers: usize,
     count: usize,
     tag: &str,
-) -> (
-    Vec<tokio::task::JoinHandle<Vec<Acked>>>,
-    Arc<Mutex<u64>>,
-) {
+) -> (Vec<tokio::task::JoinHandle<Vec<Acked>>>, Arc<Mutex<u64>>) {
     spawn_load_until(fleet, workers, count, tag, Arc::new(AtomicBool::new(false)))
 }
 
@@ -143,10 +142,7 @@ fn spawn_load_until(
     count: usize,
     tag: &str,
     stop: Arc<AtomicBool>,
-) -> (
-    Vec<tokio::task::JoinHandle<Vec<Acked>>>,
-    Arc<Mutex<u64>>,
-) {
+) -> (Vec<tokio::task::JoinHandle<Vec<Acked>>>, Arc<Mutex<u64>>) {
     let unavailable = Arc::new(Mutex::new(0));
     let mut tasks = Vec::new();
     for (n, node) in fleet.nodes.iter().enumerate() {
@@ -162,8 +158,7 @@ fn spawn_load_until(
                         break;
                     }
                     let request_id = format!("{tag}-{n}-{w}-{k}");
-                    let mut request =
-                        common::sign_request(&actor(n, w), &document(&request_id));
+                    let mut request = common::sign_request(&actor(n, w), &document(&request_id));
                     request.request_id = request_id.clone();
                     let (bundle, log_index) = sign_until_acked(&socket, request, &unavailable)
                         .await
@@ -206,17 +201,33 @@ fn check_acked(fleet: &Fleet, acked: &[Acked]) {
     let mut roots: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut sequences: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for a in acked {
-        verify_bundle(a.bundle.as_bytes(), &anchors, Some(&document(&a.request_id)))
-            .unwrap_or_else(|e| panic!("{}: bundle does not verify: {e}", a.request_id));
+        verify_bundle(
+            a.bundle.as_bytes(),
+            &anchors,
+            Some(&document(&a.request_id)),
+        )
+        .unwrap_or_else(|e| panic!("{}: bundle does not verify: {e}", a.request_id));
         let statement = common::receipt_statement(&a.bundle);
-        assert!(statement["predicate"]["logIndex"].is_null(), "a fleet receipt names no index");
+        assert!(
+            statement["predicate"]["logIndex"].is_null(),
+            "a fleet receipt names no index"
+        );
         let bundle: serde_json::Value = serde_json::from_str(&a.bundle).unwrap();
         assert_eq!(bundle["log"]["index"].as_u64(), Some(a.log_index));
-        assert!(indices.insert(a.log_index), "log index {} given twice", a.log_index);
+        assert!(
+            indices.insert(a.log_index),
+            "log index {} given twice",
+            a.log_index
+        );
         let note = bundle["log"]["checkpoint"].as_str().unwrap();
         let parsed = actseal::verify::checkpoint::parse_checkpoint(note.as_bytes()).unwrap();
         let root = roots.entry(parsed.size).or_insert(parsed.root.to_vec());
-        assert_eq!(*root, parsed.root.to_vec(), "two checkpoints of size {} disagree", parsed.size);
+        assert_eq!(
+            *root,
+            parsed.root.to_vec(),
+            "two checkpoints of size {} disagree",
+            parsed.size
+        );
         sequences
             .entry(a.actor.clone())
             .or_default()
@@ -237,18 +248,27 @@ fn export_and_check(fleet: &Fleet, node: usize, acked: &[Acked], name: &str) {
     let anchor = fleet.anchor().display().to_string();
     lab.run_ok(&["audit", &export, "--trust", &anchor])
         .expect("the fleet's log audits clean");
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&export).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&export).unwrap()).unwrap();
     let mut in_log: HashMap<[u8; 32], usize> = HashMap::new();
     for entry in json["entries"].as_array().unwrap() {
         let bytes = B64.decode(entry.as_str().unwrap()).unwrap();
         let parts = actseal::ledger::entry::decode(&bytes).unwrap();
-        *in_log.entry(Sha256::digest(&parts.payload).into()).or_default() += 1;
+        *in_log
+            .entry(Sha256::digest(&parts.payload).into())
+            .or_default() += 1;
     }
-    assert!(in_log.values().all(|&n| n == 1), "an entry is in the log twice");
+    assert!(
+        in_log.values().all(|&n| n == 1),
+        "an entry is in the log twice"
+    );
     for a in acked {
         let digest: [u8; 32] = Sha256::digest(payload_of(&a.bundle)).into();
-        assert_eq!(in_log.get(&digest), Some(&1), "{}: not in the log exactly once", a.request_id);
+        assert_eq!(
+            in_log.get(&digest),
+            Some(&1),
+            "{}: not in the log exactly once",
+            a.request_id
+        );
     }
 }
 
@@ -267,7 +287,10 @@ fn check_tables(fleet: &Fleet) {
     let (integrated, distinct, entries, queued): (i64, i64, i64, i64) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
     assert_eq!(integrated, distinct);
-    assert_eq!(integrated, entries, "every entry came through the queue once");
+    assert_eq!(
+        integrated, entries,
+        "every entry came through the queue once"
+    );
     assert_eq!(queued, 0, "the queue drained");
 }
 
@@ -313,13 +336,15 @@ async fn three_nodes_sign_into_one_log_and_the_audit_passes() {
     // An actor belongs to the node that registered it: another node refuses, naming it.
     let refused = other.sign(again).await.expect_err("another node's actor");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    assert!(refused.message().contains("node-0"), "{}", refused.message());
+    assert!(
+        refused.message().contains("node-0"),
+        "{}",
+        refused.message()
+    );
     // Registering an actor another node owns is refused.
     let taken = common::admin(&fleet.nodes[2])
         .await
-        .create_key(actseal::api::CreateKeyRequest {
-            actor: actor(0, 0),
-        })
+        .create_key(actseal::api::CreateKeyRequest { actor: actor(0, 0) })
         .await
         .expect_err("another node's actor");
     assert!(
@@ -381,7 +406,10 @@ async fn the_integrator_sigkilled_under_load_fails_over_and_loses_nothing() {
     for failover in &failovers {
         // The lease is 1.5 s here; the bound is the lease plus a follower's poll (lease / 6)
         // plus the takeover's check.
-        assert!(*failover < Duration::from_secs(5), "failover took {failover:?}");
+        assert!(
+            *failover < Duration::from_secs(5),
+            "failover took {failover:?}"
+        );
     }
     eprintln!("failovers: {failovers:?}");
 }
@@ -402,7 +430,9 @@ async fn a_stopped_integrator_is_fenced_and_signs_no_checkpoint_into_the_log() {
     wait_for_takeover(&fleet, holder, epoch, published).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     fleet.nodes[holder].signal_daemon("CONT").unwrap();
-    tokio::task::block_in_place(|| common::wait_for_log(&fleet.nodes[holder], "fenced: the lease moved on", 1));
+    tokio::task::block_in_place(|| {
+        common::wait_for_log(&fleet.nodes[holder], "fenced: the lease moved on", 1)
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     let acked = collect(tasks).await;
@@ -412,13 +442,22 @@ async fn a_stopped_integrator_is_fenced_and_signs_no_checkpoint_into_the_log() {
     // the tree: the whole log re-verified from its first entry.
     let lab = &fleet.nodes[holder];
     tokio::task::block_in_place(|| {
-        lab.run_ok(&["log", "check", "--config", &lab.config().display().to_string()])
+        lab.run_ok(&[
+            "log",
+            "check",
+            "--config",
+            &lab.config().display().to_string(),
+        ])
     })
     .expect("the whole log checks");
     tokio::task::block_in_place(|| export_and_check(&fleet, holder, &acked, "export-fenced.json"));
     let (now_holder, now_epoch, _) = lease(&fleet).unwrap();
     assert!(now_epoch > epoch);
-    assert_ne!(now_holder, format!("node-{holder}"), "the fenced node did not take the lease back");
+    assert_ne!(
+        now_holder,
+        format!("node-{holder}"),
+        "the fenced node did not take the lease back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -436,12 +475,18 @@ async fn postgres_restarted_under_load_answers_unavailable_then_recovers() {
     // Integration continues after the restart.
     let deadline = Instant::now() + Duration::from_secs(20);
     while lease(&fleet).unwrap().2 <= before + 20 {
-        assert!(Instant::now() < deadline, "integration did not resume after the restart");
+        assert!(
+            Instant::now() < deadline,
+            "integration did not resume after the restart"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, Ordering::SeqCst);
     let acked = collect(tasks).await;
-    assert!(*unavailable.lock().unwrap() > 0, "callers were told UNAVAILABLE while it was down");
+    assert!(
+        *unavailable.lock().unwrap() > 0,
+        "callers were told UNAVAILABLE while it was down"
+    );
     check_acked(&fleet, &acked);
     tokio::task::block_in_place(|| check_tables(&fleet));
     tokio::task::block_in_place(|| export_and_check(&fleet, 1, &acked, "export-pg.json"));

@@ -61,7 +61,9 @@ pub fn receipt(
         && p["signedAt"] == facts.signed_at.as_str()
         && p["logIndex"].is_null();
     if !same {
-        return Err("its statement does not say what its queue row says (or names a log index)".into());
+        return Err(
+            "its statement does not say what its queue row says (or names a log index)".into(),
+        );
     }
     if <[u8; 32]>::from(Sha256::digest(&parts.payload)) != facts.payload_sha256 {
         return Err("its payload digest differs from its queue row's".into());
@@ -75,7 +77,12 @@ pub fn receipt(
     if let Some(seal) = entry::BatchSeal::decode(&parts.signature_der) {
         return batch_seal(&parts.payload_type, &parts.payload, &seal, &key.public_key);
     }
-    if !signature_ok(&key.public_key, &parts.payload_type, &parts.payload, &parts.signature_der) {
+    if !signature_ok(
+        &key.public_key,
+        &parts.payload_type,
+        &parts.payload,
+        &parts.signature_der,
+    ) {
         return Err("the actor key's signature does not verify".into());
     }
     Ok(())
@@ -89,7 +96,12 @@ fn batch_seal(
     seal: &entry::BatchSeal,
     key: &p256::PublicKey,
 ) -> Result<(), String> {
-    if !signature_ok(key, payload_type, &seal.statement_payload, &seal.statement_signature_der) {
+    if !signature_ok(
+        key,
+        payload_type,
+        &seal.statement_payload,
+        &seal.statement_signature_der,
+    ) {
         return Err("the batch statement's signature does not verify".into());
     }
     let statement: Statement = serde_json::from_slice(&seal.statement_payload)
@@ -124,7 +136,12 @@ pub fn log_statement(
     key: Option<&KeyRecord>,
 ) -> Result<(), String> {
     let parts = entry::decode(bytes).ok_or("not an entry")?;
-    if !signature_ok(log_key, &parts.payload_type, &parts.payload, &parts.signature_der) {
+    if !signature_ok(
+        log_key,
+        &parts.payload_type,
+        &parts.payload,
+        &parts.signature_der,
+    ) {
         return Err("the log key's signature does not verify".into());
     }
     let statement: Statement =
@@ -141,6 +158,9 @@ pub fn log_statement(
             Ok(())
         }
         (EntryKind::Registration, None) => Err("a registration without its key record".into()),
-        _ => Err(format!("{} entries are not queued in a fleet", kind.as_str())),
+        _ => Err(format!(
+            "{} entries are not queued in a fleet",
+            kind.as_str()
+        )),
     }
 }

@@ -40,8 +40,7 @@ use crate::{
 /// Loads the log identity, or creates it (log key in the log token, meta rows) on an empty
 /// log; called under the lease. Then the start-up check against the head in the log token:
 /// the head to continue from.
-pub type TakeOver =
-    dyn Fn(&Store) -> Result<(LogIdentity, Option<LogHead>), String> + Send + Sync;
+pub type TakeOver = dyn Fn(&Store) -> Result<(LogIdentity, Option<LogHead>), String> + Send + Sync;
 
 /// What an integrator needs.
 pub struct Setup {
@@ -255,11 +254,21 @@ fn step_holder(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, Fl
     if h.head_behind {
         let requests = c.store.request_count_below(h.frontier.size())?;
         record_head(setup, h, requests)?;
-        lease::publish(&mut c.client, &setup.settings.node, h.held, h.frontier.size())?;
+        lease::publish(
+            &mut c.client,
+            &setup.settings.node,
+            h.held,
+            h.frontier.size(),
+        )?;
     }
     let integrated = integrate(setup, c, h)?;
     if integrated == 0 && h.renewed.elapsed() >= setup.settings.lease / 3 {
-        lease::renew(&mut c.client, &setup.settings.node, h.held, setup.settings.lease)?;
+        lease::renew(
+            &mut c.client,
+            &setup.settings.node,
+            h.held,
+            setup.settings.lease,
+        )?;
         h.renewed = Instant::now();
     }
     Ok(integrated)
@@ -279,10 +288,13 @@ struct Queued {
     waited: f64,
 }
 
+/// A queue row, or its id with why it cannot be integrated.
+type QueueRead = Result<Queued, (i64, String)>;
+
 fn read_queue(
     tx: &mut postgres::Transaction<'_>,
     limit: usize,
-) -> Result<Vec<Result<Queued, (i64, String)>>, FleetError> {
+) -> Result<Vec<QueueRead>, FleetError> {
     let rows = tx.query(
         "SELECT queue_id, node, kind, actor, entry, sequence, key_id, payload_sha256, signed_at,
                 request_id, request_sha256, key_record,
@@ -298,7 +310,7 @@ fn digest(bytes: Option<Vec<u8>>) -> Option<[u8; 32]> {
 }
 
 /// A queue row, or why it cannot be integrated.
-fn decode_row(r: &postgres::Row) -> Result<Queued, (i64, String)> {
+fn decode_row(r: &postgres::Row) -> QueueRead {
     let queue_id: i64 = r.get(0);
     let bad = |what: &str| (queue_id, what.to_owned());
     let kind = match r.get::<_, String>(2).as_str() {
@@ -311,7 +323,9 @@ fn decode_row(r: &postgres::Row) -> Result<Queued, (i64, String)> {
             sequence: u64::try_from(sequence).map_err(|_| bad("negative sequence"))?,
             key_id,
             payload_sha256: digest(r.get(7)).ok_or_else(|| bad("payload digest"))?,
-            signed_at: r.get::<_, Option<String>>(8).ok_or_else(|| bad("signed_at"))?,
+            signed_at: r
+                .get::<_, Option<String>>(8)
+                .ok_or_else(|| bad("signed_at"))?,
         }),
         _ => None,
     };
@@ -360,7 +374,11 @@ struct Nodes<'a> {
 
 impl NodeReader for Nodes<'_> {
     fn node(&self, level: u8, index: u64) -> Result<Hash, MerkleError> {
-        if let Some(hash) = self.staged.get(&(level, index)).or(self.cache.get(&(level, index))) {
+        if let Some(hash) = self
+            .staged
+            .get(&(level, index))
+            .or(self.cache.get(&(level, index)))
+        {
             return Ok(*hash);
         }
         NodeReader::node(self.store, level, index)
@@ -438,12 +456,17 @@ fn stage_row(
         actor: row.actor,
         entry: row.entry,
     });
-    staged.placed.push((row.queue_id, i64::try_from(index).unwrap_or(i64::MAX)));
+    staged
+        .placed
+        .push((row.queue_id, i64::try_from(index).unwrap_or(i64::MAX)));
     staged.lags.push(row.waited);
 }
 
 /// Request ids of `rows` already recorded in the log.
-fn recorded_requests(store: &Store, rows: &[Result<Queued, (i64, String)>]) -> Result<std::collections::HashSet<String>, FleetError> {
+fn recorded_requests(
+    store: &Store,
+    rows: &[QueueRead],
+) -> Result<std::collections::HashSet<String>, FleetError> {
     let mut taken = std::collections::HashSet::new();
     for row in rows.iter().flatten() {
         if let Some((id, _)) = &row.request
@@ -470,7 +493,14 @@ fn integrate(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, Flee
     let mut requests = recorded_requests(&c.store, &rows)?;
     for row in rows {
         match row {
-            Ok(row) => stage_row(&c.store, &h.log, &mut frontier, &mut staged, &mut requests, row),
+            Ok(row) => stage_row(
+                &c.store,
+                &h.log,
+                &mut frontier,
+                &mut staged,
+                &mut requests,
+                row,
+            ),
             Err((queue_id, reason)) => {
                 tracing::error!(queue_id, reason = %reason, "queued row unreadable: refused");
                 staged.refused.push(queue_id);
@@ -514,7 +544,12 @@ fn integrate(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, Flee
     let spent = started.elapsed().as_secs_f64();
     let lags: Vec<f64> = staged.lags.iter().map(|w| w + spent).collect();
     setup.metrics.integrated(&lags);
-    tracing::debug!(entries = count, size = h.frontier.size(), ms = (spent * 1000.0) as u64, "integrated");
+    tracing::debug!(
+        entries = count,
+        size = h.frontier.size(),
+        ms = (spent * 1000.0) as u64,
+        "integrated"
+    );
     Ok(count)
 }
 
@@ -531,13 +566,12 @@ fn seal(
     let checkpoint = Checkpoint::new(h.log.origin.clone(), frontier.size(), frontier.root())
         .map_err(|e| corrupt(e.to_string()))?;
     let backend = Arc::clone(&setup.log_backend);
-    let note = checkpoint
-        .signed_note_checked(&h.log.origin, &h.log.spki_der(), |body| {
-            let digest: [u8; 32] = Sha256::digest(body).into();
-            backend
-                .sign_digest(&h.log.key, &digest)
-                .map_err(|e| FleetError::Unavailable(format!("log key: {e}")))
-        })?;
+    let note = checkpoint.signed_note_checked(&h.log.origin, &h.log.spki_der(), |body| {
+        let digest: [u8; 32] = Sha256::digest(body).into();
+        backend
+            .sign_digest(&h.log.key, &digest)
+            .map_err(|e| FleetError::Unavailable(format!("log key: {e}")))
+    })?;
     let nodes = Nodes {
         store,
         staged: &staged.nodes,

@@ -25,7 +25,11 @@ pub struct LeaseState {
 }
 
 /// Takes the lease if nobody holds it or the holder's expired: the new epoch, or `None`.
-pub fn try_take(client: &mut Client, node: &str, lease: Duration) -> Result<Option<Held>, FleetError> {
+pub fn try_take(
+    client: &mut Client,
+    node: &str,
+    lease: Duration,
+) -> Result<Option<Held>, FleetError> {
     let row = client.query_opt(
         "INSERT INTO fleet_lease (id, holder, epoch, expires_at)
          VALUES (1, $1, 1, clock_timestamp() + make_interval(secs => $2::float8))
@@ -82,12 +86,7 @@ pub fn lock_held(
 
 /// Records that the log head in the log token covers `size`, if this node still holds the
 /// lease at its epoch (a fenced node publishes nothing).
-pub fn publish(
-    client: &mut Client,
-    node: &str,
-    held: Held,
-    size: u64,
-) -> Result<(), FleetError> {
+pub fn publish(client: &mut Client, node: &str, held: Held, size: u64) -> Result<(), FleetError> {
     let size = i64::try_from(size).unwrap_or(i64::MAX);
     let mut tx = client.transaction()?;
     let changed = tx.execute(

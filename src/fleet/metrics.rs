@@ -84,7 +84,11 @@ impl FleetMetrics {
 
     /// Prometheus text of these metrics.
     pub fn render(&self, out: &mut String) {
-        let holder = self.holder.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let holder = self
+            .holder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let node = &self.node;
         let _ = write!(
             out,

@@ -80,14 +80,17 @@ pub fn key_to_json(key: &KeyRecord) -> Result<String, FleetError> {
 pub fn key_from_json(text: &str) -> Result<KeyRecord, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("queued key record: {what}"));
     let k: KeyJson = serde_json::from_str(text).map_err(|e| corrupt(&e.to_string()))?;
-    let spki = B64.decode(&k.public_key).map_err(|_| corrupt("public key"))?;
+    let spki = B64
+        .decode(&k.public_key)
+        .map_err(|_| corrupt("public key"))?;
     Ok(KeyRecord {
         actor: k.actor,
         version: k.version,
         backend: BackendKind::parse(&k.backend).ok_or_else(|| corrupt("backend"))?,
         key_ref: KeyRef(k.key_ref),
         key_id: k.key_id,
-        public_key: p256::PublicKey::from_public_key_der(&spki).map_err(|_| corrupt("public key"))?,
+        public_key: p256::PublicKey::from_public_key_der(&spki)
+            .map_err(|_| corrupt("public key"))?,
         origin: match k.origin.as_str() {
             "generated" => KeyOrigin::Generated,
             "adopted" => KeyOrigin::Adopted,
@@ -184,14 +187,16 @@ pub fn own_actors(
     let mut actors = HashMap::new();
     for row in rows {
         let actor: String = row.get(0);
-        let head = match (row.get::<_, Option<i64>>(1), row.get::<_, Option<Vec<u8>>>(2)) {
+        let head = match (
+            row.get::<_, Option<i64>>(1),
+            row.get::<_, Option<Vec<u8>>>(2),
+        ) {
             (Some(sequence), Some(digest)) => Some(ActorHead {
                 sequence: u64::try_from(sequence).map_err(|_| {
                     StoreError::Corrupt(format!("head of {actor:?}: negative sequence"))
                 })?,
-                payload_sha256: <[u8; 32]>::try_from(digest.as_slice()).map_err(|_| {
-                    StoreError::Corrupt(format!("head of {actor:?}: bad digest"))
-                })?,
+                payload_sha256: <[u8; 32]>::try_from(digest.as_slice())
+                    .map_err(|_| StoreError::Corrupt(format!("head of {actor:?}: bad digest")))?,
             }),
             _ => None,
         };
@@ -227,7 +232,12 @@ pub fn integrated(client: &mut Client, ids: &[i64]) -> Result<HashMap<i64, u64>,
     )?;
     Ok(rows
         .into_iter()
-        .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(u64::MAX)))
+        .map(|r| {
+            (
+                r.get(0),
+                u64::try_from(r.get::<_, i64>(1)).unwrap_or(u64::MAX),
+            )
+        })
         .collect())
 }
 

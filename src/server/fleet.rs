@@ -105,6 +105,10 @@ fn take_over(
     let (status, head) =
         rollback::check_start(store, &log, hardware.as_ref().map(|(h, _)| h), None)
             .map_err(|e| e.to_string())?;
-    tracing::info!(size = status.size, checked = status.checked, "integrator: log verified under the lease");
+    tracing::info!(
+        size = status.size,
+        checked = status.checked,
+        "integrator: log verified under the lease"
+    );
     Ok((log, head))
 }

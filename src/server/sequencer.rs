@@ -554,8 +554,11 @@ impl Sequencer {
             let mut chain = ActorChain { key: None, head };
             for key in self.store.keys(Some(&actor))? {
                 if key.state == KeyState::Active {
-                    let lineage =
-                        Arc::new(bundles::lineage(&self.store, &key, &self.certificates.get())?);
+                    let lineage = Arc::new(bundles::lineage(
+                        &self.store,
+                        &key,
+                        &self.certificates.get(),
+                    )?);
                     chain.key = Some(ActiveKey {
                         record: Arc::new(key),
                         lineage,
@@ -594,14 +597,14 @@ impl Sequencer {
         let owner = link.borrow_mut().owner(actor);
         let node = link.borrow().node.settings.node.clone();
         match owner {
-            Ok(Some(owner)) if owner != node => {
-                Some(SequencerError::Precondition(format!(
-                    "actor {actor:?} belongs to fleet node {owner:?}; sign there"
+            Ok(Some(owner)) if owner != node => Some(SequencerError::Precondition(format!(
+                "actor {actor:?} belongs to fleet node {owner:?}; sign there"
+            ))),
+            Ok(Some(_)) if matches!(command, Command::RegisterKey(..)) => {
+                Some(SequencerError::Conflict(format!(
+                    "actor {actor:?} has a key already; rotate it instead"
                 )))
             }
-            Ok(Some(_)) if matches!(command, Command::RegisterKey(..)) => Some(
-                SequencerError::Conflict(format!("actor {actor:?} has a key already; rotate it instead")),
-            ),
             Ok(_) => None,
             Err(e) => Some(e),
         }
@@ -871,7 +874,8 @@ impl Sequencer {
                 reply,
             )),
             Ok(Some((queue_id, _))) => {
-                self.committer.follow(fleet::Follow::Queued(queue_id, reply));
+                self.committer
+                    .follow(fleet::Follow::Queued(queue_id, reply));
                 Ok(Retry::Answered)
             }
             Err(e) => Err((e, reply)),

@@ -12,9 +12,7 @@ use std::{
 
 use postgres::{Client, fallible_iterator::FallibleIterator};
 
-use super::{
-    LogIdentity, Reply, SequencerError, SignedReceipt, bundles, commit::CommitBatch,
-};
+use super::{LogIdentity, Reply, SequencerError, SignedReceipt, bundles, commit::CommitBatch};
 use crate::{
     fleet::{
         self, FleetError, FleetSettings,
@@ -46,6 +44,9 @@ pub(super) struct Sink {
     waiter: mpsc::Sender<Waiting>,
 }
 
+/// A queued batch: (local index, queue id) of its entries, and since when it waits.
+type Queued = (Box<CommitBatch>, Vec<(u64, i64)>, Instant);
+
 enum Waiting {
     Batch(Box<CommitBatch>, Vec<(u64, i64)>, Instant),
     Follow(Follow, Instant),
@@ -69,7 +70,9 @@ impl Sink {
         thread::Builder::new()
             .name("actseal-fleet-waiter".into())
             .spawn(move || waiting.run(&inbox))
-            .map_err(|e| SequencerError::NotStored(format!("cannot start the fleet waiter: {e}")))?;
+            .map_err(|e| {
+                SequencerError::NotStored(format!("cannot start the fleet waiter: {e}"))
+            })?;
         Ok(Sink {
             node,
             client: None,
@@ -119,8 +122,11 @@ impl Sink {
 
 /// The queue rows of a batch, in log order, with each row's local index.
 fn rows_of(batch: &CommitBatch) -> (Enqueue, Vec<u64>) {
-    let receipts: HashMap<u64, &super::PendingReceipt> =
-        batch.receipts.iter().map(|p| (p.row.log_index, p)).collect();
+    let receipts: HashMap<u64, &super::PendingReceipt> = batch
+        .receipts
+        .iter()
+        .map(|p| (p.row.log_index, p))
+        .collect();
     let requests: HashMap<u64, (String, [u8; 32])> = batch
         .batch
         .requests
@@ -175,7 +181,8 @@ struct Waiter {
     log: LogIdentity,
     certificates: Arc<CertificateHistory>,
     conn: Option<(Client, Store)>,
-    batches: Vec<(Box<CommitBatch>, Vec<(u64, i64)>, Instant)>,
+    /// Batches queued: each with (local index, queue id) of its entries, and since when.
+    batches: Vec<Queued>,
     follows: Vec<(Follow, Instant)>,
 }
 
@@ -255,7 +262,10 @@ impl Waiter {
         let published = fleet::lease::state(client)?.map_or(0, |s| s.published_size);
         let placed = queue::integrated(client, &ids)?;
         let covered = |index: &u64| *index < published;
-        let old: Vec<i64> = old.into_iter().filter(|id| !placed.contains_key(id)).collect();
+        let old: Vec<i64> = old
+            .into_iter()
+            .filter(|id| !placed.contains_key(id))
+            .collect();
         let mut refused = Vec::new();
         if !old.is_empty() {
             // Gone from the queue and (asked after that) not integrated: refused.
@@ -304,9 +314,8 @@ impl Waiter {
         let certificates = self.certificates.get();
         let log = self.log.clone();
         let (_, store) = self.conn().map_err(to_sequencer)?;
-        bundles::stored(store, &log, &certificates, index, None)?.ok_or_else(|| {
-            SequencerError::NotStored(format!("log entry {index} is not a receipt"))
-        })
+        bundles::stored(store, &log, &certificates, index, None)?
+            .ok_or_else(|| SequencerError::NotStored(format!("log entry {index} is not a receipt")))
     }
 
     /// Answers a batch: each receipt's bundle from the store at its log index.
@@ -373,7 +382,10 @@ impl Link {
         Link { node, client: None }
     }
 
-    fn with<T>(&mut self, f: impl FnOnce(&mut Client, &str) -> Result<T, FleetError>) -> Result<T, SequencerError> {
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut Client, &str) -> Result<T, FleetError>,
+    ) -> Result<T, SequencerError> {
         if self.client.is_none() {
             self.client = Some(
                 crate::ledger::store::postgres::connect(&self.node.pg)
