@@ -29,6 +29,8 @@ const FLEET: &str = "lease_ms = 1500\nintegrate_interval_ms = 5\nanswer_timeout_
 
 struct TestFleet {
     fleet: Fleet,
+    /// Each node's metrics port.
+    metrics: Vec<u16>,
     _dir: TempDir,
 }
 
@@ -60,10 +62,14 @@ async fn started_fleet(actors: usize) -> Option<TestFleet> {
         .expect("temp dir");
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_actseal"));
     let dir_path = dir.path().to_owned();
-    let mut fleet = tokio::task::spawn_blocking(move || {
+    let (mut fleet, metrics) = tokio::task::spawn_blocking(move || {
         let mut fleet = Fleet::create(&exe, &dir_path, 3, FLEET).expect("fleet set-up");
+        let metrics: Vec<u16> = fleet.nodes.iter().map(|_| common::free_port()).collect();
+        for (node, port) in fleet.nodes.iter().zip(&metrics) {
+            common::configure_server(node, &format!("metrics = \"127.0.0.1:{port}\""));
+        }
         fleet.start_all().expect("fleet start");
-        fleet
+        (fleet, metrics)
     })
     .await
     .unwrap();
@@ -72,7 +78,28 @@ async fn started_fleet(actors: usize) -> Option<TestFleet> {
             common::create_key(node, &actor(n, a)).await;
         }
     }
-    Some(TestFleet { fleet, _dir: dir })
+    Some(TestFleet {
+        fleet,
+        metrics,
+        _dir: dir,
+    })
+}
+
+/// A node's /metrics text.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics");
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The value of the first sample of `name` (with its labels) in a scrape.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 fn actor(node: usize, n: usize) -> String {
@@ -304,6 +331,28 @@ async fn three_nodes_sign_into_one_log_and_the_audit_passes() {
     assert_eq!(acked.len(), 3 * 3 * 20);
     check_acked(&fleet, &acked);
     tokio::task::block_in_place(|| check_tables(&fleet));
+    // Per-node metrics: exactly one integrator, all agreeing on the holder and epoch; it
+    // integrated everything, with its lag histogram; the queue drained.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let scrapes: Vec<String> = fleet.metrics.iter().map(|p| scrape(*p)).collect();
+    let (holder, epoch, _) = lease(&fleet).unwrap();
+    let mut integrators = 0.0;
+    for (n, text) in scrapes.iter().enumerate() {
+        let labels = format!("{{node=\"node-{n}\"");
+        integrators += sample(text, &format!("actseal_fleet_is_integrator{labels}")).unwrap();
+        assert_eq!(sample(text, &format!("actseal_fleet_lease_epoch{labels}")), Some(epoch as f64));
+        assert_eq!(sample(text, &format!("actseal_fleet_queue_depth{labels}")), Some(0.0));
+        assert!(
+            text.contains(&format!("actseal_fleet_lease_holder{labels},holder=\"{holder}\"}} 1")),
+            "{text}"
+        );
+    }
+    assert_eq!(integrators, 1.0);
+    let holder_text = &scrapes[holder.strip_prefix("node-").unwrap().parse::<usize>().unwrap()];
+    let integrated = sample(holder_text, "actseal_fleet_integrated_total").unwrap();
+    assert!(integrated >= acked.len() as f64, "{integrated} integrated");
+    let lag_count = sample(holder_text, "actseal_fleet_integration_lag_seconds_count").unwrap();
+    assert_eq!(lag_count, integrated);
     // Any node exports the whole log and serves proofs of every node's receipts.
     tokio::task::block_in_place(|| export_and_check(&fleet, 2, &acked, "export-2.json"));
     let mut other = common::signer(&fleet.nodes[1]).await;
