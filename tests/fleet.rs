@@ -220,7 +220,7 @@ fn payload_of(bundle: &str) -> Vec<u8> {
 
 /// Everything the callers were told holds: each bundle verifies offline under the one trust
 /// anchor, carries `logIndex: null` and its own index; one index each; each actor's
-/// sequence has no gap and no repeat; every bundle proving against a tree size names the
+/// sequence has no gap and no repeat (the main loads start at 1); every bundle proving against a tree size names the
 /// same root there (no two checkpoints of one size disagree).
 fn check_acked(fleet: &Fleet, acked: &[Acked]) {
     let anchors = TrustAnchors::from_pem(&std::fs::read(fleet.anchor()).unwrap()).unwrap();
@@ -262,8 +262,9 @@ fn check_acked(fleet: &Fleet, acked: &[Acked]) {
     }
     for (actor, mut seen) in sequences {
         seen.sort_unstable();
-        let n = seen.len() as u64;
-        assert_eq!(seen, (1..=n).collect::<Vec<_>>(), "{actor}: sequences");
+        let first = seen[0];
+        let want: Vec<u64> = (first..first + seen.len() as u64).collect();
+        assert_eq!(seen, want, "{actor}: sequences have a gap or a repeat");
     }
 }
 
@@ -299,6 +300,80 @@ fn export_and_check(fleet: &Fleet, node: usize, acked: &[Acked], name: &str) {
     }
 }
 
+/// Queues a tampered entry and a replayed one straight into PostgreSQL (as a faulty node
+/// would) and waits for the integrator to refuse both.
+fn forged_rows_are_refused(fleet: &Fleet) {
+    let mut client = fleet.client().unwrap();
+    let newest = client
+        .query_one(
+            "SELECT r.actor, r.sequence, r.key_id, r.payload_sha256, r.signed_at, e.entry
+             FROM receipts r JOIN log_entries e USING (log_index) ORDER BY log_index DESC LIMIT 1",
+            &[],
+        )
+        .unwrap();
+    let entries_before: i64 = client
+        .query_one("SELECT COUNT(*) FROM log_entries", &[])
+        .unwrap()
+        .get(0);
+    let replayed: Vec<u8> = newest.get(5);
+    let mut tampered = replayed.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    let mut ids = Vec::new();
+    for entry in [tampered, replayed] {
+        let id: i64 = client
+            .query_one(
+                "INSERT INTO fleet_queue (node, kind, actor, entry, sequence, key_id, payload_sha256, signed_at)
+                 VALUES ('node-0', 'receipt', $1, $2, $3, $4, $5, $6) RETURNING queue_id",
+                &[
+                    &newest.get::<_, String>(0),
+                    &entry,
+                    &newest.get::<_, i64>(1),
+                    &newest.get::<_, String>(2),
+                    &newest.get::<_, Vec<u8>>(3),
+                    &newest.get::<_, String>(4),
+                ],
+            )
+            .unwrap()
+            .get(0);
+        ids.push(id);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: i64 = client
+            .query_one(
+                "SELECT COUNT(*) FROM fleet_queue WHERE queue_id = ANY($1)",
+                &[&ids],
+            )
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the forged rows were never taken"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let integrated: i64 = client
+        .query_one(
+            "SELECT COUNT(*) FROM fleet_integrated WHERE queue_id = ANY($1)",
+            &[&ids],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(integrated, 0, "a forged entry was integrated");
+    let entries_after: i64 = client
+        .query_one("SELECT COUNT(*) FROM log_entries", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        entries_after, entries_before,
+        "a forged entry entered the log"
+    );
+}
+
 /// Nothing was integrated twice and the queue drained.
 fn check_tables(fleet: &Fleet) {
     let mut client = fleet.client().unwrap();
@@ -330,6 +405,10 @@ async fn three_nodes_sign_into_one_log_and_the_audit_passes() {
     let acked = collect(tasks).await;
     assert_eq!(acked.len(), 3 * 3 * 20);
     check_acked(&fleet, &acked);
+    assert!(acked.iter().all(|a| {
+        let s = common::receipt_statement(&a.bundle)["predicate"]["sequence"].as_u64();
+        s.is_some_and(|s| (1..=20).contains(&s))
+    }));
     tokio::task::block_in_place(|| check_tables(&fleet));
     // Per-node metrics: exactly one integrator, all agreeing on the holder and epoch; it
     // integrated everything, with its lag histogram; the queue drained.
@@ -340,15 +419,27 @@ async fn three_nodes_sign_into_one_log_and_the_audit_passes() {
     for (n, text) in scrapes.iter().enumerate() {
         let labels = format!("{{node=\"node-{n}\"");
         integrators += sample(text, &format!("actseal_fleet_is_integrator{labels}")).unwrap();
-        assert_eq!(sample(text, &format!("actseal_fleet_lease_epoch{labels}")), Some(epoch as f64));
-        assert_eq!(sample(text, &format!("actseal_fleet_queue_depth{labels}")), Some(0.0));
+        assert_eq!(
+            sample(text, &format!("actseal_fleet_lease_epoch{labels}")),
+            Some(epoch as f64)
+        );
+        assert_eq!(
+            sample(text, &format!("actseal_fleet_queue_depth{labels}")),
+            Some(0.0)
+        );
         assert!(
-            text.contains(&format!("actseal_fleet_lease_holder{labels},holder=\"{holder}\"}} 1")),
+            text.contains(&format!(
+                "actseal_fleet_lease_holder{labels},holder=\"{holder}\"}} 1"
+            )),
             "{text}"
         );
     }
     assert_eq!(integrators, 1.0);
-    let holder_text = &scrapes[holder.strip_prefix("node-").unwrap().parse::<usize>().unwrap()];
+    let holder_text = &scrapes[holder
+        .strip_prefix("node-")
+        .unwrap()
+        .parse::<usize>()
+        .unwrap()];
     let integrated = sample(holder_text, "actseal_fleet_integrated_total").unwrap();
     assert!(integrated >= acked.len() as f64, "{integrated} integrated");
     let lag_count = sample(holder_text, "actseal_fleet_integration_lag_seconds_count").unwrap();
@@ -390,6 +481,19 @@ async fn three_nodes_sign_into_one_log_and_the_audit_passes() {
         "{}",
         refused.message()
     );
+    // Rotation and retirement are not carried by a fleet yet: refused, clearly.
+    let rotate = common::admin(&fleet.nodes[0])
+        .await
+        .rotate_key(actseal::api::RotateKeyRequest { actor: actor(0, 0) })
+        .await
+        .expect_err("rotation in a fleet");
+    assert_eq!(rotate.code(), Code::FailedPrecondition, "{rotate:?}");
+    // A node's bug must not poison the shared log: a queued entry whose signature does not
+    // verify, and a replay of an integrated one, are refused and never integrated.
+    tokio::task::block_in_place(|| forged_rows_are_refused(&fleet));
+    let (tasks, _) = spawn_load(&fleet, 1, 3, "after");
+    let after = collect(tasks).await;
+    check_acked(&fleet, &after);
     // Registering an actor another node owns is refused.
     let taken = common::admin(&fleet.nodes[2])
         .await

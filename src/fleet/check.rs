@@ -41,12 +41,15 @@ fn signature_ok(key: &p256::PublicKey, payload_type: &str, payload: &[u8], der: 
     check_message_signature(key, &pae(payload_type, payload), &signature).is_ok()
 }
 
-/// Checks a receipt entry against its row's facts and its actor's key.
+/// Checks a receipt entry against its row's facts, its actor's key, and its actor's chain in
+/// the log: `head` is the actor's newest receipt so far (sequence, payload digest), which this
+/// one must follow (a duplicate or a gap would break the chain, or a unique key of the log).
 pub fn receipt(
     bytes: &[u8],
     actor: &str,
     facts: &QueuedReceipt,
     keys: &dyn Keys,
+    head: Option<(u64, [u8; 32])>,
 ) -> Result<(), String> {
     let parts = entry::decode(bytes).ok_or("not an entry")?;
     let statement: Statement =
@@ -67,6 +70,20 @@ pub fn receipt(
     }
     if <[u8; 32]>::from(Sha256::digest(&parts.payload)) != facts.payload_sha256 {
         return Err("its payload digest differs from its queue row's".into());
+    }
+    let previous = p["previousReceipt"]["sha256"].as_str();
+    let follows = match head {
+        None => facts.sequence == 1 && previous.is_none(),
+        Some((sequence, digest)) => {
+            facts.sequence == sequence + 1 && previous == Some(hex::encode(digest).as_str())
+        }
+    };
+    if !follows {
+        return Err(format!(
+            "sequence {} does not continue {actor:?}'s chain in the log (at {})",
+            facts.sequence,
+            head.map_or(0, |h| h.0)
+        ));
     }
     let key = keys
         .key(&facts.key_id)?

@@ -388,6 +388,8 @@ impl NodeReader for Nodes<'_> {
 /// What one integration stages.
 #[derive(Default)]
 struct Staged {
+    /// Each receipt actor's newest receipt in the log and in this integration so far.
+    heads: HashMap<String, (u64, [u8; 32])>,
     batch: Batch,
     nodes: HashMap<(u8, u64), Hash>,
     /// (queue id, log index)
@@ -412,7 +414,11 @@ fn stage_row(
                 store,
                 new: &staged.new_keys,
             };
-            check::receipt(&row.entry, &row.actor, facts, &keys)
+            let head = staged.heads.get(&row.actor).copied();
+            check::receipt(&row.entry, &row.actor, facts, &keys, head)
+        }
+        (EntryKind::Registration, _) if registered(store, staged, row.key.as_ref()) => {
+            Err("it registers a key or an actor that is registered already".into())
         }
         (EntryKind::Receipt, None) => Err("a receipt without its facts".into()),
         (kind, _) => check::log_statement(&row.entry, *kind, &log.key.public_key, row.key.as_ref()),
@@ -429,6 +435,9 @@ fn stage_row(
         staged.batch.nodes.push((level, node_index, hash));
     }
     if let Some(facts) = row.receipt {
+        staged
+            .heads
+            .insert(row.actor.clone(), (facts.sequence, facts.payload_sha256));
         staged.batch.receipts.push(ReceiptRow {
             log_index: index,
             actor: row.actor.clone(),
@@ -462,6 +471,49 @@ fn stage_row(
     staged.lags.push(row.waited);
 }
 
+/// Whether a registration's key id, or its actor, is registered already (in the log or in
+/// this integration): inserting it would break a unique key of the key table.
+fn registered(store: &Store, staged: &Staged, key: Option<&KeyRecord>) -> bool {
+    let Some(key) = key else {
+        return false;
+    };
+    let in_batch = staged
+        .new_keys
+        .values()
+        .any(|k| k.key_id == key.key_id || k.actor == key.actor);
+    in_batch
+        || !matches!(store.key_by_id(&key.key_id), Ok(None))
+        || !matches!(store.keys(Some(&key.actor)).map(|k| k.is_empty()), Ok(true))
+}
+
+/// The newest receipt in the log of each receipt actor of `rows`.
+fn stored_heads(
+    tx: &mut postgres::Transaction<'_>,
+    rows: &[QueueRead],
+) -> Result<HashMap<String, (u64, [u8; 32])>, FleetError> {
+    let mut actors: Vec<&str> = rows
+        .iter()
+        .flatten()
+        .filter(|r| r.receipt.is_some())
+        .map(|r| r.actor.as_str())
+        .collect();
+    actors.sort_unstable();
+    actors.dedup();
+    let found = tx.query(
+        "SELECT DISTINCT ON (actor) actor, sequence, payload_sha256 FROM receipts
+         WHERE actor = ANY($1) ORDER BY actor, sequence DESC",
+        &[&actors],
+    )?;
+    let mut heads = HashMap::new();
+    for row in found {
+        let sequence = u64::try_from(row.get::<_, i64>(1)).unwrap_or(0);
+        if let Some(digest) = digest(row.get(2)) {
+            heads.insert(row.get::<_, String>(0), (sequence, digest));
+        }
+    }
+    Ok(heads)
+}
+
 /// Request ids of `rows` already recorded in the log.
 fn recorded_requests(
     store: &Store,
@@ -489,7 +541,10 @@ fn integrate(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, Flee
     }
     let started = Instant::now();
     let mut frontier = h.frontier.clone();
-    let mut staged = Staged::default();
+    let mut staged = Staged {
+        heads: stored_heads(&mut tx, &rows)?,
+        ..Staged::default()
+    };
     let mut requests = recorded_requests(&c.store, &rows)?;
     for row in rows {
         match row {
