@@ -9,6 +9,7 @@ packages=(
   protobuf-compiler pkg-config               # build: protoc for the gRPC API
   openssl jq ca-certificates                 # offline verification with openssl alone
   systemd util-linux passwd                  # systemd-analyze (unit tests), setpriv, useradd
+  postgresql                                 # the ledger on PostgreSQL (tests/ledger_postgres.rs, fleets)
   golang-go golang-golang-x-mod-dev          # interop: Go sumdb/note reads our checkpoints (tests/witness.rs)
   chromium                                   # the forensics report opened headless (tests/forensics.rs)
 )

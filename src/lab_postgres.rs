@@ -15,6 +15,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use crate::ledger::store::postgres::blocking;
+
 /// The superuser `initdb` creates; tests connect as it.
 pub const USER: &str = "actseal_lab";
 /// Where Debian installs the server's programs.
@@ -31,6 +33,8 @@ pub struct Postgres {
     /// `Some((uid, gid))` when the server runs as another user than ours.
     run_as: Option<(u32, u32)>,
     running: bool,
+    /// Whether the server offers TLS ([`Postgres::enable_tls`]).
+    tls: bool,
 }
 
 /// Where `initdb`, `pg_ctl` and `postgres` are, if PostgreSQL is installed.
@@ -120,6 +124,7 @@ impl Postgres {
             password_file,
             run_as,
             running: false,
+            tls: false,
         };
         pg.initdb(&password)?;
         pg.start_on_a_free_port()?;
@@ -210,13 +215,17 @@ impl Postgres {
     }
 
     fn write_settings(&self) -> Result<()> {
-        let settings = format!(
+        let mut settings = format!(
             "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
              fsync = on\nsynchronous_commit = on\nmax_connections = 100\n\
              shared_buffers = 16MB\nlog_min_messages = warning\n",
             self.port,
             self.socket_dir().display()
         );
+        if self.tls {
+            settings
+                .push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
         let path = self.data().join("postgresql.auto.conf");
         // Written by us (root) into the server's directory: give it back to the server.
         fs::write(&path, settings)?;
@@ -269,13 +278,28 @@ impl Postgres {
         Ok(fs::read_to_string(&self.password_file)?.trim().to_owned())
     }
 
-    /// A client of `database`, as the superuser.
+    /// A client of `database`, as the superuser. Inside an async test, call its methods
+    /// within `tokio::task::block_in_place` (the client runs a runtime of its own).
     pub fn client(&self, database: &str) -> Result<postgres::Client> {
         let mut config: postgres::Config = self.url(database).parse()?;
         config
             .password(self.password()?)
             .connect_timeout(Duration::from_secs(10));
-        Ok(config.connect(postgres::NoTls)?)
+        Ok(blocking(|| config.connect(postgres::NoTls))?)
+    }
+
+    /// Runs `sql` (several statements) in `database`.
+    pub fn execute(&self, database: &str, sql: &str) -> Result<()> {
+        let mut client = self.client(database)?;
+        blocking(move || client.batch_execute(sql))
+            .with_context(|| format!("in database {database}"))?;
+        Ok(())
+    }
+
+    /// The first column of the first row of `sql` in `database`, as an integer.
+    pub fn query_i64(&self, database: &str, sql: &str) -> Result<i64> {
+        let mut client = self.client(database)?;
+        Ok(blocking(move || client.query_one(sql, &[]))?.try_get(0)?)
     }
 
     /// Creates an empty database and returns its URL.
@@ -283,8 +307,7 @@ impl Postgres {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             bail!("database name {name:?}: letters, digits and _ only");
         }
-        self.client("postgres")?
-            .batch_execute(&format!("CREATE DATABASE {name}"))
+        self.execute("postgres", &format!("CREATE DATABASE {name}"))
             .with_context(|| format!("cannot create database {name}"))?;
         Ok(self.url(name))
     }
@@ -353,10 +376,120 @@ impl Postgres {
         Ok(())
     }
 
+    /// Turns TLS on (a new CA and a server certificate for 127.0.0.1, made with `openssl`)
+    /// and reloads the server; returns the CA certificate's file for clients.
+    pub fn enable_tls(&mut self) -> Result<PathBuf> {
+        let work = self.dir.with_extension("tls");
+        fs::create_dir_all(&work)?;
+        let ca = make_ca(&work, "ca")?;
+        let openssl = |args: &[&str]| -> Result<()> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&work)
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "openssl {}: {}",
+                    args[0],
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(())
+        };
+        openssl(&[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "server.key",
+        ])?;
+        openssl(&[
+            "req",
+            "-new",
+            "-key",
+            "server.key",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-out",
+            "server.csr",
+        ])?;
+        fs::write(work.join("san.ext"), "subjectAltName = IP:127.0.0.1\n")?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ])?;
+        for name in ["server.crt", "server.key"] {
+            let to = self.data().join(name);
+            fs::copy(work.join(name), &to)?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o600))?;
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&to, Some(uid), Some(gid))?;
+            }
+        }
+        self.tls = true;
+        self.write_settings()?;
+        self.execute("postgres", "SELECT pg_reload_conf()")?;
+        // The reload is asynchronous: wait until new sessions are offered TLS.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.query_i64(
+            "postgres",
+            "SELECT CASE WHEN current_setting('ssl') = 'on' THEN 1::int8 ELSE 0::int8 END",
+        )? != 1
+        {
+            if Instant::now() > deadline {
+                bail!("the server did not turn TLS on");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(ca)
+    }
+
     /// Whether the server is (believed to be) running.
     pub fn is_running(&self) -> bool {
         self.running
     }
+}
+
+/// A self-signed CA (`<name>.crt`, `<name>.key`) in `dir`; returns the certificate's path.
+pub fn make_ca(dir: &Path, name: &str) -> Result<PathBuf> {
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-days", "2", "-subj", &format!("/CN=actseal lab {name}")])
+        .arg("-keyout")
+        .arg(dir.join(format!("{name}.key")))
+        .arg("-out")
+        .arg(dir.join(format!("{name}.crt")))
+        .arg("-addext")
+        .arg("basicConstraints=critical,CA:TRUE")
+        .output()
+        .context("cannot run openssl")?;
+    if !out.status.success() {
+        bail!("openssl req: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(dir.join(format!("{name}.crt")))
 }
 
 impl Drop for Postgres {
@@ -372,6 +505,7 @@ impl Drop for Postgres {
                 .status();
         }
         let _ = fs::remove_dir_all(&self.dir);
+        let _ = fs::remove_dir_all(self.dir.with_extension("tls"));
         let _ = fs::remove_file(&self.password_file);
     }
 }

@@ -22,7 +22,18 @@ fn anchor(lab: &actseal::lab::Lab) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_receipt_is_proved_in_a_growing_log_with_consistent_checkpoints() {
-    let lab = started_lab();
+    every_receipt_is_proved_in_a_growing_log_with_consistent_checkpoints_on(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_receipt_is_proved_in_a_growing_log_with_consistent_checkpoints_on_postgres() {
+    every_receipt_is_proved_in_a_growing_log_with_consistent_checkpoints_on(Engine::Postgres).await;
+}
+
+async fn every_receipt_is_proved_in_a_growing_log_with_consistent_checkpoints_on(engine: Engine) {
+    let Some(lab) = started_lab_on(engine) else {
+        return;
+    };
     create_key(&lab, ACTOR).await;
     let other = "spiffe://acme.example/agents/other";
     create_key(&lab, other).await;
@@ -203,7 +214,27 @@ async fn every_receipt_is_proved_in_a_growing_log_with_consistent_checkpoints() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stops_signing() {
-    let lab = started_lab();
+    rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stops_signing_on(
+        Engine::Sqlite,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stops_signing_on_postgres()
+ {
+    rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stops_signing_on(
+        Engine::Postgres,
+    )
+    .await;
+}
+
+async fn rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stops_signing_on(
+    engine: Engine,
+) {
+    let Some(lab) = started_lab_on(engine) else {
+        return;
+    };
     let v1 = create_key(&lab, ACTOR).await;
     let mut signer = signer(&lab).await;
     let mut admin = admin(&lab).await;
@@ -334,7 +365,18 @@ async fn rotation_twice_keeps_old_and_new_bundles_verifiable_and_retirement_stop
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_with_a_request_id_return_the_same_bundle_and_append_nothing() {
-    let lab = started_lab();
+    retries_with_a_request_id_return_the_same_bundle_and_append_nothing_on(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_with_a_request_id_return_the_same_bundle_and_append_nothing_on_postgres() {
+    retries_with_a_request_id_return_the_same_bundle_and_append_nothing_on(Engine::Postgres).await;
+}
+
+async fn retries_with_a_request_id_return_the_same_bundle_and_append_nothing_on(engine: Engine) {
+    let Some(lab) = started_lab_on(engine) else {
+        return;
+    };
     create_key(&lab, ACTOR).await;
     let mut signer = signer(&lab).await;
     let mut request = sign_request(ACTOR, DOCUMENT);
@@ -520,13 +562,19 @@ async fn a_damaged_database_is_caught_at_start_up_and_by_audit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_window_shares_checkpoints_between_callers() {
-    let mut lab = new_lab();
-    let config = std::fs::read_to_string(lab.config()).unwrap();
-    std::fs::write(
-        lab.config(),
-        format!("{config}\n[ledger]\nbatch_window_ms = 50\n"),
-    )
-    .unwrap();
+    a_batch_window_shares_checkpoints_between_callers_on(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_window_shares_checkpoints_between_callers_on_postgres() {
+    a_batch_window_shares_checkpoints_between_callers_on(Engine::Postgres).await;
+}
+
+async fn a_batch_window_shares_checkpoints_between_callers_on(engine: Engine) {
+    let Some(mut lab) = new_lab_on(engine) else {
+        return;
+    };
+    configure_ledger(&lab, "batch_window_ms = 50");
     lab.start_daemon().unwrap();
     create_key(&lab, ACTOR).await;
     let mut tasks = Vec::new();
@@ -555,14 +603,18 @@ async fn a_batch_window_shares_checkpoints_between_callers() {
     for (document, response) in &signed {
         verify(&lab, &response.bundle_json, Some(document.as_bytes())).expect("verifies");
     }
-    let conn = rusqlite::Connection::open_with_flags(
-        lab.dir.join("state/actseal.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let checkpoints: i64 = conn
+    let checkpoints: i64 = match &lab.pg {
+        Some(pg) => pg
+            .query_i64("ledger", "SELECT COUNT(*) FROM checkpoints")
+            .unwrap(),
+        None => rusqlite::Connection::open_with_flags(
+            lab.dir.join("state/actseal.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap()
         .query_row("SELECT COUNT(*) FROM checkpoints", [], |r| r.get(0))
-        .unwrap();
+        .unwrap(),
+    };
     assert!(
         checkpoints < 40,
         "{checkpoints} checkpoints for 40 receipts: no batching"
@@ -571,7 +623,18 @@ async fn a_batch_window_shares_checkpoints_between_callers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_under_load_keeps_every_receipt_valid_and_the_log_auditable() {
-    let mut lab = started_lab();
+    rotating_under_load_keeps_every_receipt_valid_and_the_log_auditable_on(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_under_load_keeps_every_receipt_valid_and_the_log_auditable_on_postgres() {
+    rotating_under_load_keeps_every_receipt_valid_and_the_log_auditable_on(Engine::Postgres).await;
+}
+
+async fn rotating_under_load_keeps_every_receipt_valid_and_the_log_auditable_on(engine: Engine) {
+    let Some(mut lab) = started_lab_on(engine) else {
+        return;
+    };
     create_key(&lab, ACTOR).await;
     let mut tasks = Vec::new();
     for c in 0..4 {

@@ -13,7 +13,18 @@ use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_returns_a_bundle_that_verifies_offline() {
-    let lab = started_lab();
+    sign_returns_a_bundle_that_verifies_offline_on(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_returns_a_bundle_that_verifies_offline_on_postgres() {
+    sign_returns_a_bundle_that_verifies_offline_on(Engine::Postgres).await;
+}
+
+async fn sign_returns_a_bundle_that_verifies_offline_on(engine: Engine) {
+    let Some(lab) = started_lab_on(engine) else {
+        return;
+    };
     let key = create_key(&lab, ACTOR).await;
     assert_eq!(key.version, 1);
     assert_eq!(key.backend, "pkcs11");
@@ -135,7 +146,18 @@ async fn sign_returns_a_bundle_that_verifies_offline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_chain_per_actor_and_keys_survive_a_restart() {
-    let mut lab = started_lab();
+    receipts_chain_per_actor_and_keys_survive_a_restart_on(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_chain_per_actor_and_keys_survive_a_restart_on_postgres() {
+    receipts_chain_per_actor_and_keys_survive_a_restart_on(Engine::Postgres).await;
+}
+
+async fn receipts_chain_per_actor_and_keys_survive_a_restart_on(engine: Engine) {
+    let Some(mut lab) = started_lab_on(engine) else {
+        return;
+    };
     let other = "spiffe://acme.example/agents/procurement";
     create_key(&lab, ACTOR).await;
     create_key(&lab, other).await;
@@ -212,7 +234,18 @@ async fn receipts_chain_per_actor_and_keys_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_precise_statuses_and_change_nothing() {
-    let lab = started_lab();
+    bad_requests_get_precise_statuses_and_change_nothing_on(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_precise_statuses_and_change_nothing_on_postgres() {
+    bad_requests_get_precise_statuses_and_change_nothing_on(Engine::Postgres).await;
+}
+
+async fn bad_requests_get_precise_statuses_and_change_nothing_on(engine: Engine) {
+    let Some(lab) = started_lab_on(engine) else {
+        return;
+    };
     create_key(&lab, ACTOR).await;
     let mut signer = signer(&lab).await;
     signer.sign(sign_request(ACTOR, DOCUMENT)).await.unwrap();
@@ -742,7 +775,18 @@ async fn the_daemon_refuses_a_pin_file_others_can_reach_and_keeps_its_state_owne
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_token_gives_unavailable_and_loses_nothing() {
-    let lab = started_lab();
+    a_vanished_token_gives_unavailable_and_loses_nothing_on(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_token_gives_unavailable_and_loses_nothing_on_postgres() {
+    a_vanished_token_gives_unavailable_and_loses_nothing_on(Engine::Postgres).await;
+}
+
+async fn a_vanished_token_gives_unavailable_and_loses_nothing_on(engine: Engine) {
+    let Some(lab) = started_lab_on(engine) else {
+        return;
+    };
     create_key(&lab, ACTOR).await;
     let mut signer = signer(&lab).await;
     let kept = signer
@@ -1089,7 +1133,18 @@ async fn real_bundles_verify_with_openssl_and_any_tampering_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_signing_loses_no_acknowledged_receipt() {
-    let mut lab = started_lab();
+    sigkill_while_signing_loses_no_acknowledged_receipt_on(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_signing_loses_no_acknowledged_receipt_on_postgres() {
+    sigkill_while_signing_loses_no_acknowledged_receipt_on(Engine::Postgres).await;
+}
+
+async fn sigkill_while_signing_loses_no_acknowledged_receipt_on(engine: Engine) {
+    let Some(mut lab) = started_lab_on(engine) else {
+        return;
+    };
     create_key(&lab, ACTOR).await;
     let mut clients = Vec::new();
     let signed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1159,11 +1214,6 @@ async fn sigkill_while_signing_loses_no_acknowledged_receipt() {
             .into_inner();
         assert_eq!(stored.bundle_json, response.bundle_json);
     }
-    let conn = rusqlite::Connection::open_with_flags(
-        lab.dir.join("state/actseal.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
     // The chain goes on from what is on disk: no gap, no fork.
     let stored = receipt_count(&lab);
     let next = common::signer(&lab)
@@ -1175,13 +1225,32 @@ async fn sigkill_while_signing_loses_no_acknowledged_receipt() {
     // Entry 0 is the key's registration.
     assert_eq!(next.log_index, stored + 1);
     assert_eq!(next.sequence, stored + 1);
-    let last: Vec<u8> = conn
+    let last: Vec<u8> = match &lab.pg {
+        Some(_) => {
+            // The receipt at `stored` (entry 0 is the key's registration).
+            let mut digest = Vec::new();
+            common::open_store(&lab)
+                .scan_from(stored, |e| {
+                    if let Some(r) = e.receipt.filter(|_| digest.is_empty()) {
+                        digest = r.payload_sha256.to_vec();
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            digest
+        }
+        None => rusqlite::Connection::open_with_flags(
+            lab.dir.join("state/actseal.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap()
         .query_row(
             "SELECT payload_sha256 FROM receipts WHERE log_index = ?1",
             [stored as i64],
             |r| r.get(0),
         )
-        .unwrap();
+        .unwrap(),
+    };
     assert_eq!(
         receipt_statement(&next.bundle_json)["predicate"]["previousReceipt"]["sha256"],
         *hex::encode(last).as_str()
@@ -1196,7 +1265,18 @@ async fn sigkill_while_signing_loses_no_acknowledged_receipt() {
 /// SQLite; an operator may keep it instead, and the log says which.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retirement_destroys_the_key_in_the_token_unless_asked_to_keep_it() {
-    let lab = started_lab();
+    retirement_destroys_the_key_in_the_token_unless_asked_to_keep_it_on(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retirement_destroys_the_key_in_the_token_unless_asked_to_keep_it_on_postgres() {
+    retirement_destroys_the_key_in_the_token_unless_asked_to_keep_it_on(Engine::Postgres).await;
+}
+
+async fn retirement_destroys_the_key_in_the_token_unless_asked_to_keep_it_on(engine: Engine) {
+    let Some(lab) = started_lab_on(engine) else {
+        return;
+    };
     let kept_actor = "spiffe://acme.example/agents/archived";
     let destroyed = create_key(&lab, ACTOR).await;
     let kept = create_key(&lab, kept_actor).await;

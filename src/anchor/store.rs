@@ -38,7 +38,7 @@ pub enum AnchorStoreError {
 /// The anchor task's connection to the ledger database.
 pub enum AnchorStore {
     Sqlite(Connection),
-    Postgres(PgStore),
+    Postgres(Box<PgStore>),
 }
 
 /// A stored anchored checkpoint's columns: size, root, note, cosigners, timestamps.
@@ -55,7 +55,7 @@ impl AnchorStore {
         let path = match location {
             LedgerLocation::Sqlite(path) => path,
             LedgerLocation::Postgres(settings) => {
-                return Ok(AnchorStore::Postgres(PgStore::open(settings)?));
+                return Ok(AnchorStore::Postgres(Box::new(PgStore::open(settings)?)));
             }
         };
         let conn = Connection::open(path)?;

@@ -465,6 +465,7 @@ pub fn log(command: LogCommand) -> Result<()> {
             | LogCommand::Recover { .. }
             | LogCommand::Head { .. }
             | LogCommand::Check { .. }
+            | LogCommand::Migrate { .. }
             | LogCommand::Vkey { .. } => {
                 unreachable!("export, check and recover run offline")
             }

@@ -6,6 +6,8 @@ mod client;
 #[cfg(feature = "daemon")]
 mod demo;
 mod forensics;
+#[cfg(feature = "daemon")]
+mod migrate;
 mod monitor;
 mod operator;
 pub(crate) mod out;
@@ -428,6 +430,25 @@ enum LogCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Copy a single-host SQLite log into an empty PostgreSQL database, byte for byte, and
+    /// check the copy (`actseal ledger migrate --from sqlite:<path> --to postgres://…`).
+    Migrate {
+        /// `sqlite:<path of the state database>`.
+        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        from: Option<String>,
+        /// Or the daemon configuration whose SQLite ledger is copied (the daemon stopped).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// `postgres://user@host:port/database` of an empty database (no password in it).
+        #[arg(long)]
+        to: String,
+        /// The file holding the PostgreSQL password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// PEM CA certificate(s) for TLS to the server (TLS required when given).
+        #[arg(long)]
+        tls_ca_file: Option<PathBuf>,
+    },
     /// Print the log's verifier key, `origin+hash+base64(0x02 || SPKI)` (C2SP signed-note),
     /// for witnesses and note verifiers (offline; no token needed).
     Vkey {
@@ -752,6 +773,23 @@ pub fn main() -> ExitCode {
         Command::Log(LogCommand::Export { config, out }) => {
             init_logging("warn", false);
             operator::export_log(&config, &out)
+        }
+        #[cfg(feature = "daemon")]
+        Command::Log(LogCommand::Migrate {
+            from,
+            config,
+            to,
+            password_file,
+            tls_ca_file,
+        }) => {
+            init_logging("warn", false);
+            migrate::migrate(&migrate::MigrateArgs {
+                from: from.as_deref(),
+                config: config.as_deref(),
+                to: &to,
+                password_file: password_file.as_deref(),
+                tls_ca_file: tls_ca_file.as_deref(),
+            })
         }
         #[cfg(feature = "daemon")]
         Command::Log(LogCommand::Vkey { config }) => {

@@ -360,10 +360,26 @@ pub fn export_log(config: &Path, out: &Path) -> Result<()> {
 /// without moving the watermark.
 #[cfg(feature = "daemon")]
 pub fn check_log(config_path: &Path) -> Result<()> {
-    use crate::ledger::integrity::{self, CheckMode, Checks};
     let config = Config::load(config_path)?;
     let store = crate::ledger::Store::open_at(&config.ledger_location())?;
-    let log = server::stored_log_identity(&store, crate::backend::offline())?
+    let (origin, status) = check_whole_log(&store)?;
+    println!(
+        "log {origin} checked: {} entries, root {}, {} request ids",
+        status.size,
+        hex::encode(status.root),
+        status.requests
+    );
+    Ok(())
+}
+
+/// The start-up check from the first entry over `store` (no hardware, no watermark moved):
+/// the log's origin and what was checked.
+#[cfg(feature = "daemon")]
+pub(crate) fn check_whole_log(
+    store: &crate::ledger::Store,
+) -> Result<(String, crate::ledger::integrity::LogStatus)> {
+    use crate::ledger::integrity::{self, CheckMode, Checks};
+    let log = server::stored_log_identity(store, crate::backend::offline())?
         .ok_or_else(|| anyhow::anyhow!("the state database holds no log"))?;
     let spki = log.spki_der();
     let checkpoint_ok = |note: &str| {
@@ -377,15 +393,8 @@ pub fn check_log(config_path: &Path) -> Result<()> {
         request_fingerprint: &server::validate::fingerprint_of_receipt,
         trusted_watermark: None,
     };
-    let status = integrity::check(&store, &checks, CheckMode::Full)?;
-    println!(
-        "log {} checked: {} entries, root {}, {} request ids",
-        log.origin,
-        status.size,
-        hex::encode(status.root),
-        status.requests
-    );
-    Ok(())
+    let status = integrity::check(store, &checks, CheckMode::Full)?;
+    Ok((log.origin.clone(), status))
 }
 
 /// `actseal log head`: the hardware's log head record, once or at each change (`--follow`,

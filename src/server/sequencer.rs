@@ -399,6 +399,9 @@ struct Sequencer {
     batch_window: std::time::Duration,
     /// Set when the in-memory state can no longer be trusted; every command is refused.
     halted: Option<String>,
+    /// The halt is only that the state database was unreachable (PostgreSQL restarting): the
+    /// next batch tries to reload, and signing resumes once it can.
+    unreachable: bool,
     /// Committed tree nodes recently written or read (never uncommitted ones).
     node_cache: std::cell::RefCell<HashMap<(u8, u64), Hash>>,
     /// Dates entries so that times never decrease in log order.
@@ -462,6 +465,7 @@ pub fn start(
         batch_window: settings.batch_window,
         clock,
         halted: None,
+        unreachable: false,
         actors: HashMap::new(),
         frontier: Frontier::default(),
         node_cache: std::cell::RefCell::new(HashMap::new()),
@@ -656,6 +660,9 @@ impl Sequencer {
                     }
                     Err(_) => break,
                 }
+            }
+            if self.unreachable {
+                self.reload_after_outage();
             }
             let mut staged = Staged::default();
             if let Err(message) = self.committer.poll() {
@@ -1502,11 +1509,37 @@ impl Sequencer {
         let _ = self.committer.wait();
         self.in_flight_requests.clear();
         if let Err(e) = self.reload() {
+            if matches!(e, SequencerError::Store(StoreError::Unavailable(_))) {
+                tracing::warn!(error = %e, "the state database is unreachable; refusing until it answers");
+                self.unreachable = true;
+                self.halted = Some(format!("the state database is unreachable: {e}"));
+                return;
+            }
             // Memory is ahead of the database and cannot be brought back: signing on
             // would leave gaps and forks. Refuse everything until a restart, whose
             // start-up check starts from what is on disk.
             tracing::error!(error = %e, "cannot reload state after a failed batch; the sequencer halts");
             self.halted = Some(format!("the log is halted after a storage failure: {e}"));
+        }
+    }
+
+    /// Tries again to rebuild the state after the database was unreachable; until it works,
+    /// every command is refused UNAVAILABLE (nothing is signed on a state not read back).
+    fn reload_after_outage(&mut self) {
+        match self.reload() {
+            Ok(()) => {
+                tracing::info!("the state database answers again; signing resumes");
+                self.unreachable = false;
+                self.halted = None;
+            }
+            Err(SequencerError::Store(StoreError::Unavailable(e))) => {
+                self.halted = Some(format!("the state database is unreachable: {e}"));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reload state after an outage; the sequencer halts");
+                self.unreachable = false;
+                self.halted = Some(format!("the log is halted after a storage failure: {e}"));
+            }
         }
     }
 

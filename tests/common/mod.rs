@@ -27,6 +27,8 @@ pub const DOCUMENT: &[u8] =
 pub struct TestLab {
     pub lab: Lab,
     _dir: TempDir,
+    /// The PostgreSQL server holding the ledger, for a lab on PostgreSQL (dropped last).
+    pub pg: Option<TestPg>,
 }
 
 impl std::ops::Deref for TestLab {
@@ -54,7 +56,11 @@ pub fn new_lab() -> TestLab {
         false,
     )
     .expect("lab set-up");
-    TestLab { lab, _dir: dir }
+    TestLab {
+        lab,
+        _dir: dir,
+        pg: None,
+    }
 }
 
 /// Which engine holds a test daemon's ledger.
@@ -102,18 +108,35 @@ pub fn postgres() -> Option<TestPg> {
 
 /// A new lab whose daemon's ledger is on `engine` (for PostgreSQL: a server of its own and a
 /// database `ledger` in it), the daemon not yet started; `None` when the engine is missing.
-pub fn new_lab_on(engine: Engine) -> Option<(TestLab, Option<TestPg>)> {
-    let lab = new_lab();
-    match engine {
-        Engine::Sqlite => Some((lab, None)),
-        Engine::Postgres => {
-            let pg = postgres()?;
-            let url = pg.create_database("ledger").expect("database");
-            lab.use_postgres(&url, pg.password_file())
-                .expect("ledger on PostgreSQL");
-            Some((lab, Some(pg)))
-        }
+pub fn new_lab_on(engine: Engine) -> Option<TestLab> {
+    let mut lab = new_lab();
+    if engine == Engine::Postgres {
+        let pg = postgres()?;
+        let url = pg.create_database("ledger").expect("database");
+        lab.use_postgres(&url, pg.password_file())
+            .expect("ledger on PostgreSQL");
+        lab.pg = Some(pg);
     }
+    Some(lab)
+}
+
+/// A new lab on `engine` with its daemon running; `None` when the engine is missing.
+pub fn started_lab_on(engine: Engine) -> Option<TestLab> {
+    let mut lab = new_lab_on(engine)?;
+    lab.start_daemon().expect("daemon start");
+    Some(lab)
+}
+
+/// The lab's ledger, opened as the daemon's configuration says (either engine).
+pub fn open_store(lab: &Lab) -> actseal::ledger::Store {
+    let config = actseal::config::Config::load(&lab.config()).expect("config");
+    actseal::ledger::Store::open_at(&config.ledger_location()).expect("open the ledger")
+}
+
+/// Whether the lab's ledger is on PostgreSQL.
+pub fn on_postgres(lab: &Lab) -> bool {
+    let config = actseal::config::Config::load(&lab.config()).expect("config");
+    config.ledger.url.is_some()
 }
 
 /// A new lab whose daemon uses a private swtpm (AK enrolled), its daemon not yet started.
@@ -129,7 +152,11 @@ pub fn new_tpm_lab() -> TestLab {
         actseal::lab::LabBackend::Tpm,
     )
     .expect("TPM lab set-up");
-    TestLab { lab, _dir: dir }
+    TestLab {
+        lab,
+        _dir: dir,
+        pg: None,
+    }
 }
 
 /// A new lab with its daemon running.
@@ -207,6 +234,9 @@ pub fn payload_sha256(bundle_json: &str) -> String {
 
 /// Receipts in the daemon's database, read directly from the file.
 pub fn receipt_count(lab: &Lab) -> u64 {
+    if on_postgres(lab) {
+        return open_store(lab).receipt_count().expect("count receipts");
+    }
     let conn = rusqlite::Connection::open_with_flags(
         lab.dir.join("state/actseal.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -256,6 +286,17 @@ pub fn configure_server(lab: &Lab, lines: &str) {
         config.replacen("[server]\n", &format!("[server]\n{lines}\n"), 1),
     )
     .unwrap();
+}
+
+/// Adds lines to the lab's `[ledger]` section (made if absent).
+pub fn configure_ledger(lab: &Lab, lines: &str) {
+    let config = std::fs::read_to_string(lab.config()).unwrap();
+    let config = if config.contains("\n[ledger]\n") {
+        config.replacen("\n[ledger]\n", &format!("\n[ledger]\n{lines}\n"), 1)
+    } else {
+        format!("{config}\n[ledger]\n{lines}\n")
+    };
+    std::fs::write(lab.config(), config).unwrap();
 }
 
 /// The uid of this test process (the lab's own user, whom the default policy allows).

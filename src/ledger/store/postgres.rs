@@ -104,7 +104,7 @@ impl PgSettings {
 
 /// Runs blocking client work; inside a multi-threaded runtime (a caller that did not move to
 /// `spawn_blocking`) the worker is told it blocks, since the client runs its own runtime.
-fn blocking<T>(work: impl FnOnce() -> T) -> T {
+pub fn blocking<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(work)
@@ -224,6 +224,14 @@ pub struct PgStore {
     session: RefCell<Option<Session>>,
 }
 
+impl Drop for PgStore {
+    /// The client closes its session through its own runtime: never on an async worker.
+    fn drop(&mut self) {
+        let session = self.session.get_mut().take();
+        blocking(move || drop(session));
+    }
+}
+
 // The RefCell is only borrowed inside one call (scans release it before visiting), and the
 // store moves between threads whole, never shared: `LedgerStore: Send`.
 
@@ -231,16 +239,16 @@ impl PgStore {
     /// Connects, applies the migrations the database lacks ([`super::migrations`]) and
     /// refuses a schema newer than this actseal knows.
     pub fn open(settings: &PgSettings) -> Result<Self, StoreError> {
-        let mut client = connect(settings)?;
-        blocking(|| super::migrations::apply_postgres(&mut client))?;
-        Ok(PgStore {
+        let store = PgStore {
             settings: Some(settings.clone()),
             single_host: false,
             session: RefCell::new(Some(Session {
-                client,
+                client: connect(settings)?,
                 statements: HashMap::new(),
             })),
-        })
+        };
+        store.with(|s| super::migrations::apply_postgres(&mut s.client))?;
+        Ok(store)
     }
 
     /// [`PgStore::open`] for the writer of a single-host daemon: its session holds
@@ -249,12 +257,7 @@ impl PgStore {
     pub fn open_single_host(settings: &PgSettings) -> Result<Self, StoreError> {
         let mut store = Self::open(settings)?;
         store.single_host = true;
-        let mut slot = store.session.borrow_mut();
-        let session = slot
-            .as_mut()
-            .ok_or_else(|| StoreError::Unavailable("no session".into()))?;
-        take_single_host_lock(&mut session.client)?;
-        drop(slot);
+        store.with(|s| take_single_host_lock(&mut s.client))?;
         Ok(store)
     }
 
@@ -271,10 +274,22 @@ impl PgStore {
     }
 
     /// Runs `work` on the session, connecting first if it was lost. An error that means the
-    /// connection is gone drops it: the next call connects again.
+    /// connection is gone drops it: the next call connects again. Reads found a session that
+    /// died since its last use (a server restart) try once more on a new one; a commit never
+    /// does (whether a commit whose answer was lost is stored, only a read can tell).
     fn with<T>(
         &self,
-        work: impl FnOnce(&mut Session) -> Result<T, StoreError>,
+        mut work: impl FnMut(&mut Session) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match self.with_once(&mut work) {
+            Err(StoreError::Unavailable(_)) if self.settings.is_some() => self.with_once(&mut work),
+            result => result,
+        }
+    }
+
+    fn with_once<T>(
+        &self,
+        work: &mut impl FnMut(&mut Session) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut slot = self.session.borrow_mut();
         blocking(|| {
@@ -301,10 +316,12 @@ impl PgStore {
         })
     }
 
-    /// Runs `work` with the session's client (the anchor tables, `ledger migrate`).
+    /// Runs `work` with the session's client (the anchor tables, `ledger migrate`); like the
+    /// reads, once more on a new session if the old one had died (so `work` must be safe to
+    /// run again after a failure: one transaction, or idempotent statements).
     pub fn with_client<T>(
         &self,
-        work: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+        mut work: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         self.with(|session| work(&mut session.client).map_err(StoreError::from))
     }
@@ -530,21 +547,18 @@ const SCAN_SQL: &str = "SELECT e.log_index, e.kind, e.entry,
      LEFT JOIN checkpoints c ON c.size = e.log_index + 1
      WHERE e.log_index >= $1 ORDER BY e.log_index LIMIT $2";
 
-/// One row of [`SCAN_SQL`], owned, handed to the visitor as a [`ScannedEntry`].
-fn scanned(
-    row: &Row,
-) -> Result<
-    (
-        u64,
-        EntryKind,
-        Vec<u8>,
-        Option<ScannedReceipt>,
-        Option<(Hash, String)>,
-        u64,
-        Option<[u8; 32]>,
-    ),
-    StoreError,
-> {
+/// One row of [`SCAN_SQL`], owned: a [`ScannedEntry`] without the borrow.
+struct Scanned {
+    index: u64,
+    kind: EntryKind,
+    entry: Vec<u8>,
+    receipt: Option<ScannedReceipt>,
+    checkpoint: Option<(Hash, String)>,
+    requests: u64,
+    request: Option<[u8; 32]>,
+}
+
+fn scanned(row: &Row) -> Result<Scanned, StoreError> {
     let index = to_u64(row.try_get(0)?, "log index")?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("log entry {index}: {what}"));
     let kind = parse_kind(row.try_get(1)?).ok_or_else(|| corrupt("unknown kind"))?;
@@ -584,7 +598,15 @@ fn scanned(
         })
         .transpose()?;
     let requests = to_u64(row.try_get(13)?, "count")?;
-    Ok((index, kind, entry, receipt, checkpoint, requests, request))
+    Ok(Scanned {
+        index,
+        kind,
+        entry,
+        receipt,
+        checkpoint,
+        requests,
+        request,
+    })
 }
 
 impl LedgerStore for PgStore {
@@ -671,7 +693,7 @@ impl LedgerStore for PgStore {
     }
 
     fn commit(&mut self, batch: &Batch) -> Result<(), StoreError> {
-        self.with(|s| {
+        self.with_once(&mut |s: &mut Session| {
             let mut tx = s.client.transaction()?;
             write_batch(&mut tx, batch)?;
             tx.commit()?;
@@ -873,15 +895,16 @@ impl LedgerStore for PgStore {
             let rows = self.with(|s| Ok(s.query(SCAN_SQL, &[&next, &PAGE])?))?;
             let full = rows.len() as i64 == PAGE;
             for row in rows {
-                let (index, kind, entry, receipt, checkpoint, requests, request) = scanned(&row)?;
+                let row = scanned(&row)?;
+                let index = row.index;
                 visit(ScannedEntry {
                     index,
-                    kind,
-                    entry: &entry,
-                    receipt,
-                    checkpoint,
-                    requests,
-                    request,
+                    kind: row.kind,
+                    entry: &row.entry,
+                    receipt: row.receipt,
+                    checkpoint: row.checkpoint,
+                    requests: row.requests,
+                    request: row.request,
                 })?;
                 next = to_i64(index + 1, "log index")?;
             }

@@ -102,30 +102,30 @@ impl SqliteStore {
         }
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
+        // The version first: a database this actseal does not know is left as it is (even
+        // its journal mode).
         let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
         let tables: i64 = conn.query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
             [],
             |row| row.get(0),
         )?;
-        match (found, tables) {
+        let todo = match (found, tables) {
             // Schema 1 had no version number.
             (0, n) if n > 0 => return Err(StoreError::Schema { found: 1 }),
-            (found, _) => {
-                let todo = super::migrations::pending(super::migrations::SQLITE, found)
-                    .ok_or(StoreError::Schema { found })?;
-                if !todo.is_empty() {
-                    let tx = conn.unchecked_transaction()?;
-                    for migration in todo {
-                        tx.execute_batch(migration.sql)?;
-                    }
-                    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-                    tx.commit()?;
-                }
+            (found, _) => super::migrations::pending(super::migrations::SQLITE, found)
+                .ok_or(StoreError::Schema { found })?,
+        };
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        if !todo.is_empty() {
+            let tx = conn.unchecked_transaction()?;
+            for migration in todo {
+                tx.execute_batch(migration.sql)?;
             }
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
         }
         // An index, not a schema change: the start-up check finds a receipt's request ids.
         conn.execute_batch(

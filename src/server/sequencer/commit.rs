@@ -243,7 +243,12 @@ impl Writer {
     /// DB commit, then the record, then the answers (a crash between leaves the store ahead
     /// of the record, which the next start accepts and records).
     fn commit(&mut self, batch: &CommitBatch) -> Result<(), SequencerError> {
-        self.store.commit(&batch.batch)?;
+        if let Err(e) = self.store.commit(&batch.batch) {
+            // A commit whose answer was lost may have been stored: the next head is counted
+            // from the store, not from this batch.
+            self.head_behind = self.head.is_some();
+            return Err(e.into());
+        }
         self.record_head(batch.tree, batch.batch.requests.len())
     }
 
