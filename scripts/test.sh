@@ -25,6 +25,11 @@ fi
 verifier() { cargo run --locked --no-default-features --quiet -- "$@"; }
 verifier verify tests/vectors/bundle-v1.json --trust tests/vectors/anchor.pem \
     --document tests/vectors/document.json
+# The fleet vectors (logIndex null, FORMAT.md §3.1), single and batch.
+verifier verify tests/vectors/fleet-v1.json --trust tests/vectors/anchor.pem \
+    --document tests/vectors/document.json
+verifier verify tests/vectors/fleet-batch-v1-leaf1.json --trust tests/vectors/anchor.pem \
+    --document tests/vectors/batch-v1-document1.json
 # The forensics commands (actions, report) in the verifier alone, on the same vector.
 forensics_dir=$(mktemp -d)
 cp tests/vectors/document.json "$forensics_dir/"

@@ -326,6 +326,43 @@ fn first_log_index_is_required_and_a_number_or_null() {
     }
 }
 
+#[test]
+fn a_fleet_receipt_of_one_mode_cannot_pass_as_the_other() {
+    let g = generate_batch(&fleet_batch());
+    let pem = &g.anchor_pem;
+    let key = &g.single.actor_key;
+    // A fleet leaf's payload (mode batch) signed on its own by the actor key.
+    let mut single = g.bundles[1].clone();
+    single.as_object_mut().unwrap().remove("batch");
+    single["receipt"] = envelope(key, &g.payloads[1]);
+    refused(
+        "fleet leaf as single",
+        &single,
+        pem,
+        Check::ReceiptStatement,
+    );
+    // A fleet single receipt relabelled batch and re-signed.
+    let f = fleet_at(3, 6);
+    let mut payload = payload_of(&f.bundle);
+    payload["predicate"]["mode"] = json!("batch");
+    refused(
+        "fleet single relabelled batch",
+        &resigned(&f, &payload),
+        pem,
+        Check::ReceiptStatement,
+    );
+    // The fleet batch statement as a receipt.
+    let mut whole = g.bundles[1].clone();
+    whole.as_object_mut().unwrap().remove("batch");
+    whole["receipt"] = g.bundles[1]["batch"]["statement"].clone();
+    refused(
+        "fleet statement as a receipt",
+        &whole,
+        pem,
+        Check::ReceiptStatement,
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // audit
 
@@ -594,6 +631,35 @@ fn audit_replays_fleet_batches_with_other_nodes_entries_between_their_leaves() {
         .batch_leaves(&batch, &[0])
         .register(A, &t(36));
     registered.refused(AuditStep::Registration, 2);
+}
+
+#[test]
+fn audit_replays_an_indexed_batch_then_fleet_batches() {
+    // A single host's batch at entries 1-3, then the fleet's: a batch of A with B between its
+    // leaves.
+    let indexed = generate_batch(&BatchOptions {
+        first_log_index: 1,
+        ..BatchOptions::default()
+    });
+    let fleet = generate_batch(&BatchOptions {
+        first_sequence: 4,
+        previous_of_first: Some(sha256_hex(indexed.payloads.last().unwrap())),
+        ..fleet_batch()
+    });
+    let mut log = Log::new();
+    log.register(A, &t(30)).batch_leaves(&indexed, &[0, 1, 2]);
+    log.register(B, &t(36))
+        .batch_leaves(&fleet, &[0])
+        .receipt(B, &t(36), true)
+        .batch_leaves(&fleet, &[1, 2]);
+    let report = log.audit().unwrap();
+    assert_eq!((report.receipts, report.fleet_receipts), (7, 4));
+    // The indexed batch must still be whole and at its indices: one of its leaves moved past
+    // B's registration is refused.
+    let mut moved = Log::new();
+    moved.register(A, &t(30)).batch_leaves(&indexed, &[0, 1]);
+    moved.register(B, &t(36)).batch_leaves(&indexed, &[2]);
+    moved.refused(AuditStep::Receipt, 3);
 }
 
 #[test]

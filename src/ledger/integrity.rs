@@ -578,3 +578,44 @@ pub fn check(
         watermark: text,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A receipt log entry (FORMAT.md §11.1) whose statement says `log_index`.
+    fn receipt_entry(log_index: serde_json::Value) -> Vec<u8> {
+        let payload = serde_json::json!({
+            "_type": "https://in-toto.io/Statement/v1",
+            "predicateType": crate::proof::receipt::RECEIPT_PREDICATE_TYPE,
+            "predicate": {"actor": "a", "sequence": 1, "key": {"id": "k"},
+                          "signedAt": "2026-11-26T17:51:36Z", "logIndex": log_index},
+        })
+        .to_string();
+        let mut out = Vec::new();
+        for field in [
+            b"application/vnd.in-toto+json".as_slice(),
+            payload.as_bytes(),
+            b"0",
+        ] {
+            out.extend_from_slice(&u32::try_from(field.len()).unwrap_or(0).to_be_bytes());
+            out.extend_from_slice(field);
+        }
+        out
+    }
+
+    #[test]
+    fn a_fleet_receipt_is_where_the_log_put_it_an_indexed_one_where_it_says() {
+        let mut derived = Derived::default();
+        assert!(
+            derived
+                .account(3, &receipt_entry(serde_json::Value::Null))
+                .is_ok()
+        );
+        assert!(derived.account(3, &receipt_entry(3.into())).is_ok());
+        assert!(matches!(
+            derived.account(3, &receipt_entry(2.into())),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+}

@@ -198,6 +198,30 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_batch_says_first_log_index_null() {
+        let statement = |first_log_index| {
+            let predicate = BatchPredicate {
+                actor: "a".into(),
+                key: KeyRefInReceipt {
+                    id: "k".into(),
+                    version: 1,
+                    backend: "pkcs11".into(),
+                },
+                size: 2,
+                first_sequence: 1,
+                first_log_index,
+                signed_at: "2026-11-26T17:51:36Z".into(),
+            };
+            let bytes = BatchStatement::new(&[0; 32], predicate)
+                .to_payload()
+                .unwrap_or_default();
+            String::from_utf8(bytes).unwrap_or_default()
+        };
+        assert!(statement(None).contains(r#""firstLogIndex":null,"#));
+        assert!(statement(Some(4)).contains(r#""firstLogIndex":4,"#));
+    }
+
+    #[test]
     fn the_root_of_one_leaf_is_its_leaf_hash() {
         let tree = BatchTree::new(&[b"x"]).unwrap();
         assert_eq!(tree.root(), leaf_hash(b"x"));

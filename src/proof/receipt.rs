@@ -124,3 +124,42 @@ impl ReceiptStatement {
         serde_json::to_vec(self).map_err(|e| EncodeError::new("receipt", e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fleet_receipt_says_log_index_null_and_an_indexed_one_its_index() {
+        let predicate = |log_index| ReceiptPredicate {
+            actor: "a".into(),
+            key: KeyRefInReceipt {
+                id: "k".into(),
+                version: 1,
+                backend: "pkcs11".into(),
+            },
+            action: Action {
+                action_type: "t".into(),
+                target: "x".into(),
+                parent_sha256: None,
+            },
+            context: BTreeMap::new(),
+            caller: CallerInReceipt::InsecureTcp {
+                address: "127.0.0.1:1".into(),
+            },
+            signed_at: "2026-11-26T17:51:36Z".into(),
+            sequence: 1,
+            previous_receipt: None,
+            log_index,
+            mode: "single".into(),
+        };
+        let payload = |log_index| {
+            let bytes = ReceiptStatement::new(&[0; 32], predicate(log_index))
+                .to_payload()
+                .unwrap_or_default();
+            String::from_utf8(bytes).unwrap_or_default()
+        };
+        assert!(payload(None).contains(r#""logIndex":null,"mode""#));
+        assert!(payload(Some(7)).contains(r#""logIndex":7,"mode""#));
+    }
+}
