@@ -569,7 +569,7 @@ async fn the_integrator_sigkilled_under_load_fails_over_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_integrator_is_fenced_and_signs_no_checkpoint_into_the_log() {
-    let Some(mut fleet) = started_fleet(2).await else {
+    let Some(fleet) = started_fleet(2).await else {
         return;
     };
     let stop = Arc::new(AtomicBool::new(false));
