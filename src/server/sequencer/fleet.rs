@@ -18,7 +18,7 @@ use crate::{
         self, FleetError, FleetSettings,
         queue::{self, Enqueue, QueueRow, QueuedReceipt},
     },
-    ledger::{EntryKind, KeyChange, Store, store::postgres::PgSettings},
+    ledger::{EntryKind, KeyChange, Store, StoreError, store::postgres::PgSettings},
     pki::device::CertificateHistory,
 };
 
@@ -387,10 +387,7 @@ impl Link {
         f: impl FnOnce(&mut Client, &str) -> Result<T, FleetError>,
     ) -> Result<T, SequencerError> {
         if self.client.is_none() {
-            self.client = Some(
-                crate::ledger::store::postgres::connect(&self.node.pg)
-                    .map_err(|e| SequencerError::NotStored(e.to_string()))?,
-            );
+            self.client = Some(crate::ledger::store::postgres::connect(&self.node.pg)?);
         }
         let client = self.client.as_mut().expect("just connected");
         f(client, &self.node.settings.node).map_err(|e| {
@@ -399,6 +396,8 @@ impl Link {
             }
             match e {
                 FleetError::Store(s) => SequencerError::Store(s),
+                // Retried by the sequencer once the database answers (`reload_after_outage`).
+                FleetError::Unavailable(m) => SequencerError::Store(StoreError::Unavailable(m)),
                 other => SequencerError::NotStored(other.to_string()),
             }
         })
