@@ -423,6 +423,27 @@ async fn ledger_migrate_moves_a_sqlite_log_to_postgres_byte_for_byte() {
         retried = Some((request, response));
     }
     lab.stop_daemon().unwrap();
+    // Anchor rows too (issue 11 keeps them in the same database): an anchored checkpoint
+    // and a witness's size, as the anchor task writes them.
+    let sqlite = LedgerLocation::Sqlite(lab.dir.join("state/actseal.db"));
+    let newest = Store::open_at(&sqlite)
+        .unwrap()
+        .latest_checkpoint()
+        .unwrap()
+        .unwrap();
+    let anchored = actseal::anchor::AnchoredCheckpoint {
+        size: newest.size,
+        root: newest.root,
+        note: newest.note.clone(),
+        cosigners: ["witness.example/w1".to_owned()].into(),
+        timestamps: vec![vec![0x30, 0x03, 0x02, 0x01, 0x07]],
+    };
+    let anchors = actseal::anchor::store::AnchorStore::open(&sqlite).unwrap();
+    anchors.put(&anchored).unwrap();
+    anchors
+        .set_witness_size("witness.example/w1", newest.size)
+        .unwrap();
+    drop(anchors);
     let before = export_log(&lab, "before.json");
     let (before_entries, before_export) = export_entries(&before);
 
@@ -459,6 +480,8 @@ async fn ledger_migrate_moves_a_sqlite_log_to_postgres_byte_for_byte() {
         .unwrap();
     assert!(report.contains("migrated and checked log"), "{report}");
     assert!(report.contains("log_entries: 14 rows"), "{report}");
+    assert!(report.contains("anchored_checkpoints: 1 rows"), "{report}");
+    assert!(report.contains("witness_sizes: 1 rows"), "{report}");
     // A second run finds the target not empty and changes nothing.
     let out = lab
         .run(&[
@@ -484,6 +507,15 @@ async fn ledger_migrate_moves_a_sqlite_log_to_postgres_byte_for_byte() {
         14
     );
 
+    let on_pg =
+        LedgerLocation::Postgres(PgSettings::new(&url, Some(pg.password_file().to_owned())));
+    let anchors = actseal::anchor::store::AnchorStore::open(&on_pg).unwrap();
+    assert_eq!(anchors.latest().unwrap(), Some(anchored.clone()));
+    assert_eq!(
+        anchors.witness_size("witness.example/w1").unwrap(),
+        newest.size
+    );
+    drop(anchors);
     // The same daemon, same token, now on PostgreSQL: the export is the same, byte for byte.
     lab.use_postgres(&url, pg.password_file()).unwrap();
     let migrated = export_log(&lab, "migrated.json");
@@ -566,4 +598,47 @@ fn tls_to_the_server_is_required_and_verified_against_the_configured_ca() {
         PgStore::open(&with_ca(&empty, &url)).err(),
         Some(StoreError::Settings(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_or_emptied_postgres_database_is_refused_at_start_up() {
+    let Some(mut lab) = started_lab_on(Engine::Postgres) else {
+        return;
+    };
+    create_key(&lab, ACTOR).await;
+    let mut signer = signer(&lab).await;
+    signer.sign(sign_request(ACTOR, b"one")).await.unwrap();
+    lab.stop_daemon().unwrap();
+    let pg = lab.pg.as_ref().unwrap();
+    // A copy of the database as it is now (a backup), then more acknowledged receipts.
+    pg.execute("postgres", "CREATE DATABASE backup TEMPLATE ledger")
+        .unwrap();
+    lab.start_daemon().unwrap();
+    let mut signer = common::signer(&lab).await;
+    for i in 0..3 {
+        signer
+            .sign(sign_request(
+                ACTOR,
+                format!("after the backup {i}").as_bytes(),
+            ))
+            .await
+            .unwrap();
+    }
+    lab.stop_daemon().unwrap();
+    let pg = lab.pg.as_ref().unwrap();
+    let (backup, empty) = (pg.url("backup"), pg.create_database("empty").unwrap());
+    let config = std::fs::read_to_string(lab.config()).unwrap();
+    let current = pg.url("ledger");
+    for (url, cause) in [
+        (backup, "behind the newest acknowledged tree head"),
+        (empty, "holds no log"),
+    ] {
+        std::fs::write(lab.config(), config.replace(&current, &url)).unwrap();
+        let err = lab
+            .start_daemon()
+            .expect_err("started on a rolled-back log");
+        assert!(err.to_string().contains(cause), "{cause}: {err}");
+    }
+    std::fs::write(lab.config(), config).unwrap();
+    lab.start_daemon().expect("the real log starts");
 }

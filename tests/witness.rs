@@ -17,18 +17,23 @@ use std::time::{Duration, Instant};
 use actseal::lab::Lab;
 use actseal::lab_witness::{LabWitness, configure_anchor};
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
-use common::{ACTOR, DOCUMENT, TestLab, create_key, new_lab, sign_request, signer};
+use common::{ACTOR, DOCUMENT, TestLab, create_key, sign_request, signer};
 
 /// A lab whose log exists, with `n` witnesses made for it (not started) and the daemon
 /// stopped.
 fn lab_with_witnesses(n: usize) -> (TestLab, Vec<LabWitness>) {
-    let mut lab = new_lab();
+    lab_with_witnesses_on(common::Engine::Sqlite, n).unwrap()
+}
+
+/// [`lab_with_witnesses`] with the ledger on `engine`; `None` when it is missing.
+fn lab_with_witnesses_on(engine: common::Engine, n: usize) -> Option<(TestLab, Vec<LabWitness>)> {
+    let mut lab = common::new_lab_on(engine)?;
     lab.start_daemon().unwrap();
     lab.stop_daemon().unwrap();
     let witnesses = (1..=n)
         .map(|i| LabWitness::create(&lab, i).unwrap())
         .collect();
-    (lab, witnesses)
+    Some((lab, witnesses))
 }
 
 fn start_all(lab: &Lab, witnesses: &mut [LabWitness]) {
@@ -276,7 +281,20 @@ fn go_checknote(lab: &Lab, note: &str, vkeys: &[String]) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_down_is_unavailable_and_a_retry_gets_the_anchored_receipt() {
-    let (mut lab, mut witnesses) = lab_with_witnesses(3);
+    two_down_is_unavailable_and_a_retry_gets_the_anchored_receipt_on(common::Engine::Sqlite).await;
+}
+
+/// The anchored checkpoints and witness sizes in PostgreSQL's tables.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_down_is_unavailable_and_a_retry_gets_the_anchored_receipt_on_postgres() {
+    two_down_is_unavailable_and_a_retry_gets_the_anchored_receipt_on(common::Engine::Postgres)
+        .await;
+}
+
+async fn two_down_is_unavailable_and_a_retry_gets_the_anchored_receipt_on(engine: common::Engine) {
+    let Some((mut lab, mut witnesses)) = lab_with_witnesses_on(engine, 3) else {
+        return;
+    };
     start_all(&lab, &mut witnesses);
     configure_anchor(
         &lab,
@@ -316,6 +334,12 @@ async fn two_down_is_unavailable_and_a_retry_gets_the_anchored_receipt() {
     let policy = policy_file(&lab, &witnesses, 2, "policy.txt");
     let (ok, out) = verify_cli(&lab, &bundle, &policy);
     assert!(ok, "{out}");
+    if let Some(pg) = &lab.pg {
+        let anchored = pg
+            .query_i64("ledger", "SELECT COUNT(*) FROM anchored_checkpoints")
+            .unwrap();
+        assert!(anchored >= 1, "no anchored checkpoint in PostgreSQL");
+    }
 }
 
 /// The daemon's token directory (SoftHSM keeps one sub-directory per token).

@@ -218,3 +218,38 @@ CREATE TABLE fleet_nodes (
     last_seen TIMESTAMPTZ NOT NULL
 );
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_takes_what_a_database_lacks_and_refuses_a_newer_one() {
+        const LIST: &[Migration] = &[
+            Migration {
+                version: 1,
+                sql: "a",
+            },
+            Migration {
+                version: 2,
+                sql: "b",
+            },
+            Migration {
+                version: 4,
+                sql: "c",
+            },
+        ];
+        let versions =
+            |found| pending(LIST, found).map(|m| m.iter().map(|m| m.version).collect::<Vec<_>>());
+        assert_eq!(versions(0), Some(vec![1, 2, 4]));
+        assert_eq!(versions(2), Some(vec![4]));
+        assert_eq!(versions(3), Some(vec![4]));
+        assert_eq!(versions(4), Some(vec![]));
+        assert_eq!(versions(5), None);
+        assert_eq!(latest(SQLITE), crate::ledger::store::SCHEMA_VERSION);
+        // Versions only grow along each list.
+        for list in [SQLITE, POSTGRES] {
+            assert!(list.windows(2).all(|w| w[0].version < w[1].version));
+        }
+    }
+}
