@@ -270,7 +270,7 @@ async fn sigkill_during_head_writes_under_load_loses_nothing_acknowledged() {
     let mut lab = log_token_lab();
     create_key(&lab, ACTOR).await;
     let mut acknowledged = Vec::new();
-    for round in 0..6 {
+    for round in 0..10 {
         let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
         let mut clients = Vec::new();
         for client in 0..8 {
@@ -458,4 +458,53 @@ async fn a_head_in_the_earlier_one_object_layout_is_read_and_replaced() {
     assert!(legacy_helper(&lab, "count").contains("slots 2 legacy 0"));
     assert!(head_line(&lab, &config).starts_with(&format!("size {} ", log_size(&lab))));
     assert!(log_size(&lab) > entries);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_log_token_fails_signing_and_comes_back_without_a_restart() {
+    let mut lab = log_token_lab();
+    create_key(&lab, ACTOR).await;
+    sign_n(&lab, 0, 2).await;
+    let (dir, away) = (log_token_dir(&lab), lab.dir.join("log-token-away"));
+    std::fs::rename(&dir, &away).unwrap();
+    let mut signer = signer(&lab).await;
+    let mut refused = None;
+    for i in 0..20 {
+        let mut request = sign_request(ACTOR, format!("during {i}").as_bytes());
+        request.request_id = format!("during-{i}");
+        if let Err(status) = signer.sign(request).await {
+            refused = Some(status);
+            break;
+        }
+    }
+    let refused = refused.expect("signing went on without the log token");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    std::fs::rename(&away, &dir).unwrap();
+    // The log token's pool re-initialises the context it shares with the actors' token.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let bundle = loop {
+        let mut request = sign_request(ACTOR, b"after");
+        request.request_id = "after".into();
+        match signer.sign(request).await {
+            Ok(answer) => break answer.into_inner().bundle_json,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("signing did not come back: {e:?}"),
+        }
+    };
+    verify(&lab, &bundle, None).expect("verifies");
+    let log = std::fs::read_to_string(lab.daemon_log()).unwrap();
+    for line in log.lines().filter(|l| l.contains("PKCS#11 token")) {
+        eprintln!("daemon: {line}");
+    }
+    assert!(
+        log.contains("PKCS#11 token back"),
+        "no recovery logged:\n{log}"
+    );
+    let config = lab.config().display().to_string();
+    lab.stop_daemon().unwrap();
+    assert!(head_line(&lab, &config).starts_with(&format!("size {} ", log_size(&lab))));
+    lab.start_daemon().expect("restart");
 }

@@ -131,6 +131,8 @@ pub struct Pkcs11Backend {
     token: TokenFacts,
     device_key_label: String,
     pool: SessionPool,
+    /// The log head slots' object handles (`log_head`).
+    head_slots: log_head::SlotCache,
 }
 
 impl std::fmt::Debug for Pkcs11Backend {
@@ -312,6 +314,7 @@ impl Pkcs11Backend {
             token,
             device_key_label: settings.device_key_label.clone(),
             pool,
+            head_slots: log_head::SlotCache::default(),
         };
         // Log in now; the session goes back to the pool and keeps the login alive.
         backend.pool.run("login", |_| Ok(()))?;

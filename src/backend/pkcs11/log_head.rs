@@ -12,6 +12,8 @@
 //! || record)[..16]`: a torn or emptied slot fails its check and the other slot (the previous
 //! record) counts. A crash at any point leaves the old record or the new one, never none.
 
+use std::sync::Mutex;
+
 use cryptoki::{
     object::{Attribute, AttributeType, ObjectClass, ObjectHandle},
     session::Session,
@@ -28,6 +30,29 @@ const LEGACY_APPLICATION: &str = "actseal";
 const SLOT_APPLICATION: &str = "actseal-log-head-slot";
 const SLOT_NAMES: [&[u8]; 2] = [b"a", b"b"];
 const CHECK_LEN: usize = 16;
+
+/// The slots' object handles, valid in every session of the process: looked up once, since
+/// a C_FindObjects makes SoftHSM re-read every object file of the token (33 files a head
+/// write on the lab's token, more with every actor key). Only handles: the slots' contents
+/// are read before every write, as another process sharing the token may have written them.
+/// Handles of an earlier library epoch (a re-initialisation) are not used.
+#[derive(Default)]
+pub(super) struct SlotCache(Mutex<(u64, Vec<ObjectHandle>)>);
+
+impl SlotCache {
+    fn get(&self) -> Vec<ObjectHandle> {
+        let cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.0 == super::pool::library_epoch() {
+            cached.1.clone()
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn set(&self, handles: Vec<ObjectHandle>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = (super::pool::library_epoch(), handles);
+    }
+}
 
 /// One slot object as found on the token.
 struct Slot {
@@ -68,7 +93,7 @@ fn decode_slot(label: &[u8]) -> Option<(u64, Vec<u8>)> {
 /// The record, `None` if the token holds none yet.
 pub(super) fn read(backend: &Pkcs11Backend) -> Result<Option<Vec<u8>>, BackendError> {
     backend.pool.run("read log head", |s| {
-        if let Some((_, record)) = newest(&find_slots(&s.session)?) {
+        if let Some((_, record)) = newest(&slots(&s.session, &backend.head_slots)?) {
             return Ok(Some(record.clone()));
         }
         read_legacy(&s.session)
@@ -80,7 +105,7 @@ pub(super) fn read(backend: &Pkcs11Backend) -> Result<Option<Vec<u8>>, BackendEr
 /// earlier layout's objects).
 pub(super) fn write(backend: &Pkcs11Backend, record: &[u8]) -> Result<(), BackendError> {
     backend.pool.run("write log head", |s| {
-        let slots = find_slots(&s.session)?;
+        let slots = slots(&s.session, &backend.head_slots)?;
         let (generation, newest_name) = match newest(&slots) {
             Some((generation, _)) => (generation.wrapping_add(1), newest_name(&slots)),
             None => (1, None),
@@ -96,24 +121,18 @@ pub(super) fn write(backend: &Pkcs11Backend, record: &[u8]) -> Result<(), Backen
                 .session
                 .update_attributes(slot.handle, &[Attribute::Label(label)])
                 .map_err(|e| classify("C_SetAttributeValue", e))?,
-            // A torn slot (a crash inside an earlier rewrite): made again.
+            // A torn slot (a crash inside an earlier rewrite; its name may be unreadable too):
+            // made again under the name the intact one does not have.
             Some(slot) => {
-                let name = slot.name.clone();
                 s.session
                     .destroy_object(slot.handle)
                     .map_err(|e| classify("C_DestroyObject", e))?;
-                create_slot(&s.session, &name, label)?;
+                backend.head_slots.set(Vec::new());
+                create_slot(&s.session, free_name(&slots, Some(slot.handle))?, label)?;
             }
             None => {
-                let taken: Vec<&Vec<u8>> = slots.iter().map(|slot| &slot.name).collect();
-                let name = SLOT_NAMES
-                    .iter()
-                    .find(|name| !taken.iter().any(|t| t.as_slice() == **name))
-                    .ok_or_else(|| BackendError::Failed {
-                        operation: "write log head",
-                        detail: "the token holds more log head slots than actseal makes".into(),
-                    })?;
-                create_slot(&s.session, name, label)?;
+                backend.head_slots.set(Vec::new());
+                create_slot(&s.session, free_name(&slots, None)?, label)?;
             }
         }
         if newest_name.is_none() {
@@ -121,6 +140,25 @@ pub(super) fn write(backend: &Pkcs11Backend, record: &[u8]) -> Result<(), Backen
         }
         Ok(())
     })
+}
+
+/// A slot name no intact slot but `replacing` has.
+fn free_name(
+    slots: &[Slot],
+    replacing: Option<ObjectHandle>,
+) -> Result<&'static [u8], BackendError> {
+    let taken = |name: &[u8]| {
+        slots.iter().any(|slot| {
+            Some(slot.handle) != replacing && slot.content.is_some() && slot.name == name
+        })
+    };
+    SLOT_NAMES
+        .into_iter()
+        .find(|name| !taken(name))
+        .ok_or_else(|| BackendError::Failed {
+            operation: "write log head",
+            detail: "the token holds more log head slots than actseal makes".into(),
+        })
 }
 
 fn newest(slots: &[Slot]) -> Option<(u64, &Vec<u8>)> {
@@ -153,6 +191,50 @@ fn create_slot(session: &Session, name: &[u8], label: Vec<u8>) -> Result<(), Bac
         .map_err(|e| classify("C_CreateObject", e))
 }
 
+/// Both slots through the cached handles when they still name two intact slots; otherwise
+/// found on the token again (and the handles cached).
+fn slots(session: &Session, cache: &SlotCache) -> Result<Vec<Slot>, BackendError> {
+    let cached = cache.get();
+    if cached.len() == SLOT_NAMES.len() {
+        let slots: Vec<Slot> = cached
+            .iter()
+            .filter_map(|&handle| read_slot(session, handle))
+            .collect();
+        let intact = slots.len() == SLOT_NAMES.len()
+            && slots.iter().all(|slot| slot.content.is_some())
+            && slots[0].name != slots[1].name;
+        if intact {
+            return Ok(slots);
+        }
+    }
+    let slots = find_slots(session)?;
+    cache.set(slots.iter().map(|slot| slot.handle).collect());
+    Ok(slots)
+}
+
+/// A slot by its handle; `None` if the handle names no slot (any more).
+fn read_slot(session: &Session, handle: ObjectHandle) -> Option<Slot> {
+    let wanted = [
+        AttributeType::Application,
+        AttributeType::Value,
+        AttributeType::Label,
+    ];
+    let (mut application, mut name, mut content) = (None, None, None);
+    for attribute in session.get_attributes(handle, &wanted).ok()? {
+        match attribute {
+            Attribute::Application(value) => application = Some(value),
+            Attribute::Value(value) => name = Some(value),
+            Attribute::Label(label) => content = decode_slot(&label),
+            _ => {}
+        }
+    }
+    (application.as_deref() == Some(SLOT_APPLICATION.as_bytes())).then(|| Slot {
+        handle,
+        name: name.unwrap_or_default(),
+        content,
+    })
+}
+
 /// The slots on the token; one whose attributes cannot be read counts as torn.
 fn find_slots(session: &Session) -> Result<Vec<Slot>, BackendError> {
     let handles = session
@@ -161,27 +243,16 @@ fn find_slots(session: &Session) -> Result<Vec<Slot>, BackendError> {
             Attribute::Application(SLOT_APPLICATION.as_bytes().to_vec()),
         ])
         .map_err(|e| classify("C_FindObjects", e))?;
-    let mut slots = Vec::with_capacity(handles.len());
-    for handle in handles {
-        let (mut name, mut content) = (None, None);
-        if let Ok(attributes) =
-            session.get_attributes(handle, &[AttributeType::Value, AttributeType::Label])
-        {
-            for attribute in attributes {
-                match attribute {
-                    Attribute::Value(value) => name = Some(value),
-                    Attribute::Label(label) => content = decode_slot(&label),
-                    _ => {}
-                }
-            }
-        }
-        slots.push(Slot {
-            handle,
-            name: name.unwrap_or_default(),
-            content,
-        });
-    }
-    Ok(slots)
+    Ok(handles
+        .into_iter()
+        .map(|handle| {
+            read_slot(session, handle).unwrap_or(Slot {
+                handle,
+                name: Vec::new(),
+                content: None,
+            })
+        })
+        .collect())
 }
 
 /// The earlier layout's objects with their generations, oldest first.

@@ -13,7 +13,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard},
+    sync::{
+        Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -43,6 +46,17 @@ fn library() -> RwLockReadGuard<'static, ()> {
     LIBRARY.read().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Counts re-initialisations of the process's PKCS#11 libraries. C_Finalize ends every
+/// session and object handle of the library, also those of the other pools sharing the
+/// context: a session (or handle) from an earlier epoch is stale, and its number may name
+/// another pool's new session by now, so it is forgotten, never used or closed.
+static LIBRARY_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// The library epoch now ([`LIBRARY_EPOCH`]).
+pub(super) fn library_epoch() -> u64 {
+    LIBRARY_EPOCH.load(Ordering::SeqCst)
+}
+
 /// A session with the private-key handles it has already looked up.
 pub(super) struct PooledSession {
     pub session: Session,
@@ -50,6 +64,8 @@ pub(super) struct PooledSession {
     slot: Slot,
     /// Sessions opened before the latest fault are closed when returned.
     generation: u64,
+    /// The library epoch it was opened in.
+    library: u64,
 }
 
 struct State {
@@ -130,7 +146,14 @@ impl SessionPool {
         op: impl FnOnce(&mut PooledSession) -> Result<T, BackendError>,
     ) -> Result<T, BackendError> {
         let mut session = self.acquire()?;
-        let calling = library();
+        let mut calling = library();
+        // Another pool of the context re-initialised it since this session was opened.
+        while session.library != library_epoch() {
+            drop(calling);
+            self.forget(session);
+            session = self.acquire()?;
+            calling = library();
+        }
         let mut result = op(&mut session);
         if matches!(result, Err(BackendError::KeyNotFound(_)))
             && let Err(fault) = self.probe(&session)
@@ -194,6 +217,7 @@ impl SessionPool {
     /// and checks that the token answers.
     fn open_session(&self, slot: Slot, generation: u64) -> Result<PooledSession, BackendError> {
         let _calling = library();
+        let library = library_epoch();
         let session = self
             .ctx
             .open_rw_session(slot)
@@ -217,6 +241,7 @@ impl SessionPool {
             handles: HashMap::new(),
             slot,
             generation,
+            library,
         };
         self.probe(&pooled)?;
         Ok(pooled)
@@ -293,10 +318,24 @@ impl SessionPool {
     fn close(&self, sessions: Vec<PooledSession>) {
         let calling = library();
         for session in sessions {
+            if session.library != library_epoch() {
+                // Ended by C_Finalize; its number may be another pool's session now.
+                std::mem::forget(session.session);
+                continue;
+            }
             // Closing may fail on a dead token; the session is gone either way.
             let _ = session.session.close();
         }
         drop(calling);
+        self.freed.notify_all();
+    }
+
+    /// Drops a stale session from the count without calling into the library for it.
+    fn forget(&self, session: PooledSession) {
+        tracing::info!(token.label = %self.token.label,
+            "PKCS#11 library re-initialised by another token's pool: a fresh session replaces an ended one");
+        std::mem::forget(session.session);
+        self.lock().open -= 1;
         self.freed.notify_all();
     }
 
@@ -414,6 +453,7 @@ impl SessionPool {
                     "re-initialising the PKCS#11 library failed: C_Initialize: {e}"
                 ))
             })?;
+        LIBRARY_EPOCH.fetch_add(1, Ordering::SeqCst);
         let found = find_token(&self.ctx, &self.selector);
         drop(exclusive);
         let (slot, facts) = found?;
