@@ -63,7 +63,10 @@ fn lag_ms(fleet: &Fleet, from: i64) -> (f64, f64, i64) {
 fn newest_queue_id(fleet: &Fleet) -> i64 {
     let mut client = fleet.client().unwrap();
     client
-        .query_one("SELECT COALESCE(MAX(queue_id), 0) FROM fleet_integrated", &[])
+        .query_one(
+            "SELECT COALESCE(MAX(queue_id), 0) FROM fleet_integrated",
+            &[],
+        )
         .unwrap()
         .get(0)
 }
@@ -98,7 +101,9 @@ async fn fleet_phase(fleet: &Fleet, clients: usize) -> (f64, [Duration; 3]) {
 /// SIGKILL of the integrator while another node signs: time to the next integration by
 /// another node.
 async fn failover(fleet: &Fleet) -> Duration {
-    let holder = block_in_place(|| fleet.holder()).unwrap().expect("a holder");
+    let holder = block_in_place(|| fleet.holder())
+        .unwrap()
+        .expect("a holder");
     let pid = fleet.nodes[holder].daemon_pid().unwrap();
     let load_node = (holder + 1) % 3;
     let actor = format!("{ACTOR}-{load_node}");
@@ -133,13 +138,20 @@ async fn main() {
     let modes = modes();
     for (m, mode) in modes.iter().enumerate() {
         let (single_rate, p50, p99) = single(mode, clients).await;
-        println!("{mode:10} 1 node, SQLite      : {single_rate:7.0} receipts/s  p50 {p50:.1?} p99 {p99:.1?}");
+        println!(
+            "{mode:10} 1 node, SQLite      : {single_rate:7.0} receipts/s  p50 {p50:.1?} p99 {p99:.1?}"
+        );
         let dir = tempfile::Builder::new()
             .prefix("actseal-bench-fleet-")
             .tempdir()
             .unwrap();
         let mut fleet = block_in_place(|| {
-            Fleet::create(&exe, dir.path(), 3, "lease_ms = 3000\nintegrate_interval_ms = 5")
+            Fleet::create(
+                &exe,
+                dir.path(),
+                3,
+                "lease_ms = 3000\nintegrate_interval_ms = 5",
+            )
         })
         .expect("fleet set-up");
         if mode == "batch" {
@@ -163,7 +175,9 @@ async fn main() {
         );
         if m + 1 == modes.len() {
             let took = failover(&fleet).await;
-            println!("{mode:10} failover            : {took:.2?} (lease 3 s; SIGKILL -> next integration elsewhere)");
+            println!(
+                "{mode:10} failover            : {took:.2?} (lease 3 s; SIGKILL -> next integration elsewhere)"
+            );
         }
     }
 }

@@ -520,7 +520,7 @@ fn holder(fleet: &Fleet) -> Option<usize> {
 async fn wait_for_takeover(fleet: &Fleet, from: usize, epoch: i64, published: i64) -> Duration {
     let started = Instant::now();
     loop {
-        let (holder, now, size) = lease(&fleet).unwrap();
+        let (holder, now, size) = lease(fleet).unwrap();
         if now > epoch && holder != format!("node-{from}") && size > published {
             return started.elapsed();
         }
