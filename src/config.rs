@@ -796,6 +796,35 @@ mod tests {
         pin = { file = "/etc/actseal/pin" }
     "#;
 
+    const LOG_TOKEN: &str =
+        "[log_token]\ntoken_label = \"log\"\npin = { file = \"/etc/actseal/log.pin\" }\n";
+
+    #[test]
+    fn fleet_mode_needs_a_log_token_and_a_sane_lease() {
+        let parse = |extra: &str| Config::parse(&format!("{GOOD}\n{extra}"), Path::new("t.toml"));
+        let fleet = "[fleet]\nnode = \"signer-a\"\n";
+        let e = parse(fleet).unwrap_err().to_string();
+        assert!(e.contains("[log_token]"), "{e}");
+        let config = parse(&format!("{fleet}{LOG_TOKEN}")).unwrap();
+        let settings = config.fleet.unwrap().settings();
+        assert_eq!(settings.lease, std::time::Duration::from_millis(3000));
+        assert_eq!(
+            settings.integrate_interval,
+            std::time::Duration::from_millis(5)
+        );
+        for bad in [
+            "[fleet]\nnode = \"a b\"\n",
+            "[fleet]\nnode = \"\"\n",
+            "[fleet]\nnode = \"a\"\nlease_ms = 100\n",
+            "[fleet]\nnode = \"a\"\nlease_ms = 3000\nintegrate_interval_ms = 2000\n",
+            "[fleet]\nnode = \"a\"\nmax_integration_batch = 0\n",
+            "[fleet]\nnode = \"a\"\nlease_ms = 3000\nanswer_timeout_ms = 1000\n",
+        ] {
+            let e = parse(&format!("{bad}{LOG_TOKEN}")).unwrap_err().to_string();
+            assert!(e.contains("fleet."), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn parses_a_minimal_config_with_defaults() {
         let config = Config::parse(GOOD, Path::new("t.toml")).unwrap();

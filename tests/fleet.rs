@@ -645,3 +645,18 @@ async fn postgres_restarted_under_load_answers_unavailable_then_recovers() {
     tokio::task::block_in_place(|| check_tables(&fleet));
     tokio::task::block_in_place(|| export_and_check(&fleet, 1, &acked, "export-pg.json"));
 }
+
+#[test]
+fn fleet_mode_on_sqlite_is_refused_at_start() {
+    let mut lab = common::new_lab();
+    lab.add_log_token().unwrap();
+    lab.append_config("[fleet]\nnode = \"alone\"").unwrap();
+    let error = lab
+        .start_daemon()
+        .expect_err("a fleet node on SQLite")
+        .to_string();
+    assert!(
+        error.contains("[fleet] needs the log on PostgreSQL"),
+        "{error}"
+    );
+}
