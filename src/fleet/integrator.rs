@@ -270,8 +270,35 @@ fn step_holder(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, Fl
             setup.settings.lease,
         )?;
         h.renewed = Instant::now();
+        heal_head(setup, c, h)?;
     }
     Ok(integrated)
+}
+
+/// While idle: a fenced holder that was stopped between its commit and its head write may
+/// write an older head when it resumes; the holder finds the log token's head behind the
+/// tree it published and rewrites it.
+fn heal_head(setup: &Setup, c: &Conn, h: &mut Holding) -> Result<(), FleetError> {
+    if h.head.is_none() {
+        return Ok(());
+    }
+    let record = setup
+        .log_backend
+        .read_log_head()
+        .map_err(|e| FleetError::Unavailable(format!("log head: {e}")))?;
+    let behind = match record.as_deref().map(LogHead::decode) {
+        Some(Ok(head)) => head.size < h.frontier.size(),
+        _ => true,
+    };
+    if behind {
+        tracing::warn!(
+            size = h.frontier.size(),
+            "the log token's head is behind the published tree; rewriting it"
+        );
+        let requests = c.store.request_count_below(h.frontier.size())?;
+        record_head(setup, h, requests)?;
+    }
+    Ok(())
 }
 
 /// A queued row as the integrator reads it.
