@@ -46,6 +46,93 @@ pub struct Config {
     /// Benchmark aids (docs/CONFIG.md `[testing]`); never for production.
     #[serde(default)]
     pub testing: TestingConfig,
+    /// Fleet mode: this daemon is one signing node of a shared PostgreSQL log
+    /// (docs/CONFIG.md `[fleet]`).
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `[fleet]`: one signing node of several queueing into one PostgreSQL log (issue 12).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// This node's name, unique in the fleet.
+    pub node: String,
+    /// How long the integrator lease lasts unless renewed (the failover bound), ms.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    /// How often the lease holder integrates (a queue insert wakes it sooner), ms.
+    #[serde(default = "default_integrate_interval_ms")]
+    pub integrate_interval_ms: u64,
+    /// Most queued entries integrated in one transaction.
+    #[serde(default = "default_max_integration_batch")]
+    pub max_integration_batch: usize,
+    /// How long a Sign waits for its entry to be integrated before UNAVAILABLE, ms.
+    #[serde(default = "default_answer_timeout_ms")]
+    pub answer_timeout_ms: u64,
+}
+
+fn default_lease_ms() -> u64 {
+    3000
+}
+
+fn default_integrate_interval_ms() -> u64 {
+    5
+}
+
+fn default_max_integration_batch() -> usize {
+    4096
+}
+
+fn default_answer_timeout_ms() -> u64 {
+    30_000
+}
+
+impl FleetConfig {
+    /// The settings the fleet code runs on.
+    pub fn settings(&self) -> crate::fleet::FleetSettings {
+        use std::time::Duration;
+        crate::fleet::FleetSettings {
+            node: self.node.clone(),
+            lease: Duration::from_millis(self.lease_ms),
+            integrate_interval: Duration::from_millis(self.integrate_interval_ms),
+            max_batch: self.max_integration_batch,
+            answer_timeout: Duration::from_millis(self.answer_timeout_ms),
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let name_ok = !self.node.is_empty()
+            && self.node.len() <= 64
+            && self
+                .node
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !name_ok {
+            return Err(format!(
+                "fleet.node {:?} must be 1 to 64 letters, digits, '-', '_' or '.'",
+                self.node
+            ));
+        }
+        if !(300..=60_000).contains(&self.lease_ms) {
+            return Err("fleet.lease_ms must be between 300 and 60000".into());
+        }
+        if self.integrate_interval_ms == 0 || self.integrate_interval_ms > self.lease_ms / 3 {
+            return Err(
+                "fleet.integrate_interval_ms must be at least 1 and at most lease_ms / 3".into(),
+            );
+        }
+        if self.max_integration_batch == 0 || self.max_integration_batch > 100_000 {
+            return Err("fleet.max_integration_batch must be between 1 and 100000".into());
+        }
+        if self.answer_timeout_ms < self.lease_ms {
+            return Err(
+                "fleet.answer_timeout_ms must be at least lease_ms (a failover must fit in it)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `[testing]`: benchmark aids that change how fast the hardware is, never what is signed.
@@ -136,6 +223,7 @@ impl LedgerConfig {
     /// The sequencer's signing settings, defaults filled in.
     pub fn signing_settings(&self) -> crate::server::sequencer::SigningSettings {
         crate::server::sequencer::SigningSettings {
+            fleet: None,
             batch_window: std::time::Duration::from_millis(self.batch_window_ms),
             threads: self.signing_threads.unwrap_or(4),
             hardware_timeout: std::time::Duration::from_millis(
@@ -599,6 +687,20 @@ impl Config {
         config.ledger.check_location().map_err(invalid)?;
         config.server.check().map_err(invalid)?;
         config.anchor.check().map_err(invalid)?;
+        if let Some(fleet) = &config.fleet {
+            fleet.check().map_err(invalid)?;
+            if config.log_token.is_none() {
+                return Err(invalid(
+                    "[fleet] needs a [log_token]: the log key every node's integrator signs with"
+                        .into(),
+                ));
+            }
+            if config.anchor.enabled() {
+                return Err(invalid(
+                    "[anchor] is not supported in fleet mode yet (witnesses and TSAs would follow the lease holder)".into(),
+                ));
+            }
+        }
         Ok(config)
     }
 }
@@ -693,6 +795,35 @@ mod tests {
         token_label = "actseal"
         pin = { file = "/etc/actseal/pin" }
     "#;
+
+    const LOG_TOKEN: &str =
+        "[log_token]\ntoken_label = \"log\"\npin = { file = \"/etc/actseal/log.pin\" }\n";
+
+    #[test]
+    fn fleet_mode_needs_a_log_token_and_a_sane_lease() {
+        let parse = |extra: &str| Config::parse(&format!("{GOOD}\n{extra}"), Path::new("t.toml"));
+        let fleet = "[fleet]\nnode = \"signer-a\"\n";
+        let e = parse(fleet).unwrap_err().to_string();
+        assert!(e.contains("[log_token]"), "{e}");
+        let config = parse(&format!("{fleet}{LOG_TOKEN}")).unwrap();
+        let settings = config.fleet.unwrap().settings();
+        assert_eq!(settings.lease, std::time::Duration::from_millis(3000));
+        assert_eq!(
+            settings.integrate_interval,
+            std::time::Duration::from_millis(5)
+        );
+        for bad in [
+            "[fleet]\nnode = \"a b\"\n",
+            "[fleet]\nnode = \"\"\n",
+            "[fleet]\nnode = \"a\"\nlease_ms = 100\n",
+            "[fleet]\nnode = \"a\"\nlease_ms = 3000\nintegrate_interval_ms = 2000\n",
+            "[fleet]\nnode = \"a\"\nmax_integration_batch = 0\n",
+            "[fleet]\nnode = \"a\"\nlease_ms = 3000\nanswer_timeout_ms = 1000\n",
+        ] {
+            let e = parse(&format!("{bad}{LOG_TOKEN}")).unwrap_err().to_string();
+            assert!(e.contains("fleet."), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn parses_a_minimal_config_with_defaults() {

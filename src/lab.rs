@@ -393,26 +393,6 @@ impl Lab {
         self.tpm.as_mut()
     }
 
-    /// Puts the daemon's ledger on PostgreSQL: `[ledger] url` and `password_file` in its
-    /// configuration (into its `[ledger]` section if it has one).
-    pub fn use_postgres(&self, url: &str, password_file: &Path) -> Result<()> {
-        let config = fs::read_to_string(self.config())?;
-        let lines = format!(
-            "url = {}\npassword_file = {}\n",
-            toml_string(url),
-            toml_string(&password_file.display().to_string())
-        );
-        let config = match config.find("\n[ledger]\n") {
-            Some(at) => {
-                let at = at + "\n[ledger]\n".len();
-                format!("{}{lines}{}", &config[..at], &config[at..])
-            }
-            None => format!("{config}\n[ledger]\n{lines}"),
-        };
-        fs::write(self.config(), config)?;
-        Ok(())
-    }
-
     /// Initialises a separate log token (label [`LOG_TOKEN_LABEL`], its PIN in
     /// `secrets/log-token.pin`) in the lab's token directory and names it as the daemon's
     /// `[log_token]`. Before the daemon's first start, so that the log key is made there.
@@ -444,6 +424,103 @@ impl Lab {
             "\n[log_token]\ntoken_label = \"{label}\"\npin = {{ file = \"{}\" }}\nsessions = 4",
             pin_file.display()
         )?;
+        Ok(())
+    }
+
+    /// Makes another host of a fleet in `dir`: its own token (`token_label`) in `first`'s
+    /// SoftHSM token directory (so it can open `first`'s log token too), its device
+    /// certificate issued by `first`'s CA (one trust anchor for the fleet), and `first`'s log
+    /// token as its `[log_token]`. `first` must have had [`Lab::add_log_token`].
+    pub fn create_member(first: &Lab, dir: &Path, token_label: &str) -> Result<Lab> {
+        if dir.exists() && fs::read_dir(dir)?.next().is_some() {
+            bail!("{} is not empty", dir.display());
+        }
+        for sub in ["secrets", "state"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        let dir = dir.canonicalize()?;
+        fs::set_permissions(
+            dir.join("secrets"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
+        fs::copy(first.dir.join("softhsm2.conf"), dir.join("softhsm2.conf"))?;
+        let config = CONFIG_TEMPLATE
+            .replace("@DIR@", &dir.display().to_string())
+            .replace("@MODULE@", SOFTHSM_MODULE)
+            .replace("@TOKEN@", token_label);
+        fs::write(dir.join("actseal.toml"), config)?;
+        fs::copy(first.policy(), dir.join("policy.toml"))?;
+        for name in ["token.so-pin", "token.pin"] {
+            write_secret(&dir.join("secrets").join(name), &random_pin())?;
+        }
+        let lab = Lab {
+            dir,
+            exe: first.exe.clone(),
+            verbose: first.verbose,
+            daemon: None,
+            tpm: None,
+        };
+        let d = |p: &str| lab.path(p);
+        lab.run_ok(&[
+            "token",
+            "init",
+            "--module",
+            SOFTHSM_MODULE,
+            "--label",
+            token_label,
+            "--so-pin-file",
+            &d("secrets/token.so-pin"),
+            "--pin-file",
+            &d("secrets/token.pin"),
+        ])?;
+        let config = d("actseal.toml");
+        lab.run_ok(&[
+            "device",
+            "csr",
+            "--config",
+            &config,
+            "--out",
+            &d("device.csr"),
+        ])?;
+        first.run_ok(&[
+            "ca",
+            "issue",
+            "--dir",
+            &first.path("ca"),
+            "--csr",
+            &d("device.csr"),
+            "--out",
+            &d("device.crt"),
+        ])?;
+        lab.run_ok(&["device", "install", "--config", &config, &d("device.crt")])?;
+        lab.use_log_token(LOG_TOKEN_LABEL, &first.dir.join("secrets/log-token.pin"))?;
+        Ok(lab)
+    }
+
+    /// Appends a section (e.g. `[fleet]`) to the daemon's configuration.
+    pub fn append_config(&self, text: &str) -> Result<()> {
+        let mut config = fs::OpenOptions::new().append(true).open(self.config())?;
+        writeln!(config, "\n{text}")?;
+        Ok(())
+    }
+
+    /// Puts the daemon's ledger on PostgreSQL: `[ledger] url` and `password_file` in its
+    /// configuration (into its `[ledger]` section if it has one).
+    pub fn use_postgres(&self, url: &str, password_file: &Path) -> Result<()> {
+        let config = fs::read_to_string(self.config())?;
+        let lines = format!(
+            "url = {}\npassword_file = {}\n",
+            toml_string(url),
+            toml_string(&password_file.display().to_string())
+        );
+        let config = match config.find("\n[ledger]\n") {
+            Some(at) => {
+                let at = at + "\n[ledger]\n".len();
+                format!("{}{lines}{}", &config[..at], &config[at..])
+            }
+            None => format!("{config}\n[ledger]\n{lines}"),
+        };
+        fs::write(self.config(), config)?;
         Ok(())
     }
 

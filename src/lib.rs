@@ -16,9 +16,13 @@ pub mod cli;
 pub mod config;
 #[cfg(feature = "daemon")]
 pub mod files;
+#[cfg(feature = "daemon")]
+pub mod fleet;
 pub mod forensics;
 #[cfg(feature = "daemon")]
 pub mod lab;
+#[cfg(feature = "daemon")]
+pub mod lab_fleet;
 #[cfg(feature = "daemon")]
 pub mod lab_postgres;
 #[cfg(feature = "daemon")]

@@ -44,9 +44,19 @@ struct Inner {
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// A fleet node's metrics (`crate::fleet::metrics`), rendered with these.
+    fleet: Option<Arc<crate::fleet::metrics::FleetMetrics>>,
 }
 
 impl Metrics {
+    /// The metrics of a fleet node.
+    pub fn with_fleet(fleet: Arc<crate::fleet::metrics::FleetMetrics>) -> Self {
+        Metrics {
+            fleet: Some(fleet),
+            ..Default::default()
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
         f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -207,6 +217,9 @@ impl Metrics {
              actseal_backend_up {}",
             u8::from(backend_up)
         );
+        if let Some(fleet) = &self.fleet {
+            fleet.render(&mut out);
+        }
         out
     }
 }

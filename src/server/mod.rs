@@ -7,6 +7,7 @@ mod authority;
 mod bundles;
 pub mod clock;
 pub mod codec;
+mod fleet;
 pub mod health;
 mod keys;
 pub mod listen;
@@ -76,6 +77,8 @@ pub struct DaemonState {
     pub(crate) metrics: Arc<Metrics>,
     /// The anchor task (witnesses, TSAs), if `[anchor]` configures any.
     pub(crate) anchor: Option<crate::anchor::AnchorHandle>,
+    /// A fleet node's integrator (`crate::fleet`), stopped with the daemon.
+    _integrator: Option<crate::fleet::integrator::Integrator>,
 }
 
 impl DaemonState {
@@ -668,18 +671,32 @@ fn open_state(
         device_key,
     )?);
     check_device_certificate(&certificates)?;
-    // The writer first: on PostgreSQL it holds the single-host lock, refusing a second
-    // daemon before anything is read or signed.
     let location = config.ledger_location();
-    let writer = Store::open_writer(&location)?;
-    tracing::info!(engine = writer.engine(), "ledger opened");
-    let (reader, log, head) = open_ledger(config, &backends, &device)?;
+    let mut signing = config.ledger.signing_settings();
+    let (writer, reader, log, head, fleet) = match &config.fleet {
+        None => {
+            // The writer first: on PostgreSQL it holds the single-host lock, refusing a
+            // second daemon before anything is read or signed.
+            let writer = Store::open_writer(&location)?;
+            tracing::info!(engine = writer.engine(), "ledger opened");
+            let (reader, log, head) = open_ledger(config, &backends, &device)?;
+            (writer, reader, log, head, None)
+        }
+        Some(_) => {
+            // A fleet node takes no single-host lock: the lease orders its integrators.
+            let parts = fleet::open(config, &backends, &device)?;
+            signing.fleet = Some(parts.node);
+            let writer = Store::open_at(&location)?;
+            let fleet = Some((parts.integrator, parts.metrics));
+            (writer, parts.reader, parts.log, None, fleet)
+        }
+    };
     let (sequencer, sequencer_thread) = sequencer::start(
         (Store::open_at(&location)?, writer),
         Arc::clone(&backend),
         log.clone(),
         Arc::clone(&certificates),
-        config.ledger.signing_settings(),
+        signing,
         clock::EntryClock::new(clock::daemon_clock(), config.ledger.max_clock_step_back_s()),
         head,
     )?;
@@ -691,8 +708,12 @@ fn open_state(
         sequencer,
         log,
         policy: RwLock::new(Arc::new(policy)),
-        metrics: Arc::new(Metrics::default()),
+        metrics: Arc::new(match &fleet {
+            Some((_, metrics)) => Metrics::with_fleet(Arc::clone(metrics)),
+            None => Metrics::default(),
+        }),
         anchor: crate::anchor::spawn(&config.anchor, &location)?,
+        _integrator: fleet.map(|(integrator, _)| integrator),
     });
     let (sign_rules, admin_rules) = state.policy().rule_counts();
     tracing::info!(policy = %config.server.policy.display(), sign_rules, admin_rules, "policy loaded");

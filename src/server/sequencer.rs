@@ -23,8 +23,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 mod commit;
+mod fleet;
 mod pool;
 mod window;
+
+pub use fleet::FleetNode;
 
 pub use window::BatchRules;
 use window::{Request, Windows};
@@ -148,6 +151,10 @@ pub enum SequencerError {
     Clock(#[from] ClockError),
     #[error("the sequencer has stopped")]
     Stopped,
+    /// In a fleet: queued (durably) but not yet integrated; a retry with the same request id
+    /// gets the receipt once it is.
+    #[error("{0}")]
+    Pending(String),
 }
 
 /// A rotation prepared by the key service: the new version, attested, with its lineage up to
@@ -408,6 +415,8 @@ struct Sequencer {
     batching: BatchRules,
     /// Batch-mode requests waiting for their window to close.
     windows: Windows,
+    /// Fleet mode (`fleet.rs`): entries are queued for the integrator, not appended here.
+    fleet: Option<std::cell::RefCell<fleet::Link>>,
 }
 
 /// How the sequencer signs: its threads, their timeout, its batching.
@@ -421,6 +430,8 @@ pub struct SigningSettings {
     pub hardware_timeout: std::time::Duration,
     /// Which actors sign in batch mode.
     pub batching: BatchRules,
+    /// Fleet mode: this node queues into a shared PostgreSQL log (`crate::fleet`).
+    pub fleet: Option<FleetNode>,
 }
 
 /// Starts the sequencer thread on `store` (read) and its commit thread on `writer`. It stops
@@ -435,6 +446,11 @@ pub fn start(
     head: Option<LogHead>,
 ) -> Result<(SequencerHandle, thread::JoinHandle<()>), SequencerError> {
     let begin = head.and_then(|h| h.previous.filter(|_| h.size == 0));
+    let sink = settings
+        .fleet
+        .clone()
+        .map(|node| fleet::Sink::start(node, log.clone(), Arc::clone(&certificates)))
+        .transpose()?;
     let mut sequencer = Sequencer {
         store,
         pool: SignPool::new(
@@ -442,7 +458,7 @@ pub fn start(
             settings.threads,
             settings.hardware_timeout,
         ),
-        committer: Committer::start(writer, Arc::clone(&log.backend), head)?,
+        committer: Committer::start(writer, Arc::clone(&log.backend), head, sink)?,
         backend,
         log,
         certificates,
@@ -456,6 +472,9 @@ pub fn start(
         in_flight_requests: HashMap::new(),
         batching: settings.batching,
         windows: Windows::default(),
+        fleet: settings
+            .fleet
+            .map(|node| std::cell::RefCell::new(fleet::Link::new(node))),
     };
     sequencer.reload()?;
     if let Some(previous) = begin
@@ -506,6 +525,9 @@ fn receipt_answer(pending: &PendingReceipt) -> SignedReceipt {
 impl Sequencer {
     /// Rebuilds the in-memory state from the database, the source of truth.
     fn reload(&mut self) -> Result<(), SequencerError> {
+        if self.fleet.is_some() {
+            return self.reload_fleet();
+        }
         let heads = self.store.actor_heads()?;
         let mut actors: HashMap<String, ActorChain> = HashMap::new();
         for key in self.store.keys(None)? {
@@ -534,6 +556,75 @@ impl Sequencer {
         self.clock.resume(newest_time);
         self.node_cache.borrow_mut().clear();
         Ok(())
+    }
+
+    /// [`reload`](Self::reload) in a fleet: this node's actors, their heads as queued (the
+    /// chain continues from what this node signed, integrated or not), and a local
+    /// numbering of entries: no receipt carries a log index, the integrator assigns them.
+    fn reload_fleet(&mut self) -> Result<(), SequencerError> {
+        let own = match &self.fleet {
+            Some(link) => link.borrow_mut().own_actors()?,
+            None => HashMap::new(),
+        };
+        let mut actors: HashMap<String, ActorChain> = HashMap::new();
+        for (actor, head) in own {
+            let mut chain = ActorChain { key: None, head };
+            for key in self.store.keys(Some(&actor))? {
+                if key.state == KeyState::Active {
+                    let lineage = Arc::new(bundles::lineage(
+                        &self.store,
+                        &key,
+                        &self.certificates.get(),
+                    )?);
+                    chain.key = Some(ActiveKey {
+                        record: Arc::new(key),
+                        lineage,
+                    });
+                }
+            }
+            actors.insert(actor, chain);
+        }
+        let size = self.store.next_log_index()?;
+        let newest_time = clock::newest_entry_time(&self.store, size)?;
+        self.actors = actors;
+        self.frontier = Frontier::default();
+        self.clock.resume(newest_time);
+        self.node_cache.borrow_mut().clear();
+        Ok(())
+    }
+
+    /// In a fleet: refuses what this node cannot do for `actor` (another node's actor) and
+    /// key changes the fleet does not carry yet.
+    fn fleet_refusal(&self, command: &Command) -> Option<SequencerError> {
+        let link = self.fleet.as_ref()?;
+        let actor = match command {
+            Command::Sign(action, ..) => &action.actor,
+            Command::RegisterKey(key, ..) => &key.actor,
+            Command::Rotate(..) | Command::Retire(..) => {
+                return Some(SequencerError::Precondition(
+                    "key rotation and retirement are not supported in fleet mode yet;                      register a new actor instead"
+                        .into(),
+                ));
+            }
+        };
+        let local = self.actors.contains_key(actor);
+        if local && matches!(command, Command::Sign(..)) {
+            return None;
+        }
+        let owner = link.borrow_mut().owner(actor);
+        let node = link.borrow().node.settings.node.clone();
+        match owner {
+            Ok(Some(owner)) if owner != node => Some(SequencerError::Precondition(format!(
+                "actor {actor:?} belongs to fleet node {owner:?}; sign there"
+            ))),
+            Ok(Some(_)) if matches!(command, Command::RegisterKey(..)) => {
+                Some(SequencerError::Conflict(format!(
+                    "actor {actor:?} has a key already; rotate it instead"
+                )))
+            }
+            Ok(_) => None,
+            Err(e) => Some(e),
+        }
     }
 
     /// The next command, or `None` once the next window is due; `Err` once every handle
@@ -607,6 +698,19 @@ impl Sequencer {
     fn stage(&mut self, staged: &mut Staged, command: Command) {
         if let Some(reason) = &self.halted {
             let error = SequencerError::Halted(reason.clone());
+            match command {
+                Command::Sign(_, _, reply) => {
+                    let _ = reply.send(Err(error));
+                }
+                Command::RegisterKey(_, _, reply)
+                | Command::Rotate(_, reply)
+                | Command::Retire(_, _, _, reply) => {
+                    let _ = reply.send(Err(error));
+                }
+            }
+            return;
+        }
+        if let Some(error) = self.fleet_refusal(&command) {
             match command {
                 Command::Sign(_, _, reply) => {
                     let _ = reply.send(Err(error));
@@ -716,7 +820,7 @@ impl Sequencer {
             },
         };
         let Some((earlier_fingerprint, index)) = earlier else {
-            return Ok(Retry::New(reply));
+            return self.retry_queued(id, fingerprint, reply);
         };
         if earlier_fingerprint != *fingerprint {
             return Err((
@@ -728,6 +832,15 @@ impl Sequencer {
         }
         if staged.requests.contains_key(id) {
             staged.followers.push((id.to_owned(), reply));
+            return Ok(Retry::Answered);
+        }
+        if self.fleet.is_some() {
+            // Answered once the head the integrator publishes covers it.
+            if let Err(e) = self.check_retry(index, fingerprint) {
+                return Err((e, reply));
+            }
+            self.committer
+                .follow(fleet::Follow::Integrated(index, reply));
             return Ok(Retry::Answered);
         }
         let stored = bundles::stored(
@@ -757,6 +870,35 @@ impl Sequencer {
                 reply,
             )),
             Err(e) => Err((e.into(), reply)),
+        }
+    }
+
+    /// In a fleet, a request id not in the log may still be queued by this node: its retry
+    /// waits for it.
+    fn retry_queued(
+        &mut self,
+        id: &str,
+        fingerprint: &[u8; 32],
+        reply: Reply<SignedReceipt>,
+    ) -> Result<Retry, (SequencerError, Reply<SignedReceipt>)> {
+        let Some(link) = &self.fleet else {
+            return Ok(Retry::New(reply));
+        };
+        let queued = link.borrow_mut().queued_request(id);
+        match queued {
+            Ok(None) => Ok(Retry::New(reply)),
+            Ok(Some((_, earlier))) if earlier != *fingerprint => Err((
+                SequencerError::Conflict(format!(
+                    "request_id {id:?} was used for a different request"
+                )),
+                reply,
+            )),
+            Ok(Some((queue_id, _))) => {
+                self.committer
+                    .follow(fleet::Follow::Queued(queue_id, reply));
+                Ok(Retry::Answered)
+            }
+            Err(e) => Err((e, reply)),
         }
     }
 
@@ -865,7 +1007,8 @@ impl Sequencer {
         if receipts.is_empty() {
             return;
         }
-        match prepared_batch(receipts, key, &at, first_log_index) {
+        let first = self.fleet.is_none().then_some(first_log_index);
+        match prepared_batch(receipts, key, &at, first) {
             Ok(batch) => staged.unsigned.push(Unsigned::Batch(batch)),
             Err((e, receipts)) => {
                 self.unwind(staged, &receipts);
@@ -918,7 +1061,12 @@ impl Sequencer {
                 (signed_at, unix)
             }
         };
-        let place = (sequence, previous_head, log_index);
+        // A fleet node signs before the integrator orders: no index (FORMAT.md §3).
+        let place = (
+            sequence,
+            previous_head,
+            self.fleet.is_none().then_some(log_index),
+        );
         let payload = receipt_payload(action, &key, place, &signed_at, mode)?;
         let payload_sha256: [u8; 32] = Sha256::digest(&payload).into();
         if let Some(chain) = self.actors.get_mut(&action.actor) {
@@ -1343,7 +1491,11 @@ impl Sequencer {
         if staged.batch.is_empty() {
             return;
         }
-        let sealed = self.seal(&mut staged);
+        // In a fleet the integrator signs the checkpoint and proves each receipt.
+        let sealed = match self.fleet {
+            None => self.seal(&mut staged),
+            Some(_) => Ok(()),
+        };
         self.settle(&mut staged);
         let failure = match (staged.poisoned.take(), sealed) {
             (Some(message), _) => Some(format!("an earlier batch failed: {message}")),
@@ -1527,7 +1679,7 @@ impl Sequencer {
 fn receipt_payload(
     action: &ValidAction,
     key: &KeyRecord,
-    (sequence, previous, log_index): (u64, Option<ActorHead>, u64),
+    (sequence, previous, log_index): (u64, Option<ActorHead>, Option<u64>),
     signed_at: &str,
     mode: &str,
 ) -> Result<Vec<u8>, SequencerError> {
@@ -1552,7 +1704,7 @@ fn receipt_payload(
             previous_receipt: previous.map(|h| receipt::Digest {
                 sha256: hex::encode(h.payload_sha256),
             }),
-            log_index: Some(log_index),
+            log_index,
             mode: mode.into(),
         },
     )
@@ -1565,7 +1717,7 @@ fn prepared_batch(
     receipts: Vec<Prepared>,
     key: ActiveKey,
     (signed_at, _): &(String, i64),
-    first_log_index: u64,
+    first_log_index: Option<u64>,
 ) -> Result<PreparedBatch, (SequencerError, Vec<Prepared>)> {
     let payloads: Vec<&[u8]> = receipts.iter().map(|p| p.payload.as_slice()).collect();
     let (Some(tree), Some(first)) = (BatchTree::new(&payloads), receipts.first()) else {
@@ -1580,7 +1732,7 @@ fn prepared_batch(
         },
         size: receipts.len() as u64,
         first_sequence: first.row.sequence,
-        first_log_index: Some(first_log_index),
+        first_log_index,
         signed_at: signed_at.clone(),
     };
     match BatchStatement::new(&tree.root(), predicate).to_payload() {

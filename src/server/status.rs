@@ -72,6 +72,7 @@ impl From<SequencerError> for Status {
             SequencerError::Halted(reason) => Status::unavailable(reason),
             SequencerError::Uncertified(reason) => Status::unavailable(reason),
             SequencerError::Clock(_) => Status::unavailable(e.to_string()),
+            SequencerError::Pending(reason) => Status::unavailable(reason),
         }
     }
 }

@@ -22,10 +22,19 @@ pub const SQLITE: &[Migration] = &[Migration {
 
 /// PostgreSQL: version 1 is SQLite's version 2 translated (INTEGER -> BIGINT, BLOB ->
 /// BYTEA), the anchor tables, and the fleet's tables (ISSUE 12).
-pub const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    sql: POSTGRES_V1,
-}];
+pub const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: POSTGRES_V1,
+    },
+    // Fleet mode (src/fleet): a queued registration carries the key version it enters (the
+    // integrator inserts it with the entry), and retries find queued request ids by node.
+    Migration {
+        version: 2,
+        sql: "ALTER TABLE fleet_queue ADD COLUMN key_record TEXT;
+              CREATE INDEX fleet_queue_by_request ON fleet_queue (node, request_id);",
+    },
+];
 
 /// The newest version of a list.
 pub fn latest(list: &[Migration]) -> i64 {

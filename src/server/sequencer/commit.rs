@@ -31,20 +31,33 @@ impl CommitBatch {
     /// Answers every caller: each its receipt, or all the same error.
     pub fn answer(self, outcome: Result<(), &str>) {
         if let Err(message) = outcome {
-            let error = || SequencerError::NotStored(message.to_owned());
-            for pending in self.receipts {
-                if let Some(reply) = pending.reply {
-                    let _ = reply.send(Err(error()));
-                }
-            }
-            for (_, reply) in self.followers {
-                let _ = reply.send(Err(error()));
-            }
-            for reply in self.key_replies {
-                let _ = reply.send(Err(error()));
-            }
+            self.fail(|| SequencerError::NotStored(message.to_owned()));
             return;
         }
+        self.succeed();
+    }
+
+    /// Answers every caller UNAVAILABLE: queued in a fleet, not yet integrated (a retry
+    /// with the same request id gets the receipt once it is).
+    pub fn answer_pending(self, message: &str) {
+        self.fail(|| SequencerError::Pending(message.to_owned()));
+    }
+
+    fn fail(self, error: impl Fn() -> SequencerError) {
+        for pending in self.receipts {
+            if let Some(reply) = pending.reply {
+                let _ = reply.send(Err(error()));
+            }
+        }
+        for (_, reply) in self.followers {
+            let _ = reply.send(Err(error()));
+        }
+        for reply in self.key_replies {
+            let _ = reply.send(Err(error()));
+        }
+    }
+
+    fn succeed(self) {
         for pending in &self.receipts {
             tracing::info!(actor = %pending.row.actor, sequence = pending.row.sequence,
                 log_index = pending.row.log_index, key_id = %pending.row.key_id, "receipt signed");
@@ -74,6 +87,8 @@ impl CommitBatch {
 
 enum Job {
     Commit(Box<CommitBatch>),
+    /// A fleet retry that waits for its entry to be integrated.
+    Follow(super::fleet::Follow),
     /// Bring the log head record up to the store (after a failed rewrite), then answer.
     SyncHead(mpsc::Sender<Result<(), SequencerError>>),
 }
@@ -95,6 +110,8 @@ struct Writer {
     head: Option<LogHead>,
     /// A commit went through but the record could not be rewritten: it is behind the store.
     head_behind: bool,
+    /// In a fleet: batches are queued for the integrator instead (`fleet.rs`).
+    fleet: Option<super::fleet::Sink>,
 }
 
 impl Committer {
@@ -102,6 +119,7 @@ impl Committer {
         store: Store,
         backend: Arc<dyn Backend>,
         head: Option<LogHead>,
+        fleet: Option<super::fleet::Sink>,
     ) -> Result<Self, SequencerError> {
         let (jobs, inbox) = mpsc::channel();
         let (outcomes, results) = mpsc::channel();
@@ -110,6 +128,7 @@ impl Committer {
             backend,
             head,
             head_behind: false,
+            fleet,
         };
         let thread = thread::Builder::new()
             .name("actseal-commit".into())
@@ -167,6 +186,11 @@ impl Committer {
         outcome
     }
 
+    /// Hands a fleet retry to the waiter, which answers it once its entry is integrated.
+    pub fn follow(&self, follow: super::fleet::Follow) {
+        let _ = self.jobs.send(Job::Follow(follow));
+    }
+
     /// Brings the hardware's log head record up to the store, if a rewrite failed earlier.
     pub fn sync_head(&mut self) -> Result<(), SequencerError> {
         let (reply, answer) = mpsc::channel();
@@ -191,8 +215,17 @@ impl Drop for Committer {
 impl Writer {
     fn run(mut self, inbox: mpsc::Receiver<Job>, outcomes: mpsc::Sender<Result<(), String>>) {
         for job in inbox {
-            match job {
-                Job::Commit(batch) => {
+            match (job, self.fleet.as_mut()) {
+                (Job::Commit(batch), Some(sink)) => {
+                    let _ = outcomes.send(sink.queue(*batch));
+                }
+                (Job::Follow(follow), Some(sink)) => sink.follow(follow),
+                // The head is the integrator's in a fleet.
+                (Job::SyncHead(reply), Some(_)) => {
+                    let _ = reply.send(Ok(()));
+                }
+                (Job::Follow(_), None) => {}
+                (Job::Commit(batch), None) => {
                     let result = self.commit(&batch).map_err(|e| e.to_string());
                     if let Err(message) = &result {
                         tracing::error!(error = %message, "batch failed; nothing in it was acknowledged");
@@ -200,7 +233,7 @@ impl Writer {
                     batch.answer(result.as_ref().map(|_| ()).map_err(String::as_str));
                     let _ = outcomes.send(result);
                 }
-                Job::SyncHead(reply) => {
+                (Job::SyncHead(reply), None) => {
                     let _ = reply.send(self.sync_head());
                 }
             }

@@ -1,0 +1,701 @@
+//! The integrator every node runs: it takes the lease when it is free or expired, and while
+//! it holds it, integrates what the nodes queued. Each integration is one transaction that
+//! first locks and checks the lease, then reads the queue, checks each entry, extends the
+//! tree, has the log key sign the checkpoint, writes everything (`write_batch`) and moves the
+//! rows from the queue to `fleet_integrated`. After the commit it rewrites the log head in
+//! the log token and only then publishes the size that head covers; nodes answer on that.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use postgres::{Client, fallible_iterator::FallibleIterator};
+use sha2::{Digest, Sha256};
+
+use super::{
+    FleetError, FleetSettings, check,
+    lease::{self, Held},
+    metrics::FleetMetrics,
+    queue::{self, QueuedReceipt},
+};
+use crate::{
+    backend::Backend,
+    ledger::{
+        Batch, CheckpointRow, EntryKind, EntryRow, KeyChange, KeyRecord, ReceiptRow, Store,
+        StoreError,
+        checkpoint::Checkpoint,
+        head::LogHead,
+        merkle::{self, Frontier, Hash, MerkleError, NodeReader},
+        store::postgres::{PgSettings, write_batch},
+    },
+    server::sequencer::LogIdentity,
+};
+
+/// Loads the log identity, or creates it (log key in the log token, meta rows) on an empty
+/// log; called under the lease. Then the start-up check against the head in the log token:
+/// the head to continue from.
+pub type TakeOver = dyn Fn(&Store) -> Result<(LogIdentity, Option<LogHead>), String> + Send + Sync;
+
+/// What an integrator needs.
+pub struct Setup {
+    pub settings: FleetSettings,
+    pub pg: PgSettings,
+    /// The backend holding the log key and the log head (the shared log token).
+    pub log_backend: Arc<dyn Backend>,
+    pub take_over: Box<TakeOver>,
+    pub metrics: Arc<FleetMetrics>,
+}
+
+/// The integrator thread; stops when dropped.
+pub struct Integrator {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Integrator {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts the integrator thread.
+pub fn spawn(setup: Setup) -> Result<Integrator, FleetError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let thread = thread::Builder::new()
+        .name("actseal-integrator".into())
+        .spawn(move || run(setup, &flag))
+        .map_err(|e| FleetError::Refused(format!("cannot start the integrator: {e}")))?;
+    Ok(Integrator {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// A connection: the lease and queue client, and a store for reads.
+struct Conn {
+    client: Client,
+    store: Store,
+}
+
+/// What the holder keeps between integrations.
+struct Holding {
+    held: Held,
+    log: LogIdentity,
+    frontier: Frontier,
+    head: Option<LogHead>,
+    /// A commit went through but the head could not be rewritten: publish nothing until it is.
+    head_behind: bool,
+    renewed: Instant,
+    cache: HashMap<(u8, u64), Hash>,
+}
+
+fn connect(setup: &Setup) -> Result<Conn, FleetError> {
+    let mut client = crate::ledger::store::postgres::connect(&setup.pg)?;
+    let lease_ms = setup.settings.lease.as_millis().max(200);
+    // A stopped holder's open transaction ends (and its lock goes) well before its lease
+    // does; a follower never waits on the lock longer than a lease.
+    client.batch_execute(&format!(
+        "SET idle_in_transaction_session_timeout = {}; SET lock_timeout = {lease_ms}; LISTEN {}",
+        lease_ms / 2,
+        super::CHANNEL_QUEUED
+    ))?;
+    let store = super::open_store(&setup.pg)?;
+    Ok(Conn { client, store })
+}
+
+fn run(setup: Setup, stop: &AtomicBool) {
+    let mut conn: Option<Conn> = None;
+    let mut holding: Option<Holding> = None;
+    // The lease this node held when its connection broke or an integration failed: it
+    // continues at the same epoch if it still holds it (state rebuilt from the store).
+    let mut resume: Option<Held> = None;
+    let poll = setup.settings.lease / 6;
+    let mut next_try = Instant::now();
+    let mut metrics_at = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match connect(&setup) {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "integrator: cannot reach the database; retrying");
+                    thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            },
+        };
+        let outcome = match holding.as_mut() {
+            Some(h) => step_holder(&setup, c, h).map(|n| n > 0),
+            None if resume.is_some() || Instant::now() >= next_try => {
+                next_try = Instant::now() + poll;
+                match take_over(&setup, c, resume.take()) {
+                    Ok(taken) => {
+                        holding = taken;
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            None => Ok(false),
+        };
+        let busy = match outcome {
+            Ok(busy) => busy,
+            Err(FleetError::Fenced { holder, epoch }) => {
+                tracing::warn!(node = %setup.settings.node, holder = %holder, epoch,
+                    "fenced: the lease moved on; this node stops integrating");
+                setup.metrics.was_fenced();
+                holding = None;
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "integrator: integration interrupted; continuing from the store");
+                resume = holding.take().map(|h| h.held).or(resume);
+                if matches!(e, FleetError::Unavailable(_)) {
+                    conn = None;
+                }
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let Some(c) = conn.as_mut() else { continue };
+        if !busy {
+            let interval = if holding.is_some() {
+                setup.settings.integrate_interval
+            } else {
+                poll.min(Duration::from_millis(100))
+            };
+            wait(c, interval);
+        }
+        if metrics_at.elapsed() > Duration::from_millis(250) {
+            metrics_at = Instant::now();
+            refresh_metrics(&setup, c);
+        }
+    }
+}
+
+/// Waits up to `timeout` for a queue insert's NOTIFY (or the timeout).
+fn wait(c: &mut Conn, timeout: Duration) {
+    let mut notifications = c.client.notifications();
+    let mut it = notifications.timeout_iter(timeout);
+    if let Ok(Some(_)) = it.next() {
+        // Take whatever else arrived: one integration serves them all.
+        while let Ok(Some(_)) = it.next() {}
+    }
+}
+
+fn refresh_metrics(setup: &Setup, c: &mut Conn) {
+    if let Ok(Some(state)) = lease::state(&mut c.client) {
+        setup
+            .metrics
+            .set_lease(&state.holder, state.epoch, state.published_size);
+    }
+    if let Ok(depth) = queue::depth(&mut c.client) {
+        setup.metrics.set_queue_depth(depth);
+    }
+    let _ = queue::seen(&mut c.client, &setup.settings.node);
+}
+
+/// Takes the lease if it is free (or continues `resume`, the epoch this node held), then,
+/// under it, rebuilds the holder's state from the store.
+fn take_over(
+    setup: &Setup,
+    c: &mut Conn,
+    resume: Option<Held>,
+) -> Result<Option<Holding>, FleetError> {
+    let node = &setup.settings.node;
+    let held = match resume {
+        Some(held) => {
+            lease::renew(&mut c.client, node, held, setup.settings.lease)?;
+            held
+        }
+        None => match lease::try_take(&mut c.client, node, setup.settings.lease)? {
+            Some(held) => {
+                setup.metrics.took_over();
+                held
+            }
+            None => return Ok(None),
+        },
+    };
+    let started = Instant::now();
+    // Under the lease: the identity (made on an empty log), the start-up check of the store
+    // against the log token's head, which it brings up to the store.
+    let (log, head) = (setup.take_over)(&c.store).map_err(FleetError::Refused)?;
+    let size = c.store.next_log_index()?;
+    let frontier = Frontier::from_reader(&c.store, size)
+        .map_err(|e| FleetError::Store(StoreError::Corrupt(format!("tree: {e}"))))?;
+    lease::renew(&mut c.client, node, held, setup.settings.lease)?;
+    lease::publish(&mut c.client, node, held, size)?;
+    tracing::info!(node = %node, epoch = held.epoch, size, resumed = resume.is_some(),
+        takeover_ms = started.elapsed().as_millis() as u64, "holding the integrator lease");
+    Ok(Some(Holding {
+        held,
+        log,
+        frontier,
+        head,
+        head_behind: false,
+        renewed: Instant::now(),
+        cache: HashMap::new(),
+    }))
+}
+
+/// One round of the holder: the head brought up if a rewrite failed, an integration, and a
+/// renewal when nothing was integrated for a third of the lease. The number integrated.
+fn step_holder(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, FleetError> {
+    if h.head_behind {
+        let requests = c.store.request_count_below(h.frontier.size())?;
+        record_head(setup, h, requests)?;
+        lease::publish(
+            &mut c.client,
+            &setup.settings.node,
+            h.held,
+            h.frontier.size(),
+        )?;
+    }
+    let integrated = integrate(setup, c, h)?;
+    if integrated == 0 && h.renewed.elapsed() >= setup.settings.lease / 3 {
+        lease::renew(
+            &mut c.client,
+            &setup.settings.node,
+            h.held,
+            setup.settings.lease,
+        )?;
+        h.renewed = Instant::now();
+        heal_head(setup, c, h)?;
+    }
+    Ok(integrated)
+}
+
+/// While idle: a fenced holder that was stopped between its commit and its head write may
+/// write an older head when it resumes; the holder finds the log token's head behind the
+/// tree it published and rewrites it.
+fn heal_head(setup: &Setup, c: &Conn, h: &mut Holding) -> Result<(), FleetError> {
+    if h.head.is_none() {
+        return Ok(());
+    }
+    let record = setup
+        .log_backend
+        .read_log_head()
+        .map_err(|e| FleetError::Unavailable(format!("log head: {e}")))?;
+    let behind = match record.as_deref().map(LogHead::decode) {
+        Some(Ok(head)) => head.size < h.frontier.size(),
+        _ => true,
+    };
+    if behind {
+        tracing::warn!(
+            size = h.frontier.size(),
+            "the log token's head is behind the published tree; rewriting it"
+        );
+        let requests = c.store.request_count_below(h.frontier.size())?;
+        record_head(setup, h, requests)?;
+    }
+    Ok(())
+}
+
+/// A queued row as the integrator reads it.
+struct Queued {
+    queue_id: i64,
+    node: String,
+    kind: EntryKind,
+    actor: String,
+    entry: Vec<u8>,
+    receipt: Option<QueuedReceipt>,
+    request: Option<(String, [u8; 32])>,
+    key: Option<KeyRecord>,
+    /// Seconds it has waited so far.
+    waited: f64,
+}
+
+/// A queue row, or its id with why it cannot be integrated.
+type QueueRead = Result<Queued, (i64, String)>;
+
+fn read_queue(
+    tx: &mut postgres::Transaction<'_>,
+    limit: usize,
+) -> Result<Vec<QueueRead>, FleetError> {
+    let rows = tx.query(
+        "SELECT queue_id, node, kind, actor, entry, sequence, key_id, payload_sha256, signed_at,
+                request_id, request_sha256, key_record,
+                EXTRACT(EPOCH FROM clock_timestamp() - queued_at)::float8
+         FROM fleet_queue ORDER BY queue_id LIMIT $1",
+        &[&i64::try_from(limit).unwrap_or(i64::MAX)],
+    )?;
+    Ok(rows.into_iter().map(|r| decode_row(&r)).collect())
+}
+
+fn digest(bytes: Option<Vec<u8>>) -> Option<[u8; 32]> {
+    bytes.and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+}
+
+/// A queue row, or why it cannot be integrated.
+fn decode_row(r: &postgres::Row) -> QueueRead {
+    let queue_id: i64 = r.get(0);
+    let bad = |what: &str| (queue_id, what.to_owned());
+    let kind = match r.get::<_, String>(2).as_str() {
+        "receipt" => EntryKind::Receipt,
+        "registration" => EntryKind::Registration,
+        other => return Err(bad(&format!("kind {other:?} is not queued in a fleet"))),
+    };
+    let receipt = match (r.get::<_, Option<i64>>(5), r.get::<_, Option<String>>(6)) {
+        (Some(sequence), Some(key_id)) => Some(QueuedReceipt {
+            sequence: u64::try_from(sequence).map_err(|_| bad("negative sequence"))?,
+            key_id,
+            payload_sha256: digest(r.get(7)).ok_or_else(|| bad("payload digest"))?,
+            signed_at: r
+                .get::<_, Option<String>>(8)
+                .ok_or_else(|| bad("signed_at"))?,
+        }),
+        _ => None,
+    };
+    let request = match r.get::<_, Option<String>>(9) {
+        Some(id) => Some((id, digest(r.get(10)).ok_or_else(|| bad("request digest"))?)),
+        None => None,
+    };
+    let key = r
+        .get::<_, Option<String>>(11)
+        .map(|text| queue::key_from_json(&text).map_err(|e| bad(&e.to_string())))
+        .transpose()?;
+    Ok(Queued {
+        queue_id,
+        node: r.get(1),
+        kind,
+        actor: r.get(3),
+        entry: r.get(4),
+        receipt,
+        request,
+        key,
+        waited: r.get(12),
+    })
+}
+
+/// Keys for the checks: the store's, and those this integration registers.
+struct BatchKeys<'a> {
+    store: &'a Store,
+    new: &'a HashMap<String, KeyRecord>,
+}
+
+impl check::Keys for BatchKeys<'_> {
+    fn key(&self, key_id: &str) -> Result<Option<KeyRecord>, String> {
+        if let Some(key) = self.new.get(key_id) {
+            return Ok(Some(key.clone()));
+        }
+        self.store.key_by_id(key_id).map_err(|e| e.to_string())
+    }
+}
+
+/// Nodes staged by this integration over the cache over the store.
+struct Nodes<'a> {
+    store: &'a Store,
+    staged: &'a HashMap<(u8, u64), Hash>,
+    cache: &'a HashMap<(u8, u64), Hash>,
+}
+
+impl NodeReader for Nodes<'_> {
+    fn node(&self, level: u8, index: u64) -> Result<Hash, MerkleError> {
+        if let Some(hash) = self
+            .staged
+            .get(&(level, index))
+            .or(self.cache.get(&(level, index)))
+        {
+            return Ok(*hash);
+        }
+        NodeReader::node(self.store, level, index)
+    }
+}
+
+/// What one integration stages.
+#[derive(Default)]
+struct Staged {
+    /// Each receipt actor's newest receipt in the log and in this integration so far.
+    heads: HashMap<String, (u64, [u8; 32])>,
+    batch: Batch,
+    nodes: HashMap<(u8, u64), Hash>,
+    /// (queue id, log index)
+    placed: Vec<(i64, i64)>,
+    refused: Vec<i64>,
+    new_keys: HashMap<String, KeyRecord>,
+    lags: Vec<f64>,
+}
+
+/// Checks a row and, if it passes, appends it to the tree.
+fn stage_row(
+    store: &Store,
+    log: &LogIdentity,
+    frontier: &mut Frontier,
+    staged: &mut Staged,
+    requests: &mut std::collections::HashSet<String>,
+    row: Queued,
+) {
+    let checked = match (&row.kind, &row.receipt) {
+        (EntryKind::Receipt, Some(facts)) => {
+            let keys = BatchKeys {
+                store,
+                new: &staged.new_keys,
+            };
+            let head = staged.heads.get(&row.actor).copied();
+            check::receipt(&row.entry, &row.actor, facts, &keys, head)
+        }
+        (EntryKind::Registration, _) if registered(store, staged, row.key.as_ref()) => {
+            Err("it registers a key or an actor that is registered already".into())
+        }
+        (EntryKind::Receipt, None) => Err("a receipt without its facts".into()),
+        (kind, _) => check::log_statement(&row.entry, *kind, &log.key.public_key, row.key.as_ref()),
+    };
+    if let Err(reason) = checked {
+        tracing::error!(queue_id = row.queue_id, node = %row.node, actor = %row.actor, reason = %reason,
+            "queued entry refused: it is not integrated");
+        staged.refused.push(row.queue_id);
+        return;
+    }
+    let index = frontier.size();
+    for (level, node_index, hash) in frontier.append(merkle::leaf_hash(&row.entry)) {
+        staged.nodes.insert((level, node_index), hash);
+        staged.batch.nodes.push((level, node_index, hash));
+    }
+    if let Some(facts) = row.receipt {
+        staged
+            .heads
+            .insert(row.actor.clone(), (facts.sequence, facts.payload_sha256));
+        staged.batch.receipts.push(ReceiptRow {
+            log_index: index,
+            actor: row.actor.clone(),
+            sequence: facts.sequence,
+            key_id: facts.key_id,
+            payload_sha256: facts.payload_sha256,
+            signed_at: facts.signed_at,
+            proof_size: 0,
+            proof: Vec::new(),
+        });
+        if let Some((id, fingerprint)) = row.request {
+            // One request id names one receipt: a second (another node's) is not recorded.
+            if requests.insert(id.clone()) {
+                staged.batch.requests.push((id, fingerprint, index));
+            }
+        }
+    }
+    if let Some(key) = row.key {
+        staged.new_keys.insert(key.key_id.clone(), key.clone());
+        staged.batch.keys.push(KeyChange::Insert(Box::new(key)));
+    }
+    staged.batch.entries.push(EntryRow {
+        log_index: index,
+        kind: row.kind,
+        actor: row.actor,
+        entry: row.entry,
+    });
+    staged
+        .placed
+        .push((row.queue_id, i64::try_from(index).unwrap_or(i64::MAX)));
+    staged.lags.push(row.waited);
+}
+
+/// Whether a registration's key id, or its actor, is registered already (in the log or in
+/// this integration): inserting it would break a unique key of the key table.
+fn registered(store: &Store, staged: &Staged, key: Option<&KeyRecord>) -> bool {
+    let Some(key) = key else {
+        return false;
+    };
+    let in_batch = staged
+        .new_keys
+        .values()
+        .any(|k| k.key_id == key.key_id || k.actor == key.actor);
+    in_batch
+        || !matches!(store.key_by_id(&key.key_id), Ok(None))
+        || !matches!(store.keys(Some(&key.actor)).map(|k| k.is_empty()), Ok(true))
+}
+
+/// The newest receipt in the log of each receipt actor of `rows`.
+fn stored_heads(
+    tx: &mut postgres::Transaction<'_>,
+    rows: &[QueueRead],
+) -> Result<HashMap<String, (u64, [u8; 32])>, FleetError> {
+    let mut actors: Vec<&str> = rows
+        .iter()
+        .flatten()
+        .filter(|r| r.receipt.is_some())
+        .map(|r| r.actor.as_str())
+        .collect();
+    actors.sort_unstable();
+    actors.dedup();
+    let found = tx.query(
+        "SELECT DISTINCT ON (actor) actor, sequence, payload_sha256 FROM receipts
+         WHERE actor = ANY($1) ORDER BY actor, sequence DESC",
+        &[&actors],
+    )?;
+    let mut heads = HashMap::new();
+    for row in found {
+        let sequence = u64::try_from(row.get::<_, i64>(1)).unwrap_or(0);
+        if let Some(digest) = digest(row.get(2)) {
+            heads.insert(row.get::<_, String>(0), (sequence, digest));
+        }
+    }
+    Ok(heads)
+}
+
+/// Request ids of `rows` already recorded in the log.
+fn recorded_requests(
+    store: &Store,
+    rows: &[QueueRead],
+) -> Result<std::collections::HashSet<String>, FleetError> {
+    let mut taken = std::collections::HashSet::new();
+    for row in rows.iter().flatten() {
+        if let Some((id, _)) = &row.request
+            && store.request(id)?.is_some()
+        {
+            taken.insert(id.clone());
+        }
+    }
+    Ok(taken)
+}
+
+/// One integration; the number of entries integrated.
+fn integrate(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, FleetError> {
+    let node = &setup.settings.node;
+    let mut tx = c.client.transaction()?;
+    lease::lock_held(&mut tx, node, h.held)?;
+    let rows = read_queue(&mut tx, setup.settings.max_batch)?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let started = Instant::now();
+    let mut frontier = h.frontier.clone();
+    let mut staged = Staged {
+        heads: stored_heads(&mut tx, &rows)?,
+        ..Staged::default()
+    };
+    let mut requests = recorded_requests(&c.store, &rows)?;
+    for row in rows {
+        match row {
+            Ok(row) => stage_row(
+                &c.store,
+                &h.log,
+                &mut frontier,
+                &mut staged,
+                &mut requests,
+                row,
+            ),
+            Err((queue_id, reason)) => {
+                tracing::error!(queue_id, reason = %reason, "queued row unreadable: refused");
+                staged.refused.push(queue_id);
+            }
+        }
+    }
+    if !staged.batch.entries.is_empty() {
+        seal(setup, &c.store, h, &frontier, &mut staged)?;
+        write_batch(&mut tx, &staged.batch)?;
+        let (ids, indices): (Vec<i64>, Vec<i64>) = staged.placed.iter().copied().unzip();
+        tx.execute(
+            "INSERT INTO fleet_integrated (queue_id, node, log_index, queued_at)
+             SELECT q.queue_id, q.node, x.log_index, q.queued_at
+             FROM fleet_queue q JOIN unnest($1::bigint[], $2::bigint[]) AS x(queue_id, log_index)
+               ON x.queue_id = q.queue_id",
+            &[&ids, &indices],
+        )?;
+    }
+    let done: Vec<i64> = staged
+        .placed
+        .iter()
+        .map(|(id, _)| *id)
+        .chain(staged.refused.iter().copied())
+        .collect();
+    tx.execute("DELETE FROM fleet_queue WHERE queue_id = ANY($1)", &[&done])?;
+    lease::renew(&mut tx, node, h.held, setup.settings.lease)?;
+    tx.commit()?;
+    h.renewed = Instant::now();
+    let count = staged.batch.entries.len();
+    let requests = staged.batch.requests.len();
+    h.frontier = frontier;
+    if h.cache.len() > 1 << 18 {
+        h.cache.clear();
+    }
+    h.cache.extend(staged.nodes.drain());
+    if count > 0 {
+        let total = h.head.map_or(0, |head| head.requests) + requests as u64;
+        record_head(setup, h, total)?;
+        lease::publish(&mut c.client, node, h.held, h.frontier.size())?;
+    }
+    let spent = started.elapsed().as_secs_f64();
+    let lags: Vec<f64> = staged.lags.iter().map(|w| w + spent).collect();
+    setup.metrics.integrated(&lags);
+    tracing::debug!(
+        entries = count,
+        size = h.frontier.size(),
+        ms = (spent * 1000.0) as u64,
+        "integrated"
+    );
+    Ok(count)
+}
+
+/// Signs the checkpoint of the new tree with the log key (checked) and proves each receipt
+/// against it.
+fn seal(
+    setup: &Setup,
+    store: &Store,
+    h: &Holding,
+    frontier: &Frontier,
+    staged: &mut Staged,
+) -> Result<(), FleetError> {
+    let corrupt = |e: String| FleetError::Store(StoreError::Corrupt(e));
+    let checkpoint = Checkpoint::new(h.log.origin.clone(), frontier.size(), frontier.root())
+        .map_err(|e| corrupt(e.to_string()))?;
+    let backend = Arc::clone(&setup.log_backend);
+    let note = checkpoint.signed_note_checked(&h.log.origin, &h.log.spki_der(), |body| {
+        let digest: [u8; 32] = Sha256::digest(body).into();
+        backend
+            .sign_digest(&h.log.key, &digest)
+            .map_err(|e| FleetError::Unavailable(format!("log key: {e}")))
+    })?;
+    let nodes = Nodes {
+        store,
+        staged: &staged.nodes,
+        cache: &h.cache,
+    };
+    for row in &mut staged.batch.receipts {
+        row.proof = merkle::inclusion_proof(&nodes, row.log_index, checkpoint.size())
+            .map_err(|e| corrupt(format!("proof of {}: {e}", row.log_index)))?;
+        row.proof_size = checkpoint.size();
+    }
+    staged.batch.checkpoint = Some(CheckpointRow {
+        size: checkpoint.size(),
+        root: *checkpoint.root(),
+        note,
+    });
+    Ok(())
+}
+
+/// Rewrites the log head in the log token to the tree just committed.
+/// `requests`: request ids recorded for the whole tree.
+fn record_head(setup: &Setup, h: &mut Holding, requests: u64) -> Result<(), FleetError> {
+    let Some(head) = h.head else {
+        return Ok(());
+    };
+    let next = LogHead {
+        size: h.frontier.size(),
+        root: h.frontier.root(),
+        requests,
+        ..head
+    };
+    if let Err(e) = setup.log_backend.write_log_head(&next.encode()) {
+        h.head_behind = true;
+        tracing::error!(error = %e, size = next.size, "cannot record the log head in the log token; nothing is published");
+        return Err(FleetError::Unavailable(format!("log head: {e}")));
+    }
+    h.head = Some(next);
+    h.head_behind = false;
+    Ok(())
+}
+
+impl From<crate::ledger::checkpoint::CheckpointError> for FleetError {
+    fn from(e: crate::ledger::checkpoint::CheckpointError) -> Self {
+        FleetError::Store(StoreError::Corrupt(format!("checkpoint: {e}")))
+    }
+}

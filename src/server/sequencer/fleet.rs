@@ -1,0 +1,419 @@
+//! The sequencer's fleet mode, node side (`crate::fleet`): a sealed batch is queued, not
+//! appended; the callers are answered by a waiter thread once the integrator has integrated
+//! every entry and published a log head that covers them, each bundle built from the store
+//! (`bundles::stored`), byte for byte as a retry or `GetInclusionProof` builds it.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use postgres::{Client, fallible_iterator::FallibleIterator};
+
+use super::{LogIdentity, Reply, SequencerError, SignedReceipt, bundles, commit::CommitBatch};
+use crate::{
+    fleet::{
+        self, FleetError, FleetSettings,
+        queue::{self, Enqueue, QueueRow, QueuedReceipt},
+    },
+    ledger::{EntryKind, KeyChange, Store, StoreError, store::postgres::PgSettings},
+    pki::device::CertificateHistory,
+};
+
+/// A retry that waits for what it names to be integrated and published.
+pub(super) enum Follow {
+    /// A queued entry of this node, by queue id.
+    Queued(i64, Reply<SignedReceipt>),
+    /// An integrated receipt, by log index.
+    Integrated(u64, Reply<SignedReceipt>),
+}
+
+/// What a node needs to queue and to answer.
+#[derive(Debug, Clone)]
+pub struct FleetNode {
+    pub settings: FleetSettings,
+    pub pg: PgSettings,
+}
+
+/// The commit thread's fleet half: the queue connection and the waiter.
+pub(super) struct Sink {
+    node: FleetNode,
+    client: Option<Client>,
+    waiter: mpsc::Sender<Waiting>,
+}
+
+/// A queued batch: (local index, queue id) of its entries, and since when it waits.
+type Queued = (Box<CommitBatch>, Vec<(u64, i64)>, Instant);
+
+enum Waiting {
+    Batch(Box<CommitBatch>, Vec<(u64, i64)>, Instant),
+    Follow(Follow, Instant),
+}
+
+impl Sink {
+    pub fn start(
+        node: FleetNode,
+        log: LogIdentity,
+        certificates: Arc<CertificateHistory>,
+    ) -> Result<Self, SequencerError> {
+        let (waiter, inbox) = mpsc::channel();
+        let waiting = Waiter {
+            node: node.clone(),
+            log,
+            certificates,
+            conn: None,
+            batches: Vec::new(),
+            follows: Vec::new(),
+        };
+        thread::Builder::new()
+            .name("actseal-fleet-waiter".into())
+            .spawn(move || waiting.run(&inbox))
+            .map_err(|e| {
+                SequencerError::NotStored(format!("cannot start the fleet waiter: {e}"))
+            })?;
+        Ok(Sink {
+            node,
+            client: None,
+            waiter,
+        })
+    }
+
+    fn client(&mut self) -> Result<&mut Client, FleetError> {
+        if self.client.is_none() {
+            self.client = Some(crate::ledger::store::postgres::connect(&self.node.pg)?);
+        }
+        Ok(self.client.as_mut().expect("just connected"))
+    }
+
+    /// Queues the batch in one transaction; its callers are answered once it is integrated
+    /// (or now, with the error, if it could not be queued).
+    pub fn queue(&mut self, batch: CommitBatch) -> Result<(), String> {
+        let (enqueue, locals) = rows_of(&batch);
+        let node = self.node.settings.node.clone();
+        let queued = self
+            .client()
+            .and_then(|client| queue::enqueue(client, &node, &enqueue));
+        match queued {
+            Ok(ids) => {
+                let map = locals.into_iter().zip(ids).collect();
+                let _ = self
+                    .waiter
+                    .send(Waiting::Batch(Box::new(batch), map, Instant::now()));
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, FleetError::Unavailable(_)) {
+                    self.client = None;
+                }
+                let message = e.to_string();
+                tracing::error!(error = %message, "queueing failed; nothing in the batch was acknowledged");
+                batch.answer(Err(&message));
+                Err(message)
+            }
+        }
+    }
+
+    pub fn follow(&self, follow: Follow) {
+        let _ = self.waiter.send(Waiting::Follow(follow, Instant::now()));
+    }
+}
+
+/// The queue rows of a batch, in log order, with each row's local index.
+fn rows_of(batch: &CommitBatch) -> (Enqueue, Vec<u64>) {
+    let receipts: HashMap<u64, &super::PendingReceipt> = batch
+        .receipts
+        .iter()
+        .map(|p| (p.row.log_index, p))
+        .collect();
+    let requests: HashMap<u64, (String, [u8; 32])> = batch
+        .batch
+        .requests
+        .iter()
+        .map(|(id, fingerprint, index)| (*index, (id.clone(), *fingerprint)))
+        .collect();
+    let mut keys: HashMap<&str, _> = HashMap::new();
+    for change in &batch.batch.keys {
+        if let KeyChange::Insert(key) = change {
+            keys.insert(key.actor.as_str(), (**key).clone());
+        }
+    }
+    let mut heads: HashMap<String, crate::ledger::ActorHead> = HashMap::new();
+    let mut out = Enqueue::default();
+    let mut locals = Vec::with_capacity(batch.batch.entries.len());
+    for entry in &batch.batch.entries {
+        let receipt = receipts.get(&entry.log_index).map(|p| {
+            heads.insert(
+                p.row.actor.clone(),
+                crate::ledger::ActorHead {
+                    sequence: p.row.sequence,
+                    payload_sha256: p.row.payload_sha256,
+                },
+            );
+            QueuedReceipt {
+                sequence: p.row.sequence,
+                key_id: p.row.key_id.clone(),
+                payload_sha256: p.row.payload_sha256,
+                signed_at: p.row.signed_at.clone(),
+            }
+        });
+        let key = (entry.kind == EntryKind::Registration)
+            .then(|| keys.get(entry.actor.as_str()).cloned())
+            .flatten();
+        out.rows.push(QueueRow {
+            kind: entry.kind,
+            actor: entry.actor.clone(),
+            entry: entry.entry.clone(),
+            receipt,
+            request: requests.get(&entry.log_index).cloned(),
+            key,
+        });
+        locals.push(entry.log_index);
+    }
+    out.heads = heads.into_iter().collect();
+    (out, locals)
+}
+
+/// The thread that answers once entries are integrated and published.
+struct Waiter {
+    node: FleetNode,
+    log: LogIdentity,
+    certificates: Arc<CertificateHistory>,
+    conn: Option<(Client, Store)>,
+    /// Batches queued: each with (local index, queue id) of its entries, and since when.
+    batches: Vec<Queued>,
+    follows: Vec<(Follow, Instant)>,
+}
+
+/// How often a waiter looks without a NOTIFY.
+const POLL: Duration = Duration::from_millis(20);
+
+impl Waiter {
+    fn run(mut self, inbox: &mpsc::Receiver<Waiting>) {
+        loop {
+            let first = if self.batches.is_empty() && self.follows.is_empty() {
+                match inbox.recv() {
+                    Ok(w) => Some(w),
+                    Err(_) => return,
+                }
+            } else {
+                None
+            };
+            for waiting in first.into_iter().chain(inbox.try_iter()) {
+                match waiting {
+                    Waiting::Batch(b, ids, at) => self.batches.push((b, ids, at)),
+                    Waiting::Follow(f, at) => self.follows.push((f, at)),
+                }
+            }
+            if let Err(e) = self.settle() {
+                tracing::warn!(error = %e, "fleet waiter: database unavailable; waiting");
+                self.conn = None;
+                thread::sleep(Duration::from_millis(100));
+            }
+            self.expire();
+            self.wait_notify();
+        }
+    }
+
+    fn conn(&mut self) -> Result<&mut (Client, Store), FleetError> {
+        if self.conn.is_none() {
+            let mut client = crate::ledger::store::postgres::connect(&self.node.pg)?;
+            client.batch_execute(&format!("LISTEN {}", fleet::CHANNEL_PUBLISHED))?;
+            let store = fleet::open_store(&self.node.pg)?;
+            self.conn = Some((client, store));
+        }
+        Ok(self.conn.as_mut().expect("just connected"))
+    }
+
+    fn wait_notify(&mut self) {
+        if self.batches.is_empty() && self.follows.is_empty() {
+            return;
+        }
+        if let Some((client, _)) = self.conn.as_mut() {
+            let mut notifications = client.notifications();
+            let mut it = notifications.timeout_iter(POLL);
+            if let Ok(Some(_)) = it.next() {
+                while let Ok(Some(_)) = it.next() {}
+            }
+        } else {
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Answers every batch and retry whose entries are integrated and published.
+    fn settle(&mut self) -> Result<(), FleetError> {
+        let ids: Vec<i64> = self
+            .batches
+            .iter()
+            .flat_map(|(_, ids, _)| ids.iter().map(|(_, id)| *id))
+            .chain(self.follows.iter().filter_map(|(f, _)| match f {
+                Follow::Queued(id, _) => Some(*id),
+                Follow::Integrated(..) => None,
+            }))
+            .collect();
+        let old: Vec<i64> = self
+            .batches
+            .iter()
+            .filter(|(_, _, at)| at.elapsed() > Duration::from_secs(1))
+            .flat_map(|(_, ids, _)| ids.iter().map(|(_, id)| *id))
+            .collect();
+        let (client, _) = self.conn()?;
+        let published = fleet::lease::state(client)?.map_or(0, |s| s.published_size);
+        let placed = queue::integrated(client, &ids)?;
+        let covered = |index: &u64| *index < published;
+        let old: Vec<i64> = old
+            .into_iter()
+            .filter(|id| !placed.contains_key(id))
+            .collect();
+        let mut refused = Vec::new();
+        if !old.is_empty() {
+            // Gone from the queue and (asked after that) not integrated: refused.
+            let waiting = queue::still_queued(client, &old)?;
+            let gone: Vec<i64> = old.into_iter().filter(|id| !waiting.contains(id)).collect();
+            let integrated_since = queue::integrated(client, &gone)?;
+            refused = gone
+                .into_iter()
+                .filter(|id| !integrated_since.contains_key(id))
+                .collect();
+        }
+        let batches = std::mem::take(&mut self.batches);
+        for (batch, ids, at) in batches {
+            if ids.iter().any(|(_, id)| refused.contains(id)) {
+                batch.answer(Err("the integrator refused an entry of this batch (see its log); nothing in it was acknowledged"));
+                continue;
+            }
+            let indices: Option<Vec<(u64, u64)>> = ids
+                .iter()
+                .map(|(local, id)| placed.get(id).filter(|i| covered(i)).map(|i| (*local, *i)))
+                .collect();
+            match indices {
+                Some(indices) => self.answer(*batch, &indices.into_iter().collect()),
+                None => self.batches.push((batch, ids, at)),
+            }
+        }
+        let follows = std::mem::take(&mut self.follows);
+        for (follow, at) in follows {
+            let index = match &follow {
+                Follow::Queued(id, _) => placed.get(id).copied(),
+                Follow::Integrated(index, _) => Some(*index),
+            };
+            match (follow, index) {
+                (follow, Some(index)) if covered(&index) => match follow {
+                    Follow::Queued(_, reply) | Follow::Integrated(_, reply) => {
+                        let _ = reply.send(self.stored(index));
+                    }
+                },
+                (follow, _) => self.follows.push((follow, at)),
+            }
+        }
+        Ok(())
+    }
+
+    fn stored(&mut self, index: u64) -> Result<SignedReceipt, SequencerError> {
+        let certificates = self.certificates.get();
+        let log = self.log.clone();
+        let (_, store) = self.conn().map_err(to_sequencer)?;
+        bundles::stored(store, &log, &certificates, index, None)?
+            .ok_or_else(|| SequencerError::NotStored(format!("log entry {index} is not a receipt")))
+    }
+
+    /// Answers a batch: each receipt's bundle from the store at its log index.
+    fn answer(&mut self, mut batch: CommitBatch, indices: &HashMap<u64, u64>) {
+        for pending in &mut batch.receipts {
+            let Some(&index) = indices.get(&pending.row.log_index) else {
+                continue;
+            };
+            match self.stored(index) {
+                Ok(signed) => {
+                    pending.bundle_json = signed.bundle_json;
+                    pending.row.log_index = index;
+                }
+                Err(e) => {
+                    let message = format!("integrated at {index}, but its bundle: {e}");
+                    tracing::error!(error = %message, "cannot answer a fleet batch");
+                    batch.answer(Err(&message));
+                    return;
+                }
+            }
+        }
+        batch.answer(Ok(()));
+    }
+
+    /// Answers UNAVAILABLE what waited longer than the bound: it stays queued and will be
+    /// integrated; a retry with the same request id gets it then.
+    fn expire(&mut self) {
+        let bound = self.node.settings.answer_timeout;
+        let message = "queued but not yet integrated (no integrator holds the lease?); retry with the same request id";
+        let (late, on): (Vec<_>, Vec<_>) = std::mem::take(&mut self.batches)
+            .into_iter()
+            .partition(|(_, _, at)| at.elapsed() > bound);
+        self.batches = on;
+        for (batch, _, _) in late {
+            batch.answer_pending(message);
+        }
+        let (late, on): (Vec<_>, Vec<_>) = std::mem::take(&mut self.follows)
+            .into_iter()
+            .partition(|(_, at)| at.elapsed() > bound);
+        self.follows = on;
+        for (follow, _) in late {
+            let (Follow::Queued(_, reply) | Follow::Integrated(_, reply)) = follow;
+            let _ = reply.send(Err(SequencerError::Pending(message.into())));
+        }
+    }
+}
+
+fn to_sequencer(e: FleetError) -> SequencerError {
+    match e {
+        FleetError::Store(s) => SequencerError::Store(s),
+        other => SequencerError::Pending(other.to_string()),
+    }
+}
+
+/// The sequencer thread's own fleet queries: who owns an actor, which actors are this
+/// node's, whether a request id is queued.
+pub(super) struct Link {
+    pub node: FleetNode,
+    client: Option<Client>,
+}
+
+impl Link {
+    pub fn new(node: FleetNode) -> Self {
+        Link { node, client: None }
+    }
+
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut Client, &str) -> Result<T, FleetError>,
+    ) -> Result<T, SequencerError> {
+        if self.client.is_none() {
+            self.client = Some(crate::ledger::store::postgres::connect(&self.node.pg)?);
+        }
+        let client = self.client.as_mut().expect("just connected");
+        f(client, &self.node.settings.node).map_err(|e| {
+            if matches!(e, FleetError::Unavailable(_)) {
+                self.client = None;
+            }
+            match e {
+                FleetError::Store(s) => SequencerError::Store(s),
+                // Retried by the sequencer once the database answers (`reload_after_outage`).
+                FleetError::Unavailable(m) => SequencerError::Store(StoreError::Unavailable(m)),
+                other => SequencerError::NotStored(other.to_string()),
+            }
+        })
+    }
+
+    pub fn owner(&mut self, actor: &str) -> Result<Option<String>, SequencerError> {
+        self.with(|c, _| queue::owner(c, actor))
+    }
+
+    pub fn own_actors(
+        &mut self,
+    ) -> Result<HashMap<String, Option<crate::ledger::ActorHead>>, SequencerError> {
+        self.with(queue::own_actors)
+    }
+
+    pub fn queued_request(&mut self, id: &str) -> Result<Option<(i64, [u8; 32])>, SequencerError> {
+        self.with(|c, node| queue::queued_request(c, node, id))
+    }
+}
