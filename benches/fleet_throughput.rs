@@ -190,7 +190,9 @@ async fn main() {
         println!(
             "{mode:16} integration lag     : p50 {lag50:.1} ms  p99 {lag99:.1} ms  over {integrated} entries"
         );
-        if mode == "per-action" || (m + 1 == modes.len() && !modes.iter().any(|m| m == "per-action")) {
+        if mode == "per-action"
+            || (m + 1 == modes.len() && !modes.iter().any(|m| m == "per-action"))
+        {
             let took = failover(&fleet).await;
             println!(
                 "{mode:16} failover            : {took:.2?} (lease 3 s; SIGKILL -> next integration elsewhere)"

@@ -696,21 +696,11 @@ impl Sequencer {
     }
 
     fn stage(&mut self, staged: &mut Staged, command: Command) {
-        if let Some(reason) = &self.halted {
-            let error = SequencerError::Halted(reason.clone());
-            match command {
-                Command::Sign(_, _, reply) => {
-                    let _ = reply.send(Err(error));
-                }
-                Command::RegisterKey(_, _, reply)
-                | Command::Rotate(_, reply)
-                | Command::Retire(_, _, _, reply) => {
-                    let _ = reply.send(Err(error));
-                }
-            }
-            return;
-        }
-        if let Some(error) = self.fleet_refusal(&command) {
+        let refusal = match &self.halted {
+            Some(reason) => Some(SequencerError::Halted(reason.clone())),
+            None => self.fleet_refusal(&command),
+        };
+        if let Some(error) = refusal {
             match command {
                 Command::Sign(_, _, reply) => {
                     let _ = reply.send(Err(error));
