@@ -270,11 +270,13 @@ fn check_acked(fleet: &Fleet, acked: &[Acked]) {
 
 /// Exports the log from `node`, audits it, and checks every acknowledged receipt is in it
 /// exactly once and nothing is in it twice.
-fn export_and_check(fleet: &Fleet, node: usize, acked: &[Acked], name: &str) {
+/// The audit's report.
+fn export_and_check(fleet: &Fleet, node: usize, acked: &[Acked], name: &str) -> String {
     let lab = &fleet.nodes[node];
     let export = common::export_log(lab, name);
     let anchor = fleet.anchor().display().to_string();
-    lab.run_ok(&["audit", &export, "--trust", &anchor])
+    let report = lab
+        .run_ok(&["audit", &export, "--trust", &anchor])
         .expect("the fleet's log audits clean");
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&export).unwrap()).unwrap();
     let mut in_log: HashMap<[u8; 32], usize> = HashMap::new();
@@ -298,6 +300,7 @@ fn export_and_check(fleet: &Fleet, node: usize, acked: &[Acked], name: &str) {
             a.request_id
         );
     }
+    report
 }
 
 /// Queues a tampered entry and a replayed one straight into PostgreSQL (as a faulty node
@@ -338,6 +341,11 @@ fn forged_rows_are_refused(fleet: &Fleet) {
             .get(0);
         ids.push(id);
     }
+    assert_refused(&mut client, &ids, entries_before);
+}
+
+/// Waits until the integrator took the queue rows `ids`, and checks it integrated none.
+fn assert_refused(client: &mut postgres::Client, ids: &[i64], entries_before: i64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left: i64 = client
@@ -481,13 +489,14 @@ async fn three_nodes_sign_into_one_log_and_the_audit_passes() {
         "{}",
         refused.message()
     );
-    // Rotation and retirement are not carried by a fleet yet: refused, clearly.
-    let rotate = common::admin(&fleet.nodes[0])
+    // Another node's actor is not rotated here either.
+    let rotate = common::admin(&fleet.nodes[1])
         .await
         .rotate_key(actseal::api::RotateKeyRequest { actor: actor(0, 0) })
         .await
-        .expect_err("rotation in a fleet");
+        .expect_err("another node's actor");
     assert_eq!(rotate.code(), Code::FailedPrecondition, "{rotate:?}");
+    assert!(rotate.message().contains("node-0"), "{}", rotate.message());
     // A node's bug must not poison the shared log: a queued entry whose signature does not
     // verify, and a replay of an integrated one, are refused and never integrated.
     tokio::task::block_in_place(|| forged_rows_are_refused(&fleet));
@@ -659,4 +668,163 @@ fn fleet_mode_on_sqlite_is_refused_at_start() {
         error.contains("[fleet] needs the log on PostgreSQL"),
         "{error}"
     );
+}
+
+/// Signs one action as `actor` on `node`; the bundle.
+async fn sign_one(fleet: &Fleet, node: usize, actor: &str, request_id: &str) -> Acked {
+    let mut request = common::sign_request(actor, &document(request_id));
+    request.request_id = request_id.to_owned();
+    let r = common::signer(&fleet.nodes[node])
+        .await
+        .sign(request)
+        .await
+        .unwrap_or_else(|e| panic!("{request_id}: {e}"))
+        .into_inner();
+    Acked {
+        request_id: request_id.to_owned(),
+        actor: actor.to_owned(),
+        bundle: r.bundle_json,
+        log_index: r.log_index,
+    }
+}
+
+/// Queues the log entries at `indices` again, as a faulty node would, with `kind`s, the
+/// key record and rotated version given; the integrator must refuse them all.
+fn replay_is_refused(fleet: &Fleet, rows: &[(i64, &str, Option<String>, Option<i32>)]) {
+    let mut client = fleet.client().unwrap();
+    let entries_before: i64 = client
+        .query_one("SELECT COUNT(*) FROM log_entries", &[])
+        .unwrap()
+        .get(0);
+    let mut ids = Vec::new();
+    for (index, kind, key_record, rotates) in rows {
+        let id: i64 = client
+            .query_one(
+                "INSERT INTO fleet_queue (node, kind, actor, entry, key_record, rotates_version)
+                 SELECT 'node-1', $2, actor, entry, $3, $4 FROM log_entries WHERE log_index = $1
+                 RETURNING queue_id",
+                &[index, kind, key_record, rotates],
+            )
+            .unwrap()
+            .get(0);
+        ids.push(id);
+    }
+    assert_refused(&mut client, &ids, entries_before);
+}
+
+/// The log index of the newest entry of `kind` for `actor`.
+fn newest_entry(fleet: &Fleet, kind: &str, actor: &str) -> i64 {
+    fleet
+        .client()
+        .unwrap()
+        .query_one(
+            "SELECT MAX(log_index) FROM log_entries WHERE kind = $1 AND actor = $2",
+            &[&kind, &actor],
+        )
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_node_rotates_and_retires_keys_under_load_and_the_log_audits() {
+    let Some(fleet) = started_fleet(2).await else {
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    // Light load: one caller per node on its actor 0, all along.
+    let (tasks, _) = spawn_load_until(&fleet, 1, 10_000, "light", Arc::clone(&stop));
+    let (rotated, retired) = (actor(1, 1), actor(2, 1));
+    let v1 = sign_one(&fleet, 1, &rotated, "rot-v1").await;
+    let mut admin = common::admin(&fleet.nodes[1]).await;
+    let key_v2 = admin
+        .rotate_key(actseal::api::RotateKeyRequest {
+            actor: rotated.clone(),
+        })
+        .await
+        .expect("rotation on a fleet node")
+        .into_inner();
+    assert_eq!(key_v2.version, 2);
+    let v2 = sign_one(&fleet, 1, &rotated, "rot-v2").await;
+    let gone = common::admin(&fleet.nodes[2])
+        .await
+        .retire_key(actseal::api::RetireKeyRequest {
+            actor: retired.clone(),
+            version: 1,
+            keep_key: false,
+        })
+        .await
+        .expect("retirement on a fleet node")
+        .into_inner();
+    assert_eq!(gone.state, "retired");
+    let refused = common::signer(&fleet.nodes[2])
+        .await
+        .sign(common::sign_request(&retired, b"after retirement"))
+        .await
+        .expect_err("a retired actor signs nothing");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    // The rotated version is what the log holds, from any node.
+    let old = common::signer(&fleet.nodes[0])
+        .await
+        .get_actor_key(actseal::api::GetActorKeyRequest {
+            actor: rotated.clone(),
+            version: 1,
+        })
+        .await
+        .expect("v1 from another node")
+        .into_inner();
+    assert_eq!(old.state, "retired");
+    stop.store(true, Ordering::SeqCst);
+    let mut acked = collect(tasks).await;
+    assert!(!acked.is_empty());
+    // Both versions' bundles verify offline; v2's lineage carries the rotation.
+    let anchors = TrustAnchors::from_pem(&std::fs::read(fleet.anchor()).unwrap()).unwrap();
+    for (a, version) in [(&v1, 1), (&v2, 2)] {
+        let verified = verify_bundle(
+            a.bundle.as_bytes(),
+            &anchors,
+            Some(&document(&a.request_id)),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", a.request_id));
+        assert_eq!(verified.key_version, version);
+    }
+    let v2_bundle: serde_json::Value = serde_json::from_str(&v2.bundle).unwrap();
+    assert_eq!(
+        v2_bundle["lineage"]["rotations"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        common::receipt_statement(&v2.bundle)["predicate"]["sequence"],
+        2,
+        "the sequence runs on across versions"
+    );
+    acked.extend([v1, v2]);
+    check_acked(&fleet, &acked);
+    // Replays of the rotation (its v1 key is no longer the log's) and of the retirement
+    // (the actor has no active key) are refused, never integrated.
+    tokio::task::block_in_place(|| {
+        use actseal::ledger::store::LedgerStore;
+        let store = actseal::ledger::store::PgStore::from_client(fleet.client().unwrap());
+        let key = store.key_by_id(&key_v2.key_id).unwrap().expect("v2 stored");
+        let record = actseal::fleet::queue::key_to_json(&key).unwrap();
+        let rotation = newest_entry(&fleet, "rotation", &rotated);
+        replay_is_refused(
+            &fleet,
+            &[
+                (rotation - 1, "registration", Some(record.clone()), Some(2)),
+                (rotation, "rotation", Some(record), Some(2)),
+            ],
+        );
+        replay_is_refused(
+            &fleet,
+            &[(
+                newest_entry(&fleet, "retirement", &retired),
+                "retirement",
+                None,
+                None,
+            )],
+        );
+        check_tables(&fleet);
+        let report = export_and_check(&fleet, 0, &acked, "export-rotation.json");
+        assert!(report.contains("1 rotations, 1 retirements"), "{report}");
+    });
 }

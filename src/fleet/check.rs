@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use super::queue::QueuedReceipt;
 use crate::{
     backend::check_message_signature,
-    ledger::{EntryKind, KeyRecord, entry},
+    ledger::{EntryKind, KeyRecord, KeyState, entry},
     proof::dsse::pae,
 };
 
@@ -90,6 +90,9 @@ pub fn receipt(
         .ok_or_else(|| format!("key {} is not registered", facts.key_id))?;
     if key.actor != actor {
         return Err(format!("key {} is not {actor:?}'s", facts.key_id));
+    }
+    if key.state != KeyState::Active {
+        return Err(format!("key {} is retired in the log", facts.key_id));
     }
     if let Some(seal) = entry::BatchSeal::decode(&parts.signature_der) {
         return batch_seal(&parts.payload_type, &parts.payload, &seal, &key.public_key);
@@ -180,4 +183,92 @@ pub fn log_statement(
             kind.as_str()
         )),
     }
+}
+
+/// The statement of an entry signed by `key`, if the signature verifies and it is of
+/// `predicate_type`.
+fn signed_statement(
+    bytes: &[u8],
+    key: &p256::PublicKey,
+    predicate_type: &str,
+    signer: &str,
+) -> Result<serde_json::Value, String> {
+    let parts = entry::decode(bytes).ok_or("not an entry")?;
+    if !signature_ok(
+        key,
+        &parts.payload_type,
+        &parts.payload,
+        &parts.signature_der,
+    ) {
+        return Err(format!("the {signer}'s signature does not verify"));
+    }
+    let statement: Statement =
+        serde_json::from_slice(&parts.payload).map_err(|e| format!("not a statement: {e}"))?;
+    if statement.predicate_type != predicate_type {
+        return Err(format!("not a {predicate_type} statement"));
+    }
+    Ok(statement.predicate)
+}
+
+/// A rotation entry: signed by the actor's active key `active` (the version the log holds),
+/// naming it as the previous version and `next` as its successor. Its `rotatedAt`.
+pub fn rotation(
+    bytes: &[u8],
+    actor: &str,
+    active: &KeyRecord,
+    next: &KeyRecord,
+) -> Result<String, String> {
+    let p = signed_statement(
+        bytes,
+        &active.public_key,
+        crate::proof::lineage::ROTATION_PREDICATE_TYPE,
+        "actor's active key",
+    )?;
+    let names = |v: &serde_json::Value, key: &KeyRecord| {
+        v["version"].as_u64() == Some(u64::from(key.version)) && v["keyId"] == key.key_id.as_str()
+    };
+    if p["actor"] != actor
+        || next.actor != actor
+        || !names(&p["previous"], active)
+        || !names(&p["next"], next)
+        || next.version <= active.version
+    {
+        return Err(format!(
+            "the rotation does not name {actor:?}'s active key (v{}) and the key its queue row makes active",
+            active.version
+        ));
+    }
+    p["rotatedAt"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| "the rotation has no rotatedAt".into())
+}
+
+/// A retirement entry: signed by the log key, naming the actor's active key `active`. Its
+/// `retiredAt`.
+pub fn retirement(
+    bytes: &[u8],
+    actor: &str,
+    log_key: &p256::PublicKey,
+    active: &KeyRecord,
+) -> Result<String, String> {
+    let p = signed_statement(
+        bytes,
+        log_key,
+        crate::proof::lineage::RETIREMENT_PREDICATE_TYPE,
+        "log key",
+    )?;
+    if p["actor"] != actor
+        || p["version"].as_u64() != Some(u64::from(active.version))
+        || p["keyId"] != active.key_id.as_str()
+    {
+        return Err(format!(
+            "the retirement does not name {actor:?}'s active key (v{})",
+            active.version
+        ));
+    }
+    p["retiredAt"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| "the retirement has no retiredAt".into())
 }

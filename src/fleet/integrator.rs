@@ -27,8 +27,8 @@ use super::{
 use crate::{
     backend::Backend,
     ledger::{
-        Batch, CheckpointRow, EntryKind, EntryRow, KeyChange, KeyRecord, ReceiptRow, Store,
-        StoreError,
+        Batch, CheckpointRow, EntryKind, EntryRow, KeyChange, KeyRecord, KeyState, ReceiptRow,
+        Store, StoreError,
         checkpoint::Checkpoint,
         head::LogHead,
         merkle::{self, Frontier, Hash, MerkleError, NodeReader},
@@ -311,6 +311,8 @@ struct Queued {
     receipt: Option<QueuedReceipt>,
     request: Option<(String, [u8; 32])>,
     key: Option<KeyRecord>,
+    /// A rotation's new version (on its rotation and on its registration).
+    rotates_version: Option<u32>,
     /// Seconds it has waited so far.
     waited: f64,
 }
@@ -318,18 +320,95 @@ struct Queued {
 /// A queue row, or its id with why it cannot be integrated.
 type QueueRead = Result<Queued, (i64, String)>;
 
-fn read_queue(
-    tx: &mut postgres::Transaction<'_>,
-    limit: usize,
-) -> Result<Vec<QueueRead>, FleetError> {
+/// The columns `decode_row` reads.
+const QUEUE_COLUMNS: &str = "queue_id, node, kind, actor, entry, sequence, key_id, payload_sha256,
+    signed_at, request_id, request_sha256, key_record, rotates_version,
+    EXTRACT(EPOCH FROM clock_timestamp() - queued_at)::float8";
+
+fn read_queue(tx: &mut postgres::Transaction<'_>, limit: usize) -> Result<Vec<Item>, FleetError> {
     let rows = tx.query(
-        "SELECT queue_id, node, kind, actor, entry, sequence, key_id, payload_sha256, signed_at,
-                request_id, request_sha256, key_record,
-                EXTRACT(EPOCH FROM clock_timestamp() - queued_at)::float8
-         FROM fleet_queue ORDER BY queue_id LIMIT $1",
+        &format!("SELECT {QUEUE_COLUMNS} FROM fleet_queue ORDER BY queue_id LIMIT $1"),
         &[&i64::try_from(limit).unwrap_or(i64::MAX)],
     )?;
-    Ok(rows.into_iter().map(|r| decode_row(&r)).collect())
+    pair_rotations(tx, rows.iter().map(decode_row).collect())
+}
+
+/// What is integrated at once: a row, or a rotation's registration and rotation entries
+/// (consecutive in the log, as a single host writes them).
+enum Item {
+    One(Box<QueueRead>),
+    Rotation(Box<Queued>, Box<Queued>),
+}
+
+/// Puts each rotation entry right after the registration of the version it makes active
+/// (both were queued in one transaction; a read cut by its limit fetches the rotation). A
+/// rotation's entry without the other is refused.
+fn pair_rotations(
+    tx: &mut postgres::Transaction<'_>,
+    rows: Vec<QueueRead>,
+) -> Result<Vec<Item>, FleetError> {
+    let mut rotations: Vec<Queued> = Vec::new();
+    let mut rest = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row {
+            Ok(r) if r.kind == EntryKind::Rotation => rotations.push(r),
+            other => rest.push(other),
+        }
+    }
+    let mut items = Vec::with_capacity(rest.len());
+    for row in rest {
+        let reg = match row {
+            Ok(r) if r.kind == EntryKind::Registration && r.rotates_version.is_some() => r,
+            other => {
+                items.push(Item::One(Box::new(other)));
+                continue;
+            }
+        };
+        let found = match rotations.iter().position(|o| partners(&reg, o)) {
+            Some(at) => Some(rotations.swap_remove(at)),
+            None => fetch_rotation(tx, &reg)?,
+        };
+        match found {
+            Some(rot) => items.push(Item::Rotation(Box::new(reg), Box::new(rot))),
+            None => items.push(Item::One(Box::new(Err((
+                reg.queue_id,
+                "a rotation's registration without its rotation entry".into(),
+            ))))),
+        }
+    }
+    for rot in rotations {
+        items.push(Item::One(Box::new(Err((
+            rot.queue_id,
+            "a rotation entry without the registration of its new version".into(),
+        )))));
+    }
+    Ok(items)
+}
+
+/// Whether `rot` is the rotation entry queued with the registration `reg`.
+fn partners(reg: &Queued, rot: &Queued) -> bool {
+    rot.kind == EntryKind::Rotation
+        && rot.node == reg.node
+        && rot.actor == reg.actor
+        && rot.rotates_version == reg.rotates_version
+}
+
+/// The rotation entry queued with `reg`, when the queue's read stopped before it.
+fn fetch_rotation(
+    tx: &mut postgres::Transaction<'_>,
+    reg: &Queued,
+) -> Result<Option<Queued>, FleetError> {
+    let version = reg
+        .rotates_version
+        .map(|v| i32::try_from(v).unwrap_or(i32::MAX));
+    let row = tx.query_opt(
+        &format!(
+            "SELECT {QUEUE_COLUMNS} FROM fleet_queue WHERE kind = 'rotation' AND node = $1
+             AND actor = $2 AND rotates_version = $3 AND queue_id > $4 ORDER BY queue_id LIMIT 1"
+        ),
+        &[&reg.node, &reg.actor, &version, &reg.queue_id],
+    )?;
+    Ok(row.as_ref().map(decode_row).and_then(Result::ok))
 }
 
 fn digest(bytes: Option<Vec<u8>>) -> Option<[u8; 32]> {
@@ -343,6 +422,8 @@ fn decode_row(r: &postgres::Row) -> QueueRead {
     let kind = match r.get::<_, String>(2).as_str() {
         "receipt" => EntryKind::Receipt,
         "registration" => EntryKind::Registration,
+        "rotation" => EntryKind::Rotation,
+        "retirement" => EntryKind::Retirement,
         other => return Err(bad(&format!("kind {other:?} is not queued in a fleet"))),
     };
     let receipt = match (r.get::<_, Option<i64>>(5), r.get::<_, Option<String>>(6)) {
@@ -373,7 +454,11 @@ fn decode_row(r: &postgres::Row) -> QueueRead {
         receipt,
         request,
         key,
-        waited: r.get(12),
+        rotates_version: r
+            .get::<_, Option<i32>>(12)
+            .map(|v| u32::try_from(v).map_err(|_| bad("negative rotates_version")))
+            .transpose()?,
+        waited: r.get(13),
     })
 }
 
@@ -381,14 +466,22 @@ fn decode_row(r: &postgres::Row) -> QueueRead {
 struct BatchKeys<'a> {
     store: &'a Store,
     new: &'a HashMap<String, KeyRecord>,
+    /// Key ids this integration retires.
+    retired: &'a std::collections::HashSet<String>,
 }
 
 impl check::Keys for BatchKeys<'_> {
     fn key(&self, key_id: &str) -> Result<Option<KeyRecord>, String> {
-        if let Some(key) = self.new.get(key_id) {
-            return Ok(Some(key.clone()));
-        }
-        self.store.key_by_id(key_id).map_err(|e| e.to_string())
+        let key = match self.new.get(key_id) {
+            Some(key) => Some(key.clone()),
+            None => self.store.key_by_id(key_id).map_err(|e| e.to_string())?,
+        };
+        Ok(key.map(|mut k| {
+            if self.retired.contains(key_id) {
+                k.state = KeyState::Retired;
+            }
+            k
+        }))
     }
 }
 
@@ -423,6 +516,9 @@ struct Staged {
     placed: Vec<(i64, i64)>,
     refused: Vec<i64>,
     new_keys: HashMap<String, KeyRecord>,
+    /// Each actor's active key after this integration's rotations and retirements.
+    active: HashMap<String, Option<KeyRecord>>,
+    retired: std::collections::HashSet<String>,
     lags: Vec<f64>,
 }
 
@@ -440,6 +536,7 @@ fn stage_row(
             let keys = BatchKeys {
                 store,
                 new: &staged.new_keys,
+                retired: &staged.retired,
             };
             let head = staged.heads.get(&row.actor).copied();
             check::receipt(&row.entry, &row.actor, facts, &keys, head)
@@ -448,14 +545,121 @@ fn stage_row(
             Err("it registers a key or an actor that is registered already".into())
         }
         (EntryKind::Receipt, None) => Err("a receipt without its facts".into()),
+        (EntryKind::Retirement, _) => retirement(store, log, staged, &row),
+        (EntryKind::Registration, _) if row.rotates_version.is_some() => {
+            Err("a rotation's registration alone".into())
+        }
         (kind, _) => check::log_statement(&row.entry, *kind, &log.key.public_key, row.key.as_ref()),
     };
     if let Err(reason) = checked {
-        tracing::error!(queue_id = row.queue_id, node = %row.node, actor = %row.actor, reason = %reason,
-            "queued entry refused: it is not integrated");
-        staged.refused.push(row.queue_id);
+        refuse(staged, &row, &reason);
         return;
     }
+    place(frontier, staged, requests, row);
+}
+
+fn refuse(staged: &mut Staged, row: &Queued, reason: &str) {
+    tracing::error!(queue_id = row.queue_id, node = %row.node, actor = %row.actor, reason = %reason,
+        "queued entry refused: it is not integrated");
+    staged.refused.push(row.queue_id);
+}
+
+/// The key the log (with this integration so far) holds active for `actor`.
+fn active_key(store: &Store, staged: &Staged, actor: &str) -> Result<KeyRecord, String> {
+    let active = match staged.active.get(actor) {
+        Some(key) => key.clone(),
+        None => store
+            .keys(Some(actor))
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|k| k.state == KeyState::Active),
+    };
+    active.ok_or_else(|| format!("actor {actor:?} has no active key in the log"))
+}
+
+/// Checks a retirement of the actor's active key and stages its key change.
+fn retirement(
+    store: &Store,
+    log: &LogIdentity,
+    staged: &mut Staged,
+    row: &Queued,
+) -> Result<(), String> {
+    let active = active_key(store, staged, &row.actor)?;
+    let retired_at = check::retirement(&row.entry, &row.actor, &log.key.public_key, &active)?;
+    staged.batch.keys.push(KeyChange::Retire {
+        actor: row.actor.clone(),
+        version: active.version,
+        retired_at,
+    });
+    staged.active.insert(row.actor.clone(), None);
+    staged.retired.insert(active.key_id);
+    Ok(())
+}
+
+/// Checks a rotation (its new version's registration, signed by the log key, and its
+/// rotation entry, signed by the actor's active key) and places both, consecutively: the
+/// previous version retired, the new one active from the rotation's index.
+fn stage_rotation(
+    store: &Store,
+    log: &LogIdentity,
+    frontier: &mut Frontier,
+    staged: &mut Staged,
+    (reg, rot): (Queued, Queued),
+) {
+    let checked = (|| {
+        let key = reg
+            .key
+            .as_ref()
+            .ok_or("a rotation's registration without its key")?;
+        if rot.key.as_ref().map(|k| &k.key_id) != Some(&key.key_id)
+            || Some(key.version) != reg.rotates_version
+        {
+            return Err("the rotation's rows name different keys".to_owned());
+        }
+        let active = active_key(store, staged, &rot.actor)?;
+        let rotated_at = check::rotation(&rot.entry, &rot.actor, &active, key)?;
+        let taken = staged.new_keys.contains_key(&key.key_id)
+            || !matches!(store.key_by_id(&key.key_id), Ok(None))
+            || key.key_id == log.key_id;
+        if taken {
+            return Err(format!("key {} is registered already", key.key_id));
+        }
+        check::log_statement(&reg.entry, reg.kind, &log.key.public_key, Some(key))?;
+        Ok((key.clone(), active, rotated_at))
+    })();
+    let (key, active, rotated_at) = match checked {
+        Ok(checked) => checked,
+        Err(reason) => {
+            refuse(staged, &reg, &reason);
+            refuse(staged, &rot, &reason);
+            return;
+        }
+    };
+    let mut none = std::collections::HashSet::new();
+    place(frontier, staged, &mut none, reg);
+    let rotation_index = frontier.size();
+    place(frontier, staged, &mut none, rot);
+    staged.batch.keys.push(KeyChange::Retire {
+        actor: key.actor.clone(),
+        version: active.version,
+        retired_at: rotated_at,
+    });
+    staged.new_keys.insert(key.key_id.clone(), key.clone());
+    staged.retired.insert(active.key_id);
+    staged.active.insert(key.actor.clone(), Some(key.clone()));
+    staged.batch.keys.push(KeyChange::Rotated {
+        key: Box::new(key),
+        rotation_index,
+    });
+}
+
+/// Appends a checked row to the tree and stages what it writes.
+fn place(
+    frontier: &mut Frontier,
+    staged: &mut Staged,
+    requests: &mut std::collections::HashSet<String>,
+    row: Queued,
+) {
     let index = frontier.size();
     for (level, node_index, hash) in frontier.append(merkle::leaf_hash(&row.entry)) {
         staged.nodes.insert((level, node_index), hash);
@@ -482,8 +686,9 @@ fn stage_row(
             }
         }
     }
-    if let Some(key) = row.key {
+    if let (EntryKind::Registration, Some(key), None) = (row.kind, row.key, row.rotates_version) {
         staged.new_keys.insert(key.key_id.clone(), key.clone());
+        staged.active.insert(key.actor.clone(), Some(key.clone()));
         staged.batch.keys.push(KeyChange::Insert(Box::new(key)));
     }
     staged.batch.entries.push(EntryRow {
@@ -513,14 +718,20 @@ fn registered(store: &Store, staged: &Staged, key: Option<&KeyRecord>) -> bool {
         || !matches!(store.keys(Some(&key.actor)).map(|k| k.is_empty()), Ok(true))
 }
 
+/// The readable rows of `items`.
+fn queued(items: &[Item]) -> impl Iterator<Item = &Queued> {
+    items.iter().flat_map(|item| match item {
+        Item::One(row) => Result::as_ref(&**row).ok().into_iter().collect(),
+        Item::Rotation(reg, rot) => vec![&**reg, &**rot],
+    })
+}
+
 /// The newest receipt in the log of each receipt actor of `rows`.
 fn stored_heads(
     tx: &mut postgres::Transaction<'_>,
-    rows: &[QueueRead],
+    rows: &[Item],
 ) -> Result<HashMap<String, (u64, [u8; 32])>, FleetError> {
-    let mut actors: Vec<&str> = rows
-        .iter()
-        .flatten()
+    let mut actors: Vec<&str> = queued(rows)
         .filter(|r| r.receipt.is_some())
         .map(|r| r.actor.as_str())
         .collect();
@@ -544,10 +755,10 @@ fn stored_heads(
 /// Request ids of `rows` already recorded in the log.
 fn recorded_requests(
     store: &Store,
-    rows: &[QueueRead],
+    rows: &[Item],
 ) -> Result<std::collections::HashSet<String>, FleetError> {
     let mut taken = std::collections::HashSet::new();
-    for row in rows.iter().flatten() {
+    for row in queued(rows) {
         if let Some((id, _)) = &row.request
             && store.request(id)?.is_some()
         {
@@ -573,7 +784,14 @@ fn integrate(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, Flee
         ..Staged::default()
     };
     let mut requests = recorded_requests(&c.store, &rows)?;
-    for row in rows {
+    for item in rows {
+        let row = match item {
+            Item::One(row) => *row,
+            Item::Rotation(reg, rot) => {
+                stage_rotation(&c.store, &h.log, &mut frontier, &mut staged, (*reg, *rot));
+                continue;
+            }
+        };
         match row {
             Ok(row) => stage_row(
                 &c.store,

@@ -34,8 +34,12 @@ pub struct QueueRow {
     pub receipt: Option<QueuedReceipt>,
     /// (request id, request fingerprint)
     pub request: Option<(String, [u8; 32])>,
-    /// The key version a registration enters (inserted by the integrator with the entry).
+    /// The key version a registration enters (inserted by the integrator with the entry);
+    /// for a rotation, the version it makes active.
     pub key: Option<KeyRecord>,
+    /// A rotation's new version, on its rotation entry and on the registration of that
+    /// version queued with it (the integrator places the two together).
+    pub rotates_version: Option<u32>,
 }
 
 /// What a node queues in one transaction.
@@ -113,12 +117,17 @@ fn i64_of(value: u64) -> i64 {
 pub fn enqueue(client: &mut Client, node: &str, batch: &Enqueue) -> Result<Vec<i64>, FleetError> {
     let mut tx = client.transaction()?;
     let insert = tx.prepare(
-        "INSERT INTO fleet_queue (node, kind, actor, entry, sequence, key_id, payload_sha256, signed_at, request_id, request_sha256, key_record)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING queue_id",
+        "INSERT INTO fleet_queue (node, kind, actor, entry, sequence, key_id, payload_sha256, signed_at, request_id, request_sha256, key_record, rotates_version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING queue_id",
     )?;
     let mut ids = Vec::with_capacity(batch.rows.len());
     for row in &batch.rows {
-        if let Some(key) = &row.key {
+        // A rotation's registration is of an actor this node owns already.
+        if let Some(key) = row
+            .key
+            .as_ref()
+            .filter(|_| row.kind == EntryKind::Registration && row.rotates_version.is_none())
+        {
             let claimed = tx.execute(
                 "INSERT INTO fleet_actors (actor, node) VALUES ($1, $2) ON CONFLICT (actor) DO NOTHING",
                 &[&key.actor, &node],
@@ -147,6 +156,8 @@ pub fn enqueue(client: &mut Client, node: &str, batch: &Enqueue) -> Result<Vec<i
                     &row.request.as_ref().map(|(id, _)| id.as_str()),
                     &row.request.as_ref().map(|(_, f)| f.to_vec()),
                     &key_record,
+                    &row.rotates_version
+                        .map(|v| i32::try_from(v).unwrap_or(i32::MAX)),
                 ],
             )?
             .get(0);

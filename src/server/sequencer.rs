@@ -593,19 +593,15 @@ impl Sequencer {
         Ok(())
     }
 
-    /// In a fleet: refuses what this node cannot do for `actor` (another node's actor) and
-    /// key changes the fleet does not carry yet.
+    /// In a fleet: refuses what this node cannot do for `actor` (another node's actor, or a
+    /// registration of an actor the fleet knows already).
     fn fleet_refusal(&self, command: &Command) -> Option<SequencerError> {
         let link = self.fleet.as_ref()?;
         let actor = match command {
             Command::Sign(action, ..) => &action.actor,
             Command::RegisterKey(key, ..) => &key.actor,
-            Command::Rotate(..) | Command::Retire(..) => {
-                return Some(SequencerError::Precondition(
-                    "key rotation and retirement are not supported in fleet mode yet;                      register a new actor instead"
-                        .into(),
-                ));
-            }
+            Command::Rotate(plan, _) => &plan.new_key.actor,
+            Command::Retire(actor, ..) => actor,
         };
         let local = self.actors.contains_key(actor);
         if local && matches!(command, Command::Sign(..)) {

@@ -133,12 +133,14 @@ fn rows_of(batch: &CommitBatch) -> (Enqueue, Vec<u64>) {
         .iter()
         .map(|(id, fingerprint, index)| (*index, (id.clone(), *fingerprint)))
         .collect();
-    let mut keys: HashMap<&str, _> = HashMap::new();
-    for change in &batch.batch.keys {
-        if let KeyChange::Insert(key) = change {
-            keys.insert(key.actor.as_str(), (**key).clone());
-        }
-    }
+    // Key changes come in entry order: each registration enters the next inserted or rotated
+    // version; a rotation entry makes active the version registered just before it.
+    let mut keys = batch.batch.keys.iter().filter_map(|change| match change {
+        KeyChange::Insert(key) => Some(((**key).clone(), None)),
+        KeyChange::Rotated { key, .. } => Some(((**key).clone(), Some(key.version))),
+        KeyChange::Retire { .. } => None,
+    });
+    let mut last_key: Option<(crate::ledger::KeyRecord, Option<u32>)> = None;
     let mut heads: HashMap<String, crate::ledger::ActorHead> = HashMap::new();
     let mut out = Enqueue::default();
     let mut locals = Vec::with_capacity(batch.batch.entries.len());
@@ -158,9 +160,17 @@ fn rows_of(batch: &CommitBatch) -> (Enqueue, Vec<u64>) {
                 signed_at: p.row.signed_at.clone(),
             }
         });
-        let key = (entry.kind == EntryKind::Registration)
-            .then(|| keys.get(entry.actor.as_str()).cloned())
-            .flatten();
+        let (key, rotates_version) = match entry.kind {
+            EntryKind::Registration => {
+                last_key = keys.next();
+                last_key.clone().map_or((None, None), |(k, v)| (Some(k), v))
+            }
+            EntryKind::Rotation => match last_key.take() {
+                Some((k, Some(v))) => (Some(k), Some(v)),
+                _ => (None, None),
+            },
+            _ => (None, None),
+        };
         out.rows.push(QueueRow {
             kind: entry.kind,
             actor: entry.actor.clone(),
@@ -168,6 +178,7 @@ fn rows_of(batch: &CommitBatch) -> (Enqueue, Vec<u64>) {
             receipt,
             request: requests.get(&entry.log_index).cloned(),
             key,
+            rotates_version,
         });
         locals.push(entry.log_index);
     }
