@@ -133,14 +133,26 @@ fn rows_of(batch: &CommitBatch) -> (Enqueue, Vec<u64>) {
         .iter()
         .map(|(id, fingerprint, index)| (*index, (id.clone(), *fingerprint)))
         .collect();
-    // Key changes come in entry order: each registration enters the next inserted or rotated
-    // version; a rotation entry makes active the version registered just before it.
-    let mut keys = batch.batch.keys.iter().filter_map(|change| match change {
-        KeyChange::Insert(key) => Some(((**key).clone(), None)),
-        KeyChange::Rotated { key, .. } => Some(((**key).clone(), Some(key.version))),
-        KeyChange::Retire { .. } => None,
-    });
-    let mut last_key: Option<(crate::ledger::KeyRecord, Option<u32>)> = None;
+    // Each registration's key by the key id its statement names (a registration whose
+    // rotation then failed has none, and the integrator refuses it); each rotation's new key
+    // by the rotation entry's index. `Some(version)` for a rotation's rows.
+    let mut by_key_id: HashMap<&str, (&crate::ledger::KeyRecord, Option<u32>)> = HashMap::new();
+    let mut by_rotation: HashMap<u64, &crate::ledger::KeyRecord> = HashMap::new();
+    for change in &batch.batch.keys {
+        match change {
+            KeyChange::Insert(key) => {
+                by_key_id.insert(key.key_id.as_str(), (&**key, None));
+            }
+            KeyChange::Rotated {
+                key,
+                rotation_index,
+            } => {
+                by_key_id.insert(key.key_id.as_str(), (&**key, Some(key.version)));
+                by_rotation.insert(*rotation_index, &**key);
+            }
+            KeyChange::Retire { .. } => {}
+        }
+    }
     let mut heads: HashMap<String, crate::ledger::ActorHead> = HashMap::new();
     let mut out = Enqueue::default();
     let mut locals = Vec::with_capacity(batch.batch.entries.len());
@@ -161,14 +173,12 @@ fn rows_of(batch: &CommitBatch) -> (Enqueue, Vec<u64>) {
             }
         });
         let (key, rotates_version) = match entry.kind {
-            EntryKind::Registration => {
-                last_key = keys.next();
-                last_key.clone().map_or((None, None), |(k, v)| (Some(k), v))
-            }
-            EntryKind::Rotation => match last_key.take() {
-                Some((k, Some(v))) => (Some(k), Some(v)),
-                _ => (None, None),
-            },
+            EntryKind::Registration => registered_key_id(&entry.entry)
+                .and_then(|id| by_key_id.get(id.as_str()))
+                .map_or((None, None), |(k, v)| (Some((*k).clone()), *v)),
+            EntryKind::Rotation => by_rotation
+                .get(&entry.log_index)
+                .map_or((None, None), |k| (Some((*k).clone()), Some(k.version))),
             _ => (None, None),
         };
         out.rows.push(QueueRow {
@@ -184,6 +194,13 @@ fn rows_of(batch: &CommitBatch) -> (Enqueue, Vec<u64>) {
     }
     out.heads = heads.into_iter().collect();
     (out, locals)
+}
+
+/// The key id a registration entry's statement names.
+fn registered_key_id(entry: &[u8]) -> Option<String> {
+    let parts = crate::ledger::entry::decode(entry)?;
+    let statement: serde_json::Value = serde_json::from_slice(&parts.payload).ok()?;
+    statement["predicate"]["keyId"].as_str().map(str::to_owned)
 }
 
 /// The thread that answers once entries are integrated and published.
