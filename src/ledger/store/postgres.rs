@@ -300,21 +300,24 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         let mut slot = self.session.borrow_mut();
         blocking(|| {
-            if slot.is_none() {
-                let settings = self.settings.as_ref().ok_or_else(|| {
-                    StoreError::Unavailable("the connection to the ledger was lost".into())
-                })?;
-                let mut client = connect(settings)?;
-                if self.single_host {
-                    take_single_host_lock(&mut client)?;
+            let session = match slot.take() {
+                Some(session) => session,
+                None => {
+                    let settings = self.settings.as_ref().ok_or_else(|| {
+                        StoreError::Unavailable("the connection to the ledger was lost".into())
+                    })?;
+                    let mut client = connect(settings)?;
+                    if self.single_host {
+                        take_single_host_lock(&mut client)?;
+                    }
+                    tracing::info!("reconnected to the PostgreSQL ledger");
+                    Session {
+                        client,
+                        statements: HashMap::new(),
+                    }
                 }
-                tracing::info!("reconnected to the PostgreSQL ledger");
-                *slot = Some(Session {
-                    client,
-                    statements: HashMap::new(),
-                });
-            }
-            let session = slot.as_mut().expect("connected above");
+            };
+            let session = slot.insert(session);
             let result = work(session);
             if matches!(result, Err(StoreError::Unavailable(_))) || session.client.is_closed() {
                 *slot = None;

@@ -81,10 +81,11 @@ impl Sink {
     }
 
     fn client(&mut self) -> Result<&mut Client, FleetError> {
-        if self.client.is_none() {
-            self.client = Some(crate::ledger::store::postgres::connect(&self.node.pg)?);
-        }
-        Ok(self.client.as_mut().expect("just connected"))
+        let client = match self.client.take() {
+            Some(client) => client,
+            None => crate::ledger::store::postgres::connect(&self.node.pg)?,
+        };
+        Ok(self.client.insert(client))
     }
 
     /// Queues the batch in one transaction; its callers are answered once it is integrated
@@ -245,13 +246,15 @@ impl Waiter {
     }
 
     fn conn(&mut self) -> Result<&mut (Client, Store), FleetError> {
-        if self.conn.is_none() {
-            let mut client = crate::ledger::store::postgres::connect(&self.node.pg)?;
-            client.batch_execute(&format!("LISTEN {}", fleet::CHANNEL_PUBLISHED))?;
-            let store = fleet::open_store(&self.node.pg)?;
-            self.conn = Some((client, store));
-        }
-        Ok(self.conn.as_mut().expect("just connected"))
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => {
+                let mut client = crate::ledger::store::postgres::connect(&self.node.pg)?;
+                client.batch_execute(&format!("LISTEN {}", fleet::CHANNEL_PUBLISHED))?;
+                (client, fleet::open_store(&self.node.pg)?)
+            }
+        };
+        Ok(self.conn.insert(conn))
     }
 
     fn wait_notify(&mut self) {
@@ -414,10 +417,11 @@ impl Link {
         &mut self,
         f: impl FnOnce(&mut Client, &str) -> Result<T, FleetError>,
     ) -> Result<T, SequencerError> {
-        if self.client.is_none() {
-            self.client = Some(crate::ledger::store::postgres::connect(&self.node.pg)?);
-        }
-        let client = self.client.as_mut().expect("just connected");
+        let client = match self.client.take() {
+            Some(client) => client,
+            None => crate::ledger::store::postgres::connect(&self.node.pg)?,
+        };
+        let client = self.client.insert(client);
         f(client, &self.node.settings.node).map_err(|e| {
             if matches!(e, FleetError::Unavailable(_)) {
                 self.client = None;
