@@ -133,6 +133,33 @@ impl Swtpm {
         if self.running {
             bail!("swtpm is already running");
         }
+        // After a stop the ports may be held for a moment (another test's free-port probe, a
+        // closing connection): a restart keeps its ports, so it waits for them.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn() {
+                Err(e)
+                    if e.to_string().contains("Address already in use")
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                result => break result?,
+            }
+        }
+        self.running = true;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("swtpm did not listen on port {} within 10 s", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// Runs swtpm as a daemon on the lab's ports and state.
+    fn spawn(&self) -> Result<()> {
         let _ = fs::remove_file(self.pid_file());
         run(
             Command::new("swtpm")
@@ -153,16 +180,7 @@ impl Swtpm {
                 ])
                 .arg(format!("file={}", self.pid_file().display())),
             "swtpm",
-        )?;
-        self.running = true;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("swtpm did not listen on port {} within 10 s", self.port);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(())
+        )
     }
 
     fn pid(&self) -> Option<u32> {
