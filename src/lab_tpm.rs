@@ -133,9 +133,10 @@ impl Swtpm {
         if self.running {
             bail!("swtpm is already running");
         }
-        // After a stop the ports may be held for a moment (another test's free-port probe, a
-        // closing connection): a restart keeps its ports, so it waits for them.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // After a stop its ports may still be held: swtpm binds without SO_REUSEADDR, so a
+        // connection it closed first keeps its port in TIME_WAIT (60 s on Linux). A restart
+        // keeps its ports, so it waits for them.
+        let deadline = Instant::now() + Duration::from_secs(70);
         loop {
             match self.spawn() {
                 Err(e)
