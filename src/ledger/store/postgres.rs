@@ -61,7 +61,7 @@ impl PgSettings {
         }
         if let Some(file) = &self.password_file {
             let password = crate::secret::PinSource::File(file.clone())
-                .read()
+                .read_as(crate::secret::SecretKind::DatabasePassword)
                 .map_err(|e| StoreError::Settings(format!("ledger.password_file: {e}")))?;
             config.password(password.as_bytes());
         }
@@ -930,5 +930,30 @@ impl LedgerStore for PgStore {
 
     fn engine(&self) -> &'static str {
         "postgres"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_bad_password_file_is_named_as_the_database_password_not_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("db.password");
+        std::fs::write(&file, "hunter2-db-secret\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let settings = PgSettings::new("postgres://actseal@127.0.0.1:1/log", Some(file));
+        let text = settings.client_config().unwrap_err().to_string();
+        assert!(
+            text.contains("ledger.password_file: refusing the database password file"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("PIN") && !text.contains("hunter2-db-secret"),
+            "{text}"
+        );
     }
 }
