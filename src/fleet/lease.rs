@@ -71,6 +71,25 @@ pub fn lock_held(
         "SELECT holder, epoch, expires_at > clock_timestamp() FROM fleet_lease WHERE id = 1 FOR UPDATE",
         &[],
     )?;
+    held_in(row, node, held)
+}
+
+/// Checks, without a lock, that this node holds the lease at its epoch, unexpired: the
+/// last look before an act outside the database (the head write in the log token).
+pub fn check_held(
+    client: &mut impl GenericClient,
+    node: &str,
+    held: Held,
+) -> Result<(), FleetError> {
+    let row = client.query_opt(
+        "SELECT holder, epoch, expires_at > clock_timestamp() FROM fleet_lease WHERE id = 1",
+        &[],
+    )?;
+    held_in(row, node, held)
+}
+
+/// Whether the lease row `row` (holder, epoch, valid) is this node's at `held`.
+fn held_in(row: Option<postgres::Row>, node: &str, held: Held) -> Result<(), FleetError> {
     let Some(row) = row else {
         return Err(FleetError::Fenced {
             holder: String::new(),
