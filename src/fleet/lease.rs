@@ -67,11 +67,7 @@ pub fn lock_held(
     node: &str,
     held: Held,
 ) -> Result<(), FleetError> {
-    let row = tx.query_opt(
-        "SELECT holder, epoch, expires_at > clock_timestamp() FROM fleet_lease WHERE id = 1 FOR UPDATE",
-        &[],
-    )?;
-    held_in(row, node, held)
+    read_held(tx, node, held, " FOR UPDATE")
 }
 
 /// Checks, without a lock, that this node holds the lease at its epoch, unexpired: the
@@ -81,8 +77,20 @@ pub fn check_held(
     node: &str,
     held: Held,
 ) -> Result<(), FleetError> {
+    read_held(client, node, held, "")
+}
+
+/// Reads the lease row (`lock`: the row lock clause, if any) and checks it is `node`'s.
+fn read_held(
+    client: &mut impl GenericClient,
+    node: &str,
+    held: Held,
+    lock: &str,
+) -> Result<(), FleetError> {
     let row = client.query_opt(
-        "SELECT holder, epoch, expires_at > clock_timestamp() FROM fleet_lease WHERE id = 1",
+        &format!(
+            "SELECT holder, epoch, expires_at > clock_timestamp() FROM fleet_lease WHERE id = 1{lock}"
+        ),
         &[],
     )?;
     held_in(row, node, held)
