@@ -808,6 +808,9 @@ fn integrate(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, Flee
         }
     }
     if !staged.batch.entries.is_empty() {
+        // The lease again, right before the log key signs: a session the server ended while
+        // this node staged (stopped, idle in the transaction) fails here, before a signature.
+        lease::lock_held(&mut tx, node, h.held)?;
         seal(setup, &c.store, h, &frontier, &mut staged)?;
         write_batch(&mut tx, &staged.batch)?;
         let (ids, indices): (Vec<i64>, Vec<i64>) = staged.placed.iter().copied().unzip();
