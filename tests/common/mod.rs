@@ -165,23 +165,35 @@ pub fn open_store(lab: &Lab) -> actseal::ledger::Store {
 /// which SQLite reads as the first parameter too).
 pub enum LedgerDb {
     Sqlite(rusqlite::Connection),
-    Postgres(postgres::Client),
+    /// A client per call, made and dropped within [`LedgerDb::pg`] (the blocking client may
+    /// not be made, nor dropped, on an async test's runtime thread).
+    Postgres(actseal::ledger::store::PgSettings),
 }
 
 impl LedgerDb {
     /// Opens the ledger the lab's configuration names (read-write: the daemon must be stopped
     /// for edits).
     pub fn open(lab: &Lab) -> LedgerDb {
-        use actseal::ledger::store::{LedgerLocation, postgres as pg};
+        use actseal::ledger::store::LedgerLocation;
         let config = actseal::config::Config::load(&lab.config()).expect("config");
         match config.ledger_location() {
             LedgerLocation::Sqlite(path) => {
                 LedgerDb::Sqlite(rusqlite::Connection::open(path).expect("open state database"))
             }
-            LedgerLocation::Postgres(settings) => {
-                LedgerDb::Postgres(pg::connect(&settings).expect("connect to the ledger"))
-            }
+            LedgerLocation::Postgres(settings) => LedgerDb::Postgres(settings),
         }
+    }
+
+    /// Runs `work` with a client of the PostgreSQL ledger, off the async runtime.
+    fn pg<T>(
+        settings: &actseal::ledger::store::PgSettings,
+        work: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, String> {
+        use actseal::ledger::store::postgres as pg;
+        pg::blocking(|| {
+            let mut client = pg::connect(settings).map_err(|e| e.to_string())?;
+            work(&mut client).map_err(|e| e.to_string())
+        })
     }
 
     /// The first column of the first row of `sql`.
@@ -190,12 +202,36 @@ impl LedgerDb {
         T: rusqlite::types::FromSql + for<'a> postgres::types::FromSql<'a>,
     {
         match self {
-            LedgerDb::Sqlite(conn) => conn.query_row(sql, [], |row| row.get(0)),
-            LedgerDb::Postgres(client) => {
-                return actseal::ledger::store::postgres::blocking(|| client.query_one(sql, &[]))
-                    .unwrap_or_else(|e| panic!("{sql}: {e}"))
-                    .get(0);
+            LedgerDb::Sqlite(conn) => conn
+                .query_row(sql, [], |row| row.get(0))
+                .map_err(|e| e.to_string()),
+            LedgerDb::Postgres(settings) => {
+                Self::pg(settings, |c| c.query_one(sql, &[])?.try_get(0))
             }
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The first two columns of every row of `sql`.
+    pub fn pairs<A, B>(&mut self, sql: &str) -> Vec<(A, B)>
+    where
+        A: rusqlite::types::FromSql + for<'a> postgres::types::FromSql<'a>,
+        B: rusqlite::types::FromSql + for<'a> postgres::types::FromSql<'a>,
+    {
+        match self {
+            LedgerDb::Sqlite(conn) => conn
+                .prepare(sql)
+                .and_then(|mut stmt| {
+                    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(|e| e.to_string()),
+            LedgerDb::Postgres(settings) => Self::pg(settings, |c| {
+                c.query(sql, &[])?
+                    .iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect()
+            }),
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
@@ -204,10 +240,7 @@ impl LedgerDb {
     pub fn execute(&mut self, sql: &str) -> u64 {
         match self {
             LedgerDb::Sqlite(conn) => conn.execute(sql, []).map(|n| n as u64).map_err(|e| e.to_string()),
-            LedgerDb::Postgres(client) => {
-                actseal::ledger::store::postgres::blocking(|| client.execute(sql, &[]))
-                    .map_err(|e| e.to_string())
-            }
+            LedgerDb::Postgres(settings) => Self::pg(settings, |c| c.execute(sql, &[])),
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
@@ -222,10 +255,7 @@ impl LedgerDb {
                 .execute(sql, [&value])
                 .map(|n| n as u64)
                 .map_err(|e| e.to_string()),
-            LedgerDb::Postgres(client) => {
-                actseal::ledger::store::postgres::blocking(|| client.execute(sql, &[&value]))
-                    .map_err(|e| e.to_string())
-            }
+            LedgerDb::Postgres(settings) => Self::pg(settings, |c| c.execute(sql, &[&value])),
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
