@@ -34,6 +34,21 @@ struct TestFleet {
     _dir: TempDir,
 }
 
+impl Drop for TestFleet {
+    /// A failed test shows the end of each node's log (its directory is removed after this).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (n, node) in self.fleet.nodes.iter().enumerate() {
+            let log = std::fs::read_to_string(node.daemon_log()).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!("--- node-{n}'s log, last {} lines:\n{}", tail.len(), tail.join("\n"));
+        }
+    }
+}
+
 impl std::ops::Deref for TestFleet {
     type Target = Fleet;
     fn deref(&self) -> &Fleet {
