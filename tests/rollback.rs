@@ -318,7 +318,10 @@ async fn a_damaged_stored_log_key_lineage_is_refused() {
     let mut bytes = lineage.into_bytes();
     bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
     let damaged = String::from_utf8(bytes).unwrap();
-    db.execute_with("UPDATE meta SET value = $1 WHERE name = 'log.lineage'", damaged);
+    db.execute_with(
+        "UPDATE meta SET value = $1 WHERE name = 'log.lineage'",
+        damaged,
+    );
     drop(db);
     refused(&mut lab, "log key identity");
 }

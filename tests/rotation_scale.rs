@@ -182,8 +182,7 @@ async fn a_key_rotated_200_times_keeps_bundles_linear_and_listing_paged() {
         !row_v200.contains(v1_statement),
         "v200's row embeds v1's attestation"
     );
-    let largest: i64 =
-        db.one("SELECT CAST(MAX(length(attestation)) AS BIGINT) FROM actor_keys");
+    let largest: i64 = db.one("SELECT CAST(MAX(length(attestation)) AS BIGINT) FROM actor_keys");
     assert!(largest < 8 * 1024, "a stored key row holds {largest} bytes");
     drop(db);
 

@@ -370,8 +370,8 @@ async fn the_daemon_stamps_checkpoints_and_bundles_carry_the_tokens() {
     }
 
     // The tokens the daemon stores (anchored_checkpoints) verify with openssl.
-    let rows: Vec<(String, String)> = common::LedgerDb::open(&lab)
-        .pairs("SELECT note, timestamps FROM anchored_checkpoints");
+    let rows: Vec<(String, String)> =
+        common::LedgerDb::open(&lab).pairs("SELECT note, timestamps FROM anchored_checkpoints");
     assert!(!rows.is_empty());
     for (note, timestamps) in rows {
         let tokens: Vec<String> = serde_json::from_str(&timestamps).unwrap();

@@ -239,7 +239,10 @@ impl LedgerDb {
     /// Runs `sql` (no parameters); returns the rows it changed.
     pub fn execute(&mut self, sql: &str) -> u64 {
         match self {
-            LedgerDb::Sqlite(conn) => conn.execute(sql, []).map(|n| n as u64).map_err(|e| e.to_string()),
+            LedgerDb::Sqlite(conn) => conn
+                .execute(sql, [])
+                .map(|n| n as u64)
+                .map_err(|e| e.to_string()),
             LedgerDb::Postgres(settings) => Self::pg(settings, |c| c.execute(sql, &[])),
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
