@@ -66,6 +66,6 @@ pg_skip=(
     a_forked_log_is_refused_by_the_witnesses_that_saw_the_other_branch
 )
 pg_tests=(ledger pkcs11_daemon rollback batch_mode sign_stream backend_faults forensics witness
-    timestamp time_order rotation_scale)
+    timestamp time_order rotation_scale tpm_daemon)
 ACTSEAL_TEST_LEDGER=postgres cargo test --locked "${pg_tests[@]/#/--test=}" -- \
     "${pg_skip[@]/#/--skip=}"
