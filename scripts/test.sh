@@ -42,7 +42,8 @@ if out=$(verifier serve 2>&1) || ! grep -q 'without the `daemon` feature' <<<"$o
     echo "test.sh: the verifier-only actseal must refuse daemon commands, naming the feature" >&2
     exit 1
 fi
-cargo test --locked
+# The default pass on SQLite (whatever ACTSEAL_TEST_LEDGER the caller's shell has).
+ACTSEAL_TEST_LEDGER=sqlite cargo test --locked
 # The same integration tests again, every test lab's ledger on a PostgreSQL server of its own
 # (issue 12: "the same integration tests run on both"; ACTSEAL_TEST_LEDGER, src/lab.rs and
 # tests/common/mod.rs). The files are those whose tests go through the ledger: commits before
