@@ -39,6 +39,34 @@ pub struct Lab {
     tpm: Option<crate::lab_tpm::Swtpm>,
 }
 
+/// The variable that moves the test labs' ledger: unset or `sqlite` for the default SQLite
+/// file, `postgres` for a PostgreSQL server of the lab's own (scripts/test.sh runs the ledger
+/// tests a second time with it set, so that the same tests run on both engines).
+pub const TEST_LEDGER_VAR: &str = "ACTSEAL_TEST_LEDGER";
+
+/// Which engine holds a test lab's ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabLedger {
+    /// The daemon's own SQLite file (the default).
+    Sqlite,
+    /// A PostgreSQL server started for the lab ([`Lab::use_postgres`] before the first start).
+    Postgres,
+}
+
+impl LabLedger {
+    /// The engine [`TEST_LEDGER_VAR`] names; any other value is an error, never a silent
+    /// SQLite run.
+    pub fn from_env() -> Result<LabLedger> {
+        match std::env::var(TEST_LEDGER_VAR) {
+            Err(std::env::VarError::NotPresent) => Ok(LabLedger::Sqlite),
+            Ok(v) if v.is_empty() || v == "sqlite" => Ok(LabLedger::Sqlite),
+            Ok(v) if v == "postgres" => Ok(LabLedger::Postgres),
+            Ok(v) => bail!("{TEST_LEDGER_VAR}={v:?}: expected \"sqlite\" or \"postgres\""),
+            Err(e) => bail!("{TEST_LEDGER_VAR}: {e}"),
+        }
+    }
+}
+
 /// Which backend a lab's daemon uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LabBackend {

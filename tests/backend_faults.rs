@@ -310,17 +310,9 @@ async fn a_refused_pin_is_never_retried_automatically() {
     lab.stop_daemon().unwrap();
 }
 
-/// Counts rows of a table in the daemon's database.
+/// Counts rows of a table in the daemon's database (either engine).
 fn rows(lab: &Lab, table: &str) -> i64 {
-    let conn = rusqlite::Connection::open_with_flags(
-        lab.dir.join("state/actseal.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open state database");
-    conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
-        row.get(0)
-    })
-    .expect("count rows")
+    common::ledger_i64(lab, &format!("SELECT COUNT(*) FROM {table}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

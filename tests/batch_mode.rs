@@ -21,10 +21,13 @@ use tonic::Code;
 
 const SINGLE_ACTOR: &str = "spiffe://acme.example/agents/reports";
 
-/// Appends lines to the lab's configuration (the `[ledger]` table is last).
+/// Adds `[ledger]` settings to the lab's configuration: keys into its `[ledger]` table (which
+/// a lab on PostgreSQL already has), `[[ledger.batch]]` tables after everything else.
 fn configure_ledger(lab: &actseal::lab::Lab, lines: &str) {
+    let (keys, tables) = lines.split_at(lines.find("[[").unwrap_or(lines.len()));
+    common::configure_ledger(lab, keys);
     let mut config = std::fs::read_to_string(lab.config()).unwrap();
-    config.push_str(&format!("\n[ledger]\n{lines}\n"));
+    config.push_str(&format!("\n{tables}\n"));
     std::fs::write(lab.config(), config).unwrap();
 }
 

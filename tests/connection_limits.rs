@@ -313,15 +313,28 @@ fn the_per_caller_limit_refuses_the_connection_over_it() {
     }
     assert!(accepted(&mut tcp_connection_from("127.0.0.2", port)).is_none());
     assert!(accepted(&mut tcp_connection_from("127.0.0.3", port)).is_some());
-    let scraped = scrape(metrics);
-    // On the Unix socket the retries above may add refusals: only that there are.
-    for line in [
+    // On the Unix socket the retries above may add refusals: only that there are. The gauges
+    // follow the daemon's own view, which may lag a closed socket (127.0.0.3's, just dropped,
+    // counts until the daemon sees it go): wait for the state rather than sample it once.
+    let lines = [
         "actseal_connections_refused_total{listener=\"unix\",limit=\"caller\"} ",
-        "actseal_connections_refused_total{listener=\"tcp\",limit=\"caller\"} 1",
-        "actseal_connections_open{listener=\"tcp\"} 3",
-    ] {
-        assert!(scraped.contains(line), "{line} not in {scraped}");
+        "actseal_connections_refused_total{listener=\"tcp\",limit=\"caller\"} 1\n",
+        "actseal_connections_open{listener=\"tcp\"} 3\n",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let scraped = scrape(metrics);
+        let missing: Vec<_> = lines.iter().filter(|l| !scraped.contains(*l)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing:?} not in {scraped} within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
+    drop(from_two);
     let refused = wait_for_log(&lab, "connection refused: connection limit reached", 1);
     assert!(
         refused.contains("limit_reached=\"caller\"") || refused.contains("limit_reached=caller")

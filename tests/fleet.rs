@@ -34,6 +34,25 @@ struct TestFleet {
     _dir: TempDir,
 }
 
+impl Drop for TestFleet {
+    /// A failed test shows the end of each node's log (its directory is removed after this).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (n, node) in self.fleet.nodes.iter().enumerate() {
+            let log = std::fs::read_to_string(node.daemon_log()).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!(
+                "--- node-{n}'s log, last {} lines:\n{}",
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
 impl std::ops::Deref for TestFleet {
     type Target = Fleet;
     fn deref(&self) -> &Fleet {
@@ -534,7 +553,7 @@ async fn wait_for_takeover(fleet: &Fleet, from: usize, epoch: i64, published: i6
             return started.elapsed();
         }
         assert!(
-            started.elapsed() < Duration::from_secs(20),
+            started.elapsed() < Duration::from_secs(60),
             "no other node took over from node-{from} (lease {holder} epoch {now}, size {size})"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -591,6 +610,7 @@ async fn a_stopped_integrator_is_fenced_and_signs_no_checkpoint_into_the_log() {
     // another node takes the lease at the next epoch.
     fleet.nodes[holder].signal_daemon("STOP").unwrap();
     wait_for_takeover(&fleet, holder, epoch, published).await;
+    let (_, taken_at, _) = lease(&fleet).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     fleet.nodes[holder].signal_daemon("CONT").unwrap();
     tokio::task::block_in_place(|| {
@@ -615,12 +635,18 @@ async fn a_stopped_integrator_is_fenced_and_signs_no_checkpoint_into_the_log() {
     .expect("the whole log checks");
     tokio::task::block_in_place(|| export_and_check(&fleet, holder, &acked, "export-fenced.json"));
     let (now_holder, now_epoch, _) = lease(&fleet).unwrap();
-    assert!(now_epoch > epoch);
-    assert_ne!(
-        now_holder,
-        format!("node-{holder}"),
-        "the fenced node did not take the lease back"
-    );
+    assert!(now_epoch >= taken_at && taken_at > epoch);
+    // The fenced node never went on under its old epoch. On a loaded machine a later holder
+    // may miss a renewal and the fenced node win the lease anew: then at a later epoch, and
+    // by a takeover its log shows after the fence.
+    if now_holder == format!("node-{holder}") {
+        let log = std::fs::read_to_string(fleet.nodes[holder].daemon_log()).unwrap();
+        let after = &log[log.find("fenced: the lease moved on").unwrap()..];
+        assert!(
+            now_epoch > taken_at && after.contains("holding the integrator lease"),
+            "the fenced node holds the lease at epoch {now_epoch} without a new takeover:\n{after}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -635,8 +661,9 @@ async fn postgres_restarted_under_load_answers_unavailable_then_recovers() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     tokio::task::block_in_place(|| fleet.postgres.start_again()).unwrap();
     let before = lease(&fleet).unwrap().2;
-    // Integration continues after the restart.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Integration continues after the restart (a generous wait: the nodes reconnect and the
+    // holder re-checks the store, slower on a loaded machine; the bound is not this test's).
+    let deadline = Instant::now() + Duration::from_secs(60);
     while lease(&fleet).unwrap().2 <= before + 20 {
         assert!(
             Instant::now() < deadline,

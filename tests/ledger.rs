@@ -678,3 +678,28 @@ async fn rotating_under_load_keeps_every_receipt_valid_and_the_log_auditable_on(
         "{audit}"
     );
 }
+
+/// The PostgreSQL pass of scripts/test.sh runs on PostgreSQL for real: a test lab's ledger is
+/// on the engine `ACTSEAL_TEST_LEDGER` names, and the daemon's receipts are in that engine
+/// (the server's own tables), not in a SQLite file beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_lab_keeps_its_ledger_on_the_engine_actseal_test_ledger_names() {
+    use actseal::lab::LabLedger;
+    let on_pg = LabLedger::from_env().expect("ACTSEAL_TEST_LEDGER") == LabLedger::Postgres;
+    let lab = started_lab();
+    create_key(&lab, ACTOR).await;
+    signer(&lab)
+        .await
+        .sign(sign_request(ACTOR, DOCUMENT))
+        .await
+        .expect("sign");
+    assert_eq!(on_postgres(&lab), on_pg);
+    assert_eq!(lab.dir.join("state/actseal.db").exists(), !on_pg);
+    assert_eq!(ledger_i64(&lab, "SELECT COUNT(*) FROM receipts"), 1);
+    if let Some(pg) = &lab.pg {
+        let rows = pg
+            .query_i64("ledger", "SELECT COUNT(*) FROM receipts")
+            .expect("the server's receipts");
+        assert_eq!(rows, 1, "the receipt is not in the lab's PostgreSQL server");
+    }
+}

@@ -64,10 +64,22 @@ fn refused(lab: &mut Lab, cause: &str) -> String {
     error
 }
 
+/// Runs `sql` on the stopped daemon's ledger (either engine: these row edits apply to both).
 fn edit(lab: &Lab, sql: &str) {
-    let conn = rusqlite::Connection::open(db(lab, "")).expect("open state database");
-    let changed = conn.execute(sql, []).expect(sql);
+    let changed = LedgerDb::open(lab).execute(sql);
     assert!(changed > 0, "{sql} changed nothing");
+}
+
+/// Flips bit 0 of byte `at` of receipt `index`'s stored inclusion proof (either engine).
+fn flip_proof_bit(lab: &Lab, index: u64, at: usize) {
+    let mut db = LedgerDb::open(lab);
+    let mut proof: Vec<u8> = db.one(&format!(
+        "SELECT proof FROM receipts WHERE log_index = {index}"
+    ));
+    assert!(proof.len() >= 32, "receipt {index} has an empty proof");
+    proof[at] ^= 1;
+    let sql = format!("UPDATE receipts SET proof = $1 WHERE log_index = {index}");
+    assert_eq!(db.execute_with(&sql, proof), 1);
 }
 
 fn flip_byte(path: &PathBuf, at: usize) {
@@ -296,14 +308,8 @@ async fn a_damaged_stored_log_key_lineage_is_refused() {
     let (mut lab, _) = lab_with_receipts().await;
     lab.stop_daemon().unwrap();
     // Still valid JSON, one signature byte changed: only the binding can tell.
-    let conn = rusqlite::Connection::open(db(&lab, "")).unwrap();
-    let lineage: String = conn
-        .query_row(
-            "SELECT value FROM meta WHERE name = 'log.lineage'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let mut db = LedgerDb::open(&lab);
+    let lineage: String = db.one("SELECT value FROM meta WHERE name = 'log.lineage'");
     let at = lineage
         .find("\"statement\"")
         .or_else(|| lineage.find("\"signature"))
@@ -312,12 +318,11 @@ async fn a_damaged_stored_log_key_lineage_is_refused() {
     let mut bytes = lineage.into_bytes();
     bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
     let damaged = String::from_utf8(bytes).unwrap();
-    conn.execute(
-        "UPDATE meta SET value = ?1 WHERE name = 'log.lineage'",
-        [&damaged],
-    )
-    .unwrap();
-    drop(conn);
+    db.execute_with(
+        "UPDATE meta SET value = $1 WHERE name = 'log.lineage'",
+        damaged,
+    );
+    drop(db);
     refused(&mut lab, "log key identity");
 }
 
@@ -325,20 +330,7 @@ async fn a_damaged_stored_log_key_lineage_is_refused() {
 async fn a_flipped_byte_in_a_stored_inclusion_proof_is_refused() {
     let (mut lab, _) = lab_with_receipts().await;
     lab.stop_daemon().unwrap();
-    let conn = rusqlite::Connection::open(db(&lab, "")).unwrap();
-    let mut proof: Vec<u8> = conn
-        .query_row("SELECT proof FROM receipts WHERE log_index = 5", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert!(proof.len() >= 32, "receipt 5 has an empty proof");
-    proof[3] ^= 1;
-    conn.execute(
-        "UPDATE receipts SET proof = ?1 WHERE log_index = 5",
-        [&proof],
-    )
-    .unwrap();
-    drop(conn);
+    flip_proof_bit(&lab, 5, 3);
     refused(
         &mut lab,
         "receipt 5: its stored inclusion proof does not verify",
@@ -397,13 +389,10 @@ async fn the_start_up_check_is_incremental_and_its_watermark_is_bound_to_the_har
     );
     assert!(checked[2].contains("checked=0"), "{}", checked[2]);
     // An edited watermark is not trusted: the whole log is checked again.
-    let conn = rusqlite::Connection::open(db(&lab, "")).unwrap();
-    conn.execute(
+    edit(
+        &lab,
         "UPDATE meta SET value = replace(value, '\"requests\":', '\"requests\": ') WHERE name = 'check.watermark'",
-        [],
-    )
-    .unwrap();
-    drop(conn);
+    );
     lab.start_daemon().unwrap();
     lab.stop_daemon().unwrap();
     let log = std::fs::read_to_string(lab.daemon_log()).unwrap();
@@ -461,19 +450,7 @@ async fn damage_behind_the_watermark_is_caught_at_start_or_when_used() {
         &lab,
         "UPDATE requests SET log_index = 4 WHERE log_index = 8",
     );
-    let conn = rusqlite::Connection::open(db(&lab, "")).unwrap();
-    let mut proof: Vec<u8> = conn
-        .query_row("SELECT proof FROM receipts WHERE log_index = 6", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    proof[0] ^= 1;
-    conn.execute(
-        "UPDATE receipts SET proof = ?1 WHERE log_index = 6",
-        [&proof],
-    )
-    .unwrap();
-    drop(conn);
+    flip_proof_bit(&lab, 6, 0);
     lab.start_daemon()
         .expect("rows behind the watermark are not re-read at start");
     let mut signer = signer(&lab).await;

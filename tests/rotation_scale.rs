@@ -169,33 +169,22 @@ async fn a_key_rotated_200_times_keeps_bundles_linear_and_listing_paged() {
     // The stored row of v200 holds its own attestation only: not v1's.
     let v1_attestation: serde_json::Value = serde_json::from_str(&v1.lineage_json).unwrap();
     let v1_statement = v1_attestation["statement"]["payload"].as_str().unwrap();
-    let conn = rusqlite::Connection::open_with_flags(
-        lab.dir.join("state/actseal.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let (row_v1, row_v200): (String, String) = conn
-        .query_row(
-            "SELECT (SELECT attestation FROM actor_keys WHERE actor = ?1 AND version = 1),
-                    (SELECT attestation FROM actor_keys WHERE actor = ?1 AND version = ?2)",
-            rusqlite::params![ACTOR, VERSIONS],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .unwrap();
+    // Either engine (ACTSEAL_TEST_LEDGER): the SQL is valid on both.
+    let mut db = common::LedgerDb::open(&lab);
+    let attestation = |db: &mut common::LedgerDb, version: u32| -> String {
+        db.one(&format!(
+            "SELECT attestation FROM actor_keys WHERE actor = '{ACTOR}' AND version = {version}"
+        ))
+    };
+    let (row_v1, row_v200) = (attestation(&mut db, 1), attestation(&mut db, VERSIONS));
     assert!(row_v1.contains(v1_statement));
     assert!(
         !row_v200.contains(v1_statement),
         "v200's row embeds v1's attestation"
     );
-    let largest: i64 = conn
-        .query_row(
-            "SELECT MAX(length(attestation)) FROM actor_keys",
-            [],
-            |row| row.get(0),
-        )
-        .unwrap();
+    let largest: i64 = db.one("SELECT CAST(MAX(length(attestation)) AS BIGINT) FROM actor_keys");
     assert!(largest < 8 * 1024, "a stored key row holds {largest} bytes");
-    drop(conn);
+    drop(db);
 
     // After a restart the sequencer assembles the lineage from the store: same bundles.
     let mut retry = sign_request(ACTOR, b"after restart");

@@ -24,12 +24,7 @@ struct ShiftedLab {
 impl ShiftedLab {
     fn new(ledger_lines: &str) -> Self {
         let lab = new_lab();
-        let config = std::fs::read_to_string(lab.config()).unwrap();
-        std::fs::write(
-            lab.config(),
-            format!("{config}\n[ledger]\n{ledger_lines}\n"),
-        )
-        .unwrap();
+        common::configure_ledger(&lab, ledger_lines);
         let clock = lab.dir.join("clock-offset");
         let shifted = ShiftedLab { lab, clock };
         shifted.shift(0);

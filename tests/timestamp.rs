@@ -370,19 +370,8 @@ async fn the_daemon_stamps_checkpoints_and_bundles_carry_the_tokens() {
     }
 
     // The tokens the daemon stores (anchored_checkpoints) verify with openssl.
-    let conn = rusqlite::Connection::open_with_flags(
-        lab.dir.join("state/actseal.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let mut stmt = conn
-        .prepare("SELECT note, timestamps FROM anchored_checkpoints")
-        .unwrap();
-    let rows: Vec<(String, String)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let rows: Vec<(String, String)> =
+        common::LedgerDb::open(&lab).pairs("SELECT note, timestamps FROM anchored_checkpoints");
     assert!(!rows.is_empty());
     for (note, timestamps) in rows {
         let tokens: Vec<String> = serde_json::from_str(&timestamps).unwrap();

@@ -12,7 +12,7 @@ use actseal::{
         CreateKeyRequest, SignRequest, key_admin_client::KeyAdminClient, sign_request::Action,
         signer_client::SignerClient,
     },
-    lab::Lab,
+    lab::{Lab, LabLedger},
     verify::{TrustAnchors, Verified, VerifyError, verify_bundle},
 };
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
@@ -44,8 +44,29 @@ impl std::ops::DerefMut for TestLab {
     }
 }
 
-/// A new lab (tokens, CA, device certificate) with its daemon not yet started.
+/// A new lab (tokens, CA, device certificate) with its daemon not yet started; its ledger on
+/// the engine `ACTSEAL_TEST_LEDGER` names (SQLite by default, see [`LabLedger::from_env`]).
 pub fn new_lab() -> TestLab {
+    on_test_ledger(sqlite_lab())
+}
+
+/// Moves a new lab's ledger where `ACTSEAL_TEST_LEDGER` says. A PostgreSQL that is asked for
+/// but missing fails the test: the PostgreSQL pass never passes a test it did not run there.
+fn on_test_ledger(lab: TestLab) -> TestLab {
+    match LabLedger::from_env().expect("the test ledger") {
+        LabLedger::Sqlite => lab,
+        LabLedger::Postgres => {
+            assert!(
+                actseal::lab_postgres::server_bin().is_some(),
+                "ACTSEAL_TEST_LEDGER=postgres and PostgreSQL (initdb, pg_ctl) is not installed"
+            );
+            with_postgres(lab).expect("PostgreSQL")
+        }
+    }
+}
+
+/// A new lab on the default SQLite ledger, whatever `ACTSEAL_TEST_LEDGER` says.
+fn sqlite_lab() -> TestLab {
     let dir = tempfile::Builder::new()
         .prefix("actseal-test-")
         .tempdir()
@@ -108,15 +129,21 @@ pub fn postgres() -> Option<TestPg> {
 
 /// A new lab whose daemon's ledger is on `engine` (for PostgreSQL: a server of its own and a
 /// database `ledger` in it), the daemon not yet started; `None` when the engine is missing.
+/// `Engine::Sqlite` is the default lab, which `ACTSEAL_TEST_LEDGER` may move too.
 pub fn new_lab_on(engine: Engine) -> Option<TestLab> {
-    let mut lab = new_lab();
-    if engine == Engine::Postgres {
-        let pg = postgres()?;
-        let url = pg.create_database("ledger").expect("database");
-        lab.use_postgres(&url, pg.password_file())
-            .expect("ledger on PostgreSQL");
-        lab.pg = Some(pg);
+    match engine {
+        Engine::Sqlite => Some(new_lab()),
+        Engine::Postgres => with_postgres(sqlite_lab()),
     }
+}
+
+/// Puts `lab`'s ledger on a PostgreSQL server of its own (database `ledger`).
+fn with_postgres(mut lab: TestLab) -> Option<TestLab> {
+    let pg = postgres()?;
+    let url = pg.create_database("ledger").expect("database");
+    lab.use_postgres(&url, pg.password_file())
+        .expect("ledger on PostgreSQL");
+    lab.pg = Some(pg);
     Some(lab)
 }
 
@@ -131,6 +158,116 @@ pub fn started_lab_on(engine: Engine) -> Option<TestLab> {
 pub fn open_store(lab: &Lab) -> actseal::ledger::Store {
     let config = actseal::config::Config::load(&lab.config()).expect("config");
     actseal::ledger::Store::open_at(&config.ledger_location()).expect("open the ledger")
+}
+
+/// A direct connection to a lab's ledger, whichever engine holds it, for tests that read or
+/// damage rows on either: the SQL must be valid on both (one parameter at most, written `$1`,
+/// which SQLite reads as the first parameter too).
+pub enum LedgerDb {
+    Sqlite(rusqlite::Connection),
+    /// A client per call, made and dropped within [`LedgerDb::pg`] (the blocking client may
+    /// not be made, nor dropped, on an async test's runtime thread).
+    Postgres(actseal::ledger::store::PgSettings),
+}
+
+impl LedgerDb {
+    /// Opens the ledger the lab's configuration names (read-write: the daemon must be stopped
+    /// for edits).
+    pub fn open(lab: &Lab) -> LedgerDb {
+        use actseal::ledger::store::LedgerLocation;
+        let config = actseal::config::Config::load(&lab.config()).expect("config");
+        match config.ledger_location() {
+            LedgerLocation::Sqlite(path) => {
+                LedgerDb::Sqlite(rusqlite::Connection::open(path).expect("open state database"))
+            }
+            LedgerLocation::Postgres(settings) => LedgerDb::Postgres(settings),
+        }
+    }
+
+    /// Runs `work` with a client of the PostgreSQL ledger, off the async runtime.
+    fn pg<T>(
+        settings: &actseal::ledger::store::PgSettings,
+        work: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, String> {
+        use actseal::ledger::store::postgres as pg;
+        pg::blocking(|| {
+            let mut client = pg::connect(settings).map_err(|e| e.to_string())?;
+            work(&mut client).map_err(|e| e.to_string())
+        })
+    }
+
+    /// The first column of the first row of `sql`.
+    pub fn one<T>(&mut self, sql: &str) -> T
+    where
+        T: rusqlite::types::FromSql + for<'a> postgres::types::FromSql<'a>,
+    {
+        match self {
+            LedgerDb::Sqlite(conn) => conn
+                .query_row(sql, [], |row| row.get(0))
+                .map_err(|e| e.to_string()),
+            LedgerDb::Postgres(settings) => {
+                Self::pg(settings, |c| c.query_one(sql, &[])?.try_get(0))
+            }
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The first two columns of every row of `sql`.
+    pub fn pairs<A, B>(&mut self, sql: &str) -> Vec<(A, B)>
+    where
+        A: rusqlite::types::FromSql + for<'a> postgres::types::FromSql<'a>,
+        B: rusqlite::types::FromSql + for<'a> postgres::types::FromSql<'a>,
+    {
+        match self {
+            LedgerDb::Sqlite(conn) => conn
+                .prepare(sql)
+                .and_then(|mut stmt| {
+                    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(|e| e.to_string()),
+            LedgerDb::Postgres(settings) => Self::pg(settings, |c| {
+                c.query(sql, &[])?
+                    .iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect()
+            }),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Runs `sql` (no parameters); returns the rows it changed.
+    pub fn execute(&mut self, sql: &str) -> u64 {
+        match self {
+            LedgerDb::Sqlite(conn) => conn
+                .execute(sql, [])
+                .map(|n| n as u64)
+                .map_err(|e| e.to_string()),
+            LedgerDb::Postgres(settings) => Self::pg(settings, |c| c.execute(sql, &[])),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Runs `sql` with `$1` bound to `value`; returns the rows it changed.
+    pub fn execute_with<P>(&mut self, sql: &str, value: P) -> u64
+    where
+        P: rusqlite::ToSql + postgres::types::ToSql + Sync,
+    {
+        match self {
+            LedgerDb::Sqlite(conn) => conn
+                .execute(sql, [&value])
+                .map(|n| n as u64)
+                .map_err(|e| e.to_string()),
+            LedgerDb::Postgres(settings) => Self::pg(settings, |c| c.execute(sql, &[&value])),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+}
+
+/// The first column of the first row of `sql` (valid on both engines, no parameters) in the
+/// lab's ledger, as an integer: a count for tests that run on either.
+pub fn ledger_i64(lab: &Lab, sql: &str) -> i64 {
+    LedgerDb::open(lab).one(sql)
 }
 
 /// Whether the lab's ledger is on PostgreSQL.
@@ -152,11 +289,11 @@ pub fn new_tpm_lab() -> TestLab {
         actseal::lab::LabBackend::Tpm,
     )
     .expect("TPM lab set-up");
-    TestLab {
+    on_test_ledger(TestLab {
         lab,
         _dir: dir,
         pg: None,
-    }
+    })
 }
 
 /// A new lab with its daemon running.
