@@ -654,12 +654,26 @@ impl Task {
                 self.request_timeout,
             );
             let size = checkpoint.size;
+            let holder = self
+                .fleet
+                .as_ref()
+                .zip(epoch)
+                .map(|(f, e)| (f.node.clone(), e));
             jobs.spawn(async move {
-                match submit(&w, size, &note, ledger, anchors, timeout).await {
+                match submit(&w, size, &note, ledger, Arc::clone(&anchors), timeout).await {
                     Ok(line) => Outcome::Cosigned {
                         name: w.key.name.clone(),
                         line,
                     },
+                    Err(SubmitError::Ahead { theirs, .. })
+                        if superseded(&anchors, holder).await =>
+                    {
+                        // A fenced holder's round in flight: the next holder has anchored
+                        // a newer checkpoint meanwhile; not a rollback.
+                        tracing::info!(witness = %w.key.name, size, theirs,
+                            "the witness has a newer checkpoint from the next lease holder; round dropped");
+                        Outcome::Failed
+                    }
                     Err(e) => {
                         tracing::warn!(witness = %w.key.name, url = %w.url, size, error = %e,
                             "witness did not cosign");
@@ -779,6 +793,18 @@ impl AnchorHandle {
         witnesses.iter().all(|w| a.cosigners.contains(&w.key.name))
             && (tsas == 0 || !a.timestamps.is_empty())
     }
+}
+
+/// Fleet mode: whether this node (`holder`: its name and epoch) no longer holds the lease.
+async fn superseded(anchors: &Arc<Mutex<AnchorStore>>, holder: Option<(String, i64)>) -> bool {
+    let Some((node, epoch)) = holder else {
+        return false;
+    };
+    let anchors = Arc::clone(anchors);
+    matches!(
+        tokio::task::spawn_blocking(move || lock(&anchors).holds_lease(&node, epoch)).await,
+        Ok(Ok(false))
+    )
 }
 
 /// Why one witness did not cosign.
