@@ -8,6 +8,11 @@
 //!
 //! Coalescing keeps the cost flat: however many batches were committed meanwhile, one round
 //! anchors the newest, and it covers them all.
+//!
+//! In a fleet ([`FleetRole`], FORMAT.md §14.5) the task runs on every node but anchors only
+//! while its node holds the integrator lease (the integrator's hook says at which epoch; the
+//! lease row is read before each round and locked when storing); every node follows the
+//! shared table onto its watch.
 
 pub mod http;
 pub mod store;
