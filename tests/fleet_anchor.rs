@@ -391,7 +391,9 @@ async fn wait_for_anchoring_takeover(
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "no other node took over anchoring from node-{from} (lease {holder} epoch {now})"
+            "no other node took over anchoring from node-{from} (lease {holder} epoch {now}, \
+             anchored {} of {anchored} before)",
+            anchored_size(fleet)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -226,8 +226,8 @@ impl AnchorStore {
     }
 
     /// Fleet mode: stores an anchored checkpoint only if `node` holds the lease at `epoch`
-    /// (the row locked until the commit, so a takeover waits for it and then reads it), and
-    /// announces it on [`CHANNEL_ANCHORED`]. A row of the same size is replaced only by one
+    /// (the row share-locked by the statement, so a takeover waits for it and then reads it),
+    /// and announces it on [`CHANNEL_ANCHORED`]. A row of the same size is replaced only by one
     /// carrying at least as much (a longer note: more cosignature lines). False if fenced.
     pub fn put_as_holder(
         &self,
@@ -240,37 +240,40 @@ impl AnchorStore {
             return Ok(true);
         };
         let (size, cosigners, timestamps) = columns(anchored)?;
-        Ok(pg.with_client(|c| {
-            let mut tx = c.transaction()?;
-            let held = tx
-                .query_opt(&format!("{HELD} FOR SHARE"), &[&node, &epoch])?
-                .is_some_and(|r| r.get::<_, bool>(0));
-            if !held {
-                return Ok(false);
-            }
-            tx.execute(
-                "INSERT INTO anchored_checkpoints
+        // One statement: the server checks, stores and announces at once, so no stalled
+        // client (a stopped node) holds the lease row's lock and blocks a takeover.
+        let statement = format!(
+            "WITH held AS (
+                SELECT 1 FROM fleet_lease WHERE id = 1 AND holder = $6 AND epoch = $7
+                   AND expires_at > clock_timestamp() FOR SHARE),
+             stored AS (
+                INSERT INTO anchored_checkpoints
                     (size, root, note, cosigners, timestamps, anchored_at)
-                 VALUES ($1, $2, $3, $4, $5, EXTRACT(EPOCH FROM now())::BIGINT)
-                 ON CONFLICT (size) DO UPDATE SET note = excluded.note,
+                SELECT $1, $2, $3, $4, $5, EXTRACT(EPOCH FROM now())::BIGINT FROM held
+                ON CONFLICT (size) DO UPDATE SET note = excluded.note,
                     cosigners = excluded.cosigners, timestamps = excluded.timestamps,
                     anchored_at = excluded.anchored_at
-                 WHERE anchored_checkpoints.root = excluded.root
-                   AND length(excluded.note) >= length(anchored_checkpoints.note)",
+                WHERE anchored_checkpoints.root = excluded.root
+                  AND length(excluded.note) >= length(anchored_checkpoints.note)
+                RETURNING size)
+             SELECT pg_notify('{CHANNEL_ANCHORED}', $8) FROM held"
+        );
+        let announced = size.to_string();
+        Ok(pg.with_client(|c| {
+            let rows = c.query(
+                &statement,
                 &[
                     &size,
                     &anchored.root.as_slice(),
                     &anchored.note,
                     &cosigners,
                     &timestamps,
+                    &node,
+                    &epoch,
+                    &announced,
                 ],
             )?;
-            tx.execute(
-                &format!("SELECT pg_notify('{CHANNEL_ANCHORED}', $1)"),
-                &[&size.to_string()],
-            )?;
-            tx.commit()?;
-            Ok(true)
+            Ok(!rows.is_empty())
         })?)
     }
 }
