@@ -542,7 +542,7 @@ impl Task {
                 if !self.holding(e).await {
                     continue;
                 }
-                self.resume_from_store().await;
+                self.resume_from_store(e).await;
                 anchoring_at = epoch;
             }
             let ledger = Arc::clone(&self.ledger);
@@ -611,7 +611,7 @@ impl Task {
 
     /// Fleet mode, on taking the lease: the newest anchored checkpoint the table holds (the
     /// previous holder's), from which the rounds go on; witness sizes are read per round.
-    async fn resume_from_store(&self) {
+    async fn resume_from_store(&self, epoch: i64) {
         let anchors = Arc::clone(&self.anchors);
         match tokio::task::spawn_blocking(move || lock(&anchors).latest()).await {
             Ok(Ok(stored)) => {
@@ -619,7 +619,7 @@ impl Task {
                 if let Some(stored) = stored {
                     offer(&self.tx, stored);
                 }
-                tracing::info!(anchored_size = ?size, "holding the lease: anchoring from the stored state");
+                tracing::info!(epoch, anchored_size = ?size, "holding the lease: anchoring from the stored state");
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "anchor: cannot read the stored anchored checkpoint")
