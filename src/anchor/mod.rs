@@ -330,7 +330,7 @@ struct Task {
 /// The sender of the newest anchored checkpoint.
 type Latest = watch::Sender<Option<Arc<AnchoredCheckpoint>>>;
 
-/// A fleet node's part in anchoring (docs/FORMAT.md §14.4): the task anchors only while the
+/// A fleet node's part in anchoring (docs/FORMAT.md §14.5): the task anchors only while the
 /// node holds the integrator lease; every node follows the shared table.
 #[derive(Clone)]
 pub struct FleetRole {
