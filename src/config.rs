@@ -695,11 +695,6 @@ impl Config {
                         .into(),
                 ));
             }
-            if config.anchor.enabled() {
-                return Err(invalid(
-                    "[anchor] is not supported in fleet mode yet (witnesses and TSAs would follow the lease holder)".into(),
-                ));
-            }
         }
         Ok(config)
     }

@@ -8,6 +8,11 @@
 //!
 //! Coalescing keeps the cost flat: however many batches were committed meanwhile, one round
 //! anchors the newest, and it covers them all.
+//!
+//! In a fleet ([`FleetRole`], FORMAT.md §14.5) the task runs on every node but anchors only
+//! while its node holds the integrator lease (the integrator's hook says at which epoch; the
+//! lease row is read before each round and locked when storing); every node follows the
+//! shared table onto its watch.
 
 pub mod http;
 pub mod store;
@@ -24,7 +29,8 @@ use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 
 use crate::{
-    ledger::{CheckpointRow, Store, merkle},
+    fleet::anchor::AnchorHook,
+    ledger::{CheckpointRow, Store, merkle, store::PgSettings},
     verify::{
         cosignature::{NoteKey, parse_vkey},
         witness_policy::{PolicyWitness, WitnessPolicy},
@@ -314,9 +320,116 @@ struct Task {
     retry: Duration,
     ledger: Arc<Mutex<Store>>,
     anchors: Arc<Mutex<AnchorStore>>,
-    tx: watch::Sender<Option<Arc<AnchoredCheckpoint>>>,
+    tx: Arc<Latest>,
     wake: Arc<Notify>,
     handle: AnchorHandle,
+    /// In a fleet: this node's name and what its integrator tells of the lease.
+    fleet: Option<FleetRole>,
+}
+
+/// The sender of the newest anchored checkpoint.
+type Latest = watch::Sender<Option<Arc<AnchoredCheckpoint>>>;
+
+/// A fleet node's part in anchoring (docs/FORMAT.md §14.5): the task anchors only while the
+/// node holds the integrator lease; every node follows the shared table.
+#[derive(Clone)]
+pub struct FleetRole {
+    node: String,
+    hook: AnchorHook,
+    wake: Arc<Notify>,
+}
+
+impl FleetRole {
+    /// The role of fleet node `node`, with a hook whose "integrated" call wakes the task.
+    pub fn new(node: &str) -> FleetRole {
+        let wake = Arc::new(Notify::new());
+        let woken = Arc::clone(&wake);
+        FleetRole {
+            node: node.to_owned(),
+            hook: AnchorHook::new(Arc::new(move |_| woken.notify_one())),
+            wake,
+        }
+    }
+
+    /// The hook to give the integrator's `Setup`.
+    pub fn hook(&self) -> AnchorHook {
+        self.hook.clone()
+    }
+}
+
+/// Whether `new` should replace `current` as the newest anchored checkpoint: larger, or of
+/// the same size with more cosignatures or tokens (never back to less).
+fn better(new: &AnchoredCheckpoint, current: &AnchoredCheckpoint) -> bool {
+    new.size > current.size
+        || (new.size == current.size
+            && (new.cosigners.len(), new.timestamps.len())
+                > (current.cosigners.len(), current.timestamps.len()))
+}
+
+/// Publishes `anchored` on `tx` unless what it holds is as good.
+fn offer(tx: &Latest, anchored: AnchoredCheckpoint) -> bool {
+    tx.send_if_modified(|current| {
+        let take = current.as_ref().is_none_or(|c| better(&anchored, c));
+        if take {
+            *current = Some(Arc::new(anchored.clone()));
+        }
+        take
+    })
+}
+
+/// How often a fleet node reads the shared table when no NOTIFY came.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// Every fleet node: follows the shared anchored-checkpoint table (LISTEN on
+/// `actseal_fleet_anchored`, polled every [`FOLLOW_POLL`] too) onto `tx`, until nobody holds
+/// a receiver.
+fn follow(settings: &PgSettings, tx: &Latest) {
+    let mut client: Option<postgres::Client> = None;
+    while !tx.is_closed() {
+        let c = match client.as_mut() {
+            Some(c) => c,
+            None => match listening(settings) {
+                Ok(c) => client.insert(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "anchor follower: cannot reach the database; retrying");
+                    std::thread::sleep(FOLLOW_POLL);
+                    continue;
+                }
+            },
+        };
+        match store::latest_on(c) {
+            Ok(Some(anchored)) => {
+                let size = anchored.size;
+                if offer(tx, anchored) {
+                    tracing::debug!(size, "anchor follower: newer anchored checkpoint");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "anchor follower: cannot read the anchored checkpoints");
+                client = None;
+                std::thread::sleep(FOLLOW_POLL);
+                continue;
+            }
+        }
+        use postgres::fallible_iterator::FallibleIterator;
+        let mut notifications = c.notifications();
+        let mut it = notifications.timeout_iter(FOLLOW_POLL);
+        if let Ok(Some(_)) = it.next() {
+            while let Ok(Some(_)) = it.next() {}
+        }
+    }
+}
+
+fn listening(settings: &PgSettings) -> Result<postgres::Client, crate::ledger::StoreError> {
+    let mut client = crate::ledger::store::postgres::connect(settings)?;
+    client
+        .batch_execute(&format!(
+            "LISTEN {}",
+            crate::fleet::anchor::CHANNEL_ANCHORED
+        ))
+        .map_err(crate::ledger::StoreError::from)?;
+    Ok(client)
 }
 
 /// How often the task looks at the log even if nobody woke it (entries the key service
@@ -328,11 +441,13 @@ const POLL: Duration = Duration::from_millis(500);
 /// up to date by the 409 it answers next time.
 const STRAGGLER_GRACE: Duration = Duration::from_millis(200);
 
-/// Starts the anchor task (None when `[anchor]` names neither witnesses nor TSAs). Call
-/// within the tokio runtime.
+/// Starts the anchor task (None when `[anchor]` names neither witnesses nor TSAs); in a
+/// fleet (`fleet`, the log on PostgreSQL) also the follower of the shared table. Call within
+/// the tokio runtime.
 pub fn spawn(
     config: &AnchorConfig,
     database: &crate::ledger::store::LedgerLocation,
+    fleet: Option<FleetRole>,
 ) -> Result<Option<AnchorHandle>, AnchorStartError> {
     if !config.enabled() {
         return Ok(None);
@@ -352,7 +467,17 @@ pub fn spawn(
     let anchors = AnchorStore::open(database)?;
     let latest = anchors.latest()?.map(Arc::new);
     let (tx, rx) = watch::channel(latest);
-    let wake = Arc::new(Notify::new());
+    let tx = Arc::new(tx);
+    let wake = fleet
+        .as_ref()
+        .map_or_else(|| Arc::new(Notify::new()), |f| Arc::clone(&f.wake));
+    if let (Some(_), crate::ledger::store::LedgerLocation::Postgres(pg)) = (&fleet, database) {
+        let (pg, tx) = (pg.clone(), Arc::clone(&tx));
+        std::thread::Builder::new()
+            .name("actseal-anchor-follow".into())
+            .spawn(move || follow(&pg, &tx))
+            .map_err(|e| AnchorStartError::Config(format!("cannot start the follower: {e}")))?;
+    }
     let handle = AnchorHandle {
         latest: rx,
         wake: Arc::clone(&wake),
@@ -371,8 +496,10 @@ pub fn spawn(
         tx,
         wake,
         handle: handle.clone(),
+        fleet,
     };
     tracing::info!(witnesses = task.witnesses.len(), tsas = task.tsas.len(),
+        fleet_node = task.fleet.as_ref().map(|f| f.node.as_str()),
         acknowledge = ?config.acknowledge, quorum = ?config.quorum, "anchoring checkpoints");
     tokio::spawn(task.run());
     Ok(Some(handle))
@@ -392,10 +519,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Task {
     async fn run(self) {
         let mut last_try = Instant::now();
+        // In a fleet: the epoch this task anchors at (None: not the holder).
+        let mut anchoring_at: Option<i64> = None;
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(POLL) => {}
+            }
+            let epoch = match &self.fleet {
+                None => None,
+                Some(f) => match f.hook.epoch() {
+                    Some(epoch) => Some(epoch),
+                    None => {
+                        anchoring_at = None;
+                        continue;
+                    }
+                },
+            };
+            if let Some(e) = epoch
+                && anchoring_at != epoch
+            {
+                if !self.holding(e).await {
+                    continue;
+                }
+                self.resume_from_store(e).await;
+                anchoring_at = epoch;
             }
             let ledger = Arc::clone(&self.ledger);
             let newest = match tokio::task::spawn_blocking(move || {
@@ -426,14 +574,68 @@ impl Task {
                 }
                 _ => None,
             };
+            if let Some(e) = epoch
+                && !self.holding(e).await
+            {
+                anchoring_at = None;
+                continue;
+            }
             last_try = Instant::now();
-            self.round(newest, base).await;
+            self.round(newest, base, epoch).await;
+        }
+    }
+
+    /// Fleet mode: whether this node still holds the lease at `epoch` (read from the lease
+    /// row: a fenced node stops before its next round, whatever its integrator knows yet).
+    async fn holding(&self, epoch: i64) -> bool {
+        let Some(fleet) = &self.fleet else {
+            return true;
+        };
+        let (anchors, node) = (Arc::clone(&self.anchors), fleet.node.clone());
+        let held =
+            tokio::task::spawn_blocking(move || lock(&anchors).holds_lease(&node, epoch)).await;
+        match held {
+            Ok(Ok(true)) => true,
+            Ok(Ok(false)) => {
+                tracing::info!(node = %fleet.node, epoch, "not the integrator lease holder (any more): not anchoring");
+                fleet.hook.fenced(epoch);
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "anchor: cannot read the lease; not anchoring this round");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Fleet mode, on taking the lease: the newest anchored checkpoint the table holds (the
+    /// previous holder's), from which the rounds go on; witness sizes are read per round.
+    async fn resume_from_store(&self, epoch: i64) {
+        let anchors = Arc::clone(&self.anchors);
+        match tokio::task::spawn_blocking(move || lock(&anchors).latest()).await {
+            Ok(Ok(stored)) => {
+                let size = stored.as_ref().map(|a| a.size);
+                if let Some(stored) = stored {
+                    offer(&self.tx, stored);
+                }
+                tracing::info!(epoch, anchored_size = ?size, "holding the lease: anchoring from the stored state");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "anchor: cannot read the stored anchored checkpoint")
+            }
+            Err(_) => {}
         }
     }
 
     /// Anchors `checkpoint`; with `base` (an earlier round of the same size), asks only what
     /// it lacks and adds to it.
-    async fn round(&self, checkpoint: CheckpointRow, base: Option<Arc<AnchoredCheckpoint>>) {
+    async fn round(
+        &self,
+        checkpoint: CheckpointRow,
+        base: Option<Arc<AnchoredCheckpoint>>,
+        epoch: Option<i64>,
+    ) {
         let started = Instant::now();
         let mut anchored = match &base {
             Some(b) => (**b).clone(),
@@ -457,12 +659,26 @@ impl Task {
                 self.request_timeout,
             );
             let size = checkpoint.size;
+            let holder = self
+                .fleet
+                .as_ref()
+                .zip(epoch)
+                .map(|(f, e)| (f.node.clone(), e));
             jobs.spawn(async move {
-                match submit(&w, size, &note, ledger, anchors, timeout).await {
+                match submit(&w, size, &note, ledger, Arc::clone(&anchors), timeout).await {
                     Ok(line) => Outcome::Cosigned {
                         name: w.key.name.clone(),
                         line,
                     },
+                    Err(SubmitError::Ahead { theirs, .. })
+                        if superseded(&anchors, holder).await =>
+                    {
+                        // A fenced holder's round in flight: the next holder has anchored
+                        // a newer checkpoint meanwhile; not a rollback.
+                        tracing::info!(witness = %w.key.name, size, theirs,
+                            "the witness has a newer checkpoint from the next lease holder; round dropped");
+                        Outcome::Failed
+                    }
                     Err(e) => {
                         tracing::warn!(witness = %w.key.name, url = %w.url, size, error = %e,
                             "witness did not cosign");
@@ -514,7 +730,7 @@ impl Task {
             }
             if changed && satisfied_at.is_none() && self.handle.satisfies(&anchored) {
                 // Publish as soon as the policy is met: callers waiting need no more.
-                self.publish(&anchored).await;
+                self.publish(&anchored, epoch).await;
                 satisfied_at = Some(Instant::now());
                 changed = false;
                 tracing::debug!(
@@ -526,7 +742,7 @@ impl Task {
         }
         jobs.abort_all();
         if changed || base.is_none() {
-            self.publish(&anchored).await;
+            self.publish(&anchored, epoch).await;
         }
         tracing::info!(
             size = anchored.size,
@@ -539,13 +755,36 @@ impl Task {
     }
 
     /// Stores and publishes; an anchored checkpoint that could not be stored is not published
-    /// (a bundle must never carry what a restart would not find again).
-    async fn publish(&self, anchored: &AnchoredCheckpoint) {
+    /// (a bundle must never carry what a restart would not find again). In a fleet it is
+    /// stored only under the lease at `epoch`.
+    async fn publish(&self, anchored: &AnchoredCheckpoint, epoch: Option<i64>) {
         let anchors = Arc::clone(&self.anchors);
         let row = anchored.clone();
-        match tokio::task::spawn_blocking(move || lock(&anchors).put(&row)).await {
-            Ok(Ok(())) => {
+        let holder = self
+            .fleet
+            .as_ref()
+            .zip(epoch)
+            .map(|(f, e)| (f.node.clone(), e));
+        let stored = tokio::task::spawn_blocking(move || match holder {
+            Some((node, epoch)) => lock(&anchors).put_as_holder(&row, &node, epoch),
+            None => lock(&anchors).put(&row).map(|()| true),
+        });
+        match stored.await {
+            Ok(Ok(true)) if self.fleet.is_some() => {
+                offer(&self.tx, anchored.clone());
+            }
+            Ok(Ok(true)) => {
                 let _ = self.tx.send(Some(Arc::new(anchored.clone())));
+            }
+            Ok(Ok(false)) => {
+                tracing::warn!(
+                    size = anchored.size,
+                    epoch,
+                    "fenced: the lease moved on; this round's anchored checkpoint is not stored"
+                );
+                if let (Some(f), Some(e)) = (&self.fleet, epoch) {
+                    f.hook.fenced(e);
+                }
             }
             Ok(Err(e)) => tracing::error!(error = %e, "cannot store the anchored checkpoint"),
             Err(_) => tracing::error!("anchor store task failed"),
@@ -559,6 +798,18 @@ impl AnchorHandle {
         witnesses.iter().all(|w| a.cosigners.contains(&w.key.name))
             && (tsas == 0 || !a.timestamps.is_empty())
     }
+}
+
+/// Fleet mode: whether this node (`holder`: its name and epoch) no longer holds the lease.
+async fn superseded(anchors: &Arc<Mutex<AnchorStore>>, holder: Option<(String, i64)>) -> bool {
+    let Some((node, epoch)) = holder else {
+        return false;
+    };
+    let anchors = Arc::clone(anchors);
+    matches!(
+        tokio::task::spawn_blocking(move || lock(&anchors).holds_lease(&node, epoch)).await,
+        Ok(Ok(false))
+    )
 }
 
 /// Why one witness did not cosign.

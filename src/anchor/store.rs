@@ -7,7 +7,10 @@ use std::{collections::BTreeSet, time::Duration};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::AnchoredCheckpoint;
-use crate::ledger::store::{LedgerLocation, PgStore, StoreError};
+use crate::{
+    fleet::anchor::CHANNEL_ANCHORED,
+    ledger::store::{LedgerLocation, PgStore, StoreError},
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS anchored_checkpoints (
@@ -68,12 +71,7 @@ impl AnchorStore {
     /// Stores an anchored checkpoint (replacing one of the same size: a later round added
     /// cosignatures or tokens).
     pub fn put(&self, anchored: &AnchoredCheckpoint) -> Result<(), AnchorStoreError> {
-        let cosigners = serde_json::to_string(&anchored.cosigners)
-            .map_err(|e| AnchorStoreError::Corrupt(e.to_string()))?;
-        let timestamps: Vec<String> = anchored.timestamps.iter().map(hex::encode).collect();
-        let timestamps = serde_json::to_string(&timestamps)
-            .map_err(|e| AnchorStoreError::Corrupt(e.to_string()))?;
-        let size = to_i64(anchored.size)?;
+        let (size, cosigners, timestamps) = columns(anchored)?;
         match self {
             AnchorStore::Sqlite(conn) => {
                 conn.execute(
@@ -164,28 +162,8 @@ impl AnchorStore {
     }
 
     fn query(&self, size: Option<i64>) -> Result<Option<AnchoredCheckpoint>, AnchorStoreError> {
-        let row = self.row(size)?;
-        let Some((size, root, note, cosigners, timestamps)) = row else {
-            return Ok(None);
-        };
-        let corrupt = |what: &str| AnchorStoreError::Corrupt(format!("size {size}: {what}"));
-        let cosigners: BTreeSet<String> =
-            serde_json::from_str(&cosigners).map_err(|_| corrupt("cosigners"))?;
-        let timestamps: Vec<String> =
-            serde_json::from_str(&timestamps).map_err(|_| corrupt("timestamps"))?;
-        Ok(Some(AnchoredCheckpoint {
-            size: u64::try_from(size).map_err(|_| corrupt("size"))?,
-            root: root.try_into().map_err(|_| corrupt("root"))?,
-            note,
-            cosigners,
-            timestamps: timestamps
-                .iter()
-                .map(hex::decode)
-                .collect::<Result<_, _>>()
-                .map_err(|_| corrupt("timestamps"))?,
-        }))
+        self.row(size)?.map(decode).transpose()
     }
-
     /// The size `witness` last cosigned (0: none yet).
     pub fn witness_size(&self, witness: &str) -> Result<u64, AnchorStoreError> {
         let size: Option<i64> = match self {
@@ -208,7 +186,9 @@ impl AnchorStore {
         u64::try_from(size.unwrap_or(0)).map_err(|_| AnchorStoreError::Corrupt(witness.into()))
     }
 
-    /// Records the size `witness` has now seen (it cosigned it, or said so in a 409).
+    /// Records the size `witness` has now seen (it cosigned it, or said so in a 409). On
+    /// PostgreSQL (a fleet) the stored size only grows: a fenced holder's round that ends
+    /// after the next holder's must not set it back (a witness never goes back either).
     pub fn set_witness_size(&self, witness: &str, size: u64) -> Result<(), AnchorStoreError> {
         let size = to_i64(size)?;
         match self {
@@ -222,7 +202,8 @@ impl AnchorStore {
                 pg.with_client(|c| {
                     c.execute(
                         "INSERT INTO witness_sizes (witness, size) VALUES ($1, $2)
-                         ON CONFLICT (witness) DO UPDATE SET size = excluded.size",
+                         ON CONFLICT (witness) DO UPDATE
+                            SET size = GREATEST(witness_sizes.size, excluded.size)",
                         &[&witness, &size],
                     )
                 })?;
@@ -230,4 +211,131 @@ impl AnchorStore {
         }
         Ok(())
     }
+}
+
+impl AnchorStore {
+    /// Fleet mode: whether `node` holds the integrator lease at `epoch`, unexpired.
+    pub fn holds_lease(&self, node: &str, epoch: i64) -> Result<bool, AnchorStoreError> {
+        let AnchorStore::Postgres(pg) = self else {
+            return Ok(true);
+        };
+        Ok(pg.with_client(|c| {
+            c.query_opt(HELD, &[&node, &epoch])
+                .map(|row| row.is_some_and(|r| r.get::<_, bool>(0)))
+        })?)
+    }
+
+    /// Fleet mode: stores an anchored checkpoint only if `node` holds the lease at `epoch`
+    /// (the row share-locked by the statement, so a takeover waits for it and then reads it),
+    /// and announces it on [`CHANNEL_ANCHORED`]. A row of the same size is replaced only by one
+    /// carrying at least as much (a longer note: more cosignature lines). False if fenced.
+    pub fn put_as_holder(
+        &self,
+        anchored: &AnchoredCheckpoint,
+        node: &str,
+        epoch: i64,
+    ) -> Result<bool, AnchorStoreError> {
+        let AnchorStore::Postgres(pg) = self else {
+            self.put(anchored)?;
+            return Ok(true);
+        };
+        let (size, cosigners, timestamps) = columns(anchored)?;
+        // One statement: the server checks, stores and announces at once, so no stalled
+        // client (a stopped node) holds the lease row's lock and blocks a takeover.
+        let statement = format!(
+            "WITH held AS (
+                SELECT 1 FROM fleet_lease WHERE id = 1 AND holder = $6 AND epoch = $7
+                   AND expires_at > clock_timestamp() FOR SHARE),
+             stored AS (
+                INSERT INTO anchored_checkpoints
+                    (size, root, note, cosigners, timestamps, anchored_at)
+                SELECT $1, $2, $3, $4, $5, EXTRACT(EPOCH FROM now())::BIGINT FROM held
+                ON CONFLICT (size) DO UPDATE SET note = excluded.note,
+                    cosigners = excluded.cosigners, timestamps = excluded.timestamps,
+                    anchored_at = excluded.anchored_at
+                WHERE anchored_checkpoints.root = excluded.root
+                  AND length(excluded.note) >= length(anchored_checkpoints.note)
+                RETURNING size)
+             SELECT pg_notify('{CHANNEL_ANCHORED}', $8) FROM held"
+        );
+        let announced = size.to_string();
+        Ok(pg.with_client(|c| {
+            let rows = c.query(
+                &statement,
+                &[
+                    &size,
+                    &anchored.root.as_slice(),
+                    &anchored.note,
+                    &cosigners,
+                    &timestamps,
+                    &node,
+                    &epoch,
+                    &announced,
+                ],
+            )?;
+            Ok(!rows.is_empty())
+        })?)
+    }
+}
+
+/// Whether the lease row names this node (`$1`) at this epoch (`$2`) and is unexpired.
+const HELD: &str = "SELECT holder = $1 AND epoch = $2 AND expires_at > clock_timestamp()
+    FROM fleet_lease WHERE id = 1";
+
+/// Fleet mode: the newest anchored checkpoint, read on a follower's own connection.
+pub fn latest_on(
+    client: &mut postgres::Client,
+) -> Result<Option<AnchoredCheckpoint>, AnchorStoreError> {
+    let row = client
+        .query_opt(
+            "SELECT size, root, note, cosigners, timestamps FROM anchored_checkpoints
+             ORDER BY size DESC LIMIT 1",
+            &[],
+        )
+        .map_err(StoreError::from)?;
+    row.map(|r| -> Result<AnchoredRow, AnchorStoreError> {
+        let get = |e: postgres::Error| AnchorStoreError::Postgres(StoreError::from(e));
+        Ok((
+            r.try_get(0).map_err(get)?,
+            r.try_get(1).map_err(get)?,
+            r.try_get(2).map_err(get)?,
+            r.try_get(3).map_err(get)?,
+            r.try_get(4).map_err(get)?,
+        ))
+    })
+    .transpose()?
+    .map(decode)
+    .transpose()
+}
+
+/// The stored columns of an anchored checkpoint besides root and note: size, cosigners,
+/// timestamps.
+fn columns(anchored: &AnchoredCheckpoint) -> Result<(i64, String, String), AnchorStoreError> {
+    let cosigners = serde_json::to_string(&anchored.cosigners)
+        .map_err(|e| AnchorStoreError::Corrupt(e.to_string()))?;
+    let timestamps: Vec<String> = anchored.timestamps.iter().map(hex::encode).collect();
+    let timestamps =
+        serde_json::to_string(&timestamps).map_err(|e| AnchorStoreError::Corrupt(e.to_string()))?;
+    Ok((to_i64(anchored.size)?, cosigners, timestamps))
+}
+
+/// An anchored checkpoint from its stored columns.
+fn decode(row: AnchoredRow) -> Result<AnchoredCheckpoint, AnchorStoreError> {
+    let (size, root, note, cosigners, timestamps) = row;
+    let corrupt = |what: &str| AnchorStoreError::Corrupt(format!("size {size}: {what}"));
+    let cosigners: BTreeSet<String> =
+        serde_json::from_str(&cosigners).map_err(|_| corrupt("cosigners"))?;
+    let timestamps: Vec<String> =
+        serde_json::from_str(&timestamps).map_err(|_| corrupt("timestamps"))?;
+    Ok(AnchoredCheckpoint {
+        size: u64::try_from(size).map_err(|_| corrupt("size"))?,
+        root: root.try_into().map_err(|_| corrupt("root"))?,
+        note,
+        cosigners,
+        timestamps: timestamps
+            .iter()
+            .map(hex::decode)
+            .collect::<Result<_, _>>()
+            .map_err(|_| corrupt("timestamps"))?,
+    })
 }

@@ -50,6 +50,8 @@ pub struct Setup {
     pub log_backend: Arc<dyn Backend>,
     pub take_over: Box<TakeOver>,
     pub metrics: Arc<FleetMetrics>,
+    /// Told the epoch at takeover and the size after each integration (the anchor task).
+    pub anchoring: super::anchor::AnchorHook,
 }
 
 /// The integrator thread; stops when dropped.
@@ -235,6 +237,7 @@ fn take_over(
         .map_err(|e| FleetError::Store(StoreError::Corrupt(format!("tree: {e}"))))?;
     lease::renew(&mut c.client, node, held, setup.settings.lease)?;
     lease::publish(&mut c.client, node, held, size)?;
+    setup.anchoring.took(held.epoch, size);
     tracing::info!(node = %node, epoch = held.epoch, size, resumed = resume.is_some(),
         takeover_ms = started.elapsed().as_millis() as u64, "holding the integrator lease");
     Ok(Some(Holding {
@@ -853,6 +856,7 @@ fn integrate(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, Flee
         ms = (spent * 1000.0) as u64,
         "integrated"
     );
+    setup.anchoring.integrated(h.frontier.size());
     Ok(count)
 }
 

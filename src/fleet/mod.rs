@@ -8,6 +8,7 @@
 //! lease, rewrites the log head in the log token and publishes the size it covers
 //! (`integrator.rs`). A node answers once its entries are integrated and published.
 
+pub mod anchor;
 pub mod check;
 pub mod head;
 pub mod integrator;

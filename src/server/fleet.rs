@@ -22,6 +22,8 @@ pub(super) struct FleetParts {
     pub node: sequencer::FleetNode,
     pub integrator: integrator::Integrator,
     pub metrics: Arc<FleetMetrics>,
+    /// With `[anchor]`: this node's part in anchoring (the hook is in the integrator).
+    pub anchor: Option<crate::anchor::FleetRole>,
 }
 
 /// The PostgreSQL settings of the shared log (fleet mode requires them).
@@ -53,6 +55,10 @@ pub(super) fn open(
     let settings = fleet_config.settings();
     let pg = pg_settings(config)?;
     let metrics = Arc::new(FleetMetrics::new(&settings.node));
+    let anchor = config
+        .anchor
+        .enabled()
+        .then(|| crate::anchor::FleetRole::new(&settings.node));
     let take_over = {
         let backends = backends.clone();
         let device = device.clone();
@@ -65,6 +71,9 @@ pub(super) fn open(
         log_backend: Arc::clone(&backends.log),
         take_over: Box::new(take_over),
         metrics: Arc::clone(&metrics),
+        anchoring: anchor
+            .as_ref()
+            .map_or_else(fleet::anchor::AnchorHook::none, |a| a.hook()),
     })
     .map_err(|e| StartError::Config(e.to_string()))?;
     let reader = fleet::open_store(&pg).map_err(|e| StartError::Config(e.to_string()))?;
@@ -87,6 +96,7 @@ pub(super) fn open(
         node: sequencer::FleetNode { settings, pg },
         integrator,
         metrics,
+        anchor,
     })
 }
 

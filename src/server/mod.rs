@@ -673,7 +673,7 @@ fn open_state(
     check_device_certificate(&certificates)?;
     let location = config.ledger_location();
     let mut signing = config.ledger.signing_settings();
-    let (writer, reader, log, head, fleet) = match &config.fleet {
+    let (writer, reader, log, head, mut fleet) = match &config.fleet {
         None => {
             // The writer first: on PostgreSQL it holds the single-host lock, refusing a
             // second daemon before anything is read or signed.
@@ -687,7 +687,7 @@ fn open_state(
             let parts = fleet::open(config, &backends, &device)?;
             signing.fleet = Some(parts.node);
             let writer = Store::open_at(&location)?;
-            let fleet = Some((parts.integrator, parts.metrics));
+            let fleet = Some((parts.integrator, parts.metrics, parts.anchor));
             (writer, parts.reader, parts.log, None, fleet)
         }
     };
@@ -700,6 +700,7 @@ fn open_state(
         clock::EntryClock::new(clock::daemon_clock(), config.ledger.max_clock_step_back_s()),
         head,
     )?;
+    let fleet_anchor = fleet.as_mut().and_then(|(_, _, anchor)| anchor.take());
     let state = Arc::new(DaemonState {
         backend,
         device,
@@ -709,11 +710,11 @@ fn open_state(
         log,
         policy: RwLock::new(Arc::new(policy)),
         metrics: Arc::new(match &fleet {
-            Some((_, metrics)) => Metrics::with_fleet(Arc::clone(metrics)),
+            Some((_, metrics, _)) => Metrics::with_fleet(Arc::clone(metrics)),
             None => Metrics::default(),
         }),
-        anchor: crate::anchor::spawn(&config.anchor, &location)?,
-        _integrator: fleet.map(|(integrator, _)| integrator),
+        anchor: crate::anchor::spawn(&config.anchor, &location, fleet_anchor)?,
+        _integrator: fleet.map(|(integrator, _, _)| integrator),
     });
     let (sign_rules, admin_rules) = state.policy().rule_counts();
     tracing::info!(policy = %config.server.policy.display(), sign_rules, admin_rules, "policy loaded");
