@@ -10,6 +10,7 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
+        mpsc::{self, RecvTimeoutError},
     },
     thread,
     time::{Duration, Instant},
@@ -231,10 +232,15 @@ fn take_over(
     let started = Instant::now();
     // Under the lease: the identity (made on an empty log), the start-up check of the store
     // against the log token's head, which it brings up to the store.
-    let (log, head) = (setup.take_over)(&c.store).map_err(FleetError::Refused)?;
-    let size = c.store.next_log_index()?;
-    let frontier = Frontier::from_reader(&c.store, size)
-        .map_err(|e| FleetError::Store(StoreError::Corrupt(format!("tree: {e}"))))?;
+    let Conn { client, store } = c;
+    let (log, head, size, frontier) =
+        under_heartbeat(client, node, held, setup.settings.lease, || {
+            let (log, head) = (setup.take_over)(store).map_err(FleetError::Refused)?;
+            let size = store.next_log_index()?;
+            let frontier = Frontier::from_reader(&*store, size)
+                .map_err(|e| FleetError::Store(StoreError::Corrupt(format!("tree: {e}"))))?;
+            Ok::<_, FleetError>((log, head, size, frontier))
+        })??;
     lease::renew(&mut c.client, node, held, setup.settings.lease)?;
     lease::publish(&mut c.client, node, held, size)?;
     setup.anchoring.took(held.epoch, size);
@@ -249,6 +255,35 @@ fn take_over(
         renewed: Instant::now(),
         cache: HashMap::new(),
     }))
+}
+
+/// Runs a takeover's start-up work while another thread renews the lease just taken (every
+/// quarter lease): on a long log or a starved machine the check can outlast one lease, and a
+/// lease that lapses mid-check goes to the next node, which would then do the same, round
+/// after round. A renewal that finds the lease gone ends the heartbeat; the work's result is
+/// then discarded as `Fenced`.
+fn under_heartbeat<T>(
+    client: &mut Client,
+    node: &str,
+    held: Held,
+    lease: Duration,
+    work: impl FnOnce() -> T,
+) -> Result<T, FleetError> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    thread::scope(|scope| {
+        let beat = scope.spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(lease / 4) {
+                lease::renew(client, node, held, lease)?;
+            }
+            Ok(())
+        });
+        let out = work();
+        drop(stop);
+        let beat = beat
+            .join()
+            .unwrap_or_else(|_| Err(FleetError::Refused("the lease heartbeat panicked".into())));
+        beat.map(|()| out)
+    })
 }
 
 /// One round of the holder: the head brought up if a rewrite failed, an integration, and a
