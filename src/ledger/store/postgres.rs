@@ -146,15 +146,13 @@ fn connection_lost(e: &postgres::Error) -> bool {
     match e.code() {
         // No SQLSTATE: an I/O, TLS or protocol failure of the connection itself.
         None => e.as_db_error().is_none(),
+        // 08: connection exceptions; 57P: the server shutting down, restarting or not yet
+        // accepting; 53: out of connections or memory for now. All pass with time.
         Some(code) => {
-            code.code().starts_with("08")
-                || [
-                    SqlState::ADMIN_SHUTDOWN,
-                    SqlState::CRASH_SHUTDOWN,
-                    SqlState::CANNOT_CONNECT_NOW,
-                    SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
-                ]
-                .contains(code)
+            ["08", "57P", "53"]
+                .iter()
+                .any(|class| code.code().starts_with(class))
+                || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
         }
     }
 }
