@@ -9,6 +9,7 @@
 //! (`integrator.rs`). A node answers once its entries are integrated and published.
 
 pub mod check;
+pub mod handover;
 pub mod integrator;
 pub mod lease;
 pub mod metrics;
