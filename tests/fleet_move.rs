@@ -62,6 +62,8 @@ async fn started_fleet() -> Option<(Fleet, TempDir)> {
 struct Acked {
     request_id: String,
     node: usize,
+    /// The key version it must be signed with.
+    version: u64,
     bundle: String,
 }
 
@@ -107,6 +109,7 @@ fn mover_load(
                         acked.push(Acked {
                             request_id: request_id.clone(),
                             node,
+                            version: 1 + node as u64,
                             bundle: r.into_inner().bundle_json,
                         });
                         on_target += node;
@@ -136,8 +139,8 @@ fn mover_load(
 }
 
 /// Every bundle verifies offline under the one anchor; the mover's sequence is 1, 2, … with
-/// no gap, each receipt's `previousReceipt` is the one before it, v1 on node 0 and v2 (its
-/// lineage carrying the rotation) on node 1.
+/// no gap, each receipt's `previousReceipt` is the one before it, and each is signed with the
+/// version expected, its lineage carrying every rotation before it.
 fn check_chain(fleet: &Fleet, acked: &[Acked]) {
     let anchors = TrustAnchors::from_pem(&std::fs::read(fleet.anchor()).unwrap()).unwrap();
     let mut previous: Option<String> = None;
@@ -148,7 +151,7 @@ fn check_chain(fleet: &Fleet, acked: &[Acked]) {
             Some(&document(&a.request_id)),
         )
         .unwrap_or_else(|e| panic!("{}: {e}", a.request_id));
-        assert_eq!(verified.key_version, 1 + a.node as u64, "{}", a.request_id);
+        assert_eq!(verified.key_version, a.version, "{}", a.request_id);
         let statement = common::receipt_statement(&a.bundle);
         assert_eq!(
             statement["predicate"]["sequence"].as_u64(),
@@ -159,13 +162,11 @@ fn check_chain(fleet: &Fleet, acked: &[Acked]) {
             .map(str::to_owned);
         assert_eq!(link, previous, "{}: the chain is broken", a.request_id);
         previous = Some(common::payload_sha256(&a.bundle));
-        if a.node == 1 {
-            let bundle: serde_json::Value = serde_json::from_str(&a.bundle).unwrap();
-            assert_eq!(
-                bundle["lineage"]["rotations"].as_array().map(Vec::len),
-                Some(1)
-            );
-        }
+        let bundle: serde_json::Value = serde_json::from_str(&a.bundle).unwrap();
+        let rotations = bundle["lineage"]["rotations"]
+            .as_array()
+            .map_or(0, Vec::len);
+        assert_eq!(rotations as u64, a.version - 1, "{}", a.request_id);
     }
 }
 
@@ -288,6 +289,8 @@ async fn an_actor_moves_between_nodes_under_load_with_its_chain_whole() {
     assert!(
         acked.iter().any(|a| a.node == 0) && acked.iter().filter(|a| a.node == 1).count() >= 20
     );
+    let mut acked = acked;
+    move_back_and_on(&fleet, &mut acked).await;
     check_chain(&fleet, &acked);
     let report = tokio::task::block_in_place(|| {
         let export = common::export_log(&fleet.nodes[2], "export-move.json");
@@ -296,7 +299,90 @@ async fn an_actor_moves_between_nodes_under_load_with_its_chain_whole() {
             .run_ok(&["audit", &export, "--trust", &anchor])
             .expect("the log audits clean after the move")
     });
-    assert!(report.contains("1 rotations"), "{report}");
+    assert!(report.contains("4 rotations"), "{report}");
+}
+
+/// Signs one action as the mover on `node`, expecting key `version`.
+async fn sign_one(fleet: &Fleet, node: usize, version: u64, request_id: &str) -> Acked {
+    let r = signer(fleet, node)
+        .await
+        .sign(request(MOVER, request_id))
+        .await
+        .unwrap_or_else(|e| panic!("{request_id} on node-{node}: {e:?}"))
+        .into_inner();
+    Acked {
+        request_id: request_id.to_owned(),
+        node,
+        version,
+        bundle: r.bundle_json,
+    }
+}
+
+/// Moves the mover back from node 1 to node 0 (v3), rotates it there (v4), which makes node
+/// 2's accept (of v4) stale: that hand-over is refused, node 2 accepts again (v5, replacing the
+/// stale record) and the mover moves on to node 2.
+async fn move_back_and_on(fleet: &Fleet, acked: &mut Vec<Acked>) {
+    let to = |actor: &str, to: &str| HandOverActorRequest {
+        actor: actor.into(),
+        to: to.into(),
+    };
+    let accept = || AcceptActorRequest {
+        actor: MOVER.into(),
+    };
+    admin(fleet, 0)
+        .await
+        .accept_actor(accept())
+        .await
+        .expect("accept back");
+    admin(fleet, 1)
+        .await
+        .hand_over_actor(to(MOVER, "node-0"))
+        .await
+        .expect("hand back");
+    let refused = signer(fleet, 1)
+        .await
+        .sign(request(MOVER, "on-node-1-after"))
+        .await
+        .expect_err("node 1 after handing back");
+    assert!(refused.message().contains("node-0"), "{refused:?}");
+    for k in 0..3 {
+        acked.push(sign_one(fleet, 0, 3, &format!("back-{k}")).await);
+    }
+    let stale = admin(fleet, 2)
+        .await
+        .accept_actor(accept())
+        .await
+        .expect("accept");
+    assert_eq!(stale.into_inner().version, 4);
+    let rotated = admin(fleet, 0)
+        .await
+        .rotate_key(actseal::api::RotateKeyRequest {
+            actor: MOVER.into(),
+        })
+        .await
+        .expect("a local rotation")
+        .into_inner();
+    assert_eq!(rotated.version, 4);
+    let refused = admin(fleet, 0)
+        .await
+        .hand_over_actor(to(MOVER, "node-2"))
+        .await
+        .expect_err("a hand-over to a stale accept");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    acked.push(sign_one(fleet, 0, 4, "rotated").await);
+    let fresh = admin(fleet, 2)
+        .await
+        .accept_actor(accept())
+        .await
+        .expect("accept again");
+    assert_eq!(fresh.into_inner().version, 5);
+    admin(fleet, 0)
+        .await
+        .hand_over_actor(to(MOVER, "node-2"))
+        .await
+        .expect("hand on");
+    acked.push(sign_one(fleet, 2, 5, "on-node-2").await);
+    assert_eq!(owner(fleet, MOVER), "node-2");
 }
 
 /// An ownership row changed straight in PostgreSQL (not by a handover) names a node whose

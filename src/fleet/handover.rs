@@ -30,8 +30,11 @@ pub struct Pending {
     pub key: KeyRecord,
 }
 
-/// Records that `node` accepts `key.actor` with the new version `key`. Refused when the
-/// actor is not in the fleet, is this node's already, or has a handover pending.
+/// Records that `node` accepts `key.actor` with the new version `key` (the actor's next).
+/// Refused when the actor is not in the fleet, is this node's already, or has a handover
+/// pending; a pending one for another version is stale (the actor's key moved on since it was
+/// accepted, so no rotation can go to it) and is replaced. The key a stale accept made stays
+/// in its node's hardware, never registered.
 pub fn accept(client: &mut Client, node: &str, key: &KeyRecord) -> Result<(), FleetError> {
     let record = queue::key_to_json(key)?;
     let mut tx = client.transaction()?;
@@ -62,23 +65,47 @@ pub fn accept(client: &mut Client, node: &str, key: &KeyRecord) -> Result<(), Fl
         &[&key.actor, &node, &key.key_id, &record],
     )?;
     if inserted != 1 {
-        let target = pending_target(&mut tx, &key.actor)?;
-        return Err(FleetError::Refused(format!(
-            "a handover of actor {:?} to node {target:?} is pending already",
-            key.actor
-        )));
+        replace_stale(&mut tx, node, key, &record)?;
     }
     tx.commit()?;
     Ok(())
 }
 
-fn pending_target(tx: &mut postgres::Transaction<'_>, actor: &str) -> Result<String, FleetError> {
-    Ok(tx
-        .query_opt(
-            "SELECT target FROM fleet_handovers WHERE actor = $1",
-            &[&actor],
-        )?
-        .map_or_else(String::new, |r| r.get(0)))
+/// Replaces the pending handover of `key.actor` if it is for another version than `key`'s
+/// (stale); refuses otherwise.
+fn replace_stale(
+    tx: &mut postgres::Transaction<'_>,
+    node: &str,
+    key: &KeyRecord,
+    record: &str,
+) -> Result<(), FleetError> {
+    let row = tx.query_opt(
+        "SELECT target, key_record FROM fleet_handovers WHERE actor = $1 FOR UPDATE",
+        &[&key.actor],
+    )?;
+    let Some(row) = row else {
+        // Its key id is another actor's pending one: a key made twice cannot be.
+        return Err(FleetError::Refused(format!(
+            "key {} is pending for another handover",
+            key.key_id
+        )));
+    };
+    let target: String = row.get(0);
+    let version = queue::key_from_json(row.get(1))?.version;
+    if version == key.version {
+        return Err(FleetError::Refused(format!(
+            "a handover of actor {:?} to node {target:?} is pending already",
+            key.actor
+        )));
+    }
+    tracing::warn!(actor = %key.actor, stale_target = %target, stale_version = version,
+        "a stale pending handover (its version is not the actor's next) is replaced");
+    tx.execute(
+        "UPDATE fleet_handovers SET target = $2, key_id = $3, key_record = $4,
+         accepted_at = clock_timestamp() WHERE actor = $1",
+        &[&key.actor, &node, &key.key_id, &record],
+    )?;
+    Ok(())
 }
 
 /// The pending handover of `actor`, if any.

@@ -439,7 +439,8 @@ struct Sequencer {
     /// Fleet mode (`fleet.rs`): entries are queued for the integrator, not appended here.
     fleet: Option<std::cell::RefCell<fleet::Link>>,
     /// Fleet: actors handed over (or being handed over) to another node, and to which.
-    moving: HashMap<String, String>,
+    /// (target, the key version handed over to it)
+    moving: HashMap<String, (String, u32)>,
 }
 
 /// How the sequencer signs: its threads, their timeout, its batching.
@@ -620,7 +621,7 @@ impl Sequencer {
     /// In a fleet: refuses what this node cannot do for `actor` (another node's actor, or a
     /// registration of an actor the fleet knows already).
     fn fleet_refusal(&mut self, command: &Command) -> Option<SequencerError> {
-        let link = self.fleet.as_ref()?;
+        self.fleet.as_ref()?;
         let actor = match command {
             Command::Sign(action, ..) => &action.actor,
             Command::RegisterKey(key, ..) => &key.actor,
@@ -635,6 +636,7 @@ impl Sequencer {
         if local && matches!(command, Command::Sign(..)) {
             return None;
         }
+        let link = self.fleet.as_ref()?;
         let owner = link.borrow_mut().owner(actor);
         let node = link.borrow().node.settings.node.clone();
         match owner {

@@ -15,12 +15,41 @@ use crate::{
 const POSSESSION: &[u8] = b"actseal fleet handover: the active key is held here";
 
 impl Sequencer {
-    /// Refuses anything for an actor this node has handed over (or is handing over).
-    pub(super) fn handover_refusal(&self, actor: &str) -> Option<SequencerError> {
-        let target = self.moving.get(actor)?;
-        Some(SequencerError::Precondition(format!(
-            "actor {actor:?} is handed over to fleet node {target:?}; sign there"
-        )))
+    /// Refuses anything for an actor this node has handed over (or is handing over), unless
+    /// it was handed back since.
+    pub(super) fn handover_refusal(&mut self, actor: &str) -> Option<SequencerError> {
+        let (target, version) = self.moving.get(actor)?.clone();
+        match self.handed_back(actor, version) {
+            Ok(true) => {
+                self.moving.remove(actor);
+                None
+            }
+            Ok(false) => Some(SequencerError::Precondition(format!(
+                "actor {actor:?} is handed over to fleet node {target:?}; sign there"
+            ))),
+            Err(e) => Some(e),
+        }
+    }
+
+    /// Whether an actor this node handed over (at key `version`) is this node's again: the
+    /// fleet says so and the log's active key is a later version (one moved back here).
+    fn handed_back(&mut self, actor: &str, version: u32) -> Result<bool, SequencerError> {
+        let node = match &self.fleet {
+            Some(link) => link.borrow().node.settings.node.clone(),
+            None => return Ok(false),
+        };
+        let owner = match &self.fleet {
+            Some(link) => link.borrow_mut().owner(actor)?,
+            None => None,
+        };
+        if owner.as_deref() != Some(node.as_str()) {
+            return Ok(false);
+        }
+        Ok(self
+            .store
+            .keys(Some(actor))?
+            .iter()
+            .any(|k| k.state == KeyState::Active && k.version > version))
     }
 
     /// Stages the rotation to the target's key as a local rotation (after every receipt of
@@ -36,10 +65,11 @@ impl Sequencer {
             let requests = self.windows.close(&actor);
             self.place_batch(staged, requests);
         }
+        let version = plan.new_key.version;
         self.stage_rotate(staged, plan)?;
         self.actors.remove(&actor);
         tracing::info!(actor = %actor, target = %target, "actor handed over: this node signs nothing more for it");
-        self.moving.insert(actor, target);
+        self.moving.insert(actor, (target, version));
         Ok(())
     }
 
@@ -71,6 +101,11 @@ impl Sequencer {
             Some(link) => link.borrow_mut().own_actors()?.remove(actor).flatten(),
             None => None,
         };
+        // Its receipts here are dated no earlier than what the log holds (the rotation to this
+        // node's key among it), whatever the other node's clock said.
+        let size = self.store.next_log_index()?;
+        self.clock
+            .resume(super::clock::newest_entry_time(&self.store, size)?);
         let lineage = Arc::new(bundles::lineage(
             &self.store,
             &key,
