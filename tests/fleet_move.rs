@@ -203,7 +203,7 @@ fn cli(fleet: &Fleet, node: usize, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_actor_moves_between_nodes_under_load_with_its_chain_whole() {
-    let Some((fleet, _dir)) = started_fleet().await else {
+    let Some((mut fleet, _dir)) = started_fleet().await else {
         return;
     };
     common::create_key(&fleet.nodes[0], MOVER).await;
@@ -291,6 +291,23 @@ async fn an_actor_moves_between_nodes_under_load_with_its_chain_whole() {
     );
     let mut acked = acked;
     move_back_and_on(&fleet, &mut acked).await;
+    // Restarted, the old node still refuses it and the new one signs on from the log.
+    tokio::task::block_in_place(|| {
+        for node in [0, 2] {
+            fleet.nodes[node].stop_daemon().unwrap();
+            fleet.nodes[node]
+                .start_daemon_within(Duration::from_secs(90), |_| {})
+                .unwrap();
+        }
+    });
+    let refused = signer(&fleet, 0)
+        .await
+        .sign(request(MOVER, "old-node-restarted"))
+        .await
+        .expect_err("the old node after a restart");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("node-2"), "{refused:?}");
+    acked.push(sign_one(&fleet, 2, 5, "new-node-restarted").await);
     check_chain(&fleet, &acked);
     let report = tokio::task::block_in_place(|| {
         let export = common::export_log(&fleet.nodes[2], "export-move.json");
