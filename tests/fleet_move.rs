@@ -479,3 +479,108 @@ async fn a_forged_ownership_change_is_refused_by_the_node_it_names() {
         2
     );
 }
+
+/// A node restarted after it queued a hand-over's rotation and before the integrator took it
+/// (integration held up for real: the test holds the lease row's lock) serves the actor no
+/// more; once integration resumes the actor is the target's and signs on there, chain whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_restarted_mid_handover_serves_the_actor_no_more() {
+    let Some((mut fleet, _dir)) = started_fleet().await else {
+        return;
+    };
+    let actor = "spiffe://acme.example/restarted/agent";
+    common::create_key(&fleet.nodes[0], actor).await;
+    let first = signer(&fleet, 0)
+        .await
+        .sign(request(actor, "first"))
+        .await
+        .expect("signs on its node")
+        .into_inner();
+    admin(&fleet, 1)
+        .await
+        .accept_actor(AcceptActorRequest {
+            actor: actor.into(),
+        })
+        .await
+        .expect("accept");
+    // Integration stops: the lease row is locked by this test.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+    let url_client = tokio::task::block_in_place(|| fleet.client().unwrap());
+    let holder = std::thread::spawn(move || {
+        let mut client = url_client;
+        let mut tx = client.transaction().unwrap();
+        tx.execute("SELECT 1 FROM fleet_lease WHERE id = 1 FOR UPDATE", &[])
+            .unwrap();
+        locked.send(()).unwrap();
+        let _ = released.recv();
+        tx.commit().unwrap();
+    });
+    is_locked.recv().unwrap();
+    let socket = fleet.nodes[0].socket();
+    let owner_actor = actor.to_owned();
+    let handing = tokio::spawn(async move {
+        let channel = actseal::cli::connect_unix(&socket).await.unwrap();
+        KeyAdminClient::new(channel)
+            .hand_over_actor(HandOverActorRequest {
+                actor: owner_actor,
+                to: "node-1".into(),
+            })
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while query_i64(
+        &fleet,
+        "SELECT COUNT(*) FROM fleet_queue WHERE kind = 'rotation' AND actor = $1",
+        actor,
+    ) == 0
+    {
+        assert!(Instant::now() < deadline, "the rotation was never queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::task::block_in_place(|| {
+        fleet.nodes[0].stop_daemon().unwrap();
+        fleet.nodes[0]
+            .start_daemon_within(Duration::from_secs(90), |_| {})
+            .unwrap();
+    });
+    let _ = handing.await;
+    let refused = signer(&fleet, 0)
+        .await
+        .sign(request(actor, "restarted"))
+        .await
+        .expect_err("the restarted node mid-handover");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("node-1"), "{refused:?}");
+    assert_eq!(owner(&fleet, actor), "node-0", "not integrated yet");
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owner(&fleet, actor) != "node-1" {
+        assert!(
+            Instant::now() < deadline,
+            "the handover was never integrated"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let next = signer(&fleet, 1)
+        .await
+        .sign(request(actor, "moved"))
+        .await
+        .expect("the target signs on")
+        .into_inner();
+    let statement = common::receipt_statement(&next.bundle_json);
+    assert_eq!(statement["predicate"]["sequence"], 2);
+    assert_eq!(
+        statement["predicate"]["previousReceipt"]["sha256"].as_str(),
+        Some(common::payload_sha256(&first.bundle_json).as_str())
+    );
+    let anchors = TrustAnchors::from_pem(&std::fs::read(fleet.anchor()).unwrap()).unwrap();
+    let verified = verify_bundle(
+        next.bundle_json.as_bytes(),
+        &anchors,
+        Some(&document("moved")),
+    )
+    .expect("verifies");
+    assert_eq!(verified.key_version, 2);
+}

@@ -128,3 +128,23 @@ pub fn pending(client: &mut Client, actor: &str) -> Result<Option<Pending>, Flee
         key,
     }))
 }
+
+/// The handovers `node` has queued the rotation of and the integrator has not yet taken:
+/// (actor, target, the version handed over). A node restarted meanwhile serves none of them.
+pub fn queued_by(
+    client: &mut Client,
+    node: &str,
+) -> Result<Vec<(String, String, u32)>, FleetError> {
+    let rows = client.query(
+        "SELECT h.actor, h.target, h.key_record FROM fleet_handovers h
+         WHERE EXISTS (SELECT 1 FROM fleet_queue q WHERE q.node = $1 AND q.kind = 'rotation'
+                       AND q.actor = h.actor AND q.key_record::json ->> 'key_id' = h.key_id)",
+        &[&node],
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let key = queue::key_from_json(row.get(2))?;
+        out.push((row.get(0), row.get(1), key.version));
+    }
+    Ok(out)
+}

@@ -591,8 +591,15 @@ impl Sequencer {
             Some(link) => link.borrow_mut().own_actors()?,
             None => HashMap::new(),
         };
+        let handing_over = match &self.fleet {
+            Some(link) => link.borrow_mut().handing_over()?,
+            None => Vec::new(),
+        };
         let mut actors: HashMap<String, ActorChain> = HashMap::new();
         for (actor, head) in own {
+            if handing_over.iter().any(|(a, ..)| *a == actor) {
+                continue;
+            }
             let mut chain = ActorChain { key: None, head };
             for key in self.store.keys(Some(&actor))? {
                 if key.state == KeyState::Active {
@@ -612,6 +619,9 @@ impl Sequencer {
         let size = self.store.next_log_index()?;
         let newest_time = clock::newest_entry_time(&self.store, size)?;
         self.actors = actors;
+        for (actor, target, version) in handing_over {
+            self.moving.insert(actor, (target, version));
+        }
         self.frontier = Frontier::default();
         self.clock.resume(newest_time);
         self.node_cache.borrow_mut().clear();
