@@ -38,6 +38,17 @@ verifier actions tests/vectors/bundle-v1.json --trust tests/vectors/anchor.pem \
 verifier report tests/vectors/bundle-v1.json --trust tests/vectors/anchor.pem \
     --out "$forensics_dir/report.html" >/dev/null
 rm -rf "$forensics_dir"
+# Fleet receipts (logIndex null) in `actions`: the index their inclusion proof proves, marked so
+# (the batch vector's receipt is its actor's second, so `actions` also reports receipt 1 missing
+# and exits 1: the index is what is checked here).
+for vector in fleet-v1.json fleet-batch-v1-leaf1.json; do
+    fleet_actions=$(verifier actions "tests/vectors/$vector" --trust tests/vectors/anchor.pem --json ||
+        true)
+    if ! grep -q '"proven": true' <<<"$fleet_actions"; then
+        echo "test.sh: actions must show the proven log index of $vector" >&2
+        exit 1
+    fi
+done
 if out=$(verifier serve 2>&1) || ! grep -q 'without the `daemon` feature' <<<"$out"; then
     echo "test.sh: the verifier-only actseal must refuse daemon commands, naming the feature" >&2
     exit 1

@@ -1,9 +1,11 @@
-//! Where secrets (token PINs) come from: a file or an environment variable, never argv.
+//! Where secrets (token PINs, the database password) come from: a file or an environment
+//! variable, never argv.
 //!
-//! A PIN file must be the daemon's own (owned by the user it runs as, no access for group or
-//! others), and its content is the PIN exactly: one line, a final line ending optional.
+//! A secret file must be the daemon's own (owned by the user it runs as, no access for group
+//! or others), and its content is the secret exactly: one line, a final line ending optional.
 //! Anything else is refused rather than guessed at, so the token never sees a PIN the
-//! operator did not mean and a file others can read never holds one.
+//! operator did not mean and a file others can read never holds one. Errors name what the
+//! secret is for (its [`SecretKind`]) and where it was read from, never its content.
 
 use std::{
     fmt,
@@ -16,10 +18,28 @@ use std::{
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-/// The longest PIN file read; PKCS#11 tokens allow far shorter PINs.
+/// The longest secret file read; PKCS#11 tokens allow far shorter PINs.
 const MAX_PIN_BYTES: usize = 1024;
 
-/// Names where a PIN is read from. Holds no secret itself, so it can be logged.
+/// What a secret is for: its errors say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretKind {
+    /// A token's user PIN.
+    Pin,
+    /// The password of the ledger's database (`[ledger] password_file`).
+    DatabasePassword,
+}
+
+impl fmt::Display for SecretKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SecretKind::Pin => "PIN",
+            SecretKind::DatabasePassword => "database password",
+        })
+    }
+}
+
+/// Names where a secret (a PIN unless read [`as`](PinSource::read_as) another kind) is read from. Holds no secret itself, so it can be logged.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum PinSource {
@@ -38,7 +58,7 @@ impl fmt::Display for PinSource {
     }
 }
 
-/// Why a PIN file may not hold a secret.
+/// Why a file may not hold a secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Exposure {
     #[error("it is not a regular file")]
@@ -51,14 +71,14 @@ pub enum Exposure {
     OwnedByOther { owner: u32, user: u32 },
 }
 
-/// Why a PIN's text is not taken as a PIN.
+/// Why a secret's text is not taken as one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Malformed {
     #[error("is empty or only whitespace")]
     Empty,
     #[error("has more than one line")]
     SeveralLines,
-    #[error("begins or ends with whitespace (the PIN is taken exactly as written)")]
+    #[error("begins or ends with whitespace (it is taken exactly as written)")]
     EdgeWhitespace,
     #[error("is longer than {MAX_PIN_BYTES} bytes")]
     TooLong,
@@ -66,48 +86,70 @@ pub enum Malformed {
     NotUtf8,
 }
 
-/// Why a PIN could not be read. Names the source, never carries the PIN.
+/// Why a secret could not be read. Names its kind and source, never carries the secret.
 #[derive(Debug, thiserror::Error)]
-pub enum PinError {
-    #[error("cannot read PIN from {source_name}: {reason}")]
-    Unreadable { source_name: String, reason: String },
-    #[error("refusing the PIN {source_name}: {exposure}")]
+pub enum SecretError {
+    #[error("cannot read {kind} from {source_name}: {reason}")]
+    Unreadable {
+        kind: SecretKind,
+        source_name: String,
+        reason: String,
+    },
+    #[error("refusing the {kind} {source_name}: {exposure}")]
     Unprotected {
+        kind: SecretKind,
         source_name: String,
         exposure: Exposure,
     },
-    #[error("PIN from {source_name} {problem}")]
+    #[error("{kind} from {source_name} {problem}")]
     Malformed {
+        kind: SecretKind,
         source_name: String,
         problem: Malformed,
     },
 }
 
+/// The error of a PIN's read (the name the backends know it by).
+pub type PinError = SecretError;
+
 impl PinSource {
     /// Reads the PIN. The returned buffer is wiped when dropped.
-    pub fn read(&self) -> Result<Zeroizing<String>, PinError> {
+    pub fn read(&self) -> Result<Zeroizing<String>, SecretError> {
+        self.read_as(SecretKind::Pin)
+    }
+
+    /// Reads a secret of `kind` (the same rules for all; errors name the kind).
+    pub fn read_as(&self, kind: SecretKind) -> Result<Zeroizing<String>, SecretError> {
         let raw = match self {
-            PinSource::File(path) => self.read_file(path)?,
+            PinSource::File(path) => self.read_file(path, kind)?,
             PinSource::Env(name) => {
-                Zeroizing::new(std::env::var(name).map_err(|_| PinError::Unreadable {
+                Zeroizing::new(std::env::var(name).map_err(|_| SecretError::Unreadable {
+                    kind,
                     source_name: self.to_string(),
                     reason: "not set or not UTF-8".into(),
                 })?)
             }
         };
-        parse_pin(&raw).map_err(|problem| PinError::Malformed {
+        parse_pin(&raw).map_err(|problem| self.malformed(kind, problem))
+    }
+
+    fn malformed(&self, kind: SecretKind, problem: Malformed) -> SecretError {
+        SecretError::Malformed {
+            kind,
             source_name: self.to_string(),
             problem,
-        })
+        }
     }
 
     /// Opens the file, checks on the open file that it is the daemon's own, then reads it.
-    fn read_file(&self, path: &Path) -> Result<Zeroizing<String>, PinError> {
-        let unreadable = |e: std::io::Error| PinError::Unreadable {
+    fn read_file(&self, path: &Path, kind: SecretKind) -> Result<Zeroizing<String>, SecretError> {
+        let unreadable = |e: std::io::Error| SecretError::Unreadable {
+            kind,
             source_name: self.to_string(),
             reason: e.kind().to_string(),
         };
-        let unprotected = |exposure| PinError::Unprotected {
+        let unprotected = |exposure| SecretError::Unprotected {
+            kind,
             source_name: self.to_string(),
             exposure,
         };
@@ -123,15 +165,10 @@ impl PinSource {
             .read_to_end(&mut bytes)
             .map_err(unreadable)?;
         if bytes.len() > MAX_PIN_BYTES {
-            return Err(PinError::Malformed {
-                source_name: self.to_string(),
-                problem: Malformed::TooLong,
-            });
+            return Err(self.malformed(kind, Malformed::TooLong));
         }
-        let text = std::str::from_utf8(&bytes).map_err(|_| PinError::Malformed {
-            source_name: self.to_string(),
-            problem: Malformed::NotUtf8,
-        })?;
+        let text =
+            std::str::from_utf8(&bytes).map_err(|_| self.malformed(kind, Malformed::NotUtf8))?;
         Ok(Zeroizing::new(text.to_owned()))
     }
 }
@@ -141,7 +178,7 @@ fn effective_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// What makes a file unfit to hold a PIN for the user `user`, if anything.
+/// What makes a file unfit to hold a secret for the user `user`, if anything.
 fn file_exposure(meta: &fs::Metadata, user: u32) -> Option<Exposure> {
     let mode = meta.mode() & 0o7777;
     if !meta.is_file() {
@@ -158,7 +195,7 @@ fn file_exposure(meta: &fs::Metadata, user: u32) -> Option<Exposure> {
     }
 }
 
-/// The PIN in `raw`: one line, one final line ending dropped, nothing else changed.
+/// The secret in `raw`: one line, one final line ending dropped, nothing else changed.
 fn parse_pin(raw: &str) -> Result<Zeroizing<String>, Malformed> {
     if raw.len() > MAX_PIN_BYTES {
         return Err(Malformed::TooLong);
@@ -236,6 +273,38 @@ mod tests {
 
         let missing = PinSource::Env("ACTSEAL_TEST_PIN_THAT_IS_NOT_SET".into());
         assert!(missing.read().is_err());
+    }
+
+    #[test]
+    fn each_error_names_the_kind_of_secret_and_never_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = pin_file(dir.path(), "s3cret-pin\n", 0o644);
+        let pin = open.read().unwrap_err().to_string();
+        let password = open
+            .read_as(SecretKind::DatabasePassword)
+            .unwrap_err()
+            .to_string();
+        assert!(pin.starts_with("refusing the PIN file "), "{pin}");
+        assert!(
+            password.starts_with("refusing the database password file "),
+            "{password}"
+        );
+        let bad = pin_file(dir.path(), "s3cret-pin \n", 0o600);
+        let missing = PinSource::File(dir.path().join("absent"));
+        for (source, start) in [
+            (&bad, "database password from file "),
+            (&missing, "cannot read database password from file "),
+        ] {
+            let text = source
+                .read_as(SecretKind::DatabasePassword)
+                .unwrap_err()
+                .to_string();
+            assert!(text.starts_with(start), "{text}");
+            assert!(!text.contains("PIN") && !text.contains(PIN), "{text}");
+        }
+        for text in [pin, password] {
+            assert!(!text.contains(PIN), "{text}");
+        }
     }
 
     #[test]

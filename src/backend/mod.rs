@@ -119,6 +119,18 @@ impl BackendError {
     }
 }
 
+/// Whether a new log head may replace the record the hardware holds (`None`: none yet);
+/// `Err` says why not.
+pub type HeadCheck<'a> = dyn Fn(Option<&[u8]>) -> Result<(), String> + 'a;
+
+/// What [`Backend::replace_log_head`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadWrite {
+    Written,
+    /// The check refused the record the hardware holds; nothing was written.
+    Refused(String),
+}
+
 /// A hardware key store that signs SHA-256 digests with P-256 keys it never releases.
 ///
 /// Implementations are blocking and thread-safe; callers on an async runtime use
@@ -196,6 +208,20 @@ pub trait Backend: Send + Sync {
             operation: "write log head",
             detail: format!("the {} backend keeps no log head", self.kind()),
         })
+    }
+
+    /// Replaces the log head record only if `allow` accepts the record the hardware holds
+    /// now, read right before the write (in the same session where the backend can), so that
+    /// a writer that fell behind does not put an older head over a newer one.
+    fn replace_log_head(
+        &self,
+        record: &[u8],
+        allow: &HeadCheck<'_>,
+    ) -> Result<HeadWrite, BackendError> {
+        if let Err(reason) = allow(self.read_log_head()?.as_deref()) {
+            return Ok(HeadWrite::Refused(reason));
+        }
+        self.write_log_head(record).map(|()| HeadWrite::Written)
     }
 }
 

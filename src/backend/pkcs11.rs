@@ -695,6 +695,14 @@ impl Backend for Pkcs11Backend {
     fn write_log_head(&self, record: &[u8]) -> Result<(), BackendError> {
         log_head::write(self, record)
     }
+
+    fn replace_log_head(
+        &self,
+        record: &[u8],
+        allow: &super::HeadCheck<'_>,
+    ) -> Result<super::HeadWrite, BackendError> {
+        log_head::replace(self, record, allow)
+    }
 }
 
 /// Initialises a fresh token on a free slot and sets its user PIN: what `softhsm2-util

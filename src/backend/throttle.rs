@@ -96,4 +96,12 @@ impl Backend for Throttled {
     fn write_log_head(&self, record: &[u8]) -> Result<(), BackendError> {
         self.inner.write_log_head(record)
     }
+
+    fn replace_log_head(
+        &self,
+        record: &[u8],
+        allow: &super::HeadCheck<'_>,
+    ) -> Result<super::HeadWrite, BackendError> {
+        self.inner.replace_log_head(record, allow)
+    }
 }

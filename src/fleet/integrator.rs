@@ -253,7 +253,7 @@ fn take_over(
 fn step_holder(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, FleetError> {
     if h.head_behind {
         let requests = c.store.request_count_below(h.frontier.size())?;
-        record_head(setup, h, requests)?;
+        record_head(setup, &mut c.client, h, requests)?;
         lease::publish(
             &mut c.client,
             &setup.settings.node,
@@ -275,10 +275,10 @@ fn step_holder(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, Fl
     Ok(integrated)
 }
 
-/// While idle: a fenced holder that was stopped between its commit and its head write may
-/// write an older head when it resumes; the holder finds the log token's head behind the
-/// tree it published and rewrites it.
-fn heal_head(setup: &Setup, c: &Conn, h: &mut Holding) -> Result<(), FleetError> {
+/// While idle: a fenced holder stopped between its last look at the log token's head and
+/// its write may still write an older head (`super::head`); the holder finds the head
+/// behind the tree it published and rewrites it.
+fn heal_head(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<(), FleetError> {
     if h.head.is_none() {
         return Ok(());
     }
@@ -296,7 +296,7 @@ fn heal_head(setup: &Setup, c: &Conn, h: &mut Holding) -> Result<(), FleetError>
             "the log token's head is behind the published tree; rewriting it"
         );
         let requests = c.store.request_count_below(h.frontier.size())?;
-        record_head(setup, h, requests)?;
+        record_head(setup, &mut c.client, h, requests)?;
     }
     Ok(())
 }
@@ -808,6 +808,9 @@ fn integrate(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, Flee
         }
     }
     if !staged.batch.entries.is_empty() {
+        // The lease again, right before the log key signs: a session the server ended while
+        // this node staged (stopped, idle in the transaction) fails here, before a signature.
+        lease::lock_held(&mut tx, node, h.held)?;
         seal(setup, &c.store, h, &frontier, &mut staged)?;
         write_batch(&mut tx, &staged.batch)?;
         let (ids, indices): (Vec<i64>, Vec<i64>) = staged.placed.iter().copied().unzip();
@@ -838,7 +841,7 @@ fn integrate(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, Flee
     h.cache.extend(staged.nodes.drain());
     if count > 0 {
         let total = h.head.map_or(0, |head| head.requests) + requests as u64;
-        record_head(setup, h, total)?;
+        record_head(setup, &mut c.client, h, total)?;
         lease::publish(&mut c.client, node, h.held, h.frontier.size())?;
     }
     let spent = started.elapsed().as_secs_f64();
@@ -890,9 +893,15 @@ fn seal(
     Ok(())
 }
 
-/// Rewrites the log head in the log token to the tree just committed.
+/// Rewrites the log head in the log token to the tree just committed, if this node still
+/// holds the lease and the token holds no newer head (`super::head::write`).
 /// `requests`: request ids recorded for the whole tree.
-fn record_head(setup: &Setup, h: &mut Holding, requests: u64) -> Result<(), FleetError> {
+fn record_head(
+    setup: &Setup,
+    client: &mut Client,
+    h: &mut Holding,
+    requests: u64,
+) -> Result<(), FleetError> {
     let Some(head) = h.head else {
         return Ok(());
     };
@@ -902,10 +911,12 @@ fn record_head(setup: &Setup, h: &mut Holding, requests: u64) -> Result<(), Flee
         requests,
         ..head
     };
-    if let Err(e) = setup.log_backend.write_log_head(&next.encode()) {
+    let node = &setup.settings.node;
+    let written = super::head::write(setup.log_backend.as_ref(), client, node, h.held, &next);
+    if let Err(e) = written {
         h.head_behind = true;
         tracing::error!(error = %e, size = next.size, "cannot record the log head in the log token; nothing is published");
-        return Err(FleetError::Unavailable(format!("log head: {e}")));
+        return Err(e);
     }
     h.head = Some(next);
     h.head_behind = false;

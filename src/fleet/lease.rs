@@ -67,10 +67,37 @@ pub fn lock_held(
     node: &str,
     held: Held,
 ) -> Result<(), FleetError> {
-    let row = tx.query_opt(
-        "SELECT holder, epoch, expires_at > clock_timestamp() FROM fleet_lease WHERE id = 1 FOR UPDATE",
+    read_held(tx, node, held, " FOR UPDATE")
+}
+
+/// Checks, without a lock, that this node holds the lease at its epoch, unexpired: the
+/// last look before an act outside the database (the head write in the log token).
+pub fn check_held(
+    client: &mut impl GenericClient,
+    node: &str,
+    held: Held,
+) -> Result<(), FleetError> {
+    read_held(client, node, held, "")
+}
+
+/// Reads the lease row (`lock`: the row lock clause, if any) and checks it is `node`'s.
+fn read_held(
+    client: &mut impl GenericClient,
+    node: &str,
+    held: Held,
+    lock: &str,
+) -> Result<(), FleetError> {
+    let row = client.query_opt(
+        &format!(
+            "SELECT holder, epoch, expires_at > clock_timestamp() FROM fleet_lease WHERE id = 1{lock}"
+        ),
         &[],
     )?;
+    held_in(row, node, held)
+}
+
+/// Whether the lease row `row` (holder, epoch, valid) is this node's at `held`.
+fn held_in(row: Option<postgres::Row>, node: &str, held: Held) -> Result<(), FleetError> {
     let Some(row) = row else {
         return Err(FleetError::Fenced {
             holder: String::new(),

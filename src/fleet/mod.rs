@@ -10,6 +10,7 @@
 
 pub mod check;
 pub mod handover;
+pub mod head;
 pub mod integrator;
 pub mod lease;
 pub mod metrics;

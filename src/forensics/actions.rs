@@ -64,7 +64,11 @@ pub struct Proof {
     pub device_subject: String,
     pub anchor_subject: String,
     pub log_origin: String,
+    /// The index the inclusion proof proves.
     pub log_index: u64,
+    /// The receipt signs its index too; a fleet receipt (`logIndex` null) does not, and its
+    /// index is the proof's alone.
+    pub log_index_signed: bool,
     pub tree_size: u64,
     pub caller: String,
     /// The given document's SHA-256 was checked against the receipt (`receipt.document`).
@@ -83,6 +87,7 @@ impl From<&Verified> for Proof {
             anchor_subject: v.anchor_subject.clone(),
             log_origin: v.log_origin.clone(),
             log_index: v.log_index,
+            log_index_signed: v.log_index_signed,
             tree_size: v.tree_size,
             caller: v.caller.clone(),
             document_checked: v.document_checked,
@@ -97,6 +102,17 @@ pub struct Failure {
     pub detail: String,
 }
 
+/// A receipt's place in the log, as shown: proven by its inclusion proof, or (nothing
+/// proved) what the receipt claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogPosition {
+    pub index: u64,
+    /// The verifier proved the entry at `index` (its inclusion proof against a checkpoint
+    /// signed by the log key), whether or not the receipt names the index.
+    pub proven: bool,
+}
+
 /// One receipt, as found, claimed and checked.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -104,6 +120,9 @@ pub struct Action {
     /// Where it was found (file, line, export entry); more than one when found twice.
     pub sources: Vec<String>,
     pub claims: Claims,
+    /// Its log index: the proven one, which a fleet receipt (`claims.logIndex` null) does
+    /// not carry itself; `None` when neither proved nor claimed.
+    pub log_index: Option<LogPosition>,
     pub proof: Option<Proof>,
     pub failure: Option<Failure>,
     /// Retained documents whose SHA-256 is the receipt's subject digest.
@@ -279,6 +298,7 @@ fn check(
     let shown = |paths: Vec<PathBuf>| paths.iter().map(|p| p.display().to_string()).collect();
     Action {
         sources: vec![item.source.clone()],
+        log_index: position(&claims, proof.as_ref()),
         claims,
         proof,
         failure,
@@ -286,6 +306,20 @@ fn check(
         documents: shown(documents),
         parent_documents: shown(parent_documents),
         extras,
+    }
+}
+
+/// The proven index, else the claimed one (not proven).
+fn position(claims: &Claims, proof: Option<&Proof>) -> Option<LogPosition> {
+    match proof {
+        Some(p) => Some(LogPosition {
+            index: p.log_index,
+            proven: true,
+        }),
+        None => claims.log_index.map(|index| LogPosition {
+            index,
+            proven: false,
+        }),
     }
 }
 
@@ -557,10 +591,87 @@ fn unmatched(docs: &HashMap<String, Vec<PathBuf>>, actions: &[Action]) -> Vec<St
 mod tests {
     use super::*;
 
+    /// The committed fleet vectors (FORMAT.md §9): receipts with `logIndex` null show the
+    /// index their inclusion proof proves, marked proven; the single-host vector its own.
+    #[test]
+    fn fleet_receipts_show_the_proven_index() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+        let anchors =
+            TrustAnchors::from_pem(&std::fs::read(dir.join("anchor.pem")).unwrap()).unwrap();
+        let findings = investigate(
+            &[
+                dir.join("fleet-v1.json"),
+                dir.join("fleet-batch-v1-leaf1.json"),
+                dir.join("bundle-v1.json"),
+            ],
+            Vec::new(),
+            &anchors,
+            &Query::default(),
+            None,
+        )
+        .unwrap();
+        let by_source = |name: &str| {
+            findings
+                .actions
+                .iter()
+                .find(|a| a.sources.iter().any(|s| s.ends_with(name)))
+                .unwrap_or_else(|| panic!("{name} not shown"))
+        };
+        for name in ["fleet-v1.json", "fleet-batch-v1-leaf1.json"] {
+            let action = by_source(name);
+            let proof = action.proof.as_ref().expect("proved");
+            assert_eq!(action.claims.log_index, None, "{name}");
+            assert!(!proof.log_index_signed, "{name}");
+            assert_eq!(
+                action.log_index,
+                Some(LogPosition {
+                    index: proof.log_index,
+                    proven: true
+                }),
+                "{name}"
+            );
+            let json = serde_json::to_value(action).unwrap();
+            assert_eq!(json["logIndex"]["index"], proof.log_index, "{name}");
+            assert_eq!(json["logIndex"]["proven"], true, "{name}");
+        }
+        assert_eq!(by_source("fleet-v1.json").log_index.unwrap().index, 3);
+        let single = by_source("bundle-v1.json");
+        assert_eq!(
+            single.log_index.unwrap().index,
+            single.claims.log_index.unwrap()
+        );
+        assert!(single.proof.as_ref().unwrap().log_index_signed);
+        let text = findings.to_string();
+        assert!(
+            text.contains("index 3 (proven; the receipt does not sign it)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_unproved_receipt_shows_its_claimed_index_as_not_proven() {
+        let claims = Claims {
+            log_index: Some(7),
+            ..Claims::default()
+        };
+        assert_eq!(
+            position(&claims, None),
+            Some(LogPosition {
+                index: 7,
+                proven: false
+            })
+        );
+        assert_eq!(position(&Claims::default(), None), None);
+    }
+
     /// A receipt the verifier accepted, claiming `seq` with `previous` as its predecessor.
     fn proved(seq: u64, payload: &str, previous: Option<&str>) -> Action {
         Action {
             sources: vec![format!("test {seq}")],
+            log_index: Some(LogPosition {
+                index: seq,
+                proven: true,
+            }),
             claims: Claims {
                 actor: "a".into(),
                 sequence: Some(seq),
@@ -578,6 +689,7 @@ mod tests {
                 anchor_subject: String::new(),
                 log_origin: String::new(),
                 log_index: seq,
+                log_index_signed: true,
                 tree_size: seq + 1,
                 caller: String::new(),
                 document_checked: false,

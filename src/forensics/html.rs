@@ -170,8 +170,15 @@ fn action(h: &mut String, a: &Action) {
             h,
             "log position",
             &format!(
-                "index {} of a signed tree of {} entries, log {}",
-                p.log_index, p.tree_size, p.log_origin
+                "index {}{} of a signed tree of {} entries, log {}",
+                p.log_index,
+                if p.log_index_signed {
+                    ""
+                } else {
+                    " (proven by the inclusion proof; the receipt does not sign it)"
+                },
+                p.tree_size,
+                p.log_origin
             ),
         );
         row(h, "requested by", &p.caller);

@@ -14,7 +14,7 @@ pub mod html;
 mod load;
 mod text;
 
-pub use actions::{Action, Claims, Failure, Findings, Gap, Proof, Query, investigate};
+pub use actions::{Action, Claims, Failure, Findings, Gap, LogPosition, Proof, Query, investigate};
 pub use extras::Extras;
 pub use load::Note;
 

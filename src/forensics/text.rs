@@ -44,12 +44,19 @@ fn action(f: &mut fmt::Formatter<'_>, a: &Action) -> fmt::Result {
         )?;
         writeln!(
             f,
-            "  log {} index {} of {}; requested by {}",
+            "  log {} index {}{} of {}; requested by {}",
             Esc(&p.log_origin),
             p.log_index,
+            if p.log_index_signed {
+                ""
+            } else {
+                " (proven; the receipt does not sign it)"
+            },
             p.tree_size,
             Esc(&p.caller)
         )?;
+    } else if let Some(position) = a.log_index {
+        writeln!(f, "  log index {} claimed, not proven", position.index)?;
     }
     let doc = match (
         a.documents.first(),

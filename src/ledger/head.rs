@@ -122,6 +122,16 @@ pub enum HeadError {
         stored: u64,
         hardware: u64,
     },
+    #[error(
+        "the hardware holds a newer log head (tree size {held}) than the one to write (size \
+         {next}): a writer that fell behind does not put it back"
+    )]
+    WouldGoBack { held: u64, next: u64 },
+    #[error(
+        "the hardware holds another root at tree size {size} than the head to write: not \
+         replaced (two roots for one size are a fork)"
+    )]
+    WouldFork { size: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("stored tree nodes: {0}")]
@@ -216,6 +226,34 @@ impl LogHead {
             previous: (flags & FLAG_PREVIOUS != 0).then_some(previous),
         })
     }
+}
+
+/// Whether `next` may replace `current`, the record the hardware holds (`None`: none yet):
+/// never a smaller tree, another root at the same size, or another log's head. A record
+/// that does not decode is no head and may be replaced (the start-up check refuses it).
+pub fn may_replace(current: Option<&[u8]>, next: &LogHead) -> Result<(), HeadError> {
+    let Some(Ok(held)) = current.map(LogHead::decode) else {
+        return Ok(());
+    };
+    if held.binding.log_key_id != next.binding.log_key_id
+        || held.binding.origin_sha256 != next.binding.origin_sha256
+    {
+        return Err(HeadError::OtherLog {
+            what: "log key or origin",
+            stored: hex::encode(next.binding.log_key_id),
+            hardware: hex::encode(held.binding.log_key_id),
+        });
+    }
+    if held.size > next.size {
+        return Err(HeadError::WouldGoBack {
+            held: held.size,
+            next: next.size,
+        });
+    }
+    if held.size == next.size && held.root != next.root {
+        return Err(HeadError::WouldFork { size: held.size });
+    }
+    Ok(())
 }
 
 /// The stored log's head as the start-up check found it.
@@ -328,6 +366,37 @@ mod tests {
             LogBinding::new("actseal/x", b"spki", "ab", "{ }").identity_sha256,
             binding.identity_sha256
         );
+    }
+
+    #[test]
+    fn a_head_never_replaces_a_newer_one_or_another_root_of_its_size() {
+        let binding = LogBinding::new("actseal/x", b"spki", "ab", "{}");
+        let at = |size, root| LogHead {
+            size,
+            root: [root; 32],
+            ..LogHead::empty(binding)
+        };
+        let held = at(10, 1).encode();
+        assert!(may_replace(None, &at(3, 1)).is_ok());
+        assert!(may_replace(Some(b"garbage"), &at(3, 1)).is_ok());
+        assert!(may_replace(Some(&held), &at(11, 2)).is_ok());
+        assert!(may_replace(Some(&held), &at(10, 1)).is_ok());
+        assert!(matches!(
+            may_replace(Some(&held), &at(9, 1)),
+            Err(HeadError::WouldGoBack { held: 10, next: 9 })
+        ));
+        assert!(matches!(
+            may_replace(Some(&held), &at(10, 2)),
+            Err(HeadError::WouldFork { size: 10 })
+        ));
+        let other = LogHead {
+            binding: LogBinding::new("actseal/x", b"other", "ab", "{}"),
+            ..at(12, 1)
+        };
+        assert!(matches!(
+            may_replace(Some(&held), &other),
+            Err(HeadError::OtherLog { .. })
+        ));
     }
 
     #[test]

@@ -132,6 +132,20 @@ pub(super) fn check_start(
     // The watermark first: a crash before the record names it only costs a full check.
     integrity::save_watermark(store, &status.watermark)?;
     record.watermark_sha256 = integrity::watermark_sha256(&status.watermark);
-    backend.write_log_head(&record.encode())?;
+    write_record(backend, &record, fresh.is_none())?;
     Ok((status, Some(record)))
+}
+
+/// Writes the start-up record; unless it starts a declared fresh log, only over no newer
+/// head (in a fleet, another holder may have written one since it was read).
+fn write_record(backend: &dyn Backend, record: &LogHead, guarded: bool) -> Result<(), StartError> {
+    if !guarded {
+        return Ok(backend.write_log_head(&record.encode())?);
+    }
+    let allow =
+        |current: Option<&[u8]>| head::may_replace(current, record).map_err(|e| e.to_string());
+    match backend.replace_log_head(&record.encode(), &allow)? {
+        crate::backend::HeadWrite::Written => Ok(()),
+        crate::backend::HeadWrite::Refused(reason) => Err(StartError::Rollback(reason)),
+    }
 }

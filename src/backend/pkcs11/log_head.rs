@@ -21,6 +21,7 @@ use cryptoki::{
 use sha2::{Digest, Sha256};
 
 use super::{BackendError, Pkcs11Backend, classify};
+use crate::backend::{HeadCheck, HeadWrite};
 
 /// CKA_LABEL prefix of the objects of the earlier layout (one object, a new one per record).
 pub const LOG_HEAD_LABEL: &str = "actseal-log-head";
@@ -104,8 +105,26 @@ pub(super) fn read(backend: &Pkcs11Backend) -> Result<Option<Vec<u8>>, BackendEr
 /// does not hold the newest record (the first write also makes the slots and removes the
 /// earlier layout's objects).
 pub(super) fn write(backend: &Pkcs11Backend, record: &[u8]) -> Result<(), BackendError> {
+    replace(backend, record, &|_| Ok(())).map(|_| ())
+}
+
+/// [`write`] if `allow` accepts the newest record on the token, read in the same session
+/// right before the label rewrite (a token has no compare-and-swap: this is as close as it
+/// gets to one).
+pub(super) fn replace(
+    backend: &Pkcs11Backend,
+    record: &[u8],
+    allow: &HeadCheck<'_>,
+) -> Result<HeadWrite, BackendError> {
     backend.pool.run("write log head", |s| {
         let slots = slots(&s.session, &backend.head_slots)?;
+        let current = match newest(&slots) {
+            Some((_, record)) => Some(record.clone()),
+            None => read_legacy(&s.session)?,
+        };
+        if let Err(reason) = allow(current.as_deref()) {
+            return Ok(HeadWrite::Refused(reason));
+        }
         let (generation, newest_name) = match newest(&slots) {
             Some((generation, _)) => (generation.wrapping_add(1), newest_name(&slots)),
             None => (1, None),
@@ -138,7 +157,7 @@ pub(super) fn write(backend: &Pkcs11Backend, record: &[u8]) -> Result<(), Backen
         if newest_name.is_none() {
             remove_legacy(&s.session)?;
         }
-        Ok(())
+        Ok(HeadWrite::Written)
     })
 }
 

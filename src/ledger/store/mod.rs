@@ -20,6 +20,7 @@ use crate::{
 
 pub mod migrations;
 pub mod postgres;
+mod row;
 pub mod sqlite;
 
 pub use postgres::{PgSettings, PgStore};

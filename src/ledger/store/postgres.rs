@@ -8,11 +8,11 @@ use std::{cell::RefCell, collections::HashMap, path::PathBuf, sync::Arc, time::D
 
 use postgres::{Client, NoTls, Row, Statement, Transaction, error::SqlState, types::ToSql};
 
+use super::row::{SCAN_SELECT, Scanned, key_from_row};
 use super::{
-    ActorHead, Batch, CheckedTable, CheckpointRow, EntryKind, EntryVisitor, KEY_COLUMN_COUNT,
-    KEY_COLUMNS, KeyChange, KeyRecord, KeyVersion, KeyVisitor, LedgerStore, RawKey, ScanVisitor,
-    ScannedEntry, ScannedReceipt, StoreError, StoredReceipt, attestation_json, optional_hash,
-    parse_kind, split_proof, to_i64, to_u64,
+    ActorHead, Batch, CheckedTable, CheckpointRow, EntryVisitor, KEY_COLUMN_COUNT, KEY_COLUMNS,
+    KeyChange, KeyRecord, KeyVersion, KeyVisitor, LedgerStore, ScanVisitor, StoreError,
+    StoredReceipt, attestation_json, parse_kind, split_proof, to_i64, to_u64,
 };
 use crate::ledger::merkle::Hash;
 
@@ -61,7 +61,7 @@ impl PgSettings {
         }
         if let Some(file) = &self.password_file {
             let password = crate::secret::PinSource::File(file.clone())
-                .read()
+                .read_as(crate::secret::SecretKind::DatabasePassword)
                 .map_err(|e| StoreError::Settings(format!("ledger.password_file: {e}")))?;
             config.password(password.as_bytes());
         }
@@ -388,23 +388,6 @@ fn take_single_host_lock(client: &mut Client) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn key_from_row(row: &Row) -> Result<KeyRecord, StoreError> {
-    RawKey {
-        actor: row.try_get(0)?,
-        version: row.try_get(1)?,
-        backend: row.try_get(2)?,
-        key_ref: row.try_get(3)?,
-        key_id: row.try_get(4)?,
-        spki: row.try_get(5)?,
-        origin: row.try_get(6)?,
-        state: row.try_get(7)?,
-        created_at: row.try_get(8)?,
-        attestation: row.try_get(9)?,
-        retired_at: row.try_get(10)?,
-    }
-    .decode()
-}
-
 fn digest(bytes: Vec<u8>, what: impl FnOnce() -> String) -> Result<[u8; 32], StoreError> {
     <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| StoreError::Corrupt(what()))
 }
@@ -544,79 +527,6 @@ fn write_receipts(tx: &mut Transaction<'_>, batch: &Batch) -> Result<(), StoreEr
         &[&index, &actor, &sequence, &key_id, &digest, &signed_at, &proof_size, &proof],
     )?;
     Ok(())
-}
-
-const SCAN_SQL: &str = "SELECT e.log_index, e.kind, e.entry,
-        r.actor, r.sequence, r.key_id, r.payload_sha256, r.signed_at, r.proof_size, r.proof, pc.root,
-        c.root, c.note,
-        (SELECT COUNT(*) FROM requests q WHERE q.log_index = e.log_index),
-        (SELECT request_sha256 FROM requests q WHERE q.log_index = e.log_index LIMIT 1)
-     FROM log_entries e
-     LEFT JOIN receipts r ON r.log_index = e.log_index
-     LEFT JOIN checkpoints pc ON pc.size = r.proof_size
-     LEFT JOIN checkpoints c ON c.size = e.log_index + 1
-     WHERE e.log_index >= $1 ORDER BY e.log_index LIMIT $2";
-
-/// One row of [`SCAN_SQL`], owned: a [`ScannedEntry`] without the borrow.
-struct Scanned {
-    index: u64,
-    kind: EntryKind,
-    entry: Vec<u8>,
-    receipt: Option<ScannedReceipt>,
-    checkpoint: Option<(Hash, String)>,
-    requests: u64,
-    request: Option<[u8; 32]>,
-}
-
-fn scanned(row: &Row) -> Result<Scanned, StoreError> {
-    let index = to_u64(row.try_get(0)?, "log index")?;
-    let corrupt = |what: &str| StoreError::Corrupt(format!("log entry {index}: {what}"));
-    let kind = parse_kind(row.try_get(1)?).ok_or_else(|| corrupt("unknown kind"))?;
-    let entry: Vec<u8> = row.try_get(2)?;
-    let receipt = match row.try_get::<_, Option<String>>(3)? {
-        None => None,
-        Some(actor) => {
-            let proof: Vec<u8> = row.try_get(9)?;
-            Some(ScannedReceipt {
-                actor,
-                sequence: to_u64(row.try_get(4)?, "sequence")?,
-                key_id: row.try_get(5)?,
-                payload_sha256: digest(row.try_get(6)?, || {
-                    format!("log entry {index}: its receipt's digest")
-                })?,
-                signed_at: row.try_get(7)?,
-                proof_size: to_u64(row.try_get(8)?, "tree size")?,
-                proof: split_proof(&proof, || {
-                    format!("log entry {index}: its receipt's proof is not whole hashes")
-                })?,
-                proof_root: optional_hash(row.try_get(10)?)
-                    .map_err(|_| corrupt("the root of its proof's checkpoint"))?,
-            })
-        }
-    };
-    let checkpoint = match optional_hash(row.try_get(11)?) {
-        Ok(Some(root)) => Some((root, row.try_get::<_, String>(12)?)),
-        Ok(None) => None,
-        Err(()) => return Err(corrupt("the root of the checkpoint it completes")),
-    };
-    let request = row
-        .try_get::<_, Option<Vec<u8>>>(14)?
-        .map(|f| {
-            digest(f, || {
-                format!("log entry {index}: its request's fingerprint")
-            })
-        })
-        .transpose()?;
-    let requests = to_u64(row.try_get(13)?, "count")?;
-    Ok(Scanned {
-        index,
-        kind,
-        entry,
-        receipt,
-        checkpoint,
-        requests,
-        request,
-    })
 }
 
 impl LedgerStore for PgStore {
@@ -902,21 +812,14 @@ impl LedgerStore for PgStore {
     fn scan_from(&self, from: u64, visit: &mut ScanVisitor<'_>) -> Result<(), StoreError> {
         let mut next = to_i64(from, "log index")?;
         loop {
-            let rows = self.with(|s| Ok(s.query(SCAN_SQL, &[&next, &PAGE])?))?;
+            let sql =
+                format!("{SCAN_SELECT} WHERE e.log_index >= $1 ORDER BY e.log_index LIMIT $2");
+            let rows = self.with(|s| Ok(s.query(&sql, &[&next, &PAGE])?))?;
             let full = rows.len() as i64 == PAGE;
             for row in rows {
-                let row = scanned(&row)?;
-                let index = row.index;
-                visit(ScannedEntry {
-                    index,
-                    kind: row.kind,
-                    entry: &row.entry,
-                    receipt: row.receipt,
-                    checkpoint: row.checkpoint,
-                    requests: row.requests,
-                    request: row.request,
-                })?;
-                next = to_i64(index + 1, "log index")?;
+                let row = Scanned::decode(&row)?;
+                next = to_i64(row.index + 1, "log index")?;
+                row.visit(visit)?;
             }
             if !full {
                 return Ok(());
@@ -930,5 +833,30 @@ impl LedgerStore for PgStore {
 
     fn engine(&self) -> &'static str {
         "postgres"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_bad_password_file_is_named_as_the_database_password_not_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("db.password");
+        std::fs::write(&file, "hunter2-db-secret\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let settings = PgSettings::new("postgres://actseal@127.0.0.1:1/log", Some(file));
+        let text = settings.client_config().unwrap_err().to_string();
+        assert!(
+            text.contains("ledger.password_file: refusing the database password file"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("PIN") && !text.contains("hunter2-db-secret"),
+            "{text}"
+        );
     }
 }

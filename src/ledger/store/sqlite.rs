@@ -5,11 +5,11 @@ use std::{collections::HashMap, ops::ControlFlow, path::Path, time::Duration};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::row::{SCAN_SELECT, Scanned, key_from_row};
 use super::{
     ActorHead, Batch, CheckedTable, CheckpointRow, EntryVisitor, KEY_COLUMN_COUNT, KEY_COLUMNS,
-    KeyChange, KeyRecord, KeyVersion, KeyVisitor, LedgerStore, RawKey, ScanVisitor, ScannedEntry,
-    ScannedReceipt, StoreError, StoredReceipt, attestation_json, optional_hash, parse_kind, to_i64,
-    to_u64,
+    KeyChange, KeyRecord, KeyVersion, KeyVisitor, LedgerStore, ScanVisitor, StoreError,
+    StoredReceipt, attestation_json, parse_kind, to_i64, to_u64,
 };
 use crate::ledger::merkle::Hash;
 
@@ -602,69 +602,12 @@ impl LedgerStore for SqliteStore {
     /// checkpoint whose size it completes, and its request ids. One pass over the log for the
     /// start-up check.
     fn scan_from(&self, from: u64, visit: &mut ScanVisitor<'_>) -> Result<(), StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT e.log_index, e.kind, e.entry,
-                    r.actor, r.sequence, r.key_id, r.payload_sha256, r.signed_at, r.proof_size, r.proof, pc.root,
-                    c.root, c.note,
-                    (SELECT COUNT(*) FROM requests q WHERE q.log_index = e.log_index),
-                    (SELECT request_sha256 FROM requests q WHERE q.log_index = e.log_index LIMIT 1)
-             FROM log_entries e
-             LEFT JOIN receipts r ON r.log_index = e.log_index
-             LEFT JOIN checkpoints pc ON pc.size = r.proof_size
-             LEFT JOIN checkpoints c ON c.size = e.log_index + 1
-             WHERE e.log_index >= ?1 ORDER BY e.log_index",
-        )?;
+        let mut stmt = self.conn.prepare(&format!(
+            "{SCAN_SELECT} WHERE e.log_index >= ?1 ORDER BY e.log_index"
+        ))?;
         let mut rows = stmt.query(params![to_i64(from, "log index")?])?;
         while let Some(row) = rows.next()? {
-            let index = to_u64(row.get(0)?, "log index")?;
-            let corrupt = |what: &str| StoreError::Corrupt(format!("log entry {index}: {what}"));
-            let kind = parse_kind(row.get_ref(1)?.as_str().unwrap_or_default())
-                .ok_or_else(|| corrupt("unknown kind"))?;
-            let entry = row.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
-            let receipt = match row.get::<_, Option<String>>(3)? {
-                None => None,
-                Some(actor) => {
-                    let digest: Vec<u8> = row.get(6)?;
-                    let proof: Vec<u8> = row.get(9)?;
-                    let (hashes, tail) = proof.as_chunks::<32>();
-                    if !tail.is_empty() {
-                        return Err(corrupt("its receipt's proof is not whole hashes"));
-                    }
-                    Some(ScannedReceipt {
-                        actor,
-                        sequence: to_u64(row.get(4)?, "sequence")?,
-                        key_id: row.get(5)?,
-                        payload_sha256: <[u8; 32]>::try_from(digest.as_slice())
-                            .map_err(|_| corrupt("its receipt's digest"))?,
-                        signed_at: row.get(7)?,
-                        proof_size: to_u64(row.get(8)?, "tree size")?,
-                        proof: hashes.to_vec(),
-                        proof_root: optional_hash(row.get(10)?)
-                            .map_err(|_| corrupt("the root of its proof's checkpoint"))?,
-                    })
-                }
-            };
-            let checkpoint = match optional_hash(row.get(11)?) {
-                Ok(Some(root)) => Some((root, row.get::<_, String>(12)?)),
-                Ok(None) => None,
-                Err(()) => return Err(corrupt("the root of the checkpoint it completes")),
-            };
-            let request = match row.get::<_, Option<Vec<u8>>>(14)? {
-                None => None,
-                Some(f) => Some(
-                    <[u8; 32]>::try_from(f.as_slice())
-                        .map_err(|_| corrupt("its request's fingerprint"))?,
-                ),
-            };
-            visit(ScannedEntry {
-                index,
-                kind,
-                entry,
-                receipt,
-                checkpoint,
-                requests: to_u64(row.get(13)?, "count")?,
-                request,
-            })?;
+            Scanned::decode(row)?.visit(visit)?;
         }
         Ok(())
     }
@@ -680,23 +623,6 @@ impl LedgerStore for SqliteStore {
     fn engine(&self) -> &'static str {
         "sqlite"
     }
-}
-
-fn key_from_row(row: &rusqlite::Row<'_>) -> Result<KeyRecord, StoreError> {
-    RawKey {
-        actor: row.get(0)?,
-        version: row.get(1)?,
-        backend: row.get(2)?,
-        key_ref: row.get(3)?,
-        key_id: row.get(4)?,
-        spki: row.get(5)?,
-        origin: row.get(6)?,
-        state: row.get(7)?,
-        created_at: row.get(8)?,
-        attestation: row.get(9)?,
-        retired_at: row.get(10)?,
-    }
-    .decode()
 }
 
 #[cfg(test)]
