@@ -74,11 +74,11 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(super) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
-fn print_key(key: &ActorKey) {
+pub(super) fn print_key(key: &ActorKey) {
     outln!(
         "{}  v{}  {}  {}  {}  {}  created {}",
         key.actor,

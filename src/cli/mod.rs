@@ -2,6 +2,8 @@
 //! and the demo. Built without the `daemon` feature, only the offline commands: the verifier.
 
 #[cfg(feature = "daemon")]
+mod actor;
+#[cfg(feature = "daemon")]
 mod client;
 #[cfg(feature = "daemon")]
 mod demo;
@@ -55,6 +57,10 @@ enum Command {
     #[cfg(feature = "daemon")]
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Move an actor between fleet nodes (README "fleet").
+    #[cfg(feature = "daemon")]
+    #[command(subcommand)]
+    Actor(actor::ActorCommand),
     /// Sign an action as an actor and write its proof bundle.
     #[cfg(feature = "daemon")]
     Sign(SignArgs),
@@ -837,6 +843,11 @@ pub fn main() -> ExitCode {
         Command::Key(command) => {
             init_logging("warn", false);
             client::key(command)
+        }
+        #[cfg(feature = "daemon")]
+        Command::Actor(command) => {
+            init_logging("warn", false);
+            actor::run(command)
         }
         #[cfg(feature = "daemon")]
         Command::Sign(args) => {

@@ -10,6 +10,7 @@
 
 pub mod anchor;
 pub mod check;
+pub mod handover;
 pub mod head;
 pub mod integrator;
 pub mod lease;

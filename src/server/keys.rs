@@ -297,6 +297,22 @@ impl KeyAdmin for KeyAdminService {
         self.state.metrics.observe("RotateKey", result)
     }
 
+    async fn accept_actor(
+        &self,
+        request: Request<crate::api::AcceptActorRequest>,
+    ) -> Result<Response<ActorKey>, Status> {
+        let result = super::handover::accept(&self.state, request).await;
+        self.state.metrics.observe("AcceptActor", result)
+    }
+
+    async fn hand_over_actor(
+        &self,
+        request: Request<crate::api::HandOverActorRequest>,
+    ) -> Result<Response<ActorKey>, Status> {
+        let result = super::handover::hand_over(&self.state, request).await;
+        self.state.metrics.observe("HandOverActor", result)
+    }
+
     async fn retire_key(
         &self,
         request: Request<RetireKeyRequest>,
@@ -560,7 +576,7 @@ impl KeyAdminService {
 /// Generates the next key version and has the device attest it. The previous version signs
 /// the rotation statement in the sequencer, at the moment the rotation takes its place in the
 /// log, so that no receipt it orders before the rotation is dated after it.
-fn plan_rotation(
+pub(crate) fn plan_rotation(
     state: &DaemonState,
     previous: KeyRecord,
     requested_by: CallerInReceipt,

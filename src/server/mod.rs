@@ -8,6 +8,7 @@ mod bundles;
 pub mod clock;
 pub mod codec;
 mod fleet;
+mod handover;
 pub mod health;
 mod keys;
 pub mod listen;
@@ -79,6 +80,8 @@ pub struct DaemonState {
     pub(crate) anchor: Option<crate::anchor::AnchorHandle>,
     /// A fleet node's integrator (`crate::fleet`), stopped with the daemon.
     _integrator: Option<crate::fleet::integrator::Integrator>,
+    /// A fleet node's name and database (moving actors between nodes, `handover.rs`).
+    pub(crate) fleet_node: Option<sequencer::FleetNode>,
 }
 
 impl DaemonState {
@@ -691,6 +694,7 @@ fn open_state(
             (writer, parts.reader, parts.log, None, fleet)
         }
     };
+    let fleet_node = signing.fleet.clone();
     let (sequencer, sequencer_thread) = sequencer::start(
         (Store::open_at(&location)?, writer),
         Arc::clone(&backend),
@@ -715,6 +719,7 @@ fn open_state(
         }),
         anchor: crate::anchor::spawn(&config.anchor, &location, fleet_anchor)?,
         _integrator: fleet.map(|(integrator, _, _)| integrator),
+        fleet_node,
     });
     let (sign_rules, admin_rules) = state.policy().rule_counts();
     tracing::info!(policy = %config.server.policy.display(), sign_rules, admin_rules, "policy loaded");

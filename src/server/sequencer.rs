@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod commit;
 mod fleet;
+mod handover;
 mod pool;
 mod window;
 
@@ -174,6 +175,10 @@ enum Command {
     RegisterKey(Box<KeyRecord>, CallerInReceipt, Reply<()>),
     Rotate(Box<RotationPlan>, Reply<()>),
     Retire(String, u32, KeyDisposition, Reply<()>),
+    /// Fleet: the rotation to the target node's key (`handover.rs`), and the target.
+    HandOver(Box<RotationPlan>, String, Reply<()>),
+    /// Fleet: a handover that did not go through; the actor is served here again.
+    Reclaim(String, Reply<()>),
 }
 
 /// Where an actor's next receipt goes. `key` is `None` once the actor's key is retired.
@@ -242,6 +247,22 @@ impl SequencerHandle {
     ) -> Result<(), SequencerError> {
         self.call(|reply| Command::Retire(actor, version, disposition, reply))
             .await
+    }
+
+    /// Fleet: hands the actor over to `target`, whose key the plan rotates to; answered once
+    /// the rotation is integrated.
+    pub async fn hand_over(
+        &self,
+        plan: RotationPlan,
+        target: String,
+    ) -> Result<(), SequencerError> {
+        self.call(|reply| Command::HandOver(Box::new(plan), target, reply))
+            .await
+    }
+
+    /// Fleet: serves an actor again whose handover failed, if it is still this node's.
+    pub async fn reclaim(&self, actor: String) -> Result<(), SequencerError> {
+        self.call(|reply| Command::Reclaim(actor, reply)).await
     }
 }
 
@@ -417,6 +438,9 @@ struct Sequencer {
     windows: Windows,
     /// Fleet mode (`fleet.rs`): entries are queued for the integrator, not appended here.
     fleet: Option<std::cell::RefCell<fleet::Link>>,
+    /// Fleet: actors handed over (or being handed over) to another node, and to which.
+    /// (target, the key version handed over to it)
+    moving: HashMap<String, (String, u32)>,
 }
 
 /// How the sequencer signs: its threads, their timeout, its batching.
@@ -475,6 +499,7 @@ pub fn start(
         fleet: settings
             .fleet
             .map(|node| std::cell::RefCell::new(fleet::Link::new(node))),
+        moving: HashMap::new(),
     };
     sequencer.reload()?;
     if let Some(previous) = begin
@@ -566,8 +591,15 @@ impl Sequencer {
             Some(link) => link.borrow_mut().own_actors()?,
             None => HashMap::new(),
         };
+        let handing_over = match &self.fleet {
+            Some(link) => link.borrow_mut().handing_over()?,
+            None => Vec::new(),
+        };
         let mut actors: HashMap<String, ActorChain> = HashMap::new();
         for (actor, head) in own {
+            if handing_over.iter().any(|(a, ..)| *a == actor) {
+                continue;
+            }
             let mut chain = ActorChain { key: None, head };
             for key in self.store.keys(Some(&actor))? {
                 if key.state == KeyState::Active {
@@ -587,6 +619,9 @@ impl Sequencer {
         let size = self.store.next_log_index()?;
         let newest_time = clock::newest_entry_time(&self.store, size)?;
         self.actors = actors;
+        for (actor, target, version) in handing_over {
+            self.moving.insert(actor, (target, version));
+        }
         self.frontier = Frontier::default();
         self.clock.resume(newest_time);
         self.node_cache.borrow_mut().clear();
@@ -595,18 +630,23 @@ impl Sequencer {
 
     /// In a fleet: refuses what this node cannot do for `actor` (another node's actor, or a
     /// registration of an actor the fleet knows already).
-    fn fleet_refusal(&self, command: &Command) -> Option<SequencerError> {
-        let link = self.fleet.as_ref()?;
+    fn fleet_refusal(&mut self, command: &Command) -> Option<SequencerError> {
+        self.fleet.as_ref()?;
         let actor = match command {
             Command::Sign(action, ..) => &action.actor,
             Command::RegisterKey(key, ..) => &key.actor,
-            Command::Rotate(plan, _) => &plan.new_key.actor,
+            Command::Rotate(plan, _) | Command::HandOver(plan, ..) => &plan.new_key.actor,
             Command::Retire(actor, ..) => actor,
+            Command::Reclaim(..) => return None,
         };
+        if let Some(refusal) = self.handover_refusal(actor) {
+            return Some(refusal);
+        }
         let local = self.actors.contains_key(actor);
         if local && matches!(command, Command::Sign(..)) {
             return None;
         }
+        let link = self.fleet.as_ref()?;
         let owner = link.borrow_mut().owner(actor);
         let node = link.borrow().node.settings.node.clone();
         match owner {
@@ -617,6 +657,11 @@ impl Sequencer {
                 Some(SequencerError::Conflict(format!(
                     "actor {actor:?} has a key already; rotate it instead"
                 )))
+            }
+            // This node's in the fleet but not served here: handed over to this node.
+            Ok(Some(_)) if !local => {
+                let actor = actor.clone();
+                self.load_moved(&actor).err()
             }
             Ok(_) => None,
             Err(e) => Some(e),
@@ -703,7 +748,9 @@ impl Sequencer {
                 }
                 Command::RegisterKey(_, _, reply)
                 | Command::Rotate(_, reply)
-                | Command::Retire(_, _, _, reply) => {
+                | Command::Retire(_, _, _, reply)
+                | Command::HandOver(_, _, reply)
+                | Command::Reclaim(_, reply) => {
                     let _ = reply.send(Err(error));
                 }
             }
@@ -759,6 +806,17 @@ impl Sequencer {
                         let _ = reply.send(Err(e));
                     }
                 }
+            }
+            Command::HandOver(plan, target, reply) => {
+                match self.stage_handover(staged, *plan, target) {
+                    Ok(()) => staged.key_replies.push(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::Reclaim(actor, reply) => {
+                let _ = reply.send(self.reclaim(&actor));
             }
         }
     }

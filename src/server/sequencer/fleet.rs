@@ -448,4 +448,9 @@ impl Link {
     pub fn queued_request(&mut self, id: &str) -> Result<Option<(i64, [u8; 32])>, SequencerError> {
         self.with(|c, node| queue::queued_request(c, node, id))
     }
+
+    /// Handovers this node queued and the integrator has not yet taken (`handover.rs`).
+    pub fn handing_over(&mut self) -> Result<Vec<(String, String, u32)>, SequencerError> {
+        self.with(fleet::handover::queued_by)
+    }
 }

@@ -1,0 +1,150 @@
+//! The sequencer's side of moving an actor between fleet nodes (`crate::fleet::handover`):
+//! the owner's last act for the actor (the rotation to the target's key), and the target's
+//! first (loading the actor once the log says it is its own).
+
+use std::sync::Arc;
+
+use super::{ActiveKey, ActorChain, RotationPlan, Sequencer, SequencerError, Staged, bundles};
+use crate::{
+    backend::HardwareKey,
+    ledger::{KeyRecord, KeyState},
+};
+
+/// What the target signs to show that its hardware holds the actor's active key (the
+/// signature is checked against the key's public key and dropped).
+const POSSESSION: &[u8] = b"actseal fleet handover: the active key is held here";
+
+impl Sequencer {
+    /// Refuses anything for an actor this node has handed over (or is handing over), unless
+    /// it was handed back since.
+    pub(super) fn handover_refusal(&mut self, actor: &str) -> Option<SequencerError> {
+        let (target, version) = self.moving.get(actor)?.clone();
+        match self.handed_back(actor, version) {
+            Ok(true) => {
+                self.moving.remove(actor);
+                None
+            }
+            Ok(false) => Some(SequencerError::Precondition(format!(
+                "actor {actor:?} is handed over to fleet node {target:?}; sign there"
+            ))),
+            Err(e) => Some(e),
+        }
+    }
+
+    /// Whether an actor this node handed over (at key `version`) is this node's again: the
+    /// fleet says so and the log's active key is a later version (one moved back here).
+    fn handed_back(&mut self, actor: &str, version: u32) -> Result<bool, SequencerError> {
+        let node = match &self.fleet {
+            Some(link) => link.borrow().node.settings.node.clone(),
+            None => return Ok(false),
+        };
+        let owner = match &self.fleet {
+            Some(link) => link.borrow_mut().owner(actor)?,
+            None => None,
+        };
+        if owner.as_deref() != Some(node.as_str()) {
+            return Ok(false);
+        }
+        Ok(self
+            .store
+            .keys(Some(actor))?
+            .iter()
+            .any(|k| k.state == KeyState::Active && k.version > version))
+    }
+
+    /// Stages the rotation to the target's key as a local rotation (after every receipt of
+    /// the actor staged so far; the queue keeps that order) and stops signing for the actor.
+    pub(super) fn stage_handover(
+        &mut self,
+        staged: &mut Staged,
+        plan: RotationPlan,
+        target: String,
+    ) -> Result<(), SequencerError> {
+        let actor = plan.new_key.actor.clone();
+        if self.windows.is_open(&actor) {
+            let requests = self.windows.close(&actor);
+            self.place_batch(staged, requests);
+        }
+        let version = plan.new_key.version;
+        self.stage_rotate(staged, plan)?;
+        self.actors.remove(&actor);
+        tracing::info!(actor = %actor, target = %target, "actor handed over: this node signs nothing more for it");
+        self.moving.insert(actor, (target, version));
+        Ok(())
+    }
+
+    /// Takes back an actor whose handover did not go through (its rotation was refused or
+    /// never queued): reloaded from the fleet as this node's, if it still is.
+    pub(super) fn reclaim(&mut self, actor: &str) -> Result<(), SequencerError> {
+        if self.moving.remove(actor).is_none() {
+            return Ok(());
+        }
+        self.load_moved(actor)
+    }
+
+    /// Loads an actor the fleet says is this node's and this node does not serve yet (one
+    /// handed over to it): its active key in the log, which this node's hardware must hold,
+    /// and its head (the newest receipt in the log, set when the handover was integrated).
+    pub(super) fn load_moved(&mut self, actor: &str) -> Result<(), SequencerError> {
+        let key = self
+            .store
+            .keys(Some(actor))?
+            .into_iter()
+            .find(|k| k.state == KeyState::Active)
+            .ok_or_else(|| {
+                SequencerError::Precondition(format!(
+                    "actor {actor:?} has no active key in the log"
+                ))
+            })?;
+        self.holds(&key)?;
+        let head = match &self.fleet {
+            Some(link) => link.borrow_mut().own_actors()?.remove(actor).flatten(),
+            None => None,
+        };
+        // Its receipts here are dated no earlier than what the log holds (the rotation to this
+        // node's key among it), whatever the other node's clock said.
+        let size = self.store.next_log_index()?;
+        self.clock
+            .resume(super::clock::newest_entry_time(&self.store, size)?);
+        let lineage = Arc::new(bundles::lineage(
+            &self.store,
+            &key,
+            &self.certificates.get(),
+        )?);
+        tracing::info!(actor = %actor, version = key.version, key_id = %key.key_id,
+            sequence = head.map_or(0, |h| h.sequence), "fleet actor loaded: this node signs for it");
+        self.actors.insert(
+            actor.to_owned(),
+            ActorChain {
+                key: Some(ActiveKey {
+                    record: Arc::new(key),
+                    lineage,
+                }),
+                head,
+            },
+        );
+        Ok(())
+    }
+
+    /// Whether this node's hardware holds `key`: it signs a fixed message with it, checked
+    /// against the key's public key. An ownership row not made by a handover names a node
+    /// whose hardware does not hold the actor's key.
+    fn holds(&self, key: &KeyRecord) -> Result<(), SequencerError> {
+        let hardware = HardwareKey {
+            key_ref: key.key_ref.clone(),
+            public_key: key.public_key,
+        };
+        let message = POSSESSION.to_vec();
+        self.pool
+            .sign(super::SignJob::actor(hardware, message))
+            .map(drop)
+            .map_err(|e| {
+                tracing::error!(actor = %key.actor, key_id = %key.key_id, error = %e,
+                    "the fleet names this node as the actor's, but its hardware does not hold the actor's key");
+                SequencerError::Precondition(format!(
+                    "actor {:?} is assigned to this node, but its active key {} is not in this node's hardware (an ownership change not made by a handover?)",
+                    key.actor, key.key_id
+                ))
+            })
+    }
+}

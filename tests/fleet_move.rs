@@ -1,0 +1,586 @@
+//! Moving an actor between fleet nodes (issue 12: "an actor belongs to exactly one node at a
+//! time") against the real thing: one PostgreSQL server, three daemons with their own SoftHSM
+//! tokens. The actor signs on node 0 under load, is accepted by node 1 and handed over by
+//! node 0 (`actseal actor accept` / `hand-over`), then signs on node 1; its sequence and
+//! receipt chain run on across the move, every bundle verifies offline, the log audits.
+
+mod common;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use actseal::{
+    api::{
+        AcceptActorRequest, HandOverActorRequest, SignRequest, key_admin_client::KeyAdminClient,
+        signer_client::SignerClient,
+    },
+    lab_fleet::Fleet,
+    verify::{TrustAnchors, verify_bundle},
+};
+use tempfile::TempDir;
+use tonic::{Code, transport::Channel};
+
+const FLEET: &str = "lease_ms = 1500\nintegrate_interval_ms = 5\nanswer_timeout_ms = 20000";
+
+const MOVER: &str = "spiffe://acme.example/moving/agent";
+
+fn document(request_id: &str) -> Vec<u8> {
+    format!(r#"{{"tool_call":"bank.transfer","request":"{request_id}"}}"#).into_bytes()
+}
+
+/// Three nodes started; `None` where PostgreSQL is missing (a failure under CI=true).
+async fn started_fleet() -> Option<(Fleet, TempDir)> {
+    if !common::can_run(
+        actseal::lab_postgres::server_bin().is_some(),
+        "PostgreSQL (initdb, pg_ctl) is not installed",
+    ) {
+        return None;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("actseal-fleet-move-")
+        .tempdir()
+        .expect("temp dir");
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_actseal"));
+    let path = dir.path().to_owned();
+    let fleet = tokio::task::spawn_blocking(move || {
+        let mut fleet = Fleet::create(&exe, &path, 3, FLEET).expect("fleet set-up");
+        fleet.start_all().expect("fleet start");
+        fleet
+    })
+    .await
+    .unwrap();
+    Some((fleet, dir))
+}
+
+/// A signed action as its caller saw it.
+struct Acked {
+    request_id: String,
+    node: usize,
+    /// The key version it must be signed with.
+    version: u64,
+    bundle: String,
+}
+
+fn request(actor: &str, request_id: &str) -> SignRequest {
+    let mut request = common::sign_request(actor, &document(request_id));
+    request.request_id = request_id.to_owned();
+    request
+}
+
+async fn signer(fleet: &Fleet, node: usize) -> SignerClient<Channel> {
+    common::signer(&fleet.nodes[node]).await
+}
+
+async fn admin(fleet: &Fleet, node: usize) -> KeyAdminClient<Channel> {
+    common::admin(&fleet.nodes[node]).await
+}
+
+/// Signs as [`MOVER`] on node 0 until it is refused there as handed over to node 1, then on
+/// node 1, until `stop` (and at least `after` signed on node 1).
+fn mover_load(
+    fleet: &Fleet,
+    stop: Arc<AtomicBool>,
+    after: usize,
+) -> tokio::task::JoinHandle<Vec<Acked>> {
+    let sockets = [fleet.nodes[0].socket(), fleet.nodes[1].socket()];
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut node = 0;
+        let mut on_target = 0;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for k in 0.. {
+            if (stop.load(Ordering::SeqCst) && on_target >= after) || Instant::now() > deadline {
+                break;
+            }
+            let request_id = format!("mover-{k}");
+            loop {
+                let channel = actseal::cli::connect_unix(&sockets[node]).await.unwrap();
+                match SignerClient::new(channel)
+                    .sign(request(MOVER, &request_id))
+                    .await
+                {
+                    Ok(r) => {
+                        acked.push(Acked {
+                            request_id: request_id.clone(),
+                            node,
+                            version: 1 + node as u64,
+                            bundle: r.into_inner().bundle_json,
+                        });
+                        on_target += node;
+                        break;
+                    }
+                    Err(s) if node == 0 && s.code() == Code::FailedPrecondition => {
+                        assert!(s.message().contains("node-1"), "names the target: {s:?}");
+                        node = 1;
+                    }
+                    // Handed over, not yet integrated: the target waits for the log.
+                    Err(s)
+                        if node == 1
+                            && s.code() == Code::FailedPrecondition
+                            && s.message().contains("node-0") =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(s) if s.code() == Code::Unavailable => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(s) => panic!("{request_id} on node-{node}: {s:?}"),
+                }
+            }
+        }
+        acked
+    })
+}
+
+/// Every bundle verifies offline under the one anchor; the mover's sequence is 1, 2, … with
+/// no gap, each receipt's `previousReceipt` is the one before it, and each is signed with the
+/// version expected, its lineage carrying every rotation before it.
+fn check_chain(fleet: &Fleet, acked: &[Acked]) {
+    let anchors = TrustAnchors::from_pem(&std::fs::read(fleet.anchor()).unwrap()).unwrap();
+    let mut previous: Option<String> = None;
+    for (i, a) in acked.iter().enumerate() {
+        let verified = verify_bundle(
+            a.bundle.as_bytes(),
+            &anchors,
+            Some(&document(&a.request_id)),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", a.request_id));
+        assert_eq!(verified.key_version, a.version, "{}", a.request_id);
+        let statement = common::receipt_statement(&a.bundle);
+        assert_eq!(
+            statement["predicate"]["sequence"].as_u64(),
+            Some(i as u64 + 1)
+        );
+        let link = statement["predicate"]["previousReceipt"]["sha256"]
+            .as_str()
+            .map(str::to_owned);
+        assert_eq!(link, previous, "{}: the chain is broken", a.request_id);
+        previous = Some(common::payload_sha256(&a.bundle));
+        let bundle: serde_json::Value = serde_json::from_str(&a.bundle).unwrap();
+        let rotations = bundle["lineage"]["rotations"]
+            .as_array()
+            .map_or(0, Vec::len);
+        assert_eq!(rotations as u64, a.version - 1, "{}", a.request_id);
+    }
+}
+
+/// A query of the log's database (a blocking client, off the async workers).
+fn query_i64(fleet: &Fleet, sql: &str, actor: &str) -> i64 {
+    tokio::task::block_in_place(|| {
+        fleet
+            .client()
+            .unwrap()
+            .query_one(sql, &[&actor])
+            .unwrap()
+            .get(0)
+    })
+}
+
+fn owner(fleet: &Fleet, actor: &str) -> String {
+    tokio::task::block_in_place(|| {
+        fleet
+            .client()
+            .unwrap()
+            .query_one("SELECT node FROM fleet_actors WHERE actor = $1", &[&actor])
+            .unwrap()
+            .get(0)
+    })
+}
+
+fn cli(fleet: &Fleet, node: usize, args: &[&str]) -> String {
+    let lab = &fleet.nodes[node];
+    let socket = lab.socket().display().to_string();
+    let mut all = args.to_vec();
+    all.extend(["--socket", &socket]);
+    lab.run_ok(&all).expect("actseal actor …")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_actor_moves_between_nodes_under_load_with_its_chain_whole() {
+    let Some((mut fleet, _dir)) = started_fleet().await else {
+        return;
+    };
+    common::create_key(&fleet.nodes[0], MOVER).await;
+    // Not accepted anywhere yet: a hand-over is refused, nothing changes.
+    let refused = admin(&fleet, 0)
+        .await
+        .hand_over_actor(HandOverActorRequest {
+            actor: MOVER.into(),
+            to: "node-1".into(),
+        })
+        .await
+        .expect_err("a hand-over to a node that did not accept");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = mover_load(&fleet, Arc::clone(&stop), 20);
+    // Wait for some receipts on node 0.
+    while query_i64(
+        &fleet,
+        "SELECT COUNT(*) FROM receipts WHERE actor = $1",
+        MOVER,
+    ) < 10
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Signing for it on the target before the handover: refused (node 0's actor).
+    let early = signer(&fleet, 1)
+        .await
+        .sign(request(MOVER, "early"))
+        .await
+        .expect_err("the target signs nothing before the handover");
+    assert_eq!(early.code(), Code::FailedPrecondition, "{early:?}");
+    let accepted =
+        tokio::task::block_in_place(|| cli(&fleet, 1, &["actor", "accept", "--actor", MOVER]));
+    assert!(accepted.contains(" v2 "), "{accepted}");
+    // A second accept, on a third node, while the first is pending: refused.
+    let second = admin(&fleet, 2)
+        .await
+        .accept_actor(AcceptActorRequest {
+            actor: MOVER.into(),
+        })
+        .await
+        .expect_err("a second accept while one is pending");
+    assert_eq!(second.code(), Code::FailedPrecondition, "{second:?}");
+    assert!(second.message().contains("node-1"), "{second:?}");
+    // A hand-over to the node that did not accept: refused.
+    let wrong = admin(&fleet, 0)
+        .await
+        .hand_over_actor(HandOverActorRequest {
+            actor: MOVER.into(),
+            to: "node-2".into(),
+        })
+        .await
+        .expect_err("a hand-over to a node that did not accept");
+    assert_eq!(wrong.code(), Code::FailedPrecondition, "{wrong:?}");
+    assert_eq!(owner(&fleet, MOVER), "node-0");
+    let handed = tokio::task::block_in_place(|| {
+        cli(
+            &fleet,
+            0,
+            &["actor", "hand-over", "--actor", MOVER, "--to", "node-1"],
+        )
+    });
+    assert!(handed.contains(" v2 "), "{handed}");
+    assert_eq!(owner(&fleet, MOVER), "node-1");
+    assert_eq!(
+        query_i64(
+            &fleet,
+            "SELECT COUNT(*) FROM fleet_handovers WHERE actor = $1",
+            MOVER
+        ),
+        0
+    );
+    // The old node signs nothing more for it, and says where to sign.
+    let after = signer(&fleet, 0)
+        .await
+        .sign(request(MOVER, "after"))
+        .await
+        .expect_err("the old node after the handover");
+    assert_eq!(after.code(), Code::FailedPrecondition, "{after:?}");
+    assert!(after.message().contains("node-1"), "{after:?}");
+    stop.store(true, Ordering::SeqCst);
+    let acked = load.await.unwrap();
+    assert!(
+        acked.iter().any(|a| a.node == 0) && acked.iter().filter(|a| a.node == 1).count() >= 20
+    );
+    let mut acked = acked;
+    move_back_and_on(&fleet, &mut acked).await;
+    // Restarted, the old node still refuses it and the new one signs on from the log.
+    tokio::task::block_in_place(|| {
+        for node in [0, 2] {
+            fleet.nodes[node].stop_daemon().unwrap();
+            fleet.nodes[node]
+                .start_daemon_within(Duration::from_secs(90), |_| {})
+                .unwrap();
+        }
+    });
+    let refused = signer(&fleet, 0)
+        .await
+        .sign(request(MOVER, "old-node-restarted"))
+        .await
+        .expect_err("the old node after a restart");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("node-2"), "{refused:?}");
+    acked.push(sign_one(&fleet, 2, 5, "new-node-restarted").await);
+    check_chain(&fleet, &acked);
+    let report = tokio::task::block_in_place(|| {
+        let export = common::export_log(&fleet.nodes[2], "export-move.json");
+        let anchor = fleet.anchor().display().to_string();
+        fleet.nodes[2]
+            .run_ok(&["audit", &export, "--trust", &anchor])
+            .expect("the log audits clean after the move")
+    });
+    assert!(report.contains("4 rotations"), "{report}");
+}
+
+/// Signs one action as the mover on `node`, expecting key `version`.
+async fn sign_one(fleet: &Fleet, node: usize, version: u64, request_id: &str) -> Acked {
+    let r = signer(fleet, node)
+        .await
+        .sign(request(MOVER, request_id))
+        .await
+        .unwrap_or_else(|e| panic!("{request_id} on node-{node}: {e:?}"))
+        .into_inner();
+    Acked {
+        request_id: request_id.to_owned(),
+        node,
+        version,
+        bundle: r.bundle_json,
+    }
+}
+
+/// Moves the mover back from node 1 to node 0 (v3), rotates it there (v4), which makes node
+/// 2's accept (of v4) stale: that hand-over is refused, node 2 accepts again (v5, replacing the
+/// stale record) and the mover moves on to node 2.
+async fn move_back_and_on(fleet: &Fleet, acked: &mut Vec<Acked>) {
+    let to = |actor: &str, to: &str| HandOverActorRequest {
+        actor: actor.into(),
+        to: to.into(),
+    };
+    let accept = || AcceptActorRequest {
+        actor: MOVER.into(),
+    };
+    admin(fleet, 0)
+        .await
+        .accept_actor(accept())
+        .await
+        .expect("accept back");
+    admin(fleet, 1)
+        .await
+        .hand_over_actor(to(MOVER, "node-0"))
+        .await
+        .expect("hand back");
+    let refused = signer(fleet, 1)
+        .await
+        .sign(request(MOVER, "on-node-1-after"))
+        .await
+        .expect_err("node 1 after handing back");
+    assert!(refused.message().contains("node-0"), "{refused:?}");
+    for k in 0..3 {
+        acked.push(sign_one(fleet, 0, 3, &format!("back-{k}")).await);
+    }
+    let stale = admin(fleet, 2)
+        .await
+        .accept_actor(accept())
+        .await
+        .expect("accept");
+    assert_eq!(stale.into_inner().version, 4);
+    let rotated = admin(fleet, 0)
+        .await
+        .rotate_key(actseal::api::RotateKeyRequest {
+            actor: MOVER.into(),
+        })
+        .await
+        .expect("a local rotation")
+        .into_inner();
+    assert_eq!(rotated.version, 4);
+    let refused = admin(fleet, 0)
+        .await
+        .hand_over_actor(to(MOVER, "node-2"))
+        .await
+        .expect_err("a hand-over to a stale accept");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    acked.push(sign_one(fleet, 0, 4, "rotated").await);
+    let fresh = admin(fleet, 2)
+        .await
+        .accept_actor(accept())
+        .await
+        .expect("accept again");
+    assert_eq!(fresh.into_inner().version, 5);
+    admin(fleet, 0)
+        .await
+        .hand_over_actor(to(MOVER, "node-2"))
+        .await
+        .expect("hand on");
+    acked.push(sign_one(fleet, 2, 5, "on-node-2").await);
+    assert_eq!(owner(fleet, MOVER), "node-2");
+}
+
+/// An ownership row changed straight in PostgreSQL (not by a handover) names a node whose
+/// hardware does not hold the actor's key: that node refuses to sign for it and queues
+/// nothing; the real owner signs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forged_ownership_change_is_refused_by_the_node_it_names() {
+    let Some((fleet, _dir)) = started_fleet().await else {
+        return;
+    };
+    let actor = "spiffe://acme.example/forged/agent";
+    common::create_key(&fleet.nodes[0], actor).await;
+    signer(&fleet, 0)
+        .await
+        .sign(request(actor, "before"))
+        .await
+        .expect("signs on its node");
+    let changed = tokio::task::block_in_place(|| {
+        fleet
+            .client()
+            .unwrap()
+            .execute(
+                "UPDATE fleet_actors SET node = 'node-2' WHERE actor = $1",
+                &[&actor],
+            )
+            .unwrap()
+    });
+    assert_eq!(changed, 1);
+    let queued_before = query_i64(
+        &fleet,
+        "SELECT COUNT(*) FROM fleet_queue WHERE actor = $1",
+        actor,
+    );
+    let entries_before = query_i64(
+        &fleet,
+        "SELECT COUNT(*) FROM log_entries WHERE actor = $1",
+        actor,
+    );
+    let refused = signer(&fleet, 2)
+        .await
+        .sign(request(actor, "forged"))
+        .await
+        .expect_err("the node a forged row names does not hold the key");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("not in this node's hardware"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        query_i64(
+            &fleet,
+            "SELECT COUNT(*) FROM fleet_queue WHERE actor = $1",
+            actor
+        ),
+        queued_before
+    );
+    assert_eq!(
+        query_i64(
+            &fleet,
+            "SELECT COUNT(*) FROM log_entries WHERE actor = $1",
+            actor
+        ),
+        entries_before
+    );
+    // The node that holds the key signs on; its receipt verifies and continues the chain.
+    let next = signer(&fleet, 0)
+        .await
+        .sign(request(actor, "after"))
+        .await
+        .expect("the key's node signs on")
+        .into_inner();
+    let verified = common::verify(&fleet.nodes[0], &next.bundle_json, Some(&document("after")))
+        .expect("verifies");
+    assert_eq!(verified.key_version, 1);
+    assert_eq!(
+        common::receipt_statement(&next.bundle_json)["predicate"]["sequence"],
+        2
+    );
+}
+
+/// A node restarted after it queued a hand-over's rotation and before the integrator took it
+/// (integration held up for real: the test holds the lease row's lock) serves the actor no
+/// more; once integration resumes the actor is the target's and signs on there, chain whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_restarted_mid_handover_serves_the_actor_no_more() {
+    let Some((mut fleet, _dir)) = started_fleet().await else {
+        return;
+    };
+    let actor = "spiffe://acme.example/restarted/agent";
+    common::create_key(&fleet.nodes[0], actor).await;
+    let first = signer(&fleet, 0)
+        .await
+        .sign(request(actor, "first"))
+        .await
+        .expect("signs on its node")
+        .into_inner();
+    admin(&fleet, 1)
+        .await
+        .accept_actor(AcceptActorRequest {
+            actor: actor.into(),
+        })
+        .await
+        .expect("accept");
+    // Integration stops: the lease row is locked by this test.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+    let url_client = tokio::task::block_in_place(|| fleet.client().unwrap());
+    let holder = std::thread::spawn(move || {
+        let mut client = url_client;
+        let mut tx = client.transaction().unwrap();
+        tx.execute("SELECT 1 FROM fleet_lease WHERE id = 1 FOR UPDATE", &[])
+            .unwrap();
+        locked.send(()).unwrap();
+        let _ = released.recv();
+        tx.commit().unwrap();
+    });
+    is_locked.recv().unwrap();
+    let socket = fleet.nodes[0].socket();
+    let owner_actor = actor.to_owned();
+    let handing = tokio::spawn(async move {
+        let channel = actseal::cli::connect_unix(&socket).await.unwrap();
+        KeyAdminClient::new(channel)
+            .hand_over_actor(HandOverActorRequest {
+                actor: owner_actor,
+                to: "node-1".into(),
+            })
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while query_i64(
+        &fleet,
+        "SELECT COUNT(*) FROM fleet_queue WHERE kind = 'rotation' AND actor = $1",
+        actor,
+    ) == 0
+    {
+        assert!(Instant::now() < deadline, "the rotation was never queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::task::block_in_place(|| {
+        fleet.nodes[0].stop_daemon().unwrap();
+        fleet.nodes[0]
+            .start_daemon_within(Duration::from_secs(90), |_| {})
+            .unwrap();
+    });
+    let _ = handing.await;
+    let refused = signer(&fleet, 0)
+        .await
+        .sign(request(actor, "restarted"))
+        .await
+        .expect_err("the restarted node mid-handover");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("node-1"), "{refused:?}");
+    assert_eq!(owner(&fleet, actor), "node-0", "not integrated yet");
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owner(&fleet, actor) != "node-1" {
+        assert!(
+            Instant::now() < deadline,
+            "the handover was never integrated"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let next = signer(&fleet, 1)
+        .await
+        .sign(request(actor, "moved"))
+        .await
+        .expect("the target signs on")
+        .into_inner();
+    let statement = common::receipt_statement(&next.bundle_json);
+    assert_eq!(statement["predicate"]["sequence"], 2);
+    assert_eq!(
+        statement["predicate"]["previousReceipt"]["sha256"].as_str(),
+        Some(common::payload_sha256(&first.bundle_json).as_str())
+    );
+    let anchors = TrustAnchors::from_pem(&std::fs::read(fleet.anchor()).unwrap()).unwrap();
+    let verified = verify_bundle(
+        next.bundle_json.as_bytes(),
+        &anchors,
+        Some(&document("moved")),
+    )
+    .expect("verifies");
+    assert_eq!(verified.key_version, 2);
+}
