@@ -4,11 +4,15 @@
 //! (SIGKILL of the integrator -> the next integration by another node).
 //!
 //! `cargo bench --bench fleet_throughput` (`ACTSEAL_BENCH_SECONDS`, `ACTSEAL_BENCH_CLIENTS`,
-//! `ACTSEAL_BENCH_MODES=per-action,batch,per-action@20/s,batch@20/s`). The `@20/s` modes give
-//! every daemon an emulated discrete TPM (`[testing] emulate_signatures_per_second = 20`, on its
-//! actors' token and its log token alike): each node then brings its own slow hardware, as the
-//! hosts of a real fleet do, whereas the plain modes share this machine's two cores among all
-//! the nodes and PostgreSQL.
+//! `ACTSEAL_BENCH_MODES`, default `per-action,batch,per-action@20/s,batch@20/s,
+//! per-action@20/s-actors,batch@20/s-actors`; `ACTSEAL_BENCH_DAEMON`: another daemon binary,
+//! for a before/after comparison). The `@20/s` modes give every daemon an emulated discrete
+//! TPM (`[testing] emulate_signatures_per_second = 20`, on its actors' token and its log token
+//! alike): each node then brings its own slow hardware, as the hosts of a real fleet do,
+//! whereas the plain modes share this machine's two cores among all the nodes and PostgreSQL.
+//! The `@20/s-actors` modes throttle the lone node as `@20/s` does (its one TPM holds the log
+//! key too) but only the fleet nodes' actor tokens (`emulate_actors_token_only`): in a fleet
+//! the log token is a network HSM, not a host's TPM.
 
 mod support;
 
@@ -26,7 +30,10 @@ fn clients() -> usize {
 
 fn modes() -> Vec<String> {
     std::env::var("ACTSEAL_BENCH_MODES")
-        .unwrap_or_else(|_| "per-action,batch,per-action@20/s,batch@20/s".into())
+        .unwrap_or_else(|_| {
+            "per-action,batch,per-action@20/s,batch@20/s,per-action@20/s-actors,batch@20/s-actors"
+                .into()
+        })
         .split(',')
         .map(str::to_owned)
         .collect()
@@ -35,15 +42,19 @@ fn modes() -> Vec<String> {
 const ACTOR: &str = "spiffe://bench.example/agent";
 const BATCH: &str = "[[ledger.batch]]\nactors = [\"*\"]\nwindow_ms = 5";
 const EMULATED_TPM: &str = "[testing]\nemulate_signatures_per_second = 20";
+const EMULATED_ACTOR_TPM: &str =
+    "[testing]\nemulate_signatures_per_second = 20\nemulate_actors_token_only = true";
 
-/// What a mode adds to every daemon's configuration.
-fn mode_config(mode: &str) -> Vec<&'static str> {
+/// What a mode adds to a daemon's configuration (`fleet`: a fleet node's).
+fn mode_config(mode: &str, fleet: bool) -> Vec<&'static str> {
     let mut lines = Vec::new();
     if mode.starts_with("batch") {
         lines.push(BATCH);
     }
-    if mode.ends_with("@20/s") {
+    if mode.ends_with("@20/s") || (mode.ends_with("@20/s-actors") && !fleet) {
         lines.push(EMULATED_TPM);
+    } else if mode.ends_with("@20/s-actors") {
+        lines.push(EMULATED_ACTOR_TPM);
     }
     lines
 }
@@ -94,9 +105,9 @@ async fn single(mode: &str, clients: usize) -> (f64, Duration, Duration) {
         .prefix("actseal-bench-single-")
         .tempdir()
         .unwrap();
-    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_actseal"));
-    let mut lab = Lab::create(&exe, &dir.path().join("lab"), false).expect("lab");
-    for text in mode_config(mode) {
+    let mut lab =
+        Lab::create(&support::daemon_binary(), &dir.path().join("lab"), false).expect("lab");
+    for text in mode_config(mode, false) {
         lab.append_config(text).unwrap();
     }
     lab.start_daemon().unwrap();
@@ -151,12 +162,12 @@ async fn main() {
     let clients = clients();
     let seconds = support::phase_seconds();
     println!("fleet_throughput: SoftHSM, {clients} Sign clients per node, {seconds:?} per phase");
-    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_actseal"));
+    let exe = support::daemon_binary();
     let modes = modes();
     for (m, mode) in modes.iter().enumerate() {
         let (single_rate, p50, p99) = single(mode, clients).await;
         println!(
-            "{mode:16} 1 node, SQLite      : {single_rate:7.0} receipts/s  p50 {p50:.1?} p99 {p99:.1?}"
+            "{mode:22} 1 node, SQLite      : {single_rate:7.0} receipts/s  p50 {p50:.1?} p99 {p99:.1?}"
         );
         let dir = tempfile::Builder::new()
             .prefix("actseal-bench-fleet-")
@@ -172,7 +183,7 @@ async fn main() {
         })
         .expect("fleet set-up");
         for node in &fleet.nodes {
-            for text in mode_config(mode) {
+            for text in mode_config(mode, true) {
                 node.append_config(text).unwrap();
             }
         }
@@ -184,18 +195,18 @@ async fn main() {
         let (fleet_rate, p99s) = fleet_phase(&fleet, clients).await;
         let (lag50, lag99, integrated) = block_in_place(|| lag_ms(&fleet, from));
         println!(
-            "{mode:16} 3 nodes, PostgreSQL : {fleet_rate:7.0} receipts/s  ({:.2}x one SQLite node)  Sign p99 per node {p99s:.1?}",
+            "{mode:22} 3 nodes, PostgreSQL : {fleet_rate:7.0} receipts/s  ({:.2}x one SQLite node)  Sign p99 per node {p99s:.1?}",
             fleet_rate / single_rate
         );
         println!(
-            "{mode:16} integration lag     : p50 {lag50:.1} ms  p99 {lag99:.1} ms  over {integrated} entries"
+            "{mode:22} integration lag     : p50 {lag50:.1} ms  p99 {lag99:.1} ms  over {integrated} entries"
         );
         if mode == "per-action"
             || (m + 1 == modes.len() && !modes.iter().any(|m| m == "per-action"))
         {
             let took = failover(&fleet).await;
             println!(
-                "{mode:16} failover            : {took:.2?} (lease 3 s; SIGKILL -> next integration elsewhere)"
+                "{mode:22} failover            : {took:.2?} (lease 3 s; SIGKILL -> next integration elsewhere)"
             );
         }
     }

@@ -143,6 +143,10 @@ pub struct TestingConfig {
     /// discrete TPM (`backend::throttle`). Absent: the backend's own speed.
     #[serde(default)]
     pub emulate_signatures_per_second: Option<u32>,
+    /// With `[log_token]`: limit only the actors' token, not the log token (in a fleet a
+    /// network HSM, not the host's TPM). Default false: both.
+    #[serde(default)]
+    pub emulate_actors_token_only: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

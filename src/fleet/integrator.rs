@@ -506,13 +506,24 @@ struct BatchKeys<'a> {
     new: &'a HashMap<String, KeyRecord>,
     /// Key ids this integration retires.
     retired: &'a std::collections::HashSet<String>,
+    /// The store's answers so far in this integration (the lease is held: nothing else
+    /// changes the keys meanwhile), so a batch of one actor's receipts reads its key once.
+    cache: &'a std::cell::RefCell<HashMap<String, Option<KeyRecord>>>,
 }
 
 impl check::Keys for BatchKeys<'_> {
     fn key(&self, key_id: &str) -> Result<Option<KeyRecord>, String> {
-        let key = match self.new.get(key_id) {
-            Some(key) => Some(key.clone()),
-            None => self.store.key_by_id(key_id).map_err(|e| e.to_string())?,
+        let cached = self.cache.borrow().get(key_id).cloned();
+        let key = match (self.new.get(key_id), cached) {
+            (Some(key), _) => Some(key.clone()),
+            (None, Some(stored)) => stored,
+            (None, None) => {
+                let stored = self.store.key_by_id(key_id).map_err(|e| e.to_string())?;
+                self.cache
+                    .borrow_mut()
+                    .insert(key_id.to_owned(), stored.clone());
+                stored
+            }
         };
         Ok(key.map(|mut k| {
             if self.retired.contains(key_id) {
@@ -558,6 +569,8 @@ struct Staged {
     active: HashMap<String, Option<KeyRecord>>,
     retired: std::collections::HashSet<String>,
     lags: Vec<f64>,
+    /// Keys read from the store by the checks (`BatchKeys`).
+    key_cache: std::cell::RefCell<HashMap<String, Option<KeyRecord>>>,
 }
 
 /// Checks a row and, if it passes, appends it to the tree.
@@ -575,6 +588,7 @@ fn stage_row(
                 store,
                 new: &staged.new_keys,
                 retired: &staged.retired,
+                cache: &staged.key_cache,
             };
             let head = staged.heads.get(&row.actor).copied();
             check::receipt(&row.entry, &row.actor, facts, &keys, head)
@@ -790,20 +804,22 @@ fn stored_heads(
     Ok(heads)
 }
 
-/// Request ids of `rows` already recorded in the log.
+/// Request ids of `rows` already recorded in the log (one query for all).
 fn recorded_requests(
-    store: &Store,
+    tx: &mut postgres::Transaction<'_>,
     rows: &[Item],
 ) -> Result<std::collections::HashSet<String>, FleetError> {
-    let mut taken = std::collections::HashSet::new();
-    for row in queued(rows) {
-        if let Some((id, _)) = &row.request
-            && store.request(id)?.is_some()
-        {
-            taken.insert(id.clone());
-        }
+    let ids: Vec<&str> = queued(rows)
+        .filter_map(|row| row.request.as_ref().map(|(id, _)| id.as_str()))
+        .collect();
+    if ids.is_empty() {
+        return Ok(std::collections::HashSet::new());
     }
-    Ok(taken)
+    let found = tx.query(
+        "SELECT request_id FROM requests WHERE request_id = ANY($1)",
+        &[&ids],
+    )?;
+    Ok(found.into_iter().map(|r| r.get(0)).collect())
 }
 
 /// One integration; the number of entries integrated.
@@ -821,7 +837,7 @@ fn integrate(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, Flee
         heads: stored_heads(&mut tx, &rows)?,
         ..Staged::default()
     };
-    let mut requests = recorded_requests(&c.store, &rows)?;
+    let mut requests = recorded_requests(&mut tx, &rows)?;
     for item in rows {
         let row = match item {
             Item::One(row) => *row,
@@ -880,7 +896,7 @@ fn integrate(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, Flee
     if count > 0 {
         let total = h.head.map_or(0, |head| head.requests) + requests as u64;
         record_head(setup, &mut c.client, h, total)?;
-        lease::publish(&mut c.client, node, h.held, h.frontier.size())?;
+        lease::publish_unsynced(&mut c.client, node, h.held, h.frontier.size())?;
     }
     let spent = started.elapsed().as_secs_f64();
     let lags: Vec<f64> = staged.lags.iter().map(|w| w + spent).collect();

@@ -12,7 +12,11 @@ use spki::DecodePublicKey;
 use super::FleetError;
 use crate::{
     backend::{BackendKind, KeyRef},
-    ledger::{ActorHead, EntryKind, KeyRecord, KeyState, StoreError},
+    ledger::{
+        ActorHead, CheckpointRow, EntryKind, KeyRecord, KeyState, StoreError,
+        merkle::Hash,
+        store::{split_proof, to_u64},
+    },
     proof::lineage::{Attestation, KeyOrigin},
 };
 
@@ -281,4 +285,76 @@ pub fn seen(client: &mut Client, node: &str) -> Result<(), FleetError> {
         &[&node],
     )?;
     Ok(())
+}
+
+/// Where a queued entry went, with its receipt's proof (tree size, hashes) if it is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    pub log_index: u64,
+    pub proof: Option<(u64, Vec<Hash>)>,
+}
+
+/// In one statement (one snapshot): the size the published log head covers, and where each
+/// of `ids` integrated so far went, with its receipt's proof. What a node answers from.
+pub fn settled(
+    client: &mut Client,
+    ids: &[i64],
+) -> Result<(u64, HashMap<i64, Placed>), FleetError> {
+    let rows = client.query(
+        "SELECT l.published_size, i.queue_id, i.log_index, r.proof_size, r.proof
+         FROM fleet_lease l
+         LEFT JOIN (fleet_integrated i LEFT JOIN receipts r ON r.log_index = i.log_index)
+           ON i.queue_id = ANY($1)
+         WHERE l.id = 1",
+        &[&ids],
+    )?;
+    let mut published = 0;
+    let mut placed = HashMap::with_capacity(rows.len());
+    for row in rows {
+        published = to_u64(row.get(0), "published size")?;
+        let (Some(queue_id), Some(index)) = (row.get::<_, Option<i64>>(1), row.get(2)) else {
+            continue;
+        };
+        let log_index = to_u64(index, "log index")?;
+        let proof = match (
+            row.get::<_, Option<i64>>(3),
+            row.get::<_, Option<Vec<u8>>>(4),
+        ) {
+            (Some(size), Some(hashes)) => Some((
+                to_u64(size, "tree size")?,
+                split_proof(&hashes, || format!("proof of receipt {log_index}"))?,
+            )),
+            _ => None,
+        };
+        placed.insert(queue_id, Placed { log_index, proof });
+    }
+    Ok((published, placed))
+}
+
+/// The stored checkpoints of `sizes`, by size.
+pub fn checkpoints(
+    client: &mut Client,
+    sizes: &[u64],
+) -> Result<HashMap<u64, CheckpointRow>, FleetError> {
+    let sizes: Vec<i64> = sizes.iter().map(|s| i64_of(*s)).collect();
+    let rows = client.query(
+        "SELECT size, root, note FROM checkpoints WHERE size = ANY($1)",
+        &[&sizes],
+    )?;
+    let mut found = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let size = to_u64(row.get(0), "checkpoint size")?;
+        let root: Vec<u8> = row.get(1);
+        let root = <Hash>::try_from(root.as_slice())
+            .map_err(|_| StoreError::Corrupt(format!("checkpoint {size}: bad root")))?;
+        found.insert(
+            size,
+            CheckpointRow {
+                size,
+                root,
+                note: row.get(2),
+            },
+        );
+    }
+    Ok(found)
 }

@@ -13,7 +13,7 @@ use base64::{Engine, engine::general_purpose::STANDARD as B64};
 
 use super::sequencer::{LogIdentity, SignedReceipt};
 use crate::{
-    ledger::{KeyRecord, Store, StoreError, entry, merkle::Hash},
+    ledger::{CheckpointRow, KeyRecord, Store, StoreError, entry, merkle::Hash},
     pki::device::DeviceCertificates,
     proof::{
         batch::BatchInBundle,
@@ -270,16 +270,75 @@ impl SharedParts {
     }
 }
 
-/// One bundle, nothing shared with others ([`SharedParts::bundle_json`]).
-pub fn bundle_json(
-    receipt: (&Envelope, Option<&BatchInBundle>),
-    key: SigningKey<'_>,
+/// A receipt's own parts, as the store or the node that signed it holds them: its log entry,
+/// the receipt as its bundle carries it, its signing key and when it was signed (Unix s).
+pub struct ReceiptParts<'a> {
+    pub entry: &'a [u8],
+    pub receipt: (&'a Envelope, Option<&'a BatchInBundle>),
+    pub key: SigningKey<'a>,
+    pub signed_at: i64,
+}
+
+/// Checks a stored checkpoint (`size`, `root`, `note`) is the log key's and states that tree
+/// head: once per checkpoint, before the bundles proved against it are built.
+pub fn check_checkpoint(
     log: &LogIdentity,
-    inclusion: Inclusion<'_>,
-    certs: &DeviceCertificates,
-    signed_at: i64,
-) -> Result<String, EncodeError> {
-    SharedParts::default().bundle_json(receipt, key, log, inclusion, certs, signed_at)
+    log_index: u64,
+    checkpoint: &CheckpointRow,
+) -> Result<(), StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("receipt {log_index}: {what}"));
+    let parsed = crate::verify::checkpoint::verify_checkpoint(
+        checkpoint.note.as_bytes(),
+        &log.origin,
+        &log.spki_der(),
+    )
+    .map_err(|e| corrupt(&format!("the checkpoint of its proof: {e}")))?;
+    if parsed.size == checkpoint.size && parsed.root == checkpoint.root {
+        Ok(())
+    } else {
+        Err(corrupt(
+            "the checkpoint of its proof states another tree head",
+        ))
+    }
+}
+
+impl SharedParts {
+    /// The bundle of a receipt from its parts, its proof (`inclusion`) checked against the
+    /// `root` of the checkpoint it leads to (itself checked by [`check_checkpoint`]). Both
+    /// answer paths build here: [`stored`] from the store's rows, a fleet node from its own
+    /// receipts and the integrator's proofs, so both give the same bytes.
+    pub fn proven_bundle_json(
+        &mut self,
+        parts: &ReceiptParts<'_>,
+        log: &LogIdentity,
+        inclusion: Inclusion<'_>,
+        root: &Hash,
+        certs: &DeviceCertificates,
+    ) -> Result<String, StoreError> {
+        let index = inclusion.log_index;
+        // Checked at use too: rows behind the start-up check's watermark are not re-read at start.
+        crate::verify::merkle::verify_inclusion(
+            &crate::ledger::merkle::leaf_hash(parts.entry),
+            index,
+            inclusion.tree_size,
+            inclusion.proof,
+            root,
+        )
+        .map_err(|e| {
+            StoreError::Corrupt(format!(
+                "receipt {index}: its stored inclusion proof does not verify: {e}"
+            ))
+        })?;
+        self.bundle_json(
+            parts.receipt,
+            parts.key,
+            log,
+            inclusion,
+            certs,
+            parts.signed_at,
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
 }
 
 /// The stored receipt at `log_index`, proved against `proof` (tree size and hashes) or, if
@@ -309,49 +368,31 @@ pub fn stored(
     let checkpoint = store
         .checkpoint(tree_size)?
         .ok_or_else(|| corrupt("the checkpoint of its proof is missing"))?;
-    // Checked at use too: rows behind the start-up check's watermark are not re-read at start.
-    crate::verify::merkle::verify_inclusion(
-        &crate::ledger::merkle::leaf_hash(&bytes),
+    check_checkpoint(log, log_index, &checkpoint)?;
+    let parts = ReceiptParts {
+        entry: &bytes,
+        receipt: (&envelope.0, envelope.1.as_ref()),
+        key: SigningKey {
+            record: &key,
+            lineage: &lineage,
+        },
+        signed_at,
+    };
+    let inclusion = Inclusion {
         log_index,
         tree_size,
-        &hashes,
+        proof: &hashes,
+        checkpoint_note: &checkpoint.note,
+    };
+    let bundle_json = SharedParts::default().proven_bundle_json(
+        &parts,
+        log,
+        inclusion,
         &checkpoint.root,
-    )
-    .map_err(|e| corrupt(&format!("its stored inclusion proof does not verify: {e}")))?;
-    crate::verify::checkpoint::verify_checkpoint(
-        checkpoint.note.as_bytes(),
-        &log.origin,
-        &log.spki_der(),
-    )
-    .map_err(|e| corrupt(&format!("the checkpoint of its proof: {e}")))
-    .and_then(|parsed| {
-        if parsed.size == tree_size && parsed.root == checkpoint.root {
-            Ok(())
-        } else {
-            Err(corrupt(
-                "the checkpoint of its proof states another tree head",
-            ))
-        }
-    })?;
-    let note = checkpoint.note;
+        certs,
+    )?;
     Ok(Some(SignedReceipt {
-        bundle_json: bundle_json(
-            (&envelope.0, envelope.1.as_ref()),
-            SigningKey {
-                record: &key,
-                lineage: &lineage,
-            },
-            log,
-            Inclusion {
-                log_index,
-                tree_size,
-                proof: &hashes,
-                checkpoint_note: &note,
-            },
-            certs,
-            signed_at,
-        )
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        bundle_json,
         log_index,
         sequence: receipt.sequence,
         key_id: receipt.key_id,

@@ -1,7 +1,9 @@
 //! The sequencer's fleet mode, node side (`crate::fleet`): a sealed batch is queued, not
 //! appended; the callers are answered by a waiter thread once the integrator has integrated
-//! every entry and published a log head that covers them, each bundle built from the store
-//! (`bundles::stored`), byte for byte as a retry or `GetInclusionProof` builds it.
+//! every entry and published a log head that covers them. Each bundle is built from what the
+//! node signed and the integrator's proof, with one query for a settle's indices and proofs
+//! and one for its checkpoints, through the builder `bundles::stored` uses: byte for byte
+//! what a retry or `GetInclusionProof` gives.
 
 use std::{
     collections::HashMap,
@@ -16,9 +18,9 @@ use super::{LogIdentity, Reply, SequencerError, SignedReceipt, bundles, commit::
 use crate::{
     fleet::{
         self, FleetError, FleetSettings,
-        queue::{self, Enqueue, QueueRow, QueuedReceipt},
+        queue::{self, Enqueue, Placed, QueueRow, QueuedReceipt},
     },
-    ledger::{EntryKind, KeyChange, Store, StoreError, store::postgres::PgSettings},
+    ledger::{CheckpointRow, EntryKind, KeyChange, Store, StoreError, store::postgres::PgSettings},
     pki::device::CertificateHistory,
 };
 
@@ -272,7 +274,8 @@ impl Waiter {
         }
     }
 
-    /// Answers every batch and retry whose entries are integrated and published.
+    /// Answers every batch and retry whose entries are integrated and published: one query
+    /// for where they went (and the published size), one for the checkpoints of the ready.
     fn settle(&mut self) -> Result<(), FleetError> {
         let ids: Vec<i64> = self
             .batches
@@ -283,54 +286,39 @@ impl Waiter {
                 Follow::Integrated(..) => None,
             }))
             .collect();
-        let old: Vec<i64> = self
-            .batches
-            .iter()
-            .filter(|(_, _, at)| at.elapsed() > Duration::from_secs(1))
-            .flat_map(|(_, ids, _)| ids.iter().map(|(_, id)| *id))
-            .collect();
         let (client, _) = self.conn()?;
-        let published = fleet::lease::state(client)?.map_or(0, |s| s.published_size);
-        let placed = queue::integrated(client, &ids)?;
-        let covered = |index: &u64| *index < published;
-        let old: Vec<i64> = old
-            .into_iter()
-            .filter(|id| !placed.contains_key(id))
-            .collect();
-        let mut refused = Vec::new();
-        if !old.is_empty() {
-            // Gone from the queue and (asked after that) not integrated: refused.
-            let waiting = queue::still_queued(client, &old)?;
-            let gone: Vec<i64> = old.into_iter().filter(|id| !waiting.contains(id)).collect();
-            let integrated_since = queue::integrated(client, &gone)?;
-            refused = gone
-                .into_iter()
-                .filter(|id| !integrated_since.contains_key(id))
-                .collect();
-        }
-        let batches = std::mem::take(&mut self.batches);
-        for (batch, ids, at) in batches {
+        let (published, mut placed) = queue::settled(client, &ids)?;
+        let refused = self.refused(&placed)?;
+        let covered = |p: &Placed| p.log_index < published;
+        let mut ready = Vec::new();
+        for (batch, ids, at) in std::mem::take(&mut self.batches) {
             if ids.iter().any(|(_, id)| refused.contains(id)) {
                 batch.answer(Err("the integrator refused an entry of this batch (see its log); nothing in it was acknowledged"));
-                continue;
-            }
-            let indices: Option<Vec<(u64, u64)>> = ids
+            } else if ids
                 .iter()
-                .map(|(local, id)| placed.get(id).filter(|i| covered(i)).map(|i| (*local, *i)))
-                .collect();
-            match indices {
-                Some(indices) => self.answer(*batch, &indices.into_iter().collect()),
-                None => self.batches.push((batch, ids, at)),
+                .all(|(_, id)| placed.get(id).is_some_and(covered))
+            {
+                let at_index: HashMap<u64, Placed> = ids
+                    .iter()
+                    .filter_map(|(local, id)| Some((*local, placed.remove(id)?)))
+                    .collect();
+                ready.push((batch, at_index));
+            } else {
+                self.batches.push((batch, ids, at));
             }
+        }
+        let checkpoints = self.checkpoints_of(&ready)?;
+        for (batch, at_index) in ready {
+            self.answer(*batch, &at_index, &checkpoints);
         }
         let follows = std::mem::take(&mut self.follows);
         for (follow, at) in follows {
             let index = match &follow {
-                Follow::Queued(id, _) => placed.get(id).copied(),
+                Follow::Queued(id, _) => placed.get(id).map(|p| p.log_index),
                 Follow::Integrated(index, _) => Some(*index),
             };
             match (follow, index) {
-                (follow, Some(index)) if covered(&index) => match follow {
+                (follow, Some(index)) if index < published => match follow {
                     Follow::Queued(_, reply) | Follow::Integrated(_, reply) => {
                         let _ = reply.send(self.stored(index));
                     }
@@ -341,6 +329,57 @@ impl Waiter {
         Ok(())
     }
 
+    /// Queue ids of batches waiting over a second that are neither queued nor integrated:
+    /// the integrator refused them.
+    fn refused(&mut self, placed: &HashMap<i64, Placed>) -> Result<Vec<i64>, FleetError> {
+        let old: Vec<i64> = self
+            .batches
+            .iter()
+            .filter(|(_, _, at)| at.elapsed() > Duration::from_secs(1))
+            .flat_map(|(_, ids, _)| ids.iter().map(|(_, id)| *id))
+            .filter(|id| !placed.contains_key(id))
+            .collect();
+        if old.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (client, _) = self.conn()?;
+        // Gone from the queue and (asked after that) not integrated: refused.
+        let waiting = queue::still_queued(client, &old)?;
+        let gone: Vec<i64> = old.into_iter().filter(|id| !waiting.contains(id)).collect();
+        let integrated_since = queue::integrated(client, &gone)?;
+        Ok(gone
+            .into_iter()
+            .filter(|id| !integrated_since.contains_key(id))
+            .collect())
+    }
+
+    /// The checkpoints the ready batches' receipts are proved against, each checked once.
+    fn checkpoints_of(
+        &mut self,
+        ready: &[(Box<CommitBatch>, HashMap<u64, Placed>)],
+    ) -> Result<HashMap<u64, CheckpointRow>, FleetError> {
+        let mut sizes: Vec<u64> = ready
+            .iter()
+            .flat_map(|(_, at)| at.values().filter_map(|p| Some(p.proof.as_ref()?.0)))
+            .collect();
+        if sizes.is_empty() {
+            return Ok(HashMap::new());
+        }
+        sizes.sort_unstable();
+        sizes.dedup();
+        let log = self.log.clone();
+        let (client, _) = self.conn()?;
+        let mut found = queue::checkpoints(client, &sizes)?;
+        found.retain(|size, checkpoint| {
+            let checked = bundles::check_checkpoint(&log, *size, checkpoint);
+            if let Err(e) = &checked {
+                tracing::error!(error = %e, size, "a stored checkpoint does not verify");
+            }
+            checked.is_ok()
+        });
+        Ok(found)
+    }
+
     fn stored(&mut self, index: u64) -> Result<SignedReceipt, SequencerError> {
         let certificates = self.certificates.get();
         let log = self.log.clone();
@@ -349,23 +388,66 @@ impl Waiter {
             .ok_or_else(|| SequencerError::NotStored(format!("log entry {index} is not a receipt")))
     }
 
-    /// Answers a batch: each receipt's bundle from the store at its log index.
-    fn answer(&mut self, mut batch: CommitBatch, indices: &HashMap<u64, u64>) {
-        for pending in &mut batch.receipts {
-            let Some(&index) = indices.get(&pending.row.log_index) else {
+    /// Answers a batch: each receipt's bundle built from what this node signed and the
+    /// integrator's proof (`bundles::proven_bundle_json`, as `bundles::stored` builds it);
+    /// from the store if that cannot be done.
+    fn answer(
+        &mut self,
+        mut batch: CommitBatch,
+        at_index: &HashMap<u64, Placed>,
+        checkpoints: &HashMap<u64, CheckpointRow>,
+    ) {
+        let certificates = self.certificates.get();
+        let entries: HashMap<u64, &[u8]> = batch
+            .batch
+            .entries
+            .iter()
+            .map(|e| (e.log_index, e.entry.as_slice()))
+            .collect();
+        let mut shared = bundles::SharedParts::default();
+        let mut answers = Vec::with_capacity(batch.receipts.len());
+        for pending in &batch.receipts {
+            let Some(placed) = at_index.get(&pending.row.log_index) else {
+                answers.push(None);
                 continue;
             };
-            match self.stored(index) {
-                Ok(signed) => {
-                    pending.bundle_json = signed.bundle_json;
-                    pending.row.log_index = index;
+            let built = entries
+                .get(&pending.row.log_index)
+                .ok_or_else(|| "its entry is not in its batch".to_owned())
+                .and_then(|entry| {
+                    from_parts(
+                        &mut shared,
+                        pending,
+                        entry,
+                        placed,
+                        checkpoints,
+                        &self.log,
+                        &certificates,
+                    )
+                });
+            let answer = match built {
+                Ok(bundle) => Ok(bundle),
+                Err(why) => {
+                    tracing::warn!(log_index = placed.log_index, reason = %why,
+                        "fleet answer not built from its parts; reading it from the store");
+                    self.stored(placed.log_index).map(|s| s.bundle_json)
                 }
+            };
+            match answer {
+                Ok(bundle) => answers.push(Some((placed.log_index, bundle))),
                 Err(e) => {
-                    let message = format!("integrated at {index}, but its bundle: {e}");
+                    let message =
+                        format!("integrated at {}, but its bundle: {e}", placed.log_index);
                     tracing::error!(error = %message, "cannot answer a fleet batch");
                     batch.answer(Err(&message));
                     return;
                 }
+            }
+        }
+        for (pending, answer) in batch.receipts.iter_mut().zip(answers) {
+            if let Some((index, bundle)) = answer {
+                pending.bundle_json = bundle;
+                pending.row.log_index = index;
             }
         }
         batch.answer(Ok(()));
@@ -392,6 +474,44 @@ impl Waiter {
             let _ = reply.send(Err(SequencerError::Pending(message.into())));
         }
     }
+}
+
+/// A receipt's bundle from what its node signed (envelope, key, lineage, time, entry) and
+/// where the integrator placed it (index, proof, checkpoint).
+fn from_parts(
+    shared: &mut bundles::SharedParts,
+    pending: &super::PendingReceipt,
+    entry: &[u8],
+    placed: &Placed,
+    checkpoints: &HashMap<u64, CheckpointRow>,
+    log: &LogIdentity,
+    certificates: &crate::pki::device::DeviceCertificates,
+) -> Result<String, String> {
+    let (size, proof) = placed
+        .proof
+        .as_ref()
+        .ok_or("integrated without its receipt row")?;
+    let checkpoint = checkpoints
+        .get(size)
+        .ok_or("the checkpoint of its proof is missing or does not verify")?;
+    let parts = bundles::ReceiptParts {
+        entry,
+        receipt: (&pending.envelope, pending.batch.as_ref()),
+        key: bundles::SigningKey {
+            record: &pending.key.record,
+            lineage: &pending.key.lineage,
+        },
+        signed_at: pending.signed_at_unix,
+    };
+    let inclusion = bundles::Inclusion {
+        log_index: placed.log_index,
+        tree_size: *size,
+        proof,
+        checkpoint_note: &checkpoint.note,
+    };
+    shared
+        .proven_bundle_json(&parts, log, inclusion, &checkpoint.root, certificates)
+        .map_err(|e| e.to_string())
 }
 
 fn to_sequencer(e: FleetError) -> SequencerError {
