@@ -36,7 +36,7 @@ use crate::{
         witness_policy::{PolicyWitness, WitnessPolicy},
     },
 };
-use store::AnchorStore;
+use store::{AnchorStore, HolderPut};
 use witness_client::Submitted;
 
 /// When `Sign` answers.
@@ -767,16 +767,24 @@ impl Task {
             .map(|(f, e)| (f.node.clone(), e));
         let stored = tokio::task::spawn_blocking(move || match holder {
             Some((node, epoch)) => lock(&anchors).put_as_holder(&row, &node, epoch),
-            None => lock(&anchors).put(&row).map(|()| true),
+            None => lock(&anchors).put(&row).map(|()| HolderPut::Stored),
         });
         match stored.await {
-            Ok(Ok(true)) if self.fleet.is_some() => {
+            Ok(Ok(HolderPut::Stored)) if self.fleet.is_some() => {
                 offer(&self.tx, anchored.clone());
             }
-            Ok(Ok(true)) => {
+            Ok(Ok(HolderPut::Stored)) => {
                 let _ = self.tx.send(Some(Arc::new(anchored.clone())));
             }
-            Ok(Ok(false)) => {
+            Ok(Ok(HolderPut::Unchanged)) => {
+                // Never published: a restart would not find it (or the table has another
+                // root at that size, which no bundle may carry).
+                tracing::warn!(
+                    size = anchored.size,
+                    "the shared table keeps another anchored checkpoint of this size; this round's is not published"
+                );
+            }
+            Ok(Ok(HolderPut::Fenced)) => {
                 tracing::warn!(
                     size = anchored.size,
                     epoch,

@@ -228,16 +228,16 @@ impl AnchorStore {
     /// Fleet mode: stores an anchored checkpoint only if `node` holds the lease at `epoch`
     /// (the row share-locked by the statement, so a takeover waits for it and then reads it),
     /// and announces it on [`CHANNEL_ANCHORED`]. A row of the same size is replaced only by one
-    /// carrying at least as much (a longer note: more cosignature lines). False if fenced.
+    /// carrying at least as much (a longer note: more cosignature lines) and the same root.
     pub fn put_as_holder(
         &self,
         anchored: &AnchoredCheckpoint,
         node: &str,
         epoch: i64,
-    ) -> Result<bool, AnchorStoreError> {
+    ) -> Result<HolderPut, AnchorStoreError> {
         let AnchorStore::Postgres(pg) = self else {
             self.put(anchored)?;
-            return Ok(true);
+            return Ok(HolderPut::Stored);
         };
         let (size, cosigners, timestamps) = columns(anchored)?;
         // One statement: the server checks, stores and announces at once, so no stalled
@@ -255,12 +255,13 @@ impl AnchorStore {
                     anchored_at = excluded.anchored_at
                 WHERE anchored_checkpoints.root = excluded.root
                   AND length(excluded.note) >= length(anchored_checkpoints.note)
-                RETURNING size)
-             SELECT pg_notify('{CHANNEL_ANCHORED}', $8) FROM held"
+                RETURNING size),
+             announced AS (SELECT pg_notify('{CHANNEL_ANCHORED}', $8) FROM stored)
+             SELECT EXISTS (SELECT 1 FROM held), (SELECT count(*) FROM announced)"
         );
         let announced = size.to_string();
-        Ok(pg.with_client(|c| {
-            let rows = c.query(
+        let rows = pg.with_client(|c| {
+            c.query(
                 &statement,
                 &[
                     &size,
@@ -272,10 +273,32 @@ impl AnchorStore {
                     &epoch,
                     &announced,
                 ],
-            )?;
-            Ok(!rows.is_empty())
-        })?)
+            )
+        })?;
+        let row = rows.first().ok_or_else(|| {
+            AnchorStoreError::Corrupt("storing an anchored checkpoint answered no row".into())
+        })?;
+        let get = |e: postgres::Error| AnchorStoreError::Postgres(StoreError::from(e));
+        let held: bool = row.try_get(0).map_err(get)?;
+        let announced: i64 = row.try_get(1).map_err(get)?;
+        Ok(match (held, announced) {
+            (false, _) => HolderPut::Fenced,
+            (true, 0) => HolderPut::Unchanged,
+            (true, _) => HolderPut::Stored,
+        })
     }
+}
+
+/// What [`AnchorStore::put_as_holder`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HolderPut {
+    /// Stored (and announced): the newest for its size.
+    Stored,
+    /// The lease holds, but the table keeps what it had: another root at that size (which
+    /// must never be published) or a note with more cosignatures.
+    Unchanged,
+    /// This node no longer holds the lease at that epoch: nothing stored.
+    Fenced,
 }
 
 /// Whether the lease row names this node (`$1`) at this epoch (`$2`) and is unexpired.
