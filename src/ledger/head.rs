@@ -229,12 +229,14 @@ impl LogHead {
 }
 
 /// Whether `next` may replace `current`, the record the hardware holds (`None`: none yet):
-/// never a smaller tree, another root at the same size, or another log's head. A record
-/// that does not decode is no head and may be replaced (the start-up check refuses it).
+/// never a smaller tree, another root at the same size, or another log's head. Nor a
+/// record that does not decode: the start-up check refuses it, and overwriting it would
+/// erase the evidence of whatever damaged it.
 pub fn may_replace(current: Option<&[u8]>, next: &LogHead) -> Result<(), HeadError> {
-    let Some(Ok(held)) = current.map(LogHead::decode) else {
+    let Some(current) = current else {
         return Ok(());
     };
+    let held = LogHead::decode(current)?;
     if held.binding.log_key_id != next.binding.log_key_id
         || held.binding.origin_sha256 != next.binding.origin_sha256
     {
@@ -378,7 +380,10 @@ mod tests {
         };
         let held = at(10, 1).encode();
         assert!(may_replace(None, &at(3, 1)).is_ok());
-        assert!(may_replace(Some(b"garbage"), &at(3, 1)).is_ok());
+        assert!(matches!(
+            may_replace(Some(b"garbage"), &at(3, 1)),
+            Err(HeadError::Unreadable(_))
+        ));
         assert!(may_replace(Some(&held), &at(11, 2)).is_ok());
         assert!(may_replace(Some(&held), &at(10, 1)).is_ok());
         assert!(matches!(
