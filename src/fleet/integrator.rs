@@ -261,7 +261,8 @@ fn take_over(
 /// quarter lease): on a long log or a starved machine the check can outlast one lease, and a
 /// lease that lapses mid-check goes to the next node, which would then do the same, round
 /// after round. A renewal that finds the lease gone ends the heartbeat; the work's result is
-/// then discarded as `Fenced`.
+/// then discarded as `Fenced`. The heartbeat stops after [`takeover_bound`]: work hung on an
+/// unreachable log token must let the lease lapse, not hold the fleet's integration forever.
 fn under_heartbeat<T>(
     client: &mut Client,
     node: &str,
@@ -272,7 +273,15 @@ fn under_heartbeat<T>(
     let (stop, stopped) = mpsc::channel::<()>();
     thread::scope(|scope| {
         let beat = scope.spawn(move || {
+            let until = Instant::now() + takeover_bound(lease);
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(lease / 4) {
+                if Instant::now() >= until {
+                    tracing::error!(node = %node, epoch = held.epoch, bound_ms = takeover_bound(lease).as_millis() as u64,
+                        "the takeover's start-up check outlasted its bound; letting the lease lapse");
+                    return Err(FleetError::Refused(
+                        "the takeover's start-up check outlasted its bound; the lease lapses".into(),
+                    ));
+                }
                 lease::renew(client, node, held, lease)?;
             }
             Ok(())
@@ -284,6 +293,12 @@ fn under_heartbeat<T>(
             .unwrap_or_else(|_| Err(FleetError::Refused("the lease heartbeat panicked".into())));
         beat.map(|()| out)
     })
+}
+
+/// How long a takeover's start-up check may keep the lease alive: ten leases, and at least
+/// ten seconds (an incremental check takes milliseconds; a whole one of a long log, seconds).
+fn takeover_bound(lease: Duration) -> Duration {
+    (lease * 10).max(Duration::from_secs(10))
 }
 
 /// One round of the holder: the head brought up if a rewrite failed, an integration, and a
