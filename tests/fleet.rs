@@ -641,7 +641,9 @@ async fn a_stopped_integrator_is_fenced_and_signs_no_checkpoint_into_the_log() {
     // by a takeover its log shows after the fence.
     if now_holder == format!("node-{holder}") {
         let log = std::fs::read_to_string(fleet.nodes[holder].daemon_log()).unwrap();
-        let after = &log[log.find("fenced: the lease moved on").unwrap()..];
+        let after = &log[log
+            .find("fenced: the lease moved on")
+            .expect("the fenced node logs that it was fenced")..];
         assert!(
             now_epoch > taken_at && after.contains("holding the integrator lease"),
             "the fenced node holds the lease at epoch {now_epoch} without a new takeover:\n{after}"
