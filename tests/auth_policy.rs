@@ -33,15 +33,7 @@ fn sign_as(actor: &str, action_type: &str) -> SignRequest {
 }
 
 fn key_count(lab: &actseal::lab::Lab) -> u64 {
-    let conn = rusqlite::Connection::open_with_flags(
-        lab.dir.join("state/actseal.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    conn.query_row("SELECT COUNT(*) FROM actor_keys", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .unwrap() as u64
+    LedgerDb::open(lab).one::<i64>("SELECT COUNT(*) FROM actor_keys") as u64
 }
 
 // ---------------------------------------------------------------------------------------------
