@@ -584,3 +584,110 @@ async fn a_node_restarted_mid_handover_serves_the_actor_no_more() {
     .expect("verifies");
     assert_eq!(verified.key_version, 2);
 }
+
+/// Rows a database writer forges from a pending handover: the actor's key retired and the
+/// accepted key (in the target's hardware) made active from the index of one of its
+/// receipts, as if a rotation had logged it. Nothing moves ownership but the integrator's
+/// checked rotation: the actor stays its owner's; and even with the ownership row forged
+/// too, the target refuses to sign (the log holds no rotation to that key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forged_key_row_for_a_pending_handover_moves_nothing_and_is_refused() {
+    let Some((fleet, _dir)) = started_fleet().await else {
+        return;
+    };
+    let actor = "spiffe://acme.example/forged-key/agent";
+    common::create_key(&fleet.nodes[0], actor).await;
+    signer(&fleet, 0)
+        .await
+        .sign(request(actor, "before"))
+        .await
+        .expect("signs on its node");
+    admin(&fleet, 1)
+        .await
+        .accept_actor(AcceptActorRequest {
+            actor: actor.into(),
+        })
+        .await
+        .expect("accept");
+    let inserted = tokio::task::block_in_place(|| {
+        let mut client = fleet.client().unwrap();
+        let mut tx = client.transaction().unwrap();
+        tx.execute(
+            "UPDATE actor_keys SET state = 'retired', retired_at = created_at
+             WHERE actor = $1 AND state = 'active'",
+            &[&actor],
+        )
+        .unwrap();
+        let inserted = tx
+            .execute(
+                "INSERT INTO actor_keys (actor, version, backend, key_ref, key_id, public_key,
+                     origin, state, created_at, attestation, retired_at, rotation_index)
+                 SELECT actor, (k ->> 'version')::bigint, k ->> 'backend', k ->> 'key_ref',
+                     k ->> 'key_id', decode(k ->> 'public_key', 'base64'), k ->> 'origin',
+                     'active', k ->> 'created_at', (k -> 'attestation')::text, NULL,
+                     (SELECT min(log_index) FROM receipts WHERE actor = $1)
+                 FROM (SELECT actor, key_record::json AS k FROM fleet_handovers
+                       WHERE actor = $1) h",
+                &[&actor],
+            )
+            .unwrap();
+        tx.commit().unwrap();
+        inserted
+    });
+    assert_eq!(inserted, 1, "the forged key row");
+    // Integration rounds run (5 ms apart); none of them moves the actor.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(owner(&fleet, actor), "node-0");
+    let refused = signer(&fleet, 1)
+        .await
+        .sign(request(actor, "forged-key"))
+        .await
+        .expect_err("not the target's");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("node-0"), "{refused:?}");
+    // The ownership row forged as well: the target's hardware holds the key, but the log
+    // does not make it active; the target signs nothing and queues nothing.
+    let queued_before = query_i64(
+        &fleet,
+        "SELECT COUNT(*) FROM fleet_queue WHERE actor = $1",
+        actor,
+    );
+    tokio::task::block_in_place(|| {
+        fleet
+            .client()
+            .unwrap()
+            .execute(
+                "UPDATE fleet_actors SET node = 'node-1' WHERE actor = $1",
+                &[&actor],
+            )
+            .unwrap()
+    });
+    let refused = signer(&fleet, 1)
+        .await
+        .sign(request(actor, "forged-owner"))
+        .await
+        .expect_err("the log holds no rotation to the forged key");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("not made active by a rotation in the log"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        query_i64(
+            &fleet,
+            "SELECT COUNT(*) FROM fleet_queue WHERE actor = $1",
+            actor
+        ),
+        queued_before
+    );
+    assert_eq!(
+        query_i64(
+            &fleet,
+            "SELECT COUNT(*) FROM log_entries WHERE actor = $1 AND kind = 'receipt'",
+            actor
+        ),
+        1
+    );
+}

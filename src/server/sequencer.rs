@@ -600,8 +600,15 @@ impl Sequencer {
             if handing_over.iter().any(|(a, ..)| *a == actor) {
                 continue;
             }
+            let keys = self.store.keys(Some(&actor))?;
+            let active = keys.iter().find(|k| k.state == KeyState::Active);
+            // Not served until the log shows how its key became active (refused on the
+            // first Sign, `handover::load_moved`).
+            if active.is_some_and(|key| self.rotated_to(key).is_err()) {
+                continue;
+            }
             let mut chain = ActorChain { key: None, head };
-            for key in self.store.keys(Some(&actor))? {
+            for key in keys {
                 if key.state == KeyState::Active {
                     let lineage = Arc::new(bundles::lineage(
                         &self.store,

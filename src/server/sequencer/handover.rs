@@ -96,6 +96,7 @@ impl Sequencer {
                     "actor {actor:?} has no active key in the log"
                 ))
             })?;
+        self.rotated_to(&key)?;
         self.holds(&key)?;
         let head = match &self.fleet {
             Some(link) => link.borrow_mut().own_actors()?.remove(actor).flatten(),
@@ -124,6 +125,42 @@ impl Sequencer {
             },
         );
         Ok(())
+    }
+
+    /// Refuses an active key `key` the log does not make active: a later version must come
+    /// with its rotation entry, a rotation statement of that actor from its previous version
+    /// to `key`, signed by that version (a key row written straight into the database names
+    /// no entry, or one that is none, e.g. a receipt, or another key's rotation).
+    pub(super) fn rotated_to(&self, key: &KeyRecord) -> Result<(), SequencerError> {
+        let history = self.store.key_history(&key.actor, key.version)?;
+        let forged = |why: &str| {
+            tracing::error!(actor = %key.actor, key_id = %key.key_id, reason = %why,
+                "the actor's active key is not made active by a rotation in the log: refused");
+            SequencerError::Precondition(format!(
+                "actor {:?}: its active key {} is not made active by a rotation in the log ({why})",
+                key.actor, key.key_id
+            ))
+        };
+        let Some((last, entry)) = history.last() else {
+            return Err(forged("no such key version"));
+        };
+        if last.key_id != key.key_id {
+            return Err(forged("another key holds its version"));
+        }
+        if key.version == 1 {
+            return Ok(());
+        }
+        let entry = entry.as_ref().ok_or_else(|| forged("no rotation entry"))?;
+        let previous = history
+            .iter()
+            .rev()
+            .nth(1)
+            .map(|(k, _)| k)
+            .filter(|k| k.version.checked_add(1) == Some(key.version))
+            .ok_or_else(|| forged("no previous version"))?;
+        crate::fleet::check::rotation(entry, &key.actor, previous, key)
+            .map(drop)
+            .map_err(|e| forged(&e))
     }
 
     /// Whether this node's hardware holds `key`: it signs a fixed message with it, checked
