@@ -36,6 +36,11 @@ fn document(request_id: &str) -> Vec<u8> {
 
 /// Three nodes started; `None` where PostgreSQL is missing (a failure under CI=true).
 async fn started_fleet() -> Option<(Fleet, TempDir)> {
+    started_fleet_with(FLEET).await
+}
+
+/// [`started_fleet`] with `[fleet]` settings `config`.
+async fn started_fleet_with(config: &'static str) -> Option<(Fleet, TempDir)> {
     if !common::can_run(
         actseal::lab_postgres::server_bin().is_some(),
         "PostgreSQL (initdb, pg_ctl) is not installed",
@@ -49,7 +54,7 @@ async fn started_fleet() -> Option<(Fleet, TempDir)> {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_actseal"));
     let path = dir.path().to_owned();
     let fleet = tokio::task::spawn_blocking(move || {
-        let mut fleet = Fleet::create(&exe, &path, 3, FLEET).expect("fleet set-up");
+        let mut fleet = Fleet::create(&exe, &path, 3, config).expect("fleet set-up");
         fleet.start_all().expect("fleet start");
         fleet
     })
@@ -690,4 +695,122 @@ async fn a_forged_key_row_for_a_pending_handover_moves_nothing_and_is_refused() 
         ),
         1
     );
+}
+
+/// Holds integration up for real: locks the lease row until the returned sender is used
+/// (or dropped).
+fn hold_integration(fleet: &Fleet) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+    let mut client = tokio::task::block_in_place(|| fleet.client().unwrap());
+    let holder = std::thread::spawn(move || {
+        let mut tx = client.transaction().unwrap();
+        tx.execute("SELECT 1 FROM fleet_lease WHERE id = 1 FOR UPDATE", &[])
+            .unwrap();
+        locked.send(()).unwrap();
+        let _ = released.recv();
+        tx.commit().unwrap();
+    });
+    is_locked.recv().unwrap();
+    (release, holder)
+}
+
+/// A hand-over answered `UNAVAILABLE` (its rotation queued, integration held up past the
+/// answer timeout) leaves the actor refused on its node while the rotation is queued; once
+/// the integrator refuses the rotation (its row tampered with in PostgreSQL), the node finds
+/// that in the database and signs for the actor again with its old key, chain whole, and the
+/// target never does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_timed_out_handover_whose_rotation_is_refused_leaves_the_actor_on_its_node() {
+    const SHORT: &str = "lease_ms = 1500\nintegrate_interval_ms = 5\nanswer_timeout_ms = 1500";
+    let Some((fleet, _dir)) = started_fleet_with(SHORT).await else {
+        return;
+    };
+    let actor = "spiffe://acme.example/refused-move/agent";
+    common::create_key(&fleet.nodes[0], actor).await;
+    let first = signer(&fleet, 0)
+        .await
+        .sign(request(actor, "first"))
+        .await
+        .expect("signs on its node")
+        .into_inner();
+    admin(&fleet, 1)
+        .await
+        .accept_actor(AcceptActorRequest {
+            actor: actor.into(),
+        })
+        .await
+        .expect("accept");
+    let (release, holder) = hold_integration(&fleet);
+    let timed_out = admin(&fleet, 0)
+        .await
+        .hand_over_actor(HandOverActorRequest {
+            actor: actor.into(),
+            to: "node-1".into(),
+        })
+        .await
+        .expect_err("integration is held up past the answer timeout");
+    assert_eq!(timed_out.code(), Code::Unavailable, "{timed_out:?}");
+    let rotations = "SELECT COUNT(*) FROM fleet_queue WHERE kind = 'rotation' AND actor = $1";
+    assert_eq!(query_i64(&fleet, rotations, actor), 1, "the rotation is queued");
+    let refused = signer(&fleet, 0)
+        .await
+        .sign(request(actor, "while-queued"))
+        .await
+        .expect_err("refused while the rotation is queued");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("node-1"), "{refused:?}");
+    let tampered = tokio::task::block_in_place(|| {
+        fleet
+            .client()
+            .unwrap()
+            .execute(
+                "UPDATE fleet_queue SET entry = entry || '\\x00'::bytea
+                 WHERE kind = 'rotation' AND actor = $1",
+                &[&actor],
+            )
+            .unwrap()
+    });
+    assert_eq!(tampered, 1);
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while query_i64(&fleet, rotations, actor) != 0 {
+        assert!(Instant::now() < deadline, "the rotation was never taken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(owner(&fleet, actor), "node-0", "the refused rotation moves nothing");
+    assert_eq!(
+        query_i64(
+            &fleet,
+            "SELECT COUNT(*) FROM log_entries WHERE actor = $1 AND kind = 'rotation'",
+            actor
+        ),
+        0
+    );
+    let next = signer(&fleet, 0)
+        .await
+        .sign(request(actor, "after-refusal"))
+        .await
+        .expect("its node signs for it again")
+        .into_inner();
+    let statement = common::receipt_statement(&next.bundle_json);
+    assert_eq!(statement["predicate"]["sequence"], 2);
+    assert_eq!(
+        statement["predicate"]["previousReceipt"]["sha256"].as_str(),
+        Some(common::payload_sha256(&first.bundle_json).as_str())
+    );
+    let verified = common::verify(
+        &fleet.nodes[0],
+        &next.bundle_json,
+        Some(&document("after-refusal")),
+    )
+    .expect("verifies");
+    assert_eq!(verified.key_version, 1);
+    let refused = signer(&fleet, 1)
+        .await
+        .sign(request(actor, "on-target"))
+        .await
+        .expect_err("the target never got it");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
 }

@@ -182,3 +182,15 @@ pub fn complete(
     }
     Ok(())
 }
+
+/// Whether `node` has a rotation of `actor` queued, not yet taken by the integrator (while
+/// an actor is being handed over its node queues nothing else for it).
+pub fn rotation_queued(client: &mut Client, node: &str, actor: &str) -> Result<bool, FleetError> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM fleet_queue
+                            WHERE node = $1 AND actor = $2 AND kind = 'rotation')",
+            &[&node, &actor],
+        )?
+        .get(0))
+}

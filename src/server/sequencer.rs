@@ -438,9 +438,11 @@ struct Sequencer {
     windows: Windows,
     /// Fleet mode (`fleet.rs`): entries are queued for the integrator, not appended here.
     fleet: Option<std::cell::RefCell<fleet::Link>>,
-    /// Fleet: actors handed over (or being handed over) to another node, and to which.
-    /// (target, the key version handed over to it)
-    moving: HashMap<String, (String, u32)>,
+    /// Fleet: actors handed over (or being handed over) to another node (`handover.rs`).
+    moving: HashMap<String, handover::Moving>,
+    /// Non-empty batches finished (sent to be committed, or failed): a handover's rotation
+    /// is settled once its batch is finished and the commit stage idle.
+    finished_batches: u64,
 }
 
 /// How the sequencer signs: its threads, their timeout, its batching.
@@ -500,6 +502,7 @@ pub fn start(
             .fleet
             .map(|node| std::cell::RefCell::new(fleet::Link::new(node))),
         moving: HashMap::new(),
+        finished_batches: 0,
     };
     sequencer.reload()?;
     if let Some(previous) = begin
@@ -627,7 +630,7 @@ impl Sequencer {
         let newest_time = clock::newest_entry_time(&self.store, size)?;
         self.actors = actors;
         for (actor, target, version) in handing_over {
-            self.moving.insert(actor, (target, version));
+            self.moving.insert(actor, handover::Moving::settled(target, version));
         }
         self.frontier = Frontier::default();
         self.clock.resume(newest_time);
@@ -1542,6 +1545,7 @@ impl Sequencer {
         if staged.batch.is_empty() {
             return;
         }
+        self.finished_batches += 1;
         // In a fleet the integrator signs the checkpoint and proves each receipt.
         let sealed = match self.fleet {
             None => self.seal(&mut staged),

@@ -14,42 +14,95 @@ use crate::{
 /// signature is checked against the key's public key and dropped).
 const POSSESSION: &[u8] = b"actseal fleet handover: the active key is held here";
 
+/// An actor this node is handing over (or has handed over): new Signs for it are refused
+/// until the database says how the handover ended.
+#[derive(Debug, Clone)]
+pub(super) struct Moving {
+    target: String,
+    /// The key version handed over.
+    version: u32,
+    /// The `finished_batches` count once the batch with its rotation is finished.
+    batch: u64,
+}
+
+impl Moving {
+    /// One whose rotation was queued before (found in the queue at start-up).
+    pub(super) fn settled(target: String, version: u32) -> Self {
+        Moving {
+            target,
+            version,
+            batch: 0,
+        }
+    }
+}
+
+/// How a handover stands, read from the database.
+enum Outcome {
+    /// Its rotation may still be integrated: refuse the actor here.
+    Undecided,
+    /// Integrated (the actor is another node's), or handed back (this node's again, at a
+    /// later key): nothing left to remember.
+    Over,
+    /// Refused by the integrator, or never queued: the actor is served here again.
+    Failed,
+}
+
 impl Sequencer {
-    /// Refuses anything for an actor this node has handed over (or is handing over), unless
-    /// it was handed back since.
+    /// Refuses anything for an actor this node is handing over while its rotation may still
+    /// be integrated; once it is decided, forgets the handover (another node's actor is then
+    /// refused as such by the caller, one whose rotation failed is served here again).
     pub(super) fn handover_refusal(&mut self, actor: &str) -> Option<SequencerError> {
-        let (target, version) = self.moving.get(actor)?.clone();
-        match self.handed_back(actor, version) {
-            Ok(true) => {
+        let moving = self.moving.get(actor)?.clone();
+        match self.handover_outcome(actor, &moving) {
+            Ok(Outcome::Undecided) => Some(SequencerError::Precondition(format!(
+                "actor {actor:?} is handed over to fleet node {:?}; sign there",
+                moving.target
+            ))),
+            Ok(Outcome::Over) => {
                 self.moving.remove(actor);
                 None
             }
-            Ok(false) => Some(SequencerError::Precondition(format!(
-                "actor {actor:?} is handed over to fleet node {target:?}; sign there"
-            ))),
+            Ok(Outcome::Failed) => {
+                self.moving.remove(actor);
+                tracing::warn!(actor = %actor, target = %moving.target,
+                    "the handover's rotation was not integrated: this node serves the actor again");
+                self.load_moved(actor).err()
+            }
             Err(e) => Some(e),
         }
     }
 
-    /// Whether an actor this node handed over (at key `version`) is this node's again: the
-    /// fleet says so and the log's active key is a later version (one moved back here).
-    fn handed_back(&mut self, actor: &str, version: u32) -> Result<bool, SequencerError> {
-        let node = match &self.fleet {
-            Some(link) => link.borrow().node.settings.node.clone(),
-            None => return Ok(false),
+    /// Reads how the handover of `actor` stands. Its rotation is looked for in the queue only
+    /// once the batch that queued it is settled (committed or failed), and the owner read
+    /// after the queue: the integrator takes the rotation from the queue and moves the actor
+    /// in one transaction, so a rotation no longer queued has its outcome in the owner row.
+    fn handover_outcome(
+        &mut self,
+        actor: &str,
+        moving: &Moving,
+    ) -> Result<Outcome, SequencerError> {
+        let Some(link) = &self.fleet else {
+            return Ok(Outcome::Undecided);
         };
-        let owner = match &self.fleet {
-            Some(link) => link.borrow_mut().owner(actor)?,
-            None => None,
-        };
-        if owner.as_deref() != Some(node.as_str()) {
-            return Ok(false);
+        let settled = self.finished_batches >= moving.batch && self.committer.idle();
+        if !settled || link.borrow_mut().rotation_queued(actor)? {
+            return Ok(Outcome::Undecided);
         }
-        Ok(self
+        let node = link.borrow().node.settings.node.clone();
+        let owner = link.borrow_mut().owner(actor)?;
+        if owner.as_deref() != Some(node.as_str()) {
+            return Ok(Outcome::Over);
+        }
+        let handed_back = self
             .store
             .keys(Some(actor))?
             .iter()
-            .any(|k| k.state == KeyState::Active && k.version > version))
+            .any(|k| k.state == KeyState::Active && k.version >= moving.version);
+        Ok(if handed_back {
+            Outcome::Over
+        } else {
+            Outcome::Failed
+        })
     }
 
     /// Stages the rotation to the target's key as a local rotation (after every receipt of
@@ -69,17 +122,21 @@ impl Sequencer {
         self.stage_rotate(staged, plan)?;
         self.actors.remove(&actor);
         tracing::info!(actor = %actor, target = %target, "actor handed over: this node signs nothing more for it");
-        self.moving.insert(actor, (target, version));
+        let moving = Moving {
+            target,
+            version,
+            // This batch, once finished.
+            batch: self.finished_batches + 1,
+        };
+        self.moving.insert(actor, moving);
         Ok(())
     }
 
-    /// Takes back an actor whose handover did not go through (its rotation was refused or
-    /// never queued): reloaded from the fleet as this node's, if it still is.
+    /// After a hand-over call failed: serves the actor here again if the database shows its
+    /// rotation did not go through (refused, or never queued); keeps refusing it while the
+    /// rotation may still be integrated (`handover_refusal`).
     pub(super) fn reclaim(&mut self, actor: &str) -> Result<(), SequencerError> {
-        if self.moving.remove(actor).is_none() {
-            return Ok(());
-        }
-        self.load_moved(actor)
+        self.handover_refusal(actor).map_or(Ok(()), Err)
     }
 
     /// Loads an actor the fleet says is this node's and this node does not serve yet (one
