@@ -752,7 +752,11 @@ async fn a_timed_out_handover_whose_rotation_is_refused_leaves_the_actor_on_its_
         .expect_err("integration is held up past the answer timeout");
     assert_eq!(timed_out.code(), Code::Unavailable, "{timed_out:?}");
     let rotations = "SELECT COUNT(*) FROM fleet_queue WHERE kind = 'rotation' AND actor = $1";
-    assert_eq!(query_i64(&fleet, rotations, actor), 1, "the rotation is queued");
+    assert_eq!(
+        query_i64(&fleet, rotations, actor),
+        1,
+        "the rotation is queued"
+    );
     let refused = signer(&fleet, 0)
         .await
         .sign(request(actor, "while-queued"))
@@ -779,7 +783,11 @@ async fn a_timed_out_handover_whose_rotation_is_refused_leaves_the_actor_on_its_
         assert!(Instant::now() < deadline, "the rotation was never taken");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(owner(&fleet, actor), "node-0", "the refused rotation moves nothing");
+    assert_eq!(
+        owner(&fleet, actor),
+        "node-0",
+        "the refused rotation moves nothing"
+    );
     assert_eq!(
         query_i64(
             &fleet,

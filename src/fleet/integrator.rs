@@ -702,9 +702,7 @@ fn stage_rotation(
     staged.new_keys.insert(key.key_id.clone(), key.clone());
     staged.retired.insert(active.key_id);
     staged.active.insert(key.actor.clone(), Some(key.clone()));
-    staged
-        .rotated
-        .push((key.actor.clone(), key.key_id.clone()));
+    staged.rotated.push((key.actor.clone(), key.key_id.clone()));
     staged.batch.keys.push(KeyChange::Rotated {
         key: Box::new(key),
         rotation_index,

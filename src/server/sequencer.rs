@@ -630,7 +630,8 @@ impl Sequencer {
         let newest_time = clock::newest_entry_time(&self.store, size)?;
         self.actors = actors;
         for (actor, target, version) in handing_over {
-            self.moving.insert(actor, handover::Moving::settled(target, version));
+            self.moving
+                .insert(actor, handover::Moving::settled(target, version));
         }
         self.frontier = Frontier::default();
         self.clock.resume(newest_time);

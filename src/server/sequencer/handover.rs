@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{ActiveKey, ActorChain, RotationPlan, Sequencer, SequencerError, Staged, bundles};
 use crate::{
-    backend::HardwareKey,
+    backend::{BackendError, HardwareKey},
     ledger::{KeyRecord, KeyState},
 };
 
@@ -222,23 +222,44 @@ impl Sequencer {
 
     /// Whether this node's hardware holds `key`: it signs a fixed message with it, checked
     /// against the key's public key. An ownership row not made by a handover names a node
-    /// whose hardware does not hold the actor's key.
+    /// whose hardware does not hold the actor's key: a precondition failure (and an alarm).
+    /// A hardware fault is mapped as on the sign path (UNAVAILABLE), unless the key proves
+    /// absent (a PKCS#11 sign reports a missing key as a token fault: its attributes are read
+    /// to tell the two apart).
     fn holds(&self, key: &KeyRecord) -> Result<(), SequencerError> {
         let hardware = HardwareKey {
             key_ref: key.key_ref.clone(),
             public_key: key.public_key,
         };
-        let message = POSSESSION.to_vec();
-        self.pool
-            .sign(super::SignJob::actor(hardware, message))
-            .map(drop)
-            .map_err(|e| {
+        let signed = self
+            .pool
+            .sign(super::SignJob::actor(hardware, POSSESSION.to_vec()));
+        let absent = |e: &BackendError| match e {
+            BackendError::KeyNotFound(_) | BackendError::KeyRefused(_) => true,
+            BackendError::Failed { operation, detail } => {
+                *operation == "sign" && detail == crate::backend::SIGNATURE_MISMATCH
+            }
+            e if e.is_fault() => matches!(
+                self.backend.key_evidence(&key.key_ref),
+                Err(BackendError::KeyNotFound(_) | BackendError::KeyRefused(_))
+            ),
+            _ => false,
+        };
+        match signed {
+            Ok(_) => Ok(()),
+            Err(e) if absent(&e) => {
                 tracing::error!(actor = %key.actor, key_id = %key.key_id, error = %e,
                     "the fleet names this node as the actor's, but its hardware does not hold the actor's key");
-                SequencerError::Precondition(format!(
+                Err(SequencerError::Precondition(format!(
                     "actor {:?} is assigned to this node, but its active key {} is not in this node's hardware (an ownership change not made by a handover?)",
                     key.actor, key.key_id
-                ))
-            })
+                )))
+            }
+            Err(e) => {
+                tracing::warn!(actor = %key.actor, key_id = %key.key_id, error = %e,
+                    "cannot check that this node's hardware holds the actor's key");
+                Err(SequencerError::Backend(e))
+            }
+        }
     }
 }
