@@ -822,3 +822,86 @@ async fn a_timed_out_handover_whose_rotation_is_refused_leaves_the_actor_on_its_
         .expect_err("the target never got it");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
 }
+
+/// The SoftHSM directory of node `node`'s own token (found by its label).
+fn token_dir(fleet: &Fleet, node: usize) -> PathBuf {
+    let label = format!("actseal-node-{node}");
+    let tokens = fleet.nodes[0].dir.join("tokens");
+    std::fs::read_dir(&tokens)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|dir| {
+            std::fs::read(dir.join("token.object")).is_ok_and(|bytes| {
+                bytes
+                    .windows(label.len() + 1)
+                    .any(|w| w.starts_with(label.as_bytes()) && w[label.len()] == b' ')
+            })
+        })
+        .unwrap_or_else(|| panic!("no token labelled {label} in {}", tokens.display()))
+}
+
+/// The target's token is down (its files moved away for real) when it first signs for an
+/// actor handed over to it: the possession check answers UNAVAILABLE, not a forgery alarm;
+/// once the token is back the target signs on, chain whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_target_whose_token_is_down_answers_unavailable_then_signs_on() {
+    let Some((fleet, _dir)) = started_fleet().await else {
+        return;
+    };
+    let actor = "spiffe://acme.example/token-down/agent";
+    common::create_key(&fleet.nodes[0], actor).await;
+    let first = signer(&fleet, 0)
+        .await
+        .sign(request(actor, "first"))
+        .await
+        .expect("signs on its node")
+        .into_inner();
+    admin(&fleet, 1)
+        .await
+        .accept_actor(AcceptActorRequest {
+            actor: actor.into(),
+        })
+        .await
+        .expect("accept");
+    admin(&fleet, 0)
+        .await
+        .hand_over_actor(HandOverActorRequest {
+            actor: actor.into(),
+            to: "node-1".into(),
+        })
+        .await
+        .expect("hand over");
+    let token = token_dir(&fleet, 1);
+    let away = fleet.nodes[1].dir.join("token-away");
+    std::fs::rename(&token, &away).unwrap();
+    let down = signer(&fleet, 1)
+        .await
+        .sign(request(actor, "token-down"))
+        .await
+        .expect_err("the target's token is down");
+    std::fs::rename(&away, &token).unwrap();
+    assert_eq!(down.code(), Code::Unavailable, "{down:?}");
+    assert!(
+        !down.message().contains("not in this node's hardware"),
+        "{down:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let next = loop {
+        match signer(&fleet, 1).await.sign(request(actor, "moved")).await {
+            Ok(answer) => break answer.into_inner(),
+            Err(e) if e.code() == Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the target once its token is back: {e:?}"),
+        }
+    };
+    let statement = common::receipt_statement(&next.bundle_json);
+    assert_eq!(statement["predicate"]["sequence"], 2);
+    assert_eq!(
+        statement["predicate"]["previousReceipt"]["sha256"].as_str(),
+        Some(common::payload_sha256(&first.bundle_json).as_str())
+    );
+    let verified = common::verify(&fleet.nodes[0], &next.bundle_json, Some(&document("moved")))
+        .expect("verifies");
+    assert_eq!(verified.key_version, 2);
+}

@@ -223,26 +223,26 @@ impl Sequencer {
     /// Whether this node's hardware holds `key`: it signs a fixed message with it, checked
     /// against the key's public key. An ownership row not made by a handover names a node
     /// whose hardware does not hold the actor's key: a precondition failure (and an alarm).
-    /// A hardware fault is mapped as on the sign path (UNAVAILABLE), unless the key proves
-    /// absent (a PKCS#11 sign reports a missing key as a token fault: its attributes are read
-    /// to tell the two apart).
+    /// A hardware fault is mapped as on the sign path (UNAVAILABLE). The key is looked up
+    /// first: a PKCS#11 sign reports a missing key as a token fault (a registered key that
+    /// vanished), the lookup tells a key that is not here from a token that is down.
     fn holds(&self, key: &KeyRecord) -> Result<(), SequencerError> {
         let hardware = HardwareKey {
             key_ref: key.key_ref.clone(),
             public_key: key.public_key,
         };
-        let signed = self
-            .pool
-            .sign(super::SignJob::actor(hardware, POSSESSION.to_vec()));
+        // Any other lookup error (e.g. a stale handle) is left to the sign, which recovers.
+        let signed = match self.backend.key_evidence(&key.key_ref) {
+            Err(e @ (BackendError::KeyNotFound(_) | BackendError::KeyRefused(_))) => Err(e),
+            _ => self
+                .pool
+                .sign(super::SignJob::actor(hardware, POSSESSION.to_vec())),
+        };
         let absent = |e: &BackendError| match e {
             BackendError::KeyNotFound(_) | BackendError::KeyRefused(_) => true,
             BackendError::Failed { operation, detail } => {
                 *operation == "sign" && detail == crate::backend::SIGNATURE_MISMATCH
             }
-            e if e.is_fault() => matches!(
-                self.backend.key_evidence(&key.key_ref),
-                Err(BackendError::KeyNotFound(_) | BackendError::KeyRefused(_))
-            ),
             _ => false,
         };
         match signed {
