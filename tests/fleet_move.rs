@@ -453,6 +453,30 @@ async fn a_forged_ownership_change_is_refused_by_the_node_it_names() {
         refused.message().contains("not in this node's hardware"),
         "{refused:?}"
     );
+    // Repeated Signs are refused from memory, re-checked (a hardware signature, an alarm in
+    // the log) at most once a second.
+    let started = Instant::now();
+    for k in 0..20 {
+        let again = signer(&fleet, 2)
+            .await
+            .sign(request(actor, &format!("forged-{k}")))
+            .await
+            .expect_err("refused again");
+        assert!(
+            again.message().contains("not in this node's hardware"),
+            "{again:?}"
+        );
+    }
+    let seconds = started.elapsed().as_secs();
+    let alarms = std::fs::read_to_string(fleet.nodes[2].daemon_log())
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("does not hold the actor's key"))
+        .count() as u64;
+    assert!(
+        alarms <= seconds + 2,
+        "{alarms} hardware checks for 21 Signs in {seconds} s"
+    );
     assert_eq!(
         query_i64(
             &fleet,

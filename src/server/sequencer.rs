@@ -443,6 +443,9 @@ struct Sequencer {
     /// Non-empty batches finished (sent to be committed, or failed): a handover's rotation
     /// is settled once its batch is finished and the commit stage idle.
     finished_batches: u64,
+    /// Fleet: actors this node was named the owner of and refused to load (`handover.rs`),
+    /// with when and why: re-checked at most once a second.
+    load_refusals: HashMap<String, (std::time::Instant, String)>,
 }
 
 /// How the sequencer signs: its threads, their timeout, its batching.
@@ -503,6 +506,7 @@ pub fn start(
             .map(|node| std::cell::RefCell::new(fleet::Link::new(node))),
         moving: HashMap::new(),
         finished_batches: 0,
+        load_refusals: HashMap::new(),
     };
     sequencer.reload()?;
     if let Some(previous) = begin
@@ -672,7 +676,7 @@ impl Sequencer {
             // This node's in the fleet but not served here: handed over to this node.
             Ok(Some(_)) if !local => {
                 let actor = actor.clone();
-                self.load_moved(&actor).err()
+                self.load_moved_at_most_once_a_second(&actor).err()
             }
             Ok(_) => None,
             Err(e) => Some(e),

@@ -139,6 +139,39 @@ impl Sequencer {
         self.handover_refusal(actor).map_or(Ok(()), Err)
     }
 
+    /// [`load_moved`](Self::load_moved), its refusal remembered for a second: Signs for a
+    /// forged actor (or one whose key this node's hardware does not hold) cost no key reads
+    /// and no hardware signature each on the sequencer thread.
+    pub(super) fn load_moved_at_most_once_a_second(
+        &mut self,
+        actor: &str,
+    ) -> Result<(), SequencerError> {
+        const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+        if let Some((at, why)) = self.load_refusals.get(actor)
+            && at.elapsed() < RECHECK
+        {
+            return Err(SequencerError::Precondition(why.clone()));
+        }
+        let loaded = self.load_moved(actor);
+        match &loaded {
+            Err(SequencerError::Precondition(why)) => {
+                if self.load_refusals.len() >= 4096 {
+                    self.load_refusals
+                        .retain(|_, (at, _)| at.elapsed() < RECHECK);
+                }
+                if self.load_refusals.len() >= 4096 {
+                    self.load_refusals.clear();
+                }
+                self.load_refusals
+                    .insert(actor.to_owned(), (std::time::Instant::now(), why.clone()));
+            }
+            _ => {
+                self.load_refusals.remove(actor);
+            }
+        }
+        loaded
+    }
+
     /// Loads an actor the fleet says is this node's and this node does not serve yet (one
     /// handed over to it): its active key in the log, which this node's hardware must hold,
     /// and its head (the newest receipt in the log, set when the handover was integrated).
