@@ -621,7 +621,7 @@ async fn a_node_restarted_mid_handover_serves_the_actor_no_more() {
 /// too, the target refuses to sign (the log holds no rotation to that key).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_forged_key_row_for_a_pending_handover_moves_nothing_and_is_refused() {
-    let Some((fleet, _dir)) = started_fleet().await else {
+    let Some((mut fleet, _dir)) = started_fleet().await else {
         return;
     };
     let actor = "spiffe://acme.example/forged-key/agent";
@@ -696,6 +696,25 @@ async fn a_forged_key_row_for_a_pending_handover_moves_nothing_and_is_refused() 
         .sign(request(actor, "forged-owner"))
         .await
         .expect_err("the log holds no rotation to the forged key");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("not made active by a rotation in the log"),
+        "{refused:?}"
+    );
+    // Nor after a restart, which loads the node's actors from the database.
+    tokio::task::block_in_place(|| {
+        fleet.nodes[1].stop_daemon().unwrap();
+        fleet.nodes[1]
+            .start_daemon_within(Duration::from_secs(90), |_| {})
+            .unwrap();
+    });
+    let refused = signer(&fleet, 1)
+        .await
+        .sign(request(actor, "forged-restarted"))
+        .await
+        .expect_err("the restarted target refuses it too");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(
         refused
