@@ -36,6 +36,11 @@ fn document(request_id: &str) -> Vec<u8> {
 
 /// Three nodes started; `None` where PostgreSQL is missing (a failure under CI=true).
 async fn started_fleet() -> Option<(Fleet, TempDir)> {
+    started_fleet_with(FLEET).await
+}
+
+/// [`started_fleet`] with `[fleet]` settings `config`.
+async fn started_fleet_with(config: &'static str) -> Option<(Fleet, TempDir)> {
     if !common::can_run(
         actseal::lab_postgres::server_bin().is_some(),
         "PostgreSQL (initdb, pg_ctl) is not installed",
@@ -49,7 +54,7 @@ async fn started_fleet() -> Option<(Fleet, TempDir)> {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_actseal"));
     let path = dir.path().to_owned();
     let fleet = tokio::task::spawn_blocking(move || {
-        let mut fleet = Fleet::create(&exe, &path, 3, FLEET).expect("fleet set-up");
+        let mut fleet = Fleet::create(&exe, &path, 3, config).expect("fleet set-up");
         fleet.start_all().expect("fleet start");
         fleet
     })
@@ -448,6 +453,30 @@ async fn a_forged_ownership_change_is_refused_by_the_node_it_names() {
         refused.message().contains("not in this node's hardware"),
         "{refused:?}"
     );
+    // Repeated Signs are refused from memory, re-checked (a hardware signature, an alarm in
+    // the log) at most once a second.
+    let started = Instant::now();
+    for k in 0..20 {
+        let again = signer(&fleet, 2)
+            .await
+            .sign(request(actor, &format!("forged-{k}")))
+            .await
+            .expect_err("refused again");
+        assert!(
+            again.message().contains("not in this node's hardware"),
+            "{again:?}"
+        );
+    }
+    let seconds = started.elapsed().as_secs();
+    let alarms = std::fs::read_to_string(fleet.nodes[2].daemon_log())
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("does not hold the actor's key"))
+        .count() as u64;
+    assert!(
+        alarms <= seconds + 2,
+        "{alarms} hardware checks for 21 Signs in {seconds} s"
+    );
     assert_eq!(
         query_i64(
             &fleet,
@@ -582,5 +611,340 @@ async fn a_node_restarted_mid_handover_serves_the_actor_no_more() {
         Some(&document("moved")),
     )
     .expect("verifies");
+    assert_eq!(verified.key_version, 2);
+}
+
+/// Rows a database writer forges from a pending handover: the actor's key retired and the
+/// accepted key (in the target's hardware) made active from the index of one of its
+/// receipts, as if a rotation had logged it. Nothing moves ownership but the integrator's
+/// checked rotation: the actor stays its owner's; and even with the ownership row forged
+/// too, the target refuses to sign (the log holds no rotation to that key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forged_key_row_for_a_pending_handover_moves_nothing_and_is_refused() {
+    let Some((mut fleet, _dir)) = started_fleet().await else {
+        return;
+    };
+    let actor = "spiffe://acme.example/forged-key/agent";
+    common::create_key(&fleet.nodes[0], actor).await;
+    signer(&fleet, 0)
+        .await
+        .sign(request(actor, "before"))
+        .await
+        .expect("signs on its node");
+    admin(&fleet, 1)
+        .await
+        .accept_actor(AcceptActorRequest {
+            actor: actor.into(),
+        })
+        .await
+        .expect("accept");
+    let inserted = tokio::task::block_in_place(|| {
+        let mut client = fleet.client().unwrap();
+        let mut tx = client.transaction().unwrap();
+        tx.execute(
+            "UPDATE actor_keys SET state = 'retired', retired_at = created_at
+             WHERE actor = $1 AND state = 'active'",
+            &[&actor],
+        )
+        .unwrap();
+        let inserted = tx
+            .execute(
+                "INSERT INTO actor_keys (actor, version, backend, key_ref, key_id, public_key,
+                     origin, state, created_at, attestation, retired_at, rotation_index)
+                 SELECT actor, (k ->> 'version')::bigint, k ->> 'backend', k ->> 'key_ref',
+                     k ->> 'key_id', decode(k ->> 'public_key', 'base64'), k ->> 'origin',
+                     'active', k ->> 'created_at', (k -> 'attestation')::text, NULL,
+                     (SELECT min(log_index) FROM receipts WHERE actor = $1)
+                 FROM (SELECT actor, key_record::json AS k FROM fleet_handovers
+                       WHERE actor = $1) h",
+                &[&actor],
+            )
+            .unwrap();
+        tx.commit().unwrap();
+        inserted
+    });
+    assert_eq!(inserted, 1, "the forged key row");
+    // Integration rounds run (5 ms apart); none of them moves the actor.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(owner(&fleet, actor), "node-0");
+    let refused = signer(&fleet, 1)
+        .await
+        .sign(request(actor, "forged-key"))
+        .await
+        .expect_err("not the target's");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("node-0"), "{refused:?}");
+    // The ownership row forged as well: the target's hardware holds the key, but the log
+    // does not make it active; the target signs nothing and queues nothing.
+    let queued_before = query_i64(
+        &fleet,
+        "SELECT COUNT(*) FROM fleet_queue WHERE actor = $1",
+        actor,
+    );
+    tokio::task::block_in_place(|| {
+        fleet
+            .client()
+            .unwrap()
+            .execute(
+                "UPDATE fleet_actors SET node = 'node-1' WHERE actor = $1",
+                &[&actor],
+            )
+            .unwrap()
+    });
+    let refused = signer(&fleet, 1)
+        .await
+        .sign(request(actor, "forged-owner"))
+        .await
+        .expect_err("the log holds no rotation to the forged key");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("not made active by a rotation in the log"),
+        "{refused:?}"
+    );
+    // Nor after a restart, which loads the node's actors from the database.
+    tokio::task::block_in_place(|| {
+        fleet.nodes[1].stop_daemon().unwrap();
+        fleet.nodes[1]
+            .start_daemon_within(Duration::from_secs(90), |_| {})
+            .unwrap();
+    });
+    let refused = signer(&fleet, 1)
+        .await
+        .sign(request(actor, "forged-restarted"))
+        .await
+        .expect_err("the restarted target refuses it too");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("not made active by a rotation in the log"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        query_i64(
+            &fleet,
+            "SELECT COUNT(*) FROM fleet_queue WHERE actor = $1",
+            actor
+        ),
+        queued_before
+    );
+    assert_eq!(
+        query_i64(
+            &fleet,
+            "SELECT COUNT(*) FROM log_entries WHERE actor = $1 AND kind = 'receipt'",
+            actor
+        ),
+        1
+    );
+}
+
+/// Holds integration up for real: locks the lease row until the returned sender is used
+/// (or dropped).
+fn hold_integration(fleet: &Fleet) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+    let mut client = tokio::task::block_in_place(|| fleet.client().unwrap());
+    let holder = std::thread::spawn(move || {
+        let mut tx = client.transaction().unwrap();
+        tx.execute("SELECT 1 FROM fleet_lease WHERE id = 1 FOR UPDATE", &[])
+            .unwrap();
+        locked.send(()).unwrap();
+        let _ = released.recv();
+        tx.commit().unwrap();
+    });
+    is_locked.recv().unwrap();
+    (release, holder)
+}
+
+/// A hand-over answered `UNAVAILABLE` (its rotation queued, integration held up past the
+/// answer timeout) leaves the actor refused on its node while the rotation is queued; once
+/// the integrator refuses the rotation (its row tampered with in PostgreSQL), the node finds
+/// that in the database and signs for the actor again with its old key, chain whole, and the
+/// target never does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_timed_out_handover_whose_rotation_is_refused_leaves_the_actor_on_its_node() {
+    const SHORT: &str = "lease_ms = 1500\nintegrate_interval_ms = 5\nanswer_timeout_ms = 1500";
+    let Some((fleet, _dir)) = started_fleet_with(SHORT).await else {
+        return;
+    };
+    let actor = "spiffe://acme.example/refused-move/agent";
+    common::create_key(&fleet.nodes[0], actor).await;
+    let first = signer(&fleet, 0)
+        .await
+        .sign(request(actor, "first"))
+        .await
+        .expect("signs on its node")
+        .into_inner();
+    admin(&fleet, 1)
+        .await
+        .accept_actor(AcceptActorRequest {
+            actor: actor.into(),
+        })
+        .await
+        .expect("accept");
+    let (release, holder) = hold_integration(&fleet);
+    let timed_out = admin(&fleet, 0)
+        .await
+        .hand_over_actor(HandOverActorRequest {
+            actor: actor.into(),
+            to: "node-1".into(),
+        })
+        .await
+        .expect_err("integration is held up past the answer timeout");
+    assert_eq!(timed_out.code(), Code::Unavailable, "{timed_out:?}");
+    let rotations = "SELECT COUNT(*) FROM fleet_queue WHERE kind = 'rotation' AND actor = $1";
+    assert_eq!(
+        query_i64(&fleet, rotations, actor),
+        1,
+        "the rotation is queued"
+    );
+    let refused = signer(&fleet, 0)
+        .await
+        .sign(request(actor, "while-queued"))
+        .await
+        .expect_err("refused while the rotation is queued");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("node-1"), "{refused:?}");
+    let tampered = tokio::task::block_in_place(|| {
+        fleet
+            .client()
+            .unwrap()
+            .execute(
+                "UPDATE fleet_queue SET entry = entry || '\\x00'::bytea
+                 WHERE kind = 'rotation' AND actor = $1",
+                &[&actor],
+            )
+            .unwrap()
+    });
+    assert_eq!(tampered, 1);
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while query_i64(&fleet, rotations, actor) != 0 {
+        assert!(Instant::now() < deadline, "the rotation was never taken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        owner(&fleet, actor),
+        "node-0",
+        "the refused rotation moves nothing"
+    );
+    assert_eq!(
+        query_i64(
+            &fleet,
+            "SELECT COUNT(*) FROM log_entries WHERE actor = $1 AND kind = 'rotation'",
+            actor
+        ),
+        0
+    );
+    let next = signer(&fleet, 0)
+        .await
+        .sign(request(actor, "after-refusal"))
+        .await
+        .expect("its node signs for it again")
+        .into_inner();
+    let statement = common::receipt_statement(&next.bundle_json);
+    assert_eq!(statement["predicate"]["sequence"], 2);
+    assert_eq!(
+        statement["predicate"]["previousReceipt"]["sha256"].as_str(),
+        Some(common::payload_sha256(&first.bundle_json).as_str())
+    );
+    let verified = common::verify(
+        &fleet.nodes[0],
+        &next.bundle_json,
+        Some(&document("after-refusal")),
+    )
+    .expect("verifies");
+    assert_eq!(verified.key_version, 1);
+    let refused = signer(&fleet, 1)
+        .await
+        .sign(request(actor, "on-target"))
+        .await
+        .expect_err("the target never got it");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+}
+
+/// The SoftHSM directory of node `node`'s own token (found by its label).
+fn token_dir(fleet: &Fleet, node: usize) -> PathBuf {
+    let label = format!("actseal-node-{node}");
+    let tokens = fleet.nodes[0].dir.join("tokens");
+    std::fs::read_dir(&tokens)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|dir| {
+            std::fs::read(dir.join("token.object")).is_ok_and(|bytes| {
+                bytes
+                    .windows(label.len() + 1)
+                    .any(|w| w.starts_with(label.as_bytes()) && w[label.len()] == b' ')
+            })
+        })
+        .unwrap_or_else(|| panic!("no token labelled {label} in {}", tokens.display()))
+}
+
+/// The target's token is down (its files moved away for real) when it first signs for an
+/// actor handed over to it: the possession check answers UNAVAILABLE, not a forgery alarm;
+/// once the token is back the target signs on, chain whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_target_whose_token_is_down_answers_unavailable_then_signs_on() {
+    let Some((fleet, _dir)) = started_fleet().await else {
+        return;
+    };
+    let actor = "spiffe://acme.example/token-down/agent";
+    common::create_key(&fleet.nodes[0], actor).await;
+    let first = signer(&fleet, 0)
+        .await
+        .sign(request(actor, "first"))
+        .await
+        .expect("signs on its node")
+        .into_inner();
+    admin(&fleet, 1)
+        .await
+        .accept_actor(AcceptActorRequest {
+            actor: actor.into(),
+        })
+        .await
+        .expect("accept");
+    admin(&fleet, 0)
+        .await
+        .hand_over_actor(HandOverActorRequest {
+            actor: actor.into(),
+            to: "node-1".into(),
+        })
+        .await
+        .expect("hand over");
+    let token = token_dir(&fleet, 1);
+    let away = fleet.nodes[1].dir.join("token-away");
+    std::fs::rename(&token, &away).unwrap();
+    let down = signer(&fleet, 1)
+        .await
+        .sign(request(actor, "token-down"))
+        .await
+        .expect_err("the target's token is down");
+    std::fs::rename(&away, &token).unwrap();
+    assert_eq!(down.code(), Code::Unavailable, "{down:?}");
+    assert!(
+        !down.message().contains("not in this node's hardware"),
+        "{down:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let next = loop {
+        match signer(&fleet, 1).await.sign(request(actor, "moved")).await {
+            Ok(answer) => break answer.into_inner(),
+            Err(e) if e.code() == Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the target once its token is back: {e:?}"),
+        }
+    };
+    let statement = common::receipt_statement(&next.bundle_json);
+    assert_eq!(statement["predicate"]["sequence"], 2);
+    assert_eq!(
+        statement["predicate"]["previousReceipt"]["sha256"].as_str(),
+        Some(common::payload_sha256(&first.bundle_json).as_str())
+    );
+    let verified = common::verify(&fleet.nodes[0], &next.bundle_json, Some(&document("moved")))
+        .expect("verifies");
     assert_eq!(verified.key_version, 2);
 }

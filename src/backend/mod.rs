@@ -236,9 +236,14 @@ pub(crate) fn check_signature(
         .verify_prehash(digest, signature)
         .map_err(|_| BackendError::Failed {
             operation: "sign",
-            detail: "the hardware returned a signature that does not verify under the key".into(),
+            detail: SIGNATURE_MISMATCH.into(),
         })
 }
+
+/// The detail of the `sign` failure of a hardware signature that does not verify under the
+/// key's public key (another key signed: the key reference names a different key).
+pub(crate) const SIGNATURE_MISMATCH: &str =
+    "the hardware returned a signature that does not verify under the key";
 
 /// Checks a hardware signature over `message` (the hardware signed its SHA-256) with `ring`:
 /// constant-time P-256 and several times faster here than pure-Rust `p256`, whose prehash
@@ -258,7 +263,7 @@ pub(crate) fn check_message_signature(
     .verify(message, &signature.to_bytes())
     .map_err(|_| BackendError::Failed {
         operation: "sign",
-        detail: "the hardware returned a signature that does not verify under the key".into(),
+        detail: SIGNATURE_MISMATCH.into(),
     })
 }
 

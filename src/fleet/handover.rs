@@ -7,11 +7,13 @@
 //!    signing for the actor and queues the registration of the new version and the rotation
 //!    statement signed by the actor's current key, as a local rotation, after the actor's
 //!    receipts. The integrator checks and integrates the pair as any rotation; in that
-//!    transaction the schema's trigger (`migrations.rs`, version 3) moves the actor to the
-//!    target and sets its head to its newest receipt in the log.
-//! 3. The target signs on at the next sequence once it finds the actor is its own and that
-//!    the log's active key for it is one its hardware holds (a forged ownership row names a
-//!    node that does not hold the key: it is refused there).
+//!    transaction, once the rotation's signature is checked, it moves the actor to the
+//!    target and sets its head to its newest receipt in the log ([`complete`]).
+//! 3. The target signs on at the next sequence once it finds the actor is its own, that the
+//!    log's active key for it is one its hardware holds (a forged ownership row names a node
+//!    that does not hold the key: it is refused there), and that the key's rotation entry in
+//!    the log is a rotation of the actor to that key signed by its previous key (a key row
+//!    written straight into the database is refused there too).
 //!
 //! The old key is rotated away: the integrator refuses anything it signs after the rotation,
 //! and the verifier follows the rotation as for any other (FORMAT.md §11.2, unchanged).
@@ -147,4 +149,48 @@ pub fn queued_by(
         out.push((row.get(0), row.get(1), key.version));
     }
     Ok(out)
+}
+
+/// Completes the handovers of `rotated` ((actor, new key id) of rotations this integration
+/// has checked and staged, its receipts written): each actor whose pending handover is for
+/// that key becomes its target's, its head the newest receipt of it in the log. Runs in the
+/// integration's transaction, so ownership moves exactly when the rotation is logged.
+pub fn complete(
+    tx: &mut postgres::Transaction<'_>,
+    rotated: &[(String, String)],
+) -> Result<(), FleetError> {
+    for (actor, key_id) in rotated {
+        let target = tx.query_opt(
+            "UPDATE fleet_actors a SET node = h.target FROM fleet_handovers h
+             WHERE a.actor = $1 AND h.actor = $1 AND h.key_id = $2 RETURNING h.target",
+            &[actor, key_id],
+        )?;
+        let Some(target) = target else {
+            continue;
+        };
+        tx.execute("DELETE FROM fleet_handovers WHERE actor = $1", &[actor])?;
+        tx.execute("DELETE FROM fleet_actor_heads WHERE actor = $1", &[actor])?;
+        tx.execute(
+            "INSERT INTO fleet_actor_heads (actor, sequence, payload_sha256)
+             SELECT actor, sequence, payload_sha256 FROM receipts WHERE actor = $1
+             ORDER BY sequence DESC LIMIT 1",
+            &[actor],
+        )?;
+        let target: String = target.get(0);
+        tracing::info!(actor = %actor, target = %target, key_id = %key_id,
+            "handover integrated: the actor is the target's");
+    }
+    Ok(())
+}
+
+/// Whether `node` has a rotation of `actor` queued, not yet taken by the integrator (while
+/// an actor is being handed over its node queues nothing else for it).
+pub fn rotation_queued(client: &mut Client, node: &str, actor: &str) -> Result<bool, FleetError> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM fleet_queue
+                            WHERE node = $1 AND actor = $2 AND kind = 'rotation')",
+            &[&node, &actor],
+        )?
+        .get(0))
 }

@@ -586,6 +586,9 @@ struct Staged {
     lags: Vec<f64>,
     /// Keys read from the store by the checks (`BatchKeys`).
     key_cache: std::cell::RefCell<HashMap<String, Option<KeyRecord>>>,
+    /// (actor, new key id) of each checked rotation: a pending handover to that key
+    /// completes in this integration (`handover::complete`).
+    rotated: Vec<(String, String)>,
 }
 
 /// Checks a row and, if it passes, appends it to the tree.
@@ -714,6 +717,7 @@ fn stage_rotation(
     staged.new_keys.insert(key.key_id.clone(), key.clone());
     staged.retired.insert(active.key_id);
     staged.active.insert(key.actor.clone(), Some(key.clone()));
+    staged.rotated.push((key.actor.clone(), key.key_id.clone()));
     staged.batch.keys.push(KeyChange::Rotated {
         key: Box::new(key),
         rotation_index,
@@ -882,6 +886,7 @@ fn integrate(setup: &Setup, c: &mut Conn, h: &mut Holding) -> Result<usize, Flee
         lease::lock_held(&mut tx, node, h.held)?;
         seal(setup, &c.store, h, &frontier, &mut staged)?;
         write_batch(&mut tx, &staged.batch)?;
+        super::handover::complete(&mut tx, &staged.rotated)?;
         let (ids, indices): (Vec<i64>, Vec<i64>) = staged.placed.iter().copied().unzip();
         tx.execute(
             "INSERT INTO fleet_integrated (queue_id, node, log_index, queued_at)

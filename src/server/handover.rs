@@ -130,8 +130,9 @@ pub(super) async fn hand_over(
         new_key: pending.key.clone(),
     };
     if let Err(e) = state.sequencer.hand_over(plan, to.clone()).await {
-        // Refused before or by the integrator: serve the actor here again (a rotation still
-        // queued would make it the target's; `Pending` leaves it handed over).
+        // Serve the actor here again if the database shows the rotation did not go through
+        // (the sequencer keeps refusing it while it is queued; integrated, it is the
+        // target's); `Pending` leaves it to the next Sign to find out the same way.
         if !matches!(e, SequencerError::Pending(_) | SequencerError::Stopped) {
             let _ = state.sequencer.reclaim(actor.clone()).await;
         }

@@ -438,9 +438,14 @@ struct Sequencer {
     windows: Windows,
     /// Fleet mode (`fleet.rs`): entries are queued for the integrator, not appended here.
     fleet: Option<std::cell::RefCell<fleet::Link>>,
-    /// Fleet: actors handed over (or being handed over) to another node, and to which.
-    /// (target, the key version handed over to it)
-    moving: HashMap<String, (String, u32)>,
+    /// Fleet: actors handed over (or being handed over) to another node (`handover.rs`).
+    moving: HashMap<String, handover::Moving>,
+    /// Non-empty batches finished (sent to be committed, or failed): a handover's rotation
+    /// is settled once its batch is finished and the commit stage idle.
+    finished_batches: u64,
+    /// Fleet: actors this node was named the owner of and refused to load (`handover.rs`),
+    /// with when and why: re-checked at most once a second.
+    load_refusals: HashMap<String, (std::time::Instant, String)>,
 }
 
 /// How the sequencer signs: its threads, their timeout, its batching.
@@ -500,6 +505,8 @@ pub fn start(
             .fleet
             .map(|node| std::cell::RefCell::new(fleet::Link::new(node))),
         moving: HashMap::new(),
+        finished_batches: 0,
+        load_refusals: HashMap::new(),
     };
     sequencer.reload()?;
     if let Some(previous) = begin
@@ -600,8 +607,15 @@ impl Sequencer {
             if handing_over.iter().any(|(a, ..)| *a == actor) {
                 continue;
             }
+            let keys = self.store.keys(Some(&actor))?;
+            let active = keys.iter().find(|k| k.state == KeyState::Active);
+            // Not served until the log shows how its key became active (refused on the
+            // first Sign, `handover::load_moved`).
+            if active.is_some_and(|key| self.rotated_to(key).is_err()) {
+                continue;
+            }
             let mut chain = ActorChain { key: None, head };
-            for key in self.store.keys(Some(&actor))? {
+            for key in keys {
                 if key.state == KeyState::Active {
                     let lineage = Arc::new(bundles::lineage(
                         &self.store,
@@ -620,7 +634,8 @@ impl Sequencer {
         let newest_time = clock::newest_entry_time(&self.store, size)?;
         self.actors = actors;
         for (actor, target, version) in handing_over {
-            self.moving.insert(actor, (target, version));
+            self.moving
+                .insert(actor, handover::Moving::settled(target, version));
         }
         self.frontier = Frontier::default();
         self.clock.resume(newest_time);
@@ -661,7 +676,7 @@ impl Sequencer {
             // This node's in the fleet but not served here: handed over to this node.
             Ok(Some(_)) if !local => {
                 let actor = actor.clone();
-                self.load_moved(&actor).err()
+                self.load_moved_at_most_once_a_second(&actor).err()
             }
             Ok(_) => None,
             Err(e) => Some(e),
@@ -1535,6 +1550,7 @@ impl Sequencer {
         if staged.batch.is_empty() {
             return;
         }
+        self.finished_batches += 1;
         // In a fleet the integrator signs the checkpoint and proves each receipt.
         let sealed = match self.fleet {
             None => self.seal(&mut staged),

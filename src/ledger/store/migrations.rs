@@ -117,9 +117,10 @@ pub fn apply_postgres(client: &mut Client) -> Result<(), StoreError> {
 }
 
 /// Version 3: a pending handover per actor (the target node and the key version it made for
-/// the actor), and the trigger that moves the actor to the target in the transaction that
-/// integrates the rotation to that key: deferred to the commit, so that the actor's head is
-/// its newest receipt in the log (every receipt of the integration inserted by then).
+/// the actor). The integrator moves the actor to the target in the transaction that
+/// integrates the rotation to that key, once it has checked the rotation's signature
+/// (`crate::fleet::handover::complete`); no trigger does it, so a row written straight into
+/// the key table moves nothing.
 const POSTGRES_V3_HANDOVERS: &str = r#"
 CREATE TABLE fleet_handovers (
     actor       TEXT PRIMARY KEY REFERENCES fleet_actors (actor),
@@ -128,24 +129,6 @@ CREATE TABLE fleet_handovers (
     key_record  TEXT NOT NULL,
     accepted_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
 );
-CREATE FUNCTION fleet_complete_handover() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE fleet_actors a SET node = h.target FROM fleet_handovers h
-     WHERE a.actor = NEW.actor AND h.actor = NEW.actor AND h.key_id = NEW.key_id;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    DELETE FROM fleet_handovers WHERE actor = NEW.actor;
-    DELETE FROM fleet_actor_heads WHERE actor = NEW.actor;
-    INSERT INTO fleet_actor_heads (actor, sequence, payload_sha256)
-        SELECT actor, sequence, payload_sha256 FROM receipts WHERE actor = NEW.actor
-         ORDER BY sequence DESC LIMIT 1;
-    RETURN NULL;
-END
-$$;
-CREATE CONSTRAINT TRIGGER fleet_handover_on_rotation AFTER INSERT ON actor_keys
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.rotation_index IS NOT NULL)
-    EXECUTE FUNCTION fleet_complete_handover();
 "#;
 
 /// Version 1 of the PostgreSQL ledger.

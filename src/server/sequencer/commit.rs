@@ -169,6 +169,11 @@ impl Committer {
         outcome
     }
 
+    /// Whether every batch handed over has had its outcome taken (by `wait` or `poll`).
+    pub fn idle(&self) -> bool {
+        self.in_flight == 0
+    }
+
     /// The outcome of batches already finished, without waiting for the one in flight.
     pub fn poll(&mut self) -> Result<(), String> {
         let mut outcome = Ok(());

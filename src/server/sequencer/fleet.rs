@@ -573,4 +573,9 @@ impl Link {
     pub fn handing_over(&mut self) -> Result<Vec<(String, String, u32)>, SequencerError> {
         self.with(fleet::handover::queued_by)
     }
+
+    /// Whether this node has a rotation of `actor` queued (`fleet::handover::rotation_queued`).
+    pub fn rotation_queued(&mut self, actor: &str) -> Result<bool, SequencerError> {
+        self.with(|c, node| fleet::handover::rotation_queued(c, node, actor))
+    }
 }
