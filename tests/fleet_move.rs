@@ -17,8 +17,8 @@ use std::{
 
 use actseal::{
     api::{
-        AcceptActorRequest, HandOverActorRequest, SignRequest, key_admin_client::KeyAdminClient,
-        signer_client::SignerClient,
+        AcceptActorRequest, HandOverActorRequest, SignRequest, SignResponse,
+        key_admin_client::KeyAdminClient, signer_client::SignerClient,
     },
     lab_fleet::Fleet,
     verify::{TrustAnchors, verify_bundle},
@@ -84,6 +84,26 @@ async fn signer(fleet: &Fleet, node: usize) -> SignerClient<Channel> {
 
 async fn admin(fleet: &Fleet, node: usize) -> KeyAdminClient<Channel> {
     common::admin(&fleet.nodes[node]).await
+}
+
+/// The actor's key made on node 0, a first receipt signed there (`request_id`), and the
+/// actor accepted by node 1: how the single-handover tests begin.
+async fn signed_and_accepted(fleet: &Fleet, actor: &str, request_id: &str) -> SignResponse {
+    common::create_key(&fleet.nodes[0], actor).await;
+    let first = signer(fleet, 0)
+        .await
+        .sign(request(actor, request_id))
+        .await
+        .expect("signs on its node")
+        .into_inner();
+    admin(fleet, 1)
+        .await
+        .accept_actor(AcceptActorRequest {
+            actor: actor.into(),
+        })
+        .await
+        .expect("accept");
+    first
 }
 
 /// Signs as [`MOVER`] on node 0 until it is refused there as handed over to node 1, then on
@@ -518,34 +538,9 @@ async fn a_node_restarted_mid_handover_serves_the_actor_no_more() {
         return;
     };
     let actor = "spiffe://acme.example/restarted/agent";
-    common::create_key(&fleet.nodes[0], actor).await;
-    let first = signer(&fleet, 0)
-        .await
-        .sign(request(actor, "first"))
-        .await
-        .expect("signs on its node")
-        .into_inner();
-    admin(&fleet, 1)
-        .await
-        .accept_actor(AcceptActorRequest {
-            actor: actor.into(),
-        })
-        .await
-        .expect("accept");
+    let first = signed_and_accepted(&fleet, actor, "first").await;
     // Integration stops: the lease row is locked by this test.
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let (locked, is_locked) = std::sync::mpsc::channel::<()>();
-    let url_client = tokio::task::block_in_place(|| fleet.client().unwrap());
-    let holder = std::thread::spawn(move || {
-        let mut client = url_client;
-        let mut tx = client.transaction().unwrap();
-        tx.execute("SELECT 1 FROM fleet_lease WHERE id = 1 FOR UPDATE", &[])
-            .unwrap();
-        locked.send(()).unwrap();
-        let _ = released.recv();
-        tx.commit().unwrap();
-    });
-    is_locked.recv().unwrap();
+    let (release, holder) = hold_integration(&fleet);
     let socket = fleet.nodes[0].socket();
     let owner_actor = actor.to_owned();
     let handing = tokio::spawn(async move {
@@ -625,19 +620,7 @@ async fn a_forged_key_row_for_a_pending_handover_moves_nothing_and_is_refused() 
         return;
     };
     let actor = "spiffe://acme.example/forged-key/agent";
-    common::create_key(&fleet.nodes[0], actor).await;
-    signer(&fleet, 0)
-        .await
-        .sign(request(actor, "before"))
-        .await
-        .expect("signs on its node");
-    admin(&fleet, 1)
-        .await
-        .accept_actor(AcceptActorRequest {
-            actor: actor.into(),
-        })
-        .await
-        .expect("accept");
+    signed_and_accepted(&fleet, actor, "before").await;
     let inserted = tokio::task::block_in_place(|| {
         let mut client = fleet.client().unwrap();
         let mut tx = client.transaction().unwrap();
@@ -770,20 +753,7 @@ async fn a_timed_out_handover_whose_rotation_is_refused_leaves_the_actor_on_its_
         return;
     };
     let actor = "spiffe://acme.example/refused-move/agent";
-    common::create_key(&fleet.nodes[0], actor).await;
-    let first = signer(&fleet, 0)
-        .await
-        .sign(request(actor, "first"))
-        .await
-        .expect("signs on its node")
-        .into_inner();
-    admin(&fleet, 1)
-        .await
-        .accept_actor(AcceptActorRequest {
-            actor: actor.into(),
-        })
-        .await
-        .expect("accept");
+    let first = signed_and_accepted(&fleet, actor, "first").await;
     let (release, holder) = hold_integration(&fleet);
     let timed_out = admin(&fleet, 0)
         .await
@@ -892,20 +862,7 @@ async fn a_target_whose_token_is_down_answers_unavailable_then_signs_on() {
         return;
     };
     let actor = "spiffe://acme.example/token-down/agent";
-    common::create_key(&fleet.nodes[0], actor).await;
-    let first = signer(&fleet, 0)
-        .await
-        .sign(request(actor, "first"))
-        .await
-        .expect("signs on its node")
-        .into_inner();
-    admin(&fleet, 1)
-        .await
-        .accept_actor(AcceptActorRequest {
-            actor: actor.into(),
-        })
-        .await
-        .expect("accept");
+    let first = signed_and_accepted(&fleet, actor, "first").await;
     admin(&fleet, 0)
         .await
         .hand_over_actor(HandOverActorRequest {
