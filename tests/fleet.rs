@@ -6,7 +6,7 @@ mod common;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -15,7 +15,7 @@ use std::{
 };
 
 use actseal::{
-    api::{GetInclusionProofRequest, SignRequest, signer_client::SignerClient},
+    api::GetInclusionProofRequest,
     lab_fleet::Fleet,
     verify::{TrustAnchors, verify_bundle},
 };
@@ -138,38 +138,6 @@ struct Acked {
     log_index: u64,
 }
 
-/// Signs until acknowledged: an UNAVAILABLE answer or a broken connection (a killed or
-/// restarted daemon, PostgreSQL down) is retried with the same request id.
-async fn sign_until_acked(
-    socket: &Path,
-    request: SignRequest,
-    unavailable: &Mutex<u64>,
-) -> Result<(String, u64), tonic::Status> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let outcome = match actseal::cli::connect_unix(socket).await {
-            Ok(channel) => SignerClient::new(channel).sign(request.clone()).await,
-            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-        };
-        match outcome {
-            Ok(response) => {
-                let r = response.into_inner();
-                return Ok((r.bundle_json, r.log_index));
-            }
-            Err(status)
-                if matches!(
-                    status.code(),
-                    Code::Unavailable | Code::Unknown | Code::Cancelled
-                ) && Instant::now() < deadline =>
-            {
-                *unavailable.lock().unwrap() += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => return Err(status),
-        }
-    }
-}
-
 /// `workers` callers per node, each signing `count` actions as its own actor; what they were
 /// told and how many UNAVAILABLE answers they met on the way.
 fn spawn_load(
@@ -206,9 +174,14 @@ fn spawn_load_until(
                     let request_id = format!("{tag}-{n}-{w}-{k}");
                     let mut request = common::sign_request(&actor(n, w), &document(&request_id));
                     request.request_id = request_id.clone();
-                    let (bundle, log_index) = sign_until_acked(&socket, request, &unavailable)
-                        .await
-                        .unwrap_or_else(|e| panic!("{request_id}: {e}"));
+                    let (bundle, log_index) = common::sign_until_acked(
+                        &socket,
+                        request,
+                        Duration::from_secs(60),
+                        Some(&unavailable),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("{request_id}: {e}"));
                     acked.push(Acked {
                         request_id,
                         actor: actor(n, w),

@@ -24,7 +24,7 @@ use std::{
 };
 
 use actseal::{
-    api::{GetInclusionProofRequest, SignRequest, signer_client::SignerClient},
+    api::GetInclusionProofRequest,
     lab_fleet::Fleet,
     lab_tsa::{EssCertId, TestTsa, TsaKey},
     lab_witness::{LabWitness, configure_anchor},
@@ -34,7 +34,6 @@ use actseal::{
     },
 };
 use tempfile::TempDir;
-use tonic::Code;
 
 /// A short lease so that failovers fit a test; integration every 5 ms.
 const FLEET: &str = "lease_ms = 1500\nintegrate_interval_ms = 5\nanswer_timeout_ms = 20000";
@@ -139,36 +138,6 @@ struct Acked {
     log_index: u64,
 }
 
-/// Signs until answered: UNAVAILABLE or a broken connection (a killed daemon) is retried with
-/// the same request id.
-async fn sign_until_acked(
-    socket: &Path,
-    request: SignRequest,
-) -> Result<(String, u64), tonic::Status> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let outcome = match actseal::cli::connect_unix(socket).await {
-            Ok(channel) => SignerClient::new(channel).sign(request.clone()).await,
-            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-        };
-        match outcome {
-            Ok(response) => {
-                let r = response.into_inner();
-                return Ok((r.bundle_json, r.log_index));
-            }
-            Err(status)
-                if matches!(
-                    status.code(),
-                    Code::Unavailable | Code::Unknown | Code::Cancelled
-                ) && Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => return Err(status),
-        }
-    }
-}
-
 /// `workers` callers per node, each signing as its own actor until `stop` (or `count` each).
 fn spawn_load(
     fleet: &Fleet,
@@ -190,9 +159,10 @@ fn spawn_load(
                     let request_id = format!("{tag}-{n}-{w}-{k}");
                     let mut request = common::sign_request(&actor(n, w), &document(&request_id));
                     request.request_id = request_id.clone();
-                    let (bundle, log_index) = sign_until_acked(&socket, request)
-                        .await
-                        .unwrap_or_else(|e| panic!("{request_id}: {e}"));
+                    let (bundle, log_index) =
+                        common::sign_until_acked(&socket, request, Duration::from_secs(120), None)
+                            .await
+                            .unwrap_or_else(|e| panic!("{request_id}: {e}"));
                     acked.push(Acked {
                         request_id,
                         bundle,
@@ -477,9 +447,14 @@ async fn every_node_answers_anchored_and_anchoring_fails_over_with_the_lease() {
     let request_id = "logged-1".to_owned();
     let mut request = common::sign_request(&actor(logged, 0), &document(&request_id));
     request.request_id = request_id.clone();
-    let (bundle, log_index) = sign_until_acked(&f.fleet.nodes[logged].socket(), request)
-        .await
-        .unwrap();
+    let (bundle, log_index) = common::sign_until_acked(
+        &f.fleet.nodes[logged].socket(),
+        request,
+        Duration::from_secs(120),
+        None,
+    )
+    .await
+    .unwrap();
     let anchors = TrustAnchors::from_pem(&std::fs::read(f.fleet.anchor()).unwrap()).unwrap();
     verify_bundle(bundle.as_bytes(), &anchors, Some(&document(&request_id))).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -471,3 +471,39 @@ pub fn export_and_audit(lab: &Lab, name: &str) -> String {
     lab.run_ok(&["audit", &export, "--trust", &anchor])
         .expect("the log audits clean")
 }
+
+/// Signs on the daemon at `socket` until answered, for at most `patience`: UNAVAILABLE or a
+/// broken connection (a killed or restarted daemon, PostgreSQL down) is retried with the same
+/// request id, and counted in `unavailable` if given. The bundle and its log index.
+pub async fn sign_until_acked(
+    socket: &Path,
+    request: SignRequest,
+    patience: std::time::Duration,
+    unavailable: Option<&std::sync::Mutex<u64>>,
+) -> Result<(String, u64), tonic::Status> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        let outcome = match actseal::cli::connect_unix(socket).await {
+            Ok(channel) => SignerClient::new(channel).sign(request.clone()).await,
+            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        };
+        match outcome {
+            Ok(response) => {
+                let r = response.into_inner();
+                return Ok((r.bundle_json, r.log_index));
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                ) && std::time::Instant::now() < deadline =>
+            {
+                if let Some(count) = unavailable {
+                    *count.lock().unwrap() += 1;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(status) => return Err(status),
+        }
+    }
+}
