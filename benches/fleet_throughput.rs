@@ -129,7 +129,7 @@ async fn fleet_phase(fleet: &Fleet, clients: usize) -> (f64, [Duration; 3]) {
 /// SIGKILL of the integrator while another node signs: time to the next integration by
 /// another node.
 async fn failover(fleet: &Fleet) -> Duration {
-    let holder = block_in_place(|| fleet.holder())
+    let (holder, _, _) = block_in_place(|| fleet.holder())
         .unwrap()
         .expect("a holder");
     let pid = fleet.nodes[holder].daemon_pid().unwrap();
@@ -138,7 +138,9 @@ async fn failover(fleet: &Fleet) -> Duration {
     let load = support::daemon_rate(&fleet.nodes[load_node], &actor, 2);
     let watch = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (_, epoch, published) = block_in_place(|| fleet.lease()).unwrap().unwrap();
+        // Epoch and size from the read that names the holder (the lease may move between two).
+        let (now_holder, epoch, published) = block_in_place(|| fleet.holder()).unwrap().unwrap();
+        assert_eq!(now_holder, holder, "the lease moved before the kill");
         let killed = Instant::now();
         // Killed by pid: the lab is borrowed by the load meanwhile.
         let _ = std::process::Command::new("kill")

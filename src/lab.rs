@@ -16,6 +16,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use crate::lab_token;
+
 /// SoftHSM2's PKCS#11 module on Debian.
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// Label of the daemon's token in a lab.
@@ -414,6 +416,47 @@ impl Lab {
             Some(child) => signal(child, name),
             None => bail!("the daemon is not running"),
         }
+    }
+
+    /// Stops the daemon (SIGSTOP) at a moment it holds none of SoftHSM's file locks, once
+    /// all its threads have stopped.
+    ///
+    /// SoftHSM's file store locks a token's files (POSIX record locks) for the span of each
+    /// call, and the nodes of a lab fleet share one token directory: a daemon stopped inside
+    /// a call on the shared log token blocks every other node's calls on it until it
+    /// resumes, so no node could take over. A network HSM holds no lock across its clients;
+    /// a test that pauses a node to model a stalled host pauses it between token calls,
+    /// resuming it and stopping it again a few milliseconds later until it is.
+    pub fn stop_daemon_between_token_calls(&self) -> Result<()> {
+        let pid = self.daemon_pid().context("the daemon is not running")?;
+        let token_files = lab_token::file_inodes(&self.token_dir()?, None)?;
+        for _ in 0..1000 {
+            self.signal_daemon("STOP")?;
+            lab_token::wait_until_stopped(pid)?;
+            if !lab_token::holds_record_lock(pid, &token_files)? {
+                return Ok(());
+            }
+            self.signal_daemon("CONT")?;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        bail!("the daemon held a SoftHSM file lock at each of 1000 stops")
+    }
+
+    /// Holds every file of the token labelled `label` (of the lab's SoftHSM token directory)
+    /// locked until the guard drops: a hung token, on which every process's calls wait.
+    pub fn hold_token(&self, label: &str) -> Result<lab_token::HeldToken> {
+        lab_token::HeldToken::hold(&self.token_dir()?, label)
+    }
+
+    /// The SoftHSM token directory its `softhsm2.conf` names (a fleet member's is the first
+    /// node's).
+    fn token_dir(&self) -> Result<PathBuf> {
+        let conf = fs::read_to_string(self.dir.join("softhsm2.conf"))?;
+        conf.lines()
+            .find_map(|l| l.trim().strip_prefix("directories.tokendir"))
+            .and_then(|rest| rest.trim().strip_prefix('='))
+            .map(|dir| PathBuf::from(dir.trim()))
+            .context("softhsm2.conf names no token directory")
     }
 
     /// The lab's swtpm, if its backend is a TPM.

@@ -73,10 +73,15 @@ impl Fleet {
             .map(|r| (r.get(0), r.get(1), r.get(2))))
     }
 
-    /// The index of the node holding the lease now, if any.
-    pub fn holder(&self) -> Result<Option<usize>> {
-        Ok(self
-            .lease()?
-            .and_then(|(holder, _, _)| holder.strip_prefix("node-")?.parse().ok()))
+    /// The node holding the lease now (its index), with the epoch and the published size:
+    /// one read, so that the three belong together (the lease may move between two reads).
+    pub fn holder(&self) -> Result<Option<(usize, i64, i64)>> {
+        Ok(self.lease()?.and_then(|(holder, epoch, published)| {
+            Some((
+                holder.strip_prefix("node-")?.parse().ok()?,
+                epoch,
+                published,
+            ))
+        }))
     }
 }

@@ -26,6 +26,8 @@ pub mod lab_fleet;
 #[cfg(feature = "daemon")]
 pub mod lab_postgres;
 #[cfg(feature = "daemon")]
+pub mod lab_token;
+#[cfg(feature = "daemon")]
 pub mod lab_tpm;
 #[cfg(feature = "daemon")]
 pub mod lab_tsa;

@@ -16,6 +16,7 @@ use std::{
 
 use actseal::{
     api::GetInclusionProofRequest,
+    lab::LOG_TOKEN_LABEL,
     lab_fleet::Fleet,
     verify::{TrustAnchors, verify_bundle},
 };
@@ -512,8 +513,11 @@ fn lease(fleet: &Fleet) -> Option<(String, i64, i64)> {
     tokio::task::block_in_place(|| fleet.lease()).unwrap()
 }
 
-fn holder(fleet: &Fleet) -> Option<usize> {
-    tokio::task::block_in_place(|| fleet.holder()).unwrap()
+/// The holder's index, its epoch and published size, from one read of the lease row.
+fn holder(fleet: &Fleet) -> (usize, i64, i64) {
+    tokio::task::block_in_place(|| fleet.holder())
+        .unwrap()
+        .expect("someone holds the lease")
 }
 
 /// Waits until the lease moved past `epoch` to another node than `from` and that node has
@@ -543,8 +547,7 @@ async fn the_integrator_sigkilled_under_load_fails_over_and_loses_nothing() {
     let mut failovers = Vec::new();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(800)).await;
-        let holder = holder(&fleet).expect("someone holds the lease");
-        let (_, epoch, published) = lease(&fleet).unwrap();
+        let (holder, epoch, published) = holder(&fleet);
         fleet.nodes[holder].kill_daemon().unwrap();
         failovers.push(wait_for_takeover(&fleet, holder, epoch, published).await);
         // The killed node comes back (its callers retry with their request ids).
@@ -569,6 +572,54 @@ async fn the_integrator_sigkilled_under_load_fails_over_and_loses_nothing() {
     eprintln!("failovers: {failovers:?}");
 }
 
+/// A hung log token (a network HSM that stops answering; in the lab, the shared SoftHSM
+/// token held by a node stopped inside a call) halts integration on every node: nothing is
+/// published while it hangs, and the lease moves on as each takeover's start-up check waits
+/// past its bound. Once the token answers, integration resumes and nothing acknowledged is
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_log_token_halts_integration_and_the_fleet_resumes_losing_nothing() {
+    let Some(fleet) = started_fleet(2).await else {
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tasks, _) = spawn_load_until(&fleet, 2, 100_000, "hang", Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, epoch, _) = holder(&fleet);
+    let held = tokio::task::block_in_place(|| fleet.nodes[0].hold_token(LOG_TOKEN_LABEL))
+        .expect("the log token's files locked");
+    assert!(!held.is_empty());
+    // A head write in flight when the locks were taken may still be published; then nothing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, _, halted_at) = lease(&fleet).unwrap();
+    // Past a takeover's bound (ten leases, 15 s here).
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    let (_, epoch_now, size) = lease(&fleet).unwrap();
+    assert_eq!(
+        size, halted_at,
+        "a tree was published while the log token hung"
+    );
+    assert!(epoch_now > epoch, "the lease stayed at epoch {epoch}");
+    drop(held);
+    let released = Instant::now();
+    while lease(&fleet).unwrap().2 <= halted_at {
+        assert!(
+            released.elapsed() < Duration::from_secs(60),
+            "integration never resumed after the log token answered again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "resumed {:?} after the release (epochs {epoch} -> {epoch_now} while hung)",
+        released.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let acked = collect(tasks).await;
+    check_acked(&fleet, &acked);
+    tokio::task::block_in_place(|| check_tables(&fleet));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_integrator_is_fenced_and_signs_no_checkpoint_into_the_log() {
     let Some(fleet) = started_fleet(2).await else {
@@ -577,11 +628,12 @@ async fn a_stopped_integrator_is_fenced_and_signs_no_checkpoint_into_the_log() {
     let stop = Arc::new(AtomicBool::new(false));
     let (tasks, _) = spawn_load_until(&fleet, 2, 100_000, "stop", Arc::clone(&stop));
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let holder = holder(&fleet).expect("someone holds the lease");
-    let (_, epoch, published) = lease(&fleet).unwrap();
+    let (holder, epoch, published) = holder(&fleet);
     // Stopped mid-work, past its lease: its open transaction is ended by the server and
-    // another node takes the lease at the next epoch.
-    fleet.nodes[holder].signal_daemon("STOP").unwrap();
+    // another node takes the lease at the next epoch. Stopped between two calls on the log
+    // token: the lab's SoftHSM token is a directory of locked files that a node stopped
+    // inside a call would hold for every node (a network HSM has no such lock).
+    tokio::task::block_in_place(|| fleet.nodes[holder].stop_daemon_between_token_calls()).unwrap();
     wait_for_takeover(&fleet, holder, epoch, published).await;
     let (_, taken_at, _) = lease(&fleet).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;

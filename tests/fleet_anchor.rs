@@ -369,10 +369,12 @@ async fn wait_for_anchoring_takeover(
     }
 }
 
-fn holder(fleet: &Fleet) -> usize {
-    tokio::task::block_in_place(|| fleet.holder())
+/// The holder's index and its epoch, from one read of the lease row.
+fn holder(fleet: &Fleet) -> (usize, i64) {
+    let (holder, epoch, _) = tokio::task::block_in_place(|| fleet.holder())
         .unwrap()
-        .expect("someone holds the lease")
+        .expect("someone holds the lease");
+    (holder, epoch)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -401,8 +403,7 @@ async fn every_node_answers_anchored_and_anchoring_fails_over_with_the_lease() {
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = spawn_load(&f.fleet, 2, 100_000, "kill", &stop);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let killed = holder(&f.fleet);
-    let (_, epoch, _) = lease(&f.fleet);
+    let (killed, epoch) = holder(&f.fleet);
     let anchored = anchored_size(&f.fleet);
     f.fleet.nodes[killed].kill_daemon().unwrap();
     let took = wait_for_anchoring_takeover(&f.fleet, killed, epoch, anchored).await;
@@ -496,13 +497,14 @@ async fn a_stopped_holder_resumed_after_the_takeover_stores_no_anchored_checkpoi
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = spawn_load(&f.fleet, 2, 100_000, "stop", &stop);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let stopped = holder(&f.fleet);
-    let (_, epoch, _) = lease(&f.fleet);
+    let (stopped, epoch) = holder(&f.fleet);
     let anchored = anchored_size(&f.fleet);
     // Stopped mid-work (a round of its anchor task likely in flight), past its lease: another
     // node takes over integrating and anchoring; then the stopped one resumes, its round and
-    // its task still believing it holds the lease.
-    f.fleet.nodes[stopped].signal_daemon("STOP").unwrap();
+    // its task still believing it holds the lease. Stopped between two calls on the shared
+    // SoftHSM log token, whose file locks it would otherwise hold for every node.
+    tokio::task::block_in_place(|| f.fleet.nodes[stopped].stop_daemon_between_token_calls())
+        .unwrap();
     wait_for_anchoring_takeover(&f.fleet, stopped, epoch, anchored).await;
     let (_, _, taken_at) = lease(&f.fleet);
     tokio::time::sleep(Duration::from_millis(500)).await;
