@@ -429,10 +429,12 @@ impl Lab {
     /// resuming it and stopping it again a few milliseconds later until it is.
     pub fn stop_daemon_between_token_calls(&self) -> Result<()> {
         let pid = self.daemon_pid().context("the daemon is not running")?;
-        let token_files = lab_token::file_inodes(&self.token_dir()?, None)?;
+        let token_dir = self.token_dir()?;
         for _ in 0..1000 {
             self.signal_daemon("STOP")?;
             lab_token::wait_until_stopped(pid)?;
+            // Listed once it has stopped: it may have made a file just before.
+            let token_files = lab_token::file_inodes(&token_dir, None)?;
             if !lab_token::holds_record_lock(pid, &token_files)? {
                 return Ok(());
             }

@@ -21,7 +21,10 @@ pub fn file_inodes(token_dir: &Path, label: Option<&str>) -> Result<HashSet<u64>
     let mut inodes = HashSet::new();
     for token in token_dirs(token_dir, label)? {
         for file in fs::read_dir(token)? {
-            inodes.insert(file?.metadata()?.ino());
+            // A file removed meanwhile (an object destroyed) holds no lock.
+            if let Ok(meta) = file?.metadata() {
+                inodes.insert(meta.ino());
+            }
         }
     }
     Ok(inodes)
