@@ -4,11 +4,12 @@
 
 mod common;
 
+use common::fleet::{Acked, FLEET, Load, actor, collect, create_actors, document, started};
+
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -24,9 +25,6 @@ use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tonic::Code;
-
-/// A short lease so that failovers fit a test; integration every 5 ms.
-const FLEET: &str = "lease_ms = 1500\nintegrate_interval_ms = 5\nanswer_timeout_ms = 20000";
 
 struct TestFleet {
     fleet: Fleet,
@@ -70,34 +68,15 @@ impl std::ops::DerefMut for TestFleet {
 /// Three nodes started, each with `actors` actors of its own; `None` where PostgreSQL is
 /// missing (a failure under CI=true).
 async fn started_fleet(actors: usize) -> Option<TestFleet> {
-    if !common::can_run(
-        actseal::lab_postgres::server_bin().is_some(),
-        "PostgreSQL (initdb, pg_ctl) is not installed",
-    ) {
-        return None;
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("actseal-fleet-")
-        .tempdir()
-        .expect("temp dir");
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_actseal"));
-    let dir_path = dir.path().to_owned();
-    let (mut fleet, metrics) = tokio::task::spawn_blocking(move || {
-        let mut fleet = Fleet::create(&exe, &dir_path, 3, FLEET).expect("fleet set-up");
-        let metrics: Vec<u16> = fleet.nodes.iter().map(|_| common::free_port()).collect();
-        for (node, port) in fleet.nodes.iter().zip(&metrics) {
+    let metrics: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+    let ports = metrics.clone();
+    let (mut fleet, dir) = started("actseal-fleet-", FLEET, move |fleet| {
+        for (node, port) in fleet.nodes.iter().zip(&ports) {
             common::configure_server(node, &format!("metrics = \"127.0.0.1:{port}\""));
         }
-        fleet.start_all().expect("fleet start");
-        (fleet, metrics)
     })
-    .await
-    .unwrap();
-    for (n, node) in fleet.nodes.iter_mut().enumerate() {
-        for a in 0..actors {
-            common::create_key(node, &actor(n, a)).await;
-        }
-    }
+    .await?;
+    create_actors(&mut fleet, actors).await;
     Some(TestFleet {
         fleet,
         metrics,
@@ -122,87 +101,20 @@ fn sample(text: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-fn actor(node: usize, n: usize) -> String {
-    format!("spiffe://acme.example/node-{node}/agent-{n}")
-}
-
-fn document(request_id: &str) -> Vec<u8> {
-    format!(r#"{{"tool_call":"bank.transfer","request":"{request_id}"}}"#).into_bytes()
-}
-
-/// What a caller was told: its request, the bundle, and the actor's sequence.
-#[derive(Clone)]
-struct Acked {
-    request_id: String,
-    actor: String,
-    bundle: String,
-    log_index: u64,
-}
-
-/// `workers` callers per node, each signing `count` actions as its own actor; what they were
-/// told and how many UNAVAILABLE answers they met on the way.
-fn spawn_load(
-    fleet: &Fleet,
-    workers: usize,
-    count: usize,
-    tag: &str,
-) -> (Vec<tokio::task::JoinHandle<Vec<Acked>>>, Arc<Mutex<u64>>) {
+/// [`spawn_load_until`] with no stop.
+fn spawn_load(fleet: &Fleet, workers: usize, count: usize, tag: &str) -> Load {
     spawn_load_until(fleet, workers, count, tag, Arc::new(AtomicBool::new(false)))
 }
 
-/// [`spawn_load`] until `stop` is set (or `count` each).
+/// [`common::fleet::spawn_load`], each action retried for up to a minute.
 fn spawn_load_until(
     fleet: &Fleet,
     workers: usize,
     count: usize,
     tag: &str,
     stop: Arc<AtomicBool>,
-) -> (Vec<tokio::task::JoinHandle<Vec<Acked>>>, Arc<Mutex<u64>>) {
-    let unavailable = Arc::new(Mutex::new(0));
-    let mut tasks = Vec::new();
-    for (n, node) in fleet.nodes.iter().enumerate() {
-        for w in 0..workers {
-            let socket = node.socket();
-            let unavailable = Arc::clone(&unavailable);
-            let tag = tag.to_owned();
-            let stop = Arc::clone(&stop);
-            tasks.push(tokio::spawn(async move {
-                let mut acked = Vec::new();
-                for k in 0..count {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let request_id = format!("{tag}-{n}-{w}-{k}");
-                    let mut request = common::sign_request(&actor(n, w), &document(&request_id));
-                    request.request_id = request_id.clone();
-                    let (bundle, log_index) = common::sign_until_acked(
-                        &socket,
-                        request,
-                        Duration::from_secs(60),
-                        Some(&unavailable),
-                    )
-                    .await
-                    .unwrap_or_else(|e| panic!("{request_id}: {e}"));
-                    acked.push(Acked {
-                        request_id,
-                        actor: actor(n, w),
-                        bundle,
-                        log_index,
-                    });
-                }
-                acked
-            }));
-        }
-    }
-    (tasks, unavailable)
-}
-
-async fn collect(tasks: Vec<tokio::task::JoinHandle<Vec<Acked>>>) -> Vec<Acked> {
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.expect("load task"));
-    }
-    all
+) -> Load {
+    common::fleet::spawn_load(fleet, workers, count, tag, &stop, Duration::from_secs(60))
 }
 
 fn payload_of(bundle: &str) -> Vec<u8> {

@@ -13,6 +13,8 @@
 
 mod common;
 
+use common::fleet::{Acked, FLEET, actor, collect, create_actors, document, set_up_in};
+
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
@@ -35,9 +37,6 @@ use actseal::{
 };
 use tempfile::TempDir;
 
-/// A short lease so that failovers fit a test; integration every 5 ms.
-const FLEET: &str = "lease_ms = 1500\nintegrate_interval_ms = 5\nanswer_timeout_ms = 20000";
-
 /// What `[anchor]` says besides the witnesses (the TSA is appended).
 const ANCHOR: &str = "acknowledge = \"anchored\"\nrequest_timeout_ms = 2000\nwait_ms = 20000";
 
@@ -54,26 +53,8 @@ struct AnchoredFleet {
 /// Three nodes, two witnesses and a TSA, every node anchoring (`ANCHOR` + `extra` lines),
 /// `actors` actors each; `None` where PostgreSQL is missing (a failure under CI=true).
 async fn anchored_fleet(actors: usize) -> Option<AnchoredFleet> {
-    if !common::can_run(
-        actseal::lab_postgres::server_bin().is_some(),
-        "PostgreSQL (initdb, pg_ctl) is not installed",
-    ) {
-        return None;
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("actseal-fleet-anchor-")
-        .tempdir()
-        .expect("temp dir");
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_actseal"));
-    let dir_path = dir.path().to_owned();
-    let (mut fleet, witnesses, tsa) = tokio::task::spawn_blocking(move || set_up(&exe, &dir_path))
-        .await
-        .unwrap();
-    for (n, node) in fleet.nodes.iter_mut().enumerate() {
-        for a in 0..actors {
-            common::create_key(node, &actor(n, a)).await;
-        }
-    }
+    let ((mut fleet, witnesses, tsa), dir) = set_up_in("actseal-fleet-anchor-", set_up).await?;
+    create_actors(&mut fleet, actors).await;
     let mut policy = String::from("# both witnesses\n");
     for w in &witnesses {
         policy.push_str(&w.policy_line());
@@ -122,23 +103,7 @@ fn set_up(exe: &Path, dir: &Path) -> (Fleet, Vec<LabWitness>, TestTsa) {
     (fleet, witnesses, tsa)
 }
 
-fn actor(node: usize, n: usize) -> String {
-    format!("spiffe://acme.example/node-{node}/agent-{n}")
-}
-
-fn document(request_id: &str) -> Vec<u8> {
-    format!(r#"{{"tool_call":"bank.transfer","request":"{request_id}"}}"#).into_bytes()
-}
-
-/// What a caller was told.
-#[derive(Clone)]
-struct Acked {
-    request_id: String,
-    bundle: String,
-    log_index: u64,
-}
-
-/// `workers` callers per node, each signing as its own actor until `stop` (or `count` each).
+/// [`common::fleet::spawn_load`], each action retried for up to two minutes.
 fn spawn_load(
     fleet: &Fleet,
     workers: usize,
@@ -146,42 +111,7 @@ fn spawn_load(
     tag: &str,
     stop: &Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<Vec<Acked>>> {
-    let mut tasks = Vec::new();
-    for (n, node) in fleet.nodes.iter().enumerate() {
-        for w in 0..workers {
-            let (socket, tag, stop) = (node.socket(), tag.to_owned(), Arc::clone(stop));
-            tasks.push(tokio::spawn(async move {
-                let mut acked = Vec::new();
-                for k in 0..count {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let request_id = format!("{tag}-{n}-{w}-{k}");
-                    let mut request = common::sign_request(&actor(n, w), &document(&request_id));
-                    request.request_id = request_id.clone();
-                    let (bundle, log_index) =
-                        common::sign_until_acked(&socket, request, Duration::from_secs(120), None)
-                            .await
-                            .unwrap_or_else(|e| panic!("{request_id}: {e}"));
-                    acked.push(Acked {
-                        request_id,
-                        bundle,
-                        log_index,
-                    });
-                }
-                acked
-            }));
-        }
-    }
-    tasks
-}
-
-async fn collect(tasks: Vec<tokio::task::JoinHandle<Vec<Acked>>>) -> Vec<Acked> {
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.expect("load task"));
-    }
-    all
+    common::fleet::spawn_load(fleet, workers, count, tag, stop, Duration::from_secs(120)).0
 }
 
 fn checkpoint_of(bundle: &str) -> String {
@@ -483,6 +413,7 @@ async fn every_node_answers_anchored_and_anchoring_fails_over_with_the_lease() {
         &f,
         &[Acked {
             request_id,
+            actor: actor(logged, 0),
             bundle: proved,
             log_index,
         }],

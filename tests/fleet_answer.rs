@@ -6,7 +6,9 @@
 
 mod common;
 
-use std::{path::PathBuf, time::Duration};
+use common::fleet::{FLEET, actor, create_actors, document, started};
+
+use std::time::Duration;
 
 use actseal::{
     api::{GetInclusionProofRequest, RotateKeyRequest},
@@ -14,16 +16,7 @@ use actseal::{
     verify::{TrustAnchors, verify_bundle},
 };
 
-const FLEET: &str = "lease_ms = 1500\nintegrate_interval_ms = 5\nanswer_timeout_ms = 20000";
 const BATCH: &str = "[[ledger.batch]]\nactors = [\"*\"]\nwindow_ms = 5";
-
-fn actor(node: usize, n: usize) -> String {
-    format!("spiffe://acme.example/node-{node}/agent-{n}")
-}
-
-fn document(request_id: &str) -> Vec<u8> {
-    format!(r#"{{"tool_call":"answer.path","request":"{request_id}"}}"#).into_bytes()
-}
 
 /// A first answer: its request, actor, node and bundle.
 struct Answered {
@@ -37,31 +30,11 @@ struct Answered {
 /// Three nodes started (node 2 in batch mode), two actors each; `None` where PostgreSQL is
 /// missing (a failure under CI=true).
 async fn started_fleet() -> Option<(Fleet, tempfile::TempDir)> {
-    if !common::can_run(
-        actseal::lab_postgres::server_bin().is_some(),
-        "PostgreSQL (initdb, pg_ctl) is not installed",
-    ) {
-        return None;
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("actseal-fleet-answer-")
-        .tempdir()
-        .expect("temp dir");
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_actseal"));
-    let path = dir.path().to_owned();
-    let mut fleet = tokio::task::spawn_blocking(move || {
-        let mut fleet = Fleet::create(&exe, &path, 3, FLEET).expect("fleet set-up");
+    let (mut fleet, dir) = started("actseal-fleet-answer-", FLEET, |fleet| {
         fleet.nodes[2].append_config(BATCH).expect("batch mode");
-        fleet.start_all().expect("fleet start");
-        fleet
     })
-    .await
-    .unwrap();
-    for (n, node) in fleet.nodes.iter_mut().enumerate() {
-        for a in 0..2 {
-            common::create_key(node, &actor(n, a)).await;
-        }
-    }
+    .await?;
+    create_actors(&mut fleet, 2).await;
     Some((fleet, dir))
 }
 

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::fleet::{FLEET, fleet_dir};
+
 use std::{
     path::PathBuf,
     time::{Duration, Instant},
@@ -18,8 +20,6 @@ use actseal::{
     lab_fleet::Fleet,
     ledger::{head::LogHead, merkle, store::postgres::PgSettings},
 };
-
-const FLEET: &str = "lease_ms = 1500\nintegrate_interval_ms = 5\nanswer_timeout_ms = 20000";
 
 fn actor(node: usize) -> String {
     format!("spiffe://acme.example/node-{node}/agent-0")
@@ -64,16 +64,9 @@ fn wait_lease(fleet: &Fleet, ok: impl Fn(&(String, i64, i64)) -> bool) -> (Strin
 
 #[test]
 fn a_stale_holder_cannot_write_an_older_log_head_and_a_stale_head_is_healed() {
-    if !common::can_run(
-        actseal::lab_postgres::server_bin().is_some(),
-        "PostgreSQL (initdb, pg_ctl) is not installed",
-    ) {
+    let Some(dir) = fleet_dir("actseal-fleet-head-") else {
         return;
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("actseal-fleet-head-")
-        .tempdir()
-        .unwrap();
+    };
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_actseal"));
     let mut fleet = Fleet::create(&exe, dir.path(), 2, FLEET).expect("fleet set-up");
     fleet.start_all().expect("fleet start");

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::fleet::{FLEET, document, started};
+
 use std::{
     path::PathBuf,
     sync::{
@@ -26,13 +28,7 @@ use actseal::{
 use tempfile::TempDir;
 use tonic::{Code, transport::Channel};
 
-const FLEET: &str = "lease_ms = 1500\nintegrate_interval_ms = 5\nanswer_timeout_ms = 20000";
-
 const MOVER: &str = "spiffe://acme.example/moving/agent";
-
-fn document(request_id: &str) -> Vec<u8> {
-    format!(r#"{{"tool_call":"bank.transfer","request":"{request_id}"}}"#).into_bytes()
-}
 
 /// Three nodes started; `None` where PostgreSQL is missing (a failure under CI=true).
 async fn started_fleet() -> Option<(Fleet, TempDir)> {
@@ -41,26 +37,7 @@ async fn started_fleet() -> Option<(Fleet, TempDir)> {
 
 /// [`started_fleet`] with `[fleet]` settings `config`.
 async fn started_fleet_with(config: &'static str) -> Option<(Fleet, TempDir)> {
-    if !common::can_run(
-        actseal::lab_postgres::server_bin().is_some(),
-        "PostgreSQL (initdb, pg_ctl) is not installed",
-    ) {
-        return None;
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("actseal-fleet-move-")
-        .tempdir()
-        .expect("temp dir");
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_actseal"));
-    let path = dir.path().to_owned();
-    let fleet = tokio::task::spawn_blocking(move || {
-        let mut fleet = Fleet::create(&exe, &path, 3, config).expect("fleet set-up");
-        fleet.start_all().expect("fleet start");
-        fleet
-    })
-    .await
-    .unwrap();
-    Some((fleet, dir))
+    started("actseal-fleet-move-", config, |_| {}).await
 }
 
 /// A signed action as its caller saw it.
@@ -82,6 +59,20 @@ async fn signer(fleet: &Fleet, node: usize) -> SignerClient<Channel> {
     common::signer(&fleet.nodes[node]).await
 }
 
+/// Signs `request_id` as `actor` on `node`: its answer.
+async fn sign_on(
+    fleet: &Fleet,
+    node: usize,
+    actor: &str,
+    request_id: &str,
+) -> Result<SignResponse, tonic::Status> {
+    signer(fleet, node)
+        .await
+        .sign(request(actor, request_id))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 async fn admin(fleet: &Fleet, node: usize) -> KeyAdminClient<Channel> {
     common::admin(&fleet.nodes[node]).await
 }
@@ -90,12 +81,9 @@ async fn admin(fleet: &Fleet, node: usize) -> KeyAdminClient<Channel> {
 /// actor accepted by node 1: how the single-handover tests begin.
 async fn signed_and_accepted(fleet: &Fleet, actor: &str, request_id: &str) -> SignResponse {
     common::create_key(&fleet.nodes[0], actor).await;
-    let first = signer(fleet, 0)
+    let first = sign_on(fleet, 0, actor, request_id)
         .await
-        .sign(request(actor, request_id))
-        .await
-        .expect("signs on its node")
-        .into_inner();
+        .expect("signs on its node");
     admin(fleet, 1)
         .await
         .accept_actor(AcceptActorRequest {
@@ -254,9 +242,7 @@ async fn an_actor_moves_between_nodes_under_load_with_its_chain_whole() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Signing for it on the target before the handover: refused (node 0's actor).
-    let early = signer(&fleet, 1)
-        .await
-        .sign(request(MOVER, "early"))
+    let early = sign_on(&fleet, 1, MOVER, "early")
         .await
         .expect_err("the target signs nothing before the handover");
     assert_eq!(early.code(), Code::FailedPrecondition, "{early:?}");
@@ -302,9 +288,7 @@ async fn an_actor_moves_between_nodes_under_load_with_its_chain_whole() {
         0
     );
     // The old node signs nothing more for it, and says where to sign.
-    let after = signer(&fleet, 0)
-        .await
-        .sign(request(MOVER, "after"))
+    let after = sign_on(&fleet, 0, MOVER, "after")
         .await
         .expect_err("the old node after the handover");
     assert_eq!(after.code(), Code::FailedPrecondition, "{after:?}");
@@ -325,9 +309,7 @@ async fn an_actor_moves_between_nodes_under_load_with_its_chain_whole() {
                 .unwrap();
         }
     });
-    let refused = signer(&fleet, 0)
-        .await
-        .sign(request(MOVER, "old-node-restarted"))
+    let refused = sign_on(&fleet, 0, MOVER, "old-node-restarted")
         .await
         .expect_err("the old node after a restart");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
@@ -346,12 +328,9 @@ async fn an_actor_moves_between_nodes_under_load_with_its_chain_whole() {
 
 /// Signs one action as the mover on `node`, expecting key `version`.
 async fn sign_one(fleet: &Fleet, node: usize, version: u64, request_id: &str) -> Acked {
-    let r = signer(fleet, node)
+    let r = sign_on(fleet, node, MOVER, request_id)
         .await
-        .sign(request(MOVER, request_id))
-        .await
-        .unwrap_or_else(|e| panic!("{request_id} on node-{node}: {e:?}"))
-        .into_inner();
+        .unwrap_or_else(|e| panic!("{request_id} on node-{node}: {e:?}"));
     Acked {
         request_id: request_id.to_owned(),
         node,
@@ -381,9 +360,7 @@ async fn move_back_and_on(fleet: &Fleet, acked: &mut Vec<Acked>) {
         .hand_over_actor(to(MOVER, "node-0"))
         .await
         .expect("hand back");
-    let refused = signer(fleet, 1)
-        .await
-        .sign(request(MOVER, "on-node-1-after"))
+    let refused = sign_on(fleet, 1, MOVER, "on-node-1-after")
         .await
         .expect_err("node 1 after handing back");
     assert!(refused.message().contains("node-0"), "{refused:?}");
@@ -437,9 +414,7 @@ async fn a_forged_ownership_change_is_refused_by_the_node_it_names() {
     };
     let actor = "spiffe://acme.example/forged/agent";
     common::create_key(&fleet.nodes[0], actor).await;
-    signer(&fleet, 0)
-        .await
-        .sign(request(actor, "before"))
+    sign_on(&fleet, 0, actor, "before")
         .await
         .expect("signs on its node");
     let changed = tokio::task::block_in_place(|| {
@@ -463,9 +438,7 @@ async fn a_forged_ownership_change_is_refused_by_the_node_it_names() {
         "SELECT COUNT(*) FROM log_entries WHERE actor = $1",
         actor,
     );
-    let refused = signer(&fleet, 2)
-        .await
-        .sign(request(actor, "forged"))
+    let refused = sign_on(&fleet, 2, actor, "forged")
         .await
         .expect_err("the node a forged row names does not hold the key");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
@@ -477,9 +450,7 @@ async fn a_forged_ownership_change_is_refused_by_the_node_it_names() {
     // the log) at most once a second.
     let started = Instant::now();
     for k in 0..20 {
-        let again = signer(&fleet, 2)
-            .await
-            .sign(request(actor, &format!("forged-{k}")))
+        let again = sign_on(&fleet, 2, actor, &format!("forged-{k}"))
             .await
             .expect_err("refused again");
         assert!(
@@ -514,12 +485,9 @@ async fn a_forged_ownership_change_is_refused_by_the_node_it_names() {
         entries_before
     );
     // The node that holds the key signs on; its receipt verifies and continues the chain.
-    let next = signer(&fleet, 0)
+    let next = sign_on(&fleet, 0, actor, "after")
         .await
-        .sign(request(actor, "after"))
-        .await
-        .expect("the key's node signs on")
-        .into_inner();
+        .expect("the key's node signs on");
     let verified = common::verify(&fleet.nodes[0], &next.bundle_json, Some(&document("after")))
         .expect("verifies");
     assert_eq!(verified.key_version, 1);
@@ -569,9 +537,7 @@ async fn a_node_restarted_mid_handover_serves_the_actor_no_more() {
             .unwrap();
     });
     let _ = handing.await;
-    let refused = signer(&fleet, 0)
-        .await
-        .sign(request(actor, "restarted"))
+    let refused = sign_on(&fleet, 0, actor, "restarted")
         .await
         .expect_err("the restarted node mid-handover");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
@@ -587,12 +553,9 @@ async fn a_node_restarted_mid_handover_serves_the_actor_no_more() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let next = signer(&fleet, 1)
+    let next = sign_on(&fleet, 1, actor, "moved")
         .await
-        .sign(request(actor, "moved"))
-        .await
-        .expect("the target signs on")
-        .into_inner();
+        .expect("the target signs on");
     let statement = common::receipt_statement(&next.bundle_json);
     assert_eq!(statement["predicate"]["sequence"], 2);
     assert_eq!(
@@ -650,9 +613,7 @@ async fn a_forged_key_row_for_a_pending_handover_moves_nothing_and_is_refused() 
     // Integration rounds run (5 ms apart); none of them moves the actor.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(owner(&fleet, actor), "node-0");
-    let refused = signer(&fleet, 1)
-        .await
-        .sign(request(actor, "forged-key"))
+    let refused = sign_on(&fleet, 1, actor, "forged-key")
         .await
         .expect_err("not the target's");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
@@ -674,9 +635,7 @@ async fn a_forged_key_row_for_a_pending_handover_moves_nothing_and_is_refused() 
             )
             .unwrap()
     });
-    let refused = signer(&fleet, 1)
-        .await
-        .sign(request(actor, "forged-owner"))
+    let refused = sign_on(&fleet, 1, actor, "forged-owner")
         .await
         .expect_err("the log holds no rotation to the forged key");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
@@ -693,9 +652,7 @@ async fn a_forged_key_row_for_a_pending_handover_moves_nothing_and_is_refused() 
             .start_daemon_within(Duration::from_secs(90), |_| {})
             .unwrap();
     });
-    let refused = signer(&fleet, 1)
-        .await
-        .sign(request(actor, "forged-restarted"))
+    let refused = sign_on(&fleet, 1, actor, "forged-restarted")
         .await
         .expect_err("the restarted target refuses it too");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
@@ -770,9 +727,7 @@ async fn a_timed_out_handover_whose_rotation_is_refused_leaves_the_actor_on_its_
         1,
         "the rotation is queued"
     );
-    let refused = signer(&fleet, 0)
-        .await
-        .sign(request(actor, "while-queued"))
+    let refused = sign_on(&fleet, 0, actor, "while-queued")
         .await
         .expect_err("refused while the rotation is queued");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
@@ -809,12 +764,9 @@ async fn a_timed_out_handover_whose_rotation_is_refused_leaves_the_actor_on_its_
         ),
         0
     );
-    let next = signer(&fleet, 0)
+    let next = sign_on(&fleet, 0, actor, "after-refusal")
         .await
-        .sign(request(actor, "after-refusal"))
-        .await
-        .expect("its node signs for it again")
-        .into_inner();
+        .expect("its node signs for it again");
     let statement = common::receipt_statement(&next.bundle_json);
     assert_eq!(statement["predicate"]["sequence"], 2);
     assert_eq!(
@@ -828,9 +780,7 @@ async fn a_timed_out_handover_whose_rotation_is_refused_leaves_the_actor_on_its_
     )
     .expect("verifies");
     assert_eq!(verified.key_version, 1);
-    let refused = signer(&fleet, 1)
-        .await
-        .sign(request(actor, "on-target"))
+    let refused = sign_on(&fleet, 1, actor, "on-target")
         .await
         .expect_err("the target never got it");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
@@ -874,9 +824,7 @@ async fn a_target_whose_token_is_down_answers_unavailable_then_signs_on() {
     let token = token_dir(&fleet, 1);
     let away = fleet.nodes[1].dir.join("token-away");
     std::fs::rename(&token, &away).unwrap();
-    let down = signer(&fleet, 1)
-        .await
-        .sign(request(actor, "token-down"))
+    let down = sign_on(&fleet, 1, actor, "token-down")
         .await
         .expect_err("the target's token is down");
     std::fs::rename(&away, &token).unwrap();
@@ -887,8 +835,8 @@ async fn a_target_whose_token_is_down_answers_unavailable_then_signs_on() {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     let next = loop {
-        match signer(&fleet, 1).await.sign(request(actor, "moved")).await {
-            Ok(answer) => break answer.into_inner(),
+        match sign_on(&fleet, 1, actor, "moved").await {
+            Ok(answer) => break answer,
             Err(e) if e.code() == Code::Unavailable && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

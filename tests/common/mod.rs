@@ -2,6 +2,7 @@
 //! clients on its Unix socket, and readers of its state.
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod openssl;
 pub mod pki;
 
