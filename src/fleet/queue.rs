@@ -194,10 +194,31 @@ pub fn own_actors(
     client: &mut Client,
     node: &str,
 ) -> Result<HashMap<String, Option<ActorHead>>, FleetError> {
+    own_actors_where(client, node, None)
+}
+
+/// The newest receipt (queued or integrated) of `actor`, if it is `node`'s and has one.
+pub fn own_actor_head(
+    client: &mut Client,
+    node: &str,
+    actor: &str,
+) -> Result<Option<ActorHead>, FleetError> {
+    Ok(own_actors_where(client, node, Some(actor))?
+        .remove(actor)
+        .flatten())
+}
+
+/// [`own_actors`], or only `actor` among them.
+fn own_actors_where(
+    client: &mut Client,
+    node: &str,
+    actor: Option<&str>,
+) -> Result<HashMap<String, Option<ActorHead>>, FleetError> {
     let rows = client.query(
         "SELECT a.actor, h.sequence, h.payload_sha256 FROM fleet_actors a
-         LEFT JOIN fleet_actor_heads h ON h.actor = a.actor WHERE a.node = $1",
-        &[&node],
+         LEFT JOIN fleet_actor_heads h ON h.actor = a.actor
+         WHERE a.node = $1 AND ($2::text IS NULL OR a.actor = $2)",
+        &[&node, &actor],
     )?;
     let mut actors = HashMap::new();
     for row in rows {

@@ -39,13 +39,21 @@ async fn with_db<T: Send + 'static>(
     node: &FleetNode,
     f: impl FnOnce(&mut postgres::Client, &str) -> Result<T, FleetError> + Send + 'static,
 ) -> Result<T, Status> {
+    try_db(node, f).await?.map_err(status)
+}
+
+/// [`with_db`] with the database's own error, for a caller that must tell a refusal (nothing
+/// written) from an outcome it cannot know (the connection lost, perhaps during a commit).
+async fn try_db<T: Send + 'static>(
+    node: &FleetNode,
+    f: impl FnOnce(&mut postgres::Client, &str) -> Result<T, FleetError> + Send + 'static,
+) -> Result<Result<T, FleetError>, Status> {
     let node = node.clone();
     blocking(move || {
-        let mut client =
-            crate::ledger::store::postgres::connect(&node.pg).map_err(|e| status(e.into()))?;
-        f(&mut client, &node.settings.node).map_err(status)
+        let mut client = crate::ledger::store::postgres::connect(&node.pg)?;
+        f(&mut client, &node.settings.node)
     })
-    .await?
+    .await
 }
 
 /// The actor's active key in the log.
@@ -75,15 +83,26 @@ pub(super) async fn accept(
     let plan = blocking(move || plan_rotation(&planner, previous, requested_by)).await??;
     let key = plan.new_key;
     let record = key.clone();
-    if let Err(e) = with_db(&node, move |client, name| {
+    match try_db(&node, move |client, name| {
         handover::accept(client, name, &record)
     })
-    .await
+    .await?
     {
-        let destroyer = Arc::clone(state);
-        let key_ref = key.key_ref.clone();
-        let _ = blocking(move || destroyer.backend.destroy_key(&key_ref)).await;
-        return Err(e);
+        Ok(()) => {}
+        // Refused before anything was written: the new key is no one's.
+        Err(e @ (FleetError::Refused(_) | FleetError::Store(_))) => {
+            let destroyer = Arc::clone(state);
+            let key_ref = key.key_ref.clone();
+            let _ = blocking(move || destroyer.backend.destroy_key(&key_ref)).await;
+            return Err(status(e));
+        }
+        // The commit may have landed: a pending handover may name the key, so it stays (an
+        // unused key costs a token slot; a destroyed one would strand the actor).
+        Err(e) => {
+            tracing::warn!(actor = %actor, version = key.version, key_id = %key.key_id, error = %e,
+                "accept: the database's answer was lost; the new key is kept");
+            return Err(status(e));
+        }
     }
     tracing::info!(actor = %actor, version = key.version, key_id = %key.key_id, caller = %caller,
         "actor accepted: its handover to this node is pending");

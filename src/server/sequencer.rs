@@ -610,9 +610,13 @@ impl Sequencer {
             let keys = self.store.keys(Some(&actor))?;
             let active = keys.iter().find(|k| k.state == KeyState::Active);
             // Not served until the log shows how its key became active (refused on the
-            // first Sign, `handover::load_moved`).
-            if active.is_some_and(|key| self.rotated_to(key).is_err()) {
-                continue;
+            // first Sign, `handover::load_moved`). Any other error fails the reload.
+            if let Some(key) = active {
+                match self.rotated_to(key) {
+                    Ok(()) => {}
+                    Err(SequencerError::Precondition(_)) => continue,
+                    Err(e) => return Err(e),
+                }
             }
             let mut chain = ActorChain { key: None, head };
             for key in keys {

@@ -287,7 +287,7 @@ impl Waiter {
             }))
             .collect();
         let (client, _) = self.conn()?;
-        let (published, mut placed) = queue::settled(client, &ids)?;
+        let (published, placed) = queue::settled(client, &ids)?;
         let refused = self.refused(&placed)?;
         let covered = |p: &Placed| p.log_index < published;
         let mut ready = Vec::new();
@@ -300,15 +300,24 @@ impl Waiter {
             {
                 let at_index: HashMap<u64, Placed> = ids
                     .iter()
-                    .filter_map(|(local, id)| Some((*local, placed.remove(id)?)))
+                    .filter_map(|(local, id)| Some((*local, placed.get(id)?.clone())))
                     .collect();
-                ready.push((batch, at_index));
+                ready.push(((batch, ids, at), at_index));
             } else {
                 self.batches.push((batch, ids, at));
             }
         }
-        let checkpoints = self.checkpoints_of(&ready)?;
-        for (batch, at_index) in ready {
+        let checkpoints = match self.checkpoints_of(ready.iter().map(|(_, at_index)| at_index)) {
+            Ok(checkpoints) => checkpoints,
+            Err(e) => {
+                // Integrated, but not answerable yet: kept for the next pass, never dropped
+                // (a dropped batch would tell its callers the daemon stopped).
+                self.batches
+                    .extend(ready.into_iter().map(|(waiting, _)| waiting));
+                return Err(e);
+            }
+        };
+        for ((batch, ..), at_index) in ready {
             self.answer(*batch, &at_index, &checkpoints);
         }
         let follows = std::mem::take(&mut self.follows);
@@ -354,13 +363,12 @@ impl Waiter {
     }
 
     /// The checkpoints the ready batches' receipts are proved against, each checked once.
-    fn checkpoints_of(
+    fn checkpoints_of<'a>(
         &mut self,
-        ready: &[(Box<CommitBatch>, HashMap<u64, Placed>)],
+        ready: impl Iterator<Item = &'a HashMap<u64, Placed>>,
     ) -> Result<HashMap<u64, CheckpointRow>, FleetError> {
         let mut sizes: Vec<u64> = ready
-            .iter()
-            .flat_map(|(_, at)| at.values().filter_map(|p| Some(p.proof.as_ref()?.0)))
+            .flat_map(|at| at.values().filter_map(|p| Some(p.proof.as_ref()?.0)))
             .collect();
         if sizes.is_empty() {
             return Ok(HashMap::new());
@@ -563,6 +571,13 @@ impl Link {
         &mut self,
     ) -> Result<HashMap<String, Option<crate::ledger::ActorHead>>, SequencerError> {
         self.with(queue::own_actors)
+    }
+
+    pub fn own_actor_head(
+        &mut self,
+        actor: &str,
+    ) -> Result<Option<crate::ledger::ActorHead>, SequencerError> {
+        self.with(|c, node| queue::own_actor_head(c, node, actor))
     }
 
     pub fn queued_request(&mut self, id: &str) -> Result<Option<(i64, [u8; 32])>, SequencerError> {

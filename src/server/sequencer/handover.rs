@@ -189,7 +189,7 @@ impl Sequencer {
         self.rotated_to(&key)?;
         self.holds(&key)?;
         let head = match &self.fleet {
-            Some(link) => link.borrow_mut().own_actors()?.remove(actor).flatten(),
+            Some(link) => link.borrow_mut().own_actor_head(actor)?,
             None => None,
         };
         // Its receipts here are dated no earlier than what the log holds (the rotation to this
