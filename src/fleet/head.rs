@@ -29,17 +29,12 @@ pub fn write(
     next: &LogHead,
 ) -> Result<(), FleetError> {
     lease::check_held(client, node, held)?;
-    let allow =
-        |current: Option<&[u8]>| head::may_replace(current, next).map_err(|e| e.to_string());
-    match backend.replace_log_head(&next.encode(), &allow) {
+    match head::replace_guarded(backend, next) {
         Ok(HeadWrite::Written) => Ok(()),
-        Ok(HeadWrite::Refused(reason)) => {
-            tracing::error!(node = %node, epoch = held.epoch, size = next.size, reason = %reason,
-                "log head not written: the log token holds a newer one");
-            Err(FleetError::Refused(format!(
-                "log head not written: {reason}"
-            )))
-        }
+        // Logged by the caller, with what it does next.
+        Ok(HeadWrite::Refused(reason)) => Err(FleetError::Refused(format!(
+            "log head not written: the log token holds a newer one: {reason}"
+        ))),
         Err(e) => Err(FleetError::Unavailable(format!("log head: {e}"))),
     }
 }

@@ -112,43 +112,46 @@ fn held_in(row: Option<postgres::Row>, node: &str, held: Held) -> Result<(), Fle
 }
 
 /// Records that the log head in the log token covers `size`, if this node still holds the
-/// lease at its epoch (a fenced node publishes nothing).
+/// lease at its epoch (a fenced node publishes nothing), and announces the size published.
 pub fn publish(client: &mut Client, node: &str, held: Held, size: u64) -> Result<(), FleetError> {
-    let size = i64::try_from(size).unwrap_or(i64::MAX);
-    let mut tx = client.transaction()?;
-    let changed = tx.execute(
-        "UPDATE fleet_lease SET published_size = GREATEST(published_size, $3)
-         WHERE id = 1 AND holder = $1 AND epoch = $2",
-        &[&node, &held.epoch, &size],
-    )?;
-    if changed != 1 {
-        return Err(fenced(&mut tx)?);
-    }
-    tx.execute(
-        &format!("SELECT pg_notify('{}', $1)", super::CHANNEL_PUBLISHED),
-        &[&size.to_string()],
-    )?;
-    tx.commit()?;
-    Ok(())
+    publish_as(client, node, held, size, Commit::Synced)
 }
 
-/// [`publish`] in one statement whose commit does not wait for the disk
-/// (`synchronous_commit = off`, this transaction only): the integrator's answer path, one
-/// fsync less per round. Safe because what it records follows durable facts: it runs only
-/// after the integration's own (synchronous) commit and the head write in the log token, so
-/// whatever a node answers on it is committed and covered by that head. A server crash can
-/// lose it: the size published then goes back to an earlier one, never past what is durable,
-/// and the holder publishes again at its next integration or take-over (`GREATEST` keeps it
-/// from going back while the server runs). A fenced node publishes nothing.
+/// [`publish`] with a commit that does not wait for the disk (`synchronous_commit = off`,
+/// this transaction only): the integrator's answer path, one fsync less per round. Safe
+/// because what it records follows durable facts: it runs only after the integration's own
+/// (synchronous) commit and the head write in the log token, so whatever a node answers on
+/// it is committed and covered by that head. A server crash can lose it: the size published
+/// then goes back to an earlier one, never past what is durable, and the holder publishes
+/// again at its next integration or take-over (`GREATEST` keeps it from going back while the
+/// server runs).
 pub fn publish_unsynced(
     client: &mut Client,
     node: &str,
     held: Held,
     size: u64,
 ) -> Result<(), FleetError> {
+    publish_as(client, node, held, size, Commit::Unsynced)
+}
+
+/// How a publish commits.
+enum Commit {
+    Synced,
+    Unsynced,
+}
+
+fn publish_as(
+    client: &mut Client,
+    node: &str,
+    held: Held,
+    size: u64,
+    commit: Commit,
+) -> Result<(), FleetError> {
     let size = i64::try_from(size).unwrap_or(i64::MAX);
     let mut tx = client.transaction()?;
-    tx.batch_execute("SET LOCAL synchronous_commit = off")?;
+    if let Commit::Unsynced = commit {
+        tx.batch_execute("SET LOCAL synchronous_commit = off")?;
+    }
     let notified = tx.query(
         &format!(
             "WITH u AS (UPDATE fleet_lease SET published_size = GREATEST(published_size, $3)

@@ -228,6 +228,16 @@ impl LogHead {
     }
 }
 
+/// Writes `next` into the hardware unless the record there now is one it may not replace
+/// ([`may_replace`], checked right before the write by the backend).
+pub fn replace_guarded(
+    backend: &dyn crate::backend::Backend,
+    next: &LogHead,
+) -> Result<crate::backend::HeadWrite, crate::backend::BackendError> {
+    let allow = |current: Option<&[u8]>| may_replace(current, next).map_err(|e| e.to_string());
+    backend.replace_log_head(&next.encode(), &allow)
+}
+
 /// Whether `next` may replace `current`, the record the hardware holds (`None`: none yet):
 /// never a smaller tree, another root at the same size, or another log's head. Nor a
 /// record that does not decode: the start-up check refuses it, and overwriting it would

@@ -142,9 +142,7 @@ fn write_record(backend: &dyn Backend, record: &LogHead, guarded: bool) -> Resul
     if !guarded {
         return Ok(backend.write_log_head(&record.encode())?);
     }
-    let allow =
-        |current: Option<&[u8]>| head::may_replace(current, record).map_err(|e| e.to_string());
-    match backend.replace_log_head(&record.encode(), &allow)? {
+    match head::replace_guarded(backend, record)? {
         crate::backend::HeadWrite::Written => Ok(()),
         crate::backend::HeadWrite::Refused(reason) => Err(StartError::Rollback(reason)),
     }
