@@ -642,3 +642,51 @@ async fn a_rolled_back_or_emptied_postgres_database_is_refused_at_start_up() {
     std::fs::write(lab.config(), config).unwrap();
     lab.start_daemon().expect("the real log starts");
 }
+
+/// Fleet anchoring's shared table keeps the most evidence of each size: a round of the same
+/// size replaces the stored row only with no fewer cosignatures and no fewer timestamp
+/// tokens, never with another root, and never from a node not holding the lease. (A round
+/// with a longer note but no token replaced it before: the note's length was the rule.)
+#[test]
+fn an_anchored_checkpoint_is_replaced_only_by_one_carrying_no_less() {
+    use actseal::anchor::{
+        AnchoredCheckpoint,
+        store::{AnchorStore, HolderPut},
+    };
+    let Some(pg) = postgres() else { return };
+    let location = LedgerLocation::Postgres(settings(&pg, "anchors"));
+    drop(Store::open_at(&location).expect("migrated"));
+    pg.client("anchors")
+        .unwrap()
+        .execute(
+            "INSERT INTO fleet_lease (id, holder, epoch, expires_at)
+             VALUES (1, 'node-a', 7, clock_timestamp() + interval '1 hour')",
+            &[],
+        )
+        .unwrap();
+    let anchors = AnchorStore::open(&location).unwrap();
+    let round = |cosigners: &[&str], tokens: usize, root: u8| AnchoredCheckpoint {
+        size: 5,
+        root: [root; 32],
+        note: format!("log\n5\nroot\n\n— log sig\n{}", cosigners.join("\n")),
+        cosigners: cosigners.iter().map(|c| (*c).to_owned()).collect(),
+        timestamps: (0..tokens).map(|t| vec![0x30, 0x01, t as u8]).collect(),
+    };
+    let put = |a: &AnchoredCheckpoint| anchors.put_as_holder(a, "node-a", 7).unwrap();
+    let stored = round(&["— w1"], 1, 1);
+    assert_eq!(put(&stored), HolderPut::Stored);
+    // More cosignatures (a longer note) but the token lost: kept as it was.
+    assert_eq!(put(&round(&["— w1", "— w2"], 0, 1)), HolderPut::Unchanged);
+    // The same note without its token: kept.
+    assert_eq!(put(&round(&["— w1"], 0, 1)), HolderPut::Unchanged);
+    // Another root at that size: never.
+    assert_eq!(put(&round(&["— w1", "— w2"], 2, 9)), HolderPut::Unchanged);
+    // Another epoch: fenced, nothing stored.
+    let fenced = anchors.put_as_holder(&round(&["— w1", "— w2"], 2, 1), "node-a", 6);
+    assert_eq!(fenced.unwrap(), HolderPut::Fenced);
+    assert_eq!(anchors.latest().unwrap(), Some(stored));
+    // No less of either and more of one: replaced.
+    let more = round(&["— w1", "— w2"], 1, 1);
+    assert_eq!(put(&more), HolderPut::Stored);
+    assert_eq!(anchors.latest().unwrap(), Some(more));
+}

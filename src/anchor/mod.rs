@@ -185,6 +185,14 @@ pub struct AnchoredCheckpoint {
 }
 
 impl AnchoredCheckpoint {
+    /// Whether it has no fewer cosignatures and no fewer timestamp tokens than `other`: what
+    /// may replace an anchored checkpoint of its size, never back to less evidence of either
+    /// (`store::AnchorStore::put_as_holder` applies the same rule in SQL).
+    pub fn carries_at_least(&self, other: &AnchoredCheckpoint) -> bool {
+        self.cosigners.len() >= other.cosigners.len()
+            && self.timestamps.len() >= other.timestamps.len()
+    }
+
     /// The checkpoint's note text (the signed bytes): up to the blank line.
     pub fn note_text(&self) -> &str {
         note_text(&self.note)
@@ -358,12 +366,12 @@ impl FleetRole {
 }
 
 /// Whether `new` should replace `current` as the newest anchored checkpoint: larger, or of
-/// the same size with more cosignatures or tokens (never back to less).
+/// the same size carrying at least as much and more than it.
 fn better(new: &AnchoredCheckpoint, current: &AnchoredCheckpoint) -> bool {
     new.size > current.size
         || (new.size == current.size
-            && (new.cosigners.len(), new.timestamps.len())
-                > (current.cosigners.len(), current.timestamps.len()))
+            && new.carries_at_least(current)
+            && !current.carries_at_least(new))
 }
 
 /// Publishes `anchored` on `tx` unless what it holds is as good.
@@ -892,4 +900,37 @@ async fn submit(
         }
     }
     Err(SubmitError::Conflicts(old))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anchored(size: u64, cosigners: &[&str], tokens: usize) -> AnchoredCheckpoint {
+        AnchoredCheckpoint {
+            size,
+            root: [1; 32],
+            note: String::new(),
+            cosigners: cosigners.iter().map(|c| (*c).to_owned()).collect(),
+            timestamps: vec![vec![0x30]; tokens],
+        }
+    }
+
+    #[test]
+    fn a_round_replaces_the_newest_only_with_no_less_evidence() {
+        let current = anchored(5, &["w1"], 1);
+        assert!(better(&anchored(6, &[], 0), &current), "a larger tree");
+        assert!(better(&anchored(5, &["w1", "w2"], 1), &current));
+        assert!(better(&anchored(5, &["w1"], 2), &current));
+        assert!(!better(&anchored(5, &["w1"], 1), &current), "the same");
+        assert!(
+            !better(&anchored(5, &["w1", "w2"], 0), &current),
+            "a token lost"
+        );
+        assert!(
+            !better(&anchored(5, &[], 2), &current),
+            "a cosignature lost"
+        );
+        assert!(!better(&anchored(4, &["w1", "w2"], 2), &current), "smaller");
+    }
 }

@@ -228,7 +228,8 @@ impl AnchorStore {
     /// Fleet mode: stores an anchored checkpoint only if `node` holds the lease at `epoch`
     /// (the row share-locked by the statement, so a takeover waits for it and then reads it),
     /// and announces it on [`CHANNEL_ANCHORED`]. A row of the same size is replaced only by one
-    /// carrying at least as much (a longer note: more cosignature lines) and the same root.
+    /// of the same root carrying at least as much: no fewer cosignatures and no fewer tokens
+    /// ([`AnchoredCheckpoint::carries_at_least`]).
     pub fn put_as_holder(
         &self,
         anchored: &AnchoredCheckpoint,
@@ -254,7 +255,10 @@ impl AnchorStore {
                     cosigners = excluded.cosigners, timestamps = excluded.timestamps,
                     anchored_at = excluded.anchored_at
                 WHERE anchored_checkpoints.root = excluded.root
-                  AND length(excluded.note) >= length(anchored_checkpoints.note)
+                  AND json_array_length(excluded.cosigners::json)
+                      >= json_array_length(anchored_checkpoints.cosigners::json)
+                  AND json_array_length(excluded.timestamps::json)
+                      >= json_array_length(anchored_checkpoints.timestamps::json)
                 RETURNING size),
              announced AS (SELECT pg_notify('{CHANNEL_ANCHORED}', $8) FROM stored)
              SELECT EXISTS (SELECT 1 FROM held), (SELECT count(*) FROM announced)"
@@ -295,7 +299,7 @@ pub enum HolderPut {
     /// Stored (and announced): the newest for its size.
     Stored,
     /// The lease holds, but the table keeps what it had: another root at that size (which
-    /// must never be published) or a note with more cosignatures.
+    /// must never be published) or more cosignatures or tokens than this one.
     Unchanged,
     /// This node no longer holds the lease at that epoch: nothing stored.
     Fenced,
