@@ -27,7 +27,7 @@ use super::{
     check_signature,
 };
 use crate::secret::PinSource;
-use pool::{PooledSession, SessionPool};
+use pool::{Objects, PooledSession, SessionPool};
 
 mod log_head;
 pub use log_head::LOG_HEAD_LABEL;
@@ -317,7 +317,7 @@ impl Pkcs11Backend {
             head_slots: log_head::SlotCache::default(),
         };
         // Log in now; the session goes back to the pool and keeps the login alive.
-        backend.pool.run("login", |_| Ok(()))?;
+        backend.pool.run("login", Objects::Read, |_| Ok(()))?;
         tracing::info!(
             token.label = %backend.token.label,
             token.serial = %backend.token.serial,
@@ -520,8 +520,9 @@ impl Backend for Pkcs11Backend {
     }
 
     fn create_key(&self, label: &str) -> Result<HardwareKey, BackendError> {
-        self.pool
-            .run("create key", |s| self.generate(&s.session, label))
+        self.pool.run("create key", Objects::Write, |s| {
+            self.generate(&s.session, label)
+        })
     }
 
     fn adopt_key(&self, selector: &KeySelector) -> Result<HardwareKey, BackendError> {
@@ -531,7 +532,7 @@ impl Backend for Pkcs11Backend {
                     .into(),
             ));
         }
-        self.pool.run("adopt key", |s| {
+        self.pool.run("adopt key", Objects::Read, |s| {
             let found = Self::find_private_keys(&s.session, selector)?;
             let handle = match found[..] {
                 [] => {
@@ -593,7 +594,7 @@ impl Backend for Pkcs11Backend {
         key: &HardwareKey,
         digest: &[u8; 32],
     ) -> Result<Signature, BackendError> {
-        self.pool.run("sign", |s| {
+        self.pool.run("sign", Objects::Read, |s| {
             // A registered key that cannot be found means the token is gone or was swapped:
             // a fault of the hardware, not of the caller's request.
             let vanished = |e: BackendError| match e {
@@ -622,7 +623,7 @@ impl Backend for Pkcs11Backend {
     }
 
     fn key_evidence(&self, key: &KeyRef) -> Result<KeyEvidence, BackendError> {
-        self.pool.run("read key attributes", |s| {
+        self.pool.run("read key attributes", Objects::Read, |s| {
             let handle = Self::private_key_handle(s, key)?;
             let attributes = Self::read_attributes(&s.session, handle)?;
             Ok(KeyEvidence::Pkcs11(Pkcs11KeyFacts {
@@ -634,7 +635,7 @@ impl Backend for Pkcs11Backend {
 
     fn destroy_key(&self, key: &KeyRef) -> Result<(), BackendError> {
         let id = key_ref_to_id(key)?;
-        self.pool.run("destroy key", |s| {
+        self.pool.run("destroy key", Objects::Write, |s| {
             s.handles.remove(&key.0);
             let objects = s
                 .session
@@ -650,7 +651,7 @@ impl Backend for Pkcs11Backend {
     }
 
     fn device_key(&self, create: bool) -> Result<HardwareKey, BackendError> {
-        self.pool.run("device key", |s| {
+        self.pool.run("device key", Objects::Write, |s| {
             let label = KeySelector::Label(self.device_key_label.clone());
             let found = Self::find_private_keys(&s.session, &label)?;
             match found[..] {

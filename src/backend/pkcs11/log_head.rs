@@ -20,7 +20,7 @@ use cryptoki::{
 };
 use sha2::{Digest, Sha256};
 
-use super::{BackendError, Pkcs11Backend, classify};
+use super::{BackendError, Pkcs11Backend, classify, pool::Objects};
 use crate::backend::{HeadCheck, HeadWrite};
 
 /// CKA_LABEL prefix of the objects of the earlier layout (one object, a new one per record).
@@ -93,7 +93,7 @@ fn decode_slot(label: &[u8]) -> Option<(u64, Vec<u8>)> {
 
 /// The record, `None` if the token holds none yet.
 pub(super) fn read(backend: &Pkcs11Backend) -> Result<Option<Vec<u8>>, BackendError> {
-    backend.pool.run("read log head", |s| {
+    backend.pool.run("read log head", Objects::Read, |s| {
         if let Some((_, record)) = newest(&slots(&s.session, &backend.head_slots)?) {
             return Ok(Some(record.clone()));
         }
@@ -116,7 +116,7 @@ pub(super) fn replace(
     record: &[u8],
     allow: &HeadCheck<'_>,
 ) -> Result<HeadWrite, BackendError> {
-    backend.pool.run("write log head", |s| {
+    backend.pool.run("write log head", Objects::Write, |s| {
         let slots = slots(&s.session, &backend.head_slots)?;
         let current = match newest(&slots) {
             Some((_, record)) => Some(record.clone()),

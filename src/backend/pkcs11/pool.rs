@@ -10,11 +10,19 @@
 //! never a second `Pkcs11` context in the process (SoftHSM can crash on two): the pools of
 //! two tokens of one module (the actors' token and a `[log_token]`) share the context, and
 //! [`LIBRARY`] keeps every call of either out of a re-initialisation.
+//!
+//! Calls that create, change or destroy token objects run alone on their token
+//! ([`Objects::Write`]); calls that only read them (signing among them) run side by side.
+//! SoftHSM's file object store is not safe for a write beside other calls of the same process
+//! (softhsm/SoftHSMv2#573): a key generation next to a log head rewrite fails with
+//! CKR_GENERAL_ERROR, which reads as a token fault and fails every caller for the outage's
+//! first back-off. Writes are rare (a key made, rotated or destroyed; one head rewrite per
+//! checkpoint), so the gate costs signing little on any token.
 
 use std::{
     collections::HashMap,
     sync::{
-        Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard,
+        Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -57,6 +65,15 @@ pub(super) fn library_epoch() -> u64 {
     LIBRARY_EPOCH.load(Ordering::SeqCst)
 }
 
+/// What a call does to the token's objects, which decides what may run beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Objects {
+    /// Reads them (signs, finds, reads attributes): any number of calls at once.
+    Read,
+    /// Creates, changes or destroys one: no other call of this process on the token meanwhile.
+    Write,
+}
+
 /// A session with the private-key handles it has already looked up.
 pub(super) struct PooledSession {
     pub session: Session,
@@ -88,6 +105,14 @@ pub(super) struct SessionPool {
     capacity: usize,
     state: Mutex<State>,
     freed: Condvar,
+    /// Shared by [`Objects::Read`] calls, taken exclusively by [`Objects::Write`] ones.
+    objects: RwLock<()>,
+}
+
+/// Held while a call runs: [`SessionPool::enter`].
+enum ObjectsGate<'a> {
+    Read(#[allow(dead_code)] RwLockReadGuard<'a, ()>),
+    Write(#[allow(dead_code)] RwLockWriteGuard<'a, ()>),
 }
 
 /// How a recovery brought the token back.
@@ -125,6 +150,7 @@ impl SessionPool {
                 outage: None,
             }),
             freed: Condvar::new(),
+            objects: RwLock::new(()),
         }
     }
 
@@ -137,12 +163,14 @@ impl SessionPool {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `op` on a pooled session. A token fault closes every session and starts an
-    /// outage; a key that cannot be found is checked against the token, so that a vanished
-    /// token reads as a fault rather than as a missing key.
+    /// Runs `op` on a pooled session, beside other calls as `objects` allows. A token fault
+    /// closes every session and starts an outage; a key that cannot be found is checked
+    /// against the token, so that a vanished token reads as a fault rather than as a missing
+    /// key.
     pub fn run<T>(
         &self,
         operation: &'static str,
+        objects: Objects,
         op: impl FnOnce(&mut PooledSession) -> Result<T, BackendError>,
     ) -> Result<T, BackendError> {
         let mut session = self.acquire()?;
@@ -154,7 +182,9 @@ impl SessionPool {
             session = self.acquire()?;
             calling = library();
         }
+        let gate = self.enter(objects);
         let mut result = op(&mut session);
+        drop(gate);
         if matches!(result, Err(BackendError::KeyNotFound(_)))
             && let Err(fault) = self.probe(&session)
         {
@@ -167,6 +197,20 @@ impl SessionPool {
         }
         self.release(session, fault);
         result
+    }
+
+    /// Waits until a call doing `objects` may run beside the calls running now. Taken after
+    /// the session, so that no call holds the gate while it waits for a session.
+    fn enter(&self, objects: Objects) -> ObjectsGate<'_> {
+        // The guarded value is (): a panic under the lock leaves nothing half-changed.
+        match objects {
+            Objects::Read => {
+                ObjectsGate::Read(self.objects.read().unwrap_or_else(|p| p.into_inner()))
+            }
+            Objects::Write => {
+                ObjectsGate::Write(self.objects.write().unwrap_or_else(|p| p.into_inner()))
+            }
+        }
     }
 
     /// Checks that the token itself answers (SoftHSM answers C_GetTokenInfo with
@@ -185,7 +229,7 @@ impl SessionPool {
             let mut state = self.lock();
             if state.outage.is_some() {
                 drop(state);
-                return self.run("health", |_| Ok(()));
+                return self.run("health", Objects::Read, |_| Ok(()));
             }
             // Counted, so that the library is not re-initialised under this call.
             state.probes += 1;
