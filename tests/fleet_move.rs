@@ -195,6 +195,30 @@ fn query_i64(fleet: &Fleet, sql: &str, actor: &str) -> i64 {
     })
 }
 
+/// The actor's rows in the shared queue.
+fn queued(fleet: &Fleet, actor: &str) -> i64 {
+    query_i64(
+        fleet,
+        "SELECT COUNT(*) FROM fleet_queue WHERE actor = $1",
+        actor,
+    )
+}
+
+/// The actor's entries in the log, of one `kind` or (`None`) of every kind.
+fn logged(fleet: &Fleet, actor: &str, kind: Option<&str>) -> i64 {
+    tokio::task::block_in_place(|| {
+        fleet
+            .client()
+            .unwrap()
+            .query_one(
+                "SELECT COUNT(*) FROM log_entries WHERE actor = $1 AND ($2::text IS NULL OR kind = $2)",
+                &[&actor, &kind],
+            )
+            .unwrap()
+            .get(0)
+    })
+}
+
 fn owner(fleet: &Fleet, actor: &str) -> String {
     tokio::task::block_in_place(|| {
         fleet
@@ -428,16 +452,8 @@ async fn a_forged_ownership_change_is_refused_by_the_node_it_names() {
             .unwrap()
     });
     assert_eq!(changed, 1);
-    let queued_before = query_i64(
-        &fleet,
-        "SELECT COUNT(*) FROM fleet_queue WHERE actor = $1",
-        actor,
-    );
-    let entries_before = query_i64(
-        &fleet,
-        "SELECT COUNT(*) FROM log_entries WHERE actor = $1",
-        actor,
-    );
+    let queued_before = queued(&fleet, actor);
+    let entries_before = logged(&fleet, actor, None);
     let refused = sign_on(&fleet, 2, actor, "forged")
         .await
         .expect_err("the node a forged row names does not hold the key");
@@ -468,22 +484,8 @@ async fn a_forged_ownership_change_is_refused_by_the_node_it_names() {
         alarms <= seconds + 2,
         "{alarms} hardware checks for 21 Signs in {seconds} s"
     );
-    assert_eq!(
-        query_i64(
-            &fleet,
-            "SELECT COUNT(*) FROM fleet_queue WHERE actor = $1",
-            actor
-        ),
-        queued_before
-    );
-    assert_eq!(
-        query_i64(
-            &fleet,
-            "SELECT COUNT(*) FROM log_entries WHERE actor = $1",
-            actor
-        ),
-        entries_before
-    );
+    assert_eq!(queued(&fleet, actor), queued_before);
+    assert_eq!(logged(&fleet, actor, None), entries_before);
     // The node that holds the key signs on; its receipt verifies and continues the chain.
     let next = sign_on(&fleet, 0, actor, "after")
         .await
@@ -620,11 +622,7 @@ async fn a_forged_key_row_for_a_pending_handover_moves_nothing_and_is_refused() 
     assert!(refused.message().contains("node-0"), "{refused:?}");
     // The ownership row forged as well: the target's hardware holds the key, but the log
     // does not make it active; the target signs nothing and queues nothing.
-    let queued_before = query_i64(
-        &fleet,
-        "SELECT COUNT(*) FROM fleet_queue WHERE actor = $1",
-        actor,
-    );
+    let queued_before = queued(&fleet, actor);
     tokio::task::block_in_place(|| {
         fleet
             .client()
@@ -662,22 +660,8 @@ async fn a_forged_key_row_for_a_pending_handover_moves_nothing_and_is_refused() 
             .contains("not made active by a rotation in the log"),
         "{refused:?}"
     );
-    assert_eq!(
-        query_i64(
-            &fleet,
-            "SELECT COUNT(*) FROM fleet_queue WHERE actor = $1",
-            actor
-        ),
-        queued_before
-    );
-    assert_eq!(
-        query_i64(
-            &fleet,
-            "SELECT COUNT(*) FROM log_entries WHERE actor = $1 AND kind = 'receipt'",
-            actor
-        ),
-        1
-    );
+    assert_eq!(queued(&fleet, actor), queued_before);
+    assert_eq!(logged(&fleet, actor, Some("receipt")), 1);
 }
 
 /// Holds integration up for real: locks the lease row until the returned sender is used
@@ -756,14 +740,7 @@ async fn a_timed_out_handover_whose_rotation_is_refused_leaves_the_actor_on_its_
         "node-0",
         "the refused rotation moves nothing"
     );
-    assert_eq!(
-        query_i64(
-            &fleet,
-            "SELECT COUNT(*) FROM log_entries WHERE actor = $1 AND kind = 'rotation'",
-            actor
-        ),
-        0
-    );
+    assert_eq!(logged(&fleet, actor, Some("rotation")), 0);
     let next = sign_on(&fleet, 0, actor, "after-refusal")
         .await
         .expect("its node signs for it again");
