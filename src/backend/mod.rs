@@ -104,6 +104,10 @@ pub enum BackendError {
     /// The key exists but is unfit for actseal; the reason says which property failed.
     #[error("key refused: {0}")]
     KeyRefused(String),
+    /// The hardware signed, but the signature does not verify under the key's public key:
+    /// the key reference names another key, or the hardware is faulty.
+    #[error("sign failed: the hardware returned a signature that does not verify under the key")]
+    SignatureMismatch,
     #[error("{operation} failed: {detail}")]
     Failed {
         operation: &'static str,
@@ -234,16 +238,8 @@ pub(crate) fn check_signature(
     use p256::ecdsa::{VerifyingKey, signature::hazmat::PrehashVerifier};
     VerifyingKey::from(public_key)
         .verify_prehash(digest, signature)
-        .map_err(|_| BackendError::Failed {
-            operation: "sign",
-            detail: SIGNATURE_MISMATCH.into(),
-        })
+        .map_err(|_| BackendError::SignatureMismatch)
 }
-
-/// The detail of the `sign` failure of a hardware signature that does not verify under the
-/// key's public key (another key signed: the key reference names a different key).
-pub(crate) const SIGNATURE_MISMATCH: &str =
-    "the hardware returned a signature that does not verify under the key";
 
 /// Checks a hardware signature over `message` (the hardware signed its SHA-256) with `ring`:
 /// constant-time P-256 and several times faster here than pure-Rust `p256`, whose prehash
@@ -261,10 +257,7 @@ pub(crate) fn check_message_signature(
         point.as_bytes(),
     )
     .verify(message, &signature.to_bytes())
-    .map_err(|_| BackendError::Failed {
-        operation: "sign",
-        detail: SIGNATURE_MISMATCH.into(),
-    })
+    .map_err(|_| BackendError::SignatureMismatch)
 }
 
 /// A stand-in for commands that read the log and sign nothing (`log vkey`, `export`, `log

@@ -21,7 +21,7 @@ impl From<BackendError> for Status {
             }
             BackendError::KeyNotFound(_) => Status::not_found(e.to_string()),
             BackendError::KeyRefused(_) => Status::failed_precondition(e.to_string()),
-            BackendError::Failed { .. } => {
+            BackendError::Failed { .. } | BackendError::SignatureMismatch => {
                 tracing::error!(error = %e, "backend operation failed");
                 Status::internal(e.to_string())
             }

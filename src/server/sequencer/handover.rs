@@ -271,12 +271,13 @@ impl Sequencer {
                 .pool
                 .sign(super::SignJob::actor(hardware, POSSESSION.to_vec())),
         };
-        let absent = |e: &BackendError| match e {
-            BackendError::KeyNotFound(_) | BackendError::KeyRefused(_) => true,
-            BackendError::Failed { operation, detail } => {
-                *operation == "sign" && detail == crate::backend::SIGNATURE_MISMATCH
-            }
-            _ => false,
+        let absent = |e: &BackendError| {
+            matches!(
+                e,
+                BackendError::KeyNotFound(_)
+                    | BackendError::KeyRefused(_)
+                    | BackendError::SignatureMismatch
+            )
         };
         match signed {
             Ok(_) => Ok(()),
