@@ -73,6 +73,18 @@ async fn sign_on(
         .map(tonic::Response::into_inner)
 }
 
+/// Signs as `actor` on node `node` and asserts the refusal: FAILED_PRECONDITION, with a
+/// message that contains `says` (`""`: any message).
+async fn refused_on(fleet: &Fleet, node: usize, actor: &str, request_id: &str, says: &str) {
+    match sign_on(fleet, node, actor, request_id).await {
+        Ok(_) => panic!("{request_id} on node-{node} was signed, not refused"),
+        Err(refused) => {
+            assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+            assert!(refused.message().contains(says), "{refused:?}");
+        }
+    }
+}
+
 async fn admin(fleet: &Fleet, node: usize) -> KeyAdminClient<Channel> {
     common::admin(&fleet.nodes[node]).await
 }
@@ -266,10 +278,7 @@ async fn an_actor_moves_between_nodes_under_load_with_its_chain_whole() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Signing for it on the target before the handover: refused (node 0's actor).
-    let early = sign_on(&fleet, 1, MOVER, "early")
-        .await
-        .expect_err("the target signs nothing before the handover");
-    assert_eq!(early.code(), Code::FailedPrecondition, "{early:?}");
+    refused_on(&fleet, 1, MOVER, "early", "").await;
     let accepted =
         tokio::task::block_in_place(|| cli(&fleet, 1, &["actor", "accept", "--actor", MOVER]));
     assert!(accepted.contains(" v2 "), "{accepted}");
@@ -312,11 +321,7 @@ async fn an_actor_moves_between_nodes_under_load_with_its_chain_whole() {
         0
     );
     // The old node signs nothing more for it, and says where to sign.
-    let after = sign_on(&fleet, 0, MOVER, "after")
-        .await
-        .expect_err("the old node after the handover");
-    assert_eq!(after.code(), Code::FailedPrecondition, "{after:?}");
-    assert!(after.message().contains("node-1"), "{after:?}");
+    refused_on(&fleet, 0, MOVER, "after", "node-1").await;
     stop.store(true, Ordering::SeqCst);
     let acked = load.await.unwrap();
     assert!(
@@ -333,11 +338,8 @@ async fn an_actor_moves_between_nodes_under_load_with_its_chain_whole() {
                 .unwrap();
         }
     });
-    let refused = sign_on(&fleet, 0, MOVER, "old-node-restarted")
-        .await
-        .expect_err("the old node after a restart");
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    assert!(refused.message().contains("node-2"), "{refused:?}");
+    // The old node, restarted, still refuses it.
+    refused_on(&fleet, 0, MOVER, "old-node-restarted", "node-2").await;
     acked.push(sign_one(&fleet, 2, 5, "new-node-restarted").await);
     check_chain(&fleet, &acked);
     let report = tokio::task::block_in_place(|| {
@@ -454,14 +456,8 @@ async fn a_forged_ownership_change_is_refused_by_the_node_it_names() {
     assert_eq!(changed, 1);
     let queued_before = queued(&fleet, actor);
     let entries_before = logged(&fleet, actor, None);
-    let refused = sign_on(&fleet, 2, actor, "forged")
-        .await
-        .expect_err("the node a forged row names does not hold the key");
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    assert!(
-        refused.message().contains("not in this node's hardware"),
-        "{refused:?}"
-    );
+    // The node the forged row names does not hold the key.
+    refused_on(&fleet, 2, actor, "forged", "not in this node's hardware").await;
     // Repeated Signs are refused from memory, re-checked (a hardware signature, an alarm in
     // the log) at most once a second.
     let started = Instant::now();
@@ -539,11 +535,8 @@ async fn a_node_restarted_mid_handover_serves_the_actor_no_more() {
             .unwrap();
     });
     let _ = handing.await;
-    let refused = sign_on(&fleet, 0, actor, "restarted")
-        .await
-        .expect_err("the restarted node mid-handover");
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    assert!(refused.message().contains("node-1"), "{refused:?}");
+    // The node restarted mid-handover refuses the actor.
+    refused_on(&fleet, 0, actor, "restarted", "node-1").await;
     assert_eq!(owner(&fleet, actor), "node-0", "not integrated yet");
     release.send(()).unwrap();
     holder.join().unwrap();
@@ -615,11 +608,8 @@ async fn a_forged_key_row_for_a_pending_handover_moves_nothing_and_is_refused() 
     // Integration rounds run (5 ms apart); none of them moves the actor.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(owner(&fleet, actor), "node-0");
-    let refused = sign_on(&fleet, 1, actor, "forged-key")
-        .await
-        .expect_err("not the target's");
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    assert!(refused.message().contains("node-0"), "{refused:?}");
+    // Not the target's: the forged key row moved nothing.
+    refused_on(&fleet, 1, actor, "forged-key", "node-0").await;
     // The ownership row forged as well: the target's hardware holds the key, but the log
     // does not make it active; the target signs nothing and queues nothing.
     let queued_before = queued(&fleet, actor);
@@ -633,16 +623,14 @@ async fn a_forged_key_row_for_a_pending_handover_moves_nothing_and_is_refused() 
             )
             .unwrap()
     });
-    let refused = sign_on(&fleet, 1, actor, "forged-owner")
-        .await
-        .expect_err("the log holds no rotation to the forged key");
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    assert!(
-        refused
-            .message()
-            .contains("not made active by a rotation in the log"),
-        "{refused:?}"
-    );
+    refused_on(
+        &fleet,
+        1,
+        actor,
+        "forged-owner",
+        "not made active by a rotation in the log",
+    )
+    .await;
     // Nor after a restart, which loads the node's actors from the database.
     tokio::task::block_in_place(|| {
         fleet.nodes[1].stop_daemon().unwrap();
@@ -650,16 +638,14 @@ async fn a_forged_key_row_for_a_pending_handover_moves_nothing_and_is_refused() 
             .start_daemon_within(Duration::from_secs(90), |_| {})
             .unwrap();
     });
-    let refused = sign_on(&fleet, 1, actor, "forged-restarted")
-        .await
-        .expect_err("the restarted target refuses it too");
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    assert!(
-        refused
-            .message()
-            .contains("not made active by a rotation in the log"),
-        "{refused:?}"
-    );
+    refused_on(
+        &fleet,
+        1,
+        actor,
+        "forged-restarted",
+        "not made active by a rotation in the log",
+    )
+    .await;
     assert_eq!(queued(&fleet, actor), queued_before);
     assert_eq!(logged(&fleet, actor, Some("receipt")), 1);
 }
@@ -711,11 +697,8 @@ async fn a_timed_out_handover_whose_rotation_is_refused_leaves_the_actor_on_its_
         1,
         "the rotation is queued"
     );
-    let refused = sign_on(&fleet, 0, actor, "while-queued")
-        .await
-        .expect_err("refused while the rotation is queued");
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    assert!(refused.message().contains("node-1"), "{refused:?}");
+    // Refused while the rotation is queued.
+    refused_on(&fleet, 0, actor, "while-queued", "node-1").await;
     let tampered = tokio::task::block_in_place(|| {
         fleet
             .client()
@@ -757,10 +740,8 @@ async fn a_timed_out_handover_whose_rotation_is_refused_leaves_the_actor_on_its_
     )
     .expect("verifies");
     assert_eq!(verified.key_version, 1);
-    let refused = sign_on(&fleet, 1, actor, "on-target")
-        .await
-        .expect_err("the target never got it");
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    // The target never got it.
+    refused_on(&fleet, 1, actor, "on-target", "").await;
 }
 
 /// The SoftHSM directory of node `node`'s own token (found by its label).
